@@ -1,0 +1,15 @@
+//! FANZ Edge node.
+//!
+//! Components:
+//! - [`config`]: settings from defaults, a TOML file, `FANZ_*` environment variables and flags.
+//! - [`clock`]: wall clock and hybrid logical clock.
+//! - [`store`]: memory and disk tiers (foyer) holding checksummed entries.
+//! - [`invalidation`]: tombstones, dependency index, purge engine and its durable log.
+//! - [`cache`]: lookups, sets and purges over the store and the engine; freshness.
+//! - [`http`]: the HTTP front end (KV API, `PURGE`) and the shared connection loop.
+//! - [`admin`]: admin API (purge, health, metrics) behind a bearer token.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`node`]: start-up and the one shutdown path.
+
+pub mod clock;
+pub mod invalidation;

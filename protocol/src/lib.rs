@@ -1,0 +1,22 @@
+//! FANZ Edge protocol: the pure types and byte formats shared by the node and the
+//! client. Nothing here does I/O or knows about tokio; time comes in as arguments.
+//!
+//! Components:
+//! - [`hlc`]: hybrid logical clock; versions of entries and of tombstones.
+//! - [`key`]: cache keys (KV and HTTP namespaces) and invalidation ids (keys and tags).
+//! - [`entry`]: the stored entry (metadata + body) and its checksummed encoding.
+//! - [`log`]: records of the invalidation log (tombstones, dependency edges) and their framing.
+//! - [`codec`]: the bounds-checked little-endian reader/writer the formats above share.
+
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod entry;
+pub mod hlc;
+pub mod key;
+pub mod log;
+
+pub use codec::DecodeError;
+pub use entry::{Entry, EntryMeta};
+pub use hlc::{Hlc, Timestamp};
+pub use key::{CacheKey, InvalidationId, Namespace};
