@@ -13,3 +13,12 @@
 
 pub mod clock;
 pub mod invalidation;
+pub mod admin;
+pub mod auth;
+pub mod cache;
+pub mod http;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod store;

@@ -1,1 +1,64 @@
-fn main(){}
+//! `fanz-node`: runs a FANZ Edge node. See `fanz-node --help`.
+
+use std::process::ExitCode;
+
+use fanz_node::cli::{self, CliError, Invocation};
+use fanz_node::config::{Config, LogFormat};
+use fanz_node::node::{self, StartError};
+use fanz_node::store::CorruptionLayer;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+fn main() -> ExitCode {
+    let config = match cli::parse(std::env::args_os()) {
+        Ok(Invocation::Serve(config)) => config,
+        Ok(Invocation::PrintConfig(config)) => {
+            print!("{}", config.to_toml());
+            return ExitCode::SUCCESS;
+        }
+        Err(CliError::Usage(e)) => e.exit(),
+        Err(CliError::Config(e)) => {
+            eprintln!("fanz-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanz-node: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("fanz-node: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), StartError> {
+    let http = node::bind("http_addr", config.http_addr).await?;
+    let admin = node::bind("admin_addr", config.admin_addr).await?;
+    node::run(config, http, admin, node::shutdown_signal()).await
+}
+
+fn init_logging(config: &Config) {
+    // Validated when the config was parsed.
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    // The corruption counter sees foyer's warnings whatever the log level is.
+    let corruption = CorruptionLayer.with_filter(Targets::new().with_target("foyer_storage", tracing::Level::WARN));
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(corruption)
+        .init();
+}

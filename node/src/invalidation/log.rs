@@ -74,7 +74,7 @@ pub struct LogStats {
 /// Handle to the log writer thread. [`InvalidationLog::close`] (or dropping the
 /// handle) stops the thread after it has written and synced what was queued.
 #[derive(Debug)]
-pub struct InvalidationLog {
+pub(crate) struct InvalidationLog {
     tx: mpsc::Sender<Command>,
     stats: Arc<LogStats>,
 }
@@ -92,7 +92,7 @@ impl std::fmt::Debug for Command {
 impl InvalidationLog {
     /// Opens (or creates) the log in `dir`, replays it, cuts a damaged tail, and starts
     /// the writer thread. Returns the records to apply.
-    pub fn open(dir: &Path) -> Result<(Self, Replay), LogError> {
+    pub(crate) fn open(dir: &Path) -> Result<(Self, Replay), LogError> {
         let path = dir.join(LOG_FILE);
         let io_err = |source| LogError::Io {
             path: path.clone(),
@@ -139,7 +139,7 @@ impl InvalidationLog {
 
     /// Appends `records`. With `durable`, resolves once they are on disk (fsync);
     /// otherwise once they are handed to the writer.
-    pub async fn append(&self, records: &[Record], durable: bool) -> Result<(), LogError> {
+    pub(crate) async fn append(&self, records: &[Record], durable: bool) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -170,7 +170,7 @@ impl InvalidationLog {
 
     /// Rewrites the log as `snapshot()` (taken on the writer thread, after everything
     /// queued before this call is written). Returns the new size in bytes.
-    pub async fn compact(
+    pub(crate) async fn compact(
         &self,
         snapshot: impl FnOnce() -> Vec<Record> + Send + 'static,
     ) -> Result<u64, LogError> {
@@ -194,13 +194,13 @@ impl InvalidationLog {
     }
 
     /// Counters for metrics.
-    pub fn stats(&self) -> &Arc<LogStats> {
+    pub(crate) fn stats(&self) -> &Arc<LogStats> {
         &self.stats
     }
 
     /// Writes and syncs everything queued, then stops the writer. Later appends fail
     /// with [`LogError::Closed`].
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Close { done }).await.is_ok() {
             let _ = wait.await;

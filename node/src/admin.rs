@@ -1,0 +1,184 @@
+//! The admin listener: `POST /purge`, `GET /metrics` (both behind the admin token),
+//! and the unauthenticated probes `GET /healthz` and `GET /readyz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanz_protocol::CacheKey;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::auth::Auth;
+use crate::cache::Cache;
+use crate::http::headers::validate_tag;
+use crate::http::{purge, read_body, text, Body};
+use crate::invalidation::PurgeTargets;
+use crate::metrics::{set_gauge, Api, Metrics, TierLabel, TierLabels};
+
+/// Largest purge request body.
+const MAX_PURGE_BODY: u64 = 1 << 20;
+/// Most ids one purge request may name.
+const MAX_PURGE_IDS: usize = 10_000;
+const PURGE_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `POST /purge` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    soft: bool,
+}
+
+/// The admin listener's service.
+#[derive(Debug)]
+pub struct AdminService {
+    cache: Arc<Cache>,
+    auth: Auth,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    max_key_size: usize,
+}
+
+impl AdminService {
+    /// Builds the service; `ready` is what `/readyz` reports.
+    pub fn new(cache: Arc<Cache>, auth: Auth, metrics: Arc<Metrics>, ready: Arc<AtomicBool>, max_key_size: usize) -> Self {
+        Self {
+            cache,
+            auth,
+            metrics,
+            ready,
+            max_key_size,
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let response = self.route(req, peer).await;
+        self.metrics.observe(Api::Admin, started, response.status());
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (path.as_str(), method) {
+            ("/healthz", Method::GET | Method::HEAD) => text(StatusCode::OK, "ok"),
+            ("/readyz", Method::GET | Method::HEAD) => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or shutting down")
+                }
+            }
+            ("/metrics", Method::GET) => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                self.refresh_gauges();
+                let mut r = Response::new(http_body_util::Full::new(Bytes::from(self.metrics.encode())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            ("/purge", Method::POST) => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                self.purge(req).await
+            }
+            ("/healthz" | "/readyz" | "/metrics" | "/purge", m) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {path}"))
+            }
+            _ => text(StatusCode::NOT_FOUND, "no such admin resource (try /purge, /metrics, /healthz, /readyz)"),
+        }
+    }
+
+    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match read_body(req.into_body(), MAX_PURGE_BODY, PURGE_BODY_TIMEOUT).await {
+            Ok(b) => b,
+            Err(e) => return e.response(),
+        };
+        let request: PurgeRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid purge request: {e}")),
+        };
+        match self.targets(request) {
+            Ok(targets) => purge::run(&self.cache, &targets).await,
+            Err(reason) => text(StatusCode::BAD_REQUEST, format!("invalid purge request: {reason}")),
+        }
+    }
+
+    fn targets(&self, request: PurgeRequest) -> Result<PurgeTargets, String> {
+        let count = request.keys.len() + request.tags.len() + request.prefixes.len();
+        if count == 0 {
+            return Err("name at least one key, tag or prefix".into());
+        }
+        if count > MAX_PURGE_IDS {
+            return Err(format!("{count} ids; at most {MAX_PURGE_IDS} per request"));
+        }
+        let key = |k: &String| {
+            if k.is_empty() || k.len() > self.max_key_size {
+                Err(format!("key {k:?} is empty or longer than {} bytes", self.max_key_size))
+            } else {
+                Ok(CacheKey::kv(k.as_bytes()))
+            }
+        };
+        Ok(PurgeTargets {
+            keys: request.keys.iter().map(key).collect::<Result<_, _>>()?,
+            tags: request
+                .tags
+                .iter()
+                .map(|t| validate_tag(t).map(|()| Bytes::copy_from_slice(t.as_bytes())))
+                .collect::<Result<_, _>>()?,
+            // An empty prefix would purge every key: allowed, it is what "purge all" is.
+            prefixes: request
+                .prefixes
+                .iter()
+                .map(|p| {
+                    if p.len() > self.max_key_size {
+                        Err(format!("prefix longer than {} bytes", self.max_key_size))
+                    } else {
+                        Ok(CacheKey::kv(p.as_bytes()))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            soft: request.soft,
+        })
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        let store = self.cache.store();
+        let (written, read) = store.disk_io();
+        set_gauge(&m.tier_bytes.get_or_create(&TierLabels { tier: TierLabel::Memory }), store.memory_usage());
+        set_gauge(&m.tier_bytes.get_or_create(&TierLabels { tier: TierLabel::Disk }), written);
+        set_gauge(&m.disk_read_bytes, read);
+        set_gauge(
+            &m.tier_capacity_bytes.get_or_create(&TierLabels { tier: TierLabel::Memory }),
+            store.config().memory_capacity,
+        );
+        set_gauge(
+            &m.tier_capacity_bytes.get_or_create(&TierLabels { tier: TierLabel::Disk }),
+            store.config().disk_capacity,
+        );
+        let inv = self.cache.invalidator();
+        set_gauge(&m.tombstones, inv.tombstone_count() as u64);
+        set_gauge(&m.dependency_edges, inv.edge_count() as u64);
+        let log = inv.log_stats();
+        set_gauge(&m.log_bytes, log.bytes.load(Ordering::Relaxed));
+        set_gauge(&m.log_fsyncs, log.fsyncs.load(Ordering::Relaxed));
+    }
+}

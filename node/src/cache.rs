@@ -1,0 +1,322 @@
+//! The cache: lookups, sets, deletes and purges over the store and the invalidation
+//! engine, with freshness (TTL, stale windows, soft purges). Every front end (KV API,
+//! PURGE, admin API; later HTTP caching and peers) goes through here.
+//!
+//! Lookup phases:
+//!
+//! ```text
+//! lookup ─> store (memory, then disk) ─> coverage (tombstones) ─> freshness ─> Hit | Stale | Miss
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fanz_protocol::key::IdKind;
+use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
+
+use crate::clock::Clock;
+use crate::invalidation::{Coverage, Invalidator, LogError, PurgeOutcome, PurgeTargets};
+use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
+use crate::store::{EntryHandle, Store, Tier};
+
+/// How usable a found entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Fresh for this many more milliseconds.
+    Fresh {
+        /// Remaining freshness, ms.
+        ttl_ms: u64,
+    },
+    /// Stale for this many milliseconds, but inside its stale-while-revalidate window.
+    Stale {
+        /// Time since it went stale, ms.
+        stale_ms: u64,
+    },
+}
+
+/// Why a lookup found nothing usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissReason {
+    /// Not in any tier.
+    Absent,
+    /// Expired beyond its stale windows.
+    Expired,
+    /// Covered by a purge.
+    Invalidated,
+}
+
+/// A usable entry.
+#[derive(Debug)]
+pub struct Hit {
+    /// The entry (shared, not copied).
+    pub entry: EntryHandle,
+    /// Tier it came from.
+    pub tier: Tier,
+    /// Fresh or stale.
+    pub freshness: Freshness,
+    /// Age in whole seconds (RFC 9111 `Age`).
+    pub age_secs: u64,
+}
+
+impl Hit {
+    /// The entry's metadata and body.
+    pub fn entry(&self) -> &Entry {
+        &self.entry.value().0
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A usable entry.
+    Hit(Hit),
+    /// Nothing usable.
+    Miss(MissReason),
+}
+
+/// Decides freshness from the entry, how purges cover it, and the wall clock.
+/// `None` when it may not be served at all.
+pub fn freshness(meta: &EntryMeta, coverage: Coverage, now_ms: u64) -> Result<Freshness, MissReason> {
+    let mut fresh_until = meta.fresh_until_ms();
+    match coverage {
+        Coverage::Invalid => return Err(MissReason::Invalidated),
+        Coverage::SoftPurged(at) => fresh_until = fresh_until.min(at.millis()),
+        Coverage::Valid => {}
+    }
+    if now_ms < fresh_until {
+        return Ok(Freshness::Fresh {
+            ttl_ms: fresh_until - now_ms,
+        });
+    }
+    let stale_ms = now_ms - fresh_until;
+    if stale_ms <= meta.stale_while_revalidate_ms {
+        Ok(Freshness::Stale { stale_ms })
+    } else if coverage == Coverage::Valid {
+        Err(MissReason::Expired)
+    } else {
+        Err(MissReason::Invalidated)
+    }
+}
+
+/// A set or purge could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The invalidation log refused the write: nothing was acknowledged.
+    #[error("invalidation log: {0}")]
+    Log(#[from] LogError),
+}
+
+/// What a set did.
+#[derive(Debug, Clone)]
+pub struct SetOutcome {
+    /// No usable entry was stored under the key before.
+    pub created: bool,
+    /// Keys invalidated because they depend on the overwritten one.
+    pub dependents: Vec<CacheKey>,
+}
+
+/// Store, engine, clock and metrics of one node.
+#[derive(Debug)]
+pub struct Cache {
+    store: Store,
+    invalidator: Arc<Invalidator>,
+    clock: Arc<Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl Cache {
+    /// Puts the parts together.
+    pub fn new(store: Store, invalidator: Arc<Invalidator>, clock: Arc<Clock>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            invalidator,
+            clock,
+            metrics,
+        }
+    }
+
+    /// The version a fill starting now gets: call it before reading anything the
+    /// value is made of (the request body, the origin's response).
+    pub fn begin_fill(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Wall clock, ms.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.wall_ms()
+    }
+
+    /// Looks `key` up.
+    pub async fn get(&self, key: &CacheKey) -> Lookup {
+        let Some((entry, tier)) = self.store.get(key).await else {
+            self.metrics.lookup(TierLabel::Memory, LookupResult::Miss);
+            return Lookup::Miss(MissReason::Absent);
+        };
+        let tier_label = match tier {
+            Tier::Memory => TierLabel::Memory,
+            Tier::Disk => TierLabel::Disk,
+        };
+        let meta = &entry.value().0.meta;
+        let now_ms = self.clock.wall_ms();
+        match freshness(meta, self.invalidator.coverage(key, meta), now_ms) {
+            Ok(freshness) => {
+                let result = match freshness {
+                    Freshness::Fresh { .. } => LookupResult::Hit,
+                    Freshness::Stale { .. } => LookupResult::Stale,
+                };
+                self.metrics.lookup(tier_label, result);
+                let age_secs = now_ms.saturating_sub(meta.version.millis()) / 1000;
+                Lookup::Hit(Hit {
+                    entry,
+                    tier,
+                    freshness,
+                    age_secs,
+                })
+            }
+            Err(reason) => {
+                let result = match reason {
+                    MissReason::Expired => LookupResult::Expired,
+                    MissReason::Invalidated | MissReason::Absent => LookupResult::Invalidated,
+                };
+                self.metrics.lookup(tier_label, result);
+                Lookup::Miss(reason)
+            }
+        }
+    }
+
+    /// Stores `entry` (whose version came from [`Cache::begin_fill`]) under `key`.
+    ///
+    /// Order matters: (1) the dependency edges are made durable, so a dependent never
+    /// sits on disk without the edge that lets a purge reach it; (2) the entry is
+    /// stored, unless a purge that started after the fill already covers it; (3) the
+    /// old value's dependents are invalidated at a time after the store, so a
+    /// dependent fill that starts later can only have read the new value.
+    pub async fn set(&self, key: CacheKey, entry: Entry) -> Result<SetOutcome, CacheError> {
+        let dependency_tags = self.dependency_tags(&entry.meta).await;
+        self.invalidator
+            .record_edges(&key, &entry.meta, &dependency_tags)
+            .await?;
+        let created = !matches!(self.get(&key).await, Lookup::Hit(_));
+        if self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid {
+            // A purge arrived while the value was being received: it wins.
+            tracing::debug!(?key, "set overtaken by a purge; not stored");
+        } else {
+            self.store.insert(key.clone(), entry);
+        }
+        let dependents = self.invalidator.invalidate_dependents(&key).await?;
+        self.count_purge(PurgeKind::Dependent, false, dependents.len());
+        Ok(SetOutcome { created, dependents })
+    }
+
+    /// Tags of the stored entries of the keys `meta` depends on.
+    async fn dependency_tags(&self, meta: &EntryMeta) -> Vec<(CacheKey, Vec<Bytes>)> {
+        let mut out = Vec::new();
+        for dep in &meta.depends_on {
+            if dep.kind() != IdKind::Key {
+                continue;
+            }
+            let Some(dep_key) = dep.as_key() else { continue };
+            if let Some((handle, _)) = self.store.get(&dep_key).await {
+                let tags = &handle.value().0.meta.tags;
+                if !tags.is_empty() {
+                    out.push((dep_key, tags.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Purges `targets`; resolves once durable. Space is reclaimed in the background.
+    pub async fn purge(&self, targets: &PurgeTargets) -> Result<PurgeOutcome, CacheError> {
+        let outcome = self.invalidator.purge(targets).await?;
+        self.metrics.purges.inc();
+        self.count_purge(PurgeKind::Key, targets.soft, targets.keys.len());
+        self.count_purge(PurgeKind::Tag, targets.soft, targets.tags.len());
+        self.count_purge(PurgeKind::Prefix, targets.soft, targets.prefixes.len());
+        self.count_purge(PurgeKind::Dependent, targets.soft, outcome.dependents.len());
+        if !targets.soft {
+            let keys: Vec<CacheKey> = targets
+                .keys
+                .iter()
+                .chain(&outcome.dependents)
+                .cloned()
+                .collect();
+            self.reclaim(keys, outcome.at);
+        }
+        Ok(outcome)
+    }
+
+    fn count_purge(&self, kind: PurgeKind, soft: bool, n: usize) {
+        if n > 0 {
+            self.metrics
+                .purge_targets
+                .get_or_create(&PurgeLabels { kind, soft })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Frees the space of hard-purged keys whose stored version the purge covers. The
+    /// tombstone already hides them; this only returns memory and disk sooner.
+    fn reclaim(&self, keys: Vec<CacheKey>, at: Timestamp) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for key in keys {
+                if let Some((handle, _)) = store.get(&key).await {
+                    if handle.value().0.meta.version < at {
+                        store.remove(&key);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The invalidation engine.
+    pub fn invalidator(&self) -> &Arc<Invalidator> {
+        &self.invalidator
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(version_ms: u64, ttl_ms: u64, swr_ms: u64) -> EntryMeta {
+        EntryMeta {
+            version: Timestamp::from_millis(version_ms),
+            ttl_ms,
+            stale_while_revalidate_ms: swr_ms,
+            ..EntryMeta::default()
+        }
+    }
+
+    #[test]
+    fn fresh_then_stale_then_expired() {
+        let m = meta(1_000, 10_000, 5_000);
+        assert_eq!(freshness(&m, Coverage::Valid, 2_000), Ok(Freshness::Fresh { ttl_ms: 9_000 }));
+        assert_eq!(freshness(&m, Coverage::Valid, 11_000), Ok(Freshness::Stale { stale_ms: 0 }));
+        assert_eq!(freshness(&m, Coverage::Valid, 16_000), Ok(Freshness::Stale { stale_ms: 5_000 }));
+        assert_eq!(freshness(&m, Coverage::Valid, 16_001), Err(MissReason::Expired));
+    }
+
+    #[test]
+    fn a_soft_purge_makes_an_entry_stale_from_the_purge_on() {
+        let m = meta(1_000, 60_000, 5_000);
+        let purged = Coverage::SoftPurged(Timestamp::from_millis(3_000));
+        assert_eq!(freshness(&m, purged, 4_000), Ok(Freshness::Stale { stale_ms: 1_000 }));
+        assert_eq!(freshness(&m, purged, 8_001), Err(MissReason::Invalidated));
+        // Without a stale window, a soft-purged entry is not served at all.
+        let m = meta(1_000, 60_000, 0);
+        assert_eq!(freshness(&m, purged, 4_000), Err(MissReason::Invalidated));
+    }
+
+    #[test]
+    fn a_hard_purge_is_never_served() {
+        let m = meta(1_000, 60_000, 60_000);
+        assert_eq!(freshness(&m, Coverage::Invalid, 1_001), Err(MissReason::Invalidated));
+    }
+}

@@ -1,0 +1,474 @@
+//! Node settings: one table ([`SETTINGS`]) defines every setting once — its name,
+//! default and help — and from it come the command-line flags (`--http-addr`), the
+//! environment variables (`FANZ_HTTP_ADDR`), the TOML keys (`http_addr`) and
+//! `fanz-node --help`.
+//!
+//! Precedence, lowest first: built-in default, TOML file (`--config PATH`), environment,
+//! flag. [`Config::resolve`] turns the raw strings into typed values; it takes a plain
+//! map so tests need neither files nor environment variables. Every bad value is an
+//! error naming the setting and where the value came from.
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{parse_duration, parse_size};
+
+/// One setting: name (TOML key), default, help.
+#[derive(Debug)]
+pub struct Spec {
+    /// TOML key; the flag is `--` plus this with dashes, the variable `FANZ_` plus it upper-cased.
+    pub name: &'static str,
+    /// Built-in default; `None` means unset.
+    pub default: Option<&'static str>,
+    /// What it does.
+    pub help: &'static str,
+}
+
+impl Spec {
+    /// `--http-addr` for `http_addr`.
+    pub fn flag(&self) -> String {
+        self.name.replace('_', "-")
+    }
+    /// `FANZ_HTTP_ADDR` for `http_addr`.
+    pub fn env(&self) -> String {
+        format!("FANZ_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+/// Every setting of the node. Defaults are documented here, where they are defined.
+pub const SETTINGS: &[Spec] = &[
+    Spec { name: "http_addr", default: Some("127.0.0.1:8080"), help: "Address of the main HTTP listener (KV API, PURGE)." },
+    Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
+    Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
+    Spec { name: "data_dir", default: Some("./fanz-data"), help: "Directory for the disk tier and the invalidation log. Created if missing." },
+    Spec { name: "memory_capacity", default: Some("256MiB"), help: "Memory tier capacity (bytes of keys and encoded entries)." },
+    Spec { name: "disk_capacity", default: Some("1GiB"), help: "Disk tier capacity; 0 disables the disk tier. Entries larger than 1/16 of it (at most 16 MiB) stay in memory only." },
+    Spec { name: "default_ttl", default: Some("1h"), help: "TTL of a KV value stored without Cache-Control: max-age." },
+    Spec { name: "max_ttl", default: Some("7d"), help: "Longest TTL accepted; longer ones are clamped. Bounds how long tombstones are kept." },
+    Spec { name: "max_stale", default: Some("1d"), help: "Longest stale-while-revalidate / stale-if-error window accepted; longer ones are clamped." },
+    Spec { name: "max_key_size", default: Some("8KiB"), help: "Longest key accepted (longer: 414)." },
+    Spec { name: "max_value_size", default: Some("64MiB"), help: "Largest value accepted (larger: 413, refused before the body is read)." },
+    Spec { name: "max_connections", default: Some("25000"), help: "Most client connections served at once per listener; further ones wait to be accepted." },
+    Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's headers (slowloris guard)." },
+    Spec { name: "body_read_timeout", default: Some("30s"), help: "Time a client has to send a request body (408 after it)." },
+    Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
+    Spec { name: "log_level", default: Some("info"), help: "Log filter (tracing EnvFilter syntax, e.g. `info,fanz_node=debug`)." },
+    Spec { name: "log_format", default: Some("text"), help: "Log format: `text` or `json`." },
+    Spec { name: "log_compact_size", default: Some("64MiB"), help: "Compact the invalidation log once it is this large and twice its last compacted size." },
+    Spec { name: "maintenance_interval", default: Some("60s"), help: "How often expired tombstones and edges are collected." },
+];
+
+/// Where a setting's value came from; named in error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A TOML file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(flag) => write!(f, "flag --{flag}"),
+        }
+    }
+}
+
+/// A setting that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse or is out of range.
+    #[error("invalid setting `{setting}` (from {origin}): {message}")]
+    Invalid {
+        /// Setting name.
+        setting: &'static str,
+        /// Where the value came from.
+        origin: Origin,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key in the file that is not a setting.
+    #[error("unknown setting `{key}` in {path}")]
+    Unknown {
+        /// The key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Raw setting values with their origins, before parsing.
+pub type RawSettings = BTreeMap<&'static str, (String, Origin)>;
+
+/// The node's typed settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Main HTTP listener.
+    pub http_addr: SocketAddr,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Memory tier bytes.
+    pub memory_capacity: u64,
+    /// Disk tier bytes (0: no disk tier).
+    pub disk_capacity: u64,
+    /// Default KV TTL.
+    pub default_ttl: Duration,
+    /// TTL clamp.
+    pub max_ttl: Duration,
+    /// Stale window clamp.
+    pub max_stale: Duration,
+    /// Key length limit.
+    pub max_key_size: usize,
+    /// Value length limit.
+    pub max_value_size: u64,
+    /// Connection limit per listener.
+    pub max_connections: usize,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Body read timeout.
+    pub body_read_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log compaction threshold.
+    pub log_compact_size: u64,
+    /// Maintenance period.
+    pub maintenance_interval: Duration,
+}
+
+/// Largest key the entry format and the log can carry (u16 length fields with room
+/// for the namespace and kind bytes).
+const KEY_FORMAT_LIMIT: u64 = 65_000;
+
+impl Config {
+    /// Every setting at its default.
+    pub fn defaults() -> Config {
+        // Invariant: the built-in defaults are valid; a unit test checks it.
+        Self::resolve(&RawSettings::new()).expect("built-in defaults are valid")
+    }
+
+    /// Parses raw values (missing ones take their defaults) and checks them together.
+    pub fn resolve(raw: &RawSettings) -> Result<Config, ConfigError> {
+        let p = Parser { raw };
+        let admin_token = p.optional("admin_token")?;
+        let config = Config {
+            http_addr: p.parse("http_addr", parse_addr)?,
+            admin_addr: p.parse("admin_addr", parse_addr)?,
+            data_dir: p.parse("data_dir", |s| {
+                if s.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(PathBuf::from(s))
+                }
+            })?,
+            memory_capacity: p.parse("memory_capacity", |s| at_least(parse_size(s)?, 1 << 20, "1MiB"))?,
+            disk_capacity: p.parse("disk_capacity", |s| {
+                let n = parse_size(s)?;
+                if n != 0 && n < 16 << 20 {
+                    return Err("must be 0 (no disk tier) or at least 16MiB".into());
+                }
+                Ok(n)
+            })?,
+            default_ttl: p.parse("default_ttl", parse_duration)?,
+            max_ttl: p.parse("max_ttl", parse_duration)?,
+            max_stale: p.parse("max_stale", parse_duration)?,
+            max_key_size: p.parse("max_key_size", |s| {
+                let n = at_least(parse_size(s)?, 1, "1 byte")?;
+                if n > KEY_FORMAT_LIMIT {
+                    return Err(format!("must be at most {KEY_FORMAT_LIMIT} bytes"));
+                }
+                Ok(n as usize)
+            })?,
+            max_value_size: p.parse("max_value_size", |s| {
+                let n = at_least(parse_size(s)?, 1, "1 byte")?;
+                if n > 1 << 30 {
+                    return Err("must be at most 1GiB".into());
+                }
+                Ok(n)
+            })?,
+            max_connections: p.parse("max_connections", |s| {
+                let n: usize = s.parse().map_err(|_| format!("expected a whole number, got {s:?}"))?;
+                Ok(at_least(n as u64, 1, "1")? as usize)
+            })?,
+            header_read_timeout: p.parse("header_read_timeout", positive_duration)?,
+            body_read_timeout: p.parse("body_read_timeout", positive_duration)?,
+            shutdown_grace: p.parse("shutdown_grace", parse_duration)?,
+            log_level: p.parse("log_level", |s| {
+                tracing_subscriber::EnvFilter::try_new(s)
+                    .map(|_| s.to_string())
+                    .map_err(|e| e.to_string())
+            })?,
+            log_format: p.parse("log_format", |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("expected `text` or `json`, got {s:?}")),
+            })?,
+            log_compact_size: p.parse("log_compact_size", |s| at_least(parse_size(s)?, 1 << 20, "1MiB"))?,
+            maintenance_interval: p.parse("maintenance_interval", positive_duration)?,
+            admin_token,
+        };
+        if config.default_ttl > config.max_ttl {
+            return Err(p.invalid("default_ttl", "must not exceed max_ttl".into()));
+        }
+        if config.admin_token.is_none() && !config.admin_addr.ip().is_loopback() {
+            return Err(p.invalid(
+                "admin_addr",
+                "is not a loopback address and no admin_token is set: refusing to expose an unauthenticated admin API".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Every tombstone older than this can be forgotten: no entry older than it can
+    /// still be served.
+    pub fn tombstone_retention(&self) -> Duration {
+        self.max_ttl + self.max_stale
+    }
+
+    /// The effective settings as TOML, the token redacted.
+    pub fn to_toml(&self) -> String {
+        let d = |d: Duration| format!("{}ms", d.as_millis());
+        let lines = [
+            ("http_addr", self.http_addr.to_string()),
+            ("admin_addr", self.admin_addr.to_string()),
+            ("admin_token", self.admin_token.as_ref().map_or("(unset)".into(), |_| "(redacted)".into())),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("memory_capacity", self.memory_capacity.to_string()),
+            ("disk_capacity", self.disk_capacity.to_string()),
+            ("default_ttl", d(self.default_ttl)),
+            ("max_ttl", d(self.max_ttl)),
+            ("max_stale", d(self.max_stale)),
+            ("max_key_size", self.max_key_size.to_string()),
+            ("max_value_size", self.max_value_size.to_string()),
+            ("max_connections", self.max_connections.to_string()),
+            ("header_read_timeout", d(self.header_read_timeout)),
+            ("body_read_timeout", d(self.body_read_timeout)),
+            ("shutdown_grace", d(self.shutdown_grace)),
+            ("log_level", self.log_level.clone()),
+            ("log_format", format!("{:?}", self.log_format).to_ascii_lowercase()),
+            ("log_compact_size", self.log_compact_size.to_string()),
+            ("maintenance_interval", d(self.maintenance_interval)),
+        ];
+        lines
+            .iter()
+            .map(|(k, v)| format!("{k} = {}\n", toml::Value::String(v.clone())))
+            .collect()
+    }
+}
+
+/// Reads a TOML settings file into raw values.
+pub fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
+    let file_err = |message: String| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+    let mut raw = RawSettings::new();
+    for (key, value) in table {
+        let Some(spec) = SETTINGS.iter().find(|s| s.name == key) else {
+            return Err(ConfigError::Unknown {
+                key,
+                path: path.to_path_buf(),
+            });
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigError::Invalid {
+                    setting: spec.name,
+                    origin: Origin::File(path.to_path_buf()),
+                    message: format!("expected a string or a number, got {}", other.type_str()),
+                })
+            }
+        };
+        raw.insert(spec.name, (text, Origin::File(path.to_path_buf())));
+    }
+    Ok(raw)
+}
+
+struct Parser<'a> {
+    raw: &'a RawSettings,
+}
+
+impl Parser<'_> {
+    fn spec(name: &'static str) -> &'static Spec {
+        // Invariant: callers pass names from SETTINGS (checked by a unit test).
+        SETTINGS.iter().find(|s| s.name == name).expect("setting is in SETTINGS")
+    }
+
+    fn value(&self, name: &'static str) -> Option<(String, Origin)> {
+        self.raw
+            .get(name)
+            .cloned()
+            .or_else(|| Self::spec(name).default.map(|d| (d.to_string(), Origin::Default)))
+    }
+
+    fn invalid(&self, name: &'static str, message: String) -> ConfigError {
+        let origin = self.value(name).map_or(Origin::Default, |(_, o)| o);
+        ConfigError::Invalid {
+            setting: name,
+            origin,
+            message,
+        }
+    }
+
+    fn parse<T>(&self, name: &'static str, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        let (text, origin) = self.value(name).ok_or_else(|| self.invalid(name, "has no value".into()))?;
+        f(text.trim()).map_err(|message| ConfigError::Invalid {
+            setting: name,
+            origin,
+            message,
+        })
+    }
+
+    fn optional(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.value(name) {
+            None => Ok(None),
+            Some((text, _)) if !text.is_empty() => Ok(Some(text)),
+            Some(_) => Err(self.invalid(name, "must not be empty when set".into())),
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("expected an address like 127.0.0.1:8080, got {s:?}"))
+}
+
+fn at_least(n: u64, min: u64, shown: &str) -> Result<u64, String> {
+    if n < min {
+        Err(format!("must be at least {shown}"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        Err("must be greater than zero".into())
+    } else {
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&'static str, &str)]) -> RawSettings {
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, (v.to_string(), Origin::Env(format!("FANZ_{}", k.to_uppercase())))))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documentation() {
+        let c = Config::defaults();
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin_addr, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.memory_capacity, 256 << 20);
+        assert_eq!(c.disk_capacity, 1 << 30);
+        assert_eq!(c.data_dir, PathBuf::from("./fanz-data"));
+        assert_eq!(c.max_key_size, 8192);
+        assert_eq!(c.max_value_size, 64 << 20);
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn every_setting_parses_through_the_table() {
+        // Each name used by resolve() must be in SETTINGS; resolve panics otherwise.
+        let names: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "duplicate setting");
+        Config::resolve(&RawSettings::new()).unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting_and_its_origin() {
+        let err = Config::resolve(&raw(&[("memory_capacity", "lots")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`memory_capacity`"), "{text}");
+        assert!(text.contains("FANZ_MEMORY_CAPACITY"), "{text}");
+    }
+
+    #[test]
+    fn unauthenticated_admin_on_a_public_address_is_refused() {
+        let err = Config::resolve(&raw(&[("admin_addr", "0.0.0.0:9090")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { setting: "admin_addr", .. }), "{err}");
+        let ok = Config::resolve(&raw(&[("admin_addr", "0.0.0.0:9090"), ("admin_token", "s3cret")]));
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn cross_checks() {
+        let err = Config::resolve(&raw(&[("default_ttl", "10d")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { setting: "default_ttl", .. }));
+        assert!(Config::resolve(&raw(&[("disk_capacity", "1MiB")])).is_err());
+        assert_eq!(Config::resolve(&raw(&[("disk_capacity", "0")])).unwrap().disk_capacity, 0);
+        assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
+        assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
+        assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
+    }
+
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fanz.toml");
+        std::fs::write(&path, "http_addr = \"127.0.0.1:1234\"\nmax_connections = 7\n").unwrap();
+        let raw = read_file(&path).unwrap();
+        let c = Config::resolve(&raw).unwrap();
+        assert_eq!(c.http_addr.port(), 1234);
+        assert_eq!(c.max_connections, 7);
+
+        std::fs::write(&path, "http_adr = \"127.0.0.1:1234\"\n").unwrap();
+        assert!(matches!(read_file(&path), Err(ConfigError::Unknown { key, .. }) if key == "http_adr"));
+        std::fs::write(&path, "http_addr = [1]\n").unwrap();
+        assert!(matches!(read_file(&path), Err(ConfigError::Invalid { setting: "http_addr", .. })));
+        std::fs::write(&path, "not toml at all = = =").unwrap();
+        assert!(matches!(read_file(&path), Err(ConfigError::File { .. })));
+    }
+}

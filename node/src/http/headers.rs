@@ -1,0 +1,320 @@
+//! Parsers for the request headers the KV API and purge paths understand, and the
+//! `Cache-Status` (RFC 9211) value the node answers with. A malformed header is an
+//! error that names it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fanz_protocol::{CacheKey, InvalidationId};
+use http::HeaderMap;
+
+use crate::cache::{Freshness, MissReason};
+use crate::store::Tier;
+
+/// Most tags one request may set.
+pub const MAX_TAGS: usize = 256;
+/// Longest tag.
+pub const MAX_TAG_LEN: usize = 1024;
+/// Most dependencies one value may declare.
+pub const MAX_DEPENDENCIES: usize = 256;
+/// Prefix that marks a tag in `Fanz-Depends-On`.
+pub const TAG_PREFIX: &str = "tag:";
+
+/// A header that could not be parsed; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {header} header: {reason}")]
+pub struct HeaderError {
+    /// Header name.
+    pub header: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(header: &'static str, reason: impl Into<String>) -> HeaderError {
+    HeaderError {
+        header,
+        reason: reason.into(),
+    }
+}
+
+/// Every value of `name`, as visible-ASCII text.
+fn values<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Vec<&'a str>, HeaderError> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| err(name, "contains bytes that are not visible ASCII"))
+        })
+        .collect()
+}
+
+/// The freshness directives of a request's `Cache-Control`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `max-age`.
+    pub max_age: Option<Duration>,
+    /// `stale-while-revalidate`.
+    pub stale_while_revalidate: Option<Duration>,
+    /// `stale-if-error`.
+    pub stale_if_error: Option<Duration>,
+}
+
+/// Parses `Cache-Control` (RFC 9111 §5.2). Unknown directives are ignored, as the RFC
+/// requires; a known directive with a bad argument, or a list that is not
+/// `token[=token|quoted-string]`, is an error. The first occurrence of a directive wins.
+pub fn cache_control(headers: &HeaderMap) -> Result<CacheControl, HeaderError> {
+    const NAME: &str = "Cache-Control";
+    let mut cc = CacheControl::default();
+    for value in values(headers, "cache-control")? {
+        for item in split_list(value).map_err(|r| err(NAME, r))? {
+            let (name, arg) = match item.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim())),
+                None => (item, None),
+            };
+            if name.is_empty() || !name.bytes().all(is_tchar) {
+                return Err(err(NAME, format!("{item:?} is not a directive")));
+            }
+            if let Some(arg) = arg {
+                let quoted = arg.len() >= 2 && arg.starts_with('"') && arg.ends_with('"');
+                if !quoted && (arg.is_empty() || !arg.bytes().all(is_tchar)) {
+                    return Err(err(NAME, format!("bad argument in {item:?}")));
+                }
+            }
+            let slot = match name.to_ascii_lowercase().as_str() {
+                "max-age" => &mut cc.max_age,
+                "stale-while-revalidate" => &mut cc.stale_while_revalidate,
+                "stale-if-error" => &mut cc.stale_if_error,
+                _ => continue,
+            };
+            let seconds = delta_seconds(arg).ok_or_else(|| {
+                err(NAME, format!("{name} needs a number of seconds, got {item:?}"))
+            })?;
+            slot.get_or_insert(Duration::from_secs(seconds));
+        }
+    }
+    Ok(cc)
+}
+
+/// Splits a comma-separated list, dropping empty elements (RFC 9110 §5.6.1), but
+/// keeping commas inside quoted strings.
+fn split_list(value: &str) -> Result<Vec<&str>, String> {
+    let mut items = Vec::new();
+    let mut start = 0;
+    let mut in_quotes = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            ',' if !in_quotes => {
+                items.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if in_quotes {
+        return Err("unterminated quoted string".into());
+    }
+    items.push(value[start..].trim());
+    items.retain(|s| !s.is_empty());
+    Ok(items)
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// delta-seconds (RFC 9111 §1.2.2); values past u32 saturate, as the RFC allows.
+fn delta_seconds(arg: Option<&str>) -> Option<u64> {
+    let arg = arg?.trim_matches('"');
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(arg.parse::<u64>().unwrap_or(u64::MAX).min(u64::from(u32::MAX)))
+}
+
+/// Checks one tag: 1 to [`MAX_TAG_LEN`] visible ASCII characters.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() {
+        return Err("empty tag".into());
+    }
+    if tag.len() > MAX_TAG_LEN {
+        return Err(format!("tag longer than {MAX_TAG_LEN} bytes"));
+    }
+    if !tag.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("tag {tag:?} has characters that are not visible ASCII"));
+    }
+    Ok(())
+}
+
+/// Parses `Surrogate-Key`: tags separated by spaces.
+pub fn surrogate_keys(headers: &HeaderMap) -> Result<Vec<Bytes>, HeaderError> {
+    const NAME: &str = "Surrogate-Key";
+    let mut tags = Vec::new();
+    for value in values(headers, "surrogate-key")? {
+        for tag in value.split_ascii_whitespace() {
+            validate_tag(tag).map_err(|r| err(NAME, r))?;
+            tags.push(Bytes::copy_from_slice(tag.as_bytes()));
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(err(NAME, format!("more than {MAX_TAGS} tags")));
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+/// Parses `Fanz-Depends-On`: space-separated KV keys (percent-encoded where needed)
+/// and tags (`tag:NAME`).
+pub fn depends_on(headers: &HeaderMap, max_key_size: usize) -> Result<Vec<InvalidationId>, HeaderError> {
+    const NAME: &str = "Fanz-Depends-On";
+    let mut deps = Vec::new();
+    for value in values(headers, "fanz-depends-on")? {
+        for item in value.split_ascii_whitespace() {
+            if let Some(tag) = item.strip_prefix(TAG_PREFIX) {
+                validate_tag(tag).map_err(|r| err(NAME, r))?;
+                deps.push(InvalidationId::tag(tag.as_bytes()));
+            } else {
+                let key = percent_decode(item).map_err(|r| err(NAME, r))?;
+                if key.is_empty() || key.len() > max_key_size {
+                    return Err(err(NAME, format!("key {item:?} is empty or longer than {max_key_size} bytes")));
+                }
+                deps.push(InvalidationId::key(&CacheKey::kv(&key)));
+            }
+        }
+    }
+    if deps.len() > MAX_DEPENDENCIES {
+        return Err(err(NAME, format!("more than {MAX_DEPENDENCIES} dependencies")));
+    }
+    deps.sort();
+    deps.dedup();
+    Ok(deps)
+}
+
+/// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
+pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let ours = strip(etag);
+    headers
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|candidate| candidate.trim() == "*" || strip(candidate) == ours)
+}
+
+/// Decodes `%XX` escapes; other bytes pass through.
+pub fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in {text:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `Cache-Status` for a hit.
+pub fn cache_status_hit(freshness: Freshness, tier: Tier) -> String {
+    match freshness {
+        Freshness::Fresh { ttl_ms } => {
+            let tier = match tier {
+                Tier::Memory => "memory",
+                Tier::Disk => "disk",
+            };
+            format!("fanz; hit; ttl={}; detail={tier}", ttl_ms / 1000)
+        }
+        Freshness::Stale { stale_ms } => {
+            format!("fanz; hit; ttl=-{}; detail=stale", stale_ms.div_ceil(1000))
+        }
+    }
+}
+
+/// `Cache-Status` for a miss.
+pub fn cache_status_miss(reason: MissReason) -> &'static str {
+    match reason {
+        MissReason::Absent => "fanz; fwd=uri-miss",
+        MissReason::Expired => "fanz; fwd=miss; detail=expired",
+        MissReason::Invalidated => "fanz; fwd=miss; detail=invalidated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cache_control_directives() {
+        let cc = cache_control(&headers(&[(
+            "cache-control",
+            "public, max-age=60, stale-while-revalidate=\"30\", x-ext=\"a,b\", stale-if-error=5",
+        )]))
+        .unwrap();
+        assert_eq!(cc.max_age, Some(Duration::from_secs(60)));
+        assert_eq!(cc.stale_while_revalidate, Some(Duration::from_secs(30)));
+        assert_eq!(cc.stale_if_error, Some(Duration::from_secs(5)));
+        // First occurrence wins; empty list elements are fine.
+        let cc = cache_control(&headers(&[("cache-control", "max-age=1,, max-age=2")])).unwrap();
+        assert_eq!(cc.max_age, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn malformed_cache_control_is_an_error_naming_the_header() {
+        for bad in ["max-age=abc", "max-age", "max-age=-1", "max age=5", "max-age=\"5", "=5", "max-age=5 6"] {
+            let e = cache_control(&headers(&[("cache-control", bad)])).unwrap_err();
+            assert_eq!(e.header, "Cache-Control", "{bad}");
+        }
+    }
+
+    #[test]
+    fn surrogate_keys_split_on_spaces() {
+        let tags = surrogate_keys(&headers(&[("surrogate-key", "b a  c"), ("surrogate-key", "a")])).unwrap();
+        assert_eq!(tags, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+        let mut h = HeaderMap::new();
+        h.insert("surrogate-key", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        assert_eq!(surrogate_keys(&h).unwrap_err().header, "Surrogate-Key");
+        let many = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect::<Vec<_>>().join(" ");
+        assert!(surrogate_keys(&headers(&[("surrogate-key", &many)])).is_err());
+    }
+
+    #[test]
+    fn depends_on_keys_and_tags() {
+        let deps = depends_on(&headers(&[("fanz-depends-on", "user%2F1 tag:team")]), 100).unwrap();
+        assert!(deps.contains(&InvalidationId::key(&CacheKey::kv(b"user/1"))));
+        assert!(deps.contains(&InvalidationId::tag(b"team")));
+        for bad in ["tag:", "bad%zz", "%"] {
+            assert_eq!(depends_on(&headers(&[("fanz-depends-on", bad)]), 100).unwrap_err().header, "Fanz-Depends-On", "{bad}");
+        }
+        assert!(depends_on(&headers(&[("fanz-depends-on", "abcdef")]), 3).is_err());
+    }
+
+    #[test]
+    fn etag_matching() {
+        let h = headers(&[("if-none-match", "\"x\", W/\"abc\"")]);
+        assert!(if_none_match(&h, "\"abc\""));
+        assert!(!if_none_match(&h, "\"abd\""));
+        assert!(if_none_match(&headers(&[("if-none-match", "*")]), "\"q\""));
+    }
+}

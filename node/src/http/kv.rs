@@ -1,0 +1,268 @@
+//! The main listener's service: the KV API under `/kv/{key}` (GET, HEAD, PUT, DELETE)
+//! and the `PURGE` method (Varnish/Squid convention).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanz_protocol::{CacheKey, Entry, EntryMeta};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::headers::{self, HeaderError};
+use super::{purge, read_body, text, Body};
+use crate::auth::Auth;
+use crate::cache::{Cache, Lookup};
+use crate::invalidation::PurgeTargets;
+use crate::metrics::{Api, Metrics};
+
+/// Path prefix of the KV API.
+pub const KV_PREFIX: &str = "/kv/";
+/// Header that turns a `PURGE` into a soft purge.
+pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
+
+/// Limits and defaults of the KV API.
+#[derive(Debug, Clone)]
+pub struct KvLimits {
+    /// Longest key (414 beyond).
+    pub max_key_size: usize,
+    /// Largest value (413 beyond).
+    pub max_value_size: u64,
+    /// Time to receive a body (408 beyond).
+    pub body_read_timeout: Duration,
+    /// TTL without `max-age`.
+    pub default_ttl: Duration,
+    /// TTL clamp.
+    pub max_ttl: Duration,
+    /// Stale window clamp.
+    pub max_stale: Duration,
+}
+
+/// The main listener's service.
+#[derive(Debug)]
+pub struct MainService {
+    cache: Arc<Cache>,
+    auth: Auth,
+    limits: KvLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl MainService {
+    /// Builds the service.
+    pub fn new(cache: Arc<Cache>, auth: Auth, limits: KvLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cache,
+            auth,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let response = self.route(req, peer).await;
+        self.metrics.observe(Api::Main, started, response.status());
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.method().as_str() == "PURGE" {
+            return self.purge(&req, peer).await;
+        }
+        let Some(raw_key) = req.uri().path().strip_prefix(KV_PREFIX) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no such resource: the KV API lives under {KV_PREFIX}{{key}}"),
+            );
+        };
+        let key = match self.parse_key(raw_key) {
+            Ok(key) => key,
+            Err(response) => return *response,
+        };
+        match *req.method() {
+            Method::GET | Method::HEAD => self.get(&key, &req).await,
+            Method::PUT => self.put(key, req).await,
+            Method::DELETE => self.delete(key).await,
+            _ => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on a key", req.method()));
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT, DELETE, PURGE"));
+                r
+            }
+        }
+    }
+
+    /// The key of `/kv/{key}`: percent-decoded, not empty, within the limit.
+    fn parse_key(&self, raw: &str) -> Result<CacheKey, Box<Response<Body>>> {
+        let key = headers::percent_decode(raw).map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
+        if key.is_empty() {
+            return Err(Box::new(text(StatusCode::BAD_REQUEST, "empty key")));
+        }
+        if key.len() > self.limits.max_key_size {
+            return Err(Box::new(text(
+                StatusCode::URI_TOO_LONG,
+                format!("key is {} bytes; the limit is {}", key.len(), self.limits.max_key_size),
+            )));
+        }
+        Ok(CacheKey::kv(&key))
+    }
+
+    async fn get(&self, key: &CacheKey, req: &Request<Incoming>) -> Response<Body> {
+        let hit = match self.cache.get(key).await {
+            Lookup::Hit(hit) => hit,
+            Lookup::Miss(reason) => {
+                let mut r = text(StatusCode::NOT_FOUND, "not found");
+                r.headers_mut()
+                    .insert("cache-status", HeaderValue::from_static(headers::cache_status_miss(reason)));
+                return r;
+            }
+        };
+        let entry = hit.entry();
+        let etag = etag(&entry.meta);
+        let not_modified = headers::if_none_match(req.headers(), &etag);
+        let (status, body) = if not_modified {
+            (StatusCode::NOT_MODIFIED, Bytes::new())
+        } else if req.method() == Method::HEAD {
+            (StatusCode::OK, Bytes::new())
+        } else {
+            (StatusCode::OK, entry.body.clone())
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        if status == StatusCode::OK {
+            if let Some(ct) = entry.meta.header("content-type").and_then(|v| HeaderValue::from_bytes(v).ok()) {
+                h.insert(header::CONTENT_TYPE, ct);
+            }
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        }
+        h.insert(header::AGE, HeaderValue::from(hit.age_secs));
+        insert_str(h, header::ETAG, &etag);
+        insert_str(h, "cache-status", &headers::cache_status_hit(hit.freshness, hit.tier));
+        response
+    }
+
+    async fn put(&self, key: CacheKey, req: Request<Incoming>) -> Response<Body> {
+        // The version is taken before anything of the value is read: a purge that
+        // arrives while the body is uploading covers this write.
+        let version = self.cache.begin_fill();
+        let meta = match self.meta_from_headers(&key, req.headers()) {
+            Ok(meta) => EntryMeta { version, ..meta },
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let body = match read_body(req.into_body(), self.limits.max_value_size, self.limits.body_read_timeout).await {
+            Ok(body) => body,
+            Err(e) => return e.response(),
+        };
+        let etag = etag(&meta);
+        match self.cache.set(key, Entry { meta, body }).await {
+            Ok(outcome) => {
+                let status = if outcome.created { StatusCode::CREATED } else { StatusCode::NO_CONTENT };
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = status;
+                insert_str(r.headers_mut(), header::ETAG, &etag);
+                r.headers_mut()
+                    .insert("fanz-invalidated", HeaderValue::from(outcome.dependents.len()));
+                r
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "set failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
+            }
+        }
+    }
+
+    /// Entry metadata from a PUT's headers (version filled in by the caller).
+    fn meta_from_headers(&self, key: &CacheKey, h: &HeaderMap) -> Result<EntryMeta, HeaderError> {
+        let cc = headers::cache_control(h)?;
+        let tags = headers::surrogate_keys(h)?;
+        let depends_on = headers::depends_on(h, self.limits.max_key_size)?;
+        if depends_on.contains(&fanz_protocol::InvalidationId::key(key)) {
+            return Err(HeaderError {
+                header: "Fanz-Depends-On",
+                reason: "a key cannot depend on itself".into(),
+            });
+        }
+        let clamp = |d: Option<Duration>, default: Duration, max: Duration| d.unwrap_or(default).min(max).as_millis() as u64;
+        let mut kept_headers = Vec::new();
+        if let Some(ct) = h.get(header::CONTENT_TYPE) {
+            kept_headers.push((Bytes::from_static(b"content-type"), Bytes::copy_from_slice(ct.as_bytes())));
+        }
+        Ok(EntryMeta {
+            ttl_ms: clamp(cc.max_age, self.limits.default_ttl, self.limits.max_ttl),
+            stale_while_revalidate_ms: clamp(cc.stale_while_revalidate, Duration::ZERO, self.limits.max_stale),
+            stale_if_error_ms: clamp(cc.stale_if_error, Duration::ZERO, self.limits.max_stale),
+            status: 200,
+            headers: kept_headers,
+            tags,
+            depends_on,
+            ..EntryMeta::default()
+        })
+    }
+
+    async fn delete(&self, key: CacheKey) -> Response<Body> {
+        let targets = PurgeTargets {
+            keys: vec![key],
+            ..PurgeTargets::default()
+        };
+        match self.cache.purge(&targets).await {
+            Ok(outcome) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r.headers_mut()
+                    .insert("fanz-invalidated", HeaderValue::from(outcome.dependents.len()));
+                r
+            }
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("delete not made durable: {e}")),
+        }
+    }
+
+    /// `PURGE /kv/{key}` purges the key; `PURGE` with `Surrogate-Key: a b` purges those
+    /// tags. `Fanz-Soft-Purge: 1` makes it soft.
+    async fn purge(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if let Err(denied) = self.auth.check(req.headers(), peer) {
+            return *denied;
+        }
+        let soft = req
+            .headers()
+            .get(SOFT_PURGE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let mut targets = PurgeTargets {
+            soft,
+            ..PurgeTargets::default()
+        };
+        if req.headers().contains_key("surrogate-key") {
+            match headers::surrogate_keys(req.headers()) {
+                Ok(tags) => targets.tags = tags,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        } else if let Some(raw) = req.uri().path().strip_prefix(KV_PREFIX) {
+            match self.parse_key(raw) {
+                Ok(key) => targets.keys.push(key),
+                Err(response) => return *response,
+            }
+        }
+        if targets.is_empty() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("PURGE needs a Surrogate-Key header or a {KV_PREFIX}{{key}} path"),
+            );
+        }
+        purge::run(&self.cache, &targets).await
+    }
+}
+
+/// The ETag of an entry: its version, unique per write.
+fn etag(meta: &EntryMeta) -> String {
+    format!("\"{:x}\"", meta.version.as_u64())
+}
+
+fn insert_str(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
+    // Every value passed here is built from ASCII digits, hex and fixed words.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP front end: the main listener's service (KV API under `/kv/`, the `PURGE`
+//! method), the shared connection loop, header parsing, and small response helpers.
+//! The admin listener's routes live in [`crate::admin`] and reuse all of this.
+
+pub mod headers;
+pub mod kv;
+pub mod purge;
+pub mod server;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+
+/// Response body type of every handler.
+pub type Body = Full<Bytes>;
+
+/// A plain-text response saying why; every error answer of the node is one.
+pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut body = message.into();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Over the limit.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The client took too long.
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed or the framing was bad.
+    #[error("could not read the request body: {0}")]
+    Client(String),
+}
+
+impl BodyError {
+    /// The answer for this error.
+    pub fn response(&self) -> Response<Body> {
+        let status = match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Client(_) => StatusCode::BAD_REQUEST,
+        };
+        let mut response = text(status, self.to_string());
+        // The rest of the body is not read: the connection cannot be reused.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes within `timeout`. A declared
+/// `Content-Length` over the limit is refused before anything is read; a chunked body
+/// is cut off as soon as it passes the limit, so nothing over it is ever buffered.
+pub async fn read_body<B>(body: B, limit: u64, timeout: Duration) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > limit {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let limited = Limited::new(body, limit as usize);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(BodyError::Timeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Ok(Err(e)) => Err(BodyError::Client(e.to_string())),
+    }
+}

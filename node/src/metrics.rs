@@ -1,0 +1,252 @@
+//! The node's Prometheus metrics: one explicit registry, the families every part
+//! records into, and the text exposition served at `/metrics`.
+//!
+//! Values that live elsewhere (tier usage, tombstone counts, log size) are copied into
+//! gauges by the admin handler right before each scrape.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Defines a label enum whose Prometheus values are the given lowercase names.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// Storage tier.
+    TierLabel {
+        /// Memory tier.
+        Memory => "memory",
+        /// Disk tier.
+        Disk => "disk",
+    }
+}
+
+label_enum! {
+    /// Outcome of a lookup.
+    LookupResult {
+        /// Served fresh.
+        Hit => "hit",
+        /// Served stale (inside stale-while-revalidate).
+        Stale => "stale",
+        /// Found but expired beyond its stale windows.
+        Expired => "expired",
+        /// Found but covered by a purge.
+        Invalidated => "invalidated",
+        /// Not found in any tier.
+        Miss => "miss",
+    }
+}
+
+/// Labels of `fanz_cache_lookups_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// Tier the entry came from (`memory` for plain misses).
+    pub tier: TierLabel,
+    /// Outcome.
+    pub result: LookupResult,
+}
+
+label_enum! {
+    /// What a purge targeted.
+    PurgeKind {
+        /// Keys.
+        Key => "key",
+        /// Tags.
+        Tag => "tag",
+        /// Key prefixes.
+        Prefix => "prefix",
+        /// Dependents of an overwritten or purged id.
+        Dependent => "dependent",
+    }
+}
+
+/// Labels of `fanz_purge_targets_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurgeLabels {
+    /// Target kind.
+    pub kind: PurgeKind,
+    /// `true` for soft purges.
+    pub soft: bool,
+}
+
+label_enum! {
+    /// Which listener served a request.
+    Api {
+        /// Main port: KV API and PURGE.
+        Main => "main",
+        /// Admin port.
+        Admin => "admin",
+    }
+}
+
+/// Labels of `fanz_http_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Listener.
+    pub api: Api,
+    /// Status code.
+    pub status: u16,
+}
+
+/// Labels of per-tier gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// Tier.
+    pub tier: TierLabel,
+}
+
+/// Labels of the request latency histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// Listener.
+    pub api: Api,
+}
+
+/// Every metric of a node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Lookups by tier and outcome.
+    pub lookups: Family<LookupLabels, Counter>,
+    /// Entries evicted from the memory tier.
+    pub evictions: Counter,
+    /// Purge targets by kind.
+    pub purge_targets: Family<PurgeLabels, Counter>,
+    /// Purge requests acknowledged.
+    pub purges: Counter,
+    /// Requests by listener and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency by listener.
+    pub request_seconds: Family<ApiLabels, Histogram>,
+    /// Bytes held per tier (memory: usage; disk: written since start).
+    pub tier_bytes: Family<TierLabels, Gauge>,
+    /// Capacity per tier.
+    pub tier_capacity_bytes: Family<TierLabels, Gauge>,
+    /// Bytes read from the disk tier since start.
+    pub disk_read_bytes: Gauge,
+    /// Tombstones held.
+    pub tombstones: Gauge,
+    /// Dependency edges held.
+    pub dependency_edges: Gauge,
+    /// Size of the invalidation log file.
+    pub log_bytes: Gauge,
+    /// fsyncs of the invalidation log.
+    pub log_fsyncs: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric. `corrupt_entries` is shared with the store's decoder.
+    pub fn new(corrupt_entries: Counter) -> Self {
+        let mut registry = Registry::with_prefix("fanz");
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register("cache_lookups", "Cache lookups by tier and outcome", lookups.clone());
+        let evictions = Counter::default();
+        registry.register("cache_evictions", "Entries evicted from the memory tier", evictions.clone());
+        registry.register(
+            "cache_corrupt_entries_dropped",
+            "Entries that failed their checksum when read from disk, dropped and treated as misses",
+            corrupt_entries,
+        );
+        let purge_targets = Family::<PurgeLabels, Counter>::default();
+        registry.register("purge_targets", "Ids purged, by kind (keys, tags, prefixes, dependents)", purge_targets.clone());
+        let purges = Counter::default();
+        registry.register("purges", "Purge requests acknowledged (durable)", purges.clone());
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by listener and status", requests.clone());
+        let request_seconds = Family::<ApiLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register("http_request_duration_seconds", "HTTP request latency", request_seconds.clone());
+        let tier_bytes = Family::<TierLabels, Gauge>::default();
+        registry.register(
+            "cache_tier_bytes",
+            "Bytes in the memory tier; bytes written to the disk tier since start",
+            tier_bytes.clone(),
+        );
+        let tier_capacity_bytes = Family::<TierLabels, Gauge>::default();
+        registry.register("cache_tier_capacity_bytes", "Configured capacity per tier", tier_capacity_bytes.clone());
+        let disk_read_bytes = Gauge::default();
+        registry.register("cache_disk_read_bytes", "Bytes read from the disk tier since start", disk_read_bytes.clone());
+        let tombstones = Gauge::default();
+        registry.register("invalidation_tombstones", "Tombstones held (keys, tags, prefixes)", tombstones.clone());
+        let dependency_edges = Gauge::default();
+        registry.register("invalidation_dependency_edges", "Dependency edges held", dependency_edges.clone());
+        let log_bytes = Gauge::default();
+        registry.register("invalidation_log_bytes", "Size of the invalidation log", log_bytes.clone());
+        let log_fsyncs = Gauge::default();
+        registry.register("invalidation_log_fsyncs", "fsyncs of the invalidation log since start", log_fsyncs.clone());
+        Self {
+            registry,
+            lookups,
+            evictions,
+            purge_targets,
+            purges,
+            requests,
+            request_seconds,
+            tier_bytes,
+            tier_capacity_bytes,
+            disk_read_bytes,
+            tombstones,
+            dependency_edges,
+            log_bytes,
+            log_fsyncs,
+        }
+    }
+
+    /// Counts a lookup.
+    pub fn lookup(&self, tier: TierLabel, result: LookupResult) {
+        self.lookups.get_or_create(&LookupLabels { tier, result }).inc();
+    }
+
+    /// Records a finished request.
+    pub fn observe(&self, api: Api, started: std::time::Instant, status: http::StatusCode) {
+        self.requests
+            .get_or_create(&RequestLabels { api, status: status.as_u16() })
+            .inc();
+        self.request_seconds
+            .get_or_create(&ApiLabels { api })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+}
+
+/// Sets a gauge from an unsigned count, saturating.
+pub fn set_gauge(gauge: &Gauge, value: u64) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+}

@@ -1,0 +1,232 @@
+//! Start-up and the one shutdown path of a node.
+//!
+//! ```text
+//! data dir (create, probe, lock) -> invalidation log replay -> storage tiers recovery
+//!   -> serve main + admin listeners -> ready
+//! shutdown signal -> not ready -> stop accepting -> drain (grace) -> flush log -> close tiers
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::AdminService;
+use crate::auth::Auth;
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http::kv::{KvLimits, MainService};
+use crate::http::server::{serve, ServeLimits};
+use crate::invalidation::Invalidator;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
+
+/// Headroom over the longest key for the rest of a request head.
+const HEAD_BYTES_BEYOND_KEY: usize = 64 << 10;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting cannot be used as given (address taken, directory unwritable, ...).
+    #[error("cannot use setting `{setting}` ({value}): {message}")]
+    Setting {
+        /// Setting name.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// Process exit code: 2 for a bad setting, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Setting { .. } => 2,
+            StartError::Other(_) => 1,
+        }
+    }
+}
+
+/// Binds a listener, naming the setting when it fails.
+pub async fn bind(setting: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Setting {
+        setting,
+        value: addr.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Creates the data directory, proves it writable, and takes its lock so two nodes
+/// never share one. The returned file holds the lock until it is dropped.
+pub fn prepare_data_dir(dir: &Path) -> Result<File, StartError> {
+    let fail = |message: String| StartError::Setting {
+        setting: "data_dir",
+        value: dir.display().to_string(),
+        message,
+    };
+    fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
+    let probe = dir.join(".write-probe");
+    File::create(&probe)
+        .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()))
+        .and_then(|()| fs::remove_file(&probe))
+        .map_err(|e| fail(format!("not writable: {e}")))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
+    lock.try_lock()
+        .map_err(|_| fail("another fanz-node is using it (LOCK is held)".into()))?;
+    Ok(lock)
+}
+
+/// Runs a node on the given listeners until `shutdown` resolves, then shuts down
+/// cleanly. The binary binds real ports; tests bind port 0.
+pub async fn run(
+    config: Config,
+    http_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let _lock = prepare_data_dir(&config.data_dir)?;
+    let clock = Arc::new(Clock::system());
+    let metrics = Arc::new(Metrics::new(CORRUPT_ENTRIES.clone()));
+    let invalidator = Invalidator::open(
+        &config.data_dir,
+        clock.clone(),
+        config.tombstone_retention(),
+        config.log_compact_size,
+    )
+    .await
+    .map_err(|e| StartError::Setting {
+        setting: "data_dir",
+        value: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let invalidator = Arc::new(invalidator);
+    let store = Store::open(
+        StoreConfig {
+            memory_capacity: config.memory_capacity,
+            disk_capacity: config.disk_capacity,
+            dir: config.data_dir.join("cache"),
+        },
+        metrics.evictions.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Setting {
+        setting: "data_dir",
+        value: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let cache = Arc::new(Cache::new(store.clone(), invalidator.clone(), clock, metrics.clone()));
+    let auth = Auth::new(config.admin_token.clone());
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin token configured: purges and the admin API are open to loopback clients only");
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let main_service = Arc::new(MainService::new(
+        cache.clone(),
+        auth.clone(),
+        KvLimits {
+            max_key_size: config.max_key_size,
+            max_value_size: config.max_value_size,
+            body_read_timeout: config.body_read_timeout,
+            default_ttl: config.default_ttl,
+            max_ttl: config.max_ttl,
+            max_stale: config.max_stale,
+        },
+        metrics.clone(),
+    ));
+    let admin_service = Arc::new(AdminService::new(
+        cache.clone(),
+        auth,
+        metrics.clone(),
+        ready.clone(),
+        config.max_key_size,
+    ));
+    let limits = ServeLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+        max_head_bytes: config.max_key_size * 3 + HEAD_BYTES_BEYOND_KEY,
+        shutdown_grace: config.shutdown_grace,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let main_server = tokio::spawn(serve(
+        http_listener,
+        limits.clone(),
+        move |req, peer| main_service.clone().handle(req, peer),
+        stopped(stop_rx.clone()),
+    ));
+    let admin_server = tokio::spawn(serve(
+        admin_listener,
+        limits,
+        move |req, peer| admin_service.clone().handle(req, peer),
+        stopped(stop_rx.clone()),
+    ));
+    let maintenance = {
+        let invalidator = invalidator.clone();
+        let period = config.maintenance_interval;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = invalidator.maintain().await {
+                            tracing::error!(error = %e, "invalidation log maintenance failed");
+                        }
+                    }
+                    // The only change ever sent is the stop.
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        http = %config.http_addr,
+        admin = %config.admin_addr,
+        data_dir = %config.data_dir.display(),
+        "fanz-node serving"
+    );
+
+    shutdown.await;
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(main_server, admin_server, maintenance);
+    invalidator.close().await;
+    store.close().await;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,115 @@
+//! How keys and entries are written to foyer's disk tier, and where a corrupt entry
+//! is caught and counted.
+//!
+//! foyer verifies its own xxhash over each disk entry before it decodes it, and turns
+//! a mismatch into a miss (dropping the entry). Our entry crc32 is checked again in
+//! [`StoredEntry`]'s decoder. Both detections are counted in one counter: foyer's
+//! through [`CorruptionLayer`], which watches for its "remove this entry" warning,
+//! ours directly.
+
+use std::io::{Read, Write};
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use fanz_protocol::{CacheKey, Entry};
+use foyer::{Code, Error as FoyerError, ErrorKind};
+use prometheus_client::metrics::counter::Counter;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// Entries dropped because they failed a checksum on their way back from disk. Shared
+/// by every store in the process (foyer's decoder has no instance to report to).
+pub static CORRUPT_ENTRIES: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Longest encoded key the decoder accepts (keys are limited far below this).
+const MAX_KEY_LEN: usize = 1 << 20;
+
+/// A cache key as foyer stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey(pub CacheKey);
+
+impl Code for StoreKey {
+    fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
+        let raw = self.0.encoded();
+        writer
+            .write_all(&(raw.len() as u32).to_le_bytes())
+            .and_then(|_| writer.write_all(raw))
+            .map_err(FoyerError::io_error)
+    }
+
+    fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).map_err(FoyerError::io_error)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_KEY_LEN {
+            return Err(FoyerError::new(ErrorKind::OutOfRange, "stored key length over the limit"));
+        }
+        let mut raw = vec![0u8; len];
+        reader.read_exact(&mut raw).map_err(FoyerError::io_error)?;
+        CacheKey::from_encoded(Bytes::from(raw))
+            .map(StoreKey)
+            .ok_or_else(|| FoyerError::new(ErrorKind::Parse, "stored key has an unknown namespace"))
+    }
+
+    fn estimated_size(&self) -> usize {
+        4 + self.0.encoded().len()
+    }
+}
+
+/// An entry as foyer stores it: the checksummed encoding from `fanz_protocol::entry`.
+#[derive(Debug, Clone)]
+pub struct StoredEntry(pub Entry);
+
+impl Code for StoredEntry {
+    fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
+        writer.write_all(&self.0.encode()).map_err(FoyerError::io_error)
+    }
+
+    fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
+        let mut raw = Vec::new();
+        reader.read_to_end(&mut raw).map_err(FoyerError::io_error)?;
+        Entry::decode(Bytes::from(raw)).map(StoredEntry).map_err(|e| {
+            CORRUPT_ENTRIES.inc();
+            tracing::warn!(error = %e, "dropping a corrupt entry read from the disk tier");
+            // ChecksumMismatch makes foyer drop the entry and answer a miss.
+            FoyerError::new(ErrorKind::ChecksumMismatch, e.to_string())
+        })
+    }
+
+    fn estimated_size(&self) -> usize {
+        self.0.encoded_len()
+    }
+}
+
+/// A tracing layer that counts the corrupt disk entries foyer itself detects and drops.
+#[derive(Debug, Default)]
+pub struct CorruptionLayer;
+
+const FOYER_DROP_MESSAGE: &str = "remove this entry and skip";
+
+impl<S: tracing::Subscriber> Layer<S> for CorruptionLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() != tracing::Level::WARN || !meta.target().starts_with("foyer_storage") {
+            return;
+        }
+        struct Message(bool);
+        impl Visit for Message {
+            fn record_str(&mut self, field: &Field, value: &str) {
+                if field.name() == "message" && value.contains(FOYER_DROP_MESSAGE) {
+                    self.0 = true;
+                }
+            }
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" && format!("{value:?}").contains(FOYER_DROP_MESSAGE) {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut visitor = Message(false);
+        event.record(&mut visitor);
+        if visitor.0 {
+            CORRUPT_ENTRIES.inc();
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Storage tiers: a foyer hybrid cache with a memory tier (S3-FIFO, weighed in bytes)
+//! and a disk tier (block engine on a directory), holding checksummed entries.
+//!
+//! Entries are written to disk when inserted (not only on eviction), so a restart,
+//! SIGKILL included, keeps the cache warm. foyer's own tombstone log is on, so a
+//! removed entry does not come back after recovery; whether a recovered entry may be
+//! *served* is decided by the invalidation engine, whose log is durable.
+
+mod codec;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fanz_protocol::{CacheKey, Entry};
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
+    HybridCacheBuilder, HybridCacheEntry, HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
+};
+use prometheus_client::metrics::counter::Counter;
+
+pub use codec::{CorruptionLayer, StoreKey, StoredEntry, CORRUPT_ENTRIES};
+
+/// A handle to a stored entry; the body is shared, not copied.
+pub type EntryHandle = HybridCacheEntry<StoreKey, StoredEntry>;
+
+/// Largest block of the disk tier; also the largest entry it can hold.
+const MAX_BLOCK_SIZE: u64 = 16 << 20;
+const PAGE: u64 = 4096;
+
+/// Where an entry was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// In memory.
+    Memory,
+    /// Read back from disk.
+    Disk,
+}
+
+/// Sizes and place of the tiers.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Memory tier capacity, bytes.
+    pub memory_capacity: u64,
+    /// Disk tier capacity, bytes; 0 for none.
+    pub disk_capacity: u64,
+    /// Directory of the disk tier.
+    pub dir: PathBuf,
+}
+
+impl StoreConfig {
+    /// Block size of the disk tier: 1/16 of its capacity, at most 16 MiB, page-aligned.
+    pub fn disk_block_size(&self) -> u64 {
+        ((self.disk_capacity / 16).min(MAX_BLOCK_SIZE) / PAGE * PAGE).max(PAGE)
+    }
+}
+
+/// The store could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[error("storage tier at {dir}: {message}")]
+pub struct StoreError {
+    dir: PathBuf,
+    message: String,
+}
+
+struct EvictionCounter(Counter);
+
+impl EventListener for EvictionCounter {
+    type Key = StoreKey;
+    type Value = StoredEntry;
+    fn on_leave(&self, reason: Event, _key: &StoreKey, _value: &StoredEntry) {
+        if reason == Event::Evict {
+            self.0.inc();
+        }
+    }
+}
+
+/// The memory and disk tiers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    cache: HybridCache<StoreKey, StoredEntry>,
+    config: StoreConfig,
+}
+
+impl Store {
+    /// Opens the tiers, recovering what the disk tier holds. `evictions` counts
+    /// entries evicted from memory.
+    pub async fn open(config: StoreConfig, evictions: Counter) -> Result<Self, StoreError> {
+        let err = |dir: &Path, e: foyer::Error| StoreError {
+            dir: dir.to_path_buf(),
+            message: e.to_string(),
+        };
+        let builder = HybridCacheBuilder::new()
+            .with_name("fanz")
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .with_event_listener(Arc::new(EvictionCounter(evictions)))
+            .memory(config.memory_capacity as usize)
+            .with_eviction_config(S3FifoConfig::default())
+            .with_weighter(|key: &StoreKey, value: &StoredEntry| {
+                key.0.encoded().len() + value.0.encoded_len()
+            });
+        let cache = if config.disk_capacity == 0 {
+            builder.storage().build().await
+        } else {
+            let device = FsDeviceBuilder::new(&config.dir)
+                .with_capacity(config.disk_capacity as usize)
+                .build()
+                .map_err(|e| err(&config.dir, e))?;
+            builder
+                .storage()
+                .with_engine_config(
+                    BlockEngineConfig::new(device)
+                        .with_block_size(config.disk_block_size() as usize)
+                        // Without it, an entry removed before a restart comes back.
+                        .with_tombstone_log(true),
+                )
+                .with_recover_mode(RecoverMode::Quiet)
+                .build()
+                .await
+        }
+        .map_err(|e| err(&config.dir, e))?;
+        Ok(Self { cache, config })
+    }
+
+    /// Looks `key` up in memory, then on disk. A disk read error is logged and
+    /// answered as a miss; a corrupt disk entry is dropped, counted, and a miss.
+    pub async fn get(&self, key: &CacheKey) -> Option<(EntryHandle, Tier)> {
+        match self.cache.get(&StoreKey(key.clone())).await {
+            Ok(Some(handle)) => {
+                let tier = match handle.source() {
+                    Source::Disk => Tier::Disk,
+                    Source::Memory | Source::Outer => Tier::Memory,
+                };
+                Some((handle, tier))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(?key, error = %e, "disk tier read failed; answering a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores `entry` under `key` in memory and queues it for the disk tier.
+    pub fn insert(&self, key: CacheKey, entry: Entry) {
+        self.cache.insert(StoreKey(key), StoredEntry(entry));
+    }
+
+    /// Removes `key` from both tiers.
+    pub fn remove(&self, key: &CacheKey) {
+        self.cache.remove(&StoreKey(key.clone()));
+    }
+
+    /// Bytes held by the memory tier.
+    pub fn memory_usage(&self) -> u64 {
+        self.cache.memory().usage() as u64
+    }
+
+    /// Bytes written to / read from the disk tier since start.
+    pub fn disk_io(&self) -> (u64, u64) {
+        let stats = self.cache.statistics();
+        (stats.disk_write_bytes() as u64, stats.disk_read_bytes() as u64)
+    }
+
+    /// Configured sizes.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Waits for queued disk writes, then closes the tiers.
+    pub async fn close(&self) {
+        if let Err(e) = self.cache.close().await {
+            tracing::error!(error = %e, "closing the storage tiers failed");
+        }
+    }
+}
