@@ -51,7 +51,13 @@ pub struct AdminService {
 
 impl AdminService {
     /// Builds the service; `ready` is what `/readyz` reports.
-    pub fn new(cache: Arc<Cache>, auth: Auth, metrics: Arc<Metrics>, ready: Arc<AtomicBool>, max_key_size: usize) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        auth: Auth,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        max_key_size: usize,
+    ) -> Self {
         Self {
             cache,
             auth,
@@ -62,7 +68,11 @@ impl AdminService {
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let started = Instant::now();
         let response = self.route(req, peer).await;
         self.metrics.observe(Api::Admin, started, response.status());
@@ -78,7 +88,10 @@ impl AdminService {
                 if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, "ready")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or shutting down")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: starting or shutting down",
+                    )
                 }
             }
             ("/metrics", Method::GET) => {
@@ -86,7 +99,9 @@ impl AdminService {
                     return *denied;
                 }
                 self.refresh_gauges();
-                let mut r = Response::new(http_body_util::Full::new(Bytes::from(self.metrics.encode())));
+                let mut r = Response::new(http_body_util::Full::new(Bytes::from(
+                    self.metrics.encode(),
+                )));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -99,10 +114,14 @@ impl AdminService {
                 }
                 self.purge(req).await
             }
-            ("/healthz" | "/readyz" | "/metrics" | "/purge", m) => {
-                text(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {path}"))
-            }
-            _ => text(StatusCode::NOT_FOUND, "no such admin resource (try /purge, /metrics, /healthz, /readyz)"),
+            ("/healthz" | "/readyz" | "/metrics" | "/purge", m) => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} is not allowed on {path}"),
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "no such admin resource (try /purge, /metrics, /healthz, /readyz)",
+            ),
         }
     }
 
@@ -113,11 +132,19 @@ impl AdminService {
         };
         let request: PurgeRequest = match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid purge request: {e}")),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid purge request: {e}"),
+                )
+            }
         };
         match self.targets(request) {
             Ok(targets) => purge::run(&self.cache, &targets).await,
-            Err(reason) => text(StatusCode::BAD_REQUEST, format!("invalid purge request: {reason}")),
+            Err(reason) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid purge request: {reason}"),
+            ),
         }
     }
 
@@ -131,7 +158,10 @@ impl AdminService {
         }
         let key = |k: &String| {
             if k.is_empty() || k.len() > self.max_key_size {
-                Err(format!("key {k:?} is empty or longer than {} bytes", self.max_key_size))
+                Err(format!(
+                    "key {k:?} is empty or longer than {} bytes",
+                    self.max_key_size
+                ))
             } else {
                 Ok(CacheKey::kv(k.as_bytes()))
             }
@@ -163,15 +193,29 @@ impl AdminService {
         let m = &self.metrics;
         let store = self.cache.store();
         let (written, read) = store.disk_io();
-        set_gauge(&m.tier_bytes.get_or_create(&TierLabels { tier: TierLabel::Memory }), store.memory_usage());
-        set_gauge(&m.tier_bytes.get_or_create(&TierLabels { tier: TierLabel::Disk }), written);
+        set_gauge(
+            &m.tier_bytes.get_or_create(&TierLabels {
+                tier: TierLabel::Memory,
+            }),
+            store.memory_usage(),
+        );
+        set_gauge(
+            &m.tier_bytes.get_or_create(&TierLabels {
+                tier: TierLabel::Disk,
+            }),
+            written,
+        );
         set_gauge(&m.disk_read_bytes, read);
         set_gauge(
-            &m.tier_capacity_bytes.get_or_create(&TierLabels { tier: TierLabel::Memory }),
+            &m.tier_capacity_bytes.get_or_create(&TierLabels {
+                tier: TierLabel::Memory,
+            }),
             store.config().memory_capacity,
         );
         set_gauge(
-            &m.tier_capacity_bytes.get_or_create(&TierLabels { tier: TierLabel::Disk }),
+            &m.tier_capacity_bytes.get_or_create(&TierLabels {
+                tier: TierLabel::Disk,
+            }),
             store.config().disk_capacity,
         );
         let inv = self.cache.invalidator();

@@ -15,7 +15,11 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.token.is_some() { "Auth(token)" } else { "Auth(loopback only)" })
+        f.write_str(if self.token.is_some() {
+            "Auth(token)"
+        } else {
+            "Auth(loopback only)"
+        })
     }
 }
 
@@ -44,9 +48,10 @@ impl Auth {
             }
         };
         let mut response = text(StatusCode::UNAUTHORIZED, reason);
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"fanz\""));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"fanz\""),
+        );
         Err(Box::new(response))
     }
 }
@@ -73,11 +78,20 @@ mod tests {
         assert!(open.check(&HeaderMap::new(), remote).is_err());
 
         let locked = Auth::new(Some("s3cret".into()));
-        assert!(locked.check(&HeaderMap::new(), local).is_err(), "a token, once set, is required from loopback too");
+        assert!(
+            locked.check(&HeaderMap::new(), local).is_err(),
+            "a token, once set, is required from loopback too"
+        );
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
         assert!(locked.check(&h, remote).is_ok());
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cre7"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cre7"),
+        );
         let denied = locked.check(&h, remote).unwrap_err();
         assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
         assert!(denied.headers().contains_key(header::WWW_AUTHENTICATE));

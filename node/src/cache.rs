@@ -76,7 +76,11 @@ pub enum Lookup {
 
 /// Decides freshness from the entry, how purges cover it, and the wall clock.
 /// `None` when it may not be served at all.
-pub fn freshness(meta: &EntryMeta, coverage: Coverage, now_ms: u64) -> Result<Freshness, MissReason> {
+pub fn freshness(
+    meta: &EntryMeta,
+    coverage: Coverage,
+    now_ms: u64,
+) -> Result<Freshness, MissReason> {
     let mut fresh_until = meta.fresh_until_ms();
     match coverage {
         Coverage::Invalid => return Err(MissReason::Invalidated),
@@ -126,7 +130,12 @@ pub struct Cache {
 
 impl Cache {
     /// Puts the parts together.
-    pub fn new(store: Store, invalidator: Arc<Invalidator>, clock: Arc<Clock>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Store,
+        invalidator: Arc<Invalidator>,
+        clock: Arc<Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             invalidator,
@@ -205,7 +214,10 @@ impl Cache {
         }
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
-        Ok(SetOutcome { created, dependents })
+        Ok(SetOutcome {
+            created,
+            dependents,
+        })
     }
 
     /// Tags of the stored entries of the keys `meta` depends on.
@@ -215,7 +227,9 @@ impl Cache {
             if dep.kind() != IdKind::Key {
                 continue;
             }
-            let Some(dep_key) = dep.as_key() else { continue };
+            let Some(dep_key) = dep.as_key() else {
+                continue;
+            };
             if let Some((handle, _)) = self.store.get(&dep_key).await {
                 let tags = &handle.value().0.meta.tags;
                 if !tags.is_empty() {
@@ -297,17 +311,32 @@ mod tests {
     #[test]
     fn fresh_then_stale_then_expired() {
         let m = meta(1_000, 10_000, 5_000);
-        assert_eq!(freshness(&m, Coverage::Valid, 2_000), Ok(Freshness::Fresh { ttl_ms: 9_000 }));
-        assert_eq!(freshness(&m, Coverage::Valid, 11_000), Ok(Freshness::Stale { stale_ms: 0 }));
-        assert_eq!(freshness(&m, Coverage::Valid, 16_000), Ok(Freshness::Stale { stale_ms: 5_000 }));
-        assert_eq!(freshness(&m, Coverage::Valid, 16_001), Err(MissReason::Expired));
+        assert_eq!(
+            freshness(&m, Coverage::Valid, 2_000),
+            Ok(Freshness::Fresh { ttl_ms: 9_000 })
+        );
+        assert_eq!(
+            freshness(&m, Coverage::Valid, 11_000),
+            Ok(Freshness::Stale { stale_ms: 0 })
+        );
+        assert_eq!(
+            freshness(&m, Coverage::Valid, 16_000),
+            Ok(Freshness::Stale { stale_ms: 5_000 })
+        );
+        assert_eq!(
+            freshness(&m, Coverage::Valid, 16_001),
+            Err(MissReason::Expired)
+        );
     }
 
     #[test]
     fn a_soft_purge_makes_an_entry_stale_from_the_purge_on() {
         let m = meta(1_000, 60_000, 5_000);
         let purged = Coverage::SoftPurged(Timestamp::from_millis(3_000));
-        assert_eq!(freshness(&m, purged, 4_000), Ok(Freshness::Stale { stale_ms: 1_000 }));
+        assert_eq!(
+            freshness(&m, purged, 4_000),
+            Ok(Freshness::Stale { stale_ms: 1_000 })
+        );
         assert_eq!(freshness(&m, purged, 8_001), Err(MissReason::Invalidated));
         // Without a stale window, a soft-purged entry is not served at all.
         let m = meta(1_000, 60_000, 0);
@@ -317,6 +346,9 @@ mod tests {
     #[test]
     fn a_hard_purge_is_never_served() {
         let m = meta(1_000, 60_000, 60_000);
-        assert_eq!(freshness(&m, Coverage::Invalid, 1_001), Err(MissReason::Invalidated));
+        assert_eq!(
+            freshness(&m, Coverage::Invalid, 1_001),
+            Err(MissReason::Invalidated)
+        );
     }
 }

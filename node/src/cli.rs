@@ -107,29 +107,57 @@ mod tests {
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.toml");
-        std::fs::write(&path, "http_addr = \"127.0.0.1:1111\"\nadmin_addr = \"127.0.0.1:2222\"\n").unwrap();
-        let args = ["fanz-node", "--config", path.to_str().unwrap(), "--http-addr", "127.0.0.1:3333"];
-        let Invocation::Serve(c) = parse(args).unwrap() else { panic!("expected serve") };
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:1111\"\nadmin_addr = \"127.0.0.1:2222\"\n",
+        )
+        .unwrap();
+        let args = [
+            "fanz-node",
+            "--config",
+            path.to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:3333",
+        ];
+        let Invocation::Serve(c) = parse(args).unwrap() else {
+            panic!("expected serve")
+        };
         assert_eq!(c.http_addr.port(), 3333);
         assert_eq!(c.admin_addr.port(), 2222);
     }
 
     #[test]
     fn subcommands_take_the_settings_too() {
-        let Invocation::PrintConfig(c) = parse(["fanz-node", "print-config", "--memory-capacity", "1GiB"]).unwrap() else {
+        let Invocation::PrintConfig(c) =
+            parse(["fanz-node", "print-config", "--memory-capacity", "1GiB"]).unwrap()
+        else {
             panic!("expected print-config")
         };
         assert_eq!(c.memory_capacity, 1 << 30);
-        assert!(matches!(parse(["fanz-node", "serve", "--max-ttl", "forever"]), Err(CliError::Config(_))));
-        assert!(matches!(parse(["fanz-node", "--no-such-flag"]), Err(CliError::Usage(_))));
+        assert!(matches!(
+            parse(["fanz-node", "serve", "--max-ttl", "forever"]),
+            Err(CliError::Config(_))
+        ));
+        assert!(matches!(
+            parse(["fanz-node", "--no-such-flag"]),
+            Err(CliError::Usage(_))
+        ));
     }
 
     #[test]
     fn help_documents_every_setting() {
         let help = command().render_long_help().to_string();
         for spec in SETTINGS {
-            assert!(help.contains(&format!("--{}", spec.flag())), "{} missing from --help", spec.name);
-            assert!(help.contains(&spec.env()), "{} missing from --help", spec.env());
+            assert!(
+                help.contains(&format!("--{}", spec.flag())),
+                "{} missing from --help",
+                spec.name
+            );
+            assert!(
+                help.contains(&spec.env()),
+                "{} missing from --help",
+                spec.env()
+            );
         }
     }
 }

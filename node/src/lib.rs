@@ -11,14 +11,14 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`node`]: start-up and the one shutdown path.
 
-pub mod clock;
-pub mod invalidation;
 pub mod admin;
 pub mod auth;
 pub mod cache;
-pub mod http;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod http;
+pub mod invalidation;
 pub mod metrics;
 pub mod node;
 pub mod store;

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fanz-node: cannot start the async runtime: {e}");
@@ -52,11 +55,17 @@ fn init_logging(config: &Config) {
     // Validated when the config was parsed.
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     // The corruption counter sees foyer's warnings whatever the log level is.
-    let corruption = CorruptionLayer.with_filter(Targets::new().with_target("foyer_storage", tracing::Level::WARN));
+    let corruption = CorruptionLayer
+        .with_filter(Targets::new().with_target("foyer_storage", tracing::Level::WARN));
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(corruption)

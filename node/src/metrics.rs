@@ -167,24 +167,48 @@ impl Metrics {
     pub fn new(corrupt_entries: Counter) -> Self {
         let mut registry = Registry::with_prefix("fanz");
         let lookups = Family::<LookupLabels, Counter>::default();
-        registry.register("cache_lookups", "Cache lookups by tier and outcome", lookups.clone());
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by tier and outcome",
+            lookups.clone(),
+        );
         let evictions = Counter::default();
-        registry.register("cache_evictions", "Entries evicted from the memory tier", evictions.clone());
+        registry.register(
+            "cache_evictions",
+            "Entries evicted from the memory tier",
+            evictions.clone(),
+        );
         registry.register(
             "cache_corrupt_entries_dropped",
             "Entries that failed their checksum when read from disk, dropped and treated as misses",
             corrupt_entries,
         );
         let purge_targets = Family::<PurgeLabels, Counter>::default();
-        registry.register("purge_targets", "Ids purged, by kind (keys, tags, prefixes, dependents)", purge_targets.clone());
+        registry.register(
+            "purge_targets",
+            "Ids purged, by kind (keys, tags, prefixes, dependents)",
+            purge_targets.clone(),
+        );
         let purges = Counter::default();
-        registry.register("purges", "Purge requests acknowledged (durable)", purges.clone());
+        registry.register(
+            "purges",
+            "Purge requests acknowledged (durable)",
+            purges.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by listener and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by listener and status",
+            requests.clone(),
+        );
         let request_seconds = Family::<ApiLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
         });
-        registry.register("http_request_duration_seconds", "HTTP request latency", request_seconds.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            request_seconds.clone(),
+        );
         let tier_bytes = Family::<TierLabels, Gauge>::default();
         registry.register(
             "cache_tier_bytes",
@@ -192,17 +216,41 @@ impl Metrics {
             tier_bytes.clone(),
         );
         let tier_capacity_bytes = Family::<TierLabels, Gauge>::default();
-        registry.register("cache_tier_capacity_bytes", "Configured capacity per tier", tier_capacity_bytes.clone());
+        registry.register(
+            "cache_tier_capacity_bytes",
+            "Configured capacity per tier",
+            tier_capacity_bytes.clone(),
+        );
         let disk_read_bytes = Gauge::default();
-        registry.register("cache_disk_read_bytes", "Bytes read from the disk tier since start", disk_read_bytes.clone());
+        registry.register(
+            "cache_disk_read_bytes",
+            "Bytes read from the disk tier since start",
+            disk_read_bytes.clone(),
+        );
         let tombstones = Gauge::default();
-        registry.register("invalidation_tombstones", "Tombstones held (keys, tags, prefixes)", tombstones.clone());
+        registry.register(
+            "invalidation_tombstones",
+            "Tombstones held (keys, tags, prefixes)",
+            tombstones.clone(),
+        );
         let dependency_edges = Gauge::default();
-        registry.register("invalidation_dependency_edges", "Dependency edges held", dependency_edges.clone());
+        registry.register(
+            "invalidation_dependency_edges",
+            "Dependency edges held",
+            dependency_edges.clone(),
+        );
         let log_bytes = Gauge::default();
-        registry.register("invalidation_log_bytes", "Size of the invalidation log", log_bytes.clone());
+        registry.register(
+            "invalidation_log_bytes",
+            "Size of the invalidation log",
+            log_bytes.clone(),
+        );
         let log_fsyncs = Gauge::default();
-        registry.register("invalidation_log_fsyncs", "fsyncs of the invalidation log since start", log_fsyncs.clone());
+        registry.register(
+            "invalidation_log_fsyncs",
+            "fsyncs of the invalidation log since start",
+            log_fsyncs.clone(),
+        );
         Self {
             registry,
             lookups,
@@ -223,13 +271,18 @@ impl Metrics {
 
     /// Counts a lookup.
     pub fn lookup(&self, tier: TierLabel, result: LookupResult) {
-        self.lookups.get_or_create(&LookupLabels { tier, result }).inc();
+        self.lookups
+            .get_or_create(&LookupLabels { tier, result })
+            .inc();
     }
 
     /// Records a finished request.
     pub fn observe(&self, api: Api, started: std::time::Instant, status: http::StatusCode) {
         self.requests
-            .get_or_create(&RequestLabels { api, status: status.as_u16() })
+            .get_or_create(&RequestLabels {
+                api,
+                status: status.as_u16(),
+            })
             .inc();
         self.request_seconds
             .get_or_create(&ApiLabels { api })

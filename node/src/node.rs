@@ -59,12 +59,17 @@ impl StartError {
 }
 
 /// Binds a listener, naming the setting when it fails.
-pub async fn bind(setting: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|e| StartError::Setting {
-        setting,
-        value: addr.to_string(),
-        message: e.to_string(),
-    })
+pub async fn bind(
+    setting: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Setting {
+            setting,
+            value: addr.to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Creates the data directory, proves it writable, and takes its lock so two nodes
@@ -130,10 +135,17 @@ pub async fn run(
         value: config.data_dir.display().to_string(),
         message: e.to_string(),
     })?;
-    let cache = Arc::new(Cache::new(store.clone(), invalidator.clone(), clock, metrics.clone()));
+    let cache = Arc::new(Cache::new(
+        store.clone(),
+        invalidator.clone(),
+        clock,
+        metrics.clone(),
+    ));
     let auth = Auth::new(config.admin_token.clone());
     if config.admin_token.is_none() {
-        tracing::warn!("no admin token configured: purges and the admin API are open to loopback clients only");
+        tracing::warn!(
+            "no admin token configured: purges and the admin API are open to loopback clients only"
+        );
     }
     let ready = Arc::new(AtomicBool::new(false));
     let main_service = Arc::new(MainService::new(
@@ -221,7 +233,10 @@ pub async fn run(
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
         return std::future::pending().await;
     };

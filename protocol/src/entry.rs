@@ -52,10 +52,8 @@ impl EntryMeta {
 
     /// Wall-clock millisecond after which no stale window allows serving it.
     pub fn usable_until_ms(&self) -> u64 {
-        self.fresh_until_ms().saturating_add(
-            self.stale_while_revalidate_ms
-                .max(self.stale_if_error_ms),
-        )
+        self.fresh_until_ms()
+            .saturating_add(self.stale_while_revalidate_ms.max(self.stale_if_error_ms))
     }
 
     /// Value of the first header named `name` (ASCII case-insensitive).

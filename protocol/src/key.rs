@@ -80,7 +80,12 @@ impl CacheKey {
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}:{}", self.namespace(), String::from_utf8_lossy(self.user_key()))
+        write!(
+            f,
+            "{:?}:{}",
+            self.namespace(),
+            String::from_utf8_lossy(self.user_key())
+        )
     }
 }
 

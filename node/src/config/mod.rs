@@ -198,7 +198,9 @@ impl Config {
                     Ok(PathBuf::from(s))
                 }
             })?,
-            memory_capacity: p.parse("memory_capacity", |s| at_least(parse_size(s)?, 1 << 20, "1MiB"))?,
+            memory_capacity: p.parse("memory_capacity", |s| {
+                at_least(parse_size(s)?, 1 << 20, "1MiB")
+            })?,
             disk_capacity: p.parse("disk_capacity", |s| {
                 let n = parse_size(s)?;
                 if n != 0 && n < 16 << 20 {
@@ -224,7 +226,9 @@ impl Config {
                 Ok(n)
             })?,
             max_connections: p.parse("max_connections", |s| {
-                let n: usize = s.parse().map_err(|_| format!("expected a whole number, got {s:?}"))?;
+                let n: usize = s
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, got {s:?}"))?;
                 Ok(at_least(n as u64, 1, "1")? as usize)
             })?,
             header_read_timeout: p.parse("header_read_timeout", positive_duration)?,
@@ -240,7 +244,9 @@ impl Config {
                 "json" => Ok(LogFormat::Json),
                 _ => Err(format!("expected `text` or `json`, got {s:?}")),
             })?,
-            log_compact_size: p.parse("log_compact_size", |s| at_least(parse_size(s)?, 1 << 20, "1MiB"))?,
+            log_compact_size: p.parse("log_compact_size", |s| {
+                at_least(parse_size(s)?, 1 << 20, "1MiB")
+            })?,
             maintenance_interval: p.parse("maintenance_interval", positive_duration)?,
             admin_token,
         };
@@ -268,7 +274,12 @@ impl Config {
         let lines = [
             ("http_addr", self.http_addr.to_string()),
             ("admin_addr", self.admin_addr.to_string()),
-            ("admin_token", self.admin_token.as_ref().map_or("(unset)".into(), |_| "(redacted)".into())),
+            (
+                "admin_token",
+                self.admin_token
+                    .as_ref()
+                    .map_or("(unset)".into(), |_| "(redacted)".into()),
+            ),
             ("data_dir", self.data_dir.display().to_string()),
             ("memory_capacity", self.memory_capacity.to_string()),
             ("disk_capacity", self.disk_capacity.to_string()),
@@ -282,7 +293,10 @@ impl Config {
             ("body_read_timeout", d(self.body_read_timeout)),
             ("shutdown_grace", d(self.shutdown_grace)),
             ("log_level", self.log_level.clone()),
-            ("log_format", format!("{:?}", self.log_format).to_ascii_lowercase()),
+            (
+                "log_format",
+                format!("{:?}", self.log_format).to_ascii_lowercase(),
+            ),
             ("log_compact_size", self.log_compact_size.to_string()),
             ("maintenance_interval", d(self.maintenance_interval)),
         ];
@@ -300,7 +314,9 @@ pub fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
     let mut raw = RawSettings::new();
     for (key, value) in table {
         let Some(spec) = SETTINGS.iter().find(|s| s.name == key) else {
@@ -333,14 +349,18 @@ struct Parser<'a> {
 impl Parser<'_> {
     fn spec(name: &'static str) -> &'static Spec {
         // Invariant: callers pass names from SETTINGS (checked by a unit test).
-        SETTINGS.iter().find(|s| s.name == name).expect("setting is in SETTINGS")
+        SETTINGS
+            .iter()
+            .find(|s| s.name == name)
+            .expect("setting is in SETTINGS")
     }
 
     fn value(&self, name: &'static str) -> Option<(String, Origin)> {
-        self.raw
-            .get(name)
-            .cloned()
-            .or_else(|| Self::spec(name).default.map(|d| (d.to_string(), Origin::Default)))
+        self.raw.get(name).cloned().or_else(|| {
+            Self::spec(name)
+                .default
+                .map(|d| (d.to_string(), Origin::Default))
+        })
     }
 
     fn invalid(&self, name: &'static str, message: String) -> ConfigError {
@@ -352,8 +372,14 @@ impl Parser<'_> {
         }
     }
 
-    fn parse<T>(&self, name: &'static str, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
-        let (text, origin) = self.value(name).ok_or_else(|| self.invalid(name, "has no value".into()))?;
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (text, origin) = self
+            .value(name)
+            .ok_or_else(|| self.invalid(name, "has no value".into()))?;
         f(text.trim()).map_err(|message| ConfigError::Invalid {
             setting: name,
             origin,
@@ -399,7 +425,15 @@ mod tests {
     fn raw(pairs: &[(&'static str, &str)]) -> RawSettings {
         pairs
             .iter()
-            .map(|(k, v)| (*k, (v.to_string(), Origin::Env(format!("FANZ_{}", k.to_uppercase())))))
+            .map(|(k, v)| {
+                (
+                    *k,
+                    (
+                        v.to_string(),
+                        Origin::Env(format!("FANZ_{}", k.to_uppercase())),
+                    ),
+                )
+            })
             .collect()
     }
 
@@ -438,17 +472,40 @@ mod tests {
     #[test]
     fn unauthenticated_admin_on_a_public_address_is_refused() {
         let err = Config::resolve(&raw(&[("admin_addr", "0.0.0.0:9090")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { setting: "admin_addr", .. }), "{err}");
-        let ok = Config::resolve(&raw(&[("admin_addr", "0.0.0.0:9090"), ("admin_token", "s3cret")]));
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "admin_addr",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let ok = Config::resolve(&raw(&[
+            ("admin_addr", "0.0.0.0:9090"),
+            ("admin_token", "s3cret"),
+        ]));
         assert!(ok.is_ok());
     }
 
     #[test]
     fn cross_checks() {
         let err = Config::resolve(&raw(&[("default_ttl", "10d")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { setting: "default_ttl", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "default_ttl",
+                ..
+            }
+        ));
         assert!(Config::resolve(&raw(&[("disk_capacity", "1MiB")])).is_err());
-        assert_eq!(Config::resolve(&raw(&[("disk_capacity", "0")])).unwrap().disk_capacity, 0);
+        assert_eq!(
+            Config::resolve(&raw(&[("disk_capacity", "0")]))
+                .unwrap()
+                .disk_capacity,
+            0
+        );
         assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
         assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
         assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
@@ -458,16 +515,28 @@ mod tests {
     fn file_values_and_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fanz.toml");
-        std::fs::write(&path, "http_addr = \"127.0.0.1:1234\"\nmax_connections = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:1234\"\nmax_connections = 7\n",
+        )
+        .unwrap();
         let raw = read_file(&path).unwrap();
         let c = Config::resolve(&raw).unwrap();
         assert_eq!(c.http_addr.port(), 1234);
         assert_eq!(c.max_connections, 7);
 
         std::fs::write(&path, "http_adr = \"127.0.0.1:1234\"\n").unwrap();
-        assert!(matches!(read_file(&path), Err(ConfigError::Unknown { key, .. }) if key == "http_adr"));
+        assert!(
+            matches!(read_file(&path), Err(ConfigError::Unknown { key, .. }) if key == "http_adr")
+        );
         std::fs::write(&path, "http_addr = [1]\n").unwrap();
-        assert!(matches!(read_file(&path), Err(ConfigError::Invalid { setting: "http_addr", .. })));
+        assert!(matches!(
+            read_file(&path),
+            Err(ConfigError::Invalid {
+                setting: "http_addr",
+                ..
+            })
+        ));
         std::fs::write(&path, "not toml at all = = =").unwrap();
         assert!(matches!(read_file(&path), Err(ConfigError::File { .. })));
     }

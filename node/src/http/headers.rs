@@ -37,14 +37,14 @@ fn err(header: &'static str, reason: impl Into<String>) -> HeaderError {
     }
 }
 
-/// Every value of `name`, as visible-ASCII text.
-fn values<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Vec<&'a str>, HeaderError> {
+/// Every value of the header `display` (as named in errors), as visible-ASCII text.
+fn values<'a>(headers: &'a HeaderMap, display: &'static str) -> Result<Vec<&'a str>, HeaderError> {
     headers
-        .get_all(name)
+        .get_all(display)
         .iter()
         .map(|v| {
             v.to_str()
-                .map_err(|_| err(name, "contains bytes that are not visible ASCII"))
+                .map_err(|_| err(display, "contains bytes that are not visible ASCII"))
         })
         .collect()
 }
@@ -66,7 +66,7 @@ pub struct CacheControl {
 pub fn cache_control(headers: &HeaderMap) -> Result<CacheControl, HeaderError> {
     const NAME: &str = "Cache-Control";
     let mut cc = CacheControl::default();
-    for value in values(headers, "cache-control")? {
+    for value in values(headers, NAME)? {
         for item in split_list(value).map_err(|r| err(NAME, r))? {
             let (name, arg) = match item.split_once('=') {
                 Some((n, a)) => (n.trim(), Some(a.trim())),
@@ -88,7 +88,10 @@ pub fn cache_control(headers: &HeaderMap) -> Result<CacheControl, HeaderError> {
                 _ => continue,
             };
             let seconds = delta_seconds(arg).ok_or_else(|| {
-                err(NAME, format!("{name} needs a number of seconds, got {item:?}"))
+                err(
+                    NAME,
+                    format!("{name} needs a number of seconds, got {item:?}"),
+                )
             })?;
             slot.get_or_insert(Duration::from_secs(seconds));
         }
@@ -131,7 +134,11 @@ fn delta_seconds(arg: Option<&str>) -> Option<u64> {
     if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(arg.parse::<u64>().unwrap_or(u64::MAX).min(u64::from(u32::MAX)))
+    Some(
+        arg.parse::<u64>()
+            .unwrap_or(u64::MAX)
+            .min(u64::from(u32::MAX)),
+    )
 }
 
 /// Checks one tag: 1 to [`MAX_TAG_LEN`] visible ASCII characters.
@@ -143,7 +150,9 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
         return Err(format!("tag longer than {MAX_TAG_LEN} bytes"));
     }
     if !tag.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("tag {tag:?} has characters that are not visible ASCII"));
+        return Err(format!(
+            "tag {tag:?} has characters that are not visible ASCII"
+        ));
     }
     Ok(())
 }
@@ -152,7 +161,7 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
 pub fn surrogate_keys(headers: &HeaderMap) -> Result<Vec<Bytes>, HeaderError> {
     const NAME: &str = "Surrogate-Key";
     let mut tags = Vec::new();
-    for value in values(headers, "surrogate-key")? {
+    for value in values(headers, NAME)? {
         for tag in value.split_ascii_whitespace() {
             validate_tag(tag).map_err(|r| err(NAME, r))?;
             tags.push(Bytes::copy_from_slice(tag.as_bytes()));
@@ -168,10 +177,13 @@ pub fn surrogate_keys(headers: &HeaderMap) -> Result<Vec<Bytes>, HeaderError> {
 
 /// Parses `Fanz-Depends-On`: space-separated KV keys (percent-encoded where needed)
 /// and tags (`tag:NAME`).
-pub fn depends_on(headers: &HeaderMap, max_key_size: usize) -> Result<Vec<InvalidationId>, HeaderError> {
+pub fn depends_on(
+    headers: &HeaderMap,
+    max_key_size: usize,
+) -> Result<Vec<InvalidationId>, HeaderError> {
     const NAME: &str = "Fanz-Depends-On";
     let mut deps = Vec::new();
-    for value in values(headers, "fanz-depends-on")? {
+    for value in values(headers, NAME)? {
         for item in value.split_ascii_whitespace() {
             if let Some(tag) = item.strip_prefix(TAG_PREFIX) {
                 validate_tag(tag).map_err(|r| err(NAME, r))?;
@@ -179,14 +191,20 @@ pub fn depends_on(headers: &HeaderMap, max_key_size: usize) -> Result<Vec<Invali
             } else {
                 let key = percent_decode(item).map_err(|r| err(NAME, r))?;
                 if key.is_empty() || key.len() > max_key_size {
-                    return Err(err(NAME, format!("key {item:?} is empty or longer than {max_key_size} bytes")));
+                    return Err(err(
+                        NAME,
+                        format!("key {item:?} is empty or longer than {max_key_size} bytes"),
+                    ));
                 }
                 deps.push(InvalidationId::key(&CacheKey::kv(&key)));
             }
         }
     }
     if deps.len() > MAX_DEPENDENCIES {
-        return Err(err(NAME, format!("more than {MAX_DEPENDENCIES} dependencies")));
+        return Err(err(
+            NAME,
+            format!("more than {MAX_DEPENDENCIES} dependencies"),
+        ));
     }
     deps.sort();
     deps.dedup();
@@ -282,7 +300,15 @@ mod tests {
 
     #[test]
     fn malformed_cache_control_is_an_error_naming_the_header() {
-        for bad in ["max-age=abc", "max-age", "max-age=-1", "max age=5", "max-age=\"5", "=5", "max-age=5 6"] {
+        for bad in [
+            "max-age=abc",
+            "max-age",
+            "max-age=-1",
+            "max age=5",
+            "max-age=\"5",
+            "=5",
+            "max-age=5 6",
+        ] {
             let e = cache_control(&headers(&[("cache-control", bad)])).unwrap_err();
             assert_eq!(e.header, "Cache-Control", "{bad}");
         }
@@ -290,12 +316,25 @@ mod tests {
 
     #[test]
     fn surrogate_keys_split_on_spaces() {
-        let tags = surrogate_keys(&headers(&[("surrogate-key", "b a  c"), ("surrogate-key", "a")])).unwrap();
-        assert_eq!(tags, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+        let tags = surrogate_keys(&headers(&[
+            ("surrogate-key", "b a  c"),
+            ("surrogate-key", "a"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            tags,
+            vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]
+        );
         let mut h = HeaderMap::new();
-        h.insert("surrogate-key", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        h.insert(
+            "surrogate-key",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
         assert_eq!(surrogate_keys(&h).unwrap_err().header, "Surrogate-Key");
-        let many = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect::<Vec<_>>().join(" ");
+        let many = (0..=MAX_TAGS)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(surrogate_keys(&headers(&[("surrogate-key", &many)])).is_err());
     }
 
@@ -305,7 +344,13 @@ mod tests {
         assert!(deps.contains(&InvalidationId::key(&CacheKey::kv(b"user/1"))));
         assert!(deps.contains(&InvalidationId::tag(b"team")));
         for bad in ["tag:", "bad%zz", "%"] {
-            assert_eq!(depends_on(&headers(&[("fanz-depends-on", bad)]), 100).unwrap_err().header, "Fanz-Depends-On", "{bad}");
+            assert_eq!(
+                depends_on(&headers(&[("fanz-depends-on", bad)]), 100)
+                    .unwrap_err()
+                    .header,
+                "Fanz-Depends-On",
+                "{bad}"
+            );
         }
         assert!(depends_on(&headers(&[("fanz-depends-on", "abcdef")]), 3).is_err());
     }

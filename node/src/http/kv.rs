@@ -61,7 +61,11 @@ impl MainService {
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let started = Instant::now();
         let response = self.route(req, peer).await;
         self.metrics.observe(Api::Main, started, response.status());
@@ -87,9 +91,14 @@ impl MainService {
             Method::PUT => self.put(key, req).await,
             Method::DELETE => self.delete(key).await,
             _ => {
-                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on a key", req.method()));
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT, DELETE, PURGE"));
+                let mut r = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} is not allowed on a key", req.method()),
+                );
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, PUT, DELETE, PURGE"),
+                );
                 r
             }
         }
@@ -97,14 +106,19 @@ impl MainService {
 
     /// The key of `/kv/{key}`: percent-decoded, not empty, within the limit.
     fn parse_key(&self, raw: &str) -> Result<CacheKey, Box<Response<Body>>> {
-        let key = headers::percent_decode(raw).map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
+        let key =
+            headers::percent_decode(raw).map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
         if key.is_empty() {
             return Err(Box::new(text(StatusCode::BAD_REQUEST, "empty key")));
         }
         if key.len() > self.limits.max_key_size {
             return Err(Box::new(text(
                 StatusCode::URI_TOO_LONG,
-                format!("key is {} bytes; the limit is {}", key.len(), self.limits.max_key_size),
+                format!(
+                    "key is {} bytes; the limit is {}",
+                    key.len(),
+                    self.limits.max_key_size
+                ),
             )));
         }
         Ok(CacheKey::kv(&key))
@@ -115,8 +129,10 @@ impl MainService {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
                 let mut r = text(StatusCode::NOT_FOUND, "not found");
-                r.headers_mut()
-                    .insert("cache-status", HeaderValue::from_static(headers::cache_status_miss(reason)));
+                r.headers_mut().insert(
+                    "cache-status",
+                    HeaderValue::from_static(headers::cache_status_miss(reason)),
+                );
                 return r;
             }
         };
@@ -134,14 +150,22 @@ impl MainService {
         *response.status_mut() = status;
         let h = response.headers_mut();
         if status == StatusCode::OK {
-            if let Some(ct) = entry.meta.header("content-type").and_then(|v| HeaderValue::from_bytes(v).ok()) {
+            if let Some(ct) = entry
+                .meta
+                .header("content-type")
+                .and_then(|v| HeaderValue::from_bytes(v).ok())
+            {
                 h.insert(header::CONTENT_TYPE, ct);
             }
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         }
         h.insert(header::AGE, HeaderValue::from(hit.age_secs));
         insert_str(h, header::ETAG, &etag);
-        insert_str(h, "cache-status", &headers::cache_status_hit(hit.freshness, hit.tier));
+        insert_str(
+            h,
+            "cache-status",
+            &headers::cache_status_hit(hit.freshness, hit.tier),
+        );
         response
     }
 
@@ -153,19 +177,31 @@ impl MainService {
             Ok(meta) => EntryMeta { version, ..meta },
             Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        let body = match read_body(req.into_body(), self.limits.max_value_size, self.limits.body_read_timeout).await {
+        let body = match read_body(
+            req.into_body(),
+            self.limits.max_value_size,
+            self.limits.body_read_timeout,
+        )
+        .await
+        {
             Ok(body) => body,
             Err(e) => return e.response(),
         };
         let etag = etag(&meta);
         match self.cache.set(key, Entry { meta, body }).await {
             Ok(outcome) => {
-                let status = if outcome.created { StatusCode::CREATED } else { StatusCode::NO_CONTENT };
+                let status = if outcome.created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::NO_CONTENT
+                };
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = status;
                 insert_str(r.headers_mut(), header::ETAG, &etag);
-                r.headers_mut()
-                    .insert("fanz-invalidated", HeaderValue::from(outcome.dependents.len()));
+                r.headers_mut().insert(
+                    "fanz-invalidated",
+                    HeaderValue::from(outcome.dependents.len()),
+                );
                 r
             }
             Err(e) => {
@@ -186,14 +222,23 @@ impl MainService {
                 reason: "a key cannot depend on itself".into(),
             });
         }
-        let clamp = |d: Option<Duration>, default: Duration, max: Duration| d.unwrap_or(default).min(max).as_millis() as u64;
+        let clamp = |d: Option<Duration>, default: Duration, max: Duration| {
+            d.unwrap_or(default).min(max).as_millis() as u64
+        };
         let mut kept_headers = Vec::new();
         if let Some(ct) = h.get(header::CONTENT_TYPE) {
-            kept_headers.push((Bytes::from_static(b"content-type"), Bytes::copy_from_slice(ct.as_bytes())));
+            kept_headers.push((
+                Bytes::from_static(b"content-type"),
+                Bytes::copy_from_slice(ct.as_bytes()),
+            ));
         }
         Ok(EntryMeta {
             ttl_ms: clamp(cc.max_age, self.limits.default_ttl, self.limits.max_ttl),
-            stale_while_revalidate_ms: clamp(cc.stale_while_revalidate, Duration::ZERO, self.limits.max_stale),
+            stale_while_revalidate_ms: clamp(
+                cc.stale_while_revalidate,
+                Duration::ZERO,
+                self.limits.max_stale,
+            ),
             stale_if_error_ms: clamp(cc.stale_if_error, Duration::ZERO, self.limits.max_stale),
             status: 200,
             headers: kept_headers,
@@ -212,11 +257,16 @@ impl MainService {
             Ok(outcome) => {
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
-                r.headers_mut()
-                    .insert("fanz-invalidated", HeaderValue::from(outcome.dependents.len()));
+                r.headers_mut().insert(
+                    "fanz-invalidated",
+                    HeaderValue::from(outcome.dependents.len()),
+                );
                 r
             }
-            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("delete not made durable: {e}")),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("delete not made durable: {e}"),
+            ),
         }
     }
 

@@ -16,8 +16,14 @@ const LISTED_DEPENDENTS: usize = 1000;
 pub async fn run(cache: &Cache, targets: &PurgeTargets) -> Response<Body> {
     match cache.purge(targets).await {
         Ok(outcome) => {
-            let show = |k: &fanz_protocol::CacheKey| String::from_utf8_lossy(k.user_key()).into_owned();
-            let listed: Vec<String> = outcome.dependents.iter().take(LISTED_DEPENDENTS).map(show).collect();
+            let show =
+                |k: &fanz_protocol::CacheKey| String::from_utf8_lossy(k.user_key()).into_owned();
+            let listed: Vec<String> = outcome
+                .dependents
+                .iter()
+                .take(LISTED_DEPENDENTS)
+                .map(show)
+                .collect();
             json(
                 StatusCode::OK,
                 &json!({

@@ -122,7 +122,9 @@ impl InvalidationLog {
         }
         sync_dir(dir).map_err(io_err)?;
         let stats = Arc::new(LogStats::default());
-        stats.bytes.store(replay.valid_len as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .store(replay.valid_len as u64, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             dir: dir.to_path_buf(),
@@ -175,12 +177,13 @@ impl InvalidationLog {
         snapshot: impl FnOnce() -> Vec<Record> + Send + 'static,
     ) -> Result<u64, LogError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Command::Compact {
-            snapshot: Box::new(snapshot),
-            done,
-        })
-        .await
-        .map_err(|_| LogError::Closed)?;
+        self.tx
+            .send(Command::Compact {
+                snapshot: Box::new(snapshot),
+                done,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
         wait.await
             .map_err(|_| LogError::Closed)?
             .map_err(|e| self.io_error(e))
@@ -332,7 +335,11 @@ impl Writer {
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         let size = buf.len() as u64;
         self.stats.bytes.store(size, Ordering::Relaxed);
-        tracing::info!(records = records.len(), bytes = size, "compacted the invalidation log");
+        tracing::info!(
+            records = records.len(),
+            bytes = size,
+            "compacted the invalidation log"
+        );
         Ok(size)
     }
 }
@@ -382,7 +389,10 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         let fsyncs = log.stats().fsyncs.load(Ordering::Relaxed);
-        assert!(fsyncs >= 1 && fsyncs < 200, "{fsyncs} fsyncs for 200 appends");
+        assert!(
+            fsyncs >= 1 && fsyncs < 200,
+            "{fsyncs} fsyncs for 200 appends"
+        );
     }
 
     #[tokio::test]
@@ -408,7 +418,10 @@ mod tests {
         log.append(&[tombstone("after", 3)], true).await.unwrap();
         log.close().await;
         let (_log, replay) = InvalidationLog::open(dir.path()).unwrap();
-        assert_eq!(replay.records, vec![tombstone("kept", 1), tombstone("after", 3)]);
+        assert_eq!(
+            replay.records,
+            vec![tombstone("kept", 1), tombstone("after", 3)]
+        );
         assert!(replay.damage.is_none());
     }
 

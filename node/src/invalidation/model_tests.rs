@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-
 use bytes::Bytes;
 use fanz_protocol::{CacheKey, EntryMeta, InvalidationId, Timestamp};
 use proptest::prelude::*;
@@ -101,15 +100,30 @@ impl Model {
             self.history.insert((dep_id(d), k));
         }
         for &t in &tags {
-            self.history.insert((InvalidationId::tag(TAGS[t].as_bytes()), k));
+            self.history
+                .insert((InvalidationId::tag(TAGS[t].as_bytes()), k));
         }
-        self.entries.insert(k, ModelEntry { tags, deps, must: Level::Valid, may: Level::Valid });
+        self.entries.insert(
+            k,
+            ModelEntry {
+                tags,
+                deps,
+                must: Level::Valid,
+                may: Level::Valid,
+            },
+        );
         // Overwrite is invalidation of what depends on k; k's own id does not cover k.
         self.purge([InvalidationId::key(&key(k))].into(), &[], false, Some(k));
     }
 
     /// Raises the level of everything the purged ids cover, transitively.
-    fn purge(&mut self, ids: BTreeSet<InvalidationId>, prefixes: &[&str], soft: bool, exempt: Option<usize>) {
+    fn purge(
+        &mut self,
+        ids: BTreeSet<InvalidationId>,
+        prefixes: &[&str],
+        soft: bool,
+        exempt: Option<usize>,
+    ) {
         let level = if soft { Level::Stale } else { Level::Invalid };
         let mut ids = ids;
         // A prefix names every key under it, stored or not (a dependency may name a key
@@ -122,24 +136,40 @@ impl Model {
         let must = self.closure(ids.clone(), exempt, false);
         let may = self.closure(ids, exempt, true);
         for (k, e) in self.entries.iter_mut() {
-            if must.contains(k) { e.must = e.must.max(level); }
-            if may.contains(k) { e.may = e.may.max(level); }
+            if must.contains(k) {
+                e.must = e.must.max(level);
+            }
+            if may.contains(k) {
+                e.may = e.may.max(level);
+            }
         }
     }
 
     /// Keys of stored entries covered by `ids`, following current dependencies, or
     /// (with `historical`) every edge ever declared as well.
-    fn closure(&self, mut ids: BTreeSet<InvalidationId>, exempt: Option<usize>, historical: bool) -> BTreeSet<usize> {
+    fn closure(
+        &self,
+        mut ids: BTreeSet<InvalidationId>,
+        exempt: Option<usize>,
+        historical: bool,
+    ) -> BTreeSet<usize> {
         let mut covered = BTreeSet::new();
         loop {
             let mut grew = false;
             for (&k, e) in &self.entries {
                 let own = InvalidationId::key(&key(k));
                 let by_own = Some(k) != exempt && ids.contains(&own);
-                let by_meta = e.tags.iter().any(|&t| ids.contains(&InvalidationId::tag(TAGS[t].as_bytes())))
+                let by_meta = e
+                    .tags
+                    .iter()
+                    .any(|&t| ids.contains(&InvalidationId::tag(TAGS[t].as_bytes())))
                     || e.deps.iter().any(|&d| ids.contains(&dep_id(d)));
-                let by_edge = historical && Some(k) != exempt
-                    && self.history.iter().any(|(from, to)| *to == k && ids.contains(from));
+                let by_edge = historical
+                    && Some(k) != exempt
+                    && self
+                        .history
+                        .iter()
+                        .any(|(from, to)| *to == k && ids.contains(from));
                 if (by_own || by_meta || by_edge) && covered.insert(k) {
                     grew = true;
                     ids.insert(own);
@@ -169,7 +199,10 @@ impl Harness {
         let version = self.tick();
         let meta = EntryMeta {
             version,
-            tags: tags.iter().map(|&t| Bytes::from_static(TAGS[t].as_bytes())).collect(),
+            tags: tags
+                .iter()
+                .map(|&t| Bytes::from_static(TAGS[t].as_bytes()))
+                .collect(),
             depends_on: deps.iter().map(|&d| dep_id(d)).collect(),
             ..EntryMeta::default()
         };
@@ -179,7 +212,10 @@ impl Harness {
             .filter(|&&d| d < KEYS.len())
             .filter_map(|&d| self.stored.get(&d).map(|m| (key(d), m.tags.clone())))
             .collect();
-        for r in self.state.plan_edges(&key(k), &meta, &dependency_tags, FAR_FUTURE_MS) {
+        for r in self
+            .state
+            .plan_edges(&key(k), &meta, &dependency_tags, FAR_FUTURE_MS)
+        {
             self.state.apply(&r);
         }
         self.stored.insert(k, meta.clone());
@@ -201,8 +237,14 @@ impl Harness {
 fn targets(keys: &[usize], tags: &[usize], prefixes: &[usize], soft: bool) -> PurgeTargets {
     PurgeTargets {
         keys: keys.iter().map(|&k| key(k)).collect(),
-        tags: tags.iter().map(|&t| Bytes::from_static(TAGS[t].as_bytes())).collect(),
-        prefixes: prefixes.iter().map(|&p| CacheKey::kv(PREFIXES[p].as_bytes())).collect(),
+        tags: tags
+            .iter()
+            .map(|&t| Bytes::from_static(TAGS[t].as_bytes()))
+            .collect(),
+        prefixes: prefixes
+            .iter()
+            .map(|&p| CacheKey::kv(PREFIXES[p].as_bytes()))
+            .collect(),
         soft,
     }
 }
@@ -267,14 +309,23 @@ proptest! {
 #[test]
 fn a_chain_of_three_is_invalidated_from_its_far_end() {
     // A depends on B, B depends on C: purging C invalidates B and A.
-    let mut h = Harness { state: InvalidationState::new(), stored: BTreeMap::new(), clock: 0 };
+    let mut h = Harness {
+        state: InvalidationState::new(),
+        stored: BTreeMap::new(),
+        clock: 0,
+    };
     let (a, b, c) = (0, 3, 5);
     let c_meta = h.set(c, &[], &[]);
     let b_meta = h.set(b, &[], &[c]);
     let a_meta = h.set(a, &[], &[b]);
     h.purge(&targets(&[c], &[], &[], false));
     for (k, meta) in [(a, &a_meta), (b, &b_meta), (c, &c_meta)] {
-        assert_eq!(h.state.coverage(&key(k), meta), Coverage::Invalid, "{}", KEYS[k]);
+        assert_eq!(
+            h.state.coverage(&key(k), meta),
+            Coverage::Invalid,
+            "{}",
+            KEYS[k]
+        );
     }
 }
 
@@ -282,7 +333,11 @@ fn a_chain_of_three_is_invalidated_from_its_far_end() {
 fn purging_a_tag_of_a_dependency_reaches_its_dependents_in_either_order() {
     // B carries tag x; A depends on B. Whether A or B is set first, purging x invalidates A.
     for b_first in [true, false] {
-        let mut h = Harness { state: InvalidationState::new(), stored: BTreeMap::new(), clock: 0 };
+        let mut h = Harness {
+            state: InvalidationState::new(),
+            stored: BTreeMap::new(),
+            clock: 0,
+        };
         let (a, b, x) = (0, 3, 0);
         let a_meta = if b_first {
             h.set(b, &[x], &[]);
@@ -293,7 +348,11 @@ fn purging_a_tag_of_a_dependency_reaches_its_dependents_in_either_order() {
             m
         };
         h.purge(&targets(&[], &[x], &[], false));
-        assert_eq!(h.state.coverage(&key(a), &a_meta), Coverage::Invalid, "b_first={b_first}");
+        assert_eq!(
+            h.state.coverage(&key(a), &a_meta),
+            Coverage::Invalid,
+            "b_first={b_first}"
+        );
     }
 }
 
@@ -301,7 +360,11 @@ fn purging_a_tag_of_a_dependency_reaches_its_dependents_in_either_order() {
 fn cycles_terminate_and_a_write_into_a_cycle_invalidates_the_whole_cycle() {
     // a depends on b and b on a. Writing b invalidates a (it depends on b), and b in
     // turn depends on the now invalid a: every member of the cycle is covered.
-    let mut h = Harness { state: InvalidationState::new(), stored: BTreeMap::new(), clock: 0 };
+    let mut h = Harness {
+        state: InvalidationState::new(),
+        stored: BTreeMap::new(),
+        clock: 0,
+    };
     let (a, b, c) = (0, 1, 5);
     let a_meta = h.set(a, &[], &[b]);
     let b_meta = h.set(b, &[], &[a]);
@@ -310,5 +373,8 @@ fn cycles_terminate_and_a_write_into_a_cycle_invalidates_the_whole_cycle() {
     // A purge that enters the cycle from outside terminates and reaches a dependent of it.
     let c_meta = h.set(c, &[], &[a]);
     h.purge(&targets(&[b], &[], &[], true));
-    assert_eq!(h.state.coverage(&key(c), &c_meta), Coverage::SoftPurged(Timestamp::from_u64(h.clock)));
+    assert_eq!(
+        h.state.coverage(&key(c), &c_meta),
+        Coverage::SoftPurged(Timestamp::from_u64(h.clock))
+    );
 }

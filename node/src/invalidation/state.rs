@@ -230,10 +230,17 @@ impl InvalidationState {
             .map(|dep| edge(dep.clone(), key))
             .collect();
         for (dependency, tags) in dependency_tags {
-            edges.extend(tags.iter().map(|tag| edge(InvalidationId::tag(tag), dependency)));
+            edges.extend(
+                tags.iter()
+                    .map(|tag| edge(InvalidationId::tag(tag), dependency)),
+            );
         }
         if self.has_dependents(key) {
-            edges.extend(meta.tags.iter().map(|tag| edge(InvalidationId::tag(tag), key)));
+            edges.extend(
+                meta.tags
+                    .iter()
+                    .map(|tag| edge(InvalidationId::tag(tag), key)),
+            );
         }
         edges
     }

@@ -42,7 +42,10 @@ impl Code for StoreKey {
         reader.read_exact(&mut len).map_err(FoyerError::io_error)?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_KEY_LEN {
-            return Err(FoyerError::new(ErrorKind::OutOfRange, "stored key length over the limit"));
+            return Err(FoyerError::new(
+                ErrorKind::OutOfRange,
+                "stored key length over the limit",
+            ));
         }
         let mut raw = vec![0u8; len];
         reader.read_exact(&mut raw).map_err(FoyerError::io_error)?;
@@ -62,18 +65,22 @@ pub struct StoredEntry(pub Entry);
 
 impl Code for StoredEntry {
     fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
-        writer.write_all(&self.0.encode()).map_err(FoyerError::io_error)
+        writer
+            .write_all(&self.0.encode())
+            .map_err(FoyerError::io_error)
     }
 
     fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
         let mut raw = Vec::new();
         reader.read_to_end(&mut raw).map_err(FoyerError::io_error)?;
-        Entry::decode(Bytes::from(raw)).map(StoredEntry).map_err(|e| {
-            CORRUPT_ENTRIES.inc();
-            tracing::warn!(error = %e, "dropping a corrupt entry read from the disk tier");
-            // ChecksumMismatch makes foyer drop the entry and answer a miss.
-            FoyerError::new(ErrorKind::ChecksumMismatch, e.to_string())
-        })
+        Entry::decode(Bytes::from(raw))
+            .map(StoredEntry)
+            .map_err(|e| {
+                CORRUPT_ENTRIES.inc();
+                tracing::warn!(error = %e, "dropping a corrupt entry read from the disk tier");
+                // ChecksumMismatch makes foyer drop the entry and answer a miss.
+                FoyerError::new(ErrorKind::ChecksumMismatch, e.to_string())
+            })
     }
 
     fn estimated_size(&self) -> usize {

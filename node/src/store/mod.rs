@@ -158,7 +158,10 @@ impl Store {
     /// Bytes written to / read from the disk tier since start.
     pub fn disk_io(&self) -> (u64, u64) {
         let stats = self.cache.statistics();
-        (stats.disk_write_bytes() as u64, stats.disk_read_bytes() as u64)
+        (
+            stats.disk_write_bytes() as u64,
+            stats.disk_read_bytes() as u64,
+        )
     }
 
     /// Configured sizes.

@@ -1,0 +1,314 @@
+//! Test harness: runs the real `fanz-node` binary on free loopback ports with a
+//! temporary data directory, and talks to it with a real HTTP client (hyper).
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+pub const TOKEN: &str = "test-admin-token";
+
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().unwrap()
+}
+
+/// A running `fanz-node` process. Killed when dropped.
+pub struct TestNode {
+    pub child: Option<Child>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_fanz-node")
+}
+
+impl TestNode {
+    /// Starts a node with the admin token set and waits until it is ready.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> TestNode {
+        let mut args: Vec<String> = vec!["--admin-token".into(), TOKEN.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(data_dir, args)
+    }
+
+    pub fn start_with(data_dir: &Path, args: Vec<String>) -> TestNode {
+        let mut node = TestNode {
+            child: None,
+            http: free_addr(),
+            admin: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            args,
+            log: data_dir.with_extension("log"),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(binary())
+            .arg("--http-addr")
+            .arg(self.http.to_string())
+            .arg("--admin-addr")
+            .arg(self.admin.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--memory-capacity")
+            .arg("64MiB")
+            .arg("--disk-capacity")
+            .arg("64MiB")
+            .args(&self.args)
+            .env("FANZ_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fanz-node");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "fanz-node exited during start-up ({status}); log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(self.admin) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fanz-node not ready after 30 s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.terminate_after_signal()
+    }
+
+    /// Waits (bounded) for a node already sent SIGTERM to exit.
+    pub fn terminate_after_signal(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("fanz-node did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same node again (same data directory and ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Polls /metrics until the disk tier has written at least `bytes`.
+    pub async fn wait_disk_written(&self, bytes: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics().await;
+            let written =
+                metric_value(&metrics, "fanz_cache_tier_bytes{tier=\"disk\"}").unwrap_or(0.0);
+            if written >= bytes as f64 {
+                // foyer writes whole pages; give the write a moment to reach the file.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "disk tier wrote {written} bytes, expected {bytes}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = send(
+            Method::GET,
+            &self.admin_url("/metrics"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.text()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
+/// Value of a sample line in Prometheus text format.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// Sends raw bytes on a new connection and returns what comes back (bounded wait).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).expect("write request");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One request with a fresh HTTP/1.1 client.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("read body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn put(node: &TestNode, key: &str, value: &str, headers: &[(&str, &str)]) -> Reply {
+    send(
+        Method::PUT,
+        &node.url(&format!("/kv/{key}")),
+        headers,
+        value.to_string(),
+    )
+    .await
+}
+
+pub async fn get(node: &TestNode, key: &str) -> Reply {
+    send(Method::GET, &node.url(&format!("/kv/{key}")), &[], "").await
+}
+
+pub async fn admin_purge(node: &TestNode, body: &str) -> Reply {
+    send(
+        Method::POST,
+        &node.admin_url("/purge"),
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}

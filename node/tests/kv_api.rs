@@ -1,0 +1,499 @@
+//! The KV API, purge paths and admin API of a real `fanz-node` process.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+
+fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+#[tokio::test]
+async fn put_get_head_conditional_and_replace() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+
+    let r = put(
+        &node,
+        "user:1",
+        "{\"name\":\"ada\"}",
+        &[
+            ("content-type", "application/json"),
+            ("cache-control", "max-age=300"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let etag = r.header("etag").expect("ETag on PUT");
+
+    let r = get(&node, "user:1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "{\"name\":\"ada\"}");
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(r.header("age").as_deref(), Some("0"));
+    let status = r.header("cache-status").unwrap();
+    assert!(status.starts_with("fanz; hit; ttl=29"), "{status}");
+
+    let r = send(Method::HEAD, &node.url("/kv/user:1"), &[], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length").as_deref(), Some("14"));
+
+    let r = send(
+        Method::GET,
+        &node.url("/kv/user:1"),
+        &[("if-none-match", &etag)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+
+    let r = put(&node, "user:1", "v2", &[]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "replacing answers 204");
+    let new_etag = r.header("etag").unwrap();
+    assert_ne!(new_etag, etag);
+    let r = send(
+        Method::GET,
+        &node.url("/kv/user:1"),
+        &[("if-none-match", &etag)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "old ETag no longer matches");
+    assert_eq!(r.text(), "v2");
+
+    // Keys are percent-decoded; a missing key is a 404 with Cache-Status.
+    assert_eq!(
+        put(&node, "a%2Fb", "slash", &[]).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&node, "a/b").await.text(), "slash");
+    let r = get(&node, "nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("fanz; fwd=uri-miss")
+    );
+}
+
+#[tokio::test]
+async fn tag_dependency_and_transitive_purges() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    // C is tagged; B depends on C; A depends on B; D depends on the tag directly.
+    put(&node, "c", "c", &[("surrogate-key", "team-a shared")]).await;
+    put(&node, "b", "b", &[("fanz-depends-on", "c")]).await;
+    put(&node, "a", "a", &[("fanz-depends-on", "b")]).await;
+    put(&node, "d", "d", &[("fanz-depends-on", "tag:team-a")]).await;
+    put(&node, "other", "o", &[("surrogate-key", "shared")]).await;
+
+    let r = admin_purge(&node, r#"{"tags":["team-a"]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["durable"], true);
+    assert!(
+        report["dependents_invalidated"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(
+            get(&node, key).await.status,
+            StatusCode::NOT_FOUND,
+            "{key} survived the purge"
+        );
+    }
+    assert_eq!(
+        get(&node, "other").await.status,
+        StatusCode::OK,
+        "a different tag's entry was purged"
+    );
+}
+
+#[tokio::test]
+async fn overwrite_and_delete_invalidate_dependents() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    put(&node, "profile", "v1", &[]).await;
+    put(
+        &node,
+        "page",
+        "rendered from v1",
+        &[("fanz-depends-on", "profile")],
+    )
+    .await;
+
+    let r = put(&node, "profile", "v2", &[]).await;
+    assert_eq!(r.header("fanz-invalidated").as_deref(), Some("1"));
+    assert_eq!(
+        get(&node, "page").await.status,
+        StatusCode::NOT_FOUND,
+        "dependent survived an overwrite"
+    );
+    assert_eq!(get(&node, "profile").await.text(), "v2");
+
+    put(
+        &node,
+        "page",
+        "rendered from v2",
+        &[("fanz-depends-on", "profile")],
+    )
+    .await;
+    let r = send(Method::DELETE, &node.url("/kv/profile"), &[], "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(get(&node, "profile").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&node, "page").await.status,
+        StatusCode::NOT_FOUND,
+        "dependent survived a delete"
+    );
+}
+
+#[tokio::test]
+async fn purge_by_prefix_key_and_the_purge_method() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    for key in ["user:1", "user:2", "userx", "team:1"] {
+        put(&node, key, key, &[("surrogate-key", "all")]).await;
+    }
+    let r = admin_purge(&node, r#"{"prefixes":["user:"],"keys":["team:1"]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(get(&node, "user:1").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&node, "user:2").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&node, "team:1").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&node, "userx").await.status, StatusCode::OK);
+
+    // PURGE with Surrogate-Key purges tags; PURGE on a key purges the key.
+    let bearer = format!("Bearer {TOKEN}");
+    put(&node, "t1", "x", &[("surrogate-key", "red")]).await;
+    put(&node, "t2", "x", &[("surrogate-key", "blue")]).await;
+    let r = send(
+        Method::from_bytes(b"PURGE").unwrap(),
+        &node.url("/"),
+        &[("authorization", &bearer), ("surrogate-key", "red")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(get(&node, "t1").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&node, "t2").await.status, StatusCode::OK);
+    let r = send(
+        Method::from_bytes(b"PURGE").unwrap(),
+        &node.url("/kv/t2"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(get(&node, "t2").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn soft_purge_serves_stale_only_inside_its_window() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    put(
+        &node,
+        "with-swr",
+        "x",
+        &[
+            ("cache-control", "max-age=600, stale-while-revalidate=60"),
+            ("surrogate-key", "s"),
+        ],
+    )
+    .await;
+    put(
+        &node,
+        "without-swr",
+        "y",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "s")],
+    )
+    .await;
+    let r = admin_purge(&node, r#"{"tags":["s"],"soft":true}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get(&node, "with-swr").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let status = r.header("cache-status").unwrap();
+    assert!(
+        status.contains("detail=stale") && status.contains("ttl=-"),
+        "{status}"
+    );
+    let r = get(&node, "without-swr").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("fanz; fwd=miss; detail=invalidated")
+    );
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    put(&node, "brief", "x", &[("cache-control", "max-age=1")]).await;
+    assert_eq!(get(&node, "brief").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = get(&node, "brief").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("fanz; fwd=miss; detail=expired")
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--max-value-size", "1KiB"]);
+
+    // Key over the limit (8 KiB by default): 414.
+    let long = "k".repeat(8193);
+    let r = put(&node, &long, "x", &[]).await;
+    assert_eq!(r.status, StatusCode::URI_TOO_LONG);
+    assert_eq!(
+        get(&node, &"k".repeat(8192)).await.status,
+        StatusCode::NOT_FOUND,
+        "a key at the limit is fine"
+    );
+
+    // Value over the limit: 413, declared length or streamed.
+    let r = put(&node, "big", &"v".repeat(1025), &[]).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        put(&node, "fits", &"v".repeat(1024), &[]).await.status,
+        StatusCode::CREATED
+    );
+
+    // Malformed headers: 400 naming the header.
+    let long_tag = "t".repeat(1025);
+    for (header, value) in [
+        ("cache-control", "max-age=soon"),
+        ("surrogate-key", long_tag.as_str()),
+        ("fanz-depends-on", "tag:"),
+        ("fanz-depends-on", "bad%zzescape"),
+    ] {
+        let r = send(Method::PUT, &node.url("/kv/h"), &[(header, value)], "x").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{header}: {value}");
+        let expected = match header {
+            "cache-control" => "Cache-Control",
+            "surrogate-key" => "Surrogate-Key",
+            _ => "Fanz-Depends-On",
+        };
+        assert!(
+            r.text().contains(expected),
+            "error does not name {expected}: {}",
+            r.text()
+        );
+    }
+    // A tag with bytes outside visible ASCII (the http crate will not send one: raw socket).
+    let answer = raw_request(
+        node.http,
+        b"PUT /kv/h HTTP/1.1\r\nHost: x\r\nSurrogate-Key: caf\xe9\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("Surrogate-Key"),
+        "{answer}"
+    );
+    let r = put(&node, "self", "x", &[("fanz-depends-on", "self")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get(&node, "h").await.status,
+        StatusCode::NOT_FOUND,
+        "a rejected PUT stored something"
+    );
+
+    // Purges need the token.
+    let r = send(
+        Method::POST,
+        &node.admin_url("/purge"),
+        &[],
+        r#"{"tags":["x"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").is_some());
+    let r = send(
+        Method::POST,
+        &node.admin_url("/purge"),
+        &[("authorization", "Bearer wrong")],
+        r#"{"tags":["x"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        Method::from_bytes(b"PURGE").unwrap(),
+        &node.url("/kv/fits"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&node, "fits").await.status,
+        StatusCode::OK,
+        "an unauthorised purge took effect"
+    );
+    let r = send(Method::GET, &node.admin_url("/metrics"), &[], "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Malformed purge bodies.
+    for body in [
+        r#"{"tags":[]}"#,
+        r#"{"tagz":["x"]}"#,
+        "not json",
+        r#"{"tags":[""]}"#,
+    ] {
+        assert_eq!(
+            admin_purge(&node, body).await.status,
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
+    }
+    // Wrong methods and unknown paths.
+    assert_eq!(
+        send(Method::POST, &node.url("/kv/x"), &[], "").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(get(&node, "").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        send(Method::GET, &node.url("/elsewhere"), &[], "")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// A client that declares a huge body is answered 413 at once, before it sends it:
+/// the node never buffers what it will refuse.
+#[test]
+fn an_oversized_declared_body_is_refused_before_it_is_sent() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    let mut s = std::net::TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PUT /kv/huge HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).expect("answer before the body was sent");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+/// Streamed (chunked) bodies are cut off at the limit.
+#[test]
+fn an_oversized_chunked_body_is_cut_off() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--max-value-size", "1KiB"]);
+    let mut s = std::net::TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PUT /kv/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = format!("400\r\n{}\r\n", "z".repeat(1024));
+    for _ in 0..4 {
+        if s.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_hits_misses_and_purges() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    put(&node, "m", "x", &[("surrogate-key", "t")]).await;
+    get(&node, "m").await;
+    get(&node, "m").await;
+    get(&node, "absent").await;
+    admin_purge(&node, r#"{"tags":["t"]}"#).await;
+    let m = node.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "fanz_cache_lookups_total{tier=\"memory\",result=\"hit\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "fanz_cache_lookups_total{tier=\"memory\",result=\"miss\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(metric_value(&m, "fanz_purges_total"), Some(1.0));
+    assert_eq!(
+        metric_value(&m, "fanz_purge_targets_total{kind=\"tag\",soft=\"false\"}"),
+        Some(1.0)
+    );
+    assert!(metric_value(&m, "fanz_invalidation_tombstones").unwrap() >= 1.0);
+    assert!(metric_value(&m, "fanz_cache_tier_bytes{tier=\"memory\"}").unwrap() > 0.0);
+    assert!(m.contains("fanz_http_request_duration_seconds_bucket"));
+    assert!(m.contains("fanz_cache_evictions_total"));
+    assert!(m.contains("fanz_cache_corrupt_entries_dropped_total"));
+}
+
+#[tokio::test]
+async fn health_and_readiness_need_no_token() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    assert_eq!(
+        send(Method::GET, &node.admin_url("/healthz"), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(Method::GET, &node.admin_url("/readyz"), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let (_tmp, data) = data_dir();
+    let mut node = TestNode::start(&data, &[]);
+    let mut s = std::net::TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PUT /kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = node.pid();
+    signal(pid, "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"cd").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 201"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(s);
+    let status = node.terminate_after_signal();
+    assert!(status.success(), "exit status {status}");
+    assert!(node.log_text().contains("shut down cleanly"));
+}
