@@ -130,9 +130,9 @@ impl InvalidationId {
 
     /// Rebuilds an id from its encoded form; `None` if it is not a valid id.
     pub fn from_encoded(raw: Bytes) -> Option<Self> {
-        match raw.first()? {
-            &Self::TAG => Some(InvalidationId(raw)),
-            &Self::KEY => {
+        match *raw.first()? {
+            Self::TAG => Some(InvalidationId(raw)),
+            Self::KEY => {
                 CacheKey::from_encoded(raw.slice(1..))?;
                 Some(InvalidationId(raw))
             }

@@ -390,7 +390,7 @@ mod tests {
         }
         let fsyncs = log.stats().fsyncs.load(Ordering::Relaxed);
         assert!(
-            fsyncs >= 1 && fsyncs < 200,
+            (1..200).contains(&fsyncs),
             "{fsyncs} fsyncs for 200 appends"
         );
     }

@@ -128,8 +128,8 @@ impl Model {
         let mut ids = ids;
         // A prefix names every key under it, stored or not (a dependency may name a key
         // that is not stored).
-        for k in 0..KEYS.len() {
-            if prefixes.iter().any(|p| KEYS[k].starts_with(p)) {
+        for (k, name) in KEYS.iter().enumerate() {
+            if prefixes.iter().any(|p| name.starts_with(p)) {
                 ids.insert(InvalidationId::key(&key(k)));
             }
         }

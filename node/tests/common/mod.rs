@@ -2,6 +2,7 @@
 //! temporary data directory, and talks to it with a real HTTP client (hyper).
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(unreachable_pub)] // shared by test binaries; nothing here is a public API
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
