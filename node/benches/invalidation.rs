@@ -4,7 +4,8 @@
 //!   answers) and one older than all of them (every id of the entry is looked up);
 //! - the coverage check alone, same cases;
 //! - the purge call for a tag that covers 0 and 1M stored entries (durable, fsync
-//!   included), and its in-memory part alone.
+//!   included), and its in-memory part alone;
+//! - baselines from the same run: a bare foyer memory hit, a small append + fsync.
 //!
 //! Run: `cargo bench -p fanz-node --bench invalidation`.
 
@@ -225,5 +226,43 @@ fn purge_tag(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, coverage_check, lookup_hit, purge_tag);
+/// Floors measured in the same run, to read the figures above against: a bare foyer
+/// memory hit (no coverage or freshness check) and a small append + fsync on the same
+/// file system (what a durable purge cannot go below).
+fn baselines(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("baseline");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3));
+    let node = rt.block_on(node(256 << 20));
+    let key = CacheKey::kv(b"k");
+    rt.block_on(async {
+        node.cache
+            .set(key.clone(), entry(&node.cache, &["a", "b", "c"]))
+            .await
+            .unwrap()
+    });
+    let store = node.cache.store().clone();
+    group.bench_function("foyer_memory_get", |b| {
+        b.to_async(&rt)
+            .iter(|| async { std::hint::black_box(store.get(&key).await.is_some()) })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("fsync-probe")).unwrap();
+    group.bench_function("append_40_bytes_and_fsync", |b| {
+        use std::io::Write;
+        b.iter(|| {
+            file.write_all(&[7u8; 40]).unwrap();
+            file.sync_data().unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, baselines, coverage_check, lookup_hit, purge_tag);
 criterion_main!(benches);

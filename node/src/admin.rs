@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fanz_protocol::CacheKey;
@@ -17,7 +17,7 @@ use crate::cache::Cache;
 use crate::http::headers::validate_tag;
 use crate::http::{purge, read_body, text, Body};
 use crate::invalidation::PurgeTargets;
-use crate::metrics::{set_gauge, Api, Metrics, TierLabel, TierLabels};
+use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
 
 /// Largest purge request body.
 const MAX_PURGE_BODY: u64 = 1 << 20;
@@ -73,13 +73,6 @@ impl AdminService {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let started = Instant::now();
-        let response = self.route(req, peer).await;
-        self.metrics.observe(Api::Admin, started, response.status());
-        response
-    }
-
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (path.as_str(), method) {

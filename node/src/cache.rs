@@ -155,25 +155,39 @@ impl Cache {
         self.clock.wall_ms()
     }
 
-    /// Looks `key` up.
+    /// Looks `key` up, and counts the outcome in the lookup metrics.
     pub async fn get(&self, key: &CacheKey) -> Lookup {
-        let Some((entry, tier)) = self.store.get(key).await else {
-            self.metrics.lookup(TierLabel::Memory, LookupResult::Miss);
-            return Lookup::Miss(MissReason::Absent);
+        let lookup = self.lookup(key).await;
+        let (tier, result) = match &lookup {
+            Lookup::Hit(hit) => (
+                hit.tier,
+                match hit.freshness {
+                    Freshness::Fresh { .. } => LookupResult::Hit,
+                    Freshness::Stale { .. } => LookupResult::Stale,
+                },
+            ),
+            Lookup::Miss(MissReason::Absent) => (Tier::Memory, LookupResult::Miss),
+            Lookup::Miss(MissReason::Expired) => (Tier::Memory, LookupResult::Expired),
+            Lookup::Miss(MissReason::Invalidated) => (Tier::Memory, LookupResult::Invalidated),
         };
-        let tier_label = match tier {
+        let tier = match tier {
             Tier::Memory => TierLabel::Memory,
             Tier::Disk => TierLabel::Disk,
+        };
+        self.metrics.lookup(tier, result);
+        lookup
+    }
+
+    /// Looks `key` up without counting it (for the node's own reads, such as a set
+    /// checking whether it replaces something).
+    async fn lookup(&self, key: &CacheKey) -> Lookup {
+        let Some((entry, tier)) = self.store.get(key).await else {
+            return Lookup::Miss(MissReason::Absent);
         };
         let meta = &entry.value().0.meta;
         let now_ms = self.clock.wall_ms();
         match freshness(meta, self.invalidator.coverage(key, meta), now_ms) {
             Ok(freshness) => {
-                let result = match freshness {
-                    Freshness::Fresh { .. } => LookupResult::Hit,
-                    Freshness::Stale { .. } => LookupResult::Stale,
-                };
-                self.metrics.lookup(tier_label, result);
                 let age_secs = now_ms.saturating_sub(meta.version.millis()) / 1000;
                 Lookup::Hit(Hit {
                     entry,
@@ -182,14 +196,7 @@ impl Cache {
                     age_secs,
                 })
             }
-            Err(reason) => {
-                let result = match reason {
-                    MissReason::Expired => LookupResult::Expired,
-                    MissReason::Invalidated | MissReason::Absent => LookupResult::Invalidated,
-                };
-                self.metrics.lookup(tier_label, result);
-                Lookup::Miss(reason)
-            }
+            Err(reason) => Lookup::Miss(reason),
         }
     }
 
@@ -205,7 +212,7 @@ impl Cache {
         self.invalidator
             .record_edges(&key, &entry.meta, &dependency_tags)
             .await?;
-        let created = !matches!(self.get(&key).await, Lookup::Hit(_));
+        let created = !matches!(self.lookup(&key).await, Lookup::Hit(_));
         if self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid {
             // A purge arrived while the value was being received: it wins.
             tracing::debug!(?key, "set overtaken by a purge; not stored");

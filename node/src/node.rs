@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::http::kv::{KvLimits, MainService};
 use crate::http::server::{serve, ServeLimits};
 use crate::invalidation::Invalidator;
-use crate::metrics::Metrics;
+use crate::metrics::{Api, Metrics};
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
 
 /// Headroom over the longest key for the rest of a request head.
@@ -115,11 +115,7 @@ pub async fn run(
         config.log_compact_size,
     )
     .await
-    .map_err(|e| StartError::Setting {
-        setting: "data_dir",
-        value: config.data_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| data_dir_error(&config, e))?;
     let invalidator = Arc::new(invalidator);
     let store = Store::open(
         StoreConfig {
@@ -130,11 +126,7 @@ pub async fn run(
         metrics.evictions.clone(),
     )
     .await
-    .map_err(|e| StartError::Setting {
-        setting: "data_dir",
-        value: config.data_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| data_dir_error(&config, e))?;
     let cache = Arc::new(Cache::new(
         store.clone(),
         invalidator.clone(),
@@ -159,7 +151,6 @@ pub async fn run(
             max_ttl: config.max_ttl,
             max_stale: config.max_stale,
         },
-        metrics.clone(),
     ));
     let admin_service = Arc::new(AdminService::new(
         cache.clone(),
@@ -175,21 +166,26 @@ pub async fn run(
         shutdown_grace: config.shutdown_grace,
     };
 
+    // The main listener drains first; the admin listener stays up meanwhile, so
+    // probes see /readyz answer 503 while in-flight requests finish.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let main_server = tokio::spawn(serve(
         http_listener,
         limits.clone(),
+        (metrics.clone(), Api::Main),
         move |req, peer| main_service.clone().handle(req, peer),
         stopped(stop_rx.clone()),
     ));
     let admin_server = tokio::spawn(serve(
         admin_listener,
         limits,
+        (metrics.clone(), Api::Admin),
         move |req, peer| admin_service.clone().handle(req, peer),
-        stopped(stop_rx.clone()),
+        stopped(stop_admin_rx),
     ));
     let maintenance = {
         let invalidator = invalidator.clone();
@@ -223,11 +219,21 @@ pub async fn run(
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(main_server, admin_server, maintenance);
+    let _ = tokio::join!(main_server, maintenance);
+    let _ = stop_admin_tx.send(true);
+    let _ = admin_server.await;
     invalidator.close().await;
     store.close().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+fn data_dir_error(config: &Config, e: impl std::fmt::Display) -> StartError {
+    StartError::Setting {
+        setting: "data_dir",
+        value: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

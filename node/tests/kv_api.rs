@@ -484,6 +484,12 @@ fn sigterm_lets_an_in_flight_request_finish() {
     let pid = node.pid();
     signal(pid, "TERM");
     std::thread::sleep(Duration::from_millis(300));
+    // Draining: the admin port still answers, and says the node is not ready.
+    let ready = raw_request(
+        node.admin,
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     s.write_all(b"cd").unwrap();
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap();

@@ -7,14 +7,7 @@ use std::time::Duration;
 /// `GiB`, `TiB`, or `K`/`M`/`G`/`T` meaning the same binary multiples, or `KB`/`MB`/
 /// `GB`/`TB` for powers of 1000). Case-insensitive; spaces between number and unit are allowed.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a size like 256MiB, got {text:?}"))?;
+    let (number, unit) = split_number(text, "a size like 256MiB")?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -25,36 +18,47 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+        other => return Err(format!("unknown size unit {other:?} in {:?}", text.trim())),
     };
     number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+        .ok_or_else(|| format!("size {:?} is too large", text.trim()))
 }
 
 /// Parses a duration: a whole number with a unit (`ms`, `s`, `m`, `h`, `d`); a bare
 /// number means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 10s, got {text:?}"))?;
+    let (number, unit) = split_number(text, "a duration like 10s")?;
     let millis: u64 = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {:?}",
+                text.trim()
+            ))
+        }
     };
     number
         .checked_mul(millis)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
+        .ok_or_else(|| format!("duration {:?} is too large", text.trim()))
+}
+
+/// Splits `text` into its leading whole number and the (trimmed) unit after it.
+fn split_number<'a>(text: &'a str, expected: &str) -> Result<(u64, &'a str), String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number = number
+        .parse()
+        .map_err(|_| format!("expected {expected}, got {text:?}"))?;
+    Ok((number, unit.trim()))
 }
 
 #[cfg(test)]

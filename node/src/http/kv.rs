@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fanz_protocol::{CacheKey, Entry, EntryMeta};
@@ -16,7 +16,6 @@ use super::{purge, read_body, text, Body};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup};
 use crate::invalidation::PurgeTargets;
-use crate::metrics::{Api, Metrics};
 
 /// Path prefix of the KV API.
 pub const KV_PREFIX: &str = "/kv/";
@@ -46,17 +45,15 @@ pub struct MainService {
     cache: Arc<Cache>,
     auth: Auth,
     limits: KvLimits,
-    metrics: Arc<Metrics>,
 }
 
 impl MainService {
     /// Builds the service.
-    pub fn new(cache: Arc<Cache>, auth: Auth, limits: KvLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cache: Arc<Cache>, auth: Auth, limits: KvLimits) -> Self {
         Self {
             cache,
             auth,
             limits,
-            metrics,
         }
     }
 
@@ -66,13 +63,6 @@ impl MainService {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let started = Instant::now();
-        let response = self.route(req, peer).await;
-        self.metrics.observe(Api::Main, started, response.status());
-        response
-    }
-
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if req.method().as_str() == "PURGE" {
             return self.purge(&req, peer).await;
         }

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::Body;
+use crate::metrics::{Api, Metrics};
 
 /// Limits every connection of a listener gets.
 #[derive(Debug, Clone)]
@@ -32,10 +33,12 @@ pub struct ServeLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Serves `listener` with `handler` until `shutdown` resolves, then drains.
+/// Serves `listener` with `handler` until `shutdown` resolves, then drains. Every
+/// request's status and latency are recorded under `api`.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: ServeLimits,
+    (metrics, api): (Arc<Metrics>, Api),
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -80,9 +83,16 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let metrics = metrics.clone();
         let service = service_fn(move |req| {
+            let started = Instant::now();
             let response = handler(req, peer);
-            async move { Ok::<_, Infallible>(response.await) }
+            let metrics = metrics.clone();
+            async move {
+                let response = response.await;
+                metrics.observe(api, started, response.status());
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

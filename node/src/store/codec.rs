@@ -3,9 +3,10 @@
 //!
 //! foyer verifies its own xxhash over each disk entry before it decodes it, and turns
 //! a mismatch into a miss (dropping the entry). Our entry crc32 is checked again in
-//! [`StoredEntry`]'s decoder. Both detections are counted in one counter: foyer's
-//! through [`CorruptionLayer`], which watches for its "remove this entry" warning,
-//! ours directly.
+//! [`StoredEntry`]'s decoder, which reports a mismatch to foyer as a checksum error so
+//! foyer drops the entry the same way. Either way foyer logs one "remove this entry"
+//! warning, and [`CorruptionLayer`] counts exactly those: one mechanism, one count
+//! per dropped entry.
 
 use std::io::{Read, Write};
 use std::sync::LazyLock;
@@ -17,8 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 
-/// Entries dropped because they failed a checksum on their way back from disk. Shared
-/// by every store in the process (foyer's decoder has no instance to report to).
+/// Entries dropped because they failed a checksum on their way back from disk, as
+/// counted by [`CorruptionLayer`]. Process-wide: foyer's decoder and its log events
+/// have no store instance to report to.
 pub static CORRUPT_ENTRIES: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// Longest encoded key the decoder accepts (keys are limited far below this).
@@ -76,10 +78,12 @@ impl Code for StoredEntry {
         Entry::decode(Bytes::from(raw))
             .map(StoredEntry)
             .map_err(|e| {
-                CORRUPT_ENTRIES.inc();
-                tracing::warn!(error = %e, "dropping a corrupt entry read from the disk tier");
-                // ChecksumMismatch makes foyer drop the entry and answer a miss.
-                FoyerError::new(ErrorKind::ChecksumMismatch, e.to_string())
+                // ChecksumMismatch makes foyer drop the entry, answer a miss and log the
+                // warning CorruptionLayer counts.
+                FoyerError::new(
+                    ErrorKind::ChecksumMismatch,
+                    format!("entry failed its crc32: {e}"),
+                )
             })
     }
 
@@ -118,5 +122,41 @@ impl<S: tracing::Subscriber> Layer<S> for CorruptionLayer {
         if visitor.0 {
             CORRUPT_ENTRIES.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanz_protocol::EntryMeta;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn a_corrupt_encoding_is_reported_to_foyer_as_a_checksum_mismatch() {
+        let entry = Entry {
+            meta: EntryMeta::default(),
+            body: Bytes::from_static(b"payload"),
+        };
+        let mut encoded = Vec::new();
+        StoredEntry(entry.clone()).encode(&mut encoded).unwrap();
+        assert_eq!(StoredEntry::decode(&mut &encoded[..]).unwrap().0, entry);
+        let last = encoded.len() - 6;
+        encoded[last] ^= 1;
+        let err = StoredEntry::decode(&mut &encoded[..]).unwrap_err();
+        // foyer drops entries (and answers a miss) only for these kinds.
+        assert_eq!(err.kind(), ErrorKind::ChecksumMismatch);
+    }
+
+    #[test]
+    fn the_layer_counts_foyer_drops_and_nothing_else() {
+        let subscriber = tracing_subscriber::registry().with(CorruptionLayer);
+        let before = CORRUPT_ENTRIES.get();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "foyer_storage::engine::block::engine", hash = 1, "[block engine load]: deserialize read buffer raise error, remove this entry and skip");
+            tracing::warn!(target: "foyer_storage::engine::block::engine", "something else");
+            tracing::info!(target: "foyer_storage::engine::block::engine", "remove this entry and skip");
+            tracing::warn!(target: "fanz_node", "remove this entry and skip");
+        });
+        assert_eq!(CORRUPT_ENTRIES.get() - before, 1);
     }
 }
