@@ -503,3 +503,86 @@ fn sigterm_lets_an_in_flight_request_finish() {
     assert!(status.success(), "exit status {status}");
     assert!(node.log_text().contains("shut down cleanly"));
 }
+
+/// A fill that started before a purge never becomes valid after it: the PUT's body is
+/// still uploading when the purge is acknowledged.
+#[tokio::test]
+async fn a_put_that_started_before_a_purge_is_covered_by_it() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    let http = node.http;
+    let upload = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"PUT /kv/racy HTTP/1.1\r\nHost: x\r\nSurrogate-Key: news\r\nContent-Length: 6\r\n\r\nold").unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        s.write_all(b"val").unwrap();
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        admin_purge(&node, r#"{"tags":["news"]}"#).await.status,
+        StatusCode::OK
+    );
+    let answer = tokio::task::spawn_blocking(move || upload.join().unwrap())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(
+        get(&node, "racy").await.status,
+        StatusCode::NOT_FOUND,
+        "a write that started before the purge was served after it"
+    );
+    // A write that starts after the purge is served.
+    put(&node, "racy", "new", &[("surrogate-key", "news")]).await;
+    assert_eq!(get(&node, "racy").await.text(), "new");
+}
+
+/// A client that sends its headers too slowly is cut off (slowloris).
+#[test]
+fn slow_headers_are_cut_off() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--header-read-timeout", "1s"]);
+    let mut s = std::net::TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /kv/x HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "connection held for {waited:?}"
+    );
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+/// HTTP/2 with prior knowledge (h2c) on the same port.
+#[tokio::test]
+async fn http2_prior_knowledge_is_served() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    put(&node, "h2", "over h2", &[]).await;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = client
+        .get(node.url("/kv/h2").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"over h2"
+    );
+}

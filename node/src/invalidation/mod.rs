@@ -18,7 +18,7 @@ mod model_tests;
 mod state;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,9 +50,12 @@ pub struct Invalidator {
     /// How long a tombstone can matter: the longest an entry can be served after its
     /// version (max TTL + max stale window).
     retention: Duration,
-    /// Compact when the log is this large and at least twice its last compacted size.
+    /// Never compact a log smaller than this.
     compact_threshold: u64,
-    last_compacted: std::sync::atomic::AtomicU64,
+    /// Size of the log right after the last compaction.
+    last_compacted: AtomicU64,
+    /// Records garbage-collected since the last compaction (still in the file).
+    dropped_since_compaction: AtomicU64,
 }
 
 impl Invalidator {
@@ -82,7 +85,8 @@ impl Invalidator {
             clock,
             retention,
             compact_threshold,
-            last_compacted: Default::default(),
+            last_compacted: AtomicU64::new(0),
+            dropped_since_compaction: AtomicU64::new(0),
         };
         let dropped = engine.collect_garbage();
         tracing::info!(
@@ -156,8 +160,12 @@ impl Invalidator {
     pub fn collect_garbage(&self) -> usize {
         let now_ms = self.clock.wall_ms();
         let horizon_ms = now_ms.saturating_sub(self.retention.as_millis() as u64);
-        self.state
-            .collect_garbage(Timestamp::from_millis(horizon_ms), now_ms)
+        let dropped = self
+            .state
+            .collect_garbage(Timestamp::from_millis(horizon_ms), now_ms);
+        self.dropped_since_compaction
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
     }
 
     /// Rewrites the log as the live state.
@@ -165,15 +173,20 @@ impl Invalidator {
         let state = self.state.clone();
         let size = self.log.compact(move || state.snapshot()).await?;
         self.last_compacted.store(size, Ordering::Relaxed);
+        self.dropped_since_compaction.store(0, Ordering::Relaxed);
         Ok(size)
     }
 
-    /// Periodic upkeep: garbage collection, and compaction once the log has grown.
+    /// Periodic upkeep: garbage collection, then compaction when the log is over the
+    /// threshold and either has doubled since the last compaction or holds more
+    /// collected records than live ones.
     pub async fn maintain(&self) -> Result<(), LogError> {
         self.collect_garbage();
         let size = self.log.stats().bytes.load(Ordering::Relaxed);
-        let last = self.last_compacted.load(Ordering::Relaxed);
-        if size > self.compact_threshold && size > 2 * last {
+        let grown = size > 2 * self.last_compacted.load(Ordering::Relaxed);
+        let live = (self.state.tombstone_count() + self.state.edge_count()) as u64;
+        let mostly_garbage = self.dropped_since_compaction.load(Ordering::Relaxed) > live;
+        if size > self.compact_threshold && (grown || mostly_garbage) {
             self.compact().await?;
         }
         Ok(())
@@ -202,5 +215,113 @@ impl Invalidator {
     /// Writes and syncs everything queued and stops the log writer.
     pub async fn close(&self) {
         self.log.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanz_protocol::InvalidationId;
+
+    const RETENTION: Duration = Duration::from_secs(3600);
+
+    async fn engine(dir: &Path, clock: Arc<Clock>) -> Invalidator {
+        Invalidator::open(dir, clock, RETENTION, 0).await.unwrap()
+    }
+
+    fn tagged(version: Timestamp, tag: &'static [u8]) -> EntryMeta {
+        EntryMeta {
+            version,
+            tags: vec![Bytes::from_static(tag)],
+            ..EntryMeta::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn old_tombstones_and_expired_edges_are_collected_and_compacted_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(Clock::manual(1_000_000));
+        let engine = engine(dir.path(), clock.clone()).await;
+        let key = CacheKey::kv(b"k");
+        let dependent = CacheKey::kv(b"dep");
+        let dep_meta = EntryMeta {
+            version: clock.now(),
+            ttl_ms: 10_000,
+            depends_on: vec![InvalidationId::key(&key)],
+            ..EntryMeta::default()
+        };
+        engine
+            .record_edges(&dependent, &dep_meta, &[])
+            .await
+            .unwrap();
+        for i in 0..100 {
+            let tag = Bytes::from(format!("t{i}"));
+            engine
+                .purge(&PurgeTargets {
+                    tags: vec![tag],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(engine.tombstone_count(), 100);
+        assert_eq!(engine.edge_count(), 1);
+        let before = engine.log_stats().bytes.load(Ordering::Relaxed);
+
+        // Inside the retention window nothing goes.
+        clock.advance(RETENTION.as_millis() as u64 / 2);
+        engine.maintain().await.unwrap();
+        assert_eq!(engine.tombstone_count(), 100);
+        assert_eq!(engine.edge_count(), 0, "the edge's dependent has expired");
+
+        let after_edge_gc = engine.log_stats().bytes.load(Ordering::Relaxed);
+        assert!(
+            after_edge_gc < before,
+            "log not compacted: {before} -> {after_edge_gc}"
+        );
+
+        // Past it, every tombstone goes, and the compacted log is empty.
+        clock.advance(RETENTION.as_millis() as u64);
+        engine.maintain().await.unwrap();
+        assert_eq!(engine.tombstone_count(), 0);
+        assert_eq!(
+            engine.log_stats().bytes.load(Ordering::Relaxed),
+            0,
+            "garbage left in the log"
+        );
+        engine.close().await;
+
+        let reopened = self::engine(dir.path(), clock).await;
+        assert_eq!(reopened.tombstone_count(), 0);
+        assert_eq!(reopened.edge_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_still_needed_survives_collection_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(Clock::manual(5_000_000));
+        let engine = engine(dir.path(), clock.clone()).await;
+        let old_entry = tagged(clock.now(), b"news");
+        engine
+            .purge(&PurgeTargets {
+                tags: vec![Bytes::from_static(b"news")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        clock.advance(RETENTION.as_millis() as u64 - 1);
+        engine.maintain().await.unwrap();
+        engine.close().await;
+        let reopened = self::engine(dir.path(), clock.clone()).await;
+        assert_eq!(
+            reopened.coverage(&CacheKey::kv(b"x"), &old_entry),
+            Coverage::Invalid
+        );
+        // The clock moved past every replayed tombstone: new fills are newer than them.
+        let fresh = tagged(clock.now(), b"news");
+        assert_eq!(
+            reopened.coverage(&CacheKey::kv(b"x"), &fresh),
+            Coverage::Valid
+        );
     }
 }
