@@ -8,12 +8,6 @@ use std::time::Duration;
 use common::*;
 use http::{Method, StatusCode};
 
-fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    (dir, data)
-}
-
 #[tokio::test]
 async fn put_get_head_conditional_and_replace() {
     let (_tmp, data) = data_dir();

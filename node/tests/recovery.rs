@@ -11,12 +11,6 @@ use std::process::Command;
 use common::*;
 use http::StatusCode;
 
-fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    (dir, data)
-}
-
 #[tokio::test]
 async fn sigkill_then_restart_serves_the_disk_tier() {
     let (_tmp, data) = data_dir();

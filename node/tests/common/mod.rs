@@ -17,6 +17,13 @@ use hyper_util::rt::TokioExecutor;
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// A temporary directory and the data directory path inside it (not yet created).
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().unwrap()
