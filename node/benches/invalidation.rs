@@ -60,9 +60,11 @@ async fn node(memory: u64) -> Node {
 }
 
 fn entry(cache: &Cache, tags: &[&str]) -> Entry {
+    let version = cache.begin_fill();
     Entry {
         meta: EntryMeta {
-            version: cache.begin_fill(),
+            version,
+            born_ms: version.millis(),
             ttl_ms: 3_600_000,
             status: 200,
             tags: tags
@@ -182,9 +184,11 @@ fn purge_tag(c: &mut Criterion) {
         let node = rt.block_on(node(1 << 30));
         rt.block_on(async {
             for i in 0..covered {
+                let version = node.cache.begin_fill();
                 let e = Entry {
                     meta: EntryMeta {
-                        version: node.cache.begin_fill(),
+                        version,
+                        born_ms: version.millis(),
                         ttl_ms: 3_600_000,
                         tags: vec![Bytes::from_static(b"big")],
                         ..EntryMeta::default()

@@ -188,7 +188,7 @@ impl Cache {
         let now_ms = self.clock.wall_ms();
         match freshness(meta, self.invalidator.coverage(key, meta), now_ms) {
             Ok(freshness) => {
-                let age_secs = now_ms.saturating_sub(meta.version.millis()) / 1000;
+                let age_secs = meta.age_ms(now_ms) / 1000;
                 Lookup::Hit(Hit {
                     entry,
                     tier,
@@ -309,6 +309,7 @@ mod tests {
     fn meta(version_ms: u64, ttl_ms: u64, swr_ms: u64) -> EntryMeta {
         EntryMeta {
             version: Timestamp::from_millis(version_ms),
+            born_ms: version_ms,
             ttl_ms,
             stale_while_revalidate_ms: swr_ms,
             ..EntryMeta::default()

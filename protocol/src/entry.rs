@@ -3,7 +3,7 @@
 //! Layout (all integers little-endian):
 //!
 //! ```text
-//! magic "FZE\x01" | version u64 | ttl_ms u64 | swr_ms u64 | sie_ms u64 | status u16
+//! magic "FZE\x02" | version u64 | born_ms u64 | ttl_ms u64 | swr_ms u64 | sie_ms u64 | status u16
 //! | headers: u16 count, (name u16-len, value u16-len)*
 //! | tags: u16 count, (u16-len bytes)*
 //! | depends_on: u16 count, (u16-len encoded InvalidationId)*
@@ -20,7 +20,7 @@ use crate::codec::{put_bytes16, put_bytes32, DecodeError, Reader};
 use crate::hlc::Timestamp;
 use crate::key::InvalidationId;
 
-const MAGIC: &[u8; 4] = b"FZE\x01";
+const MAGIC: &[u8; 4] = b"FZE\x02";
 const CRC_LEN: usize = 4;
 
 /// Everything about an entry except its body.
@@ -28,7 +28,11 @@ const CRC_LEN: usize = 4;
 pub struct EntryMeta {
     /// HLC reading taken when the fill that produced this entry *started*.
     pub version: Timestamp,
-    /// Freshness lifetime, counted from the version's wall-clock time.
+    /// Wall-clock millisecond at which the content was new: its age is counted from
+    /// here. For an HTTP response, the response time less its corrected initial age
+    /// (RFC 9111 §4.2.3); for a KV value, the version's time.
+    pub born_ms: u64,
+    /// Freshness lifetime, counted from `born_ms`.
     pub ttl_ms: u64,
     /// How long after it goes stale the entry may still be served while it is refreshed.
     pub stale_while_revalidate_ms: u64,
@@ -47,7 +51,12 @@ pub struct EntryMeta {
 impl EntryMeta {
     /// Wall-clock millisecond at which the entry stops being fresh.
     pub fn fresh_until_ms(&self) -> u64 {
-        self.version.millis().saturating_add(self.ttl_ms)
+        self.born_ms.saturating_add(self.ttl_ms)
+    }
+
+    /// Age at `now_ms` (RFC 9111 `current_age`), in milliseconds.
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.born_ms)
     }
 
     /// Wall-clock millisecond after which no stale window allows serving it.
@@ -79,7 +88,7 @@ impl Entry {
     pub fn encoded_len(&self) -> usize {
         let m = &self.meta;
         MAGIC.len()
-            + 8 * 4
+            + 8 * 5
             + 2
             + 2
             + m.headers
@@ -116,6 +125,7 @@ impl Entry {
         let m = &self.meta;
         out.put_slice(MAGIC);
         out.put_u64_le(m.version.as_u64());
+        out.put_u64_le(m.born_ms);
         out.put_u64_le(m.ttl_ms);
         out.put_u64_le(m.stale_while_revalidate_ms);
         out.put_u64_le(m.stale_if_error_ms);
@@ -160,6 +170,7 @@ impl Entry {
             return Err(DecodeError::Format("not an entry (bad magic)"));
         }
         let version = Timestamp::from_u64(r.u64()?);
+        let born_ms = r.u64()?;
         let ttl_ms = r.u64()?;
         let stale_while_revalidate_ms = r.u64()?;
         let stale_if_error_ms = r.u64()?;
@@ -175,6 +186,7 @@ impl Entry {
         Ok(Entry {
             meta: EntryMeta {
                 version,
+                born_ms,
                 ttl_ms,
                 stale_while_revalidate_ms,
                 stale_if_error_ms,
@@ -228,6 +240,7 @@ mod tests {
     prop_compose! {
         fn arb_entry()(
             version in any::<u64>(),
+            born_ms in any::<u64>(),
             ttl_ms in any::<u64>(),
             swr in any::<u64>(),
             sie in any::<u64>(),
@@ -240,6 +253,7 @@ mod tests {
             Entry {
                 meta: EntryMeta {
                     version: Timestamp::from_u64(version),
+                    born_ms,
                     ttl_ms,
                     stale_while_revalidate_ms: swr,
                     stale_if_error_ms: sie,

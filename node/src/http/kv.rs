@@ -164,7 +164,11 @@ impl MainService {
         // arrives while the body is uploading covers this write.
         let version = self.cache.begin_fill();
         let meta = match self.meta_from_headers(&key, req.headers()) {
-            Ok(meta) => EntryMeta { version, ..meta },
+            Ok(meta) => EntryMeta {
+                version,
+                born_ms: version.millis(),
+                ..meta
+            },
             Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         };
         let body = match read_body(

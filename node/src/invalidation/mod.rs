@@ -244,8 +244,10 @@ mod tests {
         let engine = engine(dir.path(), clock.clone()).await;
         let key = CacheKey::kv(b"k");
         let dependent = CacheKey::kv(b"dep");
+        let version = clock.now();
         let dep_meta = EntryMeta {
-            version: clock.now(),
+            version,
+            born_ms: version.millis(),
             ttl_ms: 10_000,
             depends_on: vec![InvalidationId::key(&key)],
             ..EntryMeta::default()
