@@ -21,4 +21,5 @@ pub mod http;
 pub mod invalidation;
 pub mod metrics;
 pub mod node;
+pub mod proxy;
 pub mod store;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use fanz_protocol::{CacheKey, InvalidationId};
 use http::HeaderMap;
 
+use super::directives::Directives;
 use crate::cache::{Freshness, MissReason};
 use crate::store::Tier;
 
@@ -60,85 +61,22 @@ pub struct CacheControl {
     pub stale_if_error: Option<Duration>,
 }
 
-/// Parses `Cache-Control` (RFC 9111 §5.2). Unknown directives are ignored, as the RFC
-/// requires; a known directive with a bad argument, or a list that is not
-/// `token[=token|quoted-string]`, is an error. The first occurrence of a directive wins.
+/// Parses a request's `Cache-Control` (RFC 9111 §5.2). Unknown directives are
+/// ignored, as the RFC requires; a known directive with a bad argument, or a list that
+/// is not `token[=token|quoted-string]`, is an error. The first occurrence wins.
 pub fn cache_control(headers: &HeaderMap) -> Result<CacheControl, HeaderError> {
     const NAME: &str = "Cache-Control";
-    let mut cc = CacheControl::default();
-    for value in values(headers, NAME)? {
-        for item in split_list(value).map_err(|r| err(NAME, r))? {
-            let (name, arg) = match item.split_once('=') {
-                Some((n, a)) => (n.trim(), Some(a.trim())),
-                None => (item, None),
-            };
-            if name.is_empty() || !name.bytes().all(is_tchar) {
-                return Err(err(NAME, format!("{item:?} is not a directive")));
-            }
-            if let Some(arg) = arg {
-                let quoted = arg.len() >= 2 && arg.starts_with('"') && arg.ends_with('"');
-                if !quoted && (arg.is_empty() || !arg.bytes().all(is_tchar)) {
-                    return Err(err(NAME, format!("bad argument in {item:?}")));
-                }
-            }
-            let slot = match name.to_ascii_lowercase().as_str() {
-                "max-age" => &mut cc.max_age,
-                "stale-while-revalidate" => &mut cc.stale_while_revalidate,
-                "stale-if-error" => &mut cc.stale_if_error,
-                _ => continue,
-            };
-            let seconds = delta_seconds(arg).ok_or_else(|| {
-                err(
-                    NAME,
-                    format!("{name} needs a number of seconds, got {item:?}"),
-                )
-            })?;
-            slot.get_or_insert(Duration::from_secs(seconds));
-        }
-    }
-    Ok(cc)
-}
-
-/// Splits a comma-separated list, dropping empty elements (RFC 9110 §5.6.1), but
-/// keeping commas inside quoted strings.
-fn split_list(value: &str) -> Result<Vec<&str>, String> {
-    let mut items = Vec::new();
-    let mut start = 0;
-    let mut in_quotes = false;
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => in_quotes = !in_quotes,
-            ',' if !in_quotes => {
-                items.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if in_quotes {
-        return Err("unterminated quoted string".into());
-    }
-    items.push(value[start..].trim());
-    items.retain(|s| !s.is_empty());
-    Ok(items)
-}
-
-/// RFC 9110 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// delta-seconds (RFC 9111 §1.2.2); values past u32 saturate, as the RFC allows.
-fn delta_seconds(arg: Option<&str>) -> Option<u64> {
-    let arg = arg?.trim_matches('"');
-    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(
-        arg.parse::<u64>()
-            .unwrap_or(u64::MAX)
-            .min(u64::from(u32::MAX)),
-    )
+    let d = Directives::parse(values(headers, NAME)?).map_err(|r| err(NAME, r))?;
+    let seconds = |name: &str| {
+        d.seconds(name)
+            .map(|s| s.map(Duration::from_secs))
+            .map_err(|r| err(NAME, r))
+    };
+    Ok(CacheControl {
+        max_age: seconds("max-age")?,
+        stale_while_revalidate: seconds("stale-while-revalidate")?,
+        stale_if_error: seconds("stale-if-error")?,
+    })
 }
 
 /// Checks one tag: 1 to [`MAX_TAG_LEN`] visible ASCII characters.

@@ -2,6 +2,7 @@
 //! method), the shared connection loop, header parsing, and small response helpers.
 //! The admin listener's routes live in [`crate::admin`] and reuse all of this.
 
+pub mod directives;
 pub mod headers;
 pub mod kv;
 pub mod purge;

@@ -1,0 +1,641 @@
+//! RFC 9111 rules for a shared cache, as pure functions of a request, a response and
+//! times: whether a response may be stored (§3), its freshness lifetime (§4.2.1, with
+//! `CDN-Cache-Control` (RFC 9213) and `Surrogate-Control` taking precedence for this
+//! cache), heuristic freshness (§4.2.2), its age (§4.2.3), and its stale windows
+//! (RFC 5861).
+
+use http::{header, HeaderMap, Method, StatusCode};
+
+use crate::http::directives::Directives;
+
+/// Status codes this cache understands and may cache heuristically (RFC 9110 §15.1).
+const HEURISTICALLY_CACHEABLE: &[u16] =
+    &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+/// Other final status codes this cache understands and stores when explicitly allowed.
+const UNDERSTOOD: &[u16] = &[302, 303, 307, 451];
+
+/// Limits of heuristic freshness.
+#[derive(Debug, Clone, Copy)]
+pub struct Heuristics {
+    /// Fraction of the time since Last-Modified (RFC 9111 suggests 10%).
+    pub fraction: f64,
+    /// Upper bound on a heuristic lifetime.
+    pub max_ms: u64,
+}
+
+impl Default for Heuristics {
+    fn default() -> Self {
+        Self {
+            fraction: 0.1,
+            max_ms: 86_400_000,
+        }
+    }
+}
+
+/// Why a response is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Only GET responses are stored.
+    Method,
+    /// A status code this cache does not store.
+    Status,
+    /// `no-store` in the request or the response (or its targeted field).
+    NoStore,
+    /// `private`: only a private cache may store it.
+    Private,
+    /// The request had `Authorization` and the response did not allow sharing it (§3.5).
+    Authorization,
+    /// `Set-Cookie` without an explicit permission to share it.
+    SetCookie,
+    /// `Vary: *`: no request can be matched to it.
+    VaryStar,
+    /// No explicit freshness and no heuristic allowed.
+    NoFreshness,
+    /// The response's caching headers could not be parsed.
+    Malformed,
+}
+
+impl NotStored {
+    /// Short name, for logs and `Cache-Status` details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Method => "method",
+            NotStored::Status => "status",
+            NotStored::NoStore => "no-store",
+            NotStored::Private => "private",
+            NotStored::Authorization => "authorization",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::VaryStar => "vary-star",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::Malformed => "malformed",
+        }
+    }
+}
+
+/// What this cache may do with a response it is allowed to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storable {
+    /// Freshness lifetime, ms (0: stale at once; with `no-cache`, always revalidate).
+    pub lifetime_ms: u64,
+    /// Whether the lifetime came from the heuristic.
+    pub heuristic: bool,
+    /// When the content was new: response time less its corrected initial age.
+    pub born_ms: u64,
+    /// `stale-while-revalidate` window, ms (0 when stale serving is forbidden).
+    pub stale_while_revalidate_ms: u64,
+    /// `stale-if-error` window, ms (0 when stale serving is forbidden).
+    pub stale_if_error_ms: u64,
+    /// `no-cache`: store, but revalidate before every use.
+    pub no_cache: bool,
+    /// Response fields that must not be stored (`private="..."`, `no-cache="..."`).
+    pub strip_fields: Vec<String>,
+}
+
+/// The directives that govern this cache's storing and freshness: the targeted field
+/// (`CDN-Cache-Control`, then `Surrogate-Control`) when present, otherwise
+/// `Cache-Control`; plus whether `Expires` still counts.
+#[derive(Debug)]
+pub struct Governing {
+    /// The directives.
+    pub directives: Directives,
+    /// Whether they came from a targeted field (then `Expires` is ignored, RFC 9213 §2.2).
+    pub targeted: bool,
+}
+
+/// Picks the governing directives of a response.
+pub fn governing(headers: &HeaderMap) -> Result<Governing, NotStored> {
+    for name in ["cdn-cache-control", "surrogate-control"] {
+        if headers.contains_key(name) {
+            let directives = Directives::parse(field_values(headers, name)?)
+                .map_err(|_| NotStored::Malformed)?;
+            return Ok(Governing {
+                directives,
+                targeted: true,
+            });
+        }
+    }
+    let directives = Directives::parse(field_values(headers, "cache-control")?)
+        .map_err(|_| NotStored::Malformed)?;
+    Ok(Governing {
+        directives,
+        targeted: false,
+    })
+}
+
+fn field_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>, NotStored> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().map_err(|_| NotStored::Malformed))
+        .collect()
+}
+
+/// The request side of the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts {
+    /// Whether the request carried `Authorization`.
+    pub authorization: bool,
+    /// Whether the request said `Cache-Control: no-store`.
+    pub no_store: bool,
+}
+
+/// Decides whether a response to a GET may be stored, and for how long it is fresh.
+/// `request_ms` and `response_ms` are when the request was sent and the response
+/// arrived (wall clock).
+pub fn evaluate(
+    method: &Method,
+    request: RequestFacts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    request_ms: u64,
+    response_ms: u64,
+    heuristics: Heuristics,
+) -> Result<Storable, NotStored> {
+    if method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    let code = status.as_u16();
+    let heuristic_status = HEURISTICALLY_CACHEABLE.contains(&code);
+    if !heuristic_status && !UNDERSTOOD.contains(&code) {
+        return Err(NotStored::Status);
+    }
+    let Governing {
+        directives: d,
+        targeted,
+    } = governing(headers)?;
+    // Cache-Control still speaks for privacy even when a targeted field sets freshness.
+    let cc = Directives::parse(field_values(headers, "cache-control")?)
+        .map_err(|_| NotStored::Malformed)?;
+    if request.no_store || d.has("no-store") || cc.has("no-store") {
+        return Err(NotStored::NoStore);
+    }
+    let mut strip_fields = Vec::new();
+    for qualified in ["private", "no-cache"] {
+        match cc.arg(qualified) {
+            Some(fields) => {
+                strip_fields.extend(fields.split(',').map(|f| f.trim().to_ascii_lowercase()))
+            }
+            None if qualified == "private" && cc.has("private") => return Err(NotStored::Private),
+            None => {}
+        }
+    }
+    let explicitly_shared =
+        d.has("public") || d.has("s-maxage") || cc.has("public") || cc.has("s-maxage");
+    if request.authorization
+        && !(explicitly_shared || d.has("must-revalidate") || cc.has("must-revalidate"))
+    {
+        return Err(NotStored::Authorization);
+    }
+    if headers.contains_key(header::SET_COOKIE)
+        && !explicitly_shared
+        && !strip_fields.iter().any(|f| f == "set-cookie")
+    {
+        return Err(NotStored::SetCookie);
+    }
+    if vary_fields(headers).iter().any(|f| f == "*") {
+        return Err(NotStored::VaryStar);
+    }
+
+    let date_ms = http_date(headers, header::DATE);
+    let seconds = |name: &str| d.seconds(name).map_err(|_| NotStored::Malformed);
+    let explicit_ms = match (seconds("s-maxage")?, seconds("max-age")?) {
+        (Some(s), _) => Some(s * 1000),
+        (None, Some(m)) => Some(m * 1000),
+        (None, None) if !targeted && headers.contains_key(header::EXPIRES) => {
+            // An invalid Expires (e.g. "0") means already expired (§5.3).
+            let expires = http_date(headers, header::EXPIRES).unwrap_or(0);
+            Some(expires.saturating_sub(date_ms.unwrap_or(response_ms)))
+        }
+        (None, None) => None,
+    };
+    let (lifetime_ms, heuristic) = match explicit_ms {
+        Some(ms) => (ms, false),
+        None if heuristic_status || explicitly_shared => {
+            let base = date_ms.unwrap_or(response_ms);
+            let heuristic_ms = match http_date(headers, header::LAST_MODIFIED) {
+                Some(lm) => ((base.saturating_sub(lm) as f64 * heuristics.fraction) as u64)
+                    .min(heuristics.max_ms),
+                // Nothing to base a heuristic on: storable only when told to share it
+                // or to revalidate it, and then stale at once.
+                None if explicitly_shared || d.has("no-cache") || cc.has("no-cache") => 0,
+                None => return Err(NotStored::NoFreshness),
+            };
+            (heuristic_ms, true)
+        }
+        None => return Err(NotStored::NoFreshness),
+    };
+
+    let no_cache = (d.has("no-cache") && d.arg("no-cache").is_none())
+        || (cc.has("no-cache") && cc.arg("no-cache").is_none());
+    let forbids_stale = d.has("must-revalidate")
+        || d.has("proxy-revalidate")
+        || cc.has("must-revalidate")
+        || cc.has("proxy-revalidate")
+        || no_cache;
+    let window = |name: &str| -> u64 {
+        if forbids_stale {
+            0
+        } else {
+            d.seconds(name)
+                .ok()
+                .flatten()
+                .or_else(|| cc.seconds(name).ok().flatten())
+                .unwrap_or(0)
+                * 1000
+        }
+    };
+    let age_ms = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |s| s.saturating_mul(1000));
+    Ok(Storable {
+        lifetime_ms,
+        heuristic,
+        born_ms: born_ms(date_ms, age_ms, request_ms, response_ms),
+        stale_while_revalidate_ms: window("stale-while-revalidate"),
+        stale_if_error_ms: window("stale-if-error"),
+        no_cache,
+        strip_fields,
+    })
+}
+
+/// RFC 9111 §4.2.3: the moment the content was new, so that
+/// `current_age = now - born`. Uses the corrected initial age:
+/// `max(apparent_age, age_value + response_delay)`.
+pub fn born_ms(date_ms: Option<u64>, age_value_ms: u64, request_ms: u64, response_ms: u64) -> u64 {
+    let apparent_age = date_ms.map_or(0, |d| response_ms.saturating_sub(d));
+    let response_delay = response_ms.saturating_sub(request_ms);
+    let corrected_age_value = age_value_ms + response_delay;
+    response_ms.saturating_sub(apparent_age.max(corrected_age_value))
+}
+
+/// Field names listed in `Vary`, lower-cased.
+pub fn vary_fields(headers: &HeaderMap) -> Vec<String> {
+    let mut fields: Vec<String> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|f| f.trim().to_ascii_lowercase())
+        .filter(|f| !f.is_empty())
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+/// An HTTP date header in ms since the epoch, if present and valid.
+pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
+    let text = headers.get(name)?.to_str().ok()?;
+    let t = httpdate::parse_http_date(text).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    fn date(ms: u64) -> String {
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+    }
+
+    const PLAIN: RequestFacts = RequestFacts {
+        authorization: false,
+        no_store: false,
+    };
+
+    fn eval(status: u16, headers: &[(&'static str, &str)]) -> Result<Storable, NotStored> {
+        eval_req(PLAIN, status, headers)
+    }
+
+    fn eval_req(
+        req: RequestFacts,
+        status: u16,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Storable, NotStored> {
+        evaluate(
+            &Method::GET,
+            req,
+            StatusCode::from_u16(status).unwrap(),
+            &h(headers),
+            NOW,
+            NOW,
+            Heuristics::default(),
+        )
+    }
+
+    // §3: storing responses.
+    #[test]
+    fn s3_only_get_and_understood_statuses_are_stored() {
+        let r = evaluate(
+            &Method::POST,
+            PLAIN,
+            StatusCode::OK,
+            &h(&[("cache-control", "max-age=60")]),
+            NOW,
+            NOW,
+            Heuristics::default(),
+        );
+        assert_eq!(r, Err(NotStored::Method));
+        assert_eq!(
+            eval(500, &[("cache-control", "max-age=60")]),
+            Err(NotStored::Status)
+        );
+        assert_eq!(
+            eval(302, &[]),
+            Err(NotStored::NoFreshness),
+            "302 is not heuristically cacheable"
+        );
+        assert!(eval(302, &[("cache-control", "max-age=60")]).is_ok());
+        assert!(eval(404, &[("cache-control", "max-age=60")]).is_ok());
+    }
+
+    #[test]
+    fn s3_no_store_and_private_are_never_stored() {
+        assert_eq!(
+            eval(200, &[("cache-control", "no-store, max-age=60")]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            eval(200, &[("cache-control", "private, max-age=60")]),
+            Err(NotStored::Private)
+        );
+        let req = RequestFacts {
+            authorization: false,
+            no_store: true,
+        };
+        assert_eq!(
+            eval_req(req, 200, &[("cache-control", "max-age=60")]),
+            Err(NotStored::NoStore)
+        );
+        // A qualified private= only keeps those fields out of the stored response.
+        let s = eval(200, &[("cache-control", "private=\"X-User\", max-age=60")]).unwrap();
+        assert_eq!(s.strip_fields, vec!["x-user".to_string()]);
+    }
+
+    // §3.5: requests with Authorization.
+    #[test]
+    fn s3_5_authorization_needs_an_explicit_permission() {
+        let auth = RequestFacts {
+            authorization: true,
+            no_store: false,
+        };
+        assert_eq!(
+            eval_req(auth, 200, &[("cache-control", "max-age=60")]),
+            Err(NotStored::Authorization)
+        );
+        for allowed in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "must-revalidate, max-age=60",
+        ] {
+            assert!(
+                eval_req(auth, 200, &[("cache-control", allowed)]).is_ok(),
+                "{allowed}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_cookie_is_shared_only_when_allowed() {
+        assert_eq!(
+            eval(
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
+            Err(NotStored::SetCookie)
+        );
+        assert!(eval(
+            200,
+            &[
+                ("cache-control", "public, max-age=60"),
+                ("set-cookie", "a=b")
+            ]
+        )
+        .is_ok());
+        let s = eval(
+            200,
+            &[
+                ("cache-control", "max-age=60, no-cache=\"Set-Cookie\""),
+                ("set-cookie", "a=b"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.strip_fields, vec!["set-cookie".to_string()]);
+        assert!(
+            !s.no_cache,
+            "a qualified no-cache does not force revalidation"
+        );
+    }
+
+    // §4.1: Vary.
+    #[test]
+    fn s4_1_vary_star_is_never_stored() {
+        assert_eq!(
+            eval(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Accept, *")]
+            ),
+            Err(NotStored::VaryStar)
+        );
+        assert_eq!(
+            vary_fields(&h(&[("vary", "Accept-Encoding, accept"), ("vary", "X-A")])),
+            vec!["accept", "accept-encoding", "x-a"]
+        );
+    }
+
+    // §4.2.1: freshness lifetime.
+    #[test]
+    fn s4_2_1_s_maxage_then_max_age_then_expires() {
+        assert_eq!(
+            eval(200, &[("cache-control", "max-age=10, s-maxage=20")])
+                .unwrap()
+                .lifetime_ms,
+            20_000
+        );
+        assert_eq!(
+            eval(200, &[("cache-control", "max-age=10")])
+                .unwrap()
+                .lifetime_ms,
+            10_000
+        );
+        let s = eval(
+            200,
+            &[("date", &date(NOW)), ("expires", &date(NOW + 30_000))],
+        )
+        .unwrap();
+        assert_eq!(s.lifetime_ms, 30_000);
+        assert!(!s.heuristic);
+        // max-age wins over Expires; an invalid Expires means already expired.
+        assert_eq!(
+            eval(
+                200,
+                &[
+                    ("cache-control", "max-age=5"),
+                    ("expires", &date(NOW + 30_000))
+                ]
+            )
+            .unwrap()
+            .lifetime_ms,
+            5_000
+        );
+        assert_eq!(eval(200, &[("expires", "0")]).unwrap().lifetime_ms, 0);
+    }
+
+    #[test]
+    fn targeted_fields_take_precedence_for_this_cache() {
+        let s = eval(
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("cdn-cache-control", "max-age=600"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.lifetime_ms, 600_000);
+        let s = eval(
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("surrogate-control", "max-age=300"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.lifetime_ms, 300_000);
+        let s = eval(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=1"),
+                ("surrogate-control", "max-age=300"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.lifetime_ms, 1_000, "CDN-Cache-Control first");
+        assert_eq!(
+            eval(
+                200,
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "no-store")
+                ]
+            ),
+            Err(NotStored::NoStore)
+        );
+        // A targeted field ignores Expires (RFC 9213 §2.2).
+        let s = eval(
+            200,
+            &[
+                ("cdn-cache-control", "public"),
+                ("expires", &date(NOW + 30_000)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.lifetime_ms, 0);
+    }
+
+    // §4.2.2: heuristic freshness.
+    #[test]
+    fn s4_2_2_heuristic_only_where_allowed() {
+        let s = eval(
+            200,
+            &[
+                ("date", &date(NOW)),
+                ("last-modified", &date(NOW - 1_000_000)),
+            ],
+        )
+        .unwrap();
+        assert!(s.heuristic);
+        assert_eq!(s.lifetime_ms, 100_000);
+        let capped = eval(
+            200,
+            &[
+                ("date", &date(NOW)),
+                ("last-modified", &date(NOW - 100 * 86_400_000)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(capped.lifetime_ms, 86_400_000);
+        assert_eq!(
+            eval(200, &[]),
+            Err(NotStored::NoFreshness),
+            "nothing to base a heuristic on"
+        );
+        assert_eq!(
+            eval(302, &[("last-modified", &date(NOW - 1_000_000))]),
+            Err(NotStored::NoFreshness)
+        );
+    }
+
+    // §4.2.3: age.
+    #[test]
+    fn s4_2_3_corrected_initial_age() {
+        // Origin says Age: 10 s; the response took 2 s to arrive: initial age 12 s.
+        assert_eq!(born_ms(None, 10_000, NOW - 2_000, NOW), NOW - 12_000);
+        // Apparent age from Date wins when larger.
+        assert_eq!(born_ms(Some(NOW - 30_000), 0, NOW, NOW), NOW - 30_000);
+        // A Date in the future does not make content younger than now.
+        assert_eq!(born_ms(Some(NOW + 30_000), 0, NOW, NOW), NOW);
+        let s = eval(200, &[("cache-control", "max-age=60"), ("age", "15")]).unwrap();
+        assert_eq!(s.born_ms, NOW - 15_000);
+    }
+
+    // §5.2.2 and RFC 5861: revalidation and stale windows.
+    #[test]
+    fn stale_windows_and_what_forbids_them() {
+        let s = eval(
+            200,
+            &[(
+                "cache-control",
+                "max-age=60, stale-while-revalidate=30, stale-if-error=300",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.stale_while_revalidate_ms, s.stale_if_error_ms),
+            (30_000, 300_000)
+        );
+        for forbid in ["must-revalidate", "proxy-revalidate", "no-cache"] {
+            let s = eval(
+                200,
+                &[(
+                    "cache-control",
+                    &format!("max-age=60, stale-while-revalidate=30, stale-if-error=300, {forbid}"),
+                )],
+            )
+            .unwrap();
+            assert_eq!(
+                (s.stale_while_revalidate_ms, s.stale_if_error_ms),
+                (0, 0),
+                "{forbid}"
+            );
+        }
+        let s = eval(200, &[("cache-control", "no-cache, max-age=60")]).unwrap();
+        assert!(s.no_cache);
+    }
+
+    #[test]
+    fn malformed_caching_headers_are_not_stored() {
+        assert_eq!(
+            eval(200, &[("cache-control", "max-age=\"60")]),
+            Err(NotStored::Malformed)
+        );
+        assert_eq!(
+            eval(200, &[("cache-control", "max-age=sixty")]),
+            Err(NotStored::Malformed)
+        );
+    }
+}
