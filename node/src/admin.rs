@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::http::headers::validate_tag;
-use crate::http::{purge, read_body, text, Body};
+use crate::http::{full, purge, read_body, text, Body};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
 
@@ -92,9 +92,7 @@ impl AdminService {
                     return *denied;
                 }
                 self.refresh_gauges();
-                let mut r = Response::new(http_body_util::Full::new(Bytes::from(
-                    self.metrics.encode(),
-                )));
+                let mut r = Response::new(full(self.metrics.encode()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -59,6 +59,21 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
     Spec { name: "log_level", default: Some("info"), help: "Log filter (tracing EnvFilter syntax, e.g. `info,fanz_node=debug`)." },
     Spec { name: "log_format", default: Some("text"), help: "Log format: `text` or `json`." },
+    Spec { name: "origin", default: None, help: "Default origin URL (http://host:port or https://...) for pull-through caching. Unset: only the KV API is served." },
+    Spec { name: "origin_routes", default: None, help: "Per-Host origins, `host=URL` pairs separated by commas (e.g. `a.example=http://10.0.0.1:80,b.example=https://b.internal`). A request for a host neither routed nor served by `origin` gets 421." },
+    Spec { name: "forward_host", default: Some("client"), help: "Host header sent to the origin: `client` (the request's Host) or `origin` (the origin URL's authority)." },
+    Spec { name: "forward_headers", default: None, help: "Comma-separated request headers forwarded to the origin although they could poison the cache (X-Forwarded-Host, X-Original-URL, ...). By default they are dropped." },
+    Spec { name: "kv_prefix", default: Some("/kv/"), help: "Path prefix of the KV API on the main port; requests under it never go to an origin. An origin's own paths under it are unreachable: choose a prefix the origin does not use." },
+    Spec { name: "origin_connect_timeout", default: Some("2s"), help: "Time to connect to an origin." },
+    Spec { name: "origin_first_byte_timeout", default: Some("15s"), help: "Time from sending a request to an origin to its response head." },
+    Spec { name: "origin_total_timeout", default: Some("60s"), help: "Time for a whole origin response, body included." },
+    Spec { name: "origin_max_concurrency", default: Some("256"), help: "Requests in flight to one origin at once (bulkhead); beyond it, 503." },
+    Spec { name: "origin_retries", default: Some("2"), help: "Retries of an idempotent request whose origin connection failed before any byte came back (exponential backoff, full jitter)." },
+    Spec { name: "breaker_failures", default: Some("5"), help: "Consecutive origin failures that open its circuit breaker." },
+    Spec { name: "breaker_open", default: Some("10s"), help: "How long an open breaker refuses requests before letting one probe through." },
+    Spec { name: "max_object_size", default: Some("16MiB"), help: "Largest response stored; larger ones pass through uncached." },
+    Spec { name: "uncacheable_ttl", default: Some("10s"), help: "How long a URL that answered uncacheable skips request collapsing (hit-for-miss)." },
+    Spec { name: "strip_tag_headers", default: Some("true"), help: "Remove Surrogate-Key and Cache-Tag from responses to clients." },
     Spec { name: "log_compact_size", default: Some("64MiB"), help: "Compact the invalidation log once it is this large and twice its last compacted size." },
     Spec { name: "maintenance_interval", default: Some("60s"), help: "How often expired tombstones and edges are collected." },
 ];
@@ -169,6 +184,36 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log compaction threshold.
     pub log_compact_size: u64,
+    /// Default origin.
+    pub origin: Option<OriginUrl>,
+    /// Per-host origins.
+    pub origin_routes: Vec<(String, OriginUrl)>,
+    /// Host header policy.
+    pub forward_host: ForwardHost,
+    /// Poisoning-prone headers forwarded anyway (lower-case).
+    pub forward_headers: Vec<String>,
+    /// KV API path prefix.
+    pub kv_prefix: String,
+    /// Origin connect timeout.
+    pub origin_connect_timeout: Duration,
+    /// Origin first-byte timeout.
+    pub origin_first_byte_timeout: Duration,
+    /// Origin total timeout.
+    pub origin_total_timeout: Duration,
+    /// Origin bulkhead.
+    pub origin_max_concurrency: usize,
+    /// Origin retries.
+    pub origin_retries: u32,
+    /// Breaker threshold.
+    pub breaker_failures: u32,
+    /// Breaker open time.
+    pub breaker_open: Duration,
+    /// Largest stored response.
+    pub max_object_size: u64,
+    /// Hit-for-miss memory.
+    pub uncacheable_ttl: Duration,
+    /// Strip tag headers from client responses.
+    pub strip_tag_headers: bool,
     /// Maintenance period.
     pub maintenance_interval: Duration,
 }
@@ -248,6 +293,69 @@ impl Config {
                 at_least(parse_size(s)?, 1 << 20, "1MiB")
             })?,
             maintenance_interval: p.parse("maintenance_interval", positive_duration)?,
+            origin: p
+                .optional("origin")?
+                .map(|s| OriginUrl::parse(&s))
+                .transpose()
+                .map_err(|m| p.invalid("origin", m))?,
+            origin_routes: match p.optional("origin_routes")? {
+                None => Vec::new(),
+                Some(s) => parse_routes(&s).map_err(|m| p.invalid("origin_routes", m))?,
+            },
+            forward_host: p.parse("forward_host", |s| match s {
+                "client" => Ok(ForwardHost::Client),
+                "origin" => Ok(ForwardHost::Origin),
+                _ => Err(format!("expected `client` or `origin`, got {s:?}")),
+            })?,
+            forward_headers: p
+                .optional("forward_headers")?
+                .map(|s| {
+                    s.split(',')
+                        .map(|h| h.trim().to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            kv_prefix: p.parse("kv_prefix", |s| {
+                if s.len() >= 2 && s.starts_with('/') && s.ends_with('/') {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!("must start and end with `/`, like /kv/, got {s:?}"))
+                }
+            })?,
+            origin_connect_timeout: p.parse("origin_connect_timeout", positive_duration)?,
+            origin_first_byte_timeout: p.parse("origin_first_byte_timeout", positive_duration)?,
+            origin_total_timeout: p.parse("origin_total_timeout", positive_duration)?,
+            origin_max_concurrency: p.parse("origin_max_concurrency", |s| {
+                let n: usize = s
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, got {s:?}"))?;
+                Ok(at_least(n as u64, 1, "1")? as usize)
+            })?,
+            origin_retries: p.parse("origin_retries", |s| {
+                s.parse()
+                    .map_err(|_| format!("expected a whole number, got {s:?}"))
+            })?,
+            breaker_failures: p.parse("breaker_failures", |s| {
+                let n: u32 = s
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, got {s:?}"))?;
+                Ok(at_least(u64::from(n), 1, "1")? as u32)
+            })?,
+            breaker_open: p.parse("breaker_open", positive_duration)?,
+            max_object_size: p.parse("max_object_size", |s| {
+                let n = parse_size(s)?;
+                if n > 1 << 30 {
+                    return Err("must be at most 1GiB".into());
+                }
+                Ok(n)
+            })?,
+            uncacheable_ttl: p.parse("uncacheable_ttl", parse_duration)?,
+            strip_tag_headers: p.parse("strip_tag_headers", |s| match s {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("expected `true` or `false`, got {s:?}")),
+            })?,
             admin_token,
         };
         if config.default_ttl > config.max_ttl {
@@ -299,12 +407,124 @@ impl Config {
             ),
             ("log_compact_size", self.log_compact_size.to_string()),
             ("maintenance_interval", d(self.maintenance_interval)),
+            (
+                "origin",
+                self.origin
+                    .as_ref()
+                    .map_or("(unset)".into(), |o| o.to_string()),
+            ),
+            (
+                "origin_routes",
+                self.origin_routes
+                    .iter()
+                    .map(|(h, o)| format!("{h}={o}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "forward_host",
+                format!("{:?}", self.forward_host).to_ascii_lowercase(),
+            ),
+            ("forward_headers", self.forward_headers.join(",")),
+            ("kv_prefix", self.kv_prefix.clone()),
+            ("origin_connect_timeout", d(self.origin_connect_timeout)),
+            (
+                "origin_first_byte_timeout",
+                d(self.origin_first_byte_timeout),
+            ),
+            ("origin_total_timeout", d(self.origin_total_timeout)),
+            (
+                "origin_max_concurrency",
+                self.origin_max_concurrency.to_string(),
+            ),
+            ("origin_retries", self.origin_retries.to_string()),
+            ("breaker_failures", self.breaker_failures.to_string()),
+            ("breaker_open", d(self.breaker_open)),
+            ("max_object_size", self.max_object_size.to_string()),
+            ("uncacheable_ttl", d(self.uncacheable_ttl)),
+            ("strip_tag_headers", self.strip_tag_headers.to_string()),
         ];
         lines
             .iter()
             .map(|(k, v)| format!("{k} = {}\n", toml::Value::String(v.clone())))
             .collect()
     }
+}
+
+/// Which Host header the origin receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardHost {
+    /// The client's Host.
+    Client,
+    /// The origin URL's authority.
+    Origin,
+}
+
+/// An origin's base URL: scheme and authority (no path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginUrl {
+    /// `true` for https.
+    pub tls: bool,
+    /// `host[:port]` as written.
+    pub authority: String,
+}
+
+impl OriginUrl {
+    /// Parses `http://host[:port]` or `https://host[:port]` (a trailing `/` is allowed).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("not a URL ({e}): {text:?}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("expected an http:// or https:// URL, got {text:?}")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("no host in {text:?}"))?
+            .to_string();
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("an origin URL has no path or query, got {text:?}"));
+        }
+        Ok(Self { tls, authority })
+    }
+
+    /// Port to connect to.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(if self.tls { 443 } else { 80 })
+    }
+}
+
+impl fmt::Display for OriginUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.authority
+        )
+    }
+}
+
+fn parse_routes(text: &str) -> Result<Vec<(String, OriginUrl)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|route| {
+            let (host, url) = route
+                .split_once('=')
+                .ok_or_else(|| format!("expected host=URL, got {route:?}"))?;
+            let host = host.trim().to_ascii_lowercase();
+            if host.is_empty() {
+                return Err(format!("empty host in {route:?}"));
+            }
+            Ok((host, OriginUrl::parse(url.trim())?))
+        })
+        .collect()
 }
 
 /// Reads a TOML settings file into raw values.
@@ -509,6 +729,36 @@ mod tests {
         assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
         assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
         assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
+    }
+
+    #[test]
+    fn origins_and_routes() {
+        let c = Config::resolve(&raw(&[
+            ("origin", "http://127.0.0.1:9000"),
+            (
+                "origin_routes",
+                "A.example=https://a.internal, b.example=http://10.0.0.2:81/",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(c.origin.as_ref().unwrap().port(), 9000);
+        assert_eq!(c.origin_routes[0].0, "a.example");
+        assert!(c.origin_routes[0].1.tls);
+        assert_eq!(c.origin_routes[0].1.port(), 443);
+        assert_eq!(c.origin_routes[1].1.to_string(), "http://10.0.0.2:81");
+        for (setting, bad) in [
+            ("origin", "ftp://x"),
+            ("origin", "http://x/path"),
+            ("origin_routes", "nohost"),
+            ("kv_prefix", "kv"),
+            ("forward_host", "both"),
+        ] {
+            let err = Config::resolve(&raw(&[(setting, bad)])).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { setting: s, .. } if *s == setting),
+                "{setting}={bad}: {err}"
+            );
+        }
     }
 
     #[test]

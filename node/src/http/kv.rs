@@ -8,11 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanz_protocol::{CacheKey, Entry, EntryMeta};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::headers::{self, HeaderError};
-use super::{purge, read_body, text, Body};
+use super::{full, purge, read_body, text, Body};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup};
 use crate::invalidation::PurgeTargets;
@@ -136,7 +135,7 @@ impl MainService {
         } else {
             (StatusCode::OK, entry.body.clone())
         };
-        let mut response = Response::new(Full::new(body));
+        let mut response = Response::new(full(body));
         *response.status_mut() = status;
         let h = response.headers_mut();
         if status == StatusCode::OK {
@@ -189,7 +188,7 @@ impl MainService {
                 } else {
                     StatusCode::NO_CONTENT
                 };
-                let mut r = Response::new(Full::new(Bytes::new()));
+                let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = status;
                 insert_str(r.headers_mut(), header::ETAG, &etag);
                 r.headers_mut().insert(
@@ -249,7 +248,7 @@ impl MainService {
         };
         match self.cache.purge(&targets).await {
             Ok(outcome) => {
-                let mut r = Response::new(Full::new(Bytes::new()));
+                let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 r.headers_mut().insert(
                     "fanz-invalidated",

@@ -12,16 +12,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
-/// Response body type of every handler.
-pub type Body = Full<Bytes>;
+/// Error type of streamed bodies (an origin that fails mid-body).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response body type of every handler: whole (KV values, errors) or streamed (origin
+/// responses, collapsed fills).
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// A plain-text response saying why; every error answer of the node is one.
 pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut body = message.into();
     body.push('\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -32,7 +44,7 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,0 +1,335 @@
+//! Talking to origins: which origin serves a Host, the HTTP client (connection pool,
+//! timeouts), and the protections around it — a bulkhead (bounded concurrency), a
+//! circuit breaker, and retries with exponential backoff and full jitter for
+//! idempotent requests that failed before any byte came back.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::breaker::Breaker;
+use crate::config::{Config, ForwardHost, OriginUrl};
+use crate::http::{full, Body};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers that change what an origin answers without being part of the
+/// cache key: forwarding them would let one client poison the cache for everyone.
+const UNKEYED: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+];
+
+/// Why a request did not get a response from the origin.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The breaker is open.
+    #[error("origin circuit breaker is open")]
+    BreakerOpen {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The bulkhead is full.
+    #[error("too many requests in flight to the origin")]
+    Busy,
+    /// No connection, or it broke before a response came back.
+    #[error("origin unreachable: {0}")]
+    Unreachable(String),
+    /// No response head within the first-byte timeout.
+    #[error("origin did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl OriginError {
+    /// The status a client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OriginError::BreakerOpen { .. } | OriginError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            OriginError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Seconds for `Retry-After`, when there is a meaningful one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            OriginError::BreakerOpen { retry_after } => Some(retry_after.as_secs().max(1)),
+            OriginError::Busy => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// A response head from the origin, with its body still to read, and the bulkhead
+/// slot it holds until the body is done.
+#[derive(Debug)]
+pub struct OriginResponse {
+    /// The response.
+    pub response: Response<Incoming>,
+    /// Released when dropped.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// One origin.
+#[derive(Debug)]
+pub struct Origin {
+    url: OriginUrl,
+    client: Client<HttpConnector, Body>,
+    bulkhead: Arc<Semaphore>,
+    breaker: Breaker,
+    first_byte_timeout: Duration,
+    retries: u32,
+}
+
+impl Origin {
+    fn new(url: OriginUrl, config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.origin_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            url,
+            client,
+            bulkhead: Arc::new(Semaphore::new(config.origin_max_concurrency)),
+            breaker: Breaker::new(config.breaker_failures, config.breaker_open),
+            first_byte_timeout: config.origin_first_byte_timeout,
+            retries: config.origin_retries,
+        }
+    }
+
+    /// The origin's URL.
+    pub fn url(&self) -> &OriginUrl {
+        &self.url
+    }
+
+    /// Whether its breaker is refusing requests.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Sends a request. A GET or HEAD (`body` is `None`) whose connection fails before
+    /// any response byte is retried; nothing else is.
+    pub async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Option<Body>,
+    ) -> Result<OriginResponse, OriginError> {
+        let permit = self
+            .bulkhead
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OriginError::Busy)?;
+        self.breaker
+            .allow()
+            .map_err(|open| OriginError::BreakerOpen {
+                retry_after: open.retry_after,
+            })?;
+        let uri: Uri = format!("http://{}{}", self.url.authority, path_and_query)
+            .parse()
+            .map_err(|e| OriginError::Unreachable(format!("bad request target: {e}")))?;
+        let idempotent = body.is_none() && (method == Method::GET || method == Method::HEAD);
+        let attempts = if idempotent { 1 + self.retries } else { 1 };
+        let mut body = body;
+        let mut last_error = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .body(body.take().unwrap_or_else(|| full(bytes::Bytes::new())))
+                .map_err(|e| OriginError::Unreachable(e.to_string()))?;
+            *request.headers_mut() = headers.clone();
+            match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await
+            {
+                Ok(Ok(response)) => {
+                    self.breaker.record(!response.status().is_server_error());
+                    return Ok(OriginResponse { response, permit });
+                }
+                Ok(Err(e)) => {
+                    last_error = e.to_string();
+                    if !(e.is_connect() && idempotent) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    self.breaker.record(false);
+                    return Err(OriginError::Timeout(self.first_byte_timeout));
+                }
+            }
+        }
+        self.breaker.record(false);
+        Err(OriginError::Unreachable(last_error))
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, 50 ms × 2^attempt).
+fn backoff(attempt: u32) -> Duration {
+    let cap_ms = 50u64 << attempt.min(6);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(random % cap_ms)
+}
+
+/// Which origin serves which Host.
+#[derive(Debug, Default)]
+pub struct Origins {
+    default: Option<Arc<Origin>>,
+    routes: HashMap<String, Arc<Origin>>,
+    forward_host: Option<ForwardHost>,
+    forward_headers: Vec<String>,
+}
+
+impl Origins {
+    /// Builds the origins of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            default: config
+                .origin
+                .clone()
+                .map(|u| Arc::new(Origin::new(u, config))),
+            routes: config
+                .origin_routes
+                .iter()
+                .map(|(host, url)| (host.clone(), Arc::new(Origin::new(url.clone(), config))))
+                .collect(),
+            forward_host: Some(config.forward_host),
+            forward_headers: config.forward_headers.clone(),
+        }
+    }
+
+    /// Whether any origin is configured.
+    pub fn any(&self) -> bool {
+        self.default.is_some() || !self.routes.is_empty()
+    }
+
+    /// The origin for `host` (lower-case, without port): a route, else the default.
+    pub fn for_host(&self, host: &str) -> Option<&Arc<Origin>> {
+        self.routes.get(host).or(self.default.as_ref())
+    }
+
+    /// The headers to send to `origin` for a client request with `headers`.
+    pub fn forward_headers(
+        &self,
+        origin: &Origin,
+        headers: &HeaderMap,
+        client: std::net::IpAddr,
+    ) -> HeaderMap {
+        let mut out = headers.clone();
+        strip_hop_by_hop(&mut out);
+        for name in UNKEYED {
+            if !self.forward_headers.iter().any(|f| f == name) {
+                out.remove(*name);
+            }
+        }
+        if self.forward_host == Some(ForwardHost::Origin) {
+            if let Ok(v) = HeaderValue::from_str(&origin.url.authority) {
+                out.insert(header::HOST, v);
+            }
+        }
+        let forwarded_for = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {client}"),
+            None => client.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            out.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        out.append(header::VIA, HeaderValue::from_static("1.1 fanz"));
+        out
+    }
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_unkeyed_headers_are_not_forwarded() {
+        let mut config = Config::defaults();
+        config.origin = Some(OriginUrl::parse("http://127.0.0.1:1").unwrap());
+        config.forward_headers = vec!["x-original-url".into()];
+        let origins = Origins::from_config(&config);
+        let origin = origins.for_host("anything").unwrap().clone();
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-original-url", "/allowed"),
+            ("accept", "text/html"),
+            ("host", "site.example"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = origins.forward_headers(&origin, &h, "192.0.2.7".parse().unwrap());
+        for gone in ["connection", "x-secret", "keep-alive", "x-forwarded-host"] {
+            assert!(!out.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(out["x-original-url"], "/allowed");
+        assert_eq!(out["accept"], "text/html");
+        assert_eq!(out["host"], "site.example");
+        assert_eq!(out["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(out["via"], "1.1 fanz");
+    }
+
+    #[test]
+    fn backoff_stays_under_its_cap() {
+        for attempt in 1..10 {
+            assert!(backoff(attempt) < Duration::from_millis(50 << attempt.min(6)));
+        }
+    }
+}
