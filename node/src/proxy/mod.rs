@@ -1,8 +1,12 @@
 //! Pull-through HTTP caching in front of an origin (RFC 9111).
 //!
 //! - [`policy`]: what may be stored and for how long (pure).
+//! - [`key`]: normalised cache keys, Vary variants and their marker entries.
+//! - [`flight`]: request collapsing with streaming to every waiter.
 //! - [`origin`]: which origin serves a Host; the client with bulkhead, breaker, retries.
 //! - [`breaker`]: the per-origin circuit breaker.
 pub mod breaker;
+pub mod flight;
+pub mod key;
 pub mod origin;
 pub mod policy;

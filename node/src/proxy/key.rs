@@ -1,0 +1,266 @@
+//! Cache keys of HTTP responses: the normalised request target
+//! (`scheme://host[:port]/path?query`, host lower-cased, default port dropped), and
+//! for responses that `Vary`, a secondary key built from the request's values of the
+//! varying fields. GET and HEAD share one key (a HEAD is answered from a cached GET).
+//!
+//! A URL whose response varies keeps a small *marker* entry at its primary key that
+//! lists the varying fields; each variant is stored under its secondary key and
+//! depends on the primary key, so purging the URL purges every variant.
+
+use bytes::Bytes;
+use fanz_protocol::{CacheKey, Entry, EntryMeta, InvalidationId, Namespace, Timestamp};
+use http::{header, HeaderMap, Method, Request};
+
+/// Status of a Vary marker entry (never a real HTTP status).
+const MARKER_STATUS: u16 = 0;
+
+/// Where a request is going, normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host, lower-case, without port: what origin routing matches on.
+    pub host: String,
+    /// `scheme://host[:port]` with the default port dropped.
+    pub origin_part: String,
+    /// Path and query as sent.
+    pub path_and_query: String,
+}
+
+impl Target {
+    /// The target of a request received on a listener (`tls`: whether it was HTTPS).
+    /// Absolute-form targets are accepted (they are routed like any Host); CONNECT and
+    /// asterisk-form are not.
+    pub fn of<B>(req: &Request<B>, tls: bool) -> Result<Target, &'static str> {
+        if req.method() == Method::CONNECT {
+            return Err("CONNECT is not supported: this is not a forward proxy");
+        }
+        let uri = req.uri();
+        let authority = match uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or("missing Host header")?
+                .to_string(),
+        };
+        let scheme = match uri.scheme_str() {
+            Some("https") => "https",
+            Some("http") => "http",
+            Some(_) => return Err("unsupported scheme"),
+            None if tls => "https",
+            None => "http",
+        };
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+        if !path_and_query.starts_with('/') {
+            return Err("request target must be a path");
+        }
+        let authority = authority.to_ascii_lowercase();
+        if authority.is_empty() || authority.contains(['/', '@', ' ']) {
+            return Err("invalid Host");
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                match p.parse::<u16>() {
+                    Ok(port) => (h.to_string(), Some(port)),
+                    Err(_) if p.is_empty() => (h.to_string(), None),
+                    Err(_) => return Err("invalid port in Host"),
+                }
+            }
+            _ => (authority.clone(), None),
+        };
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let origin_part = match port {
+            Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+            _ => format!("{scheme}://{host}"),
+        };
+        Ok(Target {
+            host,
+            origin_part,
+            path_and_query: path_and_query.to_string(),
+        })
+    }
+
+    /// The primary cache key.
+    pub fn primary_key(&self) -> CacheKey {
+        CacheKey::new(
+            Namespace::Http,
+            format!("{}{}", self.origin_part, self.path_and_query).as_bytes(),
+        )
+    }
+
+    /// The primary key of another path on the same origin (for `Location` and
+    /// `Content-Location` invalidation); `None` for other origins.
+    pub fn sibling_key(&self, location: &str) -> Option<CacheKey> {
+        if location.starts_with('/') && !location.starts_with("//") {
+            return Some(CacheKey::new(
+                Namespace::Http,
+                format!("{}{location}", self.origin_part).as_bytes(),
+            ));
+        }
+        let key = url_key(location).ok()?;
+        let same_origin = key.user_key().strip_prefix(self.origin_part.as_bytes())?;
+        same_origin.starts_with(b"/").then_some(key)
+    }
+}
+
+/// The cache key of an absolute URL given to the admin API.
+pub fn url_key(url: &str) -> Result<CacheKey, &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "not a URL")?;
+    if uri.authority().is_none() {
+        return Err("not an absolute URL");
+    }
+    let req = Request::builder()
+        .uri(uri)
+        .body(())
+        .map_err(|_| "not a URL")?;
+    Target::of(&req, false).map(|t| t.primary_key())
+}
+
+/// The secondary key of the variant a request selects, given the varying fields.
+pub fn variant_key(primary: &CacheKey, fields: &[String], headers: &HeaderMap) -> CacheKey {
+    let mut raw = primary.user_key().to_vec();
+    raw.push(b'\n');
+    for field in fields {
+        raw.extend_from_slice(field.as_bytes());
+        raw.push(b':');
+        let values: Vec<String> = headers
+            .get_all(field.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        raw.extend_from_slice(values.join(", ").as_bytes());
+        raw.push(b'\n');
+    }
+    CacheKey::new(Namespace::Http, &raw)
+}
+
+/// A marker entry listing the varying fields of a URL.
+pub fn marker(fields: &[String], version: Timestamp, lifetime_ms: u64) -> Entry {
+    Entry {
+        meta: EntryMeta {
+            version,
+            born_ms: version.millis(),
+            ttl_ms: lifetime_ms,
+            status: MARKER_STATUS,
+            headers: vec![(Bytes::from_static(b"vary"), Bytes::from(fields.join(",")))],
+            ..EntryMeta::default()
+        },
+        body: Bytes::new(),
+    }
+}
+
+/// The varying fields, if `meta` is a marker.
+pub fn marker_fields(meta: &EntryMeta) -> Option<Vec<String>> {
+    if meta.status != MARKER_STATUS {
+        return None;
+    }
+    let list = meta.header("vary")?;
+    Some(
+        String::from_utf8_lossy(list)
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The dependency that ties a variant to its URL.
+pub fn variant_dependency(primary: &CacheKey) -> InvalidationId {
+    InvalidationId::key(primary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(uri: &str, host: Option<&str>) -> Result<Target, &'static str> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        Target::of(&b.body(()).unwrap(), false)
+    }
+
+    #[test]
+    fn normalises_host_case_and_default_port() {
+        let a = target("/a?b=1", Some("Example.COM:80")).unwrap();
+        let b = target("http://example.com/a?b=1", None).unwrap();
+        assert_eq!(a.primary_key(), b.primary_key());
+        assert_eq!(a.host, "example.com");
+        let c = target("/a?b=1", Some("example.com:8080")).unwrap();
+        assert_ne!(a.primary_key(), c.primary_key());
+        assert_eq!(c.origin_part, "http://example.com:8080");
+        assert_ne!(
+            target("/a?b=2", Some("example.com")).unwrap().primary_key(),
+            a.primary_key()
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_origin_request() {
+        let connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        assert!(Target::of(&connect, false).is_err());
+        assert!(target("/x", None).is_err());
+        assert!(target("/x", Some("a b")).is_err());
+        assert!(target("/x", Some("host:port")).is_err());
+    }
+
+    #[test]
+    fn variants_differ_by_the_varying_fields_only() {
+        let primary = target("/", Some("h")).unwrap().primary_key();
+        let fields = vec!["accept-encoding".to_string()];
+        let mut gzip = HeaderMap::new();
+        gzip.insert("accept-encoding", "gzip".parse().unwrap());
+        gzip.insert("user-agent", "a".parse().unwrap());
+        let mut gzip2 = HeaderMap::new();
+        gzip2.insert("accept-encoding", "gzip".parse().unwrap());
+        gzip2.insert("user-agent", "b".parse().unwrap());
+        let br = {
+            let mut h = HeaderMap::new();
+            h.insert("accept-encoding", "br".parse().unwrap());
+            h
+        };
+        assert_eq!(
+            variant_key(&primary, &fields, &gzip),
+            variant_key(&primary, &fields, &gzip2)
+        );
+        assert_ne!(
+            variant_key(&primary, &fields, &gzip),
+            variant_key(&primary, &fields, &br)
+        );
+        assert_ne!(variant_key(&primary, &fields, &gzip), primary);
+    }
+
+    #[test]
+    fn markers_round_trip() {
+        let m = marker(
+            &["accept".into(), "x-a".into()],
+            Timestamp::from_millis(5),
+            10,
+        );
+        assert_eq!(
+            marker_fields(&m.meta),
+            Some(vec!["accept".to_string(), "x-a".to_string()])
+        );
+        let mut real = m.meta.clone();
+        real.status = 200;
+        assert_eq!(marker_fields(&real), None);
+    }
+
+    #[test]
+    fn sibling_and_admin_url_keys() {
+        let t = target("/a", Some("example.com")).unwrap();
+        assert_eq!(t.sibling_key("/b"), url_key("http://example.com/b").ok());
+        assert_eq!(
+            t.sibling_key("http://example.com/c"),
+            url_key("http://EXAMPLE.com:80/c").ok()
+        );
+        assert_eq!(t.sibling_key("http://other.example/c"), None);
+        assert!(url_key("/relative").is_err());
+    }
+}
