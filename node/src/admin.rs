@@ -18,6 +18,7 @@ use crate::http::headers::validate_tag;
 use crate::http::{full, purge, read_body, text, Body};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
+use crate::proxy::key::url_key;
 
 /// Largest purge request body.
 const MAX_PURGE_BODY: u64 = 1 << 20;
@@ -35,6 +36,9 @@ struct PurgeRequest {
     tags: Vec<String>,
     #[serde(default)]
     prefixes: Vec<String>,
+    /// Absolute URLs of proxied responses (every variant of each).
+    #[serde(default)]
+    urls: Vec<String>,
     #[serde(default)]
     soft: bool,
 }
@@ -140,9 +144,10 @@ impl AdminService {
     }
 
     fn targets(&self, request: PurgeRequest) -> Result<PurgeTargets, String> {
-        let count = request.keys.len() + request.tags.len() + request.prefixes.len();
+        let count =
+            request.keys.len() + request.tags.len() + request.prefixes.len() + request.urls.len();
         if count == 0 {
-            return Err("name at least one key, tag or prefix".into());
+            return Err("name at least one key, tag, prefix or URL".into());
         }
         if count > MAX_PURGE_IDS {
             return Err(format!("{count} ids; at most {MAX_PURGE_IDS} per request"));
@@ -157,8 +162,12 @@ impl AdminService {
                 Ok(CacheKey::kv(k.as_bytes()))
             }
         };
+        let mut keys: Vec<CacheKey> = request.keys.iter().map(key).collect::<Result<_, _>>()?;
+        for url in &request.urls {
+            keys.push(url_key(url).map_err(|reason| format!("url {url:?}: {reason}"))?);
+        }
         Ok(PurgeTargets {
-            keys: request.keys.iter().map(key).collect::<Result<_, _>>()?,
+            keys,
             tags: request
                 .tags
                 .iter()

@@ -65,6 +65,34 @@ impl Hit {
     }
 }
 
+/// A stored entry not removed by a hard purge.
+#[derive(Debug)]
+pub struct Found {
+    /// The entry.
+    pub entry: EntryHandle,
+    /// Where it was.
+    pub tier: Tier,
+    /// How purges cover it (soft purges make it stale).
+    pub coverage: Coverage,
+}
+
+impl Found {
+    /// Metadata.
+    pub fn meta(&self) -> &EntryMeta {
+        &self.entry.value().0.meta
+    }
+
+    /// Milliseconds until it goes stale (negative: stale for that long), counting a
+    /// soft purge as the moment it went stale.
+    pub fn ttl_ms(&self, now_ms: u64) -> i64 {
+        let mut fresh_until = self.meta().fresh_until_ms();
+        if let Coverage::SoftPurged(at) = self.coverage {
+            fresh_until = fresh_until.min(at.millis());
+        }
+        fresh_until as i64 - now_ms as i64
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -225,6 +253,43 @@ impl Cache {
             created,
             dependents,
         })
+    }
+
+    /// The stored entry under `key` and how purges cover it, unless a hard purge
+    /// removed it. Freshness is the caller's to judge (the HTTP proxy has its own
+    /// stale rules). Not counted in the lookup metrics; see [`Cache::count_lookup`].
+    pub async fn find(&self, key: &CacheKey) -> Option<Found> {
+        let (entry, tier) = self.store.get(key).await?;
+        match self.invalidator.coverage(key, &entry.value().0.meta) {
+            Coverage::Invalid => None,
+            coverage => Some(Found {
+                entry,
+                tier,
+                coverage,
+            }),
+        }
+    }
+
+    /// Counts a lookup made through [`Cache::find`].
+    pub fn count_lookup(&self, tier: Tier, result: LookupResult) {
+        let tier = match tier {
+            Tier::Memory => TierLabel::Memory,
+            Tier::Disk => TierLabel::Disk,
+        };
+        self.metrics.lookup(tier, result);
+    }
+
+    /// Stores a response fetched from an origin (its version taken when the fetch
+    /// started), unless a purge that came after the fetch started covers it. Responses
+    /// declare no dependency edges; a variant's tie to its URL is checked lazily.
+    pub async fn store_response(&self, key: CacheKey, entry: Entry) -> Result<bool, CacheError> {
+        if self.invalidator.coverage(&key, &entry.meta) != Coverage::Valid {
+            return Ok(false);
+        }
+        self.store.insert(key.clone(), entry);
+        let dependents = self.invalidator.invalidate_dependents(&key).await?;
+        self.count_purge(PurgeKind::Dependent, false, dependents.len());
+        Ok(true)
     }
 
     /// Tags of the stored entries of the keys `meta` depends on.

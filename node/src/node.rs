@@ -25,6 +25,7 @@ use crate::http::kv::{KvLimits, MainService};
 use crate::http::server::{serve, ServeLimits};
 use crate::invalidation::Invalidator;
 use crate::metrics::{Api, Metrics};
+use crate::proxy::Proxy;
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
 
 /// Headroom over the longest key for the rest of a request head.
@@ -139,6 +140,10 @@ pub async fn run(
             "no admin token configured: purges and the admin API are open to loopback clients only"
         );
     }
+    let proxy = Some(Arc::new(Proxy::new(cache.clone(), &config))).filter(|p| p.enabled());
+    if let Some(origin) = &config.origin {
+        tracing::info!(%origin, routes = config.origin_routes.len(), "pull-through caching enabled");
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let main_service = Arc::new(MainService::new(
         cache.clone(),
@@ -150,7 +155,9 @@ pub async fn run(
             default_ttl: config.default_ttl,
             max_ttl: config.max_ttl,
             max_stale: config.max_stale,
+            prefix: config.kv_prefix.clone(),
         },
+        proxy,
     ));
     let admin_service = Arc::new(AdminService::new(
         cache.clone(),

@@ -1,5 +1,7 @@
-//! The main listener's service: the KV API under `/kv/{key}` (GET, HEAD, PUT, DELETE)
-//! and the `PURGE` method (Varnish/Squid convention).
+//! The main listener's service: the KV API under its prefix (`/kv/{key}` by default:
+//! GET, HEAD, PUT, DELETE), the `PURGE` method (Varnish/Squid convention), and
+//! everything else handed to the pull-through proxy when an origin is configured.
+//! Requests under the KV prefix never reach an origin.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +17,9 @@ use super::{full, purge, read_body, text, Body};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup};
 use crate::invalidation::PurgeTargets;
+use crate::proxy::key::Target;
+use crate::proxy::Proxy;
 
-/// Path prefix of the KV API.
-pub const KV_PREFIX: &str = "/kv/";
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
 
@@ -36,6 +38,8 @@ pub struct KvLimits {
     pub max_ttl: Duration,
     /// Stale window clamp.
     pub max_stale: Duration,
+    /// Path prefix of the KV API (`/kv/`).
+    pub prefix: String,
 }
 
 /// The main listener's service.
@@ -44,15 +48,17 @@ pub struct MainService {
     cache: Arc<Cache>,
     auth: Auth,
     limits: KvLimits,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl MainService {
     /// Builds the service.
-    pub fn new(cache: Arc<Cache>, auth: Auth, limits: KvLimits) -> Self {
+    pub fn new(cache: Arc<Cache>, auth: Auth, limits: KvLimits, proxy: Option<Arc<Proxy>>) -> Self {
         Self {
             cache,
             auth,
             limits,
+            proxy,
         }
     }
 
@@ -65,11 +71,17 @@ impl MainService {
         if req.method().as_str() == "PURGE" {
             return self.purge(&req, peer).await;
         }
-        let Some(raw_key) = req.uri().path().strip_prefix(KV_PREFIX) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("no such resource: the KV API lives under {KV_PREFIX}{{key}}"),
-            );
+        let Some(raw_key) = req.uri().path().strip_prefix(self.limits.prefix.as_str()) else {
+            return match &self.proxy {
+                Some(proxy) => proxy.clone().handle(req, peer).await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no such resource: the KV API lives under {}{{key}} and no origin is configured",
+                        self.limits.prefix
+                    ),
+                ),
+            };
         };
         let key = match self.parse_key(raw_key) {
             Ok(key) => key,
@@ -282,16 +294,25 @@ impl MainService {
                 Ok(tags) => targets.tags = tags,
                 Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
             }
-        } else if let Some(raw) = req.uri().path().strip_prefix(KV_PREFIX) {
+        } else if let Some(raw) = req.uri().path().strip_prefix(self.limits.prefix.as_str()) {
             match self.parse_key(raw) {
                 Ok(key) => targets.keys.push(key),
                 Err(response) => return *response,
+            }
+        } else if self.proxy.is_some() {
+            // A proxied URL: purge its cached response (every variant of it).
+            match Target::of(req, false) {
+                Ok(target) => targets.keys.push(target.primary_key()),
+                Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
             }
         }
         if targets.is_empty() {
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("PURGE needs a Surrogate-Key header or a {KV_PREFIX}{{key}} path"),
+                format!(
+                    "PURGE needs a Surrogate-Key header, a {}{{key}} path or a proxied URL",
+                    self.limits.prefix
+                ),
             );
         }
         purge::run(&self.cache, &targets).await

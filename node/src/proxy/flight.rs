@@ -192,6 +192,16 @@ impl Flights {
         })
     }
 
+    /// A leader for a fetch of `key` that nobody joins (the request must not be shared).
+    pub fn solo(self: &Arc<Self>, key: &CacheKey) -> Leader {
+        Leader {
+            flights: self.clone(),
+            key: key.clone(),
+            flight: Arc::new(Flight::default()),
+            done: false,
+        }
+    }
+
     /// Whether a fetch for `key` is under way.
     pub fn in_flight(&self, key: &CacheKey) -> bool {
         self.map

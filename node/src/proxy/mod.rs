@@ -5,8 +5,16 @@
 //! - [`flight`]: request collapsing with streaming to every waiter.
 //! - [`origin`]: which origin serves a Host; the client with bulkhead, breaker, retries.
 //! - [`breaker`]: the per-origin circuit breaker.
+//! - [`fill`]: the leader's fetch, what to store, the body pump, response tags.
+//! - [`respond`]: client responses from entries and from origin responses.
+//! - [`handler`]: the request flow (see its phase diagram).
 pub mod breaker;
+pub mod fill;
 pub mod flight;
+pub mod handler;
 pub mod key;
 pub mod origin;
 pub mod policy;
+pub mod respond;
+
+pub use handler::Proxy;

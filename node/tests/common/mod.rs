@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(unreachable_pub)] // shared by test binaries; nothing here is a public API
 
+pub mod origin;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

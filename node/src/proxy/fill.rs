@@ -1,0 +1,251 @@
+//! Fetching from the origin for the cache: the leader's request (with the stale
+//! entry's validators when revalidating), the decision to store, the body pump that
+//! feeds the flight and stores the entry, and the tags a response carries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
+use http::{header, HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::flight::{Leader, Outcome, SharedHead};
+use super::key::{marker, variant_dependency, variant_key};
+use super::origin::OriginError;
+use super::policy::{vary_fields, Storable};
+use super::respond::Shaping;
+use crate::cache::Cache;
+use crate::http::headers::validate_tag;
+
+/// Request headers that make a response conditional or partial: the cache asks the
+/// origin for whole responses and answers the client's conditionals itself.
+pub const CLIENT_CONDITIONALS: &[header::HeaderName] = &[
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// Adds the stored response's validators to a revalidation request.
+pub fn add_validators(headers: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = stored.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+}
+
+/// Tags of a response: `Surrogate-Key` (space-separated), `Cache-Tag`
+/// (comma-separated) and `Cache-Groups` (RFC 9875: a list of quoted strings).
+/// Invalid tags are skipped, not fatal.
+pub fn response_tags(headers: &HeaderMap) -> Vec<Bytes> {
+    let values = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let mut tags: Vec<String> = Vec::new();
+    for v in values("surrogate-key") {
+        tags.extend(v.split_ascii_whitespace().map(str::to_string));
+    }
+    for v in values("cache-tag") {
+        tags.extend(v.split(',').map(|t| t.trim().to_string()));
+    }
+    for v in values("cache-groups") {
+        tags.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| t.len() >= 2 && t.starts_with('"') && t.ends_with('"'))
+                .map(|t| t[1..t.len() - 1].to_string()),
+        );
+    }
+    let mut tags: Vec<Bytes> = tags
+        .into_iter()
+        .filter(|t| match validate_tag(t) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::debug!(%reason, "skipping an invalid tag from the origin");
+                false
+            }
+        })
+        .map(Bytes::from)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+/// What to store for a storable response.
+#[derive(Debug)]
+pub struct Plan {
+    /// Key the response is stored under (the variant's when it varies).
+    pub store_key: CacheKey,
+    /// The marker to store at the primary key, when the response varies.
+    pub marker: Option<(CacheKey, Entry)>,
+    /// Metadata of the entry (body to come).
+    pub meta: EntryMeta,
+    /// Head shared with the flight.
+    pub head: Arc<SharedHead>,
+}
+
+/// Plans the entry for a storable response.
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    shaping: &Shaping,
+    primary: &CacheKey,
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    storable: &Storable,
+    version: Timestamp,
+    now_ms: u64,
+) -> Plan {
+    let stored = shaping.storable_headers(response, &storable.strip_fields);
+    let fields = vary_fields(response);
+    let usable_ms = storable.lifetime_ms
+        + storable
+            .stale_while_revalidate_ms
+            .max(storable.stale_if_error_ms);
+    let (store_key, marker, depends_on) = if fields.is_empty() {
+        (primary.clone(), None, Vec::new())
+    } else {
+        let key = variant_key(primary, &fields, request);
+        let m = marker(&fields, version, usable_ms);
+        (
+            key,
+            Some((primary.clone(), m)),
+            vec![variant_dependency(primary)],
+        )
+    };
+    let meta = EntryMeta {
+        version,
+        born_ms: storable.born_ms,
+        ttl_ms: storable.lifetime_ms,
+        stale_while_revalidate_ms: storable.stale_while_revalidate_ms,
+        stale_if_error_ms: storable.stale_if_error_ms,
+        status: status.as_u16(),
+        headers: stored
+            .iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::copy_from_slice(n.as_str().as_bytes()),
+                    Bytes::copy_from_slice(v.as_bytes()),
+                )
+            })
+            .collect(),
+        tags: response_tags(response),
+        depends_on,
+    };
+    let ttl_secs = (meta.fresh_until_ms() as i64 - now_ms as i64) / 1000;
+    let head = Arc::new(SharedHead {
+        status,
+        headers: stored,
+        ttl_secs,
+        vary: (!fields.is_empty()).then(|| (fields, request.clone())),
+    });
+    Plan {
+        store_key,
+        marker,
+        meta,
+        head,
+    }
+}
+
+/// Reads the origin body into the flight (every waiting client streams it from
+/// there) and stores the entry once it is complete. A body cut off, late or over the
+/// size limit is never stored; the flight's clients see it end in an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump(
+    cache: Arc<Cache>,
+    leader: Leader,
+    mut body: Incoming,
+    permit: OwnedSemaphorePermit,
+    plan: Plan,
+    max_object_size: u64,
+    total_timeout: Duration,
+) {
+    let flight = leader.flight().clone();
+    let deadline = tokio::time::Instant::now() + total_timeout;
+    let mut buf = BytesMut::new();
+    let outcome: Result<(), String> = loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break Err(format!("origin body not complete within {total_timeout:?}")),
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => break Err(format!("origin body failed: {e}")),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if (buf.len() + data.len()) as u64 > max_object_size {
+                        break Err("response larger than max_object_size".to_string());
+                    }
+                    buf.extend_from_slice(&data);
+                    flight.push(data);
+                }
+            }
+        }
+    };
+    drop(permit);
+    if let Err(e) = outcome {
+        tracing::warn!(key = ?plan.store_key, error = %e, "origin response not stored");
+        flight.finish(Err(e.into()));
+        leader.complete();
+        return;
+    }
+    if let Some((primary, marker)) = plan.marker {
+        if let Err(e) = cache.store_response(primary, marker).await {
+            tracing::error!(error = %e, "storing a Vary marker failed");
+        }
+    }
+    let entry = Entry {
+        meta: plan.meta,
+        body: buf.freeze(),
+    };
+    if let Err(e) = cache.store_response(plan.store_key, entry).await {
+        tracing::error!(error = %e, "storing a response failed");
+    }
+    flight.finish(Ok(()));
+    leader.complete();
+}
+
+/// The flight outcome for an origin failure.
+pub fn failed(e: &OriginError) -> Outcome {
+    Outcome::Failed {
+        status: e.status(),
+        message: e.to_string().into(),
+        retry_after: e.retry_after_secs(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn tags_from_all_three_headers() {
+        let mut h = HeaderMap::new();
+        h.append("surrogate-key", HeaderValue::from_static("a b"));
+        h.append("cache-tag", HeaderValue::from_static("c, d"));
+        h.append(
+            "cache-groups",
+            HeaderValue::from_static("\"e\", \"f g\", token"),
+        );
+        let tags: Vec<String> = response_tags(&h)
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        assert_eq!(
+            tags,
+            vec!["a", "b", "c", "d", "e"],
+            "\"f g\" has a space: not a valid tag; tokens are not strings"
+        );
+    }
+}

@@ -1,0 +1,645 @@
+//! The proxy's request flow. Phases, in order:
+//!
+//! ```text
+//! route (Host -> origin, else 421)
+//!   GET/HEAD: lookup (primary key; through a Vary marker to the variant)
+//!     fresh ........................ hit
+//!     stale, inside swr ............ hit (stale) + one background refresh
+//!     stale otherwise .............. revalidate (conditional fetch; 304 refreshes; error -> stale-if-error)
+//!     absent ....................... fetch (collapsed), store if RFC 9111 allows, stream to every waiter
+//!   other methods: forward; on success invalidate the URL, Location and Content-Location
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use fanz_protocol::{CacheKey, Entry};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::fill::{self, add_validators, CLIENT_CONDITIONALS};
+use super::flight::{Flights, Joined, Leader, Outcome, SharedHead};
+use super::key::{marker_fields, variant_key, Target};
+use super::origin::{Origin, OriginResponse, Origins};
+use super::policy::{self, Heuristics, RequestFacts};
+use super::respond::{origin_failure, stored_headers, Shaping};
+use crate::cache::{Cache, Found};
+use crate::config::Config;
+use crate::http::directives::Directives;
+use crate::http::{text, Body};
+use crate::invalidation::PurgeTargets;
+use crate::metrics::LookupResult;
+
+/// How often a request retries joining a flight whose leader went away.
+const MAX_REJOINS: usize = 3;
+
+/// The pull-through cache in front of the configured origins.
+#[derive(Debug)]
+pub struct Proxy {
+    cache: Arc<Cache>,
+    origins: Origins,
+    flights: Arc<Flights>,
+    /// Keys that answered uncacheable, until when (ms): skip collapsing (hit-for-miss).
+    uncacheable: DashMap<CacheKey, u64>,
+    shaping: Shaping,
+    max_object_size: u64,
+    uncacheable_ttl_ms: u64,
+    total_timeout: Duration,
+}
+
+/// One request's facts, gathered once.
+#[derive(Debug, Clone)]
+struct Ctx {
+    method: Method,
+    headers: HeaderMap,
+    target: Target,
+    origin: Arc<Origin>,
+    client: IpAddr,
+    primary: CacheKey,
+}
+
+impl Proxy {
+    /// A proxy for the origins of `config`.
+    pub fn new(cache: Arc<Cache>, config: &Config) -> Self {
+        Self {
+            cache,
+            origins: Origins::from_config(config),
+            flights: Arc::new(Flights::default()),
+            uncacheable: DashMap::new(),
+            shaping: Shaping {
+                strip_tags: config.strip_tag_headers,
+            },
+            max_object_size: config.max_object_size,
+            uncacheable_ttl_ms: config.uncacheable_ttl.as_millis() as u64,
+            total_timeout: config.origin_total_timeout,
+        }
+    }
+
+    /// Whether any origin is configured.
+    pub fn enabled(&self) -> bool {
+        self.origins.any()
+    }
+
+    /// Answers a request for the proxied URL space.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let target = match Target::of(&req, false) {
+            Ok(t) => t,
+            Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
+        };
+        let Some(origin) = self.origins.for_host(&target.host).cloned() else {
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("no origin serves host {:?}", target.host),
+            );
+        };
+        let ctx = Ctx {
+            method: req.method().clone(),
+            headers: req.headers().clone(),
+            primary: target.primary_key(),
+            target,
+            origin,
+            client: peer.ip(),
+        };
+        match ctx.method {
+            Method::GET | Method::HEAD => self.cacheable(ctx).await,
+            _ => self.forward_unsafe(ctx, req.into_body()).await,
+        }
+    }
+
+    async fn cacheable(self: Arc<Self>, ctx: Ctx) -> Response<Body> {
+        let cc = Directives::parse(
+            ctx.headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+        .unwrap_or_default();
+        let facts = RequestFacts {
+            authorization: ctx.headers.contains_key(header::AUTHORIZATION),
+            no_store: cc.has("no-store"),
+        };
+        let must_revalidate = cc.has("no-cache")
+            || (cc.is_empty()
+                && ctx
+                    .headers
+                    .get(header::PRAGMA)
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")));
+        if facts.authorization {
+            // Never answered from the cache; stored only if the response allows sharing.
+            return self.fetch(ctx, None, None, false, facts, "bypass").await;
+        }
+        let mut key = ctx.primary.clone();
+        let mut vary_known = false;
+        let mut found = self.cache.find(&ctx.primary).await;
+        if let Some(fields) = found.as_ref().and_then(|f| marker_fields(f.meta())) {
+            key = variant_key(&ctx.primary, &fields, &ctx.headers);
+            vary_known = true;
+            found = self.cache.find(&key).await;
+        }
+        let now = self.cache.now_ms();
+        if let Some(f) = found {
+            let ttl_ms = f.ttl_ms(now);
+            if ttl_ms > 0 && !must_revalidate {
+                self.cache.count_lookup(f.tier, LookupResult::Hit);
+                return self.serve(&ctx, &f, &format!("fanz; hit; ttl={}", ttl_ms / 1000));
+            }
+            let stale_ms = ttl_ms.unsigned_abs();
+            if ttl_ms <= 0 && !must_revalidate && stale_ms <= f.meta().stale_while_revalidate_ms {
+                self.cache.count_lookup(f.tier, LookupResult::Stale);
+                if !self.flights.in_flight(&key) {
+                    let refresh = self.clone();
+                    let (ctx, key) = (ctx.clone(), key.clone());
+                    tokio::spawn(async move {
+                        // The response is dropped: the fill stores what the origin sends.
+                        let _ = refresh
+                            .fetch(ctx, Some(key), None, true, facts, "stale")
+                            .await;
+                    });
+                }
+                let status = format!(
+                    "fanz; hit; ttl=-{}; detail=stale-while-revalidate",
+                    stale_ms.div_ceil(1000)
+                );
+                return self.serve(&ctx, &f, &status);
+            }
+            self.cache.count_lookup(f.tier, LookupResult::Expired);
+            return self
+                .fetch(ctx, Some(key), Some(f), true, facts, "stale")
+                .await;
+        }
+        self.cache
+            .count_lookup(crate::store::Tier::Memory, LookupResult::Miss);
+        if self.uncacheable.get(&key).is_some_and(|until| *until > now) {
+            return self
+                .direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")
+                .await;
+        }
+        let fwd = if vary_known { "vary-miss" } else { "uri-miss" };
+        self.fetch(ctx, Some(key), None, true, facts, fwd).await
+    }
+
+    /// A response from a stored entry.
+    fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &str) -> Response<Body> {
+        let entry = &found.entry.value().0;
+        let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+        self.shaping.entry_response(
+            &ctx.method,
+            &ctx.headers,
+            &entry.meta,
+            &entry.body,
+            age,
+            cache_status,
+        )
+    }
+
+    /// Fetches `key` (`None`: the primary key) from the origin, collapsing with other
+    /// requests for it when `collapse`, revalidating `stale` when given.
+    async fn fetch(
+        self: Arc<Self>,
+        ctx: Ctx,
+        key: Option<CacheKey>,
+        stale: Option<Found>,
+        collapse: bool,
+        facts: RequestFacts,
+        fwd: &'static str,
+    ) -> Response<Body> {
+        let key = key.unwrap_or_else(|| ctx.primary.clone());
+        for _ in 0..MAX_REJOINS {
+            let joined = if collapse {
+                self.flights.join(&key)
+            } else {
+                Joined::Leader(self.flights.solo(&key))
+            };
+            match joined {
+                Joined::Leader(leader) => return self.lead(&ctx, leader, stale, facts, fwd).await,
+                Joined::Follower(flight) => match flight.outcome().await {
+                    Outcome::Shared(head) => {
+                        if let Some((fields, leader_headers)) = &head.vary {
+                            if variant_key(&ctx.primary, fields, &ctx.headers)
+                                != variant_key(&ctx.primary, fields, leader_headers)
+                            {
+                                return self.direct(&ctx, "fanz; fwd=vary-miss").await;
+                            }
+                        }
+                        let status = format!("fanz; fwd={fwd}; collapsed; ttl={}", head.ttl_secs);
+                        let body = if ctx.method == Method::HEAD {
+                            crate::http::full(Bytes::new())
+                        } else {
+                            flight.subscribe()
+                        };
+                        return self.respond_with_head(&head, body, &status);
+                    }
+                    Outcome::Uncacheable => {
+                        return self
+                            .direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")
+                            .await
+                    }
+                    Outcome::Failed {
+                        status,
+                        message,
+                        retry_after,
+                    } => {
+                        return self.failure_or_stale(
+                            &ctx,
+                            stale.as_ref(),
+                            status,
+                            &message,
+                            retry_after,
+                        );
+                    }
+                    Outcome::Abandoned => continue,
+                },
+            }
+        }
+        self.direct(&ctx, "fanz; fwd=uri-miss; detail=abandoned")
+            .await
+    }
+
+    /// The leader's fetch: one origin request, then store-and-stream or pass through.
+    async fn lead(
+        &self,
+        ctx: &Ctx,
+        leader: Leader,
+        stale: Option<Found>,
+        facts: RequestFacts,
+        fwd: &str,
+    ) -> Response<Body> {
+        let version = self.cache.begin_fill();
+        let request_ms = self.cache.now_ms();
+        let mut headers = self
+            .origins
+            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        for name in CLIENT_CONDITIONALS {
+            headers.remove(name);
+        }
+        if let Some(s) = &stale {
+            add_validators(&mut headers, &stored_headers(s.meta()));
+        }
+        let sent = ctx
+            .origin
+            .send(&Method::GET, &ctx.target.path_and_query, &headers, None)
+            .await;
+        let response_ms = self.cache.now_ms();
+        let OriginResponse { response, permit } = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                leader.flight().publish(fill::failed(&e));
+                leader.complete();
+                return self.failure_or_stale(
+                    ctx,
+                    stale.as_ref(),
+                    e.status(),
+                    &e.to_string(),
+                    e.retry_after_secs(),
+                );
+            }
+        };
+        let status = response.status();
+        if let (Some(s), StatusCode::NOT_MODIFIED) = (&stale, status) {
+            return self
+                .refreshed(
+                    ctx,
+                    leader,
+                    s,
+                    response.headers(),
+                    version,
+                    request_ms,
+                    response_ms,
+                )
+                .await;
+        }
+        if status.is_server_error()
+            && stale
+                .as_ref()
+                .is_some_and(|s| within_stale_if_error(s, response_ms))
+        {
+            let message = format!("origin answered {status}");
+            leader.flight().publish(Outcome::Failed {
+                status,
+                message: message.as_str().into(),
+                retry_after: None,
+            });
+            leader.complete();
+            return self.failure_or_stale(ctx, stale.as_ref(), status, &message, None);
+        }
+        let decision = policy::evaluate(
+            &Method::GET,
+            facts,
+            status,
+            response.headers(),
+            request_ms,
+            response_ms,
+            Heuristics::default(),
+        );
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = declared.is_some_and(|n| n > self.max_object_size);
+        match decision {
+            Ok(storable) if !too_large => {
+                let plan = fill::plan(
+                    &self.shaping,
+                    &ctx.primary,
+                    &ctx.headers,
+                    status,
+                    response.headers(),
+                    &storable,
+                    version,
+                    response_ms,
+                );
+                let head = plan.head.clone();
+                let flight = leader.flight().clone();
+                flight.publish(Outcome::Shared(head.clone()));
+                tokio::spawn(fill::pump(
+                    self.cache.clone(),
+                    leader,
+                    response.into_body(),
+                    permit,
+                    plan,
+                    self.max_object_size,
+                    self.total_timeout,
+                ));
+                let cache_status = format!(
+                    "fanz; fwd={fwd}; fwd-status={}; stored; ttl={}",
+                    status.as_u16(),
+                    head.ttl_secs
+                );
+                let body = if ctx.method == Method::HEAD {
+                    crate::http::full(Bytes::new())
+                } else {
+                    flight.subscribe()
+                };
+                self.respond_with_head(&head, body, &cache_status)
+            }
+            decision => {
+                leader.flight().publish(Outcome::Uncacheable);
+                leader.complete();
+                let detail = match decision {
+                    Err(reason) => reason.as_str(),
+                    Ok(_) => "too-large",
+                };
+                if decision.is_err() {
+                    self.uncacheable
+                        .insert(ctx.primary.clone(), response_ms + self.uncacheable_ttl_ms);
+                }
+                let cache_status = format!(
+                    "fanz; fwd={fwd}; fwd-status={}; detail={detail}",
+                    status.as_u16()
+                );
+                self.pass_through(ctx, response, permit, &cache_status)
+            }
+        }
+    }
+
+    /// A 304 answered a revalidation: merge its headers into the stored response,
+    /// recompute freshness, store, and serve (RFC 9111 §4.3.4).
+    #[allow(clippy::too_many_arguments)]
+    async fn refreshed(
+        &self,
+        ctx: &Ctx,
+        leader: Leader,
+        stale: &Found,
+        update: &HeaderMap,
+        version: fanz_protocol::Timestamp,
+        request_ms: u64,
+        response_ms: u64,
+    ) -> Response<Body> {
+        let old = &stale.entry.value().0;
+        let mut merged = stored_headers(&old.meta);
+        for name in update.keys() {
+            if name != header::CONTENT_LENGTH {
+                merged.remove(name);
+                for v in update.get_all(name) {
+                    merged.append(name.clone(), v.clone());
+                }
+            }
+        }
+        let status = StatusCode::from_u16(old.meta.status).unwrap_or(StatusCode::OK);
+        let facts = RequestFacts {
+            authorization: false,
+            no_store: false,
+        };
+        let cache_status;
+        match policy::evaluate(
+            &Method::GET,
+            facts,
+            status,
+            &merged,
+            request_ms,
+            response_ms,
+            Heuristics::default(),
+        ) {
+            Ok(storable) => {
+                let plan = fill::plan(
+                    &self.shaping,
+                    &ctx.primary,
+                    &ctx.headers,
+                    status,
+                    &merged,
+                    &storable,
+                    version,
+                    response_ms,
+                );
+                cache_status = format!(
+                    "fanz; fwd=stale; fwd-status=304; ttl={}",
+                    plan.head.ttl_secs
+                );
+                leader.flight().publish(Outcome::Shared(plan.head.clone()));
+                leader.flight().push(old.body.clone());
+                if let Some((primary, marker)) = plan.marker {
+                    let _ = self.cache.store_response(primary, marker).await;
+                }
+                let entry = Entry {
+                    meta: plan.meta,
+                    body: old.body.clone(),
+                };
+                if let Err(e) = self.cache.store_response(plan.store_key, entry).await {
+                    tracing::error!(error = %e, "storing a revalidated response failed");
+                }
+            }
+            Err(reason) => {
+                leader.flight().publish(Outcome::Uncacheable);
+                cache_status = format!(
+                    "fanz; fwd=stale; fwd-status=304; detail={}",
+                    reason.as_str()
+                );
+            }
+        }
+        leader.flight().finish(Ok(()));
+        leader.complete();
+        let mut meta = old.meta.clone();
+        meta.headers = merged
+            .iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::copy_from_slice(n.as_str().as_bytes()),
+                    Bytes::copy_from_slice(v.as_bytes()),
+                )
+            })
+            .collect();
+        self.shaping.entry_response(
+            &ctx.method,
+            &ctx.headers,
+            &meta,
+            &old.body,
+            0,
+            &cache_status,
+        )
+    }
+
+    /// A response built from a flight's shared head.
+    fn respond_with_head(
+        &self,
+        head: &SharedHead,
+        body: Body,
+        cache_status: &str,
+    ) -> Response<Body> {
+        let mut headers = head.headers.clone();
+        self.shaping
+            .client_headers(&mut headers, Some(0), cache_status);
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// An uncached fetch straight to the origin, streamed through.
+    async fn direct(&self, ctx: &Ctx, cache_status: &str) -> Response<Body> {
+        let mut headers = self
+            .origins
+            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        headers.remove(header::RANGE);
+        match ctx
+            .origin
+            .send(&ctx.method, &ctx.target.path_and_query, &headers, None)
+            .await
+        {
+            Ok(OriginResponse { response, permit }) => {
+                self.pass_through(ctx, response, permit, cache_status)
+            }
+            Err(e) => origin_failure(
+                e.status(),
+                &e.to_string(),
+                e.retry_after_secs(),
+                "fanz; fwd=uri-miss; detail=origin-error",
+            ),
+        }
+    }
+
+    /// Streams an origin response to the client, holding the bulkhead slot until the
+    /// body is done.
+    fn pass_through(
+        &self,
+        ctx: &Ctx,
+        response: Response<Incoming>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        cache_status: &str,
+    ) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let body = body
+            .map_frame(move |frame| {
+                let _slot = &permit;
+                frame
+            })
+            .map_err(Into::into)
+            .boxed();
+        self.shaping
+            .pass_through(&ctx.method, parts, body, cache_status)
+    }
+
+    /// Stale content if the entry's stale-if-error window allows, else the failure.
+    fn failure_or_stale(
+        &self,
+        ctx: &Ctx,
+        stale: Option<&Found>,
+        status: StatusCode,
+        message: &str,
+        retry_after: Option<u64>,
+    ) -> Response<Body> {
+        let now = self.cache.now_ms();
+        match stale {
+            Some(s) if within_stale_if_error(s, now) => {
+                let stale_secs = s.ttl_ms(now).unsigned_abs().div_ceil(1000);
+                let cache_status = format!(
+                    "fanz; fwd=stale; fwd-status={}; ttl=-{stale_secs}; detail=stale-if-error",
+                    status.as_u16()
+                );
+                self.serve(ctx, s, &cache_status)
+            }
+            _ => origin_failure(
+                status,
+                message,
+                retry_after,
+                "fanz; fwd=uri-miss; detail=origin-error",
+            ),
+        }
+    }
+
+    /// Unsafe and other methods: forwarded; a success invalidates the target URI and
+    /// the same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
+    async fn forward_unsafe(&self, ctx: Ctx, body: Incoming) -> Response<Body> {
+        let headers = self
+            .origins
+            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        let body = body.map_err(Into::into).boxed();
+        let OriginResponse { response, permit } = match ctx
+            .origin
+            .send(
+                &ctx.method,
+                &ctx.target.path_and_query,
+                &headers,
+                Some(body),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return origin_failure(
+                    e.status(),
+                    &e.to_string(),
+                    e.retry_after_secs(),
+                    "fanz; fwd=method; detail=origin-error",
+                )
+            }
+        };
+        let status = response.status();
+        let unsafe_method = !matches!(ctx.method, Method::OPTIONS | Method::TRACE);
+        if unsafe_method && (status.is_success() || status.is_redirection()) {
+            let mut keys = vec![ctx.primary.clone()];
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(k) = response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| ctx.target.sibling_key(l))
+                {
+                    keys.push(k);
+                }
+            }
+            let targets = PurgeTargets {
+                keys,
+                ..PurgeTargets::default()
+            };
+            if let Err(e) = self.cache.purge(&targets).await {
+                tracing::error!(error = %e, "invalidation after an unsafe request failed");
+            }
+        }
+        let cache_status = format!("fanz; fwd=method; fwd-status={}", status.as_u16());
+        self.pass_through(&ctx, response, permit, &cache_status)
+    }
+}
+
+fn within_stale_if_error(found: &Found, now_ms: u64) -> bool {
+    let ttl = found.ttl_ms(now_ms);
+    ttl > 0 || ttl.unsigned_abs() <= found.meta().stale_if_error_ms
+}

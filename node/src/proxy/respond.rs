@@ -1,0 +1,158 @@
+//! Building client responses: from a stored entry (with `Age`, conditional requests
+//! and HEAD), from an origin response passed through, and the `Cache-Status` values.
+
+use bytes::Bytes;
+use fanz_protocol::EntryMeta;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use super::origin::strip_hop_by_hop;
+use crate::http::{full, text, Body};
+
+/// Response headers aimed at this cache, never passed on to clients.
+const FOR_THIS_CACHE: &[&str] = &["cdn-cache-control", "surrogate-control"];
+/// Response headers carrying tags, removed from client responses unless configured.
+const TAG_HEADERS: &[&str] = &["surrogate-key", "cache-tag"];
+
+/// How responses are shaped for clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Shaping {
+    /// Remove tag headers.
+    pub strip_tags: bool,
+}
+
+impl Shaping {
+    /// Headers of an origin response as they are stored (and then sent): no
+    /// hop-by-hop fields, nothing aimed at this cache, none of `strip_fields`, no `Age`.
+    pub fn storable_headers(&self, origin: &HeaderMap, strip_fields: &[String]) -> HeaderMap {
+        let mut h = origin.clone();
+        strip_hop_by_hop(&mut h);
+        for name in FOR_THIS_CACHE
+            .iter()
+            .copied()
+            .chain(strip_fields.iter().map(String::as_str))
+        {
+            h.remove(name);
+        }
+        h.remove(header::AGE);
+        h
+    }
+
+    /// Finishes client headers: tags removed if configured, `Age` and `Cache-Status` set.
+    pub fn client_headers(
+        &self,
+        headers: &mut HeaderMap,
+        age_secs: Option<u64>,
+        cache_status: &str,
+    ) {
+        if self.strip_tags {
+            for name in TAG_HEADERS {
+                headers.remove(*name);
+            }
+        }
+        if let Some(age) = age_secs {
+            headers.insert(header::AGE, HeaderValue::from(age));
+        }
+        if let Ok(v) = HeaderValue::from_str(cache_status) {
+            headers.insert(HeaderName::from_static("cache-status"), v);
+        }
+    }
+
+    /// A response from a stored entry, answering the request's conditionals and HEAD.
+    pub fn entry_response(
+        &self,
+        method: &Method,
+        request: &HeaderMap,
+        meta: &EntryMeta,
+        body: &Bytes,
+        age_secs: u64,
+        cache_status: &str,
+    ) -> Response<Body> {
+        let mut headers = stored_headers(meta);
+        let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
+        let not_modified = status == StatusCode::OK && not_modified(request, &headers);
+        if not_modified {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::CONTENT_TYPE);
+        } else {
+            // HEAD carries the length of the body a GET would get.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let body = if not_modified || method == Method::HEAD {
+            full(Bytes::new())
+        } else {
+            full(body.clone())
+        };
+        self.client_headers(&mut headers, Some(age_secs), cache_status);
+        let mut response = Response::new(body);
+        *response.status_mut() = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            status
+        };
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// An origin response passed through to the client (not stored); a HEAD gets no body.
+    pub fn pass_through(
+        &self,
+        method: &Method,
+        mut parts: http::response::Parts,
+        body: Body,
+        cache_status: &str,
+    ) -> Response<Body> {
+        let mut headers = self.storable_headers(&parts.headers, &[]);
+        self.client_headers(&mut headers, None, cache_status);
+        parts.headers = headers;
+        let body = if method == Method::HEAD {
+            full(Bytes::new())
+        } else {
+            body
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+/// The stored headers of an entry as a map.
+pub fn stored_headers(meta: &EntryMeta) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(meta.headers.len() + 2);
+    for (name, value) in &meta.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            h.append(n, v);
+        }
+    }
+    h
+}
+
+/// RFC 9110 §13.2.2: `If-None-Match` first; `If-Modified-Since` only without it.
+fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+        return etag.is_some_and(|e| crate::http::headers::if_none_match(request, e));
+    }
+    let since = super::policy::http_date(request, header::IF_MODIFIED_SINCE);
+    let modified = super::policy::http_date(stored, header::LAST_MODIFIED);
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
+
+/// A response for an origin failure: `Retry-After` where useful.
+pub fn origin_failure(
+    status: StatusCode,
+    message: &str,
+    retry_after: Option<u64>,
+    cache_status: &str,
+) -> Response<Body> {
+    let mut response = text(status, message);
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Ok(v) = HeaderValue::from_str(cache_status) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("cache-status"), v);
+    }
+    response
+}

@@ -1,0 +1,601 @@
+//! Pull-through caching (RFC 9111) by a real `fanz-node` in front of a scripted
+//! origin, grouped by RFC section.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::origin::{respond, TestOrigin};
+use common::*;
+use http::{Method, StatusCode};
+
+fn node_for(origin: &TestOrigin, extra: &[&str]) -> (tempfile::TempDir, TestNode) {
+    let (tmp, data) = data_dir();
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend_from_slice(extra);
+    let node = TestNode::start(&data, &args);
+    (tmp, node)
+}
+
+async fn fetch(node: &TestNode, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send(Method::GET, &node.url(path), headers, "").await
+}
+
+fn status_of(r: &Reply) -> String {
+    r.header("cache-status").unwrap_or_default()
+}
+
+/// The standard script: a path's behaviour is chosen by its name.
+fn site(
+) -> impl Fn(&common::origin::Seen, usize) -> http::Response<http_body_util::Full<bytes::Bytes>>
+       + Send
+       + Sync
+       + 'static {
+    |req, n| {
+        let path = req.path.as_str();
+        match path {
+            "/fresh" => respond(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", "\"v1\""),
+                    ("surrogate-key", "s1 s2"),
+                    ("content-type", "text/plain"),
+                ],
+                format!("fresh #{n}"),
+            ),
+            "/private" => respond(
+                200,
+                &[("cache-control", "private, max-age=60")],
+                format!("private #{n}"),
+            ),
+            "/cookie" => respond(
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "id=1")],
+                format!("cookie #{n}"),
+            ),
+            "/short" => respond(
+                200,
+                &[("cache-control", "max-age=1")],
+                format!("short #{n}"),
+            ),
+            "/aged" => respond(
+                200,
+                &[("cache-control", "max-age=100"), ("age", "40")],
+                "aged",
+            ),
+            "/vary" => {
+                let lang = req
+                    .headers
+                    .get("accept-language")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string();
+                respond(
+                    200,
+                    &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+                    format!("{lang} #{n}"),
+                )
+            }
+            "/validate" => {
+                if req
+                    .headers
+                    .get("if-none-match")
+                    .is_some_and(|v| v == "\"e1\"")
+                {
+                    respond(
+                        304,
+                        &[
+                            ("cache-control", "no-cache"),
+                            ("etag", "\"e1\""),
+                            ("x-refreshed", "yes"),
+                        ],
+                        "",
+                    )
+                } else {
+                    respond(
+                        200,
+                        &[("cache-control", "no-cache"), ("etag", "\"e1\"")],
+                        format!("validate #{n}"),
+                    )
+                }
+            }
+            "/swr" => respond(
+                200,
+                &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+                format!("swr #{n}"),
+            ),
+            "/sie" if n == 1 => respond(
+                200,
+                &[("cache-control", "max-age=1, stale-if-error=60")],
+                "sie #1",
+            ),
+            "/sie" => respond(503, &[], "down"),
+            "/items" if req.method == Method::POST => {
+                respond(201, &[("location", "/items/1")], "created")
+            }
+            "/items" | "/items/1" => respond(
+                200,
+                &[("cache-control", "max-age=60")],
+                format!("{path} #{n}"),
+            ),
+            "/slow" => {
+                std::thread::sleep(Duration::from_millis(400));
+                respond(
+                    200,
+                    &[("cache-control", "max-age=60")],
+                    "slow body".repeat(100),
+                )
+            }
+            "/slow-private" => {
+                std::thread::sleep(Duration::from_millis(300));
+                respond(200, &[("cache-control", "private")], format!("mine #{n}"))
+            }
+            "/echo-headers" => {
+                let seen: Vec<String> = req
+                    .headers
+                    .iter()
+                    .map(|(k, _)| k.as_str().to_string())
+                    .collect();
+                respond(200, &[("cache-control", "no-store")], seen.join(","))
+            }
+            "/cdn" => respond(
+                200,
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("cdn-cache-control", "max-age=600"),
+                ],
+                "cdn",
+            ),
+            _ => respond(404, &[], "no such page"),
+        }
+    }
+}
+
+// RFC 9111 §3: storing responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_storable_responses_are_stored_and_others_are_not() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    let first = fetch(&node, "/fresh", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.text(), "fresh #1");
+    assert!(
+        status_of(&first).contains("fwd=uri-miss") && status_of(&first).contains("stored"),
+        "{}",
+        status_of(&first)
+    );
+    let second = fetch(&node, "/fresh", &[]).await;
+    assert_eq!(second.text(), "fresh #1");
+    assert!(
+        status_of(&second).starts_with("fanz; hit"),
+        "{}",
+        status_of(&second)
+    );
+    assert_eq!(origin.count("/fresh"), 1);
+
+    for path in ["/private", "/cookie"] {
+        fetch(&node, path, &[]).await;
+        let again = fetch(&node, path, &[]).await;
+        assert!(
+            again.text().ends_with("#2"),
+            "{path} was served from the cache"
+        );
+        assert!(
+            status_of(&again).contains("detail="),
+            "{}",
+            status_of(&again)
+        );
+    }
+    // Requests with Authorization are not answered from the cache.
+    let r = fetch(&node, "/fresh", &[("authorization", "Basic eDp5")]).await;
+    assert!(status_of(&r).contains("fwd=bypass"), "{}", status_of(&r));
+}
+
+// RFC 9111 §4.2: freshness and age; RFC 9213 targeted fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_2_freshness_age_and_cdn_cache_control() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    fetch(&node, "/short", &[]).await;
+    assert_eq!(fetch(&node, "/short", &[]).await.text(), "short #1");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        fetch(&node, "/short", &[]).await.text(),
+        "short #2",
+        "served after max-age"
+    );
+
+    // Age counts from the origin's Age (and the time in transit).
+    fetch(&node, "/aged", &[]).await;
+    let hit = fetch(&node, "/aged", &[]).await;
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((40..45).contains(&age), "Age {age}");
+
+    // CDN-Cache-Control governs this cache and is not passed on.
+    let r = fetch(&node, "/cdn", &[]).await;
+    assert!(r.header("cdn-cache-control").is_none());
+    assert_eq!(r.header("cache-control").as_deref(), Some("max-age=1"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = fetch(&node, "/cdn", &[]).await;
+    assert!(
+        status_of(&r).starts_with("fanz; hit"),
+        "CDN-Cache-Control max-age=600 ignored: {}",
+        status_of(&r)
+    );
+    assert_eq!(origin.count("/cdn"), 1);
+}
+
+// RFC 9111 §4.1: Vary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_1_vary_selects_variants() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    let en = fetch(&node, "/vary", &[("accept-language", "en")]).await;
+    let fr = fetch(&node, "/vary", &[("accept-language", "fr")]).await;
+    assert_eq!((en.text().as_str(), fr.text().as_str()), ("en #1", "fr #2"));
+    let fr_miss = fetch(&node, "/vary", &[("accept-language", "de")]).await;
+    assert!(
+        status_of(&fr_miss).contains("fwd=vary-miss"),
+        "{}",
+        status_of(&fr_miss)
+    );
+    assert_eq!(
+        fetch(&node, "/vary", &[("accept-language", "en")])
+            .await
+            .text(),
+        "en #1"
+    );
+    assert_eq!(
+        fetch(&node, "/vary", &[("accept-language", "fr")])
+            .await
+            .text(),
+        "fr #2"
+    );
+    assert_eq!(origin.count("/vary"), 3);
+    // Purging the URL purges every variant.
+    assert_eq!(
+        admin_purge(
+            &node,
+            &format!(r#"{{"urls":["http://{}/vary"]}}"#, node.http)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        fetch(&node, "/vary", &[("accept-language", "en")])
+            .await
+            .text(),
+        "en #4"
+    );
+}
+
+// RFC 9111 §4.3: validation, with the origin and with clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_3_validation() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    // no-cache: stored, revalidated on every use; a 304 refreshes the stored headers.
+    assert_eq!(fetch(&node, "/validate", &[]).await.text(), "validate #1");
+    let r = fetch(&node, "/validate", &[]).await;
+    assert_eq!(r.text(), "validate #1");
+    assert!(
+        status_of(&r).contains("fwd-status=304"),
+        "{}",
+        status_of(&r)
+    );
+    assert_eq!(r.header("x-refreshed").as_deref(), Some("yes"));
+    assert_eq!(
+        origin.last("/validate").unwrap().headers["if-none-match"],
+        "\"e1\""
+    );
+
+    // Client conditionals are answered from the cache.
+    fetch(&node, "/fresh", &[]).await;
+    let r = fetch(&node, "/fresh", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+    assert_eq!(origin.count("/fresh"), 1);
+    // HEAD is answered from a cached GET.
+    let r = send(Method::HEAD, &node.url("/fresh"), &[], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-length").as_deref(), Some("8"));
+    assert!(status_of(&r).starts_with("fanz; hit"));
+}
+
+// RFC 9111 §4.4: invalidation by unsafe methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_4_unsafe_methods_invalidate_the_uri_and_location() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    fetch(&node, "/items", &[]).await;
+    fetch(&node, "/items/1", &[]).await;
+    let r = send(Method::POST, &node.url("/items"), &[], "new item").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(origin.last("/items").unwrap().body, "new item");
+    assert_eq!(fetch(&node, "/items", &[]).await.text(), "/items #3");
+    assert_eq!(fetch(&node, "/items/1", &[]).await.text(), "/items/1 #2");
+}
+
+// RFC 5861.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    fetch(&node, "/swr", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = fetch(&node, "/swr", &[]).await;
+    assert_eq!(r.text(), "swr #1");
+    assert!(
+        status_of(&r).contains("stale-while-revalidate"),
+        "{}",
+        status_of(&r)
+    );
+    for _ in 0..100 {
+        if origin.count("/swr") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.count("/swr"), 2, "background refresh");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fetch(&node, "/swr", &[]).await.text(), "swr #2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_if_error_serves_stale_when_the_origin_fails() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    fetch(&node, "/sie", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = fetch(&node, "/sie", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "sie #1");
+    assert!(
+        status_of(&r).contains("stale-if-error"),
+        "{}",
+        status_of(&r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_concurrent_misses_make_one_origin_request() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    let node = Arc::new(node);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { fetch(&node, "/slow", &[]).await })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), "slow body".repeat(100));
+        collapsed += status_of(&r).contains("collapsed") as usize;
+    }
+    assert_eq!(origin.count("/slow"), 1);
+    assert!(
+        collapsed >= 90,
+        "only {collapsed} requests joined the flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn uncacheable_answers_release_the_waiters() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    let node = Arc::new(node);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { fetch(&node, "/slow-private", &[]).await })
+        })
+        .collect();
+    let mut bodies: Vec<String> = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.unwrap().text());
+    }
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 4, "a private response was shared: {bodies:?}");
+    // Remembered as uncacheable: the next request goes straight to the origin.
+    let r = fetch(&node, "/slow-private", &[]).await;
+    assert!(
+        status_of(&r).contains("detail=uncacheable"),
+        "{}",
+        status_of(&r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purge_by_surrogate_key_url_and_purge_method() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    let r = fetch(&node, "/fresh", &[]).await;
+    assert!(
+        r.header("surrogate-key").is_none(),
+        "tags leaked to the client"
+    );
+    assert_eq!(
+        admin_purge(&node, r#"{"tags":["s2"]}"#).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #2");
+    let bearer = format!("Bearer {TOKEN}");
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let r = send(
+        purge.clone(),
+        &node.url("/"),
+        &[("authorization", &bearer), ("surrogate-key", "s1")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #3");
+    let r = send(
+        purge.clone(),
+        &node.url("/fresh"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #4");
+    assert_eq!(
+        send(purge, &node.url("/fresh"), &[], "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// An origin that promises 100 bytes, sends 9 and closes: answered from a raw socket,
+/// since a well-behaved HTTP server will not do it.
+fn cutting_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(10) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 100\r\n\r\nonly part");
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_cut_off_by_the_origin_is_never_stored() {
+    use http_body_util::BodyExt;
+    let (origin, served) = cutting_origin();
+    let (_tmp, data) = data_dir();
+    let url = format!("http://{origin}");
+    let node = TestNode::start(&data, &["--origin", &url]);
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    for _ in 0..2 {
+        let resp = client
+            .get(node.url("/cut").parse().unwrap())
+            .await
+            .expect("response head");
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "a cut-off body arrived as if whole"
+        );
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the cut-off response was stored and served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_open_proxy_and_no_cache_poisoning_headers() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, data) = data_dir();
+    let routes = format!("site.example={}", origin.url());
+    let node = TestNode::start(&data, &["--origin-routes", &routes]);
+    let r = send(
+        Method::GET,
+        &node.url("/fresh"),
+        &[("host", "elsewhere.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
+    let answer = raw_request(node.http, b"GET http://elsewhere.example/fresh HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    let answer = raw_request(node.http, b"CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: elsewhere.example:443\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(
+        origin.count("/fresh"),
+        0,
+        "a request for an unserved host reached the origin"
+    );
+
+    let r = send(
+        Method::GET,
+        &node.url("/echo-headers"),
+        &[
+            ("host", "site.example"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-original-url", "/admin"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let forwarded = r.text();
+    assert!(
+        !forwarded.contains("x-forwarded-host") && !forwarded.contains("x-original-url"),
+        "{forwarded}"
+    );
+    assert!(
+        forwarded.contains("x-forwarded-for") && forwarded.contains("via"),
+        "{forwarded}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_breaker_opens_and_answers_503_with_retry_after() {
+    let dead = free_addr(); // nothing listens here
+    let (_tmp, data) = data_dir();
+    let origin = format!("http://{dead}");
+    let node = TestNode::start(
+        &data,
+        &[
+            "--origin",
+            &origin,
+            "--breaker-failures",
+            "2",
+            "--origin-retries",
+            "0",
+        ],
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            fetch(&node, "/x", &[]).await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    let r = fetch(&node, "/x", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kv_api_keeps_its_prefix_and_the_rest_reaches_the_origin() {
+    let origin = TestOrigin::start(|req, _| {
+        respond(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("origin saw {}", req.path),
+        )
+    })
+    .await;
+    let (_tmp, node) = node_for(&origin, &["--kv-prefix", "/_kv/"]);
+    assert_eq!(
+        send(Method::PUT, &node.url("/_kv/k"), &[], "v")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(fetch(&node, "/_kv/k", &[]).await.text(), "v");
+    assert_eq!(
+        fetch(&node, "/kv/k", &[]).await.text(),
+        "origin saw /kv/k",
+        "the origin's own /kv/ paths are reachable"
+    );
+    assert_eq!(origin.count("/_kv/k"), 0);
+}
