@@ -453,9 +453,9 @@ async fn purge_by_surrogate_key_url_and_purge_method() {
     );
 }
 
-/// An origin that promises 100 bytes, sends 9 and closes: answered from a raw socket,
-/// since a well-behaved HTTP server will not do it.
-fn cutting_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// An origin that answers every request with the same raw bytes and closes: for
+/// responses a well-behaved HTTP server will not produce. Counts requests.
+fn raw_origin(answer: Vec<u8>) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -467,7 +467,7 @@ fn cutting_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 100\r\n\r\nonly part");
+            let _ = s.write_all(&answer);
         }
     });
     (addr, served)
@@ -476,7 +476,11 @@ fn cutting_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_response_cut_off_by_the_origin_is_never_stored() {
     use http_body_util::BodyExt;
-    let (origin, served) = cutting_origin();
+    // Promises 100 bytes, sends 9, closes.
+    let (origin, served) = raw_origin(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 100\r\n\r\nonly part"
+            .to_vec(),
+    );
     let (_tmp, data) = data_dir();
     let url = format!("http://{origin}");
     let node = TestNode::start(&data, &["--origin", &url]);
@@ -598,4 +602,33 @@ async fn the_kv_api_keeps_its_prefix_and_the_rest_reaches_the_origin() {
         "the origin's own /kv/ paths are reachable"
     );
     assert_eq!(origin.count("/_kv/k"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_body_over_the_size_limit_passes_through_whole_and_is_not_stored() {
+    let mut answer = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        answer.extend_from_slice(b"400\r\n");
+        answer.extend_from_slice(&[b'z'; 1024]);
+        answer.extend_from_slice(b"\r\n");
+    }
+    answer.extend_from_slice(b"0\r\n\r\n");
+    let (origin, served) = raw_origin(answer);
+    let (_tmp, data) = data_dir();
+    let url = format!("http://{origin}");
+    let node = TestNode::start(&data, &["--origin", &url, "--max-object-size", "2KiB"]);
+    for round in 1..=2 {
+        let r = fetch(&node, "/big", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.body.len(),
+            5 * 1024,
+            "round {round}: body not passed through whole"
+        );
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "an oversized response was stored"
+    );
 }

@@ -161,8 +161,9 @@ pub fn plan(
 }
 
 /// Reads the origin body into the flight (every waiting client streams it from
-/// there) and stores the entry once it is complete. A body cut off, late or over the
-/// size limit is never stored; the flight's clients see it end in an error.
+/// there) and stores the entry once it is complete. A body cut off or late is never
+/// stored, and the flight's clients see it end in an error. A body that grows past
+/// the size limit is not stored either, but streams on to the clients that have it.
 #[allow(clippy::too_many_arguments)]
 pub async fn pump(
     cache: Arc<Cache>,
@@ -176,6 +177,7 @@ pub async fn pump(
     let flight = leader.flight().clone();
     let deadline = tokio::time::Instant::now() + total_timeout;
     let mut buf = BytesMut::new();
+    let mut storing = true;
     let outcome: Result<(), String> = loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => break Err(format!("origin body not complete within {total_timeout:?}")),
@@ -183,11 +185,18 @@ pub async fn pump(
             Ok(Some(Err(e))) => break Err(format!("origin body failed: {e}")),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    if (buf.len() + data.len()) as u64 > max_object_size {
-                        break Err("response larger than max_object_size".to_string());
+                    if storing && (buf.len() + data.len()) as u64 > max_object_size {
+                        // Too large to store: stream on without keeping it.
+                        storing = false;
+                        buf = BytesMut::new();
+                        flight.drop_replay();
+                        leader.stop_joining();
+                        tracing::debug!(key = ?plan.store_key, "response over max_object_size: passing it through");
                     }
-                    buf.extend_from_slice(&data);
-                    flight.push(data);
+                    if storing {
+                        buf.extend_from_slice(&data);
+                    }
+                    flight.push(data).await;
                 }
             }
         }
@@ -195,7 +204,12 @@ pub async fn pump(
     drop(permit);
     if let Err(e) = outcome {
         tracing::warn!(key = ?plan.store_key, error = %e, "origin response not stored");
-        flight.finish(Err(e.into()));
+        flight.finish(Err(e.into())).await;
+        leader.complete();
+        return;
+    }
+    if !storing {
+        flight.finish(Ok(())).await;
         leader.complete();
         return;
     }
@@ -211,7 +225,7 @@ pub async fn pump(
     if let Err(e) = cache.store_response(plan.store_key, entry).await {
         tracing::error!(error = %e, "storing a response failed");
     }
-    flight.finish(Ok(()));
+    flight.finish(Ok(())).await;
     leader.complete();
 }
 

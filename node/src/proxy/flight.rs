@@ -1,10 +1,16 @@
 //! Request collapsing: concurrent misses for one key share one origin fetch (a
 //! *flight*). The first request leads: it sends the origin request and publishes the
 //! outcome. A cacheable response's body is pumped into the flight by a task of its
-//! own (it goes on if the leader's client leaves), and every request of the flight,
-//! the leader's included, streams it from there as it arrives. An uncacheable
-//! response releases the followers to fetch on their own; a leader that goes away
-//! before the response head arrives releases them too.
+//! own (it goes on if the leader's client leaves), which hands every chunk to every
+//! request of the flight, the leader's included, as it arrives. A request that joins
+//! late first gets the chunks so far from a replay buffer. An uncacheable response
+//! releases the followers to fetch on their own; a leader that goes away before the
+//! response head arrives releases them too.
+//!
+//! Memory stays bounded: the replay buffer is only kept while the response may still
+//! be stored (up to the largest storable size); past that the flight drops it, takes
+//! no new requests, and streams on to the ones it has. A slow client slows the pump:
+//! chunks are handed over through bounded channels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,47 +56,88 @@ pub enum Outcome {
     Abandoned,
 }
 
+type Chunk = Result<Bytes, BoxError>;
+
 #[derive(Debug, Default)]
 struct State {
     outcome: Option<Outcome>,
-    chunks: Vec<Bytes>,
+    /// Chunks so far, for requests that join late; `None` once dropped (overflow).
+    replay: Option<Vec<Bytes>>,
+    /// Requests streaming the body.
+    subscribers: Vec<mpsc::Sender<Chunk>>,
     end: Option<Result<(), Arc<str>>>,
 }
 
 /// One shared fetch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Flight {
     state: Mutex<State>,
     changed: Notify,
 }
+
+impl Default for Flight {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                replay: Some(Vec::new()),
+                ..State::default()
+            }),
+            changed: Notify::new(),
+        }
+    }
+}
+
+/// Chunks a subscriber's channel holds before the pump waits for it.
+const SUBSCRIBER_BUFFER: usize = 16;
 
 impl Flight {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn update(&self, f: impl FnOnce(&mut State)) {
-        f(&mut self.lock());
+    /// Publishes the outcome (first one wins).
+    pub fn publish(&self, outcome: Outcome) {
+        self.lock().outcome.get_or_insert(outcome);
         self.changed.notify_waiters();
     }
 
-    /// Publishes the outcome (first one wins).
-    pub fn publish(&self, outcome: Outcome) {
-        self.update(|s| {
-            s.outcome.get_or_insert(outcome);
-        });
+    /// Hands a body chunk to every subscriber (waiting for slow ones), and keeps it
+    /// for late joiners unless the replay buffer was dropped.
+    pub async fn push(&self, chunk: Bytes) {
+        let subscribers = {
+            let mut s = self.lock();
+            if let Some(replay) = &mut s.replay {
+                replay.push(chunk.clone());
+            }
+            s.subscribers.clone()
+        };
+        let mut gone = false;
+        for tx in &subscribers {
+            gone |= tx.send(Ok(chunk.clone())).await.is_err();
+        }
+        if gone {
+            self.lock().subscribers.retain(|tx| !tx.is_closed());
+        }
     }
 
-    /// Appends a body chunk.
-    pub fn push(&self, chunk: Bytes) {
-        self.update(|s| s.chunks.push(chunk));
+    /// Drops the replay buffer: requests that join from now on cannot be served from
+    /// this flight (the caller also stops new joins).
+    pub fn drop_replay(&self) {
+        self.lock().replay = None;
     }
 
-    /// Marks the body complete, or cut off.
-    pub fn finish(&self, result: Result<(), Arc<str>>) {
-        self.update(|s| {
-            s.end.get_or_insert(result);
-        });
+    /// Marks the body complete, or cut off, and closes every subscriber's stream.
+    pub async fn finish(&self, result: Result<(), Arc<str>>) {
+        let subscribers = {
+            let mut s = self.lock();
+            s.end.get_or_insert(result.clone());
+            std::mem::take(&mut s.subscribers)
+        };
+        if let Err(e) = result {
+            for tx in subscribers {
+                let _ = tx.send(Err(e.to_string().into())).await;
+            }
+        }
     }
 
     /// Waits for the outcome.
@@ -107,38 +154,50 @@ impl Flight {
     }
 
     /// A body that streams this flight's chunks from the first, as they arrive.
-    pub fn subscribe(self: &Arc<Self>) -> Body {
-        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(16);
-        let flight = self.clone();
-        tokio::spawn(async move {
-            let mut next = 0;
-            loop {
-                let notified = flight.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                // One snapshot: chunks are pushed before the end is set, so an end
-                // seen here comes after every chunk seen with it.
-                let (chunks, end) = {
-                    let s = flight.lock();
-                    (s.chunks[next..].to_vec(), s.end.clone())
-                };
-                next += chunks.len();
-                for chunk in chunks {
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return; // the client went away
-                    }
-                }
-                match end {
-                    Some(Ok(())) => return,
-                    Some(Err(e)) => {
-                        let _ = tx.send(Err(e.to_string().into())).await;
-                        return;
-                    }
-                    None => notified.await,
-                }
-            }
-        });
-        channel_body(rx)
+    /// `None` if the flight can no longer replay its start.
+    pub fn subscribe(&self) -> Option<Body> {
+        let (tx, rx) = mpsc::channel::<Chunk>(SUBSCRIBER_BUFFER);
+        let mut s = self.lock();
+        let replay = s.replay.as_ref()?.clone();
+        let end = s.end.clone();
+        if end.is_none() {
+            s.subscribers.push(tx.clone());
+        }
+        drop(s);
+        // The replay may exceed the channel: feed it from a task, ahead of live chunks.
+        let (body_tx, body_rx) = mpsc::channel::<Chunk>(SUBSCRIBER_BUFFER);
+        tokio::spawn(forward(replay, end, rx, tx, body_tx));
+        Some(channel_body(body_rx))
+    }
+}
+
+/// Sends the replayed chunks, then whatever the pump sends, to the client's body.
+async fn forward(
+    replay: Vec<Bytes>,
+    end: Option<Result<(), Arc<str>>>,
+    mut live: mpsc::Receiver<Chunk>,
+    live_tx: mpsc::Sender<Chunk>,
+    body: mpsc::Sender<Chunk>,
+) {
+    for chunk in replay {
+        if body.send(Ok(chunk)).await.is_err() {
+            return;
+        }
+    }
+    match end {
+        Some(Ok(())) => return,
+        Some(Err(e)) => {
+            let _ = body.send(Err(e.to_string().into())).await;
+            return;
+        }
+        None => {}
+    }
+    // Only the flight's copy of the sender keeps the live stream open.
+    drop(live_tx);
+    while let Some(chunk) = live.recv().await {
+        if body.send(chunk).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -234,6 +293,12 @@ impl Leader {
         &self.flight
     }
 
+    /// Stops new requests from joining (they start their own fetch), keeping the
+    /// flight going for the requests it has.
+    pub fn stop_joining(&self) {
+        self.flights.remove(&self.key, &self.flight);
+    }
+
     /// Ends the flight: later requests no longer join it (they find the stored entry,
     /// or start a new flight).
     pub fn complete(mut self) {
@@ -246,7 +311,11 @@ impl Drop for Leader {
     fn drop(&mut self) {
         if !self.done {
             self.flight.publish(Outcome::Abandoned);
-            self.flight.finish(Err("the fetch was abandoned".into()));
+            // Closing the senders ends every subscriber's stream.
+            let mut s = self.flight.lock();
+            s.end.get_or_insert(Err("the fetch was abandoned".into()));
+            s.subscribers.clear();
+            drop(s);
             self.flights.remove(&self.key, &self.flight);
         }
     }
@@ -255,6 +324,15 @@ impl Drop for Leader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head() -> Arc<SharedHead> {
+        Arc::new(SharedHead {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            ttl_secs: 1,
+            vary: None,
+        })
+    }
 
     #[tokio::test]
     async fn followers_stream_what_the_leader_publishes() {
@@ -266,26 +344,47 @@ mod tests {
         let Joined::Follower(follower) = flights.join(&key) else {
             panic!("second follows")
         };
-        let head = Arc::new(SharedHead {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            ttl_secs: 1,
-            vary: None,
-        });
-        leader.flight().push(Bytes::from_static(b"early "));
-        leader.flight().publish(Outcome::Shared(head));
+        leader.flight().publish(Outcome::Shared(head()));
+        leader.flight().push(Bytes::from_static(b"early ")).await;
         assert!(matches!(follower.outcome().await, Outcome::Shared(_)));
-        let body = follower.subscribe();
+        let body = follower.subscribe().expect("replay available");
         let reader = tokio::spawn(async move { body.collect().await.unwrap().to_bytes() });
-        tokio::task::yield_now().await;
-        leader.flight().push(Bytes::from_static(b"late"));
-        leader.flight().finish(Ok(()));
+        leader.flight().push(Bytes::from_static(b"late")).await;
+        leader.flight().finish(Ok(())).await;
         leader.complete();
         assert_eq!(&reader.await.unwrap()[..], b"early late");
         assert!(!flights.in_flight(&key));
         assert!(
             matches!(flights.join(&key), Joined::Leader(_)),
             "a new request starts a new flight"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_overflow_subscribers_stream_on_and_nobody_new_joins() {
+        let flights = Arc::new(Flights::default());
+        let key = CacheKey::kv(b"big");
+        let Joined::Leader(leader) = flights.join(&key) else {
+            panic!()
+        };
+        let flight = leader.flight().clone();
+        flight.publish(Outcome::Shared(head()));
+        let early = flight.subscribe().unwrap();
+        let reader = tokio::spawn(async move { early.collect().await.unwrap().to_bytes().len() });
+        flight.push(Bytes::from(vec![1u8; 1000])).await;
+        flight.drop_replay();
+        leader.stop_joining();
+        assert!(flight.subscribe().is_none(), "no replay after overflow");
+        assert!(!flights.in_flight(&key));
+        for _ in 0..100 {
+            flight.push(Bytes::from(vec![2u8; 1000])).await;
+        }
+        flight.finish(Ok(())).await;
+        leader.complete();
+        assert_eq!(
+            reader.await.unwrap(),
+            101_000,
+            "the early subscriber got the whole body"
         );
     }
 
@@ -307,8 +406,12 @@ mod tests {
     #[tokio::test]
     async fn a_cut_off_body_ends_in_an_error() {
         let flight = Arc::new(Flight::default());
-        flight.push(Bytes::from_static(b"part"));
-        flight.finish(Err("origin closed mid-body".into()));
-        assert!(flight.subscribe().collect().await.is_err());
+        let body = flight.subscribe().unwrap();
+        let reader = tokio::spawn(async move { body.collect().await });
+        flight.push(Bytes::from_static(b"part")).await;
+        flight.finish(Err("origin closed mid-body".into())).await;
+        assert!(reader.await.unwrap().is_err());
+        // A request subscribing after the end replays it, error included.
+        assert!(flight.subscribe().unwrap().collect().await.is_err());
     }
 }

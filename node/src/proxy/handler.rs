@@ -233,7 +233,15 @@ impl Proxy {
                         let body = if ctx.method == Method::HEAD {
                             crate::http::full(Bytes::new())
                         } else {
-                            flight.subscribe()
+                            match flight.subscribe() {
+                                Some(body) => body,
+                                // Too large to replay: fetch it on our own.
+                                None => {
+                                    return self
+                                        .direct(&ctx, "fanz; fwd=uri-miss; detail=too-large")
+                                        .await
+                                }
+                            }
                         };
                         return self.respond_with_head(&head, body, &status);
                     }
@@ -360,6 +368,16 @@ impl Proxy {
                 let head = plan.head.clone();
                 let flight = leader.flight().clone();
                 flight.publish(Outcome::Shared(head.clone()));
+                let cache_status = format!(
+                    "fanz; fwd={fwd}; fwd-status={}; stored; ttl={}",
+                    status.as_u16(),
+                    head.ttl_secs
+                );
+                // Subscribed before the pump starts: the replay buffer is still there.
+                let body = match (ctx.method == Method::HEAD, flight.subscribe()) {
+                    (false, Some(body)) => body,
+                    _ => crate::http::full(Bytes::new()),
+                };
                 tokio::spawn(fill::pump(
                     self.cache.clone(),
                     leader,
@@ -369,16 +387,6 @@ impl Proxy {
                     self.max_object_size,
                     self.total_timeout,
                 ));
-                let cache_status = format!(
-                    "fanz; fwd={fwd}; fwd-status={}; stored; ttl={}",
-                    status.as_u16(),
-                    head.ttl_secs
-                );
-                let body = if ctx.method == Method::HEAD {
-                    crate::http::full(Bytes::new())
-                } else {
-                    flight.subscribe()
-                };
                 self.respond_with_head(&head, body, &cache_status)
             }
             decision => {
@@ -455,7 +463,7 @@ impl Proxy {
                     plan.head.ttl_secs
                 );
                 leader.flight().publish(Outcome::Shared(plan.head.clone()));
-                leader.flight().push(old.body.clone());
+                leader.flight().push(old.body.clone()).await;
                 if let Some((primary, marker)) = plan.marker {
                     let _ = self.cache.store_response(primary, marker).await;
                 }
@@ -475,7 +483,7 @@ impl Proxy {
                 );
             }
         }
-        leader.flight().finish(Ok(()));
+        leader.flight().finish(Ok(())).await;
         leader.complete();
         let mut meta = old.meta.clone();
         meta.headers = merged
