@@ -113,9 +113,22 @@ fn site(
                 "sie #1",
             ),
             "/sie" => respond(503, &[], "down"),
-            "/items" if req.method == Method::POST => {
-                respond(201, &[("location", "/items/1")], "created")
-            }
+            "/items" if req.method == Method::POST => respond(
+                201,
+                &[
+                    ("location", "/items/1"),
+                    ("cache-group-invalidation", "\"catalog\""),
+                ],
+                "created",
+            ),
+            "/grouped" => respond(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("cache-groups", "\"catalog\", \"other\""),
+                ],
+                format!("grouped #{n}"),
+            ),
             "/items" | "/items/1" => respond(
                 200,
                 &[("cache-control", "max-age=60")],
@@ -316,8 +329,32 @@ async fn s4_4_unsafe_methods_invalidate_the_uri_and_location() {
     let r = send(Method::POST, &node.url("/items"), &[], "new item").await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(origin.last("/items").unwrap().body, "new item");
-    assert_eq!(fetch(&node, "/items", &[]).await.text(), "/items #3");
+    fetch(&node, "/grouped", &[]).await;
+    let r = send(Method::POST, &node.url("/items"), &[], "another").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(fetch(&node, "/items", &[]).await.text(), "/items #4");
     assert_eq!(fetch(&node, "/items/1", &[]).await.text(), "/items/1 #2");
+    // RFC 9875: Cache-Group-Invalidation on the POST's response purged the group.
+    assert_eq!(fetch(&node, "/grouped", &[]).await.text(), "grouped #2");
+}
+
+// RFC 9110 §14: ranges answered from a cached complete object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_are_answered_from_the_cached_object() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    let first = fetch(&node, "/fresh", &[("range", "bytes=0-4")]).await;
+    assert_eq!(first.status, StatusCode::OK, "a miss is answered whole");
+    let r = fetch(&node, "/fresh", &[("range", "bytes=0-4")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.text(), "fresh");
+    assert_eq!(r.header("content-range").as_deref(), Some("bytes 0-4/8"));
+    let r = fetch(&node, "/fresh", &[("range", "bytes=-2")]).await;
+    assert_eq!(r.text(), "#1");
+    let r = fetch(&node, "/fresh", &[("range", "bytes=100-")]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.header("content-range").as_deref(), Some("bytes */8"));
+    assert_eq!(origin.count("/fresh"), 1);
 }
 
 // RFC 5861.

@@ -60,14 +60,7 @@ pub fn response_tags(headers: &HeaderMap) -> Vec<Bytes> {
     for v in values("cache-tag") {
         tags.extend(v.split(',').map(|t| t.trim().to_string()));
     }
-    for v in values("cache-groups") {
-        tags.extend(
-            v.split(',')
-                .map(str::trim)
-                .filter(|t| t.len() >= 2 && t.starts_with('"') && t.ends_with('"'))
-                .map(|t| t[1..t.len() - 1].to_string()),
-        );
-    }
+    tags.extend(group_list(headers, "cache-groups"));
     let mut tags: Vec<Bytes> = tags
         .into_iter()
         .filter(|t| match validate_tag(t) {
@@ -82,6 +75,20 @@ pub fn response_tags(headers: &HeaderMap) -> Vec<Bytes> {
     tags.sort();
     tags.dedup();
     tags
+}
+
+/// The strings of an RFC 9875 group list field (`"a", "b"`); other members are
+/// skipped.
+pub fn group_list(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| t.len() >= 2 && t.starts_with('"') && t.ends_with('"'))
+        .map(|t| t[1..t.len() - 1].to_string())
+        .collect()
 }
 
 /// What to store for a storable response.

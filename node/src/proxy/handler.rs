@@ -634,8 +634,15 @@ impl Proxy {
                     keys.push(k);
                 }
             }
+            // RFC 9875: the response names groups its change invalidates.
+            let tags = fill::group_list(response.headers(), "cache-group-invalidation")
+                .into_iter()
+                .filter(|g| crate::http::headers::validate_tag(g).is_ok())
+                .map(Bytes::from)
+                .collect();
             let targets = PurgeTargets {
                 keys,
+                tags,
                 ..PurgeTargets::default()
             };
             if let Err(e) = self.cache.purge(&targets).await {

@@ -6,6 +6,7 @@
 //! - [`origin`]: which origin serves a Host; the client with bulkhead, breaker, retries.
 //! - [`breaker`]: the per-origin circuit breaker.
 //! - [`fill`]: the leader's fetch, what to store, the body pump, response tags.
+//! - [`range`]: byte ranges answered from cached objects.
 //! - [`respond`]: client responses from entries and from origin responses.
 //! - [`handler`]: the request flow (see its phase diagram).
 pub mod breaker;
@@ -15,6 +16,7 @@ pub mod handler;
 pub mod key;
 pub mod origin;
 pub mod policy;
+pub mod range;
 pub mod respond;
 
 pub use handler::Proxy;

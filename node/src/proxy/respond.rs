@@ -7,6 +7,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::origin::strip_hop_by_hop;
+use super::range::{self, RangeAnswer};
 use crate::http::{full, text, Body};
 
 /// Response headers aimed at this cache, never passed on to clients.
@@ -71,17 +72,45 @@ impl Shaping {
         let mut headers = stored_headers(meta);
         let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
         let not_modified = status == StatusCode::OK && not_modified(request, &headers);
+        let range = if status == StatusCode::OK && !not_modified {
+            let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+            range::answer(request, body.len() as u64, etag)
+        } else {
+            RangeAnswer::Whole
+        };
+        let (status, slice) = match range {
+            RangeAnswer::Whole => (status, body.clone()),
+            RangeAnswer::Partial { start, end } => {
+                let total = body.len();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    body.slice(start as usize..=end as usize),
+                )
+            }
+            RangeAnswer::Unsatisfiable => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", body.len())) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+            }
+        };
         if not_modified {
             headers.remove(header::CONTENT_LENGTH);
             headers.remove(header::CONTENT_TYPE);
         } else {
             // HEAD carries the length of the body a GET would get.
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(slice.len()));
+        }
+        if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT {
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         }
         let body = if not_modified || method == Method::HEAD {
             full(Bytes::new())
         } else {
-            full(body.clone())
+            full(slice)
         };
         self.client_headers(&mut headers, Some(age_secs), cache_status);
         let mut response = Response::new(body);
