@@ -28,8 +28,8 @@ use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
 
-/// Headroom over the longest key for the rest of a request head.
-const HEAD_BYTES_BEYOND_KEY: usize = 64 << 10;
+/// Method, version and the rest of a request line besides its target.
+const REQUEST_LINE_OVERHEAD: usize = 1024;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,8 @@ pub async fn run(
     let limits = ServeLimits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
-        max_head_bytes: config.max_key_size * 3 + HEAD_BYTES_BEYOND_KEY,
+        // The request line (a percent-encoded key of up to 3x its size) plus headers.
+        max_head_bytes: config.max_key_size * 3 + REQUEST_LINE_OVERHEAD + config.max_header_size,
         shutdown_grace: config.shutdown_grace,
     };
 

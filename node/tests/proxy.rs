@@ -669,3 +669,16 @@ async fn a_chunked_body_over_the_size_limit_passes_through_whole_and_is_not_stor
         "an oversized response was stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_that_sends_garbage_gets_a_clean_502_and_nothing_is_stored() {
+    let (origin, served) = raw_origin(b"this is not HTTP at all\r\n\r\n".to_vec());
+    let (_tmp, data) = data_dir();
+    let url = format!("http://{origin}");
+    let node = TestNode::start(&data, &["--origin", &url, "--origin-retries", "0"]);
+    for _ in 0..2 {
+        let r = fetch(&node, "/junk", &[]).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

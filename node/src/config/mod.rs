@@ -54,6 +54,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "max_key_size", default: Some("8KiB"), help: "Longest key accepted (longer: 414)." },
     Spec { name: "max_value_size", default: Some("64MiB"), help: "Largest value accepted (larger: 413, refused before the body is read)." },
     Spec { name: "max_connections", default: Some("25000"), help: "Most client connections served at once per listener; further ones wait to be accepted." },
+    Spec { name: "max_header_size", default: Some("64KiB"), help: "Largest request header section (431 beyond). The request line may add up to three times max_key_size." },
     Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's headers (slowloris guard)." },
     Spec { name: "body_read_timeout", default: Some("30s"), help: "Time a client has to send a request body (408 after it)." },
     Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
@@ -172,6 +173,8 @@ pub struct Config {
     pub max_value_size: u64,
     /// Connection limit per listener.
     pub max_connections: usize,
+    /// Request header section limit.
+    pub max_header_size: usize,
     /// Header read timeout.
     pub header_read_timeout: Duration,
     /// Body read timeout.
@@ -275,6 +278,13 @@ impl Config {
                     .parse()
                     .map_err(|_| format!("expected a whole number, got {s:?}"))?;
                 Ok(at_least(n as u64, 1, "1")? as usize)
+            })?,
+            max_header_size: p.parse("max_header_size", |s| {
+                let n = at_least(parse_size(s)?, 8192, "8KiB")?;
+                if n > 16 << 20 {
+                    return Err("must be at most 16MiB".into());
+                }
+                Ok(n as usize)
             })?,
             header_read_timeout: p.parse("header_read_timeout", positive_duration)?,
             body_read_timeout: p.parse("body_read_timeout", positive_duration)?,
@@ -397,6 +407,7 @@ impl Config {
             ("max_key_size", self.max_key_size.to_string()),
             ("max_value_size", self.max_value_size.to_string()),
             ("max_connections", self.max_connections.to_string()),
+            ("max_header_size", self.max_header_size.to_string()),
             ("header_read_timeout", d(self.header_read_timeout)),
             ("body_read_timeout", d(self.body_read_timeout)),
             ("shutdown_grace", d(self.shutdown_grace)),
