@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod store;
+pub mod tls;

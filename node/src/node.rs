@@ -27,6 +27,7 @@ use crate::invalidation::Invalidator;
 use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
+use crate::tls;
 
 /// Method, version and the rest of a request line besides its target.
 const REQUEST_LINE_OVERHEAD: usize = 1024;
@@ -140,7 +141,14 @@ pub async fn run(
             "no admin token configured: purges and the admin API are open to loopback clients only"
         );
     }
-    let proxy = Some(Arc::new(Proxy::new(cache.clone(), &config))).filter(|p| p.enabled());
+    let origin_tls =
+        tls::origin_client_config(config.origin_ca_file.as_deref()).map_err(tls_error)?;
+    let proxy =
+        Some(Arc::new(Proxy::new(cache.clone(), &config, &origin_tls))).filter(|p| p.enabled());
+    let front_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(tls_error)?),
+        _ => None,
+    };
     if let Some(origin) = &config.origin {
         tracing::info!(%origin, routes = config.origin_routes.len(), "pull-through caching enabled");
     }
@@ -172,6 +180,7 @@ pub async fn run(
         // The request line (a percent-encoded key of up to 3x its size) plus headers.
         max_head_bytes: config.max_key_size * 3 + REQUEST_LINE_OVERHEAD + config.max_header_size,
         shutdown_grace: config.shutdown_grace,
+        tls: None,
     };
 
     // The main listener drains first; the admin listener stays up meanwhile, so
@@ -183,7 +192,10 @@ pub async fn run(
     };
     let main_server = tokio::spawn(serve(
         http_listener,
-        limits.clone(),
+        ServeLimits {
+            tls: front_tls,
+            ..limits.clone()
+        },
         (metrics.clone(), Api::Main),
         move |req, peer| main_service.clone().handle(req, peer),
         stopped(stop_rx.clone()),
@@ -234,6 +246,14 @@ pub async fn run(
     store.close().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+fn tls_error(e: tls::TlsError) -> StartError {
+    StartError::Setting {
+        setting: e.setting,
+        value: e.path,
+        message: e.message,
+    }
 }
 
 fn data_dir_error(config: &Config, e: impl std::fmt::Display) -> StartError {

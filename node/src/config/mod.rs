@@ -60,6 +60,9 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
     Spec { name: "log_level", default: Some("info"), help: "Log filter (tracing EnvFilter syntax, e.g. `info,fanz_node=debug`)." },
     Spec { name: "log_format", default: Some("text"), help: "Log format: `text` or `json`." },
+    Spec { name: "tls_cert", default: None, help: "PEM certificate chain: the main listener speaks HTTPS (ALPN h2 and http/1.1). Needs tls_key." },
+    Spec { name: "tls_key", default: None, help: "PEM private key for tls_cert." },
+    Spec { name: "origin_ca_file", default: None, help: "PEM file of CA certificates trusted for https:// origins, besides the system's." },
     Spec { name: "origin", default: None, help: "Default origin URL (http://host:port or https://...) for pull-through caching. Unset: only the KV API is served." },
     Spec { name: "origin_routes", default: None, help: "Per-Host origins, `host=URL` pairs separated by commas (e.g. `a.example=http://10.0.0.1:80,b.example=https://b.internal`). A request for a host neither routed nor served by `origin` gets 421." },
     Spec { name: "forward_host", default: Some("client"), help: "Host header sent to the origin: `client` (the request's Host) or `origin` (the origin URL's authority)." },
@@ -187,6 +190,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log compaction threshold.
     pub log_compact_size: u64,
+    /// TLS certificate chain for the main listener.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key for the main listener.
+    pub tls_key: Option<PathBuf>,
+    /// Extra CAs for origins.
+    pub origin_ca_file: Option<PathBuf>,
     /// Default origin.
     pub origin: Option<OriginUrl>,
     /// Per-host origins.
@@ -303,6 +312,9 @@ impl Config {
                 at_least(parse_size(s)?, 1 << 20, "1MiB")
             })?,
             maintenance_interval: p.parse("maintenance_interval", positive_duration)?,
+            tls_cert: p.optional("tls_cert")?.map(PathBuf::from),
+            tls_key: p.optional("tls_key")?.map(PathBuf::from),
+            origin_ca_file: p.optional("origin_ca_file")?.map(PathBuf::from),
             origin: p
                 .optional("origin")?
                 .map(|s| OriginUrl::parse(&s))
@@ -370,6 +382,17 @@ impl Config {
         };
         if config.default_ttl > config.max_ttl {
             return Err(p.invalid("default_ttl", "must not exceed max_ttl".into()));
+        }
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            let missing = if config.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            return Err(p.invalid(
+                missing,
+                "tls_cert and tls_key go together: set both or neither".into(),
+            ));
         }
         if config.admin_token.is_none() && !config.admin_addr.ip().is_loopback() {
             return Err(p.invalid(

@@ -17,7 +17,6 @@ use super::{full, purge, read_body, text, Body};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup};
 use crate::invalidation::PurgeTargets;
-use crate::proxy::key::Target;
 use crate::proxy::Proxy;
 
 /// Header that turns a `PURGE` into a soft purge.
@@ -299,10 +298,10 @@ impl MainService {
                 Ok(key) => targets.keys.push(key),
                 Err(response) => return *response,
             }
-        } else if self.proxy.is_some() {
+        } else if let Some(proxy) = &self.proxy {
             // A proxied URL: purge its cached response (every variant of it).
-            match Target::of(req, false) {
-                Ok(target) => targets.keys.push(target.primary_key()),
+            match proxy.key_of(req) {
+                Ok(key) => targets.keys.push(key),
                 Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
             }
         }

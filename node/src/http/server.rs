@@ -1,6 +1,7 @@
 //! The connection loop shared by every TCP listener: accepts under a connection
-//! limit, serves HTTP/1.1 and HTTP/2 (h2c prior knowledge) through hyper, and on
-//! shutdown stops accepting and lets in-flight requests finish within a grace period.
+//! limit, optionally terminates TLS (ALPN picks h2 or http/1.1), serves HTTP/1.1 and
+//! HTTP/2 (h2c prior knowledge in cleartext) through hyper, and on shutdown stops
+//! accepting and lets in-flight requests finish within a grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,7 +32,13 @@ pub struct ServeLimits {
     pub max_head_bytes: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Terminate TLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Serves `listener` with `handler` until `shutdown` resolves, then drains. Every
 /// request's status and latency are recorded under `api`.
@@ -94,12 +101,30 @@ pub async fn serve<H, F>(
                 Ok::<_, Infallible>(response)
             }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

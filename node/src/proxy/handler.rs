@@ -41,6 +41,8 @@ const MAX_REJOINS: usize = 3;
 #[derive(Debug)]
 pub struct Proxy {
     cache: Arc<Cache>,
+    /// Whether clients reach this node over HTTPS (the scheme in cache keys).
+    front_tls: bool,
     origins: Origins,
     flights: Arc<Flights>,
     /// Keys that answered uncacheable, until when (ms): skip collapsing (hit-for-miss).
@@ -63,11 +65,13 @@ struct Ctx {
 }
 
 impl Proxy {
-    /// A proxy for the origins of `config`.
-    pub fn new(cache: Arc<Cache>, config: &Config) -> Self {
+    /// A proxy for the origins of `config`; `tls` is the client configuration for
+    /// https origins; `front_tls` whether clients reach this node over HTTPS.
+    pub fn new(cache: Arc<Cache>, config: &Config, tls: &Arc<rustls::ClientConfig>) -> Self {
         Self {
             cache,
-            origins: Origins::from_config(config),
+            front_tls: config.tls_cert.is_some(),
+            origins: Origins::from_config(config, tls),
             flights: Arc::new(Flights::default()),
             uncacheable: DashMap::new(),
             shaping: Shaping {
@@ -77,6 +81,11 @@ impl Proxy {
             uncacheable_ttl_ms: config.uncacheable_ttl.as_millis() as u64,
             total_timeout: config.origin_total_timeout,
         }
+    }
+
+    /// The primary cache key of a request for the proxied URL space.
+    pub fn key_of<B>(&self, req: &Request<B>) -> Result<CacheKey, &'static str> {
+        Target::of(req, self.front_tls).map(|t| t.primary_key())
     }
 
     /// Whether any origin is configured.
@@ -90,7 +99,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let target = match Target::of(&req, false) {
+        let target = match Target::of(&req, self.front_tls) {
             Ok(t) => t,
             Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
         };

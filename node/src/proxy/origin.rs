@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -103,7 +104,7 @@ pub struct OriginResponse {
 #[derive(Debug)]
 pub struct Origin {
     url: OriginUrl,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     bulkhead: Arc<Semaphore>,
     breaker: Breaker,
     first_byte_timeout: Duration,
@@ -111,10 +112,18 @@ pub struct Origin {
 }
 
 impl Origin {
-    fn new(url: OriginUrl, config: &Config) -> Self {
+    fn new(url: OriginUrl, config: &Config, tls: &Arc<rustls::ClientConfig>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.origin_connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        // http:// origins speak HTTP/1.1; https:// ones negotiate h2 or http/1.1 by ALPN.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(rustls::ClientConfig::clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
@@ -157,7 +166,7 @@ impl Origin {
             .map_err(|open| OriginError::BreakerOpen {
                 retry_after: open.retry_after,
             })?;
-        let uri: Uri = format!("http://{}{}", self.url.authority, path_and_query)
+        let uri: Uri = format!("{}{}", self.url, path_and_query)
             .parse()
             .map_err(|e| OriginError::Unreachable(format!("bad request target: {e}")))?;
         let idempotent = body.is_none() && (method == Method::GET || method == Method::HEAD);
@@ -216,17 +225,22 @@ pub struct Origins {
 }
 
 impl Origins {
-    /// Builds the origins of `config`.
-    pub fn from_config(config: &Config) -> Self {
+    /// Builds the origins of `config`; `tls` is the client configuration for https ones.
+    pub fn from_config(config: &Config, tls: &Arc<rustls::ClientConfig>) -> Self {
         Self {
             default: config
                 .origin
                 .clone()
-                .map(|u| Arc::new(Origin::new(u, config))),
+                .map(|u| Arc::new(Origin::new(u, config, tls))),
             routes: config
                 .origin_routes
                 .iter()
-                .map(|(host, url)| (host.clone(), Arc::new(Origin::new(url.clone(), config))))
+                .map(|(host, url)| {
+                    (
+                        host.clone(),
+                        Arc::new(Origin::new(url.clone(), config, tls)),
+                    )
+                })
                 .collect(),
             forward_host: Some(config.forward_host),
             forward_headers: config.forward_headers.clone(),
@@ -301,7 +315,8 @@ mod tests {
         let mut config = Config::defaults();
         config.origin = Some(OriginUrl::parse("http://127.0.0.1:1").unwrap());
         config.forward_headers = vec!["x-original-url".into()];
-        let origins = Origins::from_config(&config);
+        let origins =
+            Origins::from_config(&config, &crate::tls::origin_client_config(None).unwrap());
         let origin = origins.for_host("anything").unwrap().clone();
         let mut h = HeaderMap::new();
         for (k, v) in [

@@ -1,0 +1,99 @@
+//! TLS: the server configuration for terminating TLS on the main listener (ALPN `h2`
+//! and `http/1.1`), and the client configuration for HTTPS origins (the system's
+//! roots plus an optional CA file). Both use the ring provider, passed explicitly, so
+//! no process-wide provider has to be installed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} ({path}): {message}")]
+pub struct TlsError {
+    /// The setting that named the file.
+    pub setting: &'static str,
+    /// The file.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError {
+        setting,
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// The server configuration from a certificate chain and a private key (PEM files).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates("tls_cert", cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError {
+        setting: "tls_key",
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
+        .map_err(|e| TlsError {
+            setting: "tls_key",
+            path: key.display().to_string(),
+            message: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client configuration for HTTPS origins: the system's trusted roots, plus the
+/// certificates of `extra_ca` when given.
+pub fn origin_client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "could not load some system CA certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "system CA certificates for origins");
+    if let Some(path) = extra_ca {
+        for cert in certificates("origin_ca_file", path)? {
+            roots.add(cert).map_err(|e| TlsError {
+                setting: "origin_ca_file",
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    // No ALPN here: the HTTPS connector sets h2 and http/1.1 itself (and refuses a
+    // configuration that already has them).
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            setting: "origin",
+            path: String::new(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
