@@ -181,6 +181,7 @@ pub async fn run(
         max_head_bytes: config.max_key_size * 3 + REQUEST_LINE_OVERHEAD + config.max_header_size,
         shutdown_grace: config.shutdown_grace,
         tls: None,
+        access_log: config.access_log,
     };
 
     // The main listener drains first; the admin listener stays up meanwhile, so

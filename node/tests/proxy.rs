@@ -162,6 +162,17 @@ fn site(
                 ],
                 "cdn",
             ),
+            "/flaky" if n == 1 => respond(200, &[("cache-control", "max-age=1")], "flaky #1"),
+            "/strict" if n == 1 => respond(
+                200,
+                &[("cache-control", "max-age=1, must-revalidate")],
+                "strict #1",
+            ),
+            "/flaky" | "/strict" => respond(503, &[], "origin down"),
+            "/slow-b" => {
+                std::thread::sleep(Duration::from_millis(400));
+                respond(200, &[("cache-control", "max-age=60")], "slow b")
+            }
             _ => respond(404, &[], "no such page"),
         }
     }
@@ -681,4 +692,111 @@ async fn an_origin_that_sends_garbage_gets_a_clean_502_and_nothing_is_stored() {
         assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// With the breaker open the cache is disconnected from the origin: it serves a stale
+/// entry unless the origin forbade it (must-revalidate), and otherwise answers 503
+/// with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_breaker_serves_stale_unless_forbidden() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(
+        &origin,
+        &["--breaker-failures", "2", "--origin-retries", "0"],
+    );
+    assert_eq!(fetch(&node, "/flaky", &[]).await.text(), "flaky #1");
+    assert_eq!(fetch(&node, "/strict", &[]).await.text(), "strict #1");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            fetch(&node, "/flaky", &[]).await.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no stale-if-error: the origin's 503 passes"
+        );
+    }
+    let r = fetch(&node, "/flaky", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "flaky #1");
+    assert!(
+        status_of(&r).contains("origin-unavailable"),
+        "{}",
+        status_of(&r)
+    );
+    let r = fetch(&node, "/strict", &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "must-revalidate content served stale"
+    );
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        origin.count("/flaky"),
+        3,
+        "requests reached an origin behind an open breaker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bulkhead_bounds_requests_in_flight_to_an_origin() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &["--origin-max-concurrency", "1"]);
+    let node = Arc::new(node);
+    let (a, b) = {
+        let (n1, n2) = (node.clone(), node.clone());
+        tokio::join!(
+            tokio::spawn(async move { fetch(&n1, "/slow", &[]).await }),
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                fetch(&n2, "/slow-b", &[]).await
+            })
+        )
+    };
+    assert_eq!(a.unwrap().status, StatusCode::OK);
+    let b = b.unwrap();
+    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE, "{}", b.text());
+    assert!(b.header("retry-after").is_some());
+    assert_eq!(origin.count("/slow-b"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_to_a_cleartext_origin_when_configured() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &["--origin-protocol", "h2"]);
+    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #1");
+    assert_eq!(
+        origin.last("/fresh").unwrap().version,
+        http::Version::HTTP_2
+    );
+    let (_tmp2, node1) = node_for(&origin, &[]);
+    fetch(&node1, "/short", &[]).await;
+    assert_eq!(
+        origin.last("/short").unwrap().version,
+        http::Version::HTTP_11
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_json_access_log_has_a_line_per_request() {
+    let origin = TestOrigin::start(site()).await;
+    let (_tmp, node) = node_for(&origin, &["--access-log", "json"]);
+    fetch(&node, "/fresh", &[]).await;
+    fetch(&node, "/fresh", &[]).await;
+    let lines: Vec<serde_json::Value> = node
+        .stdout_text()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .filter(|l| l["listener"] == "main")
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["method"], "GET");
+    assert_eq!(lines[1]["uri"], "/fresh");
+    assert_eq!(lines[1]["status"], 200);
+    assert!(lines[1]["cache_status"]
+        .as_str()
+        .unwrap()
+        .starts_with("fanz; hit"));
+    assert!(lines[1]["duration_us"].as_u64().is_some());
 }

@@ -58,6 +58,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's headers (slowloris guard)." },
     Spec { name: "body_read_timeout", default: Some("30s"), help: "Time a client has to send a request body (408 after it)." },
     Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
+    Spec { name: "access_log", default: Some("off"), help: "Access log: `off`, or `json` (one JSON object per request on standard output)." },
     Spec { name: "log_level", default: Some("info"), help: "Log filter (tracing EnvFilter syntax, e.g. `info,fanz_node=debug`)." },
     Spec { name: "log_format", default: Some("text"), help: "Log format: `text` or `json`." },
     Spec { name: "tls_cert", default: None, help: "PEM certificate chain: the main listener speaks HTTPS (ALPN h2 and http/1.1). Needs tls_key." },
@@ -68,6 +69,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "forward_host", default: Some("client"), help: "Host header sent to the origin: `client` (the request's Host) or `origin` (the origin URL's authority)." },
     Spec { name: "forward_headers", default: None, help: "Comma-separated request headers forwarded to the origin although they could poison the cache (X-Forwarded-Host, X-Original-URL, ...). By default they are dropped." },
     Spec { name: "kv_prefix", default: Some("/kv/"), help: "Path prefix of the KV API on the main port; requests under it never go to an origin. An origin's own paths under it are unreachable: choose a prefix the origin does not use." },
+    Spec { name: "origin_protocol", default: Some("auto"), help: "HTTP version to origins: `auto` (HTTP/1.1 to http://, h2 or http/1.1 by ALPN to https://) or `h2` (HTTP/2 only; prior knowledge, h2c, to http://)." },
     Spec { name: "origin_connect_timeout", default: Some("2s"), help: "Time to connect to an origin." },
     Spec { name: "origin_first_byte_timeout", default: Some("15s"), help: "Time from sending a request to an origin to its response head." },
     Spec { name: "origin_total_timeout", default: Some("60s"), help: "Time for a whole origin response, body included." },
@@ -184,6 +186,8 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// JSON access log on stdout.
+    pub access_log: bool,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -206,6 +210,8 @@ pub struct Config {
     pub forward_headers: Vec<String>,
     /// KV API path prefix.
     pub kv_prefix: String,
+    /// HTTP/2 only to origins.
+    pub origin_h2_only: bool,
     /// Origin connect timeout.
     pub origin_connect_timeout: Duration,
     /// Origin first-byte timeout.
@@ -298,6 +304,11 @@ impl Config {
             header_read_timeout: p.parse("header_read_timeout", positive_duration)?,
             body_read_timeout: p.parse("body_read_timeout", positive_duration)?,
             shutdown_grace: p.parse("shutdown_grace", parse_duration)?,
+            access_log: p.parse("access_log", |s| match s {
+                "off" => Ok(false),
+                "json" => Ok(true),
+                _ => Err(format!("expected `off` or `json`, got {s:?}")),
+            })?,
             log_level: p.parse("log_level", |s| {
                 tracing_subscriber::EnvFilter::try_new(s)
                     .map(|_| s.to_string())
@@ -344,6 +355,11 @@ impl Config {
                 } else {
                     Err(format!("must start and end with `/`, like /kv/, got {s:?}"))
                 }
+            })?,
+            origin_h2_only: p.parse("origin_protocol", |s| match s {
+                "auto" => Ok(false),
+                "h2" => Ok(true),
+                _ => Err(format!("expected `auto` or `h2`, got {s:?}")),
             })?,
             origin_connect_timeout: p.parse("origin_connect_timeout", positive_duration)?,
             origin_first_byte_timeout: p.parse("origin_first_byte_timeout", positive_duration)?,
@@ -434,6 +450,10 @@ impl Config {
             ("header_read_timeout", d(self.header_read_timeout)),
             ("body_read_timeout", d(self.body_read_timeout)),
             ("shutdown_grace", d(self.shutdown_grace)),
+            (
+                "access_log",
+                if self.access_log { "json" } else { "off" }.to_string(),
+            ),
             ("log_level", self.log_level.clone()),
             (
                 "log_format",
@@ -461,6 +481,10 @@ impl Config {
             ),
             ("forward_headers", self.forward_headers.join(",")),
             ("kv_prefix", self.kv_prefix.clone()),
+            (
+                "origin_protocol",
+                if self.origin_h2_only { "h2" } else { "auto" }.to_string(),
+            ),
             ("origin_connect_timeout", d(self.origin_connect_timeout)),
             (
                 "origin_first_byte_timeout",

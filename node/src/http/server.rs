@@ -34,11 +34,47 @@ pub struct ServeLimits {
     pub shutdown_grace: Duration,
     /// Terminate TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Write a JSON access log line per request to standard output.
+    pub access_log: bool,
 }
 
 /// A connection's byte stream: plain TCP or TLS over it.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// One JSON line per request on standard output.
+fn log_access(
+    api: Api,
+    peer: SocketAddr,
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    response: &Response<Body>,
+    started: Instant,
+) {
+    use std::io::Write;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let line = serde_json::json!({
+        "listener": api.as_str(),
+        "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "peer": peer.to_string(),
+        "method": method.as_str(),
+        "uri": uri.to_string(),
+        "version": format!("{version:?}"),
+        "status": response.status().as_u16(),
+        "duration_us": started.elapsed().as_micros() as u64,
+        "bytes": header("content-length").and_then(|v| v.parse::<u64>().ok()),
+        "cache_status": header("cache-status"),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
 
 /// Serves `listener` with `handler` until `shutdown` resolves, then drains. Every
 /// request's status and latency are recorded under `api`.
@@ -91,13 +127,19 @@ pub async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let metrics = metrics.clone();
-        let service = service_fn(move |req| {
+        let access_log = limits.access_log;
+        let service = service_fn(move |req: Request<Incoming>| {
             let started = Instant::now();
+            let request_line =
+                access_log.then(|| (req.method().clone(), req.uri().clone(), req.version()));
             let response = handler(req, peer);
             let metrics = metrics.clone();
             async move {
                 let response = response.await;
                 metrics.observe(api, started, response.status());
+                if let Some((method, uri, version)) = request_line {
+                    log_access(api, peer, &method, &uri, version, &response, started);
+                }
                 Ok::<_, Infallible>(response)
             }
         });

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::flight::{Leader, Outcome, SharedHead};
+use super::flight::{Failure, Leader, SharedHead};
 use super::key::{marker, variant_dependency, variant_key};
 use super::origin::OriginError;
 use super::policy::{vary_fields, Storable};
@@ -236,12 +236,13 @@ pub async fn pump(
     leader.complete();
 }
 
-/// The flight outcome for an origin failure.
-pub fn failed(e: &OriginError) -> Outcome {
-    Outcome::Failed {
+/// The failure to answer for an origin error.
+pub fn failure(e: &OriginError) -> Failure {
+    Failure {
         status: e.status(),
         message: e.to_string().into(),
         retry_after: e.retry_after_secs(),
+        origin_unavailable: matches!(e, OriginError::BreakerOpen { .. } | OriginError::Busy),
     }
 }
 

@@ -36,6 +36,20 @@ pub struct SharedHead {
     pub vary: Option<(Vec<String>, HeaderMap)>,
 }
 
+/// An origin request that got no usable answer.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Status to answer.
+    pub status: StatusCode,
+    /// Why.
+    pub message: Arc<str>,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+    /// The origin was not even tried (breaker open, bulkhead full): the cache is
+    /// disconnected from it, and may serve stale content (RFC 9111 §4.2.4).
+    pub origin_unavailable: bool,
+}
+
 /// How a flight turned out.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -43,15 +57,8 @@ pub enum Outcome {
     Shared(Arc<SharedHead>),
     /// Not cacheable: fetch on your own.
     Uncacheable,
-    /// The origin failed: answer this status, or serve stale.
-    Failed {
-        /// Status to answer.
-        status: StatusCode,
-        /// Why.
-        message: Arc<str>,
-        /// `Retry-After` seconds.
-        retry_after: Option<u64>,
-    },
+    /// The origin failed: answer the failure, or serve stale.
+    Failed(Failure),
     /// The leader went away before the head arrived: try again.
     Abandoned,
 }

@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::fill::{self, add_validators, CLIENT_CONDITIONALS};
-use super::flight::{Flights, Joined, Leader, Outcome, SharedHead};
+use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
 use super::key::{marker_fields, variant_key, Target};
 use super::origin::{Origin, OriginResponse, Origins};
 use super::policy::{self, Heuristics, RequestFacts};
@@ -259,18 +259,8 @@ impl Proxy {
                             .direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")
                             .await
                     }
-                    Outcome::Failed {
-                        status,
-                        message,
-                        retry_after,
-                    } => {
-                        return self.failure_or_stale(
-                            &ctx,
-                            stale.as_ref(),
-                            status,
-                            &message,
-                            retry_after,
-                        );
+                    Outcome::Failed(failure) => {
+                        return self.failure_or_stale(&ctx, stale.as_ref(), &failure)
                     }
                     Outcome::Abandoned => continue,
                 },
@@ -308,15 +298,10 @@ impl Proxy {
         let OriginResponse { response, permit } = match sent {
             Ok(r) => r,
             Err(e) => {
-                leader.flight().publish(fill::failed(&e));
+                let failure = fill::failure(&e);
+                leader.flight().publish(Outcome::Failed(failure.clone()));
                 leader.complete();
-                return self.failure_or_stale(
-                    ctx,
-                    stale.as_ref(),
-                    e.status(),
-                    &e.to_string(),
-                    e.retry_after_secs(),
-                );
+                return self.failure_or_stale(ctx, stale.as_ref(), &failure);
             }
         };
         let status = response.status();
@@ -338,14 +323,15 @@ impl Proxy {
                 .as_ref()
                 .is_some_and(|s| within_stale_if_error(s, response_ms))
         {
-            let message = format!("origin answered {status}");
-            leader.flight().publish(Outcome::Failed {
+            let failure = Failure {
                 status,
-                message: message.as_str().into(),
+                message: format!("origin answered {status}").into(),
                 retry_after: None,
-            });
+                origin_unavailable: false,
+            };
+            leader.flight().publish(Outcome::Failed(failure.clone()));
             leader.complete();
-            return self.failure_or_stale(ctx, stale.as_ref(), status, &message, None);
+            return self.failure_or_stale(ctx, stale.as_ref(), &failure);
         }
         let decision = policy::evaluate(
             &Method::GET,
@@ -574,16 +560,17 @@ impl Proxy {
             .pass_through(&ctx.method, parts, body, cache_status)
     }
 
-    /// Stale content if the entry's stale-if-error window allows, else the failure.
+    /// Stale content if the entry's stale-if-error window allows it, or, when the
+    /// origin is unavailable (breaker open: the cache is disconnected, RFC 9111
+    /// §4.2.4), any stale entry the origin did not forbid serving stale; else the failure.
     fn failure_or_stale(
         &self,
         ctx: &Ctx,
         stale: Option<&Found>,
-        status: StatusCode,
-        message: &str,
-        retry_after: Option<u64>,
+        failure: &Failure,
     ) -> Response<Body> {
         let now = self.cache.now_ms();
+        let status = failure.status;
         match stale {
             Some(s) if within_stale_if_error(s, now) => {
                 let stale_secs = s.ttl_ms(now).unsigned_abs().div_ceil(1000);
@@ -593,10 +580,19 @@ impl Proxy {
                 );
                 self.serve(ctx, s, &cache_status)
             }
+            Some(s)
+                if failure.origin_unavailable
+                    && !policy::forbids_stale(&stored_headers(s.meta())) =>
+            {
+                let stale_secs = s.ttl_ms(now).unsigned_abs().div_ceil(1000);
+                let cache_status =
+                    format!("fanz; hit; ttl=-{stale_secs}; detail=origin-unavailable");
+                self.serve(ctx, s, &cache_status)
+            }
             _ => origin_failure(
                 status,
-                message,
-                retry_after,
+                &failure.message,
+                failure.retry_after,
                 "fanz; fwd=uri-miss; detail=origin-error",
             ),
         }

@@ -126,6 +126,7 @@ impl Origin {
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(config.origin_h2_only)
             .build(connector);
         Self {
             url,

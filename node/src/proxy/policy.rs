@@ -130,6 +130,25 @@ fn field_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>, 
         .collect()
 }
 
+/// Whether a response's directives forbid serving it stale (`must-revalidate`,
+/// `proxy-revalidate`, an unqualified `no-cache`), in its governing field or in
+/// `Cache-Control`. A response whose headers cannot be read counts as forbidding it.
+pub fn forbids_stale(headers: &HeaderMap) -> bool {
+    let Ok(Governing { directives: d, .. }) = governing(headers) else {
+        return true;
+    };
+    let Ok(cc) = field_values(headers, "cache-control")
+        .and_then(|v| Directives::parse(v).map_err(|_| NotStored::Malformed))
+    else {
+        return true;
+    };
+    [&d, &cc].iter().any(|x| {
+        x.has("must-revalidate")
+            || x.has("proxy-revalidate")
+            || (x.has("no-cache") && x.arg("no-cache").is_none())
+    })
+}
+
 /// The request side of the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts {
@@ -227,11 +246,7 @@ pub fn evaluate(
 
     let no_cache = (d.has("no-cache") && d.arg("no-cache").is_none())
         || (cc.has("no-cache") && cc.arg("no-cache").is_none());
-    let forbids_stale = d.has("must-revalidate")
-        || d.has("proxy-revalidate")
-        || cc.has("must-revalidate")
-        || cc.has("proxy-revalidate")
-        || no_cache;
+    let forbids_stale = forbids_stale(headers);
     let window = |name: &str| -> u64 {
         if forbids_stale {
             0

@@ -8,7 +8,7 @@ pub mod origin;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -85,7 +85,13 @@ impl TestNode {
             .arg("64MiB")
             .args(&self.args)
             .env("FANZ_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log.with_extension("out"))
+                    .unwrap(),
+            )
             .stderr(log)
             .spawn()
             .expect("spawn fanz-node");
@@ -120,6 +126,11 @@ impl TestNode {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// What the node wrote on standard output (the access log).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
     }
 
     pub fn log_text(&self) -> String {

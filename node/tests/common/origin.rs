@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 /// What the origin saw of a request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: Method,
     pub path: String,
     pub headers: HeaderMap,
@@ -61,6 +62,7 @@ impl TestOrigin {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let seen = Seen {
+                                version: parts.version,
                                 method: parts.method,
                                 path: parts
                                     .uri
