@@ -169,10 +169,6 @@ fn site(
                 "strict #1",
             ),
             "/flaky" | "/strict" => respond(503, &[], "origin down"),
-            "/slow-b" => {
-                std::thread::sleep(Duration::from_millis(400));
-                respond(200, &[("cache-control", "max-age=60")], "slow b")
-            }
             _ => respond(404, &[], "no such page"),
         }
     }
@@ -503,7 +499,11 @@ async fn purge_by_surrogate_key_url_and_purge_method() {
 
 /// An origin that answers every request with the same raw bytes and closes: for
 /// responses a well-behaved HTTP server will not produce. Counts requests.
-fn raw_origin(answer: Vec<u8>) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// It keeps each connection open for `hold` after answering.
+fn raw_origin(
+    answer: Vec<u8>,
+    hold: Duration,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -516,6 +516,7 @@ fn raw_origin(answer: Vec<u8>) -> (std::net::SocketAddr, Arc<std::sync::atomic::
             let _ = s.read(&mut buf);
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = s.write_all(&answer);
+            std::thread::sleep(hold);
         }
     });
     (addr, served)
@@ -528,6 +529,7 @@ async fn a_response_cut_off_by_the_origin_is_never_stored() {
     let (origin, served) = raw_origin(
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 100\r\n\r\nonly part"
             .to_vec(),
+        Duration::ZERO,
     );
     let (_tmp, data) = data_dir();
     let url = format!("http://{origin}");
@@ -661,7 +663,7 @@ async fn a_chunked_body_over_the_size_limit_passes_through_whole_and_is_not_stor
         answer.extend_from_slice(b"\r\n");
     }
     answer.extend_from_slice(b"0\r\n\r\n");
-    let (origin, served) = raw_origin(answer);
+    let (origin, served) = raw_origin(answer, Duration::ZERO);
     let (_tmp, data) = data_dir();
     let url = format!("http://{origin}");
     let node = TestNode::start(&data, &["--origin", &url, "--max-object-size", "2KiB"]);
@@ -683,7 +685,7 @@ async fn a_chunked_body_over_the_size_limit_passes_through_whole_and_is_not_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_origin_that_sends_garbage_gets_a_clean_502_and_nothing_is_stored() {
-    let (origin, served) = raw_origin(b"this is not HTTP at all\r\n\r\n".to_vec());
+    let (origin, served) = raw_origin(b"this is not HTTP at all\r\n\r\n".to_vec(), Duration::ZERO);
     let (_tmp, data) = data_dir();
     let url = format!("http://{origin}");
     let node = TestNode::start(&data, &["--origin", &url, "--origin-retries", "0"]);
@@ -738,24 +740,55 @@ async fn an_open_breaker_serves_stale_unless_forbidden() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_bulkhead_bounds_requests_in_flight_to_an_origin() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &["--origin-max-concurrency", "1"]);
-    let node = Arc::new(node);
-    let (a, b) = {
-        let (n1, n2) = (node.clone(), node.clone());
-        tokio::join!(
-            tokio::spawn(async move { fetch(&n1, "/slow", &[]).await }),
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                fetch(&n2, "/slow-b", &[]).await
-            })
-        )
+    // An origin that accepts and then says nothing for 1.5 s: the first request holds
+    // the only slot while it waits for a response head.
+    let (origin, served) = raw_origin(Vec::new(), Duration::from_millis(1500));
+    let (_tmp, data) = data_dir();
+    let url = format!("http://{origin}");
+    let node = Arc::new(TestNode::start(
+        &data,
+        &[
+            "--origin",
+            &url,
+            "--origin-max-concurrency",
+            "1",
+            "--origin-retries",
+            "0",
+        ],
+    ));
+    let first = {
+        let node = node.clone();
+        tokio::spawn(async move { fetch(&node, "/a", &[]).await })
     };
-    assert_eq!(a.unwrap().status, StatusCode::OK);
-    let b = b.unwrap();
-    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE, "{}", b.text());
-    assert!(b.header("retry-after").is_some());
-    assert_eq!(origin.count("/slow-b"), 0);
+    for _ in 0..200 {
+        if served.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = fetch(&node, "/b", &[]).await;
+    assert_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        second.text()
+    );
+    assert!(second.header("retry-after").is_some());
+    assert!(
+        second.text().contains("too many requests"),
+        "{}",
+        second.text()
+    );
+    assert_eq!(
+        first.await.unwrap().status,
+        StatusCode::BAD_GATEWAY,
+        "the silent origin closed"
+    );
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second request reached the origin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -799,4 +832,31 @@ async fn the_json_access_log_has_a_line_per_request() {
         .unwrap()
         .starts_with("fanz; hit"));
     assert!(lines[1]["duration_us"].as_u64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_pass_through_body_is_cut_off_at_the_total_timeout() {
+    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec();
+    let (origin, _) = raw_origin(answer, Duration::from_secs(8));
+    let (_tmp, data) = data_dir();
+    let url = format!("http://{origin}");
+    let node = TestNode::start(&data, &["--origin", &url, "--origin-total-timeout", "1s"]);
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let started = std::time::Instant::now();
+    let resp = client
+        .get(node.url("/stall").parse().unwrap())
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "a stalled body ended as if complete"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}",
+        started.elapsed()
+    );
 }

@@ -105,3 +105,54 @@ where
         Ok(Err(e)) => Err(BodyError::Client(e.to_string())),
     }
 }
+
+/// A body fed by a channel.
+pub fn channel_body(rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>) -> Body {
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+    impl hyper::body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|item| item.map(|r| r.map(hyper::body::Frame::data)))
+        }
+    }
+    ChannelBody(rx).boxed()
+}
+
+/// Streams `body`, ending it with an error if it is not complete by `deadline`.
+/// `hold` (a bulkhead slot, say) is kept until the body ends. Trailers are dropped.
+pub fn with_deadline<B>(body: B, deadline: tokio::time::Instant, hold: impl Send + 'static) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let _hold = hold;
+        let mut body = body;
+        loop {
+            let item = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => Some(Err::<Bytes, BoxError>(
+                    "origin response not complete in time".into(),
+                )),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some(Err(e.into())),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Some(Ok(data)),
+                    Err(_) => continue,
+                },
+            };
+            let Some(item) = item else { return };
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    channel_body(rx)
+}

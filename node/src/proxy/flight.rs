@@ -18,10 +18,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use fanz_protocol::CacheKey;
 use http::{HeaderMap, StatusCode};
-use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Notify};
 
-use crate::http::{Body, BoxError};
+use crate::http::{channel_body, Body, BoxError};
 
 /// A cacheable response head shared by a flight.
 #[derive(Debug)]
@@ -206,24 +205,6 @@ async fn forward(
             return;
         }
     }
-}
-
-/// A body fed by a channel.
-pub fn channel_body(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> Body {
-    struct ChannelBody(mpsc::Receiver<Result<Bytes, BoxError>>);
-    impl hyper::body::Body for ChannelBody {
-        type Data = Bytes;
-        type Error = BoxError;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-            self.0
-                .poll_recv(cx)
-                .map(|item| item.map(|r| r.map(hyper::body::Frame::data)))
-        }
-    }
-    ChannelBody(rx).boxed()
 }
 
 /// What joining a key's flight made of a request.

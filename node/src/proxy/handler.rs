@@ -540,7 +540,7 @@ impl Proxy {
     }
 
     /// Streams an origin response to the client, holding the bulkhead slot until the
-    /// body is done.
+    /// body is done, and cutting it off at the total origin timeout.
     fn pass_through(
         &self,
         ctx: &Ctx,
@@ -549,13 +549,8 @@ impl Proxy {
         cache_status: &str,
     ) -> Response<Body> {
         let (parts, body) = response.into_parts();
-        let body = body
-            .map_frame(move |frame| {
-                let _slot = &permit;
-                frame
-            })
-            .map_err(Into::into)
-            .boxed();
+        let deadline = tokio::time::Instant::now() + self.total_timeout;
+        let body = crate::http::with_deadline(body, deadline, permit);
         self.shaping
             .pass_through(&ctx.method, parts, body, cache_status)
     }
