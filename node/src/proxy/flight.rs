@@ -312,6 +312,7 @@ impl Drop for Leader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn head() -> Arc<SharedHead> {
         Arc::new(SharedHead {
