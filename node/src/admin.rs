@@ -19,6 +19,7 @@ use crate::http::{full, purge, read_body, text, Body};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
 use crate::proxy::key::url_key;
+use crate::proxy::Proxy;
 
 /// Largest purge request body.
 const MAX_PURGE_BODY: u64 = 1 << 20;
@@ -51,6 +52,7 @@ pub struct AdminService {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     max_key_size: usize,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl AdminService {
@@ -61,6 +63,7 @@ impl AdminService {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         max_key_size: usize,
+        proxy: Option<Arc<Proxy>>,
     ) -> Self {
         Self {
             cache,
@@ -68,6 +71,7 @@ impl AdminService {
             metrics,
             ready,
             max_key_size,
+            proxy,
         }
     }
 
@@ -221,6 +225,9 @@ impl AdminService {
         let inv = self.cache.invalidator();
         set_gauge(&m.tombstones, inv.tombstone_count() as u64);
         set_gauge(&m.dependency_edges, inv.edge_count() as u64);
+        if let Some(proxy) = &self.proxy {
+            set_gauge(&m.breakers_open, proxy.breakers_open() as u64);
+        }
         let log = inv.log_stats();
         set_gauge(&m.log_bytes, log.bytes.load(Ordering::Relaxed));
         set_gauge(&m.log_fsyncs, log.fsyncs.load(Ordering::Relaxed));

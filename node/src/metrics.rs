@@ -116,6 +116,31 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+label_enum! {
+    /// How an origin request ended.
+    OriginOutcome {
+        /// A response arrived (any status).
+        Response => "response",
+        /// Refused by the open circuit breaker.
+        BreakerOpen => "breaker_open",
+        /// Refused by the bulkhead.
+        Busy => "busy",
+        /// No connection or a broken one.
+        Unreachable => "unreachable",
+        /// No response head in time.
+        Timeout => "timeout",
+    }
+}
+
+/// Labels of `fanz_origin_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabels {
+    /// How it ended.
+    pub outcome: OriginOutcome,
+    /// Status class of the response (`2xx`...), or empty.
+    pub class: &'static str,
+}
+
 /// Labels of per-tier gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -160,6 +185,12 @@ pub struct Metrics {
     pub log_bytes: Gauge,
     /// fsyncs of the invalidation log.
     pub log_fsyncs: Gauge,
+    /// Requests sent (or refused) to origins.
+    pub origin_requests: Family<OriginLabels, Counter>,
+    /// Requests answered by joining another request's origin fetch.
+    pub collapsed: Counter,
+    /// Origins whose circuit breaker is open.
+    pub breakers_open: Gauge,
 }
 
 impl Metrics {
@@ -251,8 +282,29 @@ impl Metrics {
             "fsyncs of the invalidation log since start",
             log_fsyncs.clone(),
         );
+        let origin_requests = Family::<OriginLabels, Counter>::default();
+        registry.register(
+            "origin_requests",
+            "Origin requests by outcome and status class",
+            origin_requests.clone(),
+        );
+        let collapsed = Counter::default();
+        registry.register(
+            "collapsed_requests",
+            "Requests answered from another request's origin fetch",
+            collapsed.clone(),
+        );
+        let breakers_open = Gauge::default();
+        registry.register(
+            "origin_breakers_open",
+            "Origins whose circuit breaker is open",
+            breakers_open.clone(),
+        );
         Self {
             registry,
+            origin_requests,
+            collapsed,
+            breakers_open,
             lookups,
             evictions,
             purge_targets,
@@ -287,6 +339,21 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&ApiLabels { api })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts an origin request.
+    pub fn origin_request(&self, outcome: OriginOutcome, status: Option<http::StatusCode>) {
+        let class = match status.map(|s| s.as_u16() / 100) {
+            Some(1) => "1xx",
+            Some(2) => "2xx",
+            Some(3) => "3xx",
+            Some(4) => "4xx",
+            Some(5) => "5xx",
+            _ => "",
+        };
+        self.origin_requests
+            .get_or_create(&OriginLabels { outcome, class })
+            .inc();
     }
 
     /// Text exposition format.

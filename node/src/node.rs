@@ -143,8 +143,13 @@ pub async fn run(
     }
     let origin_tls =
         tls::origin_client_config(config.origin_ca_file.as_deref()).map_err(tls_error)?;
-    let proxy =
-        Some(Arc::new(Proxy::new(cache.clone(), &config, &origin_tls))).filter(|p| p.enabled());
+    let proxy = Some(Arc::new(Proxy::new(
+        cache.clone(),
+        &config,
+        &origin_tls,
+        metrics.clone(),
+    )))
+    .filter(|p| p.enabled());
     let front_tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(tls_error)?),
         _ => None,
@@ -165,7 +170,7 @@ pub async fn run(
             max_stale: config.max_stale,
             prefix: config.kv_prefix.clone(),
         },
-        proxy,
+        proxy.clone(),
     ));
     let admin_service = Arc::new(AdminService::new(
         cache.clone(),
@@ -173,6 +178,7 @@ pub async fn run(
         metrics.clone(),
         ready.clone(),
         config.max_key_size,
+        proxy,
     ));
     let limits = ServeLimits {
         max_connections: config.max_connections,

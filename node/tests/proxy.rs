@@ -428,6 +428,19 @@ async fn hundred_concurrent_misses_make_one_origin_request() {
         collapsed >= 90,
         "only {collapsed} requests joined the flight"
     );
+    let m = node.metrics().await;
+    assert_eq!(
+        metric_value(&m, "fanz_collapsed_requests_total"),
+        Some(collapsed as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "fanz_origin_requests_total{outcome=\"response\",class=\"2xx\"}"
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
@@ -626,6 +639,26 @@ async fn the_breaker_opens_and_answers_503_with_retry_after() {
     let r = fetch(&node, "/x", &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.header("retry-after").is_some());
+    let m = node.metrics().await;
+    assert_eq!(
+        metric_value(&m, "fanz_origin_breakers_open"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "fanz_origin_requests_total{outcome=\"breaker_open\",class=\"\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "fanz_origin_requests_total{outcome=\"unreachable\",class=\"\"}"
+        ),
+        Some(2.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

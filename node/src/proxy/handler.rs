@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::http::directives::Directives;
 use crate::http::{text, Body};
 use crate::invalidation::PurgeTargets;
-use crate::metrics::LookupResult;
+use crate::metrics::{LookupResult, Metrics};
 
 /// How often a request retries joining a flight whose leader went away.
 const MAX_REJOINS: usize = 3;
@@ -44,6 +44,7 @@ pub struct Proxy {
     /// Whether clients reach this node over HTTPS (the scheme in cache keys).
     front_tls: bool,
     origins: Origins,
+    metrics: Arc<Metrics>,
     flights: Arc<Flights>,
     /// Keys that answered uncacheable, until when (ms): skip collapsing (hit-for-miss).
     uncacheable: DashMap<CacheKey, u64>,
@@ -67,11 +68,17 @@ struct Ctx {
 impl Proxy {
     /// A proxy for the origins of `config`; `tls` is the client configuration for
     /// https origins; `front_tls` whether clients reach this node over HTTPS.
-    pub fn new(cache: Arc<Cache>, config: &Config, tls: &Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        config: &Config,
+        tls: &Arc<rustls::ClientConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             cache,
             front_tls: config.tls_cert.is_some(),
-            origins: Origins::from_config(config, tls),
+            origins: Origins::from_config(config, tls, &metrics),
+            metrics,
             flights: Arc::new(Flights::default()),
             uncacheable: DashMap::new(),
             shaping: Shaping {
@@ -86,6 +93,11 @@ impl Proxy {
     /// The primary cache key of a request for the proxied URL space.
     pub fn key_of<B>(&self, req: &Request<B>) -> Result<CacheKey, &'static str> {
         Target::of(req, self.front_tls).map(|t| t.primary_key())
+    }
+
+    /// How many origins have their breaker open (for the metrics).
+    pub fn breakers_open(&self) -> usize {
+        self.origins.breakers_open()
     }
 
     /// Whether any origin is configured.
@@ -252,6 +264,7 @@ impl Proxy {
                                 }
                             }
                         };
+                        self.metrics.collapsed.inc();
                         return self.respond_with_head(&head, body, &status);
                     }
                     Outcome::Uncacheable => {

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::breaker::Breaker;
 use crate::config::{Config, ForwardHost, OriginUrl};
 use crate::http::{full, Body};
+use crate::metrics::{Metrics, OriginOutcome};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -109,10 +110,16 @@ pub struct Origin {
     breaker: Breaker,
     first_byte_timeout: Duration,
     retries: u32,
+    metrics: Arc<Metrics>,
 }
 
 impl Origin {
-    fn new(url: OriginUrl, config: &Config, tls: &Arc<rustls::ClientConfig>) -> Self {
+    fn new(
+        url: OriginUrl,
+        config: &Config,
+        tls: &Arc<rustls::ClientConfig>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.origin_connect_timeout));
         connector.set_nodelay(true);
@@ -135,6 +142,7 @@ impl Origin {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open),
             first_byte_timeout: config.origin_first_byte_timeout,
             retries: config.origin_retries,
+            metrics: metrics.clone(),
         }
     }
 
@@ -148,9 +156,28 @@ impl Origin {
         self.breaker.is_open()
     }
 
-    /// Sends a request. A GET or HEAD (`body` is `None`) whose connection fails before
-    /// any response byte is retried; nothing else is.
+    /// Sends a request (counted in the metrics). A GET or HEAD (`body` is `None`)
+    /// whose connection fails before any response byte is retried; nothing else is.
     pub async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Option<Body>,
+    ) -> Result<OriginResponse, OriginError> {
+        let result = self.try_send(method, path_and_query, headers, body).await;
+        let (outcome, status) = match &result {
+            Ok(r) => (OriginOutcome::Response, Some(r.response.status())),
+            Err(OriginError::BreakerOpen { .. }) => (OriginOutcome::BreakerOpen, None),
+            Err(OriginError::Busy) => (OriginOutcome::Busy, None),
+            Err(OriginError::Unreachable(_)) => (OriginOutcome::Unreachable, None),
+            Err(OriginError::Timeout(_)) => (OriginOutcome::Timeout, None),
+        };
+        self.metrics.origin_request(outcome, status);
+        result
+    }
+
+    async fn try_send(
         &self,
         method: &Method,
         path_and_query: &str,
@@ -227,25 +254,38 @@ pub struct Origins {
 
 impl Origins {
     /// Builds the origins of `config`; `tls` is the client configuration for https ones.
-    pub fn from_config(config: &Config, tls: &Arc<rustls::ClientConfig>) -> Self {
+    pub fn from_config(
+        config: &Config,
+        tls: &Arc<rustls::ClientConfig>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         Self {
             default: config
                 .origin
                 .clone()
-                .map(|u| Arc::new(Origin::new(u, config, tls))),
+                .map(|u| Arc::new(Origin::new(u, config, tls, metrics))),
             routes: config
                 .origin_routes
                 .iter()
                 .map(|(host, url)| {
                     (
                         host.clone(),
-                        Arc::new(Origin::new(url.clone(), config, tls)),
+                        Arc::new(Origin::new(url.clone(), config, tls, metrics)),
                     )
                 })
                 .collect(),
             forward_host: Some(config.forward_host),
             forward_headers: config.forward_headers.clone(),
         }
+    }
+
+    /// How many origins have their breaker open.
+    pub fn breakers_open(&self) -> usize {
+        self.default
+            .iter()
+            .chain(self.routes.values())
+            .filter(|o| o.breaker_open())
+            .count()
     }
 
     /// Whether any origin is configured.
@@ -316,8 +356,11 @@ mod tests {
         let mut config = Config::defaults();
         config.origin = Some(OriginUrl::parse("http://127.0.0.1:1").unwrap());
         config.forward_headers = vec!["x-original-url".into()];
-        let origins =
-            Origins::from_config(&config, &crate::tls::origin_client_config(None).unwrap());
+        let origins = Origins::from_config(
+            &config,
+            &crate::tls::origin_client_config(None).unwrap(),
+            &Arc::new(Metrics::new(Default::default())),
+        );
         let origin = origins.for_host("anything").unwrap().clone();
         let mut h = HeaderMap::new();
         for (k, v) in [
