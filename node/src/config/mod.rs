@@ -8,6 +8,7 @@
 //! map so tests need neither files nor environment variables. Every bad value is an
 //! error naming the setting and where the value came from.
 
+mod origin;
 mod units;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use origin::{ForwardHost, OriginUrl};
 pub use units::{parse_duration, parse_size};
+
+use origin::parse_routes;
 
 /// One setting: name (TOML key), default, help.
 #[derive(Debug)]
@@ -509,82 +513,6 @@ impl Config {
     }
 }
 
-/// Which Host header the origin receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardHost {
-    /// The client's Host.
-    Client,
-    /// The origin URL's authority.
-    Origin,
-}
-
-/// An origin's base URL: scheme and authority (no path).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginUrl {
-    /// `true` for https.
-    pub tls: bool,
-    /// `host[:port]` as written.
-    pub authority: String,
-}
-
-impl OriginUrl {
-    /// Parses `http://host[:port]` or `https://host[:port]` (a trailing `/` is allowed).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("not a URL ({e}): {text:?}"))?;
-        let tls = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(format!("expected an http:// or https:// URL, got {text:?}")),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("no host in {text:?}"))?
-            .to_string();
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!("an origin URL has no path or query, got {text:?}"));
-        }
-        Ok(Self { tls, authority })
-    }
-
-    /// Port to connect to.
-    pub fn port(&self) -> u16 {
-        self.authority
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(if self.tls { 443 } else { 80 })
-    }
-}
-
-impl fmt::Display for OriginUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}",
-            if self.tls { "https" } else { "http" },
-            self.authority
-        )
-    }
-}
-
-fn parse_routes(text: &str) -> Result<Vec<(String, OriginUrl)>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .map(|route| {
-            let (host, url) = route
-                .split_once('=')
-                .ok_or_else(|| format!("expected host=URL, got {route:?}"))?;
-            let host = host.trim().to_ascii_lowercase();
-            if host.is_empty() {
-                return Err(format!("empty host in {route:?}"));
-            }
-            Ok((host, OriginUrl::parse(url.trim())?))
-        })
-        .collect()
-}
-
 /// Reads a TOML settings file into raw values.
 pub fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
     let file_err = |message: String| ConfigError::File {
@@ -697,10 +625,11 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
 
-    fn raw(pairs: &[(&'static str, &str)]) -> RawSettings {
+    /// Raw settings as if from FANZ_* variables.
+    pub(super) fn raw(pairs: &[(&'static str, &str)]) -> RawSettings {
         pairs
             .iter()
             .map(|(k, v)| {
@@ -714,6 +643,12 @@ mod tests {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::raw;
+    use super::*;
 
     #[test]
     fn defaults_are_valid_and_match_the_documentation() {
@@ -787,36 +722,6 @@ mod tests {
         assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
         assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
         assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
-    }
-
-    #[test]
-    fn origins_and_routes() {
-        let c = Config::resolve(&raw(&[
-            ("origin", "http://127.0.0.1:9000"),
-            (
-                "origin_routes",
-                "A.example=https://a.internal, b.example=http://10.0.0.2:81/",
-            ),
-        ]))
-        .unwrap();
-        assert_eq!(c.origin.as_ref().unwrap().port(), 9000);
-        assert_eq!(c.origin_routes[0].0, "a.example");
-        assert!(c.origin_routes[0].1.tls);
-        assert_eq!(c.origin_routes[0].1.port(), 443);
-        assert_eq!(c.origin_routes[1].1.to_string(), "http://10.0.0.2:81");
-        for (setting, bad) in [
-            ("origin", "ftp://x"),
-            ("origin", "http://x/path"),
-            ("origin_routes", "nohost"),
-            ("kv_prefix", "kv"),
-            ("forward_host", "both"),
-        ] {
-            let err = Config::resolve(&raw(&[(setting, bad)])).unwrap_err();
-            assert!(
-                matches!(&err, ConfigError::Invalid { setting: s, .. } if *s == setting),
-                "{setting}={bad}: {err}"
-            );
-        }
     }
 
     #[test]
