@@ -9,13 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanz_protocol::CacheKey;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::http::headers::validate_tag;
-use crate::http::{full, purge, read_body, text, Body};
+use crate::http::{full, purge, read_body, text, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
 use crate::proxy::key::url_key;
@@ -78,7 +77,7 @@ impl AdminService {
     /// Answers one request.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         peer: SocketAddr,
     ) -> Response<Body> {
         let path = req.uri().path().to_string();
@@ -124,7 +123,7 @@ impl AdminService {
         }
     }
 
-    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn purge(&self, req: Request<ReqBody>) -> Response<Body> {
         let body = match read_body(req.into_body(), MAX_PURGE_BODY, PURGE_BODY_TIMEOUT).await {
             Ok(b) => b,
             Err(e) => return e.response(),

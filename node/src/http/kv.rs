@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fanz_protocol::{CacheKey, Entry, EntryMeta};
+use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::headers::{self, HeaderError};
-use super::{full, purge, read_body, text, Body};
+use super::{full, purge, read_body, text, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup};
 use crate::invalidation::PurgeTargets;
@@ -64,11 +64,11 @@ impl MainService {
     /// Answers one request.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         peer: SocketAddr,
     ) -> Response<Body> {
         if req.method().as_str() == "PURGE" {
-            return self.purge(&req, peer).await;
+            return self.purge(&req.into_parts().0, peer).await;
         }
         let Some(raw_key) = req.uri().path().strip_prefix(self.limits.prefix.as_str()) else {
             return match &self.proxy {
@@ -86,14 +86,15 @@ impl MainService {
             Ok(key) => key,
             Err(response) => return *response,
         };
-        match *req.method() {
-            Method::GET | Method::HEAD => self.get(&key, &req).await,
-            Method::PUT => self.put(key, req).await,
+        let (parts, body) = req.into_parts();
+        match parts.method {
+            Method::GET | Method::HEAD => self.get(&key, &parts).await,
+            Method::PUT => self.put(key, &parts, body).await,
             Method::DELETE => self.delete(key).await,
             _ => {
                 let mut r = text(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{} is not allowed on a key", req.method()),
+                    format!("{} is not allowed on a key", parts.method),
                 );
                 r.headers_mut().insert(
                     header::ALLOW,
@@ -124,7 +125,7 @@ impl MainService {
         Ok(CacheKey::kv(&key))
     }
 
-    async fn get(&self, key: &CacheKey, req: &Request<Incoming>) -> Response<Body> {
+    async fn get(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
         let hit = match self.cache.get(key).await {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
@@ -138,10 +139,10 @@ impl MainService {
         };
         let entry = hit.entry();
         let etag = etag(&entry.meta);
-        let not_modified = headers::if_none_match(req.headers(), &etag);
+        let not_modified = headers::if_none_match(&req.headers, &etag);
         let (status, body) = if not_modified {
             (StatusCode::NOT_MODIFIED, Bytes::new())
-        } else if req.method() == Method::HEAD {
+        } else if req.method == Method::HEAD {
             (StatusCode::OK, Bytes::new())
         } else {
             (StatusCode::OK, entry.body.clone())
@@ -169,11 +170,11 @@ impl MainService {
         response
     }
 
-    async fn put(&self, key: CacheKey, req: Request<Incoming>) -> Response<Body> {
+    async fn put(&self, key: CacheKey, req: &Parts, body: ReqBody) -> Response<Body> {
         // The version is taken before anything of the value is read: a purge that
         // arrives while the body is uploading covers this write.
         let version = self.cache.begin_fill();
-        let meta = match self.meta_from_headers(&key, req.headers()) {
+        let meta = match self.meta_from_headers(&key, &req.headers) {
             Ok(meta) => EntryMeta {
                 version,
                 born_ms: version.millis(),
@@ -182,7 +183,7 @@ impl MainService {
             Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         };
         let body = match read_body(
-            req.into_body(),
+            body,
             self.limits.max_value_size,
             self.limits.body_read_timeout,
         )
@@ -276,24 +277,24 @@ impl MainService {
 
     /// `PURGE /kv/{key}` purges the key; `PURGE` with `Surrogate-Key: a b` purges those
     /// tags. `Fanz-Soft-Purge: 1` makes it soft.
-    async fn purge(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if let Err(denied) = self.auth.check(req.headers(), peer) {
+    async fn purge(&self, req: &Parts, peer: SocketAddr) -> Response<Body> {
+        if let Err(denied) = self.auth.check(&req.headers, peer) {
             return *denied;
         }
         let soft = req
-            .headers()
+            .headers
             .get(SOFT_PURGE_HEADER)
             .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
         let mut targets = PurgeTargets {
             soft,
             ..PurgeTargets::default()
         };
-        if req.headers().contains_key("surrogate-key") {
-            match headers::surrogate_keys(req.headers()) {
+        if req.headers.contains_key("surrogate-key") {
+            match headers::surrogate_keys(&req.headers) {
                 Ok(tags) => targets.tags = tags,
                 Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
             }
-        } else if let Some(raw) = req.uri().path().strip_prefix(self.limits.prefix.as_str()) {
+        } else if let Some(raw) = req.uri.path().strip_prefix(self.limits.prefix.as_str()) {
             match self.parse_key(raw) {
                 Ok(key) => targets.keys.push(key),
                 Err(response) => return *response,

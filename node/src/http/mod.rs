@@ -22,6 +22,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// responses, collapsed fills).
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Request body type every handler receives, whichever front end (hyper for
+/// HTTP/1.1 and HTTP/2, h3 for HTTP/3) read it.
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -84,18 +88,31 @@ impl BodyError {
     }
 }
 
+/// A request body that failed while being read.
+#[derive(Debug)]
+struct ClientBodyError(BoxError);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ClientBodyError {}
+
 /// Reads a whole body of at most `limit` bytes within `timeout`. A declared
 /// `Content-Length` over the limit is refused before anything is read; a chunked body
 /// is cut off as soon as it passes the limit, so nothing over it is ever buffered.
 pub async fn read_body<B>(body: B, limit: u64, timeout: Duration) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     if body.size_hint().lower() > limit {
         return Err(BodyError::TooLarge(limit));
     }
-    let limited = Limited::new(body, limit as usize);
+    // A concrete error type: Limited's bound on a boxed one trips rustc's inference.
+    let limited = Limited::new(body.map_err(|e| ClientBodyError(e.into())), limit as usize);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyError::Timeout(timeout)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -18,7 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::Body;
+use super::{Body, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
 
 /// Limits every connection of a listener gets.
@@ -85,7 +86,7 @@ pub async fn serve<H, F>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let local = listener.local_addr().ok();
@@ -132,7 +133,10 @@ pub async fn serve<H, F>(
             let started = Instant::now();
             let request_line =
                 access_log.then(|| (req.method().clone(), req.uri().clone(), req.version()));
-            let response = handler(req, peer);
+            let response = handler(
+                req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
+                peer,
+            );
             let metrics = metrics.clone();
             async move {
                 let response = response.await;

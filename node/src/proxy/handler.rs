@@ -18,7 +18,6 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use fanz_protocol::{CacheKey, Entry};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::fill::{self, add_validators, CLIENT_CONDITIONALS};
@@ -30,7 +29,7 @@ use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::{Cache, Found};
 use crate::config::Config;
 use crate::http::directives::Directives;
-use crate::http::{text, Body};
+use crate::http::{text, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{LookupResult, Metrics};
 
@@ -91,7 +90,7 @@ impl Proxy {
     }
 
     /// The primary cache key of a request for the proxied URL space.
-    pub fn key_of<B>(&self, req: &Request<B>) -> Result<CacheKey, &'static str> {
+    pub fn key_of(&self, req: &http::request::Parts) -> Result<CacheKey, &'static str> {
         Target::of(req, self.front_tls).map(|t| t.primary_key())
     }
 
@@ -108,10 +107,11 @@ impl Proxy {
     /// Answers a request for the proxied URL space.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let target = match Target::of(&req, self.front_tls) {
+        let (parts, body) = req.into_parts();
+        let target = match Target::of(&parts, self.front_tls) {
             Ok(t) => t,
             Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
         };
@@ -122,8 +122,8 @@ impl Proxy {
             );
         };
         let ctx = Ctx {
-            method: req.method().clone(),
-            headers: req.headers().clone(),
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
             primary: target.primary_key(),
             target,
             origin,
@@ -131,7 +131,7 @@ impl Proxy {
         };
         match ctx.method {
             Method::GET | Method::HEAD => self.cacheable(ctx).await,
-            _ => self.forward_unsafe(ctx, req.into_body()).await,
+            _ => self.forward_unsafe(ctx, body).await,
         }
     }
 
@@ -608,11 +608,13 @@ impl Proxy {
 
     /// Unsafe and other methods: forwarded; a success invalidates the target URI and
     /// the same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
-    async fn forward_unsafe(&self, ctx: Ctx, body: Incoming) -> Response<Body> {
+    async fn forward_unsafe(&self, ctx: Ctx, body: ReqBody) -> Response<Body> {
         let headers = self
             .origins
             .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
-        let body = body.map_err(Into::into).boxed();
+        // Through a channel: the client's body type need not be Sync, the origin client's must.
+        let deadline = tokio::time::Instant::now() + self.total_timeout;
+        let body = crate::http::with_deadline(body, deadline, ());
         let OriginResponse { response, permit } = match ctx
             .origin
             .send(

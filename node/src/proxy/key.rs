@@ -29,15 +29,15 @@ impl Target {
     /// The target of a request received on a listener (`tls`: whether it was HTTPS).
     /// Absolute-form targets are accepted (they are routed like any Host); CONNECT and
     /// asterisk-form are not.
-    pub fn of<B>(req: &Request<B>, tls: bool) -> Result<Target, &'static str> {
-        if req.method() == Method::CONNECT {
+    pub fn of(req: &http::request::Parts, tls: bool) -> Result<Target, &'static str> {
+        if req.method == Method::CONNECT {
             return Err("CONNECT is not supported: this is not a forward proxy");
         }
-        let uri = req.uri();
+        let uri = &req.uri;
         let authority = match uri.authority() {
             Some(a) => a.as_str().to_string(),
             None => req
-                .headers()
+                .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .ok_or("missing Host header")?
@@ -113,7 +113,7 @@ pub fn url_key(url: &str) -> Result<CacheKey, &'static str> {
         .uri(uri)
         .body(())
         .map_err(|_| "not a URL")?;
-    Target::of(&req, false).map(|t| t.primary_key())
+    Target::of(&req.into_parts().0, false).map(|t| t.primary_key())
 }
 
 /// The secondary key of the variant a request selects, given the varying fields.
@@ -179,7 +179,7 @@ mod tests {
         if let Some(h) = host {
             b = b.header("host", h);
         }
-        Target::of(&b.body(()).unwrap(), false)
+        Target::of(&b.body(()).unwrap().into_parts().0, false)
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
             .uri("example.com:443")
             .body(())
             .unwrap();
-        assert!(Target::of(&connect, false).is_err());
+        assert!(Target::of(&connect.into_parts().0, false).is_err());
         assert!(target("/x", None).is_err());
         assert!(target("/x", Some("a b")).is_err());
         assert!(target("/x", Some("host:port")).is_err());
