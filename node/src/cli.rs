@@ -16,6 +16,8 @@ pub enum Invocation {
     Serve(Config),
     /// Print the effective settings and exit.
     PrintConfig(Config),
+    /// Print the HTTP/3 development certificate (made if missing) and exit.
+    PrintDevCert(Config),
 }
 
 /// The command line could not be used.
@@ -36,6 +38,10 @@ pub fn command() -> Command {
         .about("FANZ Edge cache node. Every setting can be given as a flag, as a FANZ_* environment variable or in the TOML file; flags win over the environment, which wins over the file.")
         .subcommand(Command::new("serve").about("Run the node (what runs without a subcommand)"))
         .subcommand(Command::new("print-config").about("Print the effective settings as TOML and exit"))
+        .subcommand(
+            Command::new("print-dev-cert")
+                .about("Print the development certificate HTTP/3 uses without tls_cert (PEM), for clients to trust"),
+        )
         .arg(
             Arg::new("config")
                 .long("config")
@@ -76,6 +82,7 @@ where
     let config = Config::resolve(&raw_settings(sub)?)?;
     Ok(match name {
         "print-config" => Invocation::PrintConfig(config),
+        "print-dev-cert" => Invocation::PrintDevCert(config),
         _ => Invocation::Serve(config),
     })
 }

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             return ExitCode::SUCCESS;
         }
+        Ok(Invocation::PrintDevCert(config)) => return print_dev_cert(&config),
         Err(CliError::Usage(e)) => e.exit(),
         Err(CliError::Config(e)) => {
             eprintln!("fanz-node: {e}");
@@ -41,6 +42,29 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("fanz-node: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn print_dev_cert(config: &Config) -> ExitCode {
+    let made = std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            fanz_node::tls::dev_certificate(&config.data_dir).map_err(|e| e.to_string())
+        });
+    match made.and_then(|(cert, _)| {
+        let pem = std::fs::read_to_string(&cert).map_err(|e| e.to_string())?;
+        let fingerprint = fanz_node::tls::fingerprint(&cert).map_err(|e| e.to_string())?;
+        Ok((pem, fingerprint))
+    }) {
+        Ok((pem, fingerprint)) => {
+            eprintln!("SHA-256 fingerprint: {fingerprint}");
+            print!("{pem}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fanz-node: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -188,7 +188,17 @@ pub async fn run(
         shutdown_grace: config.shutdown_grace,
         tls: None,
         access_log: config.access_log,
+        alt_svc: None,
     };
+
+    let h3 = match config.h3_addr {
+        Some(addr) => Some(open_h3(&config, addr)?),
+        None => None,
+    };
+    let alt_svc = h3
+        .as_ref()
+        .and_then(|e| e.local_addr().ok())
+        .and_then(|a| http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port())).ok());
 
     // The main listener drains first; the admin listener stays up meanwhile, so
     // probes see /readyz answer 503 while in-flight requests finish.
@@ -197,16 +207,28 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let h3_service = main_service.clone();
     let main_server = tokio::spawn(serve(
         http_listener,
         ServeLimits {
             tls: front_tls,
+            alt_svc,
             ..limits.clone()
         },
         (metrics.clone(), Api::Main),
         move |req, peer| main_service.clone().handle(req, peer),
         stopped(stop_rx.clone()),
     ));
+    let h3_server = h3.map(|endpoint| {
+        let service = h3_service.clone();
+        tokio::spawn(crate::http::h3::serve_h3(
+            endpoint,
+            h3_limits(&config),
+            (metrics.clone(), Api::Main),
+            move |req, peer| service.clone().handle(req, peer),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let admin_server = tokio::spawn(serve(
         admin_listener,
         limits,
@@ -247,12 +269,52 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
     let _ = tokio::join!(main_server, maintenance);
+    if let Some(h3) = h3_server {
+        let _ = h3.await;
+    }
     let _ = stop_admin_tx.send(true);
     let _ = admin_server.await;
     invalidator.close().await;
     store.close().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
+    crate::http::h3::H3Limits {
+        max_streams: config.h3_max_streams,
+        idle_timeout: config.h3_idle_timeout,
+        max_header_size: config.max_header_size as u64,
+        shutdown_grace: config.shutdown_grace,
+    }
+}
+
+/// Opens the HTTP/3 endpoint: the configured certificate, or the development one.
+fn open_h3(config: &Config, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, StartError> {
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            let (cert, key) = tls::dev_certificate(&config.data_dir).map_err(tls_error)?;
+            let fingerprint = tls::fingerprint(&cert).map_err(tls_error)?;
+            tracing::warn!(
+                cert = %cert.display(),
+                sha256 = %fingerprint,
+                "HTTP/3 uses a self-signed development certificate; set tls_cert and tls_key for production"
+            );
+            (cert, key)
+        }
+    };
+    let tls_config = tls::h3_server_config(&cert, &key).map_err(tls_error)?;
+    let endpoint =
+        crate::http::h3::endpoint(addr, tls_config, &h3_limits(config)).map_err(|message| {
+            StartError::Setting {
+                setting: "h3_addr",
+                value: addr.to_string(),
+                message,
+            }
+        })?;
+    tracing::info!(addr = %endpoint.local_addr().map_or(addr, |a| a), "HTTP/3 listening");
+    Ok(endpoint)
 }
 
 fn tls_error(e: tls::TlsError) -> StartError {

@@ -65,6 +65,69 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// The QUIC (HTTP/3) server configuration: TLS 1.3 only, ALPN `h3`, no 0-RTT.
+pub fn h3_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates("tls_cert", cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError {
+        setting: "tls_key",
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
+        .map_err(|e| TlsError {
+            setting: "tls_key",
+            path: key.display().to_string(),
+            message: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
+
+/// File names of the development certificate in the data directory.
+pub const DEV_CERT: &str = "dev-cert.pem";
+/// File name of the development certificate's key.
+pub const DEV_KEY: &str = "dev-key.pem";
+
+/// The development certificate (for `localhost` and 127.0.0.1) kept in `dir`, made
+/// the first time it is needed. Returns the certificate and key paths.
+pub fn dev_certificate(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
+    let (cert, key) = (dir.join(DEV_CERT), dir.join(DEV_KEY));
+    if !cert.exists() || !key.exists() {
+        let err = |message: String| TlsError {
+            setting: "data_dir",
+            path: dir.display().to_string(),
+            message,
+        };
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let rcgen::CertifiedKey {
+            cert: c,
+            signing_key,
+        } = rcgen::generate_simple_self_signed(names).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&key, signing_key.serialize_pem()).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&cert, c.pem()).map_err(|e| err(e.to_string()))?;
+    }
+    Ok((cert, key))
+}
+
+/// SHA-256 fingerprint of the first certificate in a PEM file, as colon-separated hex.
+pub fn fingerprint(cert: &Path) -> Result<String, TlsError> {
+    let der = certificates("tls_cert", cert)?.remove(0);
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    Ok(digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
 /// The client configuration for HTTPS origins: the system's trusted roots, plus the
 /// certificates of `extra_ca` when given.
 pub fn origin_client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {

@@ -47,6 +47,9 @@ impl Spec {
 /// Every setting of the node. Defaults are documented here, where they are defined.
 pub const SETTINGS: &[Spec] = &[
     Spec { name: "http_addr", default: Some("127.0.0.1:8080"), help: "Address of the main HTTP listener (KV API, PURGE)." },
+    Spec { name: "h3_addr", default: Some("127.0.0.1:8443"), help: "UDP address of the HTTP/3 (QUIC) listener, or `off`. Uses tls_cert/tls_key, or a development certificate made in data_dir (see `fanz-node print-dev-cert`)." },
+    Spec { name: "h3_max_streams", default: Some("100"), help: "Concurrent HTTP/3 requests per QUIC connection." },
+    Spec { name: "h3_idle_timeout", default: Some("30s"), help: "Idle time after which a QUIC connection is closed." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
     Spec { name: "data_dir", default: Some("./fanz-data"), help: "Directory for the disk tier and the invalidation log. Created if missing." },
@@ -160,6 +163,12 @@ pub type RawSettings = BTreeMap<&'static str, (String, Origin)>;
 pub struct Config {
     /// Main HTTP listener.
     pub http_addr: SocketAddr,
+    /// HTTP/3 listener, if enabled.
+    pub h3_addr: Option<SocketAddr>,
+    /// HTTP/3 streams per connection.
+    pub h3_max_streams: u32,
+    /// QUIC idle timeout.
+    pub h3_idle_timeout: Duration,
     /// Admin listener.
     pub admin_addr: SocketAddr,
     /// Admin bearer token.
@@ -257,6 +266,20 @@ impl Config {
         let admin_token = p.optional("admin_token")?;
         let config = Config {
             http_addr: p.parse("http_addr", parse_addr)?,
+            h3_addr: p.parse("h3_addr", |s| {
+                if s == "off" {
+                    Ok(None)
+                } else {
+                    parse_addr(s).map(Some)
+                }
+            })?,
+            h3_max_streams: p.parse("h3_max_streams", |s| {
+                let n: u32 = s
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, got {s:?}"))?;
+                Ok(at_least(u64::from(n), 1, "1")? as u32)
+            })?,
+            h3_idle_timeout: p.parse("h3_idle_timeout", positive_duration)?,
             admin_addr: p.parse("admin_addr", parse_addr)?,
             data_dir: p.parse("data_dir", |s| {
                 if s.is_empty() {
@@ -434,6 +457,12 @@ impl Config {
         let d = |d: Duration| format!("{}ms", d.as_millis());
         let lines = [
             ("http_addr", self.http_addr.to_string()),
+            (
+                "h3_addr",
+                self.h3_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+            ("h3_max_streams", self.h3_max_streams.to_string()),
+            ("h3_idle_timeout", d(self.h3_idle_timeout)),
             ("admin_addr", self.admin_addr.to_string()),
             (
                 "admin_token",

@@ -3,6 +3,7 @@
 //! The admin listener's routes live in [`crate::admin`] and reuse all of this.
 
 pub mod directives;
+pub mod h3;
 pub mod headers;
 pub mod kv;
 pub mod purge;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::{header, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -37,6 +38,8 @@ pub struct ServeLimits {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Write a JSON access log line per request to standard output.
     pub access_log: bool,
+    /// `Alt-Svc` value added to every response (HTTP/3 advertisement).
+    pub alt_svc: Option<HeaderValue>,
 }
 
 /// A connection's byte stream: plain TCP or TLS over it.
@@ -129,6 +132,7 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let metrics = metrics.clone();
         let access_log = limits.access_log;
+        let alt_svc = limits.alt_svc.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let started = Instant::now();
             let request_line =
@@ -138,8 +142,12 @@ pub async fn serve<H, F>(
                 peer,
             );
             let metrics = metrics.clone();
+            let alt_svc = alt_svc.clone();
             async move {
-                let response = response.await;
+                let mut response = response.await;
+                if let Some(v) = alt_svc {
+                    response.headers_mut().insert(header::ALT_SVC, v);
+                }
                 metrics.observe(api, started, response.status());
                 if let Some((method, uri, version)) = request_line {
                     log_access(api, peer, &method, &uri, version, &response, started);

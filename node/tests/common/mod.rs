@@ -81,6 +81,9 @@ impl TestNode {
             .arg(&self.data_dir)
             .arg("--memory-capacity")
             .arg("64MiB")
+            // A free UDP port: tests run in parallel (the real one is in Alt-Svc).
+            .arg("--h3-addr")
+            .arg("127.0.0.1:0")
             .arg("--disk-capacity")
             .arg("64MiB")
             .args(&self.args)

@@ -1,0 +1,252 @@
+//! The HTTP/3 front end: a QUIC endpoint (quinn) serving HTTP/3 (h3) through the same
+//! request handler as the TCP listeners, so the KV API, pull-through caching, PURGE
+//! and `Cache-Status` behave alike on every protocol.
+//!
+//! Limits: concurrent bidirectional streams per connection (QUIC flow control), an
+//! idle timeout, and a cap on each request's header section (QPACK). 0-RTT is off
+//! (see [`crate::tls::h3_server_config`]). On shutdown every connection gets a GOAWAY
+//! and in-flight requests finish within the grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http::{header, Request, Response};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+
+use super::{Body, BoxError, ReqBody};
+use crate::metrics::{Api, Metrics};
+
+/// Limits of the HTTP/3 listener.
+#[derive(Debug, Clone)]
+pub struct H3Limits {
+    /// Concurrent requests (bidirectional streams) per connection.
+    pub max_streams: u32,
+    /// Idle time after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// Largest request header section, bytes.
+    pub max_header_size: u64,
+    /// How long in-flight requests may run after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// Opens the QUIC endpoint on `addr` with `tls` (TLS 1.3, ALPN h3).
+pub fn endpoint(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    limits: &H3Limits,
+) -> Result<quinn::Endpoint, String> {
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(limits.max_streams.into());
+    let idle = quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|e| e.to_string())?;
+    transport.max_idle_timeout(Some(idle));
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, addr).map_err(|e| e.to_string())
+}
+
+/// Headers HTTP/3 forbids (RFC 9114 §4.2): connection-specific fields.
+const CONNECTION_SPECIFIC: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Serves `endpoint` with `handler` until `shutdown` resolves, then sends GOAWAY to
+/// every connection and drains them within the grace period.
+pub async fn serve_h3<H, F>(
+    endpoint: quinn::Endpoint,
+    limits: H3Limits,
+    (metrics, api): (Arc<Metrics>, Api),
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let peer = incoming.remote_address();
+        let (handler, metrics, limits, stop) = (
+            handler.clone(),
+            metrics.clone(),
+            limits.clone(),
+            stop_rx.clone(),
+        );
+        connections.spawn(async move {
+            let connection = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "QUIC handshake timed out");
+                    return;
+                }
+            };
+            serve_connection(connection, peer, &limits, (metrics, api), handler, stop).await;
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "HTTP/3 connections still open after the shutdown grace period; closing them"
+        );
+        connections.abort_all();
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+async fn serve_connection<H, F>(
+    connection: quinn::Connection,
+    peer: SocketAddr,
+    limits: &H3Limits,
+    (metrics, api): (Arc<Metrics>, Api),
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+) where
+    H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let built = h3::server::builder()
+        .max_field_section_size(limits.max_header_size)
+        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .await;
+    let mut h3 = match built {
+        Ok(h3) => h3,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    let mut requests = tokio::task::JoinSet::new();
+    let mut going_away = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = h3.accept() => accepted,
+            _ = stop.changed(), if !going_away => {
+                going_away = true;
+                // GOAWAY: no new requests; the ones accepted so far finish.
+                if let Err(e) = h3.shutdown(0).await {
+                    tracing::debug!(%peer, error = %e, "sending GOAWAY failed");
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                let (handler, metrics) = (handler.clone(), metrics.clone());
+                requests.spawn(async move {
+                    let (request, stream) = match resolver.resolve_request().await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
+                            return;
+                        }
+                    };
+                    serve_request(request, stream, peer, (metrics, api), handler).await;
+                });
+                while requests.try_join_next().is_some() {}
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if !e.is_h3_no_error() {
+                    tracing::debug!(%peer, error = %e, "HTTP/3 connection ended with an error");
+                }
+                break;
+            }
+        }
+    }
+    while requests.join_next().await.is_some() {}
+}
+
+type BidiStream = h3_quinn::BidiStream<Bytes>;
+
+async fn serve_request<H, F>(
+    request: Request<()>,
+    stream: h3::server::RequestStream<BidiStream, Bytes>,
+    peer: SocketAddr,
+    (metrics, api): (Arc<Metrics>, Api),
+    handler: H,
+) where
+    H: Fn(Request<ReqBody>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let started = Instant::now();
+    let (mut send, recv) = stream.split();
+    let request = request.map(|()| recv_body(recv));
+    let response = handler(request, peer).await;
+    metrics.observe(api, started, response.status());
+    let (mut parts, mut body) = response.into_parts();
+    for name in CONNECTION_SPECIFIC {
+        parts.headers.remove(name);
+    }
+    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+        tracing::debug!(%peer, error = %e, "sending an HTTP/3 response head failed");
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if let Err(e) = send.send_data(data).await {
+                        tracing::debug!(%peer, error = %e, "client went away mid-response");
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "response body failed; resetting the stream");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        }
+    }
+    if let Err(e) = send.finish().await {
+        tracing::debug!(%peer, error = %e, "finishing an HTTP/3 response failed");
+    }
+}
+
+/// A request body read from an HTTP/3 stream.
+fn recv_body(stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>) -> ReqBody {
+    struct RecvBody(h3::server::RequestStream<h3_quinn::RecvStream, Bytes>);
+    impl hyper::body::Body for RecvBody {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv_data(cx).map(|r| match r {
+                Ok(Some(mut buf)) => Some(Ok(hyper::body::Frame::data(
+                    buf.copy_to_bytes(buf.remaining()),
+                ))),
+                Ok(None) => None,
+                Err(e) => Some(Err(Box::new(e) as BoxError)),
+            })
+        }
+    }
+    RecvBody(stream).boxed_unsync()
+}
