@@ -286,6 +286,7 @@ fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
         idle_timeout: config.h3_idle_timeout,
         max_header_size: config.max_header_size as u64,
         shutdown_grace: config.shutdown_grace,
+        retry: config.h3_retry,
     }
 }
 

@@ -50,6 +50,20 @@ async fn h3_request(
     headers: &[(&str, &str)],
     body: &'static [u8],
 ) -> H3Reply {
+    try_h3_request(addr, cert, method, path, headers, body)
+        .await
+        .expect("HTTP/3 request")
+}
+
+/// One HTTP/3 request; `Err` if the stream or the connection failed.
+async fn try_h3_request(
+    addr: SocketAddr,
+    cert: &Path,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> Result<H3Reply, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
@@ -70,11 +84,11 @@ async fn h3_request(
         endpoint.connect(addr, "localhost").unwrap(),
     )
     .await
-    .expect("QUIC handshake timed out")
-    .expect("QUIC handshake");
+    .map_err(|_| "QUIC handshake timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(conn))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
     let mut req = http::Request::builder()
         .method(method)
@@ -82,27 +96,36 @@ async fn h3_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let mut stream = send_request
-        .send_request(req.body(()).unwrap())
+    let exchange = async {
+        let mut stream = send_request
+            .send_request(req.body(()).unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            stream
+                .send_data(Bytes::from_static(body))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let mut out = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+            out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok::<_, String>(H3Reply {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: out.freeze(),
+        })
+    };
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
         .await
-        .unwrap();
-    if !body.is_empty() {
-        stream.send_data(Bytes::from_static(body)).await.unwrap();
-    }
-    stream.finish().await.unwrap();
-    let resp = stream.recv_response().await.unwrap();
-    let mut out = BytesMut::new();
-    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-        out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-    }
+        .map_err(|_| "timed out".to_string())?;
     drop(send_request);
     drive.abort();
     endpoint.close(0u32.into(), b"done");
-    H3Reply {
-        status: resp.status(),
-        headers: resp.headers().clone(),
-        body: out.freeze(),
-    }
+    reply
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -191,4 +214,84 @@ fn the_development_certificate_can_be_printed() {
         pem,
         "the node and the command share one certificate"
     );
+}
+
+/// A simple xorshift generator: the test needs noise, not quality.
+fn noise(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_do_not_stop_the_listener() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    let addr = h3_addr(&node).await;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..3000 {
+        let len = 1 + (noise(&mut seed) % 1400) as usize;
+        let mut packet: Vec<u8> = (0..len).map(|_| noise(&mut seed) as u8).collect();
+        if i % 2 == 0 {
+            // Looks like the start of a long-header (Initial) packet, then stops short.
+            packet[0] = 0xC0 | (packet[0] & 0x0F);
+            packet.truncate(packet.len().min(40));
+        }
+        let _ = socket.send_to(&packet, addr);
+    }
+    let r = h3_request(
+        addr,
+        &data.join("dev-cert.pem"),
+        Method::GET,
+        "/kv/none",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the listener stopped answering"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_section_is_refused() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--max-header-size", "16KiB"]);
+    let addr = h3_addr(&node).await;
+    let cert = data.join("dev-cert.pem");
+    let big = "b".repeat(64 * 1024);
+    let refused = try_h3_request(addr, &cert, Method::GET, "/kv/x", &[("x-big", &big)], b"").await;
+    assert!(
+        !matches!(&refused, Ok(r) if r.status.is_success() || r.status == StatusCode::NOT_FOUND),
+        "a 64 KiB header section was processed: {:?}",
+        refused.as_ref().map(|r| r.status)
+    );
+    let r = h3_request(addr, &cert, Method::GET, "/kv/x", &[], b"").await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the node stopped serving after the refusal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_complete_a_retry_when_address_validation_is_on() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--h3-retry", "always"]);
+    let addr = h3_addr(&node).await;
+    put(&node, "validated", "yes", &[]).await;
+    let r = h3_request(
+        addr,
+        &data.join("dev-cert.pem"),
+        Method::GET,
+        "/kv/validated",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(&r.body[..], b"yes");
 }

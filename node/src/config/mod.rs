@@ -49,6 +49,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "http_addr", default: Some("127.0.0.1:8080"), help: "Address of the main HTTP listener (KV API, PURGE)." },
     Spec { name: "h3_addr", default: Some("127.0.0.1:8443"), help: "UDP address of the HTTP/3 (QUIC) listener, or `off`. Uses tls_cert/tls_key, or a development certificate made in data_dir (see `fanz-node print-dev-cert`)." },
     Spec { name: "h3_max_streams", default: Some("100"), help: "Concurrent HTTP/3 requests per QUIC connection." },
+    Spec { name: "h3_retry", default: Some("auto"), help: "QUIC address validation (Retry) before a handshake: `always`, `off`, or `auto` (only while more than 64 handshakes are under way, as under a flood)." },
     Spec { name: "h3_idle_timeout", default: Some("30s"), help: "Idle time after which a QUIC connection is closed." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
@@ -146,6 +147,18 @@ pub enum ConfigError {
     },
 }
 
+/// When the HTTP/3 listener makes clients prove their address with a QUIC Retry
+/// (quinn never sends one by itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Every new connection.
+    Always,
+    /// Never.
+    Off,
+    /// While many handshakes are under way (a flood of spoofed Initial packets).
+    UnderLoad,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -169,6 +182,8 @@ pub struct Config {
     pub h3_max_streams: u32,
     /// QUIC idle timeout.
     pub h3_idle_timeout: Duration,
+    /// When to ask QUIC clients to prove their address.
+    pub h3_retry: RetryPolicy,
     /// Admin listener.
     pub admin_addr: SocketAddr,
     /// Admin bearer token.
@@ -280,6 +295,12 @@ impl Config {
                 Ok(at_least(u64::from(n), 1, "1")? as u32)
             })?,
             h3_idle_timeout: p.parse("h3_idle_timeout", positive_duration)?,
+            h3_retry: p.parse("h3_retry", |s| match s {
+                "always" => Ok(RetryPolicy::Always),
+                "off" => Ok(RetryPolicy::Off),
+                "auto" => Ok(RetryPolicy::UnderLoad),
+                _ => Err(format!("expected `always`, `off` or `auto`, got {s:?}")),
+            })?,
             admin_addr: p.parse("admin_addr", parse_addr)?,
             data_dir: p.parse("data_dir", |s| {
                 if s.is_empty() {
@@ -463,6 +484,10 @@ impl Config {
             ),
             ("h3_max_streams", self.h3_max_streams.to_string()),
             ("h3_idle_timeout", d(self.h3_idle_timeout)),
+            (
+                "h3_retry",
+                format!("{:?}", self.h3_retry).to_ascii_lowercase(),
+            ),
             ("admin_addr", self.admin_addr.to_string()),
             (
                 "admin_token",

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::{Body, BoxError, ReqBody};
+use crate::config::RetryPolicy;
 use crate::metrics::{Api, Metrics};
 
 /// Limits of the HTTP/3 listener.
@@ -31,7 +33,12 @@ pub struct H3Limits {
     pub max_header_size: u64,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// When to validate client addresses with a Retry.
+    pub retry: RetryPolicy,
 }
+
+/// Handshakes under way above which `RetryPolicy::UnderLoad` starts sending Retries.
+const HANDSHAKES_BEFORE_RETRY: usize = 64;
 
 /// Opens the QUIC endpoint on `addr` with `tls` (TLS 1.3, ALPN h3).
 pub fn endpoint(
@@ -71,6 +78,7 @@ pub async fn serve_h3<H, F>(
 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
+    let handshakes = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         let incoming = tokio::select! {
@@ -81,6 +89,18 @@ pub async fn serve_h3<H, F>(
             () = &mut shutdown => break,
         };
         let peer = incoming.remote_address();
+        let validate = match limits.retry {
+            RetryPolicy::Always => true,
+            RetryPolicy::Off => false,
+            RetryPolicy::UnderLoad => handshakes.load(Ordering::Relaxed) > HANDSHAKES_BEFORE_RETRY,
+        };
+        if validate && !incoming.remote_address_validated() && incoming.may_retry() {
+            // The client comes back with a token proving its address.
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(%peer, error = %e, "QUIC retry failed");
+            }
+            continue;
+        }
         let (handler, metrics, limits, stop) = (
             handler.clone(),
             metrics.clone(),
