@@ -191,6 +191,8 @@ pub struct Metrics {
     pub collapsed: Counter,
     /// Origins whose circuit breaker is open.
     pub breakers_open: Gauge,
+    /// HTTP/3 request streams being served.
+    pub h3_open_streams: Gauge,
 }
 
 impl Metrics {
@@ -300,8 +302,15 @@ impl Metrics {
             "Origins whose circuit breaker is open",
             breakers_open.clone(),
         );
+        let h3_open_streams = Gauge::default();
+        registry.register(
+            "h3_open_streams",
+            "HTTP/3 request streams being served",
+            h3_open_streams.clone(),
+        );
         Self {
             registry,
+            h3_open_streams,
             origin_requests,
             collapsed,
             breakers_open,

@@ -295,3 +295,133 @@ async fn clients_complete_a_retry_when_address_validation_is_on() {
     .await;
     assert_eq!(&r.body[..], b"yes");
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A QUIC + HTTP/3 client connection to the node.
+async fn h3_connect(
+    addr: SocketAddr,
+    cert: &Path,
+) -> (
+    quinn::Endpoint,
+    h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    tokio::task::JoinHandle<h3::error::ConnectionError>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, send_request) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    (endpoint, send_request, drive)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_open_more_streams_than_allowed() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--h3-max-streams", "2"]);
+    let addr = h3_addr(&node).await;
+    let (_endpoint, mut client, _drive) = h3_connect(addr, &data.join("dev-cert.pem")).await;
+    let put = || {
+        http::Request::put("https://localhost/kv/slow")
+            .body(())
+            .unwrap()
+    };
+    // Two uploads left open hold both streams.
+    let mut first = client.send_request(put()).await.unwrap();
+    let _second = client.send_request(put()).await.unwrap();
+    let third = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        client.send_request(put()),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "a third stream opened while two were in use"
+    );
+    // Finishing one frees a stream for the next request.
+    first.send_data(Bytes::from_static(b"done")).await.unwrap();
+    first.finish().await.unwrap();
+    assert_eq!(
+        first.recv_response().await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.send_request(put()),
+    )
+    .await
+    .expect("a stream became free")
+    .unwrap();
+}
+
+/// 10,000 requests aborted by the client mid-response: every stream is released and
+/// resident memory returns close to where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_requests_leave_no_leak() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    let addr = h3_addr(&node).await;
+    put(&node, "big", &"x".repeat(256 * 1024), &[]).await;
+    let (endpoint, mut client, _drive) = h3_connect(addr, &data.join("dev-cert.pem")).await;
+    let get = || {
+        http::Request::get("https://localhost/kv/big")
+            .body(())
+            .unwrap()
+    };
+    // Warm up, then take the baseline.
+    for _ in 0..200 {
+        let mut s = client.send_request(get()).await.unwrap();
+        s.finish().await.unwrap();
+        let _ = s.recv_response().await.unwrap();
+        while s.recv_data().await.unwrap().is_some() {}
+    }
+    let baseline = rss_kib(node.pid());
+    for _ in 0..10_000 {
+        let mut s = client.send_request(get()).await.unwrap();
+        s.finish().await.unwrap();
+        let _ = s.recv_response().await.unwrap();
+        let _ = s.recv_data().await;
+        // Dropping the unfinished stream makes quinn send STOP_SENDING: an abort.
+        drop(s);
+    }
+    let mut open = f64::NAN;
+    for _ in 0..100 {
+        open = metric_value(&node.metrics().await, "fanz_h3_open_streams").unwrap();
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0.0, "streams left open after the client aborted them");
+    let after = rss_kib(node.pid());
+    eprintln!("resident memory: {baseline} KiB before, {after} KiB after 10,000 aborted requests");
+    assert!(
+        after < baseline + 32 * 1024,
+        "resident memory grew from {baseline} KiB to {after} KiB"
+    );
+    endpoint.close(0u32.into(), b"done");
+}

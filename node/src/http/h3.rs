@@ -215,6 +215,7 @@ async fn serve_request<H, F>(
     F: Future<Output = Response<Body>>,
 {
     let started = Instant::now();
+    let _open = OpenStream::new(&metrics);
     let (mut send, recv) = stream.split();
     let request = request.map(|()| recv_body(recv));
     let response = handler(request, peer).await;
@@ -246,6 +247,23 @@ async fn serve_request<H, F>(
     }
     if let Err(e) = send.finish().await {
         tracing::debug!(%peer, error = %e, "finishing an HTTP/3 response failed");
+    }
+}
+
+/// Counts a request stream in `fanz_h3_open_streams` for as long as it lives,
+/// however its task ends.
+struct OpenStream(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenStream {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.h3_open_streams.inc();
+        Self(metrics.h3_open_streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
