@@ -3,130 +3,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
+use common::h3client::*;
 use common::origin::{respond, TestOrigin};
 use common::*;
 use http::{Method, StatusCode};
-use rustls::pki_types::pem::PemObject;
-
-struct H3Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-/// The node's HTTP/3 address, from the Alt-Svc it advertises over TCP.
-async fn h3_addr(node: &TestNode) -> SocketAddr {
-    let r = send(Method::GET, &node.admin_url("/healthz"), &[], "").await;
-    assert!(
-        r.header("alt-svc").is_none(),
-        "the admin port does not advertise HTTP/3"
-    );
-    let r = send(Method::GET, &node.url("/kv/anything"), &[], "").await;
-    let alt = r.header("alt-svc").expect("Alt-Svc on the main port");
-    let port: u16 = alt
-        .split(":")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(alt.contains("h3=") && alt.contains("ma="), "{alt}");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// One HTTP/3 request, trusting only `cert`.
-async fn h3_request(
-    addr: SocketAddr,
-    cert: &Path,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &'static [u8],
-) -> H3Reply {
-    try_h3_request(addr, cert, method, path, headers, body)
-        .await
-        .expect("HTTP/3 request")
-}
-
-/// One HTTP/3 request; `Err` if the stream or the connection failed.
-async fn try_h3_request(
-    addr: SocketAddr,
-    cert: &Path,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &'static [u8],
-) -> Result<H3Reply, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
-        .unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        endpoint.connect(addr, "localhost").unwrap(),
-    )
-    .await
-    .map_err(|_| "QUIC handshake timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .map_err(|e| e.to_string())?;
-    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("https://localhost{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let exchange = async {
-        let mut stream = send_request
-            .send_request(req.body(()).unwrap())
-            .await
-            .map_err(|e| e.to_string())?;
-        if !body.is_empty() {
-            stream
-                .send_data(Bytes::from_static(body))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        stream.finish().await.map_err(|e| e.to_string())?;
-        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
-        let mut out = BytesMut::new();
-        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
-            out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-        }
-        Ok::<_, String>(H3Reply {
-            status: resp.status(),
-            headers: resp.headers().clone(),
-            body: out.freeze(),
-        })
-    };
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "timed out".to_string())?;
-    drop(send_request);
-    drive.abort();
-    endpoint.close(0u32.into(), b"done");
-    reply
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_api_caching_and_purge_over_http3() {
@@ -152,11 +33,11 @@ async fn kv_api_caching_and_purge_over_http3() {
         Method::PUT,
         "/kv/over-h3",
         &[("surrogate-key", "q")],
-        b"quic value",
+        "quic value",
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let r = h3_request(addr, &cert, Method::GET, "/kv/over-h3", &[], b"").await;
+    let r = h3_request(addr, &cert, Method::GET, "/kv/over-h3", &[], "").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"quic value");
     assert!(r.headers["cache-status"]
@@ -168,13 +49,13 @@ async fn kv_api_caching_and_purge_over_http3() {
 
     // Pull-through caching: a miss, then a hit. (The key includes the scheme, so this
     // https:// entry is not the one a cleartext TCP request for the same path uses.)
-    let r = h3_request(addr, &cert, Method::GET, "/page", &[], b"").await;
+    let r = h3_request(addr, &cert, Method::GET, "/page", &[], "").await;
     assert_eq!(&r.body[..], b"/page #1");
     assert!(r.headers["cache-status"]
         .to_str()
         .unwrap()
         .contains("stored"));
-    let r = h3_request(addr, &cert, Method::GET, "/page", &[], b"").await;
+    let r = h3_request(addr, &cert, Method::GET, "/page", &[], "").await;
     assert_eq!(&r.body[..], b"/page #1");
     assert!(r.headers["cache-status"]
         .to_str()
@@ -189,11 +70,11 @@ async fn kv_api_caching_and_purge_over_http3() {
         Method::from_bytes(b"PURGE").unwrap(),
         "/",
         &[("authorization", &bearer), ("surrogate-key", "t")],
-        b"",
+        "",
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = h3_request(addr, &cert, Method::GET, "/page", &[], b"").await;
+    let r = h3_request(addr, &cert, Method::GET, "/page", &[], "").await;
     assert_eq!(&r.body[..], b"/page #2");
     assert_eq!(origin.count("/page"), 2);
 }
@@ -247,7 +128,7 @@ async fn garbage_datagrams_do_not_stop_the_listener() {
         Method::GET,
         "/kv/none",
         &[],
-        b"",
+        "",
     )
     .await;
     assert_eq!(
@@ -264,13 +145,13 @@ async fn an_oversized_header_section_is_refused() {
     let addr = h3_addr(&node).await;
     let cert = data.join("dev-cert.pem");
     let big = "b".repeat(64 * 1024);
-    let refused = try_h3_request(addr, &cert, Method::GET, "/kv/x", &[("x-big", &big)], b"").await;
+    let refused = try_h3_request(addr, &cert, Method::GET, "/kv/x", &[("x-big", &big)], "").await;
     assert!(
         !matches!(&refused, Ok(r) if r.status.is_success() || r.status == StatusCode::NOT_FOUND),
         "a 64 KiB header section was processed: {:?}",
         refused.as_ref().map(|r| r.status)
     );
-    let r = h3_request(addr, &cert, Method::GET, "/kv/x", &[], b"").await;
+    let r = h3_request(addr, &cert, Method::GET, "/kv/x", &[], "").await;
     assert_eq!(
         r.status,
         StatusCode::NOT_FOUND,
@@ -290,7 +171,7 @@ async fn clients_complete_a_retry_when_address_validation_is_on() {
         Method::GET,
         "/kv/validated",
         &[],
-        b"",
+        "",
     )
     .await;
     assert_eq!(&r.body[..], b"yes");
@@ -305,38 +186,6 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-/// A QUIC + HTTP/3 client connection to the node.
-async fn h3_connect(
-    addr: SocketAddr,
-    cert: &Path,
-) -> (
-    quinn::Endpoint,
-    h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-    tokio::task::JoinHandle<h3::error::ConnectionError>,
-) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
-        .unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut driver, send_request) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-    (endpoint, send_request, drive)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

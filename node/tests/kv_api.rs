@@ -10,224 +10,243 @@ use http::{Method, StatusCode};
 
 #[tokio::test]
 async fn put_get_head_conditional_and_replace() {
-    let (_tmp, data) = data_dir();
-    let node = TestNode::start(&data, &[]);
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let (_tmp, data) = data_dir();
+        let node = TestNode::start(&data, &[]).with_proto(proto);
 
-    let r = put(
-        &node,
-        "user:1",
-        "{\"name\":\"ada\"}",
-        &[
-            ("content-type", "application/json"),
-            ("cache-control", "max-age=300"),
-        ],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let etag = r.header("etag").expect("ETag on PUT");
+        let r = put(
+            &node,
+            "user:1",
+            "{\"name\":\"ada\"}",
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "max-age=300"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let etag = r.header("etag").expect("ETag on PUT");
 
-    let r = get(&node, "user:1").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.text(), "{\"name\":\"ada\"}");
-    assert_eq!(
-        r.header("content-type").as_deref(),
-        Some("application/json")
-    );
-    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
-    assert_eq!(r.header("age").as_deref(), Some("0"));
-    let status = r.header("cache-status").unwrap();
-    assert!(status.starts_with("fanz; hit; ttl=29"), "{status}");
+        let r = get(&node, "user:1").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), "{\"name\":\"ada\"}");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+        assert_eq!(r.header("age").as_deref(), Some("0"));
+        let status = r.header("cache-status").unwrap();
+        assert!(status.starts_with("fanz; hit; ttl=29"), "{status}");
 
-    let r = send(Method::HEAD, &node.url("/kv/user:1"), &[], "").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body.is_empty());
-    assert_eq!(r.header("content-length").as_deref(), Some("14"));
+        let r = request(&node, Method::HEAD, "/kv/user:1", &[], "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("content-length").as_deref(), Some("14"));
 
-    let r = send(
-        Method::GET,
-        &node.url("/kv/user:1"),
-        &[("if-none-match", &etag)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    assert!(r.body.is_empty());
+        let r = request(
+            &node,
+            Method::GET,
+            "/kv/user:1",
+            &[("if-none-match", &etag)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert!(r.body.is_empty());
 
-    let r = put(&node, "user:1", "v2", &[]).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "replacing answers 204");
-    let new_etag = r.header("etag").unwrap();
-    assert_ne!(new_etag, etag);
-    let r = send(
-        Method::GET,
-        &node.url("/kv/user:1"),
-        &[("if-none-match", &etag)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "old ETag no longer matches");
-    assert_eq!(r.text(), "v2");
+        let r = put(&node, "user:1", "v2", &[]).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "replacing answers 204");
+        let new_etag = r.header("etag").unwrap();
+        assert_ne!(new_etag, etag);
+        let r = request(
+            &node,
+            Method::GET,
+            "/kv/user:1",
+            &[("if-none-match", &etag)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "old ETag no longer matches");
+        assert_eq!(r.text(), "v2");
 
-    // Keys are percent-decoded; a missing key is a 404 with Cache-Status.
-    assert_eq!(
-        put(&node, "a%2Fb", "slash", &[]).await.status,
-        StatusCode::CREATED
-    );
-    assert_eq!(get(&node, "a/b").await.text(), "slash");
-    let r = get(&node, "nope").await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        r.header("cache-status").as_deref(),
-        Some("fanz; fwd=uri-miss")
-    );
+        // Keys are percent-decoded; a missing key is a 404 with Cache-Status.
+        assert_eq!(
+            put(&node, "a%2Fb", "slash", &[]).await.status,
+            StatusCode::CREATED
+        );
+        assert_eq!(get(&node, "a/b").await.text(), "slash");
+        let r = get(&node, "nope").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("fanz; fwd=uri-miss")
+        );
+    }
 }
 
 #[tokio::test]
 async fn tag_dependency_and_transitive_purges() {
-    let (_tmp, data) = data_dir();
-    let node = TestNode::start(&data, &[]);
-    // C is tagged; B depends on C; A depends on B; D depends on the tag directly.
-    put(&node, "c", "c", &[("surrogate-key", "team-a shared")]).await;
-    put(&node, "b", "b", &[("fanz-depends-on", "c")]).await;
-    put(&node, "a", "a", &[("fanz-depends-on", "b")]).await;
-    put(&node, "d", "d", &[("fanz-depends-on", "tag:team-a")]).await;
-    put(&node, "other", "o", &[("surrogate-key", "shared")]).await;
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let (_tmp, data) = data_dir();
+        let node = TestNode::start(&data, &[]).with_proto(proto);
+        // C is tagged; B depends on C; A depends on B; D depends on the tag directly.
+        put(&node, "c", "c", &[("surrogate-key", "team-a shared")]).await;
+        put(&node, "b", "b", &[("fanz-depends-on", "c")]).await;
+        put(&node, "a", "a", &[("fanz-depends-on", "b")]).await;
+        put(&node, "d", "d", &[("fanz-depends-on", "tag:team-a")]).await;
+        put(&node, "other", "o", &[("surrogate-key", "shared")]).await;
 
-    let r = admin_purge(&node, r#"{"tags":["team-a"]}"#).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let report = r.json();
-    assert_eq!(report["durable"], true);
-    assert!(
-        report["dependents_invalidated"].as_u64().unwrap() >= 2,
-        "{report}"
-    );
-    for key in ["a", "b", "c", "d"] {
+        let r = admin_purge(&node, r#"{"tags":["team-a"]}"#).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let report = r.json();
+        assert_eq!(report["durable"], true);
+        assert!(
+            report["dependents_invalidated"].as_u64().unwrap() >= 2,
+            "{report}"
+        );
+        for key in ["a", "b", "c", "d"] {
+            assert_eq!(
+                get(&node, key).await.status,
+                StatusCode::NOT_FOUND,
+                "{key} survived the purge"
+            );
+        }
         assert_eq!(
-            get(&node, key).await.status,
-            StatusCode::NOT_FOUND,
-            "{key} survived the purge"
+            get(&node, "other").await.status,
+            StatusCode::OK,
+            "a different tag's entry was purged"
         );
     }
-    assert_eq!(
-        get(&node, "other").await.status,
-        StatusCode::OK,
-        "a different tag's entry was purged"
-    );
 }
 
 #[tokio::test]
 async fn overwrite_and_delete_invalidate_dependents() {
-    let (_tmp, data) = data_dir();
-    let node = TestNode::start(&data, &[]);
-    put(&node, "profile", "v1", &[]).await;
-    put(
-        &node,
-        "page",
-        "rendered from v1",
-        &[("fanz-depends-on", "profile")],
-    )
-    .await;
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let (_tmp, data) = data_dir();
+        let node = TestNode::start(&data, &[]).with_proto(proto);
+        put(&node, "profile", "v1", &[]).await;
+        put(
+            &node,
+            "page",
+            "rendered from v1",
+            &[("fanz-depends-on", "profile")],
+        )
+        .await;
 
-    let r = put(&node, "profile", "v2", &[]).await;
-    assert_eq!(r.header("fanz-invalidated").as_deref(), Some("1"));
-    assert_eq!(
-        get(&node, "page").await.status,
-        StatusCode::NOT_FOUND,
-        "dependent survived an overwrite"
-    );
-    assert_eq!(get(&node, "profile").await.text(), "v2");
+        let r = put(&node, "profile", "v2", &[]).await;
+        assert_eq!(r.header("fanz-invalidated").as_deref(), Some("1"));
+        assert_eq!(
+            get(&node, "page").await.status,
+            StatusCode::NOT_FOUND,
+            "dependent survived an overwrite"
+        );
+        assert_eq!(get(&node, "profile").await.text(), "v2");
 
-    put(
-        &node,
-        "page",
-        "rendered from v2",
-        &[("fanz-depends-on", "profile")],
-    )
-    .await;
-    let r = send(Method::DELETE, &node.url("/kv/profile"), &[], "").await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(get(&node, "profile").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        get(&node, "page").await.status,
-        StatusCode::NOT_FOUND,
-        "dependent survived a delete"
-    );
+        put(
+            &node,
+            "page",
+            "rendered from v2",
+            &[("fanz-depends-on", "profile")],
+        )
+        .await;
+        let r = request(&node, Method::DELETE, "/kv/profile", &[], "").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert_eq!(get(&node, "profile").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            get(&node, "page").await.status,
+            StatusCode::NOT_FOUND,
+            "dependent survived a delete"
+        );
+    }
 }
 
 #[tokio::test]
 async fn purge_by_prefix_key_and_the_purge_method() {
-    let (_tmp, data) = data_dir();
-    let node = TestNode::start(&data, &[]);
-    for key in ["user:1", "user:2", "userx", "team:1"] {
-        put(&node, key, key, &[("surrogate-key", "all")]).await;
-    }
-    let r = admin_purge(&node, r#"{"prefixes":["user:"],"keys":["team:1"]}"#).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(get(&node, "user:1").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(get(&node, "user:2").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(get(&node, "team:1").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(get(&node, "userx").await.status, StatusCode::OK);
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let (_tmp, data) = data_dir();
+        let node = TestNode::start(&data, &[]).with_proto(proto);
+        for key in ["user:1", "user:2", "userx", "team:1"] {
+            put(&node, key, key, &[("surrogate-key", "all")]).await;
+        }
+        let r = admin_purge(&node, r#"{"prefixes":["user:"],"keys":["team:1"]}"#).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(get(&node, "user:1").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(&node, "user:2").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(&node, "team:1").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(&node, "userx").await.status, StatusCode::OK);
 
-    // PURGE with Surrogate-Key purges tags; PURGE on a key purges the key.
-    let bearer = format!("Bearer {TOKEN}");
-    put(&node, "t1", "x", &[("surrogate-key", "red")]).await;
-    put(&node, "t2", "x", &[("surrogate-key", "blue")]).await;
-    let r = send(
-        Method::from_bytes(b"PURGE").unwrap(),
-        &node.url("/"),
-        &[("authorization", &bearer), ("surrogate-key", "red")],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(get(&node, "t1").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(get(&node, "t2").await.status, StatusCode::OK);
-    let r = send(
-        Method::from_bytes(b"PURGE").unwrap(),
-        &node.url("/kv/t2"),
-        &[("authorization", &bearer)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(get(&node, "t2").await.status, StatusCode::NOT_FOUND);
+        // PURGE with Surrogate-Key purges tags; PURGE on a key purges the key.
+        let bearer = format!("Bearer {TOKEN}");
+        put(&node, "t1", "x", &[("surrogate-key", "red")]).await;
+        put(&node, "t2", "x", &[("surrogate-key", "blue")]).await;
+        let r = request(
+            &node,
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/",
+            &[("authorization", &bearer), ("surrogate-key", "red")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(get(&node, "t1").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(&node, "t2").await.status, StatusCode::OK);
+        let r = request(
+            &node,
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/kv/t2",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(get(&node, "t2").await.status, StatusCode::NOT_FOUND);
+    }
 }
 
 #[tokio::test]
 async fn soft_purge_serves_stale_only_inside_its_window() {
-    let (_tmp, data) = data_dir();
-    let node = TestNode::start(&data, &[]);
-    put(
-        &node,
-        "with-swr",
-        "x",
-        &[
-            ("cache-control", "max-age=600, stale-while-revalidate=60"),
-            ("surrogate-key", "s"),
-        ],
-    )
-    .await;
-    put(
-        &node,
-        "without-swr",
-        "y",
-        &[("cache-control", "max-age=600"), ("surrogate-key", "s")],
-    )
-    .await;
-    let r = admin_purge(&node, r#"{"tags":["s"],"soft":true}"#).await;
-    assert_eq!(r.status, StatusCode::OK);
-    let r = get(&node, "with-swr").await;
-    assert_eq!(r.status, StatusCode::OK);
-    let status = r.header("cache-status").unwrap();
-    assert!(
-        status.contains("detail=stale") && status.contains("ttl=-"),
-        "{status}"
-    );
-    let r = get(&node, "without-swr").await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        r.header("cache-status").as_deref(),
-        Some("fanz; fwd=miss; detail=invalidated")
-    );
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let (_tmp, data) = data_dir();
+        let node = TestNode::start(&data, &[]).with_proto(proto);
+        put(
+            &node,
+            "with-swr",
+            "x",
+            &[
+                ("cache-control", "max-age=600, stale-while-revalidate=60"),
+                ("surrogate-key", "s"),
+            ],
+        )
+        .await;
+        put(
+            &node,
+            "without-swr",
+            "y",
+            &[("cache-control", "max-age=600"), ("surrogate-key", "s")],
+        )
+        .await;
+        let r = admin_purge(&node, r#"{"tags":["s"],"soft":true}"#).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = get(&node, "with-swr").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let status = r.header("cache-status").unwrap();
+        assert!(
+            status.contains("detail=stale") && status.contains("ttl=-"),
+            "{status}"
+        );
+        let r = get(&node, "without-swr").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("fanz; fwd=miss; detail=invalidated")
+        );
+    }
 }
 
 #[tokio::test]

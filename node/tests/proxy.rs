@@ -20,7 +20,7 @@ fn node_for(origin: &TestOrigin, extra: &[&str]) -> (tempfile::TempDir, TestNode
 }
 
 async fn fetch(node: &TestNode, path: &str, headers: &[(&str, &str)]) -> Reply {
-    send(Method::GET, &node.url(path), headers, "").await
+    request(node, Method::GET, path, headers, "").await
 }
 
 fn status_of(r: &Reply) -> String {
@@ -177,41 +177,45 @@ fn site(
 // RFC 9111 §3: storing responses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_storable_responses_are_stored_and_others_are_not() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    let first = fetch(&node, "/fresh", &[]).await;
-    assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.text(), "fresh #1");
-    assert!(
-        status_of(&first).contains("fwd=uri-miss") && status_of(&first).contains("stored"),
-        "{}",
-        status_of(&first)
-    );
-    let second = fetch(&node, "/fresh", &[]).await;
-    assert_eq!(second.text(), "fresh #1");
-    assert!(
-        status_of(&second).starts_with("fanz; hit"),
-        "{}",
-        status_of(&second)
-    );
-    assert_eq!(origin.count("/fresh"), 1);
-
-    for path in ["/private", "/cookie"] {
-        fetch(&node, path, &[]).await;
-        let again = fetch(&node, path, &[]).await;
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        let first = fetch(&node, "/fresh", &[]).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(first.text(), "fresh #1");
         assert!(
-            again.text().ends_with("#2"),
-            "{path} was served from the cache"
-        );
-        assert!(
-            status_of(&again).contains("detail="),
+            status_of(&first).contains("fwd=uri-miss") && status_of(&first).contains("stored"),
             "{}",
-            status_of(&again)
+            status_of(&first)
         );
+        let second = fetch(&node, "/fresh", &[]).await;
+        assert_eq!(second.text(), "fresh #1");
+        assert!(
+            status_of(&second).starts_with("fanz; hit"),
+            "{}",
+            status_of(&second)
+        );
+        assert_eq!(origin.count("/fresh"), 1);
+
+        for path in ["/private", "/cookie"] {
+            fetch(&node, path, &[]).await;
+            let again = fetch(&node, path, &[]).await;
+            assert!(
+                again.text().ends_with("#2"),
+                "{path} was served from the cache"
+            );
+            assert!(
+                status_of(&again).contains("detail="),
+                "{}",
+                status_of(&again)
+            );
+        }
+        // Requests with Authorization are not answered from the cache.
+        let r = fetch(&node, "/fresh", &[("authorization", "Basic eDp5")]).await;
+        assert!(status_of(&r).contains("fwd=bypass"), "{}", status_of(&r));
     }
-    // Requests with Authorization are not answered from the cache.
-    let r = fetch(&node, "/fresh", &[("authorization", "Basic eDp5")]).await;
-    assert!(status_of(&r).contains("fwd=bypass"), "{}", status_of(&r));
 }
 
 // RFC 9111 §4.2: freshness and age; RFC 9213 targeted fields.
@@ -251,142 +255,162 @@ async fn s4_2_freshness_age_and_cdn_cache_control() {
 // RFC 9111 §4.1: Vary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_1_vary_selects_variants() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    let en = fetch(&node, "/vary", &[("accept-language", "en")]).await;
-    let fr = fetch(&node, "/vary", &[("accept-language", "fr")]).await;
-    assert_eq!((en.text().as_str(), fr.text().as_str()), ("en #1", "fr #2"));
-    let fr_miss = fetch(&node, "/vary", &[("accept-language", "de")]).await;
-    assert!(
-        status_of(&fr_miss).contains("fwd=vary-miss"),
-        "{}",
-        status_of(&fr_miss)
-    );
-    assert_eq!(
-        fetch(&node, "/vary", &[("accept-language", "en")])
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        let en = fetch(&node, "/vary", &[("accept-language", "en")]).await;
+        let fr = fetch(&node, "/vary", &[("accept-language", "fr")]).await;
+        assert_eq!((en.text().as_str(), fr.text().as_str()), ("en #1", "fr #2"));
+        let fr_miss = fetch(&node, "/vary", &[("accept-language", "de")]).await;
+        assert!(
+            status_of(&fr_miss).contains("fwd=vary-miss"),
+            "{}",
+            status_of(&fr_miss)
+        );
+        assert_eq!(
+            fetch(&node, "/vary", &[("accept-language", "en")])
+                .await
+                .text(),
+            "en #1"
+        );
+        assert_eq!(
+            fetch(&node, "/vary", &[("accept-language", "fr")])
+                .await
+                .text(),
+            "fr #2"
+        );
+        assert_eq!(origin.count("/vary"), 3);
+        // Purging the URL purges every variant.
+        assert_eq!(
+            admin_purge(
+                &node,
+                &format!(r#"{{"urls":["{}/vary"]}}"#, node.base_url())
+            )
             .await
-            .text(),
-        "en #1"
-    );
-    assert_eq!(
-        fetch(&node, "/vary", &[("accept-language", "fr")])
-            .await
-            .text(),
-        "fr #2"
-    );
-    assert_eq!(origin.count("/vary"), 3);
-    // Purging the URL purges every variant.
-    assert_eq!(
-        admin_purge(
-            &node,
-            &format!(r#"{{"urls":["http://{}/vary"]}}"#, node.http)
-        )
-        .await
-        .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        fetch(&node, "/vary", &[("accept-language", "en")])
-            .await
-            .text(),
-        "en #4"
-    );
+            .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            fetch(&node, "/vary", &[("accept-language", "en")])
+                .await
+                .text(),
+            "en #4"
+        );
+    }
 }
 
 // RFC 9111 §4.3: validation, with the origin and with clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_3_validation() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    // no-cache: stored, revalidated on every use; a 304 refreshes the stored headers.
-    assert_eq!(fetch(&node, "/validate", &[]).await.text(), "validate #1");
-    let r = fetch(&node, "/validate", &[]).await;
-    assert_eq!(r.text(), "validate #1");
-    assert!(
-        status_of(&r).contains("fwd-status=304"),
-        "{}",
-        status_of(&r)
-    );
-    assert_eq!(r.header("x-refreshed").as_deref(), Some("yes"));
-    assert_eq!(
-        origin.last("/validate").unwrap().headers["if-none-match"],
-        "\"e1\""
-    );
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        // no-cache: stored, revalidated on every use; a 304 refreshes the stored headers.
+        assert_eq!(fetch(&node, "/validate", &[]).await.text(), "validate #1");
+        let r = fetch(&node, "/validate", &[]).await;
+        assert_eq!(r.text(), "validate #1");
+        assert!(
+            status_of(&r).contains("fwd-status=304"),
+            "{}",
+            status_of(&r)
+        );
+        assert_eq!(r.header("x-refreshed").as_deref(), Some("yes"));
+        assert_eq!(
+            origin.last("/validate").unwrap().headers["if-none-match"],
+            "\"e1\""
+        );
 
-    // Client conditionals are answered from the cache.
-    fetch(&node, "/fresh", &[]).await;
-    let r = fetch(&node, "/fresh", &[("if-none-match", "\"v1\"")]).await;
-    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    assert!(r.body.is_empty());
-    assert_eq!(origin.count("/fresh"), 1);
-    // HEAD is answered from a cached GET.
-    let r = send(Method::HEAD, &node.url("/fresh"), &[], "").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.header("content-length").as_deref(), Some("8"));
-    assert!(status_of(&r).starts_with("fanz; hit"));
+        // Client conditionals are answered from the cache.
+        fetch(&node, "/fresh", &[]).await;
+        let r = fetch(&node, "/fresh", &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert!(r.body.is_empty());
+        assert_eq!(origin.count("/fresh"), 1);
+        // HEAD is answered from a cached GET.
+        let r = request(&node, Method::HEAD, "/fresh", &[], "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("content-length").as_deref(), Some("8"));
+        assert!(status_of(&r).starts_with("fanz; hit"));
+    }
 }
 
 // RFC 9111 §4.4: invalidation by unsafe methods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_4_unsafe_methods_invalidate_the_uri_and_location() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    fetch(&node, "/items", &[]).await;
-    fetch(&node, "/items/1", &[]).await;
-    let r = send(Method::POST, &node.url("/items"), &[], "new item").await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(origin.last("/items").unwrap().body, "new item");
-    fetch(&node, "/grouped", &[]).await;
-    let r = send(Method::POST, &node.url("/items"), &[], "another").await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(fetch(&node, "/items", &[]).await.text(), "/items #4");
-    assert_eq!(fetch(&node, "/items/1", &[]).await.text(), "/items/1 #2");
-    // RFC 9875: Cache-Group-Invalidation on the POST's response purged the group.
-    assert_eq!(fetch(&node, "/grouped", &[]).await.text(), "grouped #2");
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        fetch(&node, "/items", &[]).await;
+        fetch(&node, "/items/1", &[]).await;
+        let r = request(&node, Method::POST, "/items", &[], "new item").await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(origin.last("/items").unwrap().body, "new item");
+        fetch(&node, "/grouped", &[]).await;
+        let r = request(&node, Method::POST, "/items", &[], "another").await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(fetch(&node, "/items", &[]).await.text(), "/items #4");
+        assert_eq!(fetch(&node, "/items/1", &[]).await.text(), "/items/1 #2");
+        // RFC 9875: Cache-Group-Invalidation on the POST's response purged the group.
+        assert_eq!(fetch(&node, "/grouped", &[]).await.text(), "grouped #2");
+    }
 }
 
 // RFC 9110 §14: ranges answered from a cached complete object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ranges_are_answered_from_the_cached_object() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    let first = fetch(&node, "/fresh", &[("range", "bytes=0-4")]).await;
-    assert_eq!(first.status, StatusCode::OK, "a miss is answered whole");
-    let r = fetch(&node, "/fresh", &[("range", "bytes=0-4")]).await;
-    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.text(), "fresh");
-    assert_eq!(r.header("content-range").as_deref(), Some("bytes 0-4/8"));
-    let r = fetch(&node, "/fresh", &[("range", "bytes=-2")]).await;
-    assert_eq!(r.text(), "#1");
-    let r = fetch(&node, "/fresh", &[("range", "bytes=100-")]).await;
-    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(r.header("content-range").as_deref(), Some("bytes */8"));
-    assert_eq!(origin.count("/fresh"), 1);
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        let first = fetch(&node, "/fresh", &[("range", "bytes=0-4")]).await;
+        assert_eq!(first.status, StatusCode::OK, "a miss is answered whole");
+        let r = fetch(&node, "/fresh", &[("range", "bytes=0-4")]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.text(), "fresh");
+        assert_eq!(r.header("content-range").as_deref(), Some("bytes 0-4/8"));
+        let r = fetch(&node, "/fresh", &[("range", "bytes=-2")]).await;
+        assert_eq!(r.text(), "#1");
+        let r = fetch(&node, "/fresh", &[("range", "bytes=100-")]).await;
+        assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.header("content-range").as_deref(), Some("bytes */8"));
+        assert_eq!(origin.count("/fresh"), 1);
+    }
 }
 
 // RFC 5861.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    fetch(&node, "/swr", &[]).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = fetch(&node, "/swr", &[]).await;
-    assert_eq!(r.text(), "swr #1");
-    assert!(
-        status_of(&r).contains("stale-while-revalidate"),
-        "{}",
-        status_of(&r)
-    );
-    for _ in 0..100 {
-        if origin.count("/swr") == 2 {
-            break;
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        fetch(&node, "/swr", &[]).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let r = fetch(&node, "/swr", &[]).await;
+        assert_eq!(r.text(), "swr #1");
+        assert!(
+            status_of(&r).contains("stale-while-revalidate"),
+            "{}",
+            status_of(&r)
+        );
+        for _ in 0..100 {
+            if origin.count("/swr") == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(origin.count("/swr"), 2, "background refresh");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fetch(&node, "/swr", &[]).await.text(), "swr #2");
     }
-    assert_eq!(origin.count("/swr"), 2, "background refresh");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(fetch(&node, "/swr", &[]).await.text(), "swr #2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -472,42 +496,48 @@ async fn uncacheable_answers_release_the_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purge_by_surrogate_key_url_and_purge_method() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &[]);
-    let r = fetch(&node, "/fresh", &[]).await;
-    assert!(
-        r.header("surrogate-key").is_none(),
-        "tags leaked to the client"
-    );
-    assert_eq!(
-        admin_purge(&node, r#"{"tags":["s2"]}"#).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #2");
-    let bearer = format!("Bearer {TOKEN}");
-    let purge = Method::from_bytes(b"PURGE").unwrap();
-    let r = send(
-        purge.clone(),
-        &node.url("/"),
-        &[("authorization", &bearer), ("surrogate-key", "s1")],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #3");
-    let r = send(
-        purge.clone(),
-        &node.url("/fresh"),
-        &[("authorization", &bearer)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #4");
-    assert_eq!(
-        send(purge, &node.url("/fresh"), &[], "").await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        let r = fetch(&node, "/fresh", &[]).await;
+        assert!(
+            r.header("surrogate-key").is_none(),
+            "tags leaked to the client"
+        );
+        assert_eq!(
+            admin_purge(&node, r#"{"tags":["s2"]}"#).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #2");
+        let bearer = format!("Bearer {TOKEN}");
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        let r = request(
+            &node,
+            purge.clone(),
+            "/",
+            &[("authorization", &bearer), ("surrogate-key", "s1")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #3");
+        let r = request(
+            &node,
+            purge.clone(),
+            "/fresh",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(fetch(&node, "/fresh", &[]).await.text(), "fresh #4");
+        assert_eq!(
+            request(&node, purge, "/fresh", &[], "").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }
 
 /// An origin that answers every request with the same raw bytes and closes: for

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(unreachable_pub)] // shared by test binaries; nothing here is a public API
 
+pub mod h3client;
 pub mod origin;
 
 use std::net::{SocketAddr, TcpListener};
@@ -31,8 +32,25 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// How a test reaches the main port. Behaviour tests run once per protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 over TCP.
+    H1,
+    /// HTTP/2 with prior knowledge over TCP.
+    H2,
+    /// HTTP/3 over QUIC, trusting the node's development certificate.
+    H3,
+}
+
+/// Every protocol the main port speaks.
+pub const PROTOCOLS: [Proto; 3] = [Proto::H1, Proto::H2, Proto::H3];
+
 /// A running `fanz-node` process. Killed when dropped.
 pub struct TestNode {
+    /// The protocol [`request`] (and `put`, `get`) use.
+    pub proto: Proto,
+    h3: std::sync::OnceLock<SocketAddr>,
     pub child: Option<Child>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -55,6 +73,8 @@ impl TestNode {
 
     pub fn start_with(data_dir: &Path, args: Vec<String>) -> TestNode {
         let mut node = TestNode {
+            proto: Proto::H1,
+            h3: std::sync::OnceLock::new(),
             child: None,
             http: free_addr(),
             admin: free_addr(),
@@ -180,6 +200,21 @@ impl TestNode {
         self.spawn();
     }
 
+    /// The same node reached over `proto`.
+    pub fn with_proto(mut self, proto: Proto) -> Self {
+        self.proto = proto;
+        self
+    }
+
+    /// Scheme and authority of the URLs this node caches for requests over `proto`
+    /// (what an admin purge by URL names).
+    pub fn base_url(&self) -> String {
+        match self.proto {
+            Proto::H1 | Proto::H2 => format!("http://{}", self.http),
+            Proto::H3 => "https://localhost".to_string(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
@@ -284,8 +319,20 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Reply {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    send_over(false, method, url, headers, body).await
+}
+
+/// One request with a fresh client, HTTP/2 (prior knowledge) when `h2`.
+pub async fn send_over(
+    h2: bool,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -310,10 +357,48 @@ pub async fn send(
     }
 }
 
+/// One request to the node's main port over the node's protocol.
+pub async fn request(
+    node: &TestNode,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    match node.proto {
+        Proto::H1 => send(method, &node.url(path), headers, body).await,
+        Proto::H2 => send_over(true, method, &node.url(path), headers, body).await,
+        Proto::H3 => {
+            let addr = match node.h3.get() {
+                Some(addr) => *addr,
+                None => {
+                    let addr = h3client::h3_addr(node).await;
+                    *node.h3.get_or_init(|| addr)
+                }
+            };
+            let r = h3client::h3_request(
+                addr,
+                &node.data_dir.join("dev-cert.pem"),
+                method,
+                path,
+                headers,
+                body,
+            )
+            .await;
+            Reply {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }
+        }
+    }
+}
+
 pub async fn put(node: &TestNode, key: &str, value: &str, headers: &[(&str, &str)]) -> Reply {
-    send(
+    request(
+        node,
         Method::PUT,
-        &node.url(&format!("/kv/{key}")),
+        &format!("/kv/{key}"),
         headers,
         value.to_string(),
     )
@@ -321,7 +406,7 @@ pub async fn put(node: &TestNode, key: &str, value: &str, headers: &[(&str, &str
 }
 
 pub async fn get(node: &TestNode, key: &str) -> Reply {
-    send(Method::GET, &node.url(&format!("/kv/{key}")), &[], "").await
+    request(node, Method::GET, &format!("/kv/{key}"), &[], "").await
 }
 
 pub async fn admin_purge(node: &TestNode, body: &str) -> Reply {

@@ -1,0 +1,156 @@
+//! A real HTTP/3 client for tests (quinn + h3), trusting the node's certificate.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, StatusCode};
+use rustls::pki_types::pem::PemObject;
+
+use super::{send, TestNode};
+
+pub struct H3Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The node's HTTP/3 address, from the Alt-Svc it advertises over TCP.
+pub async fn h3_addr(node: &TestNode) -> SocketAddr {
+    let r = send(Method::GET, &node.admin_url("/healthz"), &[], "").await;
+    assert!(
+        r.header("alt-svc").is_none(),
+        "the admin port does not advertise HTTP/3"
+    );
+    let r = send(Method::GET, &node.url("/kv/anything"), &[], "").await;
+    let alt = r.header("alt-svc").expect("Alt-Svc on the main port");
+    let port: u16 = alt
+        .split(":")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(alt.contains("h3=") && alt.contains("ma="), "{alt}");
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One HTTP/3 request, trusting only `cert`.
+pub async fn h3_request(
+    addr: SocketAddr,
+    cert: &Path,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> H3Reply {
+    try_h3_request(addr, cert, method, path, headers, body)
+        .await
+        .expect("HTTP/3 request")
+}
+
+/// One HTTP/3 request; `Err` if the stream or the connection failed.
+pub async fn try_h3_request(
+    addr: SocketAddr,
+    cert: &Path,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<H3Reply, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        endpoint.connect(addr, "localhost").unwrap(),
+    )
+    .await
+    .map_err(|_| "QUIC handshake timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .map_err(|e| e.to_string())?;
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body: Bytes = body.into();
+    let exchange = async {
+        let mut stream = send_request
+            .send_request(req.body(()).unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            stream.send_data(body).await.map_err(|e| e.to_string())?;
+        }
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let mut out = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+            out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok::<_, String>(H3Reply {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: out.freeze(),
+        })
+    };
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_string())?;
+    drop(send_request);
+    drive.abort();
+    endpoint.close(0u32.into(), b"done");
+    reply
+}
+
+/// A QUIC + HTTP/3 client connection to the node.
+pub async fn h3_connect(
+    addr: SocketAddr,
+    cert: &Path,
+) -> (
+    quinn::Endpoint,
+    h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    tokio::task::JoinHandle<h3::error::ConnectionError>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, send_request) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    (endpoint, send_request, drive)
+}
