@@ -287,6 +287,8 @@ fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
         max_header_size: config.max_header_size as u64,
         shutdown_grace: config.shutdown_grace,
         retry: config.h3_retry,
+        stream_window: config.h3_stream_window,
+        connection_window: config.h3_connection_window,
     }
 }
 

@@ -50,6 +50,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "h3_addr", default: Some("127.0.0.1:8443"), help: "UDP address of the HTTP/3 (QUIC) listener, or `off`. Uses tls_cert/tls_key, or a development certificate made in data_dir (see `fanz-node print-dev-cert`)." },
     Spec { name: "h3_max_streams", default: Some("100"), help: "Concurrent HTTP/3 requests per QUIC connection." },
     Spec { name: "h3_retry", default: Some("auto"), help: "QUIC address validation (Retry) before a handshake: `always`, `off`, or `auto` (only while more than 64 handshakes are under way, as under a flood)." },
+    Spec { name: "h3_stream_window", default: Some("1MiB"), help: "QUIC receive window per stream: how much of one request body a client may send ahead." },
+    Spec { name: "h3_connection_window", default: Some("8MiB"), help: "QUIC receive window per connection, over all its streams." },
     Spec { name: "h3_idle_timeout", default: Some("30s"), help: "Idle time after which a QUIC connection is closed." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
@@ -180,6 +182,10 @@ pub struct Config {
     pub h3_addr: Option<SocketAddr>,
     /// HTTP/3 streams per connection.
     pub h3_max_streams: u32,
+    /// QUIC per-stream receive window.
+    pub h3_stream_window: u64,
+    /// QUIC per-connection receive window.
+    pub h3_connection_window: u64,
     /// QUIC idle timeout.
     pub h3_idle_timeout: Duration,
     /// When to ask QUIC clients to prove their address.
@@ -294,6 +300,9 @@ impl Config {
                     .map_err(|_| format!("expected a whole number, got {s:?}"))?;
                 Ok(at_least(u64::from(n), 1, "1")? as u32)
             })?,
+            h3_stream_window: p.parse("h3_stream_window", |s| quic_window(parse_size(s)?))?,
+            h3_connection_window: p
+                .parse("h3_connection_window", |s| quic_window(parse_size(s)?))?,
             h3_idle_timeout: p.parse("h3_idle_timeout", positive_duration)?,
             h3_retry: p.parse("h3_retry", |s| match s {
                 "always" => Ok(RetryPolicy::Always),
@@ -447,6 +456,12 @@ impl Config {
         if config.default_ttl > config.max_ttl {
             return Err(p.invalid("default_ttl", "must not exceed max_ttl".into()));
         }
+        if config.h3_stream_window > config.h3_connection_window {
+            return Err(p.invalid(
+                "h3_stream_window",
+                "must not exceed h3_connection_window".into(),
+            ));
+        }
         if config.tls_cert.is_some() != config.tls_key.is_some() {
             let missing = if config.tls_cert.is_some() {
                 "tls_key"
@@ -483,6 +498,11 @@ impl Config {
                 self.h3_addr.map_or("off".into(), |a| a.to_string()),
             ),
             ("h3_max_streams", self.h3_max_streams.to_string()),
+            ("h3_stream_window", self.h3_stream_window.to_string()),
+            (
+                "h3_connection_window",
+                self.h3_connection_window.to_string(),
+            ),
             ("h3_idle_timeout", d(self.h3_idle_timeout)),
             (
                 "h3_retry",
@@ -669,6 +689,14 @@ fn at_least(n: u64, min: u64, shown: &str) -> Result<u64, String> {
     }
 }
 
+/// A QUIC flow-control window: at least 16 KiB, at most 1 GiB (well inside a varint).
+fn quic_window(n: u64) -> Result<u64, String> {
+    if !(16 << 10..=1 << 30).contains(&n) {
+        return Err("must be between 16KiB and 1GiB".into());
+    }
+    Ok(n)
+}
+
 fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
@@ -776,6 +804,29 @@ mod tests {
         assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
         assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
         assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
+    }
+
+    #[test]
+    fn http3_settings() {
+        let c = Config::defaults();
+        assert_eq!(c.h3_addr, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(c.h3_retry, RetryPolicy::UnderLoad);
+        let c = Config::resolve(&raw(&[("h3_addr", "off"), ("h3_retry", "always")])).unwrap();
+        assert_eq!(c.h3_addr, None);
+        assert_eq!(c.h3_retry, RetryPolicy::Always);
+        for (setting, bad) in [
+            ("h3_stream_window", "1KiB"),
+            ("h3_stream_window", "16MiB"),
+            ("h3_retry", "sometimes"),
+            ("h3_max_streams", "0"),
+            ("h3_addr", "udp://x"),
+        ] {
+            let err = Config::resolve(&raw(&[(setting, bad)])).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { setting: s, .. } if *s == setting),
+                "{setting}={bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct H3Limits {
     pub shutdown_grace: Duration,
     /// When to validate client addresses with a Retry.
     pub retry: RetryPolicy,
+    /// Receive window per stream, bytes.
+    pub stream_window: u64,
+    /// Receive window per connection, bytes.
+    pub connection_window: u64,
 }
 
 /// Handshakes under way above which `RetryPolicy::UnderLoad` starts sending Retries.
@@ -51,6 +55,13 @@ pub fn endpoint(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.max_streams.into());
+    // Both windows are validated to fit a QUIC varint (at most 1 GiB).
+    transport.stream_receive_window(
+        quinn::VarInt::from_u64(limits.stream_window).map_err(|e| e.to_string())?,
+    );
+    transport.receive_window(
+        quinn::VarInt::from_u64(limits.connection_window).map_err(|e| e.to_string())?,
+    );
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|e| e.to_string())?;
     transport.max_idle_timeout(Some(idle));
     server.transport_config(Arc::new(transport));
