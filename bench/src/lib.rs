@@ -1,9 +1,13 @@
-//! FANZ Edge load generator (issue "fanz-bench and the peer comparison").
+//! FANZ Edge load generator.
 //!
-//! Not built yet. What will live here: the `fanz-bench` tool (HTTP/1.1, HTTP/2,
-//! HTTP/3 and client-library drivers; open and closed loop with coordinated-omission
-//! correction on hdrhistogram; uniform and Zipf key distributions; JSON and chart
-//! output), `fanz-bench origin` (a fast scripted origin), and `bench/peers/` scripts
-//! that run the same workload against nginx, Varnish, Redis and memcached.
+//! Components:
+//! - [`driver`]: one request at a time over HTTP/1.1, HTTP/2 or HTTP/3, behind one enum.
+//! - [`run`]: the closed loop (N connections, each sending its next request when the
+//!   last one is answered), bounded in time, with hdrhistogram latencies.
 //!
-//! The node's in-process micro-benchmarks (criterion) live in `node/benches/`.
+//! To come with the bench issue: open loop with coordinated-omission correction, key
+//! distributions (Zipf), write mixes, a client-library driver, JSON and chart output,
+//! `fanz-bench origin`, and the peer scripts in `bench/peers/`.
+
+pub mod driver;
+pub mod run;

@@ -1,0 +1,155 @@
+//! Protocol drivers: a connection that sends one GET at a time and reads the whole
+//! response, over HTTP/1.1, HTTP/2 (prior knowledge) or HTTP/3.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Buf, Bytes};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+
+/// Which protocol a driver speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP, keep-alive.
+    H1,
+    /// HTTP/2 over TCP with prior knowledge.
+    H2,
+    /// HTTP/3 over QUIC.
+    H3,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "h1" => Ok(Protocol::H1),
+            "h2" => Ok(Protocol::H2),
+            "h3" => Ok(Protocol::H3),
+            _ => Err(format!("unknown protocol {s:?}: expected h1, h2 or h3")),
+        }
+    }
+}
+
+/// One connection of a driver.
+pub enum Connection {
+    /// HTTP/1.1.
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    /// HTTP/2.
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    /// HTTP/3 (the endpoint is kept alive with it).
+    H3(
+        h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+        quinn::Endpoint,
+    ),
+}
+
+/// Where to send requests.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// `Host` / `:authority` and TLS server name.
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+}
+
+impl Connection {
+    /// Opens a connection. `ca` is the certificate HTTP/3 trusts (PEM).
+    pub async fn open(
+        protocol: Protocol,
+        target: &Target,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        match protocol {
+            Protocol::H1 | Protocol::H2 => {
+                let stream = tokio::net::TcpStream::connect(target.addr)
+                    .await
+                    .context("connect")?;
+                stream.set_nodelay(true)?;
+                let io = TokioIo::new(stream);
+                if protocol == Protocol::H1 {
+                    let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+                    tokio::spawn(conn);
+                    Ok(Connection::H1(send))
+                } else {
+                    let (send, conn) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                    tokio::spawn(conn);
+                    Ok(Connection::H2(send))
+                }
+            }
+            Protocol::H3 => {
+                let ca =
+                    ca.ok_or_else(|| anyhow!("HTTP/3 needs --ca-cert (the node's certificate)"))?;
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(
+                    rustls::pki_types::CertificateDer::from_pem_file(ca)
+                        .context("reading --ca-cert")?,
+                )?;
+                let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                tls.alpn_protocols = vec![b"h3".to_vec()];
+                let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+                let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+                let conn = endpoint.connect(target.addr, &target.host)?.await?;
+                let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+                tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+                Ok(Connection::H3(send, endpoint))
+            }
+        }
+    }
+
+    /// Sends a GET and reads the whole body; returns its length.
+    pub async fn get(&mut self, target: &Target) -> anyhow::Result<usize> {
+        match self {
+            Connection::H1(send) => {
+                send.ready().await?;
+                let req = Request::get(&target.path)
+                    .header("host", &target.host)
+                    .body(Empty::new())?;
+                let resp = send.send_request(req).await?;
+                read_hyper(resp).await
+            }
+            Connection::H2(send) => {
+                send.ready().await?;
+                let uri = format!("http://{}{}", target.host, target.path);
+                let resp = send
+                    .send_request(Request::get(uri).body(Empty::new())?)
+                    .await?;
+                read_hyper(resp).await
+            }
+            Connection::H3(send, _) => {
+                let uri = format!("https://{}{}", target.host, target.path);
+                let mut stream = send.send_request(Request::get(uri).body(())?).await?;
+                stream.finish().await?;
+                let resp = stream.recv_response().await?;
+                if !resp.status().is_success() {
+                    bail!("status {}", resp.status());
+                }
+                let mut n = 0;
+                while let Some(chunk) = stream.recv_data().await? {
+                    n += chunk.remaining();
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+async fn read_hyper(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<usize> {
+    if !resp.status().is_success() {
+        bail!("status {}", resp.status());
+    }
+    Ok(resp.into_body().collect().await?.to_bytes().len())
+}
