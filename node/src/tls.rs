@@ -45,43 +45,37 @@ fn certificates(
     Ok(certs)
 }
 
-/// The server configuration from a certificate chain and a private key (PEM files).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// A server configuration from a certificate chain and a private key (PEM files),
+/// for the given protocol versions and ALPN protocols.
+fn server_with(
+    cert: &Path,
+    key: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
     let chain = certificates("tls_cert", cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError {
+    let key_err = |message: String| TlsError {
         setting: "tls_key",
         path: key.display().to_string(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
-        .map_err(|e| TlsError {
-            setting: "tls_key",
-            path: key.display().to_string(),
-            message: e.to_string(),
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+        .map_err(|e| key_err(e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The main listener's configuration: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_with(cert, key, rustls::DEFAULT_VERSIONS, &[b"h2", b"http/1.1"]).map(Arc::new)
 }
 
 /// The QUIC (HTTP/3) server configuration: TLS 1.3 only, ALPN `h3`, no 0-RTT.
 pub fn h3_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = certificates("tls_cert", cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError {
-        setting: "tls_key",
-        path: key.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
-        .map_err(|e| TlsError {
-            setting: "tls_key",
-            path: key.display().to_string(),
-            message: e.to_string(),
-        })?;
-    config.alpn_protocols = vec![b"h3".to_vec()];
+    let mut config = server_with(cert, key, &[&rustls::version::TLS13], &[b"h3"])?;
     config.max_early_data_size = 0;
     Ok(Arc::new(config))
 }

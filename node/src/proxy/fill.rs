@@ -185,6 +185,10 @@ pub async fn pump(
     let deadline = tokio::time::Instant::now() + total_timeout;
     let mut buf = BytesMut::new();
     let mut storing = true;
+    // The newest chunk is held back until the next one arrives, and the last one until
+    // the entry is stored: a client that has the whole body (it knows the length) can
+    // count on finding the entry when it asks again.
+    let mut held: Option<Bytes> = None;
     let outcome: Result<(), String> = loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => break Err(format!("origin body not complete within {total_timeout:?}")),
@@ -203,7 +207,9 @@ pub async fn pump(
                     if storing {
                         buf.extend_from_slice(&data);
                     }
-                    flight.push(data).await;
+                    if let Some(previous) = held.replace(data) {
+                        flight.push(previous).await;
+                    }
                 }
             }
         }
@@ -211,26 +217,31 @@ pub async fn pump(
     drop(permit);
     if let Err(e) = outcome {
         tracing::warn!(key = ?plan.store_key, error = %e, "origin response not stored");
+        if let Some(last) = held {
+            flight.push(last).await;
+        }
         flight.finish(Err(e.into())).await;
         leader.complete();
         return;
     }
-    if !storing {
-        flight.finish(Ok(())).await;
-        leader.complete();
-        return;
-    }
-    if let Some((primary, marker)) = plan.marker {
-        if let Err(e) = cache.store_response(primary, marker).await {
-            tracing::error!(error = %e, "storing a Vary marker failed");
+    if storing {
+        if let Some((primary, marker)) = plan.marker {
+            if let Err(e) = cache.store_response(primary, marker).await {
+                tracing::error!(error = %e, "storing a Vary marker failed");
+            }
+        }
+        let entry = Entry {
+            meta: plan.meta,
+            body: buf.freeze(),
+        };
+        if let Err(e) = cache.store_response(plan.store_key, entry).await {
+            tracing::error!(error = %e, "storing a response failed");
         }
     }
-    let entry = Entry {
-        meta: plan.meta,
-        body: buf.freeze(),
-    };
-    if let Err(e) = cache.store_response(plan.store_key, entry).await {
-        tracing::error!(error = %e, "storing a response failed");
+    // Stored (or not storable): later requests look up the cache, not this flight.
+    leader.stop_joining();
+    if let Some(last) = held {
+        flight.push(last).await;
     }
     flight.finish(Ok(())).await;
     leader.complete();

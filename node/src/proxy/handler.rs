@@ -471,7 +471,7 @@ impl Proxy {
                     plan.head.ttl_secs
                 );
                 leader.flight().publish(Outcome::Shared(plan.head.clone()));
-                leader.flight().push(old.body.clone()).await;
+                // Stored before the body goes out, as in the pump.
                 if let Some((primary, marker)) = plan.marker {
                     let _ = self.cache.store_response(primary, marker).await;
                 }
@@ -482,6 +482,8 @@ impl Proxy {
                 if let Err(e) = self.cache.store_response(plan.store_key, entry).await {
                     tracing::error!(error = %e, "storing a revalidated response failed");
                 }
+                leader.stop_joining();
+                leader.flight().push(old.body.clone()).await;
             }
             Err(reason) => {
                 leader.flight().publish(Outcome::Uncacheable);

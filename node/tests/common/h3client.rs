@@ -61,32 +61,10 @@ pub async fn try_h3_request(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Result<H3Reply, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
-        .unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        endpoint.connect(addr, "localhost").unwrap(),
-    )
-    .await
-    .map_err(|_| "QUIC handshake timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .map_err(|e| e.to_string())?;
-    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let (endpoint, mut send_request, drive) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), h3_connect(addr, cert))
+            .await
+            .map_err(|_| "QUIC handshake timed out".to_string())?;
     let mut req = http::Request::builder()
         .method(method)
         .uri(format!("https://localhost{path}"));
