@@ -136,7 +136,14 @@ pub enum CacheError {
     /// The invalidation log refused the write: nothing was acknowledged.
     #[error("invalidation log: {0}")]
     Log(#[from] LogError),
+    /// A key, tag or entry field is too long for the storage formats.
+    #[error("{0}")]
+    TooLong(&'static str),
 }
+
+/// Longest key, tag or prefix a purge may name (the log's length fields, with room
+/// for the id's kind and namespace bytes).
+const MAX_ID_LEN: usize = 65_000;
 
 /// What a set did.
 #[derive(Debug, Clone)]
@@ -236,6 +243,9 @@ impl Cache {
     /// old value's dependents are invalidated at a time after the store, so a
     /// dependent fill that starts later can only have read the new value.
     pub async fn set(&self, key: CacheKey, entry: Entry) -> Result<SetOutcome, CacheError> {
+        if !entry.fits_encoding() {
+            return Err(CacheError::TooLong("entry metadata too large to store"));
+        }
         let dependency_tags = self.dependency_tags(&entry.meta).await;
         self.invalidator
             .record_edges(&key, &entry.meta, &dependency_tags)
@@ -283,6 +293,10 @@ impl Cache {
     /// started), unless a purge that came after the fetch started covers it. Responses
     /// declare no dependency edges; a variant's tie to its URL is checked lazily.
     pub async fn store_response(&self, key: CacheKey, entry: Entry) -> Result<bool, CacheError> {
+        if !entry.fits_encoding() || key.encoded().len() > MAX_ID_LEN {
+            tracing::debug!(?key, "response too large in its metadata to store");
+            return Ok(false);
+        }
         if self.invalidator.coverage(&key, &entry.meta) != Coverage::Valid {
             return Ok(false);
         }
@@ -314,6 +328,17 @@ impl Cache {
 
     /// Purges `targets`; resolves once durable. Space is reclaimed in the background.
     pub async fn purge(&self, targets: &PurgeTargets) -> Result<PurgeOutcome, CacheError> {
+        let too_long = targets
+            .keys
+            .iter()
+            .chain(&targets.prefixes)
+            .any(|k| k.encoded().len() > MAX_ID_LEN)
+            || targets.tags.iter().any(|t| t.len() > MAX_ID_LEN);
+        if too_long {
+            return Err(CacheError::TooLong(
+                "a purged key, tag or prefix is too long",
+            ));
+        }
         let outcome = self.invalidator.purge(targets).await?;
         self.metrics.purges.inc();
         self.count_purge(PurgeKind::Key, targets.soft, targets.keys.len());

@@ -923,3 +923,38 @@ async fn a_stalled_pass_through_body_is_cut_off_at_the_total_timeout() {
         started.elapsed()
     );
 }
+
+/// Input from the network never panics the encoders: a response whose metadata does
+/// not fit the entry format passes through unstored, and a purge of an over-long URL
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_metadata_is_refused_not_panicked_on() {
+    let huge = "h".repeat(70_000);
+    let origin = TestOrigin::start(move |_, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=60"), ("x-huge", huge.as_str())],
+            format!("huge #{n}"),
+        )
+    })
+    .await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    for n in 1..=2 {
+        let r = fetch(&node, "/huge", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.text(),
+            format!("huge #{n}"),
+            "a response whose header overflows the entry format was stored"
+        );
+    }
+    let long_url = format!("http://{}/{}", node.http, "u".repeat(65_100));
+    let r = admin_purge(&node, &format!(r#"{{"urls":["{long_url}"]}}"#)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(
+        send(Method::GET, &node.admin_url("/healthz"), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

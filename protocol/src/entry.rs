@@ -107,6 +107,23 @@ impl Entry {
             + CRC_LEN
     }
 
+    /// Whether every field fits its length prefix, so [`Entry::encode`] cannot panic.
+    /// Input from the network (an origin's headers, tags) must be checked with it
+    /// before an entry is stored.
+    pub fn fits_encoding(&self) -> bool {
+        const U16: usize = u16::MAX as usize;
+        let m = &self.meta;
+        m.headers.len() <= U16
+            && m.headers
+                .iter()
+                .all(|(n, v)| n.len() <= U16 && v.len() <= U16)
+            && m.tags.len() <= U16
+            && m.tags.iter().all(|t| t.len() <= U16)
+            && m.depends_on.len() <= U16
+            && m.depends_on.iter().all(|d| d.encoded().len() <= U16)
+            && self.body.len() <= u32::MAX as usize
+    }
+
     /// Encodes the entry, checksum last.
     ///
     /// # Panics
@@ -299,6 +316,42 @@ mod tests {
         fn garbage_never_panics(bytes in arb_bytes(200)) {
             let _ = Entry::decode(bytes);
         }
+    }
+
+    #[test]
+    fn oversized_fields_are_caught_before_encoding() {
+        let ok = Entry {
+            meta: EntryMeta {
+                tags: vec![Bytes::from(vec![b't'; 65_535])],
+                ..EntryMeta::default()
+            },
+            body: Bytes::new(),
+        };
+        assert!(ok.fits_encoding());
+        let long_header = Entry {
+            meta: EntryMeta {
+                headers: vec![(Bytes::from_static(b"x"), Bytes::from(vec![b'v'; 65_536]))],
+                ..EntryMeta::default()
+            },
+            body: Bytes::new(),
+        };
+        assert!(!long_header.fits_encoding());
+        let many_tags = Entry {
+            meta: EntryMeta {
+                tags: vec![Bytes::from_static(b"t"); 65_536],
+                ..EntryMeta::default()
+            },
+            body: Bytes::new(),
+        };
+        assert!(!many_tags.fits_encoding());
+        let long_dep = Entry {
+            meta: EntryMeta {
+                depends_on: vec![InvalidationId::key(&CacheKey::kv(&vec![b'k'; 65_534]))],
+                ..EntryMeta::default()
+            },
+            body: Bytes::new(),
+        };
+        assert!(!long_dep.fits_encoding());
     }
 
     #[test]

@@ -209,6 +209,9 @@ impl MainService {
                 );
                 r
             }
+            Err(e @ crate::cache::CacheError::TooLong(_)) => {
+                text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "set failed");
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))

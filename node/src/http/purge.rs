@@ -42,6 +42,9 @@ pub async fn run(cache: &Cache, targets: &PurgeTargets) -> Response<Body> {
                 }),
             )
         }
+        Err(e @ crate::cache::CacheError::TooLong(_)) => {
+            text(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e) => {
             tracing::error!(error = %e, "purge could not be made durable");
             text(
