@@ -428,9 +428,4 @@ impl InvalidationState {
         let deps = self.dependents.read().unwrap_or_else(|e| e.into_inner());
         deps.values().map(HashMap::len).sum()
     }
-
-    /// Newest tombstone applied.
-    pub fn newest_tombstone(&self) -> Timestamp {
-        Timestamp::from_u64(self.watermark.load(Ordering::Acquire))
-    }
 }

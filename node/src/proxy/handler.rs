@@ -122,8 +122,8 @@ impl Proxy {
             );
         };
         let ctx = Ctx {
-            method: parts.method.clone(),
-            headers: parts.headers.clone(),
+            method: parts.method,
+            headers: parts.headers,
             primary: target.primary_key(),
             target,
             origin,

@@ -244,11 +244,11 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Which origin serves which Host.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Origins {
     default: Option<Arc<Origin>>,
     routes: HashMap<String, Arc<Origin>>,
-    forward_host: Option<ForwardHost>,
+    forward_host: ForwardHost,
     forward_headers: Vec<String>,
 }
 
@@ -274,7 +274,7 @@ impl Origins {
                     )
                 })
                 .collect(),
-            forward_host: Some(config.forward_host),
+            forward_host: config.forward_host,
             forward_headers: config.forward_headers.clone(),
         }
     }
@@ -312,7 +312,7 @@ impl Origins {
                 out.remove(*name);
             }
         }
-        if self.forward_host == Some(ForwardHost::Origin) {
+        if self.forward_host == ForwardHost::Origin {
             if let Ok(v) = HeaderValue::from_str(&origin.url.authority) {
                 out.insert(header::HOST, v);
             }
