@@ -193,6 +193,10 @@ pub struct Metrics {
     pub breakers_open: Gauge,
     /// HTTP/3 request streams being served.
     pub h3_open_streams: Gauge,
+    /// Safe HTTP/3 requests served from 0-RTT early data, before the handshake completed.
+    pub h3_early_served: Counter,
+    /// Unsafe HTTP/3 requests that arrived early and were held until the handshake completed.
+    pub h3_early_deferred: Counter,
 }
 
 impl Metrics {
@@ -308,9 +312,23 @@ impl Metrics {
             "HTTP/3 request streams being served",
             h3_open_streams.clone(),
         );
+        let h3_early_served = Counter::default();
+        registry.register(
+            "h3_early_data_served",
+            "Safe HTTP/3 requests served before the handshake completed (0-RTT)",
+            h3_early_served.clone(),
+        );
+        let h3_early_deferred = Counter::default();
+        registry.register(
+            "h3_early_data_deferred",
+            "Unsafe HTTP/3 requests held until the handshake completed (0-RTT replay guard)",
+            h3_early_deferred.clone(),
+        );
         Self {
             registry,
             h3_open_streams,
+            h3_early_served,
+            h3_early_deferred,
             origin_requests,
             collapsed,
             breakers_open,

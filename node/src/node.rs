@@ -289,6 +289,7 @@ fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
         retry: config.h3_retry,
         stream_window: config.h3_stream_window,
         connection_window: config.h3_connection_window,
+        early_data: config.h3_early_data,
     }
 }
 
@@ -307,7 +308,7 @@ fn open_h3(config: &Config, addr: std::net::SocketAddr) -> Result<quinn::Endpoin
             (cert, key)
         }
     };
-    let tls_config = tls::h3_server_config(&cert, &key).map_err(tls_error)?;
+    let tls_config = tls::h3_server_config(&cert, &key, config.h3_early_data).map_err(tls_error)?;
     let endpoint =
         crate::http::h3::endpoint(addr, tls_config, &h3_limits(config)).map_err(|message| {
             StartError::Setting {

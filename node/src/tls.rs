@@ -73,10 +73,21 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     server_with(cert, key, rustls::DEFAULT_VERSIONS, &[b"h2", b"http/1.1"]).map(Arc::new)
 }
 
-/// The QUIC (HTTP/3) server configuration: TLS 1.3 only, ALPN `h3`, no 0-RTT.
-pub fn h3_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// The QUIC (HTTP/3) server configuration: TLS 1.3 only, ALPN `h3`; 0-RTT only when
+/// `early_data` is set.
+///
+/// With 0-RTT on, resumption tickets are single-use (rustls' stateful session cache
+/// hands each one out once), and the HTTP/3 front end serves only safe methods
+/// before the handshake completes (see [`crate::http::h3`]).
+pub fn h3_server_config(
+    cert: &Path,
+    key: &Path,
+    early_data: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = server_with(cert, key, &[&rustls::version::TLS13], &[b"h3"])?;
-    config.max_early_data_size = 0;
+    // QUIC allows only "none" or "unlimited" here: the transport's flow control bounds
+    // early data instead (RFC 9001 §4.6.1).
+    config.max_early_data_size = if early_data { u32::MAX } else { 0 };
     Ok(Arc::new(config))
 }
 

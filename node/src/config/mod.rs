@@ -52,6 +52,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "h3_retry", default: Some("auto"), help: "QUIC address validation (Retry) before a handshake: `always`, `off`, or `auto` (only while more than 64 handshakes are under way, as under a flood)." },
     Spec { name: "h3_stream_window", default: Some("1MiB"), help: "QUIC receive window per stream: how much of one request body a client may send ahead." },
     Spec { name: "h3_connection_window", default: Some("8MiB"), help: "QUIC receive window per connection, over all its streams." },
+    Spec { name: "h3_early_data", default: Some("false"), help: "Accept TLS 1.3 0-RTT early data on HTTP/3 resumptions. Early data can be replayed, so only GET, HEAD and OPTIONS are served from it (forwarded to origins with `Early-Data: 1`); other methods wait for the handshake to complete." },
     Spec { name: "h3_idle_timeout", default: Some("30s"), help: "Idle time after which a QUIC connection is closed." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
@@ -190,6 +191,8 @@ pub struct Config {
     pub h3_idle_timeout: Duration,
     /// When to ask QUIC clients to prove their address.
     pub h3_retry: RetryPolicy,
+    /// Accept 0-RTT early data (safe methods only).
+    pub h3_early_data: bool,
     /// Admin listener.
     pub admin_addr: SocketAddr,
     /// Admin bearer token.
@@ -304,6 +307,7 @@ impl Config {
             h3_connection_window: p
                 .parse("h3_connection_window", |s| quic_window(parse_size(s)?))?,
             h3_idle_timeout: p.parse("h3_idle_timeout", positive_duration)?,
+            h3_early_data: p.parse("h3_early_data", parse_bool)?,
             h3_retry: p.parse("h3_retry", |s| match s {
                 "always" => Ok(RetryPolicy::Always),
                 "off" => Ok(RetryPolicy::Off),
@@ -446,11 +450,7 @@ impl Config {
                 Ok(n)
             })?,
             uncacheable_ttl: p.parse("uncacheable_ttl", parse_duration)?,
-            strip_tag_headers: p.parse("strip_tag_headers", |s| match s {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(format!("expected `true` or `false`, got {s:?}")),
-            })?,
+            strip_tag_headers: p.parse("strip_tag_headers", parse_bool)?,
             admin_token,
         };
         if config.default_ttl > config.max_ttl {
@@ -504,6 +504,7 @@ impl Config {
                 self.h3_connection_window.to_string(),
             ),
             ("h3_idle_timeout", d(self.h3_idle_timeout)),
+            ("h3_early_data", self.h3_early_data.to_string()),
             (
                 "h3_retry",
                 format!("{:?}", self.h3_retry).to_ascii_lowercase(),
@@ -690,6 +691,14 @@ fn at_least(n: u64, min: u64, shown: &str) -> Result<u64, String> {
 }
 
 /// A QUIC flow-control window: at least 16 KiB, at most 1 GiB (well inside a varint).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("expected `true` or `false`, got {s:?}")),
+    }
+}
+
 fn quic_window(n: u64) -> Result<u64, String> {
     if !(16 << 10..=1 << 30).contains(&n) {
         return Err("must be between 16KiB and 1GiB".into());
@@ -811,6 +820,7 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.h3_addr, Some("127.0.0.1:8443".parse().unwrap()));
         assert_eq!(c.h3_retry, RetryPolicy::UnderLoad);
+        assert!(!c.h3_early_data, "0-RTT is off unless asked for");
         let c = Config::resolve(&raw(&[("h3_addr", "off"), ("h3_retry", "always")])).unwrap();
         assert_eq!(c.h3_addr, None);
         assert_eq!(c.h3_retry, RetryPolicy::Always);
@@ -820,6 +830,7 @@ mod tests {
             ("h3_retry", "sometimes"),
             ("h3_max_streams", "0"),
             ("h3_addr", "udp://x"),
+            ("h3_early_data", "yes"),
         ] {
             let err = Config::resolve(&raw(&[(setting, bad)])).unwrap_err();
             assert!(

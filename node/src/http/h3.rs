@@ -3,9 +3,16 @@
 //! and `Cache-Status` behave alike on every protocol.
 //!
 //! Limits: concurrent bidirectional streams per connection (QUIC flow control), an
-//! idle timeout, and a cap on each request's header section (QPACK). 0-RTT is off
-//! (see [`crate::tls::h3_server_config`]). On shutdown every connection gets a GOAWAY
-//! and in-flight requests finish within the grace period.
+//! idle timeout, and a cap on each request's header section (QPACK). On shutdown
+//! every connection gets a GOAWAY and in-flight requests finish within the grace
+//! period.
+//!
+//! 0-RTT (`h3_early_data`, off by default): a resuming client may send requests
+//! before the handshake completes, and an attacker can replay those. A replayed
+//! connection never completes its handshake (the attacker lacks the keys), so the
+//! guard is per connection ([`Handshake`]): before completion, safe methods are served
+//! and carry `Early-Data: 1` to origins (RFC 8470); anything else waits for the
+//! handshake, which a replay never finishes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,7 +46,12 @@ pub struct H3Limits {
     pub stream_window: u64,
     /// Receive window per connection, bytes.
     pub connection_window: u64,
+    /// Accept 0-RTT early data (safe methods only).
+    pub early_data: bool,
 }
+
+/// How long a client has to complete the QUIC handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes under way above which `RetryPolicy::UnderLoad` starts sending Retries.
 const HANDSHAKES_BEFORE_RETRY: usize = 64;
@@ -119,18 +131,19 @@ pub async fn serve_h3<H, F>(
             stop_rx.clone(),
         );
         connections.spawn(async move {
-            let connection = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "QUIC handshake timed out");
-                    return;
-                }
+            let Some((connection, handshake)) = establish(incoming, peer, limits.early_data).await
+            else {
+                return;
             };
-            serve_connection(connection, peer, &limits, (metrics, api), handler, stop).await;
+            let served = serve_connection(
+                connection,
+                peer,
+                &limits,
+                (metrics, api),
+                handler,
+                (stop, handshake),
+            );
+            served.await;
         });
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
@@ -150,13 +163,109 @@ pub async fn serve_h3<H, F>(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
 
+/// Completes (or, with 0-RTT, starts) the handshake of `incoming`. With early data the
+/// connection is handed over at once and [`Handshake`] tells when it completes; a
+/// handshake that does not complete in time closes the connection either way.
+async fn establish(
+    incoming: quinn::Incoming,
+    peer: SocketAddr,
+    early_data: bool,
+) -> Option<(quinn::Connection, Handshake)> {
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+    };
+    let connecting = incoming.accept().map_err(|e| failed(&e)).ok()?;
+    if early_data {
+        // A server-side `into_0rtt` always succeeds.
+        let (connection, completed) = connecting.into_0rtt().ok()?;
+        let (done_tx, done_rx) = watch::channel(false);
+        let watched = connection.clone();
+        tokio::spawn(async move {
+            // `completed` resolves when the handshake completes (to whether 0-RTT was
+            // used, which does not matter here) or when the connection closes first.
+            // Dropping `done_tx` tells waiting requests the handshake failed.
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, completed).await {
+                Ok(_) if watched.close_reason().is_none() => {
+                    let _ = done_tx.send(true);
+                }
+                Ok(_) => {}
+                Err(_) => watched.close(0u32.into(), b"handshake incomplete"),
+            }
+        });
+        return Some((connection, Handshake(done_rx)));
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => Some((c, Handshake::completed())),
+        Ok(Err(e)) => {
+            failed(&e);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "QUIC handshake timed out");
+            None
+        }
+    }
+}
+
+/// Whether a connection's TLS handshake has completed: until it has, requests may be
+/// 0-RTT early data, which an attacker can replay.
+#[derive(Clone)]
+pub(crate) struct Handshake(watch::Receiver<bool>);
+
+impl Handshake {
+    /// A connection whose handshake completed before any request was read.
+    pub(crate) fn completed() -> Self {
+        Self(watch::channel(true).1)
+    }
+
+    fn is_complete(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits for completion; `false` if the handshake failed instead.
+    async fn complete(&mut self) -> bool {
+        self.0.wait_for(|done| *done).await.is_ok()
+    }
+
+    /// Applies the 0-RTT rules to a request: `Some` when it may be served now (a safe
+    /// method, marked `Early-Data: 1` if it arrived early, or any method once the
+    /// handshake has completed), `None` when the handshake failed while an unsafe
+    /// request waited for it.
+    pub(crate) async fn admit<B>(
+        &mut self,
+        mut request: Request<B>,
+        metrics: &Metrics,
+    ) -> Option<Request<B>> {
+        if self.is_complete() {
+            return Some(request);
+        }
+        if is_safe(request.method()) {
+            request
+                .headers_mut()
+                .insert("early-data", http::HeaderValue::from_static("1"));
+            metrics.h3_early_served.inc();
+            return Some(request);
+        }
+        metrics.h3_early_deferred.inc();
+        self.complete().await.then_some(request)
+    }
+}
+
+/// Methods that change nothing (RFC 9110 §9.2.1), which early data may carry.
+fn is_safe(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
 async fn serve_connection<H, F>(
     connection: quinn::Connection,
     peer: SocketAddr,
     limits: &H3Limits,
     (metrics, api): (Arc<Metrics>, Api),
     handler: H,
-    mut stop: watch::Receiver<bool>,
+    (mut stop, handshake): (watch::Receiver<bool>, Handshake),
 ) where
     H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -188,7 +297,8 @@ async fn serve_connection<H, F>(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let (handler, metrics) = (handler.clone(), metrics.clone());
+                let (handler, metrics, handshake) =
+                    (handler.clone(), metrics.clone(), handshake.clone());
                 requests.spawn(async move {
                     let (request, stream) = match resolver.resolve_request().await {
                         Ok(r) => r,
@@ -197,7 +307,7 @@ async fn serve_connection<H, F>(
                             return;
                         }
                     };
-                    serve_request(request, stream, peer, (metrics, api), handler).await;
+                    serve_request(request, stream, peer, (metrics, api), handler, handshake).await;
                 });
                 while requests.try_join_next().is_some() {}
             }
@@ -221,12 +331,16 @@ async fn serve_request<H, F>(
     peer: SocketAddr,
     (metrics, api): (Arc<Metrics>, Api),
     handler: H,
+    mut handshake: Handshake,
 ) where
     H: Fn(Request<ReqBody>, SocketAddr) -> F,
     F: Future<Output = Response<Body>>,
 {
     let started = Instant::now();
     let _open = OpenStream::new(&metrics);
+    let Some(request) = handshake.admit(request, &metrics).await else {
+        return;
+    };
     let (mut send, recv) = stream.split();
     let request = request.map(|()| recv_body(recv));
     let response = handler(request, peer).await;
@@ -298,4 +412,94 @@ fn recv_body(stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>) -> 
         }
     }
     RecvBody(stream).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    fn early(method: Method) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri("/kv/x")
+            .body(())
+            .unwrap()
+    }
+
+    fn metrics() -> Metrics {
+        Metrics::new(Default::default())
+    }
+
+    #[tokio::test]
+    async fn before_the_handshake_safe_methods_pass_marked_early() {
+        let (_done, rx) = watch::channel(false);
+        let metrics = metrics();
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            let admitted = Handshake(rx.clone())
+                .admit(early(method.clone()), &metrics)
+                .await
+                .expect("a safe method is served from early data");
+            assert_eq!(admitted.headers()["early-data"], "1", "{method}");
+        }
+        assert_eq!(metrics.h3_early_served.get(), 3);
+        assert_eq!(metrics.h3_early_deferred.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn before_the_handshake_unsafe_methods_wait_for_it() {
+        let metrics = Arc::new(metrics());
+        for method in [
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::from_bytes(b"PURGE").unwrap(),
+        ] {
+            let (done, rx) = watch::channel(false);
+            let waiting = tokio::spawn({
+                let metrics = metrics.clone();
+                async move { Handshake(rx).admit(early(method), &metrics).await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(
+                !waiting.is_finished(),
+                "served before the handshake completed"
+            );
+            done.send(true).unwrap();
+            let admitted = waiting.await.unwrap().expect("served once complete");
+            assert!(
+                admitted.headers().get("early-data").is_none(),
+                "not early once the handshake is done"
+            );
+        }
+        assert_eq!(metrics.h3_early_deferred.get(), 4);
+        assert_eq!(metrics.h3_early_served.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_is_dropped_when_the_handshake_fails() {
+        let (done, rx) = watch::channel(false);
+        let metrics = metrics();
+        drop(done); // the handshake timed out or failed
+        assert!(Handshake(rx)
+            .admit(early(Method::PUT), &metrics)
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn after_the_handshake_nothing_is_marked_or_counted() {
+        let metrics = metrics();
+        for method in [Method::GET, Method::PUT] {
+            let admitted = Handshake::completed()
+                .admit(early(method), &metrics)
+                .await
+                .unwrap();
+            assert!(admitted.headers().get("early-data").is_none());
+        }
+        assert_eq!(
+            metrics.h3_early_served.get() + metrics.h3_early_deferred.get(),
+            0
+        );
+    }
 }
