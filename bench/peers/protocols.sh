@@ -3,13 +3,14 @@
 # in one run, with fanz-bench (closed loop), for 1 KiB and 64 KiB objects proxied from
 # an nginx origin serving static files.
 #
-# Usage: bench/peers/protocols.sh      (DURATION=10 CONNS=32 ROUNDS=2 to change)
+# Usage: bench/peers/protocols.sh      (DURATION=10 CONNS=32 ROUNDS=2 to change;
+#        QUIC_MTU=8952 lets QUIC use jumbo-frame-sized datagrams on both ends)
 # Runs as root (nginx workers too, to read the temporary directory). The node runs
 # pinned to core 1, fanz-bench to core 0. Everything listens on 127.0.0.1 and is
 # stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${DURATION:-10}; CONNS=${CONNS:-32}; ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10}; CONNS=${CONNS:-32}; ROUNDS=${ROUNDS:-2}; QUIC_MTU=${QUIC_MTU:-1452}
 if ! [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$CONNS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   echo "DURATION, CONNS and ROUNDS must be positive whole numbers" >&2; exit 2
 fi
@@ -41,13 +42,13 @@ http {
 CONF
 nginx -e "$work/origin.early.log" -c "$work/origin.conf" & pids+=($!)
 taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$HTTP" --admin-addr "$ADMIN" \
-  --h3-addr "$H3" --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
+  --h3-addr "$H3" --h3-max-udp-payload "$QUIC_MTU" --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
 bench() { # $1 protocol, $2 object -> JSON
   local url args=()
   if [ "$1" = h3 ]; then
-    url="https://localhost:${H3##*:}/$2.bin"; args=(--connect "$H3" --ca-cert "$work/fanz-data/dev-cert.pem")
+    url="https://localhost:${H3##*:}/$2.bin"; args=(--connect "$H3" --ca-cert "$work/fanz-data/dev-cert.pem" --quic-mtu "$QUIC_MTU")
   else
     url="http://$HTTP/$2.bin"
   fi
@@ -71,7 +72,7 @@ for round in $(seq "$ROUNDS"); do
   done; done
 done
 echo
-echo "best of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, node core 1, fanz-bench core 0:"
+echo "best of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, QUIC max UDP payload $QUIC_MTU, node core 1, fanz-bench core 0:"
 printf '%-5s %-4s %10s %8s %8s %8s %10s\n' size proto req_per_s p50_ms p99_ms errors vs_h1
 for f in 1k 64k; do
   h1=$(echo "${best[$f-h1]}" | sed -E 's/.*"req_per_s":([0-9.]+).*/\1/')

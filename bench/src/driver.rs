@@ -2,7 +2,7 @@
 //! response, over HTTP/1.1, HTTP/2 (prior knowledge) or HTTP/3.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -59,12 +59,21 @@ pub struct Target {
     pub path: String,
 }
 
+/// HTTP/3 client settings.
+#[derive(Debug, Clone)]
+pub struct QuicOptions {
+    /// The certificate to trust (PEM): the node's.
+    pub ca_cert: Option<PathBuf>,
+    /// Upper bound of path-MTU discovery (UDP payload bytes).
+    pub max_udp_payload: u16,
+}
+
 impl Connection {
-    /// Opens a connection. `ca` is the certificate HTTP/3 trusts (PEM).
+    /// Opens a connection.
     pub async fn open(
         protocol: Protocol,
         target: &Target,
-        ca: Option<&Path>,
+        quic: &QuicOptions,
     ) -> anyhow::Result<Self> {
         match protocol {
             Protocol::H1 | Protocol::H2 => {
@@ -85,8 +94,10 @@ impl Connection {
                 }
             }
             Protocol::H3 => {
-                let ca =
-                    ca.ok_or_else(|| anyhow!("HTTP/3 needs --ca-cert (the node's certificate)"))?;
+                let ca = quic
+                    .ca_cert
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("HTTP/3 needs --ca-cert (the node's certificate)"))?;
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add(
                     rustls::pki_types::CertificateDer::from_pem_file(ca)
@@ -99,9 +110,15 @@ impl Connection {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
                 tls.alpn_protocols = vec![b"h3".to_vec()];
-                let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
                 let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+                let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+                let mut mtu = quinn::MtuDiscoveryConfig::default();
+                mtu.upper_bound(quic.max_udp_payload);
+                let mut transport = quinn::TransportConfig::default();
+                transport.mtu_discovery_config(Some(mtu));
+                client.transport_config(Arc::new(transport));
+                endpoint.set_default_client_config(client);
                 let conn = endpoint.connect(target.addr, &target.host)?.await?;
                 let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
                 tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Arg, Command};
-use fanz_bench::driver::{Protocol, Target};
+use fanz_bench::driver::{Protocol, QuicOptions, Target};
 use fanz_bench::run::{run, Plan};
 
 fn command() -> Command {
@@ -24,6 +24,7 @@ fn command() -> Command {
         .arg(Arg::new("connections").long("connections").default_value("32").help("Concurrent connections, one request in flight each"))
         .arg(Arg::new("duration").long("duration").default_value("10").help("Measured seconds"))
         .arg(Arg::new("warmup").long("warmup").default_value("2").help("Unmeasured seconds first"))
+        .arg(Arg::new("quic-mtu").long("quic-mtu").default_value("1452").help("Largest UDP payload QUIC path-MTU discovery may try (HTTP/3)"))
         .arg(Arg::new("json").long("json").num_args(0).help("Print one JSON object instead of a table"))
 }
 
@@ -65,7 +66,13 @@ fn plan(m: &clap::ArgMatches) -> Result<Plan, String> {
                 .parse()
                 .map_err(|_| "--warmup must be whole seconds")?,
         ),
-        ca_cert: get("ca-cert").map(PathBuf::from),
+        quic: QuicOptions {
+            ca_cert: get("ca-cert").map(PathBuf::from),
+            max_udp_payload: match get("quic-mtu").unwrap_or_default().parse::<u16>() {
+                Ok(n) if n >= 1200 => n,
+                _ => return Err("--quic-mtu must be a whole number from 1200 to 65535".into()),
+            },
+        },
     })
 }
 

@@ -2,12 +2,11 @@
 //! as the last one is answered, for `duration` after a `warmup`. Latencies go into one
 //! hdrhistogram per connection, merged at the end.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::driver::{Connection, Protocol, Target};
+use crate::driver::{Connection, Protocol, QuicOptions, Target};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -22,8 +21,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Unmeasured time before it.
     pub warmup: Duration,
-    /// Certificate HTTP/3 trusts.
-    pub ca_cert: Option<PathBuf>,
+    /// HTTP/3 settings.
+    pub quic: QuicOptions,
 }
 
 /// What came out.
@@ -61,8 +60,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     let mut tasks = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
         let plan = plan.clone();
-        let mut conn =
-            Connection::open(plan.protocol, &plan.target, plan.ca_cert.as_deref()).await?;
+        let mut conn = Connection::open(plan.protocol, &plan.target, &plan.quic).await?;
         tasks.push(tokio::spawn(async move {
             // 1 µs to 60 s, 3 significant digits.
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)

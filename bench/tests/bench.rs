@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fanz_bench::driver::{Protocol, Target};
+use fanz_bench::driver::{Protocol, QuicOptions, Target};
 use fanz_bench::run::{run, Plan};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -67,7 +67,10 @@ async fn the_closed_loop_measures_a_real_server() {
             connections: 4,
             duration: Duration::from_millis(500),
             warmup: Duration::from_millis(100),
-            ca_cert: None,
+            quic: QuicOptions {
+                ca_cert: None,
+                max_udp_payload: 1452,
+            },
         };
         let outcome = run(&plan).await.unwrap();
         assert!(

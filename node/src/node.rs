@@ -290,6 +290,7 @@ fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
         stream_window: config.h3_stream_window,
         connection_window: config.h3_connection_window,
         early_data: config.h3_early_data,
+        max_udp_payload: config.h3_max_udp_payload,
     }
 }
 

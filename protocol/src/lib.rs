@@ -6,6 +6,8 @@
 //! - [`key`]: cache keys (KV and HTTP namespaces) and invalidation ids (keys and tags).
 //! - [`entry`]: the stored entry (metadata + body) and its checksummed encoding.
 //! - [`log`]: records of the invalidation log (tombstones, dependency edges) and their framing.
+//! - [`peer`]: the peer protocol's messages and frames (nodes and the client library).
+//! - [`ring`]: key ownership (weighted rendezvous hashing), shared with the client.
 //! - [`codec`]: the bounds-checked little-endian reader/writer the formats above share.
 
 #![warn(missing_docs)]
@@ -15,6 +17,8 @@ pub mod entry;
 pub mod hlc;
 pub mod key;
 pub mod log;
+pub mod peer;
+pub mod ring;
 
 pub use codec::DecodeError;
 pub use entry::{Entry, EntryMeta};

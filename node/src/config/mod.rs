@@ -53,6 +53,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "h3_stream_window", default: Some("1MiB"), help: "QUIC receive window per stream: how much of one request body a client may send ahead." },
     Spec { name: "h3_connection_window", default: Some("8MiB"), help: "QUIC receive window per connection, over all its streams." },
     Spec { name: "h3_early_data", default: Some("false"), help: "Accept TLS 1.3 0-RTT early data on HTTP/3 resumptions. Early data can be replayed, so only GET, HEAD and OPTIONS are served from it (forwarded to origins with `Early-Data: 1`); other methods wait for the handshake to complete." },
+    Spec { name: "h3_max_udp_payload", default: Some("1452"), help: "Largest UDP payload QUIC path-MTU discovery may try (1200 to 65527). 1452 fits an Ethernet MTU of 1500; raise it on networks with jumbo frames (8952 for MTU 9000)." },
     Spec { name: "h3_idle_timeout", default: Some("30s"), help: "Idle time after which a QUIC connection is closed." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
@@ -193,6 +194,8 @@ pub struct Config {
     pub h3_retry: RetryPolicy,
     /// Accept 0-RTT early data (safe methods only).
     pub h3_early_data: bool,
+    /// Upper bound of QUIC path-MTU discovery (UDP payload bytes).
+    pub h3_max_udp_payload: u16,
     /// Admin listener.
     pub admin_addr: SocketAddr,
     /// Admin bearer token.
@@ -308,6 +311,12 @@ impl Config {
                 .parse("h3_connection_window", |s| quic_window(parse_size(s)?))?,
             h3_idle_timeout: p.parse("h3_idle_timeout", positive_duration)?,
             h3_early_data: p.parse("h3_early_data", parse_bool)?,
+            h3_max_udp_payload: p.parse("h3_max_udp_payload", |s| match s.parse::<u16>() {
+                Ok(n) if (1200..=65527).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "expected a whole number from 1200 to 65527, got {s:?}"
+                )),
+            })?,
             h3_retry: p.parse("h3_retry", |s| match s {
                 "always" => Ok(RetryPolicy::Always),
                 "off" => Ok(RetryPolicy::Off),
@@ -505,6 +514,7 @@ impl Config {
             ),
             ("h3_idle_timeout", d(self.h3_idle_timeout)),
             ("h3_early_data", self.h3_early_data.to_string()),
+            ("h3_max_udp_payload", self.h3_max_udp_payload.to_string()),
             (
                 "h3_retry",
                 format!("{:?}", self.h3_retry).to_ascii_lowercase(),
@@ -831,6 +841,8 @@ mod tests {
             ("h3_max_streams", "0"),
             ("h3_addr", "udp://x"),
             ("h3_early_data", "yes"),
+            ("h3_max_udp_payload", "1199"),
+            ("h3_max_udp_payload", "65528"),
         ] {
             let err = Config::resolve(&raw(&[(setting, bad)])).unwrap_err();
             assert!(

@@ -48,6 +48,8 @@ pub struct H3Limits {
     pub connection_window: u64,
     /// Accept 0-RTT early data (safe methods only).
     pub early_data: bool,
+    /// Upper bound of path-MTU discovery (UDP payload bytes).
+    pub max_udp_payload: u16,
 }
 
 /// How long a client has to complete the QUIC handshake.
@@ -76,6 +78,9 @@ pub fn endpoint(
     );
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|e| e.to_string())?;
     transport.max_idle_timeout(Some(idle));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.max_udp_payload);
+    transport.mtu_discovery_config(Some(mtu));
     server.transport_config(Arc::new(transport));
     quinn::Endpoint::server(server, addr).map_err(|e| e.to_string())
 }
@@ -291,6 +296,14 @@ async fn serve_connection<H, F>(
                 // GOAWAY: no new requests; the ones accepted so far finish.
                 if let Err(e) = h3.shutdown(0).await {
                     tracing::debug!(%peer, error = %e, "sending GOAWAY failed");
+                }
+                continue;
+            }
+            // Once going away with nothing in flight, close rather than wait for a
+            // client that may never close (one that died keeps it open until idle).
+            _ = requests.join_next(), if going_away => {
+                if requests.is_empty() {
+                    break;
                 }
                 continue;
             }

@@ -1,0 +1,407 @@
+//! The peer protocol: the messages nodes (and the client library) exchange over
+//! QUIC streams, and their framing.
+//!
+//! A connection starts with a [`Message::Hello`] each way on its first stream, which
+//! fixes the protocol version; after that every request gets its own stream: one
+//! request frame, then one response frame (or an [`Message::Error`]).
+//!
+//! Frame: `len: u32 | crc32(body): u32 | body`, little-endian, where body is a kind
+//! byte and the message's fields. The length is checked against the reader's limit
+//! before anything is buffered, and the checksum before anything is parsed; entry
+//! bodies are returned as slices of the received buffer (no copy).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::codec::{put_bytes16, put_bytes32, DecodeError, Reader};
+use crate::key::CacheKey;
+
+/// The version this build speaks.
+pub const VERSION: u16 = 1;
+/// The oldest version this build still accepts.
+pub const MIN_VERSION: u16 = 1;
+/// Bytes before a frame's body: length and checksum.
+pub const FRAME_HEADER: usize = 8;
+
+/// Why a frame was refused. Any of these ends the stream it arrived on (and is
+/// counted); the connection and its other streams carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length is over the reader's limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    Oversized {
+        /// Announced body length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body does not match its checksum.
+    #[error("frame checksum mismatch")]
+    Checksum,
+    /// The kind byte names no message of this version.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The body is not a well-formed message.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] DecodeError),
+}
+
+/// Error codes carried by [`Message::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The peer speaks no version this node accepts.
+    Version = 1,
+    /// The request was malformed or not allowed.
+    BadRequest = 2,
+    /// The node could not serve it now (overloaded, shutting down, origin failed).
+    Unavailable = 3,
+    /// An internal error.
+    Internal = 4,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Version,
+            2 => Self::BadRequest,
+            3 => Self::Unavailable,
+            4 => Self::Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// One message of the peer protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First frame each way on a connection.
+    Hello {
+        /// The sender's protocol version.
+        version: u16,
+        /// The sender's node id (empty for a client library).
+        node_id: String,
+    },
+    /// Request: the entry under `key`, if the receiver has a usable one.
+    Get {
+        /// The key.
+        key: CacheKey,
+    },
+    /// Request: store `entry` (an encoded [`crate::Entry`]) under `key`.
+    Put {
+        /// The key.
+        key: CacheKey,
+        /// The encoded entry, checksummed by its own format.
+        entry: Bytes,
+    },
+    /// Request: delete `key`.
+    Delete {
+        /// The key.
+        key: CacheKey,
+    },
+    /// Response: the entry asked for, encoded.
+    Found {
+        /// The encoded entry.
+        entry: Bytes,
+    },
+    /// Response: no usable entry.
+    NotFound,
+    /// Response: the request was carried out.
+    Done,
+    /// Response: the request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+}
+
+const HELLO: u8 = 1;
+const GET: u8 = 2;
+const PUT: u8 = 3;
+const DELETE: u8 = 4;
+const FOUND: u8 = 16;
+const NOT_FOUND: u8 = 17;
+const DONE: u8 = 18;
+const ERROR: u8 = 19;
+
+impl Message {
+    /// Appends this message as one frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32_le(0);
+        out.put_u32_le(0);
+        match self {
+            Message::Hello { version, node_id } => {
+                out.put_u8(HELLO);
+                out.put_u16_le(*version);
+                put_bytes16(out, node_id.as_bytes());
+            }
+            Message::Get { key } => {
+                out.put_u8(GET);
+                put_bytes16(out, key.encoded());
+            }
+            Message::Put { key, entry } => {
+                out.put_u8(PUT);
+                put_bytes16(out, key.encoded());
+                put_bytes32(out, entry);
+            }
+            Message::Delete { key } => {
+                out.put_u8(DELETE);
+                put_bytes16(out, key.encoded());
+            }
+            Message::Found { entry } => {
+                out.put_u8(FOUND);
+                put_bytes32(out, entry);
+            }
+            Message::NotFound => out.put_u8(NOT_FOUND),
+            Message::Done => out.put_u8(DONE),
+            Message::Error { code, message } => {
+                out.put_u8(ERROR);
+                out.put_u16_le(*code as u16);
+                // Messages are for people; a long one is cut, not refused.
+                let cut = floor_char_boundary(message, u16::MAX as usize);
+                put_bytes16(out, &message.as_bytes()[..cut]);
+            }
+        }
+        let body_len = out.len() - start - FRAME_HEADER;
+        let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+        out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The whole frame as one buffer.
+    pub fn to_frame(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
+    }
+
+    /// Takes one frame off the front of `buf` if a whole one is there. `Ok(None)`
+    /// means more bytes are needed; a frame announcing more than `max_body` bytes is
+    /// refused before it is buffered.
+    pub fn decode(buf: &mut BytesMut, max_body: usize) -> Result<Option<Message>, FrameError> {
+        let Some(len) = Self::announced_len(buf, max_body)? else {
+            return Ok(None);
+        };
+        if buf.len() < FRAME_HEADER + len {
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(FRAME_HEADER + len);
+        frame.advance(4);
+        let crc = frame.get_u32_le();
+        let body = frame.freeze();
+        if crc32fast::hash(&body) != crc {
+            return Err(FrameError::Checksum);
+        }
+        Self::parse(body).map(Some)
+    }
+
+    /// The body length the frame at the front of `buf` announces, once its header
+    /// has arrived, checked against `max_body`.
+    pub fn announced_len(buf: &[u8], max_body: usize) -> Result<Option<usize>, FrameError> {
+        if buf.len() < FRAME_HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > max_body {
+            return Err(FrameError::Oversized { len, max: max_body });
+        }
+        Ok(Some(len))
+    }
+
+    fn parse(body: Bytes) -> Result<Message, FrameError> {
+        let mut r = Reader::new(body);
+        let key = |r: &mut Reader| {
+            CacheKey::from_encoded(r.bytes16()?).ok_or(DecodeError::Format("cache key"))
+        };
+        let message = match r.u8()? {
+            HELLO => Message::Hello {
+                version: r.u16()?,
+                node_id: utf8(r.bytes16()?)?,
+            },
+            GET => Message::Get { key: key(&mut r)? },
+            PUT => Message::Put {
+                key: key(&mut r)?,
+                entry: r.bytes32()?,
+            },
+            DELETE => Message::Delete { key: key(&mut r)? },
+            FOUND => Message::Found {
+                entry: r.bytes32()?,
+            },
+            NOT_FOUND => Message::NotFound,
+            DONE => Message::Done,
+            ERROR => Message::Error {
+                code: ErrorCode::from_u16(r.u16()?).ok_or(DecodeError::Format("error code"))?,
+                message: utf8(r.bytes16()?)?,
+            },
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+}
+
+fn utf8(b: Bytes) -> Result<String, DecodeError> {
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Format("text is not UTF-8"))
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// The version two sides agree on: the lower of the two, if both accept it.
+pub fn negotiate(theirs: u16) -> Option<u16> {
+    let v = theirs.min(VERSION);
+    (v >= MIN_VERSION).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Namespace;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn message() -> impl Strategy<Value = Message> {
+        let key =
+            (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(kv, k)| {
+                CacheKey::new(if kv { Namespace::Kv } else { Namespace::Http }, &k)
+            });
+        let blob = proptest::collection::vec(any::<u8>(), 0..2048).prop_map(Bytes::from);
+        prop_oneof![
+            (any::<u16>(), "\\PC{0,40}")
+                .prop_map(|(version, node_id)| Message::Hello { version, node_id }),
+            key.clone().prop_map(|key| Message::Get { key }),
+            (key.clone(), blob.clone()).prop_map(|(key, entry)| Message::Put { key, entry }),
+            key.prop_map(|key| Message::Delete { key }),
+            blob.prop_map(|entry| Message::Found { entry }),
+            Just(Message::NotFound),
+            Just(Message::Done),
+            (0usize..4, "\\PC{0,80}").prop_map(|(c, message)| Message::Error {
+                code: [
+                    ErrorCode::Version,
+                    ErrorCode::BadRequest,
+                    ErrorCode::Unavailable,
+                    ErrorCode::Internal
+                ][c],
+                message,
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Frames written back to back come out whole and in order, however the
+        /// bytes are split as they arrive.
+        #[test]
+        fn frames_round_trip_across_any_split(messages in proptest::collection::vec(message(), 1..8), cut in any::<proptest::sample::Index>()) {
+            let mut wire = BytesMut::new();
+            for m in &messages {
+                m.encode(&mut wire);
+            }
+            let wire = wire.freeze();
+            let cut = cut.index(wire.len() + 1);
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut out = Vec::new();
+            while let Some(m) = Message::decode(&mut buf, MAX).unwrap() {
+                out.push(m);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(m) = Message::decode(&mut buf, MAX).unwrap() {
+                out.push(m);
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(out, messages);
+        }
+
+        /// Any bytes at all: a message, "need more", or an error; never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = Message::decode(&mut buf, MAX);
+        }
+
+        /// A flipped bit anywhere in a frame's body is caught by the checksum.
+        #[test]
+        fn a_flipped_body_bit_is_refused(m in message(), bit in any::<proptest::sample::Index>()) {
+            let mut frame = BytesMut::from(&m.to_frame()[..]);
+            let body_bits = (frame.len() - FRAME_HEADER) * 8;
+            let bit = FRAME_HEADER * 8 + bit.index(body_bits);
+            frame[bit / 8] ^= 1 << (bit % 8);
+            prop_assert_eq!(Message::decode(&mut frame, MAX), Err(FrameError::Checksum));
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header_alone() {
+        let big = Message::Found {
+            entry: Bytes::from(vec![0u8; 4096]),
+        };
+        let frame = big.to_frame();
+        let mut header_only = BytesMut::from(&frame[..FRAME_HEADER]);
+        assert!(matches!(
+            Message::decode(&mut header_only, 1024),
+            Err(FrameError::Oversized { max: 1024, .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_kinds_and_trailing_bytes_are_refused() {
+        let with_body = |body: &[u8]| {
+            let mut f = BytesMut::new();
+            f.put_u32_le(body.len() as u32);
+            f.put_u32_le(crc32fast::hash(body));
+            f.put_slice(body);
+            f
+        };
+        assert_eq!(
+            Message::decode(&mut with_body(&[200]), MAX),
+            Err(FrameError::UnknownKind(200))
+        );
+        assert!(matches!(
+            Message::decode(&mut with_body(&[DONE, 0]), MAX),
+            Err(FrameError::Malformed(DecodeError::Trailing(1)))
+        ));
+    }
+
+    #[test]
+    fn entry_bodies_are_not_copied() {
+        let entry = Bytes::from(vec![7u8; 1000]);
+        let mut buf = BytesMut::from(&Message::Found { entry }.to_frame()[..]);
+        let before = buf.as_ptr() as usize;
+        let Some(Message::Found { entry }) = Message::decode(&mut buf, MAX).unwrap() else {
+            panic!("a Found frame");
+        };
+        // The body is a slice of the receive buffer: header (8), kind (1), length (4).
+        assert_eq!(entry.as_ptr() as usize, before + FRAME_HEADER + 1 + 4);
+    }
+
+    #[test]
+    fn versions_negotiate_down_and_refuse_the_unknown_past() {
+        assert_eq!(negotiate(VERSION + 5), Some(VERSION));
+        assert_eq!(negotiate(VERSION), Some(VERSION));
+        assert_eq!(negotiate(MIN_VERSION - 1), None);
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_character_boundary() {
+        let message = "é".repeat(40_000); // 80 000 bytes
+        let frame = Message::Error {
+            code: ErrorCode::Internal,
+            message,
+        }
+        .to_frame();
+        let mut buf = BytesMut::from(&frame[..]);
+        let Some(Message::Error { message, .. }) = Message::decode(&mut buf, MAX).unwrap() else {
+            panic!("an Error frame");
+        };
+        assert_eq!(message.len(), 65_534);
+    }
+}
