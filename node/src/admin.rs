@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::cache::Cache;
+use crate::cluster::Cluster;
 use crate::http::headers::validate_tag;
-use crate::http::{full, purge, read_body, text, Body, ReqBody};
+use crate::http::{full, json, purge, read_body, text, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
 use crate::proxy::key::url_key;
@@ -52,6 +53,7 @@ pub struct AdminService {
     ready: Arc<AtomicBool>,
     max_key_size: usize,
     proxy: Option<Arc<Proxy>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl AdminService {
@@ -63,6 +65,7 @@ impl AdminService {
         ready: Arc<AtomicBool>,
         max_key_size: usize,
         proxy: Option<Arc<Proxy>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
         Self {
             cache,
@@ -71,6 +74,7 @@ impl AdminService {
             ready,
             max_key_size,
             proxy,
+            cluster,
         }
     }
 
@@ -112,13 +116,28 @@ impl AdminService {
                 }
                 self.purge(req).await
             }
-            ("/healthz" | "/readyz" | "/metrics" | "/purge", m) => text(
+            ("/cluster", Method::GET) => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                match &self.cluster {
+                    Some(cluster) => json(
+                        StatusCode::OK,
+                        &serde_json::to_value(cluster.report()).unwrap_or_default(),
+                    ),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        "this node runs alone: no cluster_dir is configured",
+                    ),
+                }
+            }
+            ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster", m) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{m} is not allowed on {path}"),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "no such admin resource (try /purge, /metrics, /healthz, /readyz)",
+                "no such admin resource (try /purge, /cluster, /metrics, /healthz, /readyz)",
             ),
         }
     }

@@ -18,6 +18,13 @@ pub enum Invocation {
     PrintConfig(Config),
     /// Print the HTTP/3 development certificate (made if missing) and exit.
     PrintDevCert(Config),
+    /// Make a cluster CA, node certificates and a gossip keyring.
+    ClusterInit {
+        /// Where.
+        dir: PathBuf,
+        /// How many node directories.
+        nodes: usize,
+    },
 }
 
 /// The command line could not be used.
@@ -41,6 +48,19 @@ pub fn command() -> Command {
         .subcommand(
             Command::new("print-dev-cert")
                 .about("Print the development certificate HTTP/3 uses without tls_cert (PEM), for clients to trust"),
+        )
+        .subcommand(
+            Command::new("cluster-init")
+                .about("Make a cluster CA, one certificate directory per node (each a complete --cluster-dir) and a gossip keyring, for local and test clusters")
+                .arg(Arg::new("dir").value_name("DIR").required(true).help("Directory to create them in (must not hold a CA yet)"))
+                .arg(
+                    Arg::new("nodes")
+                        .long("nodes")
+                        .value_name("N")
+                        .default_value("3")
+                        .value_parser(clap::value_parser!(u16).range(1..=1000))
+                        .help("Node directories to make: DIR/node-1 ... DIR/node-N"),
+                ),
         )
         .arg(
             Arg::new("config")
@@ -79,6 +99,12 @@ where
         Some((name, sub)) => (name, sub),
         None => ("serve", &matches),
     };
+    if name == "cluster-init" {
+        return Ok(Invocation::ClusterInit {
+            dir: PathBuf::from(sub.get_one::<String>("dir").expect("required")),
+            nodes: usize::from(*sub.get_one::<u16>("nodes").expect("has a default")),
+        });
+    }
     let config = Config::resolve(&raw_settings(sub)?)?;
     Ok(match name {
         "print-config" => Invocation::PrintConfig(config),

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Invocation::PrintDevCert(config)) => return print_dev_cert(&config),
+        Ok(Invocation::ClusterInit { dir, nodes }) => return cluster_init(&dir, nodes),
         Err(CliError::Usage(e)) => e.exit(),
         Err(CliError::Config(e)) => {
             eprintln!("fanz-node: {e}");
@@ -94,4 +95,24 @@ fn init_logging(config: &Config) {
         .with(fmt.with_filter(filter))
         .with(corruption)
         .init();
+}
+
+fn cluster_init(dir: &std::path::Path, nodes: usize) -> ExitCode {
+    match fanz_node::cluster::pki::cluster_init(dir, nodes) {
+        Ok(made) => {
+            println!("cluster CA and keyring in {}", dir.display());
+            for d in made {
+                println!("  --cluster-dir {}", d.display());
+            }
+            println!(
+                "keep {} offline: it signs new nodes",
+                dir.join("ca-key.pem").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fanz-node cluster-init: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -141,6 +141,44 @@ pub struct OriginLabels {
     pub class: &'static str,
 }
 
+label_enum! {
+    /// What became of a gossip datagram.
+    GossipOutcome {
+        /// Opened and handed to SWIM.
+        Accepted => "accepted",
+        /// Sealed under a key this node does not have.
+        UnknownKey => "unknown_key",
+        /// Failed authentication.
+        Forged => "forged",
+        /// Not a sealed datagram at all.
+        Malformed => "malformed",
+    }
+}
+
+/// Labels of `fanz_gossip_datagrams_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GossipLabels {
+    /// What became of it.
+    pub outcome: GossipOutcome,
+}
+
+label_enum! {
+    /// Member state, as a label.
+    MemberStateLabel {
+        /// Alive.
+        Alive => "alive",
+        /// Suspected.
+        Suspect => "suspect",
+    }
+}
+
+/// Labels of `fanz_cluster_members`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    /// State.
+    pub state: MemberStateLabel,
+}
+
 /// Labels of per-tier gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -197,6 +235,12 @@ pub struct Metrics {
     pub h3_early_served: Counter,
     /// Unsafe HTTP/3 requests that arrived early and were held until the handshake completed.
     pub h3_early_deferred: Counter,
+    /// Gossip datagrams received, by outcome.
+    pub gossip_datagrams: Family<GossipLabels, Counter>,
+    /// Cluster members (this node included) by state.
+    pub cluster_members: Family<MemberLabels, Gauge>,
+    /// Lifeguard local health multiplier (0 = healthy).
+    pub local_health: Gauge,
 }
 
 impl Metrics {
@@ -324,8 +368,29 @@ impl Metrics {
             "Unsafe HTTP/3 requests held until the handshake completed (0-RTT replay guard)",
             h3_early_deferred.clone(),
         );
+        let gossip_datagrams = Family::<GossipLabels, Counter>::default();
+        registry.register(
+            "gossip_datagrams",
+            "Gossip datagrams received, by outcome",
+            gossip_datagrams.clone(),
+        );
+        let cluster_members = Family::<MemberLabels, Gauge>::default();
+        registry.register(
+            "cluster_members",
+            "Cluster members this node sees, itself included, by state",
+            cluster_members.clone(),
+        );
+        let local_health = Gauge::default();
+        registry.register(
+            "local_health_multiplier",
+            "Lifeguard local health multiplier: 0 is healthy; above 0 failure timers are stretched",
+            local_health.clone(),
+        );
         Self {
             registry,
+            gossip_datagrams,
+            cluster_members,
+            local_health,
             h3_open_streams,
             h3_early_served,
             h3_early_deferred,
@@ -353,6 +418,25 @@ impl Metrics {
         self.lookups
             .get_or_create(&LookupLabels { tier, result })
             .inc();
+    }
+
+    /// Counts a gossip datagram.
+    pub fn count_gossip(&self, outcome: GossipOutcome) {
+        self.gossip_datagrams
+            .get_or_create(&GossipLabels { outcome })
+            .inc();
+    }
+
+    /// Records how many members are alive and suspect.
+    pub fn set_members(&self, alive: i64, suspect: i64) {
+        for (state, n) in [
+            (MemberStateLabel::Alive, alive),
+            (MemberStateLabel::Suspect, suspect),
+        ] {
+            self.cluster_members
+                .get_or_create(&MemberLabels { state })
+                .set(n);
+        }
     }
 
     /// Records a finished request.

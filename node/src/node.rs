@@ -20,6 +20,7 @@ use crate::admin::AdminService;
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::kv::{KvLimits, MainService};
 use crate::http::server::{serve, ServeLimits};
@@ -172,6 +173,30 @@ pub async fn run(
         },
         proxy.clone(),
     ));
+    let cluster = match &config.cluster.dir {
+        Some(_) => {
+            let http = http_listener
+                .local_addr()
+                .map_err(|e| StartError::Setting {
+                    setting: "http_addr",
+                    value: config.http_addr.to_string(),
+                    message: e.to_string(),
+                })?;
+            let cluster = Cluster::start(&config.cluster, http, metrics.clone())
+                .await
+                .map_err(|message| StartError::Setting {
+                    setting: "cluster_dir",
+                    value: config
+                        .cluster
+                        .dir
+                        .as_ref()
+                        .map_or(String::new(), |d| d.display().to_string()),
+                    message,
+                })?;
+            Some(Arc::new(cluster))
+        }
+        None => None,
+    };
     let admin_service = Arc::new(AdminService::new(
         cache.clone(),
         auth,
@@ -179,6 +204,7 @@ pub async fn run(
         ready.clone(),
         config.max_key_size,
         proxy,
+        cluster.clone(),
     ));
     let limits = ServeLimits {
         max_connections: config.max_connections,
@@ -267,6 +293,11 @@ pub async fn run(
     shutdown.await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
     ready.store(false, Ordering::Release);
+    // Leave first, so the other members take over this node's keys before its
+    // listeners stop.
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::join!(main_server, maintenance);
     if let Some(h3) = h3_server {

@@ -55,6 +55,16 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "h3_early_data", default: Some("false"), help: "Accept TLS 1.3 0-RTT early data on HTTP/3 resumptions. Early data can be replayed, so only GET, HEAD and OPTIONS are served from it (forwarded to origins with `Early-Data: 1`); other methods wait for the handshake to complete." },
     Spec { name: "h3_max_udp_payload", default: Some("1452"), help: "Largest UDP payload QUIC path-MTU discovery may try (1200 to 65527). 1452 fits an Ethernet MTU of 1500; raise it on networks with jumbo frames (8952 for MTU 9000)." },
     Spec { name: "h3_idle_timeout", default: Some("30s"), help: "Idle time after which a QUIC connection is closed." },
+    Spec { name: "cluster_dir", default: None, help: "Directory with the cluster CA (ca.pem), this node's certificate (node.pem, node-key.pem) and the gossip keyring (cluster.keys), as `fanz-node cluster-init` makes. Unset: the node runs alone." },
+    Spec { name: "node_id", default: None, help: "This node's id in the cluster: unique and stable across restarts (the ring hashes it). Default: the host name and the gossip port." },
+    Spec { name: "gossip_addr", default: Some("127.0.0.1:7946"), help: "UDP address for SWIM membership gossip (with cluster_dir)." },
+    Spec { name: "peer_addr", default: Some("127.0.0.1:7947"), help: "UDP address of the peer protocol (QUIC, mutual TLS) (with cluster_dir)." },
+    Spec { name: "seeds", default: None, help: "Comma-separated gossip addresses (`host:port`) to join through; a name resolving to several addresses (a Kubernetes headless Service) stands for all of them. Re-resolved periodically." },
+    Spec { name: "zone", default: Some("default"), help: "Failure domain of this node, reported to the cluster." },
+    Spec { name: "weight", default: Some("1"), help: "This node's share of the keys relative to the others (1 to 1000); 0 keeps it in the cluster owning nothing." },
+    Spec { name: "replicas", default: Some("2"), help: "Owners per key (the first is primary)." },
+    Spec { name: "gossip_probe_period", default: Some("1s"), help: "How often each node probes one other member (SWIM). Shorter detects failures sooner and sends more." },
+    Spec { name: "gossip_suspicion", default: Some("4s"), help: "How long a suspected member has to refute before it is declared down. Shorter detects failures sooner and risks declaring slow nodes down." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
     Spec { name: "data_dir", default: Some("./fanz-data"), help: "Directory for the disk tier and the invalidation log. Created if missing." },
@@ -151,6 +161,31 @@ pub enum ConfigError {
     },
 }
 
+/// Cluster settings; the node joins a cluster only when `dir` is set.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// CA, node certificate and keyring (see `fanz-node cluster-init`).
+    pub dir: Option<PathBuf>,
+    /// Explicit node id.
+    pub node_id: Option<String>,
+    /// Gossip (UDP) address.
+    pub gossip_addr: SocketAddr,
+    /// Peer protocol (QUIC) address.
+    pub peer_addr: SocketAddr,
+    /// Seeds, `host:port`.
+    pub seeds: Vec<String>,
+    /// Failure domain.
+    pub zone: String,
+    /// Ring weight.
+    pub weight: u32,
+    /// Owners per key.
+    pub replicas: usize,
+    /// SWIM probe period.
+    pub probe_period: Duration,
+    /// SWIM suspicion timeout.
+    pub suspicion: Duration,
+}
+
 /// When the HTTP/3 listener makes clients prove their address with a QUIC Retry
 /// (quinn never sends one by itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +231,8 @@ pub struct Config {
     pub h3_early_data: bool,
     /// Upper bound of QUIC path-MTU discovery (UDP payload bytes).
     pub h3_max_udp_payload: u16,
+    /// Cluster membership (on when `cluster.dir` is set).
+    pub cluster: ClusterSettings,
     /// Admin listener.
     pub admin_addr: SocketAddr,
     /// Admin bearer token.
@@ -311,6 +348,32 @@ impl Config {
                 .parse("h3_connection_window", |s| quic_window(parse_size(s)?))?,
             h3_idle_timeout: p.parse("h3_idle_timeout", positive_duration)?,
             h3_early_data: p.parse("h3_early_data", parse_bool)?,
+            cluster: ClusterSettings {
+                dir: p.optional("cluster_dir")?.map(PathBuf::from),
+                node_id: p.optional("node_id")?,
+                gossip_addr: p.parse("gossip_addr", parse_addr)?,
+                peer_addr: p.parse("peer_addr", parse_addr)?,
+                seeds: p
+                    .optional("seeds")?
+                    .map(|s| {
+                        s.split(',')
+                            .map(|h| h.trim().to_string())
+                            .filter(|h| !h.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                zone: p.parse("zone", |s| Ok(s.to_string()))?,
+                weight: p.parse("weight", |s| match s.parse::<u32>() {
+                    Ok(n) if n <= 1000 => Ok(n),
+                    _ => Err(format!("expected a whole number from 0 to 1000, got {s:?}")),
+                })?,
+                replicas: p.parse("replicas", |s| match s.parse::<usize>() {
+                    Ok(n) if (1..=16).contains(&n) => Ok(n),
+                    _ => Err(format!("expected a whole number from 1 to 16, got {s:?}")),
+                })?,
+                probe_period: p.parse("gossip_probe_period", positive_duration)?,
+                suspicion: p.parse("gossip_suspicion", positive_duration)?,
+            },
             h3_max_udp_payload: p.parse("h3_max_udp_payload", |s| match s.parse::<u16>() {
                 Ok(n) if (1200..=65527).contains(&n) => Ok(n),
                 _ => Err(format!(
@@ -590,6 +653,25 @@ impl Config {
             ("max_object_size", self.max_object_size.to_string()),
             ("uncacheable_ttl", d(self.uncacheable_ttl)),
             ("strip_tag_headers", self.strip_tag_headers.to_string()),
+            (
+                "cluster_dir",
+                self.cluster
+                    .dir
+                    .as_ref()
+                    .map_or("(unset)".into(), |d| d.display().to_string()),
+            ),
+            (
+                "node_id",
+                self.cluster.node_id.clone().unwrap_or("(unset)".into()),
+            ),
+            ("gossip_addr", self.cluster.gossip_addr.to_string()),
+            ("peer_addr", self.cluster.peer_addr.to_string()),
+            ("seeds", self.cluster.seeds.join(",")),
+            ("zone", self.cluster.zone.clone()),
+            ("weight", self.cluster.weight.to_string()),
+            ("replicas", self.cluster.replicas.to_string()),
+            ("gossip_probe_period", d(self.cluster.probe_period)),
+            ("gossip_suspicion", d(self.cluster.suspicion)),
         ];
         lines
             .iter()

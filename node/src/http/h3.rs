@@ -213,7 +213,9 @@ async fn establish(
 }
 
 /// Whether a connection's TLS handshake has completed: until it has, requests may be
-/// 0-RTT early data, which an attacker can replay.
+/// 0-RTT early data, which an attacker can replay. Completion is learned a moment
+/// after quinn sees it, so a request that arrives just after may still be treated
+/// as early: the safe direction (it is only marked, or held a moment longer).
 #[derive(Clone)]
 pub(crate) struct Handshake(watch::Receiver<bool>);
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(unreachable_pub)] // shared by test binaries; nothing here is a public API
 
+pub mod cluster;
 pub mod h3client;
 pub mod origin;
 

@@ -1,0 +1,550 @@
+//! SWIM membership over UDP: one task owns the foca instance, seals and opens every
+//! datagram with the cluster [`Keyring`], delivers foca's timers, announces to the
+//! seeds, and publishes a fresh [`View`] whenever membership changes.
+//!
+//! # Slow is not dead (Lifeguard, in spirit)
+//!
+//! Plain SWIM lets a node that is slow (a long GC-like pause, CPU starvation, a
+//! SIGSTOP) declare healthy members down, because its own probes time out. As in
+//! HashiCorp's Lifeguard, the node keeps a *local health multiplier* (LHM, 0 to
+//! [`MAX_LHM`]):
+//! - it rises by one when a timer fires late by more than [`LATE_TIMER`] (the
+//!   process itself was not running), and when probes to two *different* members
+//!   fail in consecutive probe periods (one dead member fails the same probe again
+//!   and again; many members failing at once more likely means we are the slow one:
+//!   Lifeguard learns this from missing nacks, which foca does not send);
+//! - it falls by one after each probe period in which no probe failed.
+//!
+//! While it is above zero the node stretches its own probe interval, probe timeout
+//! and suspicion timeout by `1 + LHM`: a node that knows it is unhealthy is slower to
+//! accuse others, and gives suspected members more time to refute. foca does not
+//! allow changing the probe timings on a live instance, so the stretching is done
+//! where we deliver its timers.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::keyring::{Keyring, OpenError, OVERHEAD};
+use super::membership::{Member, MemberState, NodeIdentity, View};
+use crate::metrics::{GossipOutcome, Metrics};
+
+/// Highest local health multiplier.
+pub const MAX_LHM: u32 = 8;
+/// A timer this late means the process was not running.
+const LATE_TIMER: Duration = Duration::from_millis(200);
+/// Largest datagram on the wire: fits a 1500-byte MTU with IPv6 headers.
+const MAX_DATAGRAM: usize = 1400;
+/// How often seeds are resolved and announced to while the node knows fewer
+/// members than it has seeds, and at most this often after resolution fails.
+const SEED_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the gossip task needs.
+#[derive(Debug)]
+pub struct GossipConfig {
+    /// This node.
+    pub identity: NodeIdentity,
+    /// Where to bind (usually `identity.gossip`).
+    pub bind: SocketAddr,
+    /// `host:port` entries; a name resolving to several addresses (a Kubernetes
+    /// headless Service) stands for all of them.
+    pub seeds: Vec<String>,
+    /// Seals and opens datagrams.
+    pub keyring: Arc<Keyring>,
+    /// Owners per key.
+    pub replicas: usize,
+    /// How long a suspected member has to refute before it is declared down (before
+    /// Lifeguard stretching).
+    pub suspicion: Duration,
+    /// How often each node probes one member.
+    pub probe_period: Duration,
+}
+
+/// The running membership.
+#[derive(Debug)]
+pub struct Gossip {
+    view: watch::Receiver<Arc<View>>,
+    inputs: mpsc::Sender<Input>,
+    local_health: Arc<AtomicU32>,
+    local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Input {
+    Timer(Timer<NodeIdentity>),
+    Announce(Vec<SocketAddr>),
+    Leave(oneshot::Sender<()>),
+}
+
+type Swim = Foca<NodeIdentity, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
+
+impl Gossip {
+    /// Binds the gossip socket and starts the membership task.
+    pub async fn start(config: GossipConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let socket = UdpSocket::bind(config.bind)
+            .await
+            .map_err(|e| format!("binding {}: {e}", config.bind))?;
+        let local_addr = socket.local_addr().map_err(|e| e.to_string())?;
+        let mut identity = config.identity.clone();
+        identity.gossip = local_addr;
+        let mut swim_config = Config::new_lan(std::num::NonZeroU32::new(16).expect("non-zero"));
+        swim_config.max_packet_size =
+            std::num::NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).expect("non-zero");
+        swim_config.probe_period = config.probe_period;
+        swim_config.probe_rtt = config.probe_period / 2;
+        swim_config.suspect_to_down_after = config.suspicion;
+        // Forget down members after a while, so a cluster that churns (rolling
+        // restarts) does not accumulate them forever.
+        swim_config.remove_down_after = Some(Duration::from_secs(15 * 60));
+        let swim = Foca::new(
+            identity.clone(),
+            swim_config,
+            rand::make_rng(),
+            PostcardCodec,
+        );
+
+        let (inputs_tx, inputs_rx) = mpsc::channel(1024);
+        let initial = View::new(vec![local_member(&identity)], config.replicas);
+        let (view_tx, view_rx) = watch::channel(Arc::new(initial));
+        let local_health = Arc::new(AtomicU32::new(0));
+        let scheduler = Scheduler::start(inputs_tx.clone(), local_health.clone());
+        tokio::spawn(announce_to_seeds(
+            config.seeds.clone(),
+            inputs_tx.clone(),
+            view_rx.clone(),
+        ));
+        let task = tokio::spawn(
+            Agent {
+                swim,
+                socket,
+                keyring: config.keyring,
+                replicas: config.replicas,
+                view: view_tx,
+                scheduler,
+                metrics,
+                local_health: local_health.clone(),
+                failed_this_period: None,
+                failed_last_period: None,
+            }
+            .run(inputs_rx),
+        );
+        Ok(Self {
+            view: view_rx,
+            inputs: inputs_tx,
+            local_health,
+            local_addr,
+            task,
+        })
+    }
+
+    /// The current view; `changed()` on the receiver waits for the next one.
+    pub fn view(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+
+    /// The local health multiplier (0 = healthy).
+    pub fn local_health(&self) -> u32 {
+        self.local_health.load(Ordering::Relaxed)
+    }
+
+    /// The bound gossip address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Tells the cluster this node is leaving (so its keys move at once rather
+    /// than after a failure is detected) and stops the task.
+    pub async fn leave(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.inputs.send(Input::Leave(done_tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+        }
+        self.task.abort();
+    }
+}
+
+fn local_member(identity: &NodeIdentity) -> Member {
+    Member {
+        identity: identity.clone(),
+        state: MemberState::Alive,
+        incarnation: 0,
+        local: true,
+    }
+}
+
+struct Agent {
+    swim: Swim,
+    socket: UdpSocket,
+    keyring: Arc<Keyring>,
+    replicas: usize,
+    view: watch::Sender<Arc<View>>,
+    scheduler: mpsc::UnboundedSender<(Duration, Timer<NodeIdentity>)>,
+    metrics: Arc<Metrics>,
+    local_health: Arc<AtomicU32>,
+    /// The member whose probe failed in this probe period, and in the previous one.
+    failed_this_period: Option<SocketAddr>,
+    failed_last_period: Option<SocketAddr>,
+}
+
+impl Agent {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut runtime = AccumulatingRuntime::new();
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let result = tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((n, from)) => self.receive(&buf[..n], from, &mut runtime),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "gossip receive failed");
+                        continue;
+                    }
+                },
+                input = inputs.recv() => match input {
+                    Some(Input::Timer(timer)) => {
+                        if matches!(timer, Timer::ProbeRandomMember(_)) {
+                            self.end_of_probe_period();
+                        }
+                        self.swim.handle_timer(timer, &mut runtime)
+                    }
+                    Some(Input::Announce(addrs)) => {
+                        for addr in addrs {
+                            if addr == self.swim.identity().gossip {
+                                continue;
+                            }
+                            if let Err(e) = self.swim.announce(placeholder(addr), &mut runtime) {
+                                tracing::debug!(%addr, error = %e, "announce failed");
+                            }
+                        }
+                        Ok(())
+                    }
+                    Some(Input::Leave(done)) => {
+                        if let Err(e) = self.swim.leave_cluster(&mut runtime) {
+                            tracing::debug!(error = %e, "leaving the cluster failed");
+                        }
+                        self.drain(&mut runtime).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            };
+            if let Err(e) = result {
+                // foca is tolerant of bad input; nothing here needs more than a log.
+                tracing::debug!(error = %e, "gossip input ignored");
+            }
+            self.drain(&mut runtime).await;
+        }
+    }
+
+    fn receive(
+        &mut self,
+        sealed: &[u8],
+        from: SocketAddr,
+        runtime: &mut AccumulatingRuntime<NodeIdentity>,
+    ) -> Result<(), foca::Error> {
+        let outcome = match self.keyring.open(sealed) {
+            Ok(plain) => {
+                self.metrics.count_gossip(GossipOutcome::Accepted);
+                return self.swim.handle_data(&plain, runtime);
+            }
+            Err(OpenError::UnknownKey) => GossipOutcome::UnknownKey,
+            Err(OpenError::Forged) => GossipOutcome::Forged,
+            Err(OpenError::Malformed) => GossipOutcome::Malformed,
+        };
+        self.metrics.count_gossip(outcome);
+        tracing::debug!(%from, ?outcome, "gossip datagram dropped");
+        Ok(())
+    }
+
+    /// Sends, schedules and reacts to whatever the last input produced.
+    async fn drain(&mut self, runtime: &mut AccumulatingRuntime<NodeIdentity>) {
+        while let Some((to, data)) = runtime.to_send() {
+            let sealed = self.keyring.seal(&data);
+            if let Err(e) = self.socket.send_to(&sealed, to.gossip).await {
+                tracing::debug!(to = %to.gossip, error = %e, "gossip send failed");
+            }
+        }
+        let lhm = self.local_health.load(Ordering::Relaxed);
+        self.metrics.local_health.set(i64::from(lhm));
+        while let Some((delay, timer)) = runtime.to_schedule() {
+            let _ = self.scheduler.send((stretch(delay, &timer, lhm), timer));
+        }
+        let mut changed = false;
+        while let Some(notification) = runtime.to_notify() {
+            match notification {
+                OwnedNotification::MemberUp(m) => {
+                    tracing::info!(member = %m.id, addr = %m.gossip, "member up");
+                    changed = true;
+                }
+                OwnedNotification::MemberDown(m) => {
+                    tracing::warn!(member = %m.id, addr = %m.gossip, "member down");
+                    changed = true;
+                }
+                OwnedNotification::Rename(old, new) => {
+                    tracing::info!(member = %new.id, was = %old.id, "member restarted");
+                    changed = true;
+                }
+                OwnedNotification::Rejoin(me) => {
+                    tracing::warn!(
+                        generation = me.generation,
+                        "this node was declared down; rejoined"
+                    );
+                    changed = true;
+                }
+                OwnedNotification::Defunct => {
+                    tracing::error!("this node was declared down and could not rejoin");
+                }
+                OwnedNotification::Active => tracing::info!("joined the cluster"),
+                OwnedNotification::Idle => {
+                    tracing::warn!("no other member is alive");
+                    changed = true;
+                }
+                OwnedNotification::ProbeFailed(_, m) => {
+                    tracing::debug!(member = %m.id, "probe failed");
+                    if self.failed_last_period.is_some_and(|last| last != m.gossip) {
+                        self.adjust_health(1);
+                    }
+                    self.failed_this_period = Some(m.gossip);
+                }
+                _ => {}
+            }
+        }
+        // Suspicion does not raise a notification; compare states instead.
+        let states_changed = {
+            let current = self.view.borrow();
+            let known: Vec<_> = self
+                .swim
+                .iter_membership_state()
+                .map(|m| (m.id().id.as_str(), m.state()))
+                .collect();
+            current.members.len() != known.len() + 1
+                || known.iter().any(|(id, state)| {
+                    current
+                        .member(id)
+                        .is_none_or(|m| m.state != MemberState::from(*state))
+                })
+        };
+        if changed || states_changed {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let mut members: Vec<Member> = self
+            .swim
+            .iter_membership_state()
+            .map(|m| Member {
+                identity: m.id().clone(),
+                state: m.state().into(),
+                incarnation: m.incarnation(),
+                local: false,
+            })
+            .collect();
+        members.push(local_member(self.swim.identity()));
+        let view = View::new(members, self.replicas);
+        self.metrics.set_members(
+            view.alive() as i64,
+            view.members
+                .iter()
+                .filter(|m| m.state == MemberState::Suspect)
+                .count() as i64,
+        );
+        self.view.send_replace(Arc::new(view));
+    }
+
+    fn end_of_probe_period(&mut self) {
+        if self.failed_this_period.is_none() {
+            self.adjust_health(-1);
+        }
+        self.failed_last_period = self.failed_this_period.take();
+    }
+
+    fn adjust_health(&self, delta: i32) {
+        let old = self.local_health.load(Ordering::Relaxed);
+        let new = old.saturating_add_signed(delta).min(MAX_LHM);
+        if new != old {
+            self.local_health.store(new, Ordering::Relaxed);
+            tracing::debug!(lhm = new, "local health multiplier changed");
+        }
+    }
+}
+
+/// Stretches the timers that decide failures by `1 + lhm` (see the module doc).
+fn stretch(delay: Duration, timer: &Timer<NodeIdentity>, lhm: u32) -> Duration {
+    match timer {
+        Timer::ProbeRandomMember(_)
+        | Timer::SendIndirectProbe { .. }
+        | Timer::ChangeSuspectToDown { .. } => delay * (1 + lhm),
+        _ => delay,
+    }
+}
+
+/// An identity standing for an address we know nothing else about (a seed): the
+/// real identity replaces it when the seed answers.
+fn placeholder(addr: SocketAddr) -> NodeIdentity {
+    NodeIdentity {
+        id: String::new(),
+        gossip: addr,
+        peer: addr,
+        http: addr,
+        zone: String::new(),
+        weight: 0,
+        generation: 0,
+    }
+}
+
+/// Delivers foca's timers when due, in due order, and notices when the process
+/// fell behind (a late timer raises the local health multiplier).
+struct Scheduler;
+
+impl Scheduler {
+    fn start(
+        inputs: mpsc::Sender<Input>,
+        local_health: Arc<AtomicU32>,
+    ) -> mpsc::UnboundedSender<(Duration, Timer<NodeIdentity>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Duration, Timer<NodeIdentity>)>();
+        tokio::spawn(async move {
+            // (due, sequence) orders timers due at the same instant as scheduled.
+            let mut pending: BinaryHeap<Reverse<(Instant, u64, TimerSlot)>> = BinaryHeap::new();
+            let mut sequence = 0u64;
+            loop {
+                let next_due = pending.peek().map(|Reverse((due, _, _))| *due);
+                tokio::select! {
+                    scheduled = rx.recv() => match scheduled {
+                        Some((delay, timer)) => {
+                            sequence += 1;
+                            pending.push(Reverse((Instant::now() + delay, sequence, TimerSlot(timer))));
+                        }
+                        None => return,
+                    },
+                    () = sleep_until(next_due) => {
+                        let now = Instant::now();
+                        while let Some(Reverse((due, _, _))) = pending.peek() {
+                            if *due > now {
+                                break;
+                            }
+                            let Reverse((due, _, TimerSlot(timer))) = pending.pop().expect("peeked");
+                            if now.duration_since(due) > LATE_TIMER {
+                                let old = local_health.load(Ordering::Relaxed);
+                                local_health.store((old + 1).min(MAX_LHM), Ordering::Relaxed);
+                            }
+                            if inputs.send(Input::Timer(timer)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        tx
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A timer in the scheduler's heap, ordered only by its (due, sequence) key.
+struct TimerSlot(Timer<NodeIdentity>);
+
+impl PartialEq for TimerSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TimerSlot {}
+impl PartialOrd for TimerSlot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerSlot {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Resolves the seeds and announces to them: every second while this node knows no
+/// other member, then every [`SEED_INTERVAL`] (so a node that started first, or was
+/// partitioned, finds the others).
+/// A seed that does not resolve is logged and retried with backoff, never fatal.
+async fn announce_to_seeds(
+    seeds: Vec<String>,
+    inputs: mpsc::Sender<Input>,
+    view: watch::Receiver<Arc<View>>,
+) {
+    if seeds.is_empty() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut addrs = Vec::new();
+        let mut failed = false;
+        for seed in &seeds {
+            match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(resolved) => addrs.extend(resolved),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(%seed, error = %e, retry_in = ?backoff, "seed does not resolve");
+                }
+            }
+        }
+        // One datagram per seed: cheap enough to send every time, and it heals a
+        // partition even when every member forgot the others.
+        if !addrs.is_empty() && inputs.send(Input::Announce(addrs)).await.is_err() {
+            return;
+        }
+        let wait = if failed {
+            let wait = backoff;
+            backoff = (backoff * 2).min(SEED_INTERVAL);
+            wait
+        } else {
+            backoff = Duration::from_millis(500);
+            // Until someone answers, retry quickly; then settle.
+            if view.borrow().members.len() == 1 {
+                Duration::from_secs(1)
+            } else {
+                SEED_INTERVAL
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_timers_stretch_with_local_health_and_others_do_not() {
+        let second = Duration::from_secs(1);
+        let probe = Timer::<NodeIdentity>::ProbeRandomMember(7);
+        assert_eq!(stretch(second, &probe, 0), second);
+        assert_eq!(stretch(second, &probe, 3), 4 * second);
+        let gossip = Timer::<NodeIdentity>::PeriodicGossip(1);
+        assert_eq!(stretch(second, &gossip, 3), second);
+    }
+
+    #[test]
+    fn a_restarted_node_replaces_its_old_identity() {
+        use foca::Identity;
+        let old = placeholder("127.0.0.1:7946".parse().unwrap());
+        let new = NodeIdentity {
+            generation: 5,
+            ..old.clone()
+        };
+        assert!(new.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&new));
+        assert_eq!(new.renew().unwrap().generation, 6);
+    }
+}

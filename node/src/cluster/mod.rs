@@ -1,0 +1,155 @@
+//! The cluster: membership ([`gossip`], SWIM via foca, encrypted with the
+//! [`keyring`]), who owns which key ([`membership::View`] and its ring, from
+//! `fanz_protocol::ring`), and the trust material ([`pki`]).
+//!
+//! A node joins a cluster when `cluster_dir` is set; without it, it runs alone and
+//! none of this starts.
+
+pub mod gossip;
+pub mod keyring;
+pub mod membership;
+pub mod pki;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::ClusterSettings;
+use crate::metrics::Metrics;
+use gossip::{Gossip, GossipConfig};
+use membership::{Member, NodeIdentity, View};
+
+/// A running cluster membership.
+#[derive(Debug)]
+pub struct Cluster {
+    node_id: String,
+    gossip: Gossip,
+}
+
+impl Cluster {
+    /// Joins (or starts) the cluster described by `settings`; `http` is this node's
+    /// main HTTP address, as advertised to the others.
+    pub async fn start(
+        settings: &ClusterSettings,
+        http: SocketAddr,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let dir = settings
+            .dir
+            .as_ref()
+            .ok_or("cluster_dir is not set")?
+            .clone();
+        let keyring = keyring::Keyring::load(&dir.join(pki::KEYRING))
+            .map_err(|e| format!("{}: {e}", dir.join(pki::KEYRING).display()))?;
+        let node_id = settings
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", host_name(), settings.gossip_addr.port()));
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let identity = NodeIdentity {
+            id: node_id.clone(),
+            gossip: settings.gossip_addr,
+            peer: settings.peer_addr,
+            http,
+            zone: settings.zone.clone(),
+            weight: settings.weight,
+            generation,
+        };
+        let gossip = Gossip::start(
+            GossipConfig {
+                identity,
+                bind: settings.gossip_addr,
+                seeds: settings.seeds.clone(),
+                keyring: Arc::new(keyring),
+                replicas: settings.replicas,
+                suspicion: settings.suspicion,
+                probe_period: settings.probe_period,
+            },
+            metrics,
+        )
+        .await?;
+        tracing::info!(
+            node_id = %node_id,
+            gossip = %gossip.local_addr(),
+            seeds = settings.seeds.len(),
+            "cluster membership started"
+        );
+        Ok(Self { node_id, gossip })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The current view of the cluster (members and ring).
+    pub fn view(&self) -> Arc<View> {
+        self.gossip.view().borrow().clone()
+    }
+
+    /// A receiver that sees every new view.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.gossip.view()
+    }
+
+    /// What `GET /cluster` shows.
+    pub fn report(&self) -> ClusterReport {
+        let view = self.view();
+        let shares: std::collections::HashMap<&str, f64> = view.ring.shares().into_iter().collect();
+        ClusterReport {
+            node_id: self.node_id.clone(),
+            replicas: view.ring.replicas(),
+            local_health: self.gossip.local_health(),
+            members: view
+                .members
+                .iter()
+                .map(|m| MemberReport {
+                    share: shares.get(m.identity.id.as_str()).copied().unwrap_or(0.0),
+                    member: m.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Leaves the cluster gracefully (its keys move to the others at once).
+    pub async fn leave(&self) {
+        self.gossip.leave().await;
+    }
+}
+
+/// The cluster as `GET /cluster` reports it.
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    /// This node.
+    pub node_id: String,
+    /// Owners per key.
+    pub replicas: usize,
+    /// Lifeguard local health multiplier (0 = healthy).
+    pub local_health: u32,
+    /// Every member known, with its share of the keys.
+    pub members: Vec<MemberReport>,
+}
+
+/// One member in a [`ClusterReport`].
+#[derive(Debug, Serialize)]
+pub struct MemberReport {
+    /// The member.
+    #[serde(flatten)]
+    pub member: Member,
+    /// Expected fraction of keys it owns as primary (0 when down).
+    pub share: f64,
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}

@@ -1,0 +1,138 @@
+//! Clusters of real `fanz-node` processes on loopback: trust material from the real
+//! `fanz-node cluster-init`, one process per node, membership read from `/cluster`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+use super::{binary, send, TestNode, TOKEN};
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Runs `fanz-node cluster-init DIR --nodes N`; returns the node directories.
+pub fn cluster_init(dir: &Path, nodes: usize) -> Vec<PathBuf> {
+    let out = std::process::Command::new(binary())
+        .arg("cluster-init")
+        .arg(dir)
+        .arg("--nodes")
+        .arg(nodes.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster-init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (1..=nodes).map(|n| dir.join(format!("node-{n}"))).collect()
+}
+
+/// Gossip timings for tests: fast enough to detect a failure in about 1.5 s.
+pub const FAST: &[&str] = &["--gossip-probe-period", "200ms", "--gossip-suspicion", "1s"];
+
+/// One member of a test cluster.
+pub struct ClusterNode {
+    pub node: TestNode,
+    pub id: String,
+    pub gossip: SocketAddr,
+    _tmp: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    /// Starts node `id` with `cluster_dir`, joining through `seeds`.
+    pub fn start(id: &str, cluster_dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let gossip = free_udp_addr();
+        let seeds = seeds
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let (gossip_s, peer_s) = (gossip.to_string(), free_udp_addr().to_string());
+        let mut args = vec![
+            "--cluster-dir",
+            cluster_dir.to_str().unwrap(),
+            "--node-id",
+            id,
+            "--gossip-addr",
+            &gossip_s,
+            "--peer-addr",
+            &peer_s,
+        ];
+        if !seeds.is_empty() {
+            args.extend(["--seeds", seeds.as_str()]);
+        }
+        args.extend(extra);
+        let node = TestNode::start(&tmp.path().join("data"), &args);
+        Self {
+            node,
+            id: id.to_string(),
+            gossip,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// `GET /cluster` of a node.
+pub async fn cluster_report(node: &TestNode) -> serde_json::Value {
+    let bearer = format!("Bearer {TOKEN}");
+    let r = send(
+        Method::GET,
+        &node.admin_url("/cluster"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+/// Member id -> state, as `node` sees them.
+pub async fn states(node: &TestNode) -> Vec<(String, String)> {
+    let report = cluster_report(node).await;
+    report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls until `check` holds for what `node` reports, or panics after `limit`.
+/// Returns how long it took.
+pub async fn wait_until(
+    node: &TestNode,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&[(String, String)]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen = states(node).await;
+        if check(&seen) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; the node sees {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `id` has `state` in `seen`.
+pub fn has(seen: &[(String, String)], id: &str, state: &str) -> bool {
+    seen.iter().any(|(i, s)| i == id && s == state)
+}
