@@ -163,6 +163,40 @@ pub struct GossipLabels {
 }
 
 label_enum! {
+    /// Why the peer endpoint refused a connection or a stream.
+    PeerRefusal {
+        /// TLS handshake failed (no certificate, or not signed by the cluster CA).
+        Handshake => "handshake",
+        /// The peer speaks no version this node accepts.
+        Version => "version",
+        /// A frame failed its checksum.
+        Checksum => "checksum",
+        /// A frame announced more than the limit.
+        Oversized => "oversized",
+        /// A frame held no valid message.
+        Malformed => "malformed",
+    }
+}
+
+impl From<&fanz_protocol::peer::FrameError> for PeerRefusal {
+    fn from(e: &fanz_protocol::peer::FrameError) -> Self {
+        use fanz_protocol::peer::FrameError;
+        match e {
+            FrameError::Checksum => PeerRefusal::Checksum,
+            FrameError::Oversized { .. } => PeerRefusal::Oversized,
+            FrameError::UnknownKind(_) | FrameError::Malformed(_) => PeerRefusal::Malformed,
+        }
+    }
+}
+
+/// Labels of `fanz_peer_refusals_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerRefusalLabels {
+    /// Why.
+    pub reason: PeerRefusal,
+}
+
+label_enum! {
     /// Member state, as a label.
     MemberStateLabel {
         /// Alive.
@@ -241,6 +275,12 @@ pub struct Metrics {
     pub cluster_members: Family<MemberLabels, Gauge>,
     /// Lifeguard local health multiplier (0 = healthy).
     pub local_health: Gauge,
+    /// Peer connections and streams refused, by reason.
+    pub peer_refusals: Family<PeerRefusalLabels, Counter>,
+    /// Misses fetched from an owner over the peer protocol.
+    pub peer_fetches: Counter,
+    /// Peer fetches that failed (the next owner or the origin was tried).
+    pub peer_fetch_failures: Counter,
 }
 
 impl Metrics {
@@ -386,8 +426,29 @@ impl Metrics {
             "Lifeguard local health multiplier: 0 is healthy; above 0 failure timers are stretched",
             local_health.clone(),
         );
+        let peer_refusals = Family::<PeerRefusalLabels, Counter>::default();
+        registry.register(
+            "peer_refusals",
+            "Peer connections and streams refused, by reason",
+            peer_refusals.clone(),
+        );
+        let peer_fetches = Counter::default();
+        registry.register(
+            "peer_fetches",
+            "Misses fetched from an owner over the peer protocol",
+            peer_fetches.clone(),
+        );
+        let peer_fetch_failures = Counter::default();
+        registry.register(
+            "peer_fetch_failures",
+            "Peer fetches that failed; the next owner or the origin was tried",
+            peer_fetch_failures.clone(),
+        );
         Self {
             registry,
+            peer_refusals,
+            peer_fetches,
+            peer_fetch_failures,
             gossip_datagrams,
             cluster_members,
             local_health,
@@ -417,6 +478,13 @@ impl Metrics {
     pub fn lookup(&self, tier: TierLabel, result: LookupResult) {
         self.lookups
             .get_or_create(&LookupLabels { tier, result })
+            .inc();
+    }
+
+    /// Counts a refused peer connection or stream.
+    pub fn count_peer_refusal(&self, reason: PeerRefusal) {
+        self.peer_refusals
+            .get_or_create(&PeerRefusalLabels { reason })
             .inc();
     }
 

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,7 +21,7 @@ use crate::admin::AdminService;
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterParts};
 use crate::config::Config;
 use crate::http::kv::{KvLimits, MainService};
 use crate::http::server::{serve, ServeLimits};
@@ -31,6 +32,8 @@ use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
 use crate::tls;
 
 /// Method, version and the rest of a request line besides its target.
+/// Room in a peer frame for an entry's metadata (key, headers, tags) beside its body.
+const PEER_FRAME_OVERHEAD: usize = 256 * 1024;
 const REQUEST_LINE_OVERHEAD: usize = 1024;
 
 /// Why a node could not start.
@@ -158,21 +161,6 @@ pub async fn run(
     if let Some(origin) = &config.origin {
         tracing::info!(%origin, routes = config.origin_routes.len(), "pull-through caching enabled");
     }
-    let ready = Arc::new(AtomicBool::new(false));
-    let main_service = Arc::new(MainService::new(
-        cache.clone(),
-        auth.clone(),
-        KvLimits {
-            max_key_size: config.max_key_size,
-            max_value_size: config.max_value_size,
-            body_read_timeout: config.body_read_timeout,
-            default_ttl: config.default_ttl,
-            max_ttl: config.max_ttl,
-            max_stale: config.max_stale,
-            prefix: config.kv_prefix.clone(),
-        },
-        proxy.clone(),
-    ));
     let cluster = match &config.cluster.dir {
         Some(_) => {
             let http = http_listener
@@ -182,7 +170,15 @@ pub async fn run(
                     value: config.http_addr.to_string(),
                     message: e.to_string(),
                 })?;
-            let cluster = Cluster::start(&config.cluster, http, metrics.clone())
+            let parts = ClusterParts {
+                cache: cache.clone(),
+                proxy: proxy.clone(),
+                max_frame: usize::try_from(config.max_value_size)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(PEER_FRAME_OVERHEAD),
+                fetch_timeout: config.origin_first_byte_timeout + Duration::from_secs(1),
+            };
+            let cluster = Cluster::start(&config.cluster, http, metrics.clone(), parts)
                 .await
                 .map_err(|message| StartError::Setting {
                     setting: "cluster_dir",
@@ -197,6 +193,22 @@ pub async fn run(
         }
         None => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
+    let main_service = Arc::new(MainService::new(
+        cache.clone(),
+        auth.clone(),
+        KvLimits {
+            max_key_size: config.max_key_size,
+            max_value_size: config.max_value_size,
+            body_read_timeout: config.body_read_timeout,
+            default_ttl: config.default_ttl,
+            max_ttl: config.max_ttl,
+            max_stale: config.max_stale,
+            prefix: config.kv_prefix.clone(),
+        },
+        proxy.clone(),
+        cluster.as_ref().map(|c| c.routing().clone()),
+    ));
     let admin_service = Arc::new(AdminService::new(
         cache.clone(),
         auth,
@@ -305,6 +317,9 @@ pub async fn run(
     }
     let _ = stop_admin_tx.send(true);
     let _ = admin_server.await;
+    if let Some(cluster) = &cluster {
+        cluster.close().await;
+    }
     invalidator.close().await;
     store.close().await;
     tracing::info!("shut down cleanly");

@@ -98,6 +98,32 @@ pub enum Message {
         /// The key.
         key: CacheKey,
     },
+    /// Request: answer an HTTP request for a URL this node owns, as its proxy would
+    /// (from its tiers, or from the origin with concurrent fetches collapsed). The
+    /// answer is a [`Message::Head`], any number of [`Message::Data`], then
+    /// [`Message::End`].
+    Fetch {
+        /// Request method.
+        method: String,
+        /// Absolute request URL (`scheme://host/path?query`).
+        url: String,
+        /// Request headers, in order.
+        headers: Vec<(Bytes, Bytes)>,
+    },
+    /// Response to [`Message::Fetch`]: the status and headers.
+    Head {
+        /// HTTP status.
+        status: u16,
+        /// Response headers, in order.
+        headers: Vec<(Bytes, Bytes)>,
+    },
+    /// Response to [`Message::Fetch`]: the next body bytes.
+    Data {
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Response to [`Message::Fetch`]: the body is complete.
+    End,
     /// Response: the entry asked for, encoded.
     Found {
         /// The encoded entry.
@@ -120,10 +146,14 @@ const HELLO: u8 = 1;
 const GET: u8 = 2;
 const PUT: u8 = 3;
 const DELETE: u8 = 4;
+const FETCH: u8 = 5;
 const FOUND: u8 = 16;
 const NOT_FOUND: u8 = 17;
 const DONE: u8 = 18;
 const ERROR: u8 = 19;
+const HEAD: u8 = 20;
+const DATA: u8 = 21;
+const END: u8 = 22;
 
 impl Message {
     /// Appends this message as one frame to `out`.
@@ -150,6 +180,26 @@ impl Message {
                 out.put_u8(DELETE);
                 put_bytes16(out, key.encoded());
             }
+            Message::Fetch {
+                method,
+                url,
+                headers,
+            } => {
+                out.put_u8(FETCH);
+                put_bytes16(out, method.as_bytes());
+                put_bytes16(out, url.as_bytes());
+                put_headers(out, headers);
+            }
+            Message::Head { status, headers } => {
+                out.put_u8(HEAD);
+                out.put_u16_le(*status);
+                put_headers(out, headers);
+            }
+            Message::Data { bytes } => {
+                out.put_u8(DATA);
+                put_bytes32(out, bytes);
+            }
+            Message::End => out.put_u8(END),
             Message::Found { entry } => {
                 out.put_u8(FOUND);
                 put_bytes32(out, entry);
@@ -226,6 +276,19 @@ impl Message {
                 entry: r.bytes32()?,
             },
             DELETE => Message::Delete { key: key(&mut r)? },
+            FETCH => Message::Fetch {
+                method: utf8(r.bytes16()?)?,
+                url: utf8(r.bytes16()?)?,
+                headers: headers(&mut r)?,
+            },
+            HEAD => Message::Head {
+                status: r.u16()?,
+                headers: headers(&mut r)?,
+            },
+            DATA => Message::Data {
+                bytes: r.bytes32()?,
+            },
+            END => Message::End,
             FOUND => Message::Found {
                 entry: r.bytes32()?,
             },
@@ -242,6 +305,31 @@ impl Message {
     }
 }
 
+/// Headers as a u16 count of (name, value) pairs. The caller keeps a header section
+/// within the count (the node's header limits are far below it).
+fn put_headers(out: &mut BytesMut, headers: &[(Bytes, Bytes)]) {
+    let n = u16::try_from(headers.len()).expect("header count is bounded by the node");
+    out.put_u16_le(n);
+    for (name, value) in headers {
+        put_bytes16(out, name);
+        put_bytes16(out, value);
+    }
+}
+
+fn headers(r: &mut Reader) -> Result<Vec<(Bytes, Bytes)>, DecodeError> {
+    let n = r.u16()? as usize;
+    // Each pair takes at least four bytes: a count beyond that is a lie, and is
+    // refused before anything is allocated for it.
+    if n * 4 > r.remaining() {
+        return Err(DecodeError::Format("header count exceeds the frame"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push((r.bytes16()?, r.bytes16()?));
+    }
+    Ok(out)
+}
+
 fn utf8(b: Bytes) -> Result<String, DecodeError> {
     String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Format("text is not UTF-8"))
 }
@@ -254,6 +342,28 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
         .rev()
         .find(|&i| s.is_char_boundary(i))
         .unwrap_or(0)
+}
+
+/// The first bytes of a [`Message::Data`] frame carrying `body`: followed by `body`
+/// itself they make the whole frame, so a sender can hand the body to the
+/// transport as it is, without copying it into a frame buffer.
+pub fn data_frame_header(body: &[u8]) -> Bytes {
+    let len = u32::try_from(body.len()).expect("a body chunk is far below 4 GiB");
+    let kind_and_len = [
+        DATA,
+        len.to_le_bytes()[0],
+        len.to_le_bytes()[1],
+        len.to_le_bytes()[2],
+        len.to_le_bytes()[3],
+    ];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&kind_and_len);
+    crc.update(body);
+    let mut out = BytesMut::with_capacity(FRAME_HEADER + kind_and_len.len());
+    out.put_u32_le(kind_and_len.len() as u32 + len);
+    out.put_u32_le(crc.finalize());
+    out.put_slice(&kind_and_len);
+    out.freeze()
 }
 
 /// The version two sides agree on: the lower of the two, if both accept it.
@@ -282,7 +392,24 @@ mod tests {
             key.clone().prop_map(|key| Message::Get { key }),
             (key.clone(), blob.clone()).prop_map(|(key, entry)| Message::Put { key, entry }),
             key.prop_map(|key| Message::Delete { key }),
-            blob.prop_map(|entry| Message::Found { entry }),
+            blob.clone().prop_map(|entry| Message::Found { entry }),
+            (
+                "[A-Z]{1,8}",
+                "\\PC{0,60}",
+                proptest::collection::vec((blob.clone(), blob.clone()), 0..6)
+            )
+                .prop_map(|(method, url, headers)| Message::Fetch {
+                    method,
+                    url,
+                    headers
+                }),
+            (
+                any::<u16>(),
+                proptest::collection::vec((blob.clone(), blob.clone()), 0..6)
+            )
+                .prop_map(|(status, headers)| Message::Head { status, headers }),
+            blob.clone().prop_map(|bytes| Message::Data { bytes }),
+            Just(Message::End),
             Just(Message::NotFound),
             Just(Message::Done),
             (0usize..4, "\\PC{0,80}").prop_map(|(c, message)| Message::Error {
@@ -326,6 +453,19 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut buf = BytesMut::from(&bytes[..]);
             let _ = Message::decode(&mut buf, MAX);
+        }
+
+        /// Any body under a valid checksum (what a buggy or hostile peer can send):
+        /// the parser answers a message or an error, never panics or over-allocates.
+        #[test]
+        fn arbitrary_bodies_with_a_valid_checksum_never_panic(kind in 0u8..32, rest in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut body = vec![kind];
+            body.extend_from_slice(&rest);
+            let mut frame = BytesMut::new();
+            frame.put_u32_le(body.len() as u32);
+            frame.put_u32_le(crc32fast::hash(&body));
+            frame.put_slice(&body);
+            let _ = Message::decode(&mut frame, MAX);
         }
 
         /// A flipped bit anywhere in a frame's body is caught by the checksum.
@@ -381,6 +521,19 @@ mod tests {
         };
         // The body is a slice of the receive buffer: header (8), kind (1), length (4).
         assert_eq!(entry.as_ptr() as usize, before + FRAME_HEADER + 1 + 4);
+    }
+
+    #[test]
+    fn a_data_header_and_its_body_make_the_same_frame_as_encoding() {
+        for body in [Bytes::new(), Bytes::from(vec![9u8; 70_000])] {
+            let mut split = BytesMut::from(&data_frame_header(&body)[..]);
+            split.extend_from_slice(&body);
+            let whole = Message::Data {
+                bytes: body.clone(),
+            }
+            .to_frame();
+            assert_eq!(&split[..], &whole[..]);
+        }
     }
 
     #[test]

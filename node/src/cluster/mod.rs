@@ -9,24 +9,47 @@ pub mod gossip;
 pub mod keyring;
 pub mod membership;
 pub mod pki;
+pub mod routing;
+pub mod service;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::cache::Cache;
 use crate::config::ClusterSettings;
 use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use gossip::{Gossip, GossipConfig};
 use membership::{Member, NodeIdentity, View};
+use routing::Routing;
+use service::NodePeerService;
+use transport::PeerTransport;
 
 /// A running cluster membership.
 #[derive(Debug)]
 pub struct Cluster {
     node_id: String,
     gossip: Gossip,
+    transport: Arc<PeerTransport>,
+    routing: Arc<Routing>,
+}
+
+/// What the cluster serves to peers and routes through them.
+#[derive(Debug)]
+pub struct ClusterParts {
+    /// The node's cache.
+    pub cache: Arc<Cache>,
+    /// The node's proxy, when it has origins.
+    pub proxy: Option<Arc<Proxy>>,
+    /// Largest peer frame accepted (a whole KV value and its metadata).
+    pub max_frame: usize,
+    /// How long an owner has to start answering a fetch.
+    pub fetch_timeout: Duration,
 }
 
 impl Cluster {
@@ -36,6 +59,7 @@ impl Cluster {
         settings: &ClusterSettings,
         http: SocketAddr,
         metrics: Arc<Metrics>,
+        parts: ClusterParts,
     ) -> Result<Self, String> {
         let dir = settings
             .dir
@@ -51,10 +75,23 @@ impl Cluster {
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let tls = crate::tls::peer_configs(&dir).map_err(|e| e.to_string())?;
+        let transport = Arc::new(
+            PeerTransport::bind(
+                settings.peer_addr,
+                tls,
+                node_id.clone(),
+                parts.max_frame,
+                metrics.clone(),
+            )
+            .map_err(|e| format!("peer_addr {}: {e}", settings.peer_addr))?,
+        );
+        let service = Arc::new(NodePeerService::new(parts.cache, parts.proxy.clone()));
+        tokio::spawn(transport.clone().serve(service));
         let identity = NodeIdentity {
             id: node_id.clone(),
             gossip: settings.gossip_addr,
-            peer: settings.peer_addr,
+            peer: transport.local_addr().unwrap_or(settings.peer_addr),
             http,
             zone: settings.zone.clone(),
             weight: settings.weight,
@@ -79,7 +116,21 @@ impl Cluster {
             seeds = settings.seeds.len(),
             "cluster membership started"
         );
-        Ok(Self { node_id, gossip })
+        let routing = Arc::new(Routing::new(
+            node_id.clone(),
+            gossip.view(),
+            transport.clone(),
+            parts.fetch_timeout,
+        ));
+        if let Some(proxy) = &parts.proxy {
+            proxy.attach_routing(routing.clone());
+        }
+        Ok(Self {
+            node_id,
+            gossip,
+            transport,
+            routing,
+        })
     }
 
     /// This node's id.
@@ -116,9 +167,24 @@ impl Cluster {
         }
     }
 
+    /// Owner routing.
+    pub fn routing(&self) -> &Arc<Routing> {
+        &self.routing
+    }
+
+    /// The peer transport.
+    pub fn transport(&self) -> &Arc<PeerTransport> {
+        &self.transport
+    }
+
     /// Leaves the cluster gracefully (its keys move to the others at once).
     pub async fn leave(&self) {
         self.gossip.leave().await;
+    }
+
+    /// Closes the peer endpoint (after the listeners have drained).
+    pub async fn close(&self) {
+        self.transport.close().await;
     }
 }
 

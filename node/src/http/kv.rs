@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fanz_protocol::peer::Message;
 use fanz_protocol::{CacheKey, Entry, EntryMeta};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -16,6 +17,7 @@ use super::headers::{self, HeaderError};
 use super::{full, purge, read_body, text, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup};
+use crate::cluster::routing::Routing;
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
 
@@ -48,16 +50,25 @@ pub struct MainService {
     auth: Auth,
     limits: KvLimits,
     proxy: Option<Arc<Proxy>>,
+    routing: Option<Arc<Routing>>,
 }
 
 impl MainService {
-    /// Builds the service.
-    pub fn new(cache: Arc<Cache>, auth: Auth, limits: KvLimits, proxy: Option<Arc<Proxy>>) -> Self {
+    /// Builds the service; with `routing`, keys are read from and written to their
+    /// owners in the cluster.
+    pub fn new(
+        cache: Arc<Cache>,
+        auth: Auth,
+        limits: KvLimits,
+        proxy: Option<Arc<Proxy>>,
+        routing: Option<Arc<Routing>>,
+    ) -> Self {
         Self {
             cache,
             auth,
             limits,
             proxy,
+            routing,
         }
     }
 
@@ -129,6 +140,11 @@ impl MainService {
         let hit = match self.cache.get(key).await {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
+                if let Some((entry, owner)) = self.read_from_owners(key).await {
+                    let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+                    let status = format!("fanz; fwd=uri-miss; key={owner}");
+                    return entry_response(&entry, age, &status, req);
+                }
                 let mut r = text(StatusCode::NOT_FOUND, "not found");
                 r.headers_mut().insert(
                     "cache-status",
@@ -137,37 +153,59 @@ impl MainService {
                 return r;
             }
         };
-        let entry = hit.entry();
-        let etag = etag(&entry.meta);
-        let not_modified = headers::if_none_match(&req.headers, &etag);
-        let (status, body) = if not_modified {
-            (StatusCode::NOT_MODIFIED, Bytes::new())
-        } else if req.method == Method::HEAD {
-            (StatusCode::OK, Bytes::new())
-        } else {
-            (StatusCode::OK, entry.body.clone())
-        };
-        let mut response = Response::new(full(body));
-        *response.status_mut() = status;
-        let h = response.headers_mut();
-        if status == StatusCode::OK {
-            if let Some(ct) = entry
-                .meta
-                .header("content-type")
-                .and_then(|v| HeaderValue::from_bytes(v).ok())
-            {
-                h.insert(header::CONTENT_TYPE, ct);
-            }
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        let status = headers::cache_status_hit(hit.freshness, hit.tier);
+        entry_response(hit.entry(), hit.age_secs, &status, req)
+    }
+
+    /// A key this node does not own, read from its owners in ring order. The first
+    /// owner that answers decides (a "not found" is not retried on the next owner:
+    /// it may be a delete the next one has not seen yet); only failures move on.
+    async fn read_from_owners(&self, key: &CacheKey) -> Option<(Entry, String)> {
+        let routing = self.routing.as_ref()?;
+        let (is_owner, others) = routing.other_owners(key);
+        if is_owner {
+            return None;
         }
-        h.insert(header::AGE, HeaderValue::from(hit.age_secs));
-        insert_str(h, header::ETAG, &etag);
-        insert_str(
-            h,
-            "cache-status",
-            &headers::cache_status_hit(hit.freshness, hit.tier),
-        );
-        response
+        let request = Message::Get { key: key.clone() };
+        for (owner, addr) in others {
+            match routing.call(addr, &request).await {
+                Ok(Message::Found { entry }) => match Entry::decode(entry) {
+                    Ok(entry) => return Some((entry, owner)),
+                    Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
+                },
+                Ok(_) => return None,
+                Err(e) => tracing::warn!(%owner, error = %e, "owner read failed; trying the next"),
+            }
+        }
+        None
+    }
+
+    /// Sends `request` (a Put or Delete) to the other owners of `key` at once;
+    /// returns how many carried it out and how many were asked.
+    async fn write_to_owners(&self, key: &CacheKey, request: Message) -> (bool, usize, usize) {
+        let Some(routing) = self.routing.clone() else {
+            return (true, 0, 0);
+        };
+        let (is_owner, others) = routing.other_owners(key);
+        let asked = others.len();
+        let request = Arc::new(request);
+        let mut calls = tokio::task::JoinSet::new();
+        for (owner, addr) in others {
+            let (routing, request) = (routing.clone(), request.clone());
+            calls.spawn(async move { (owner, routing.call(addr, &request).await) });
+        }
+        let mut done = 0;
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((_, Ok(Message::Done))) => done += 1,
+                Ok((owner, Ok(other))) => {
+                    tracing::warn!(%owner, answer = ?other, "owner did not carry out a write")
+                }
+                Ok((owner, Err(e))) => tracing::warn!(%owner, error = %e, "owner write failed"),
+                Err(e) => tracing::error!(error = %e, "owner write task failed"),
+            }
+        }
+        (is_owner, done, asked)
     }
 
     async fn put(&self, key: CacheKey, req: &Parts, body: ReqBody) -> Response<Body> {
@@ -193,7 +231,18 @@ impl MainService {
             Err(e) => return e.response(),
         };
         let etag = etag(&meta);
-        match self.cache.set(key, Entry { meta, body }).await {
+        let entry = Entry { meta, body };
+        let replicate = Message::Put {
+            key: key.clone(),
+            entry: entry.encode(),
+        };
+        let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
+        if !is_owner {
+            // Written to the owners only: this node keeps no copy of keys it does
+            // not own, so reads here always see the owners' latest value.
+            return written_response(done, asked, &etag);
+        }
+        match self.cache.set(key, entry).await {
             Ok(outcome) => {
                 let status = if outcome.created {
                     StatusCode::CREATED
@@ -207,6 +256,13 @@ impl MainService {
                     "fanz-invalidated",
                     HeaderValue::from(outcome.dependents.len()),
                 );
+                if asked > 0 {
+                    insert_str(
+                        r.headers_mut(),
+                        "fanz-written",
+                        &format!("{}/{}", done + 1, asked + 1),
+                    );
+                }
                 r
             }
             Err(e @ crate::cache::CacheError::TooLong(_)) => {
@@ -257,6 +313,12 @@ impl MainService {
     }
 
     async fn delete(&self, key: CacheKey) -> Response<Body> {
+        let (is_owner, done, asked) = self
+            .write_to_owners(&key, Message::Delete { key: key.clone() })
+            .await;
+        if !is_owner {
+            return written_response(done, asked, "");
+        }
         let targets = PurgeTargets {
             keys: vec![key],
             ..PurgeTargets::default()
@@ -320,6 +382,56 @@ impl MainService {
         }
         purge::run(&self.cache, &targets).await
     }
+}
+
+/// The response to a KV read of `entry`.
+fn entry_response(entry: &Entry, age_secs: u64, cache_status: &str, req: &Parts) -> Response<Body> {
+    let etag = etag(&entry.meta);
+    let not_modified = headers::if_none_match(&req.headers, &etag);
+    let (status, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else if req.method == Method::HEAD {
+        (StatusCode::OK, Bytes::new())
+    } else {
+        (StatusCode::OK, entry.body.clone())
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    if status == StatusCode::OK {
+        if let Some(ct) = entry
+            .meta
+            .header("content-type")
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+        {
+            h.insert(header::CONTENT_TYPE, ct);
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    }
+    h.insert(header::AGE, HeaderValue::from(age_secs));
+    insert_str(h, header::ETAG, &etag);
+    insert_str(h, "cache-status", cache_status);
+    response
+}
+
+/// The answer to a write this node forwarded to the key's owners: 204 when at least
+/// one stored it (`Fanz-Written: done/asked` says how many), 503 when none did.
+fn written_response(done: usize, asked: usize, etag: &str) -> Response<Body> {
+    let mut r = if done == 0 {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no owner of the key could be reached ({asked} asked)"),
+        )
+    } else {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        if !etag.is_empty() {
+            insert_str(r.headers_mut(), header::ETAG, etag);
+        }
+        r
+    };
+    insert_str(r.headers_mut(), "fanz-written", &format!("{done}/{asked}"));
+    r
 }
 
 /// The ETag of an entry: its version, unique per write.

@@ -9,7 +9,6 @@ use bytes::{Bytes, BytesMut};
 use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 use http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::flight::{Failure, Leader, SharedHead};
@@ -19,6 +18,7 @@ use super::policy::{vary_fields, Storable};
 use super::respond::Shaping;
 use crate::cache::Cache;
 use crate::http::headers::validate_tag;
+use crate::http::Body;
 
 /// Request headers that make a response conditional or partial: the cache asks the
 /// origin for whole responses and answers the client's conditionals itself.
@@ -175,8 +175,8 @@ pub fn plan(
 pub async fn pump(
     cache: Arc<Cache>,
     leader: Leader,
-    mut body: Incoming,
-    permit: OwnedSemaphorePermit,
+    mut body: Body,
+    permit: Option<OwnedSemaphorePermit>,
     plan: Plan,
     max_object_size: u64,
     total_timeout: Duration,

@@ -12,13 +12,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use fanz_protocol::{CacheKey, Entry};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::fill::{self, add_validators, CLIENT_CONDITIONALS};
 use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
@@ -27,6 +27,7 @@ use super::origin::{Origin, OriginResponse, Origins};
 use super::policy::{self, Heuristics, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::{Cache, Found};
+use crate::cluster::routing::{Role, Routing};
 use crate::config::Config;
 use crate::http::directives::Directives;
 use crate::http::{text, Body, ReqBody};
@@ -51,7 +52,16 @@ pub struct Proxy {
     max_object_size: u64,
     uncacheable_ttl_ms: u64,
     total_timeout: Duration,
+    /// Owner routing, once the node has joined a cluster.
+    routing: OnceLock<Arc<Routing>>,
+    /// Keys a non-owner has missed once recently: a second miss admits a hot copy.
+    seen_once: DashMap<CacheKey, u64>,
 }
+
+/// How long a first miss counts towards admitting a hot copy.
+const ADMISSION_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Bound on remembered first misses; the map is cleared when it is exceeded.
+const ADMISSION_MEMORY: usize = 100_000;
 
 /// One request's facts, gathered once.
 #[derive(Debug, Clone)]
@@ -62,6 +72,9 @@ struct Ctx {
     origin: Arc<Origin>,
     client: IpAddr,
     primary: CacheKey,
+    /// Asked by another node over the peer protocol: never routed on to a peer
+    /// again, and tag headers kept (the asking node indexes them).
+    from_peer: bool,
 }
 
 impl Proxy {
@@ -86,7 +99,15 @@ impl Proxy {
             max_object_size: config.max_object_size,
             uncacheable_ttl_ms: config.uncacheable_ttl.as_millis() as u64,
             total_timeout: config.origin_total_timeout,
+            routing: OnceLock::new(),
+            seen_once: DashMap::new(),
         }
+    }
+
+    /// Routes misses through their owners from now on (set once, when the node has
+    /// joined its cluster).
+    pub fn attach_routing(&self, routing: Arc<Routing>) {
+        let _ = self.routing.set(routing);
     }
 
     /// The primary cache key of a request for the proxied URL space.
@@ -111,7 +132,39 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let target = match Target::of(&parts, self.front_tls) {
+        self.handle_parts(parts, body, peer.ip(), false).await
+    }
+
+    /// Answers a GET or HEAD another node sent over the peer protocol because this
+    /// node owns the URL: from the tiers, or from the origin (collapsed with every
+    /// other request for it), never routed on to another peer.
+    pub async fn handle_for_peer(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        peer: IpAddr,
+    ) -> Response<Body> {
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "peers fetch with GET or HEAD only",
+            );
+        }
+        use http_body_util::BodyExt;
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| -> crate::http::BoxError { match never {} })
+            .boxed_unsync();
+        self.handle_parts(parts, body, peer, true).await
+    }
+
+    async fn handle_parts(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: ReqBody,
+        client: IpAddr,
+        from_peer: bool,
+    ) -> Response<Body> {
+        // A peer's request carries an absolute URL: its scheme is the key's.
+        let target = match Target::of(&parts, self.front_tls && !from_peer) {
             Ok(t) => t,
             Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
         };
@@ -127,7 +180,8 @@ impl Proxy {
             primary: target.primary_key(),
             target,
             origin,
-            client: peer.ip(),
+            client,
+            from_peer,
         };
         match ctx.method {
             Method::GET | Method::HEAD => self.cacheable(ctx).await,
@@ -207,11 +261,98 @@ impl Proxy {
         self.fetch(ctx, Some(key), None, true, facts, fwd).await
     }
 
+    /// How responses to this request are shaped: a peer gets the tag headers.
+    fn shaping_for(&self, ctx: &Ctx) -> Shaping {
+        if ctx.from_peer {
+            Shaping { strip_tags: false }
+        } else {
+            self.shaping
+        }
+    }
+
+    /// Sends a GET or HEAD upstream: through the owners of the key ahead of this node
+    /// (origin shielding), then to the origin. `origin_headers` go to the origin;
+    /// an owner gets the client's headers with `validators` instead, so it answers
+    /// as it would the client (same variant, 304 when they match). Returns the
+    /// response and, for a peer's answer, the id of the owner that gave it.
+    async fn upstream(
+        &self,
+        ctx: &Ctx,
+        method: &Method,
+        origin_headers: &HeaderMap,
+        validators: Option<&HeaderMap>,
+    ) -> (
+        Result<OriginResponse, super::origin::OriginError>,
+        Option<String>,
+    ) {
+        if let Some(routing) = self.routing.get().filter(|_| !ctx.from_peer) {
+            let owners = routing.owners_ahead(&ctx.primary);
+            if !owners.is_empty() {
+                let mut headers = ctx.headers.clone();
+                for name in CLIENT_CONDITIONALS {
+                    headers.remove(name);
+                }
+                headers.remove(header::RANGE);
+                if let Some(v) = validators {
+                    add_validators(&mut headers, v);
+                }
+                let url = format!("{}{}", ctx.target.origin_part, ctx.target.path_and_query);
+                for (id, addr) in owners {
+                    self.metrics.peer_fetches.inc();
+                    match routing.fetch(addr, method, &url, &headers).await {
+                        Ok(mut response) => {
+                            // The owner's view of its cache is not ours.
+                            response.headers_mut().remove("cache-status");
+                            let answer = OriginResponse {
+                                response,
+                                permit: None,
+                            };
+                            return (Ok(answer), Some(id));
+                        }
+                        Err(e) => {
+                            self.metrics.peer_fetch_failures.inc();
+                            tracing::warn!(owner = %id, error = %e, "owner fetch failed; trying the next owner or the origin");
+                        }
+                    }
+                }
+            }
+        }
+        let sent = ctx
+            .origin
+            .send(method, &ctx.target.path_and_query, origin_headers, None)
+            .await;
+        (sent, None)
+    }
+
+    /// Whether a node that does not own `key` keeps a copy of it: on its second
+    /// miss within the admission window (one-hit wonders stay with the owners).
+    fn admit_copy(&self, key: &CacheKey) -> bool {
+        let Some(routing) = self.routing.get() else {
+            return true;
+        };
+        if routing.role(key) != Role::Other {
+            return true;
+        }
+        let now = self.cache.now_ms();
+        if let Some(first) = self.seen_once.get(key) {
+            if now.saturating_sub(*first) <= ADMISSION_WINDOW_MS {
+                drop(first);
+                self.seen_once.remove(key);
+                return true;
+            }
+        }
+        if self.seen_once.len() >= ADMISSION_MEMORY {
+            self.seen_once.clear();
+        }
+        self.seen_once.insert(key.clone(), now);
+        false
+    }
+
     /// A response from a stored entry.
     fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &str) -> Response<Body> {
         let entry = &found.entry.value().0;
         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-        self.shaping.entry_response(
+        self.shaping_for(ctx).entry_response(
             &ctx.method,
             &ctx.headers,
             &entry.meta,
@@ -300,12 +441,12 @@ impl Proxy {
         for name in CLIENT_CONDITIONALS {
             headers.remove(name);
         }
-        if let Some(s) = &stale {
-            add_validators(&mut headers, &stored_headers(s.meta()));
+        let validators = stale.as_ref().map(|s| stored_headers(s.meta()));
+        if let Some(v) = &validators {
+            add_validators(&mut headers, v);
         }
-        let sent = ctx
-            .origin
-            .send(&Method::GET, &ctx.target.path_and_query, &headers, None)
+        let (sent, via) = self
+            .upstream(ctx, &Method::GET, &headers, validators.as_ref())
             .await;
         let response_ms = self.cache.now_ms();
         let OriginResponse { response, permit } = match sent {
@@ -361,10 +502,15 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let too_large = declared.is_some_and(|n| n > self.max_object_size);
+        let admitted = decision.is_err() || too_large || self.admit_copy(&ctx.primary);
+        let fwd = match &via {
+            Some(owner) => format!("{fwd}; key={owner}"),
+            None => fwd.to_string(),
+        };
         match decision {
-            Ok(storable) if !too_large => {
+            Ok(storable) if !too_large && admitted => {
                 let plan = fill::plan(
-                    &self.shaping,
+                    &self.shaping_for(ctx),
                     &ctx.primary,
                     &ctx.headers,
                     status,
@@ -402,7 +548,8 @@ impl Proxy {
                 leader.complete();
                 let detail = match decision {
                     Err(reason) => reason.as_str(),
-                    Ok(_) => "too-large",
+                    Ok(_) if too_large => "too-large",
+                    Ok(_) => "not-admitted",
                 };
                 if decision.is_err() {
                     self.uncacheable
@@ -457,7 +604,7 @@ impl Proxy {
         ) {
             Ok(storable) => {
                 let plan = fill::plan(
-                    &self.shaping,
+                    &self.shaping_for(ctx),
                     &ctx.primary,
                     &ctx.headers,
                     status,
@@ -505,7 +652,7 @@ impl Proxy {
                 )
             })
             .collect();
-        self.shaping.entry_response(
+        self.shaping_for(ctx).entry_response(
             &ctx.method,
             &ctx.headers,
             &meta,
@@ -537,11 +684,7 @@ impl Proxy {
             .origins
             .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
         headers.remove(header::RANGE);
-        match ctx
-            .origin
-            .send(&ctx.method, &ctx.target.path_and_query, &headers, None)
-            .await
-        {
+        match self.upstream(ctx, &ctx.method, &headers, None).await.0 {
             Ok(OriginResponse { response, permit }) => {
                 self.pass_through(ctx, response, permit, cache_status)
             }
@@ -559,14 +702,14 @@ impl Proxy {
     fn pass_through(
         &self,
         ctx: &Ctx,
-        response: Response<Incoming>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        response: Response<Body>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
         cache_status: &str,
     ) -> Response<Body> {
         let (parts, body) = response.into_parts();
         let deadline = tokio::time::Instant::now() + self.total_timeout;
         let body = crate::http::with_deadline(body, deadline, permit);
-        self.shaping
+        self.shaping_for(ctx)
             .pass_through(&ctx.method, parts, body, cache_status)
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::breaker::Breaker;
 use crate::config::{Config, ForwardHost, OriginUrl};
-use crate::http::{full, Body};
+use crate::http::{full, Body, BoxError};
 use crate::metrics::{Metrics, OriginOutcome};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -91,14 +91,15 @@ impl OriginError {
     }
 }
 
-/// A response head from the origin, with its body still to read, and the bulkhead
-/// slot it holds until the body is done.
+/// A response head from upstream (the origin, or the owner of the key over the
+/// peer protocol), with its body still to read, and the origin bulkhead slot it
+/// holds until the body is done.
 #[derive(Debug)]
 pub struct OriginResponse {
     /// The response.
-    pub response: Response<Incoming>,
-    /// Released when dropped.
-    pub permit: OwnedSemaphorePermit,
+    pub response: Response<Body>,
+    /// Released when dropped (none for a peer fetch: the owner holds its own).
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// One origin.
@@ -215,7 +216,11 @@ impl Origin {
             {
                 Ok(Ok(response)) => {
                     self.breaker.record(!response.status().is_server_error());
-                    return Ok(OriginResponse { response, permit });
+                    let response = response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+                    return Ok(OriginResponse {
+                        response,
+                        permit: Some(permit),
+                    });
                 }
                 Ok(Err(e)) => {
                     last_error = e.to_string();

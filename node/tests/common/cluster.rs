@@ -48,6 +48,23 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Starts node `id` with `cluster_dir`, joining through `seeds`.
     pub fn start(id: &str, cluster_dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Self {
+        // Free ports are not held until the node binds them: on a collision, retry.
+        for _ in 0..5 {
+            match Self::try_start(id, cluster_dir, seeds, extra) {
+                Ok(node) => return node,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("fanz-node {id} exited during start-up; log:\n{log}"),
+            }
+        }
+        panic!("no free ports for {id} after five tries");
+    }
+
+    fn try_start(
+        id: &str,
+        cluster_dir: &Path,
+        seeds: &[SocketAddr],
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let tmp = tempfile::tempdir().unwrap();
         let gossip = free_udp_addr();
         let seeds = seeds
@@ -70,13 +87,15 @@ impl ClusterNode {
             args.extend(["--seeds", seeds.as_str()]);
         }
         args.extend(extra);
-        let node = TestNode::start(&tmp.path().join("data"), &args);
-        Self {
+        let mut all = vec!["--admin-token".to_string(), TOKEN.to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let node = TestNode::try_start_with(&tmp.path().join("data"), all)?;
+        Ok(Self {
             node,
             id: id.to_string(),
             gossip,
             _tmp: tmp,
-        }
+        })
     }
 }
 

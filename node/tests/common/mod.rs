@@ -73,6 +73,20 @@ impl TestNode {
     }
 
     pub fn start_with(data_dir: &Path, args: Vec<String>) -> TestNode {
+        // Ports are picked free but not held, so another test can take one first;
+        // then the node exits at once and we try again with fresh ports.
+        for _ in 0..5 {
+            match Self::try_start_with(data_dir, args.clone()) {
+                Ok(node) => return node,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("fanz-node exited during start-up; log:\n{log}"),
+            }
+        }
+        panic!("no free ports after five tries");
+    }
+
+    /// Starts a node; `Err(log)` if it exited during start-up.
+    pub fn try_start_with(data_dir: &Path, args: Vec<String>) -> Result<TestNode, String> {
         let mut node = TestNode {
             proto: Proto::H1,
             h3: std::sync::OnceLock::new(),
@@ -83,11 +97,17 @@ impl TestNode {
             args,
             log: data_dir.with_extension("log"),
         };
-        node.spawn();
-        node
+        node.try_spawn()?;
+        Ok(node)
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("fanz-node exited during start-up; log:\n{log}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,17 +140,15 @@ impl TestNode {
             .spawn()
             .expect("spawn fanz-node");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "fanz-node exited during start-up ({status}); log:\n{}",
-                    self.log_text()
-                );
+                self.child = None;
+                return Err(format!("({status}) {}", self.log_text()));
             }
             if let Ok(mut s) = std::net::TcpStream::connect(self.admin) {
                 use std::io::{Read, Write};
@@ -140,7 +158,7 @@ impl TestNode {
                 let mut buf = String::new();
                 let _ = s.read_to_string(&mut buf);
                 if buf.starts_with("HTTP/1.1 200") {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(

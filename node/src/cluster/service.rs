@@ -1,0 +1,177 @@
+//! What a node answers its peers: HTTP fetches for URLs it owns (through its proxy,
+//! so concurrent misses from every node collapse into one origin request), and KV
+//! reads, writes and deletes for keys it owns.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use fanz_protocol::peer::{ErrorCode, Message};
+use fanz_protocol::Entry;
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+
+use super::transport::{PeerService, Responder};
+use crate::cache::{Cache, Lookup};
+use crate::invalidation::PurgeTargets;
+use crate::proxy::Proxy;
+
+/// Body bytes per Data frame: large enough to amortise framing, small enough to
+/// stream.
+const DATA_CHUNK: usize = 256 * 1024;
+
+/// The node's answers to its peers.
+#[derive(Debug)]
+pub struct NodePeerService {
+    cache: Arc<Cache>,
+    proxy: Option<Arc<Proxy>>,
+}
+
+impl NodePeerService {
+    /// Answers from `cache`, and fetches URLs through `proxy` when one is configured.
+    pub fn new(cache: Arc<Cache>, proxy: Option<Arc<Proxy>>) -> Self {
+        Self { cache, proxy }
+    }
+
+    async fn fetch(
+        &self,
+        method: String,
+        url: String,
+        headers: Vec<(bytes::Bytes, bytes::Bytes)>,
+        mut respond: Responder,
+    ) {
+        let Some(proxy) = self.proxy.clone() else {
+            refuse(
+                respond,
+                ErrorCode::BadRequest,
+                "this node proxies no origin",
+            )
+            .await;
+            return;
+        };
+        let mut request = Request::builder().uri(url.as_str());
+        match Method::from_bytes(method.as_bytes()) {
+            Ok(m) => request = request.method(m),
+            Err(_) => return refuse(respond, ErrorCode::BadRequest, "bad method").await,
+        }
+        for (name, value) in headers {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&name),
+                HeaderValue::from_maybe_shared(value),
+            ) else {
+                return refuse(respond, ErrorCode::BadRequest, "bad header").await;
+            };
+            request = request.header(name, value);
+        }
+        let Ok(request) = request.body(()) else {
+            return refuse(respond, ErrorCode::BadRequest, "bad request URL").await;
+        };
+        let (parts, ()) = request.into_parts();
+        // The requesting node is the client here (its own client's address is not
+        // forwarded yet).
+        let response = proxy
+            .handle_for_peer(parts, IpAddr::from([127, 0, 0, 1]))
+            .await;
+        let (parts, mut body) = response.into_parts();
+        let head = Message::Head {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        bytes::Bytes::copy_from_slice(k.as_str().as_bytes()),
+                        bytes::Bytes::copy_from_slice(v.as_bytes()),
+                    )
+                })
+                .collect(),
+        };
+        if !respond.send(&head).await {
+            return;
+        }
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
+                    };
+                    while !data.is_empty() {
+                        let chunk = data.split_to(data.len().min(DATA_CHUNK));
+                        if !respond.send_data(chunk).await {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // No End frame: the asking node sees the answer cut off and
+                    // does not store it.
+                    tracing::debug!(error = %e, "body failed while answering a peer");
+                    return;
+                }
+            }
+        }
+        if respond.send(&Message::End).await {
+            respond.finish();
+        }
+    }
+}
+
+async fn refuse(mut respond: Responder, code: ErrorCode, message: &str) {
+    let error = Message::Error {
+        code,
+        message: message.to_string(),
+    };
+    if respond.send(&error).await {
+        respond.finish();
+    }
+}
+
+impl PeerService for NodePeerService {
+    async fn handle(&self, request: Message, mut respond: Responder) {
+        let answer = match request {
+            Message::Fetch {
+                method,
+                url,
+                headers,
+            } => return self.fetch(method, url, headers, respond).await,
+            Message::Get { key } => match self.cache.get(&key).await {
+                Lookup::Hit(hit) => Message::Found {
+                    entry: hit.entry().encode(),
+                },
+                Lookup::Miss(_) => Message::NotFound,
+            },
+            Message::Put { key, entry } => match Entry::decode(entry) {
+                Ok(entry) => match self.cache.set(key, entry).await {
+                    Ok(_) => Message::Done,
+                    Err(e) => Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: e.to_string(),
+                    },
+                },
+                Err(e) => Message::Error {
+                    code: ErrorCode::BadRequest,
+                    message: format!("bad entry: {e}"),
+                },
+            },
+            Message::Delete { key } => {
+                let targets = PurgeTargets {
+                    keys: vec![key],
+                    ..PurgeTargets::default()
+                };
+                match self.cache.purge(&targets).await {
+                    Ok(_) => Message::Done,
+                    Err(e) => Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: e.to_string(),
+                    },
+                }
+            }
+            _ => Message::Error {
+                code: ErrorCode::BadRequest,
+                message: "not a request".into(),
+            },
+        };
+        if respond.send(&answer).await {
+            respond.finish();
+        }
+    }
+}

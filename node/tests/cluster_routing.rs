@@ -1,0 +1,421 @@
+//! Owner routing with real `fanz-node` processes: misses go to a key's primary owner
+//! over the peer protocol (QUIC, mutual TLS), which alone talks to the origin.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::origin::{respond, TestOrigin};
+use common::*;
+use http::Method;
+
+/// Three nodes with `--origin`, converged.
+async fn three_nodes(origin: &TestOrigin, extra: &[&str]) -> (tempfile::TempDir, Vec<ClusterNode>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = cluster_init(tmp.path(), 3);
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    args.extend(extra);
+    let first = ClusterNode::start("n1", &dirs[0], &[], &args);
+    let seed = first.gossip;
+    let nodes = vec![
+        first,
+        ClusterNode::start("n2", &dirs[1], &[seed], &args),
+        ClusterNode::start("n3", &dirs[2], &[seed], &args),
+    ];
+    for n in &nodes {
+        wait_until(&n.node, Duration::from_secs(10), "three alive", |s| {
+            s.iter().filter(|(_, st)| st == "alive").count() == 3
+        })
+        .await;
+    }
+    (tmp, nodes)
+}
+
+/// A GET for the site every node serves: the same Host on every node, as clients
+/// of a real cluster (one hostname, many nodes) send, so the cache key is the same.
+async fn get_site(url: &str) -> Reply {
+    send(Method::GET, url, &[("host", "cdn.test")], "").await
+}
+
+fn cache_status(r: &Reply) -> String {
+    r.header("cache-status").unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_on_three_nodes_reach_the_origin_once() {
+    let origin = TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let (_tmp, nodes) = three_nodes(&origin, &[]).await;
+    let urls: Vec<String> = nodes.iter().map(|n| n.node.url("/cold")).collect();
+    let requests = (0..100).map(|i| {
+        let url = urls[i % 3].clone();
+        tokio::spawn(async move { get_site(&url).await })
+    });
+    let replies = futures_join(requests).await;
+    for r in &replies {
+        assert_eq!(r.status, http::StatusCode::OK, "{}", cache_status(r));
+        assert_eq!(r.text(), "/cold #1");
+    }
+    assert_eq!(
+        origin.count("/cold"),
+        1,
+        "one origin request for the whole cluster"
+    );
+    // Two nodes got it from the owner named in Cache-Status; the owner from the origin.
+    let owners: std::collections::HashSet<String> = replies
+        .iter()
+        .filter_map(|r| {
+            cache_status(r)
+                .split("; ")
+                .find_map(|p| p.strip_prefix("key=").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(owners.len(), 1, "one primary: {owners:?}");
+}
+
+async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<Reply>>) -> Vec<Reply> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Which of `nodes` is the primary, replica and non-owner of `path`, from what they
+/// answer: the primary names no owner, the others name the primary.
+async fn roles(nodes: &[ClusterNode], path: &str) -> (usize, Vec<usize>) {
+    let mut primary = None;
+    let mut others = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let r = get_site(&n.node.url(path)).await;
+        assert_eq!(r.status, http::StatusCode::OK);
+        if cache_status(&r).contains("key=") {
+            others.push(i);
+        } else {
+            primary = Some(i);
+        }
+    }
+    (primary.expect("one node is primary"), others)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_keep_copies_and_non_owners_only_after_a_second_miss() {
+    let origin = TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let (_tmp, nodes) = three_nodes(&origin, &[]).await;
+    let (primary, others) = roles(&nodes, "/warm").await;
+    assert_eq!(others.len(), 2);
+    // Second round: the primary and the replica hit; the non-owner fetched again
+    // (first miss not admitted) and now stores; third round: everyone hits.
+    let mut stored_on_second = 0;
+    for &i in &others {
+        let r = get_site(&nodes[i].node.url("/warm")).await;
+        let status = cache_status(&r);
+        if status.contains("stored") {
+            stored_on_second += 1;
+        } else {
+            assert!(status.starts_with("fanz; hit"), "{status}");
+        }
+    }
+    assert_eq!(
+        stored_on_second, 1,
+        "exactly the non-owner stores on its second miss"
+    );
+    let r = get_site(&nodes[primary].node.url("/warm")).await;
+    assert!(cache_status(&r).starts_with("fanz; hit"));
+    for n in &nodes {
+        let r = get_site(&n.node.url("/warm")).await;
+        assert!(
+            cache_status(&r).starts_with("fanz; hit"),
+            "{}",
+            cache_status(&r)
+        );
+        assert_eq!(r.text(), "/warm #1");
+    }
+    assert_eq!(origin.count("/warm"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_primary_is_killed_the_others_still_answer() {
+    let origin = TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let (_tmp, mut nodes) = three_nodes(&origin, &[]).await;
+    let (primary, others) = roles(&nodes, "/shielded").await;
+    nodes[primary].node.kill();
+    // Before and after the failure is detected, every request is answered: the
+    // replica from its copy, the non-owner through the next owner (or the origin).
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < deadline {
+        for &i in &others {
+            let r = get_site(&nodes[i].node.url("/shielded")).await;
+            assert_eq!(r.status, http::StatusCode::OK, "{}", cache_status(&r));
+            assert!(r.text().starts_with("/shielded #"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_until(
+        &nodes[others[0]].node,
+        Duration::from_secs(10),
+        "primary down",
+        |s| s.iter().any(|(_, st)| st == "down"),
+    )
+    .await;
+    assert!(
+        origin.count("/shielded") <= 2,
+        "{}",
+        origin.count("/shielded")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_whose_certificate_is_not_from_the_cluster_ca_is_refused() {
+    let origin = TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = cluster_init(&tmp.path().join("ours"), 2);
+    let theirs = cluster_init(&tmp.path().join("theirs"), 1);
+    // The impostor has our gossip key (it joins the membership) and our CA (it
+    // trusts us), but its own certificate comes from another CA.
+    let impostor_dir = tmp.path().join("impostor");
+    std::fs::create_dir(&impostor_dir).unwrap();
+    for f in ["ca.pem", "cluster.keys"] {
+        std::fs::copy(ours[1].join(f), impostor_dir.join(f)).unwrap();
+    }
+    for f in ["node.pem", "node-key.pem"] {
+        std::fs::copy(theirs[0].join(f), impostor_dir.join(f)).unwrap();
+    }
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let honest = ClusterNode::start("honest", &ours[0], &[], &args);
+    let impostor = ClusterNode::start("impostor", &impostor_dir, &[honest.gossip], &args);
+    wait_until(&honest.node, Duration::from_secs(10), "two members", |s| {
+        s.iter().filter(|(_, st)| st == "alive").count() == 2
+    })
+    .await;
+    // Each asks the other for the keys the other owns: every such fetch fails at
+    // the TLS handshake, and each falls back to the origin.
+    for i in 0..20 {
+        for n in [&honest, &impostor] {
+            let r = get_site(&n.node.url(&format!("/k{i}"))).await;
+            assert_eq!(r.status, http::StatusCode::OK);
+            assert!(!cache_status(&r).contains("key="), "no peer answered");
+        }
+    }
+    let m = honest.node.metrics().await;
+    let refused = metric_value(&m, "fanz_peer_refusals_total{reason=\"handshake\"}").unwrap_or(0.0);
+    assert!(refused >= 1.0, "refusals not counted:\n{m}");
+    let failures = metric_value(
+        &impostor.node.metrics().await,
+        "fanz_peer_fetch_failures_total",
+    )
+    .unwrap();
+    assert!(failures >= 1.0);
+}
+
+/// A raw QUIC connection to a node's peer port with a valid cluster certificate,
+/// after the Hello exchange at `version`; returns the connection and the reply.
+async fn raw_peer(
+    cluster_dir: &std::path::Path,
+    peer: std::net::SocketAddr,
+    version: u16,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    Option<fanz_protocol::peer::Message>,
+) {
+    let (_, client_tls) = fanz_node::tls::peer_configs(cluster_dir).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(peer, fanz_node::cluster::pki::PEER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let hello = fanz_protocol::peer::Message::Hello {
+        version,
+        node_id: "test-client".into(),
+    };
+    let reply = exchange(&conn, hello.to_frame()).await.unwrap();
+    (endpoint, conn, reply)
+}
+
+/// Sends raw bytes on a new stream and reads one frame back (`Err` if the stream
+/// was reset).
+async fn exchange(
+    conn: &quinn::Connection,
+    bytes: bytes::Bytes,
+) -> Result<Option<fanz_protocol::peer::Message>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let data = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut buf = bytes::BytesMut::from(&data[..]);
+    fanz_protocol::peer::Message::decode(&mut buf, 1 << 20).map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peer_frames_reset_their_stream_and_the_connection_carries_on() {
+    use bytes::BufMut;
+    use fanz_protocol::peer::{ErrorCode, Message, VERSION};
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = cluster_init(tmp.path(), 2);
+    let node = ClusterNode::start("n1", &dirs[0], &[], FAST);
+    let report = cluster_report(&node.node).await;
+    let peer: std::net::SocketAddr = report["members"][0]["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let (_endpoint, conn, hello) = raw_peer(&dirs[1], peer, VERSION).await;
+    assert!(matches!(hello, Some(Message::Hello { .. })), "{hello:?}");
+    let get = Message::Get {
+        key: fanz_protocol::CacheKey::kv(b"absent"),
+    }
+    .to_frame();
+    let mut bad_crc = bytes::BytesMut::from(&get[..]);
+    bad_crc[5] ^= 0xff;
+    let mut oversized = bytes::BytesMut::new();
+    oversized.put_u32_le(1 << 30);
+    oversized.put_u32_le(0);
+    let unknown_kind = {
+        let body = [0xEEu8];
+        let mut f = bytes::BytesMut::new();
+        f.put_u32_le(1);
+        f.put_u32_le(crc32fast::hash(&body));
+        f.put_slice(&body);
+        f
+    };
+    for bad in [bad_crc, oversized, unknown_kind] {
+        let answer = exchange(&conn, bad.freeze()).await;
+        assert!(answer.is_err(), "a bad frame got an answer: {answer:?}");
+        // The same connection still serves well-formed requests.
+        assert_eq!(
+            exchange(&conn, get.clone()).await.unwrap(),
+            Some(Message::NotFound)
+        );
+    }
+    let m = node.node.metrics().await;
+    for reason in ["checksum", "oversized", "malformed"] {
+        let series = format!("fanz_peer_refusals_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&m, &series), Some(1.0), "{series}\n{m}");
+    }
+
+    // A version this node does not speak is refused with a reason.
+    let (_endpoint, _conn, reply) = raw_peer(&dirs[1], peer, 0).await;
+    assert!(
+        matches!(
+            reply,
+            Some(Message::Error {
+                code: ErrorCode::Version,
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_writes_reach_every_owner_and_reads_work_from_any_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = cluster_init(tmp.path(), 3);
+    let first = ClusterNode::start("n1", &dirs[0], &[], FAST);
+    let seed = first.gossip;
+    let nodes = vec![
+        first,
+        ClusterNode::start("n2", &dirs[1], &[seed], FAST),
+        ClusterNode::start("n3", &dirs[2], &[seed], FAST),
+    ];
+    for n in &nodes {
+        wait_until(&n.node, Duration::from_secs(10), "three alive", |s| {
+            s.iter().filter(|(_, st)| st == "alive").count() == 3
+        })
+        .await;
+    }
+    // Twelve keys, each written through a different node: whichever node is asked,
+    // the write lands on both owners (R = 2).
+    for i in 0..12 {
+        let writer = &nodes[i % 3].node;
+        let r = put(writer, &format!("k{i}"), &format!("v{i}"), &[]).await;
+        assert!(r.status.is_success(), "{}: {}", r.status, r.text());
+        let written = r
+            .header("fanz-written")
+            .expect("Fanz-Written on a cluster write");
+        assert!(
+            written.ends_with('2') && written.starts_with('2'),
+            "{written}"
+        );
+    }
+    for i in 0..12 {
+        for n in &nodes {
+            let r = get(&n.node, &format!("k{i}")).await;
+            assert_eq!(r.status, http::StatusCode::OK, "k{i} at {}", n.id);
+            assert_eq!(r.text(), format!("v{i}"));
+        }
+    }
+    // Each owner holds its keys itself: two copies of every key in the cluster.
+    let mut local_hits = 0;
+    for i in 0..12 {
+        for n in &nodes {
+            let status = get(&n.node, &format!("k{i}"))
+                .await
+                .header("cache-status")
+                .unwrap();
+            if status.starts_with("fanz; hit") {
+                local_hits += 1;
+            } else {
+                assert!(status.contains("key="), "{status}");
+            }
+        }
+    }
+    assert_eq!(local_hits, 24, "R = 2 copies of 12 keys");
+    // A delete through any node removes the key everywhere.
+    for i in 0..12 {
+        let r = send(
+            Method::DELETE,
+            &nodes[(i + 1) % 3].node.url(&format!("/kv/k{i}")),
+            &[],
+            "",
+        )
+        .await;
+        assert!(r.status.is_success(), "{}", r.status);
+        for n in &nodes {
+            assert_eq!(
+                get(&n.node, &format!("k{i}")).await.status,
+                http::StatusCode::NOT_FOUND
+            );
+        }
+    }
+}
