@@ -419,3 +419,73 @@ async fn kv_writes_reach_every_owner_and_reads_work_from_any_node() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_owner_rejoins_and_serves_its_disk_tier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = cluster_init(tmp.path(), 3);
+    let first = ClusterNode::start("n1", &dirs[0], &[], FAST);
+    let seed = first.gossip;
+    let mut nodes = vec![
+        first,
+        ClusterNode::start("n2", &dirs[1], &[seed], FAST),
+        ClusterNode::start("n3", &dirs[2], &[seed], FAST),
+    ];
+    for n in &nodes {
+        wait_until(&n.node, Duration::from_secs(10), "three alive", |s| {
+            s.iter().filter(|(_, st)| st == "alive").count() == 3
+        })
+        .await;
+    }
+    for i in 0..10 {
+        let r = put(
+            &nodes[0].node,
+            &format!("d{i}"),
+            &format!("durable {i}"),
+            &[],
+        )
+        .await;
+        assert!(r.status.is_success());
+    }
+    // n2 owns some of these keys (R = 2 of 3 nodes: about two thirds).
+    let owned: Vec<usize> = (0..10)
+        .filter(|i| {
+            let status = futures_block(get(&nodes[1].node, &format!("d{i}")));
+            status
+                .header("cache-status")
+                .unwrap()
+                .starts_with("fanz; hit")
+        })
+        .collect();
+    assert!(!owned.is_empty());
+    nodes[1].node.wait_disk_written(1).await;
+    nodes[1].node.kill();
+    wait_until(&nodes[0].node, Duration::from_secs(10), "n2 down", |s| {
+        s.iter().any(|(id, st)| id == "n2" && st == "down")
+    })
+    .await;
+    // While it is down, its keys are served by the other owner.
+    for &i in &owned {
+        let r = get(&nodes[0].node, &format!("d{i}")).await;
+        assert_eq!(r.text(), format!("durable {i}"));
+    }
+    nodes[1].node.restart();
+    wait_until(&nodes[0].node, Duration::from_secs(10), "n2 back", |s| {
+        s.iter().any(|(id, st)| id == "n2" && st == "alive")
+    })
+    .await;
+    for &i in &owned {
+        let r = get(&nodes[1].node, &format!("d{i}")).await;
+        assert_eq!(r.text(), format!("durable {i}"));
+        let status = r.header("cache-status").unwrap();
+        assert!(
+            status.starts_with("fanz; hit"),
+            "served from its own tiers: {status}"
+        );
+    }
+}
+
+/// Runs a future to completion from synchronous code inside the test runtime.
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}

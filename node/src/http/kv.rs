@@ -16,7 +16,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use super::headers::{self, HeaderError};
 use super::{full, purge, read_body, text, Body, ReqBody};
 use crate::auth::Auth;
-use crate::cache::{Cache, Lookup};
+use crate::cache::{Cache, Lookup, MissReason};
 use crate::cluster::routing::Routing;
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
@@ -140,7 +140,8 @@ impl MainService {
         let hit = match self.cache.get(key).await {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
-                if let Some((entry, owner)) = self.read_from_owners(key).await {
+                let purged_here = matches!(reason, MissReason::Invalidated);
+                if let Some((entry, owner)) = self.read_from_owners(key, purged_here).await {
                     let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                     let status = format!("fanz; fwd=uri-miss; key={owner}");
                     return entry_response(&entry, age, &status, req);
@@ -157,20 +158,35 @@ impl MainService {
         entry_response(hit.entry(), hit.age_secs, &status, req)
     }
 
-    /// A key this node does not own, read from its owners in ring order. The first
+    /// A key missing here, read from the (other) owners in ring order. The first
     /// owner that answers decides (a "not found" is not retried on the next owner:
     /// it may be a delete the next one has not seen yet); only failures move on.
-    async fn read_from_owners(&self, key: &CacheKey) -> Option<(Entry, String)> {
+    ///
+    /// An owner asks too: it may have become an owner after the key was written
+    /// (another owner left), and then keeps what it reads (read repair).
+    async fn read_from_owners(&self, key: &CacheKey, purged_here: bool) -> Option<(Entry, String)> {
         let routing = self.routing.as_ref()?;
         let (is_owner, others) = routing.other_owners(key);
-        if is_owner {
+        if is_owner && purged_here {
+            // This owner saw the delete; another owner that missed it must not
+            // bring the value back.
             return None;
         }
         let request = Message::Get { key: key.clone() };
         for (owner, addr) in others {
             match routing.call(addr, &request).await {
                 Ok(Message::Found { entry }) => match Entry::decode(entry) {
-                    Ok(entry) => return Some((entry, owner)),
+                    Ok(entry) => {
+                        if is_owner {
+                            // Stored as a fill: a purge newer than the entry wins.
+                            if let Err(e) =
+                                self.cache.store_response(key.clone(), entry.clone()).await
+                            {
+                                tracing::warn!(error = %e, "read repair not stored");
+                            }
+                        }
+                        return Some((entry, owner));
+                    }
                     Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
                 },
                 Ok(_) => return None,
