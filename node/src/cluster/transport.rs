@@ -133,7 +133,9 @@ pub struct PeerTransport {
     client: quinn::ClientConfig,
     node_id: String,
     max_frame: usize,
-    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// One slot per peer: connecting to one peer (up to the connect timeout when it
+    /// is dead) never holds up requests to the others.
+    connections: std::sync::Mutex<HashMap<SocketAddr, Arc<Mutex<Option<quinn::Connection>>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -179,7 +181,7 @@ impl PeerTransport {
             client,
             node_id,
             max_frame,
-            connections: Mutex::new(HashMap::new()),
+            connections: std::sync::Mutex::new(HashMap::new()),
             metrics,
         })
     }
@@ -290,26 +292,29 @@ impl PeerTransport {
             Ok(recv) => Ok(FrameReader::new(recv, self.max_frame, to)),
             Err(e) => {
                 // A broken connection is dropped; the next request reconnects.
-                self.connections.lock().await.remove(&to);
+                *self.slot(to).lock().await = None;
                 Err(PeerError::Unreachable(to, e))
             }
         }
     }
 
+    fn slot(&self, to: SocketAddr) -> Arc<Mutex<Option<quinn::Connection>>> {
+        let mut slots = self.connections.lock().expect("connection map lock");
+        slots.entry(to).or_default().clone()
+    }
+
     async fn connection(&self, to: SocketAddr) -> Result<quinn::Connection, PeerError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(c) = connections.get(&to) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-            connections.remove(&to);
+        let slot = self.slot(to);
+        let mut current = slot.lock().await;
+        if let Some(c) = current.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
         }
-        // Connecting under the lock: concurrent requests to one peer share one
+        // Connecting under this peer's lock: concurrent requests to it share one
         // connection instead of racing to open several.
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(to))
             .await
             .map_err(|_| PeerError::Timeout(to))??;
-        connections.insert(to, connection.clone());
+        *current = Some(connection.clone());
         Ok(connection)
     }
 
