@@ -149,7 +149,8 @@ impl Connection {
             Connection::H3(send, _) => {
                 let uri = format!("https://{}{}", target.host, target.path);
                 let mut stream = send.send_request(Request::get(uri).body(())?).await?;
-                stream.finish().await?;
+                // The server may stop the request side once it has answered (RFC 9114 §4.1).
+                let _ = stream.finish().await;
                 let resp = stream.recv_response().await?;
                 if !resp.status().is_success() {
                     bail!("status {}", resp.status());

@@ -148,7 +148,10 @@ pub async fn h3_exchange(
     if !body.is_empty() {
         stream.send_data(body).await.map_err(|e| e.to_string())?;
     }
-    stream.finish().await.map_err(|e| e.to_string())?;
+    // A server may answer before it has read the whole request and stop the
+    // request side (RFC 9114 §4.1); finishing can then fail, and the response must
+    // still be read, not discarded.
+    let _ = stream.finish().await;
     let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
     let mut out = BytesMut::new();
     while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
