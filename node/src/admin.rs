@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::cache::Cache;
+use crate::cluster::replication::Wait;
 use crate::cluster::Cluster;
 use crate::http::headers::validate_tag;
 use crate::http::{full, json, purge, read_body, text, Body, ReqBody};
@@ -116,6 +117,22 @@ impl AdminService {
                 }
                 self.purge(req).await
             }
+            (p, Method::GET) if p.starts_with("/purge/") => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                let id = &p["/purge/".len()..];
+                match self.cluster.as_ref().and_then(|c| c.replicator().report(id)) {
+                    Some(report) => json(
+                        StatusCode::OK,
+                        &serde_json::to_value(report).unwrap_or_default(),
+                    ),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        format!("no purge {id:?} is known here (ids are kept by the node that made the purge)"),
+                    ),
+                }
+            }
             ("/cluster", Method::GET) => {
                 if let Err(denied) = self.auth.check(req.headers(), peer) {
                     return *denied;
@@ -143,6 +160,18 @@ impl AdminService {
     }
 
     async fn purge(&self, req: Request<ReqBody>) -> Response<Body> {
+        let wait = match req.uri().query().unwrap_or("") {
+            "" | "wait=all" => Wait::All,
+            "wait=none" => Wait::None,
+            other => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown purge option {other:?}: use wait=all (the default) or wait=none"
+                    ),
+                )
+            }
+        };
         let body = match read_body(req.into_body(), MAX_PURGE_BODY, PURGE_BODY_TIMEOUT).await {
             Ok(b) => b,
             Err(e) => return e.response(),
@@ -157,7 +186,10 @@ impl AdminService {
             }
         };
         match self.targets(request) {
-            Ok(targets) => purge::run(&self.cache, &targets).await,
+            Ok(targets) => {
+                let replicator = self.cluster.as_ref().map(|c| c.replicator());
+                purge::run(&self.cache, replicator, &targets, wait).await
+            }
             Err(reason) => text(
                 StatusCode::BAD_REQUEST,
                 format!("invalid purge request: {reason}"),

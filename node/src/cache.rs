@@ -15,6 +15,7 @@ use fanz_protocol::key::IdKind;
 use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 
 use crate::clock::Clock;
+use crate::cluster::sync::{HitPolicy, SyncGate};
 use crate::invalidation::{Coverage, Invalidator, LogError, PurgeOutcome, PurgeTargets};
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
 use crate::store::{EntryHandle, Store, Tier};
@@ -161,6 +162,8 @@ pub struct Cache {
     invalidator: Arc<Invalidator>,
     clock: Arc<Clock>,
     metrics: Arc<Metrics>,
+    /// In a cluster: whether this node's invalidations are in sync.
+    sync_gate: std::sync::OnceLock<Arc<SyncGate>>,
 }
 
 impl Cache {
@@ -176,6 +179,21 @@ impl Cache {
             invalidator,
             clock,
             metrics,
+            sync_gate: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, hits ask `gate` whether this node is in sync with the cluster.
+    pub fn attach_sync_gate(&self, gate: Arc<SyncGate>) {
+        let _ = self.sync_gate.set(gate);
+    }
+
+    /// What a hit may do now: serve, serve marked as unsynced, or revalidate first.
+    /// After a stall this waits (briefly) for the node to catch up on purges.
+    pub async fn hit_policy(&self) -> HitPolicy {
+        match self.sync_gate.get() {
+            Some(gate) => gate.before_hit().await,
+            None => HitPolicy::Serve,
         }
     }
 

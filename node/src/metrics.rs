@@ -281,6 +281,14 @@ pub struct Metrics {
     pub peer_fetches: Counter,
     /// Peer fetches that failed (the next owner or the origin was tried).
     pub peer_fetch_failures: Counter,
+    /// Time from a purge here until every member applied it.
+    pub purge_propagation: Histogram,
+    /// Purges made here that some member has not acked yet.
+    pub purges_pending_ack: Gauge,
+    /// Anti-entropy rounds (pulls from a peer).
+    pub anti_entropy_pulls: Counter,
+    /// Seconds since the last successful anti-entropy round, once past max_unsynced.
+    pub unsynced_seconds: Gauge,
 }
 
 impl Metrics {
@@ -444,8 +452,36 @@ impl Metrics {
             "Peer fetches that failed; the next owner or the origin was tried",
             peer_fetch_failures.clone(),
         );
+        let purge_propagation = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "purge_propagation_seconds",
+            "Time from a purge on this node until every alive member applied it",
+            purge_propagation.clone(),
+        );
+        let purges_pending_ack = Gauge::default();
+        registry.register(
+            "purges_pending_ack",
+            "Purges made on this node that some member has not acknowledged yet",
+            purges_pending_ack.clone(),
+        );
+        let anti_entropy_pulls = Counter::default();
+        registry.register(
+            "anti_entropy_pulls",
+            "Anti-entropy rounds: pulls of missed invalidations from a peer",
+            anti_entropy_pulls.clone(),
+        );
+        let unsynced_seconds = Gauge::default();
+        registry.register(
+            "unsynced_seconds",
+            "Seconds since the last successful anti-entropy round, once past max_unsynced (0 when in sync)",
+            unsynced_seconds.clone(),
+        );
         Self {
             registry,
+            purge_propagation,
+            purges_pending_ack,
+            anti_entropy_pulls,
+            unsynced_seconds,
             peer_refusals,
             peer_fetches,
             peer_fetch_failures,

@@ -177,6 +177,7 @@ pub async fn run(
                     .unwrap_or(usize::MAX)
                     .saturating_add(PEER_FRAME_OVERHEAD),
                 fetch_timeout: config.origin_first_byte_timeout + Duration::from_secs(1),
+                data_dir: config.data_dir.clone(),
             };
             let cluster = Cluster::start(&config.cluster, http, metrics.clone(), parts)
                 .await
@@ -207,7 +208,9 @@ pub async fn run(
             prefix: config.kv_prefix.clone(),
         },
         proxy.clone(),
-        cluster.as_ref().map(|c| c.routing().clone()),
+        cluster
+            .as_ref()
+            .map(|c| (c.routing().clone(), c.replicator().clone())),
     ));
     let admin_service = Arc::new(AdminService::new(
         cache.clone(),

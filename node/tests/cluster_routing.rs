@@ -12,26 +12,11 @@ use http::Method;
 
 /// Three nodes with `--origin`, converged.
 async fn three_nodes(origin: &TestOrigin, extra: &[&str]) -> (tempfile::TempDir, Vec<ClusterNode>) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = cluster_init(tmp.path(), 3);
     let url = origin.url();
     let mut args = vec!["--origin", url.as_str()];
     args.extend(FAST);
     args.extend(extra);
-    let first = ClusterNode::start("n1", &dirs[0], &[], &args);
-    let seed = first.gossip;
-    let nodes = vec![
-        first,
-        ClusterNode::start("n2", &dirs[1], &[seed], &args),
-        ClusterNode::start("n3", &dirs[2], &[seed], &args),
-    ];
-    for n in &nodes {
-        wait_until(&n.node, Duration::from_secs(10), "three alive", |s| {
-            s.iter().filter(|(_, st)| st == "alive").count() == 3
-        })
-        .await;
-    }
-    (tmp, nodes)
+    start_cluster(3, &args).await
 }
 
 /// A GET for the site every node serves: the same Host on every node, as clients
@@ -349,21 +334,7 @@ async fn bad_peer_frames_reset_their_stream_and_the_connection_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_writes_reach_every_owner_and_reads_work_from_any_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = cluster_init(tmp.path(), 3);
-    let first = ClusterNode::start("n1", &dirs[0], &[], FAST);
-    let seed = first.gossip;
-    let nodes = vec![
-        first,
-        ClusterNode::start("n2", &dirs[1], &[seed], FAST),
-        ClusterNode::start("n3", &dirs[2], &[seed], FAST),
-    ];
-    for n in &nodes {
-        wait_until(&n.node, Duration::from_secs(10), "three alive", |s| {
-            s.iter().filter(|(_, st)| st == "alive").count() == 3
-        })
-        .await;
-    }
+    let (_tmp, nodes) = start_cluster(3, FAST).await;
     // Twelve keys, each written through a different node: whichever node is asked,
     // the write lands on both owners (R = 2).
     for i in 0..12 {
@@ -422,21 +393,7 @@ async fn kv_writes_reach_every_owner_and_reads_work_from_any_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_owner_rejoins_and_serves_its_disk_tier() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = cluster_init(tmp.path(), 3);
-    let first = ClusterNode::start("n1", &dirs[0], &[], FAST);
-    let seed = first.gossip;
-    let mut nodes = vec![
-        first,
-        ClusterNode::start("n2", &dirs[1], &[seed], FAST),
-        ClusterNode::start("n3", &dirs[2], &[seed], FAST),
-    ];
-    for n in &nodes {
-        wait_until(&n.node, Duration::from_secs(10), "three alive", |s| {
-            s.iter().filter(|(_, st)| st == "alive").count() == 3
-        })
-        .await;
-    }
+    let (_tmp, mut nodes) = start_cluster(3, FAST).await;
     for i in 0..10 {
         let r = put(
             &nodes[0].node,

@@ -7,6 +7,7 @@
 //! - [`entry`]: the stored entry (metadata + body) and its checksummed encoding.
 //! - [`log`]: records of the invalidation log (tombstones, dependency edges) and their framing.
 //! - [`peer`]: the peer protocol's messages and frames (nodes and the client library).
+//! - [`replication`]: invalidations replicated across the cluster (purges, overwrites, edges).
 //! - [`ring`]: key ownership (weighted rendezvous hashing), shared with the client.
 //! - [`codec`]: the bounds-checked little-endian reader/writer the formats above share.
 
@@ -18,6 +19,7 @@ pub mod hlc;
 pub mod key;
 pub mod log;
 pub mod peer;
+pub mod replication;
 pub mod ring;
 
 pub use codec::DecodeError;

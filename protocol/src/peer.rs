@@ -124,6 +124,32 @@ pub enum Message {
     },
     /// Response to [`Message::Fetch`]: the body is complete.
     End,
+    /// Request: apply a replicated invalidation (an encoded
+    /// [`crate::replication::Replicated`]). Answered by [`Message::Applied`].
+    Replicate {
+        /// The encoded record.
+        record: Bytes,
+    },
+    /// Response to [`Message::Replicate`]: applied (durably), with how many
+    /// dependent keys it invalidated on the answering node.
+    Applied {
+        /// Dependents invalidated there.
+        invalidated: u64,
+    },
+    /// Request (anti-entropy): the replicated records the asker has not applied,
+    /// given the highest sequence it has applied without a gap, per origin.
+    Pull {
+        /// (origin, highest contiguous sequence applied).
+        since: Vec<(String, u64)>,
+    },
+    /// Response to [`Message::Pull`].
+    Records {
+        /// Encoded records, oldest first per origin.
+        records: Vec<Bytes>,
+        /// Some records the asker lacks are no longer kept here: it must treat
+        /// everything it cached before now as invalid.
+        gap: bool,
+    },
     /// Response: the entry asked for, encoded.
     Found {
         /// The encoded entry.
@@ -147,6 +173,8 @@ const GET: u8 = 2;
 const PUT: u8 = 3;
 const DELETE: u8 = 4;
 const FETCH: u8 = 5;
+const REPLICATE: u8 = 6;
+const PULL: u8 = 7;
 const FOUND: u8 = 16;
 const NOT_FOUND: u8 = 17;
 const DONE: u8 = 18;
@@ -154,6 +182,8 @@ const ERROR: u8 = 19;
 const HEAD: u8 = 20;
 const DATA: u8 = 21;
 const END: u8 = 22;
+const APPLIED: u8 = 23;
+const RECORDS: u8 = 24;
 
 impl Message {
     /// Appends this message as one frame to `out`.
@@ -200,6 +230,30 @@ impl Message {
                 put_bytes32(out, bytes);
             }
             Message::End => out.put_u8(END),
+            Message::Replicate { record } => {
+                out.put_u8(REPLICATE);
+                put_bytes32(out, record);
+            }
+            Message::Applied { invalidated } => {
+                out.put_u8(APPLIED);
+                out.put_u64_le(*invalidated);
+            }
+            Message::Pull { since } => {
+                out.put_u8(PULL);
+                out.put_u32_le(since.len() as u32);
+                for (origin, seq) in since {
+                    put_bytes16(out, origin.as_bytes());
+                    out.put_u64_le(*seq);
+                }
+            }
+            Message::Records { records, gap } => {
+                out.put_u8(RECORDS);
+                out.put_u8(u8::from(*gap));
+                out.put_u32_le(records.len() as u32);
+                for r in records {
+                    put_bytes32(out, r);
+                }
+            }
             Message::Found { entry } => {
                 out.put_u8(FOUND);
                 put_bytes32(out, entry);
@@ -289,6 +343,35 @@ impl Message {
                 bytes: r.bytes32()?,
             },
             END => Message::End,
+            REPLICATE => Message::Replicate {
+                record: r.bytes32()?,
+            },
+            APPLIED => Message::Applied {
+                invalidated: r.u64()?,
+            },
+            PULL => {
+                let n = r.u32()? as usize;
+                if n * 10 > r.remaining() {
+                    return Err(DecodeError::Format("count exceeds the frame").into());
+                }
+                let mut since = Vec::with_capacity(n);
+                for _ in 0..n {
+                    since.push((utf8(r.bytes16()?)?, r.u64()?));
+                }
+                Message::Pull { since }
+            }
+            RECORDS => {
+                let gap = r.u8()? != 0;
+                let n = r.u32()? as usize;
+                if n * 4 > r.remaining() {
+                    return Err(DecodeError::Format("count exceeds the frame").into());
+                }
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    records.push(r.bytes32()?);
+                }
+                Message::Records { records, gap }
+            }
             FOUND => Message::Found {
                 entry: r.bytes32()?,
             },
@@ -410,6 +493,13 @@ mod tests {
                 .prop_map(|(status, headers)| Message::Head { status, headers }),
             blob.clone().prop_map(|bytes| Message::Data { bytes }),
             Just(Message::End),
+            blob.clone()
+                .prop_map(|record| Message::Replicate { record }),
+            any::<u64>().prop_map(|invalidated| Message::Applied { invalidated }),
+            proptest::collection::vec(("\\PC{0,20}", any::<u64>()), 0..5)
+                .prop_map(|since| Message::Pull { since }),
+            (proptest::collection::vec(blob.clone(), 0..4), any::<bool>())
+                .prop_map(|(records, gap)| Message::Records { records, gap }),
             Just(Message::NotFound),
             Just(Message::Done),
             (0usize..4, "\\PC{0,80}").prop_map(|(c, message)| Message::Error {

@@ -9,8 +9,10 @@ pub mod gossip;
 pub mod keyring;
 pub mod membership;
 pub mod pki;
+pub mod replication;
 pub mod routing;
 pub mod service;
+pub mod sync;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -26,8 +28,10 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use gossip::{Gossip, GossipConfig};
 use membership::{Member, NodeIdentity, View};
+use replication::Replicator;
 use routing::Routing;
 use service::NodePeerService;
+use sync::SyncGate;
 use transport::PeerTransport;
 
 /// A running cluster membership.
@@ -37,6 +41,7 @@ pub struct Cluster {
     gossip: Gossip,
     transport: Arc<PeerTransport>,
     routing: Arc<Routing>,
+    replicator: Arc<Replicator>,
 }
 
 /// What the cluster serves to peers and routes through them.
@@ -50,7 +55,12 @@ pub struct ClusterParts {
     pub max_frame: usize,
     /// How long an owner has to start answering a fetch.
     pub fetch_timeout: Duration,
+    /// The node's data directory (what it has applied of the cluster's purges).
+    pub data_dir: std::path::PathBuf,
 }
+
+/// How long a starting node waits for a peer to catch up from before serving.
+const INITIAL_SYNC_LIMIT: Duration = Duration::from_secs(3);
 
 impl Cluster {
     /// Joins (or starts) the cluster described by `settings`; `http` is this node's
@@ -86,8 +96,9 @@ impl Cluster {
             )
             .map_err(|e| format!("peer_addr {}: {e}", settings.peer_addr))?,
         );
+        let cache = parts.cache.clone();
         let service = Arc::new(NodePeerService::new(parts.cache, parts.proxy.clone()));
-        tokio::spawn(transport.clone().serve(service));
+        tokio::spawn(transport.clone().serve(service.clone()));
         let identity = NodeIdentity {
             id: node_id.clone(),
             gossip: settings.gossip_addr,
@@ -107,7 +118,7 @@ impl Cluster {
                 suspicion: settings.suspicion,
                 probe_period: settings.probe_period,
             },
-            metrics,
+            metrics.clone(),
         )
         .await?;
         tracing::info!(
@@ -125,11 +136,35 @@ impl Cluster {
         if let Some(proxy) = &parts.proxy {
             proxy.attach_routing(routing.clone());
         }
+        let gate = SyncGate::new(
+            settings.partition_mode,
+            settings.max_unsynced,
+            metrics.clone(),
+        );
+        gate.start_ticker();
+        let replicator = Replicator::new(
+            node_id.clone(),
+            generation,
+            cache.clone(),
+            transport.clone(),
+            gossip.view(),
+            gate.clone(),
+            metrics,
+            settings.purge_ack_timeout,
+            parts.data_dir,
+        );
+        service.attach_replicator(replicator.clone());
+        replicator.replicate_edges();
+        // Catch up on what was purged while this node was away before serving.
+        replicator.initial_sync(INITIAL_SYNC_LIMIT).await;
+        cache.attach_sync_gate(gate);
+        replicator.start_anti_entropy(settings.sync_interval);
         Ok(Self {
             node_id,
             gossip,
             transport,
             routing,
+            replicator,
         })
     }
 
@@ -170,6 +205,11 @@ impl Cluster {
     /// Owner routing.
     pub fn routing(&self) -> &Arc<Routing> {
         &self.routing
+    }
+
+    /// Cluster-wide invalidation.
+    pub fn replicator(&self) -> &Arc<Replicator> {
+        &self.replicator
     }
 
     /// The peer transport.

@@ -10,6 +10,7 @@ use fanz_protocol::Entry;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
+use super::replication::Replicator;
 use super::transport::{PeerService, Responder};
 use crate::cache::{Cache, Lookup};
 use crate::invalidation::PurgeTargets;
@@ -24,12 +25,22 @@ const DATA_CHUNK: usize = 256 * 1024;
 pub struct NodePeerService {
     cache: Arc<Cache>,
     proxy: Option<Arc<Proxy>>,
+    replicator: std::sync::OnceLock<Arc<Replicator>>,
 }
 
 impl NodePeerService {
     /// Answers from `cache`, and fetches URLs through `proxy` when one is configured.
     pub fn new(cache: Arc<Cache>, proxy: Option<Arc<Proxy>>) -> Self {
-        Self { cache, proxy }
+        Self {
+            cache,
+            proxy,
+            replicator: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Applies replicated invalidations and answers pulls with `replicator`.
+    pub fn attach_replicator(&self, replicator: Arc<Replicator>) {
+        let _ = self.replicator.set(replicator);
     }
 
     async fn fetch(
@@ -133,6 +144,29 @@ impl PeerService for NodePeerService {
                 url,
                 headers,
             } => return self.fetch(method, url, headers, respond).await,
+            Message::Replicate { record } => match self.replicator.get() {
+                Some(r) => match r.apply(record).await {
+                    Ok(invalidated) => Message::Applied { invalidated },
+                    Err(e) => Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: format!("not applied: {e}"),
+                    },
+                },
+                None => Message::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "starting".into(),
+                },
+            },
+            Message::Pull { since } => match self.replicator.get() {
+                Some(r) => {
+                    let (records, gap) = r.answer_pull(&since);
+                    Message::Records { records, gap }
+                }
+                None => Message::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "starting".into(),
+                },
+            },
             Message::Get { key } => match self.cache.get(&key).await {
                 Lookup::Hit(hit) => Message::Found {
                     entry: hit.entry().encode(),

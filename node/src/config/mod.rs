@@ -65,6 +65,10 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "replicas", default: Some("2"), help: "Owners per key (the first is primary)." },
     Spec { name: "gossip_probe_period", default: Some("1s"), help: "How often each node probes one other member (SWIM). Shorter detects failures sooner and sends more." },
     Spec { name: "gossip_suspicion", default: Some("4s"), help: "How long a suspected member has to refute before it is declared down. Shorter detects failures sooner and risks declaring slow nodes down." },
+    Spec { name: "partition_mode", default: Some("availability"), help: "When this node has not synced invalidations with the cluster for max_unsynced: `availability` keeps serving hits marked `Cache-Status: ...; detail=unsynced`; `consistency` revalidates every hit with the owner or the origin first." },
+    Spec { name: "max_unsynced", default: Some("5s"), help: "How long without a successful anti-entropy round before partition_mode applies." },
+    Spec { name: "sync_interval", default: Some("1s"), help: "How often a node pulls missed invalidations from a random peer (anti-entropy)." },
+    Spec { name: "purge_ack_timeout", default: Some("5s"), help: "How long a `wait=all` purge waits for every member's acknowledgement; members that have not acked by then are named in the answer." },
     Spec { name: "admin_addr", default: Some("127.0.0.1:9090"), help: "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address." },
     Spec { name: "admin_token", default: None, help: "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge." },
     Spec { name: "data_dir", default: Some("./fanz-data"), help: "Directory for the disk tier and the invalidation log. Created if missing." },
@@ -184,6 +188,14 @@ pub struct ClusterSettings {
     pub probe_period: Duration,
     /// SWIM suspicion timeout.
     pub suspicion: Duration,
+    /// What an out-of-sync node does with hits.
+    pub partition_mode: crate::cluster::sync::PartitionMode,
+    /// Out of sync after this long without an anti-entropy round.
+    pub max_unsynced: Duration,
+    /// Anti-entropy period.
+    pub sync_interval: Duration,
+    /// `wait=all` bound.
+    pub purge_ack_timeout: Duration,
 }
 
 /// When the HTTP/3 listener makes clients prove their address with a QUIC Retry
@@ -373,6 +385,16 @@ impl Config {
                 })?,
                 probe_period: p.parse("gossip_probe_period", positive_duration)?,
                 suspicion: p.parse("gossip_suspicion", positive_duration)?,
+                partition_mode: p.parse("partition_mode", |s| match s {
+                    "availability" => Ok(crate::cluster::sync::PartitionMode::Availability),
+                    "consistency" => Ok(crate::cluster::sync::PartitionMode::Consistency),
+                    _ => Err(format!(
+                        "expected `availability` or `consistency`, got {s:?}"
+                    )),
+                })?,
+                max_unsynced: p.parse("max_unsynced", positive_duration)?,
+                sync_interval: p.parse("sync_interval", positive_duration)?,
+                purge_ack_timeout: p.parse("purge_ack_timeout", positive_duration)?,
             },
             h3_max_udp_payload: p.parse("h3_max_udp_payload", |s| match s.parse::<u16>() {
                 Ok(n) if (1200..=65527).contains(&n) => Ok(n),
@@ -672,6 +694,13 @@ impl Config {
             ("replicas", self.cluster.replicas.to_string()),
             ("gossip_probe_period", d(self.cluster.probe_period)),
             ("gossip_suspicion", d(self.cluster.suspicion)),
+            (
+                "partition_mode",
+                format!("{:?}", self.cluster.partition_mode).to_ascii_lowercase(),
+            ),
+            ("max_unsynced", d(self.cluster.max_unsynced)),
+            ("sync_interval", d(self.cluster.sync_interval)),
+            ("purge_ack_timeout", d(self.cluster.purge_ack_timeout)),
         ];
         lines
             .iter()

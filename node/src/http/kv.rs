@@ -17,7 +17,9 @@ use super::headers::{self, HeaderError};
 use super::{full, purge, read_body, text, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup, MissReason};
+use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::Routing;
+use crate::cluster::sync::HitPolicy;
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
 
@@ -51,6 +53,7 @@ pub struct MainService {
     limits: KvLimits,
     proxy: Option<Arc<Proxy>>,
     routing: Option<Arc<Routing>>,
+    replicator: Option<Arc<Replicator>>,
 }
 
 impl MainService {
@@ -61,14 +64,19 @@ impl MainService {
         auth: Auth,
         limits: KvLimits,
         proxy: Option<Arc<Proxy>>,
-        routing: Option<Arc<Routing>>,
+        cluster: Option<(Arc<Routing>, Arc<Replicator>)>,
     ) -> Self {
+        let (routing, replicator) = match cluster {
+            Some((routing, replicator)) => (Some(routing), Some(replicator)),
+            None => (None, None),
+        };
         Self {
             cache,
             auth,
             limits,
             proxy,
             routing,
+            replicator,
         }
     }
 
@@ -154,8 +162,35 @@ impl MainService {
                 return r;
             }
         };
-        let status = headers::cache_status_hit(hit.freshness, hit.tier);
+        let mut status = headers::cache_status_hit(hit.freshness, hit.tier);
+        match self.cache.hit_policy().await {
+            HitPolicy::Serve => {}
+            HitPolicy::ServeUnsynced => status.push_str("; detail=unsynced"),
+            HitPolicy::Revalidate => return self.confirm_with_owners(key, req).await,
+        }
         entry_response(hit.entry(), hit.age_secs, &status, req)
+    }
+
+    /// A hit this node cannot vouch for (it is out of sync with the cluster, in
+    /// consistency mode): answered from the other owners, or 503 when none answers.
+    async fn confirm_with_owners(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
+        if let Some((entry, owner)) = self.read_from_owners(key, false).await {
+            let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+            let status = format!("fanz; fwd=uri-miss; key={owner}; detail=revalidated-unsynced");
+            return entry_response(&entry, age, &status, req);
+        }
+        let reachable = self
+            .routing
+            .as_ref()
+            .is_some_and(|r| !r.other_owners(key).1.is_empty());
+        if reachable {
+            text(StatusCode::NOT_FOUND, "not found")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node is out of sync with the cluster (partition_mode = consistency) and no other owner of the key answers",
+            )
+        }
     }
 
     /// A key missing here, read from the (other) owners in ring order. The first
@@ -253,6 +288,10 @@ impl MainService {
             entry: entry.encode(),
         };
         let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
+        if let Some(replicator) = &self.replicator {
+            // Overwrite is invalidation, on every node holding a dependent.
+            replicator.overwrite(&key);
+        }
         if !is_owner {
             // Written to the owners only: this node keeps no copy of keys it does
             // not own, so reads here always see the owners' latest value.
@@ -329,17 +368,20 @@ impl MainService {
     }
 
     async fn delete(&self, key: CacheKey) -> Response<Body> {
-        let (is_owner, done, asked) = self
-            .write_to_owners(&key, Message::Delete { key: key.clone() })
-            .await;
-        if !is_owner {
-            return written_response(done, asked, "");
-        }
         let targets = PurgeTargets {
             keys: vec![key],
             ..PurgeTargets::default()
         };
-        match self.cache.purge(&targets).await {
+        // In a cluster a delete is a purge of the key on every node, acknowledged
+        // by all of them (so no owner or hot copy answers with the old value).
+        let purged = match &self.replicator {
+            Some(replicator) => replicator
+                .purge(&targets, Wait::All)
+                .await
+                .map(|(outcome, _)| outcome),
+            None => self.cache.purge(&targets).await,
+        };
+        match purged {
             Ok(outcome) => {
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
@@ -396,7 +438,7 @@ impl MainService {
                 ),
             );
         }
-        purge::run(&self.cache, &targets).await
+        purge::run(&self.cache, self.replicator.as_ref(), &targets, Wait::All).await
     }
 }
 

@@ -5,17 +5,34 @@ use http::{Response, StatusCode};
 use serde_json::json;
 
 use super::{json, text, Body};
+use std::sync::Arc;
+
 use crate::cache::Cache;
+use crate::cluster::replication::{Replicator, Wait};
 use crate::invalidation::PurgeTargets;
 
 /// Most dependent keys listed by name in a purge answer (all are counted).
 const LISTED_DEPENDENTS: usize = 1000;
 
-/// Purges `targets` and answers 200 with a JSON report once the purge is durable,
-/// or 503 if it could not be made durable.
-pub async fn run(cache: &Cache, targets: &PurgeTargets) -> Response<Body> {
-    match cache.purge(targets).await {
-        Ok(outcome) => {
+/// Purges `targets` and answers 200 with a JSON report once the purge is durable
+/// (and, in a cluster with `Wait::All`, applied by every member or timed out: the
+/// `cluster` part of the answer says which), 202 at once with `Wait::None`, or 503 if
+/// it could not be made durable here.
+pub async fn run(
+    cache: &Cache,
+    replicator: Option<&Arc<Replicator>>,
+    targets: &PurgeTargets,
+    wait: Wait,
+) -> Response<Body> {
+    let done = match replicator {
+        Some(r) => r
+            .purge(targets, wait)
+            .await
+            .map(|(outcome, report)| (outcome, Some(report))),
+        None => cache.purge(targets).await.map(|outcome| (outcome, None)),
+    };
+    match done {
+        Ok((outcome, cluster)) => {
             let show =
                 |k: &fanz_protocol::CacheKey| String::from_utf8_lossy(k.user_key()).into_owned();
             let listed: Vec<String> = outcome
@@ -24,9 +41,12 @@ pub async fn run(cache: &Cache, targets: &PurgeTargets) -> Response<Body> {
                 .take(LISTED_DEPENDENTS)
                 .map(show)
                 .collect();
-            json(
-                StatusCode::OK,
-                &json!({
+            let status = if wait == Wait::None && cluster.is_some() {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            let mut body = json!({
                     "status": "ok",
                     "soft": targets.soft,
                     "purged": {
@@ -39,8 +59,12 @@ pub async fn run(cache: &Cache, targets: &PurgeTargets) -> Response<Body> {
                     "tombstones": outcome.tombstones,
                     "hlc": outcome.at.as_u64().to_string(),
                     "durable": true,
-                }),
-            )
+            });
+            if let Some(report) = cluster {
+                body["purge_id"] = json!(report.id);
+                body["cluster"] = serde_json::to_value(&report).unwrap_or_default();
+            }
+            json(status, &body)
         }
         Err(e @ crate::cache::CacheError::TooLong(_)) => {
             text(StatusCode::BAD_REQUEST, e.to_string())

@@ -56,6 +56,8 @@ pub struct Invalidator {
     last_compacted: AtomicU64,
     /// Records garbage-collected since the last compaction (still in the file).
     dropped_since_compaction: AtomicU64,
+    /// Where edges recorded on this node go to be replicated to the cluster.
+    edge_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<Record>>>,
 }
 
 impl Invalidator {
@@ -87,6 +89,7 @@ impl Invalidator {
             compact_threshold,
             last_compacted: AtomicU64::new(0),
             dropped_since_compaction: AtomicU64::new(0),
+            edge_sink: std::sync::OnceLock::new(),
         };
         let dropped = engine.collect_garbage();
         tracing::info!(
@@ -137,7 +140,42 @@ impl Invalidator {
         for record in &edges {
             self.state.apply(record);
         }
+        self.log.append(&edges, true).await?;
+        if let Some(sink) = self.edge_sink.get().filter(|_| !edges.is_empty()) {
+            let _ = sink.send(edges);
+        }
+        Ok(())
+    }
+
+    /// From now on, edges recorded on this node are also sent to `sink` (the
+    /// cluster replicates them, so every node can walk every dependency).
+    pub fn replicate_edges_to(&self, sink: tokio::sync::mpsc::UnboundedSender<Vec<Record>>) {
+        let _ = self.edge_sink.set(sink);
+    }
+
+    /// Applies edges recorded on another node; resolves once durable. Not sent on
+    /// to the edge sink (they are already replicated).
+    pub async fn apply_remote_edges(&self, edges: &[Record]) -> Result<(), LogError> {
+        let edges: Vec<Record> = edges
+            .iter()
+            .filter(|r| matches!(r, Record::Edge { .. }))
+            .cloned()
+            .collect();
+        for record in &edges {
+            self.state.apply(record);
+        }
         self.log.append(&edges, true).await
+    }
+
+    /// This node's clock now.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Moves this node's clock past `at` (a timestamp from another node), so what it
+    /// does next is ordered after it.
+    pub fn observe(&self, at: Timestamp) {
+        self.clock.observe(at);
     }
 
     /// Invalidates everything that depends on `key`, whose new value has just been

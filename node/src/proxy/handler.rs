@@ -28,6 +28,7 @@ use super::policy::{self, Heuristics, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::{Cache, Found};
 use crate::cluster::routing::{Role, Routing};
+use crate::cluster::sync::HitPolicy;
 use crate::config::Config;
 use crate::http::directives::Directives;
 use crate::http::{text, Body, ReqBody};
@@ -221,10 +222,18 @@ impl Proxy {
         }
         let now = self.cache.now_ms();
         if let Some(f) = found {
+            // Out of sync with the cluster's purges: mark the hit, or (consistency
+            // mode, or right after a stall) revalidate it first.
+            let (must_revalidate, unsynced) = match self.cache.hit_policy().await {
+                HitPolicy::Serve => (must_revalidate, ""),
+                HitPolicy::ServeUnsynced => (must_revalidate, "; detail=unsynced"),
+                HitPolicy::Revalidate => (true, ""),
+            };
             let ttl_ms = f.ttl_ms(now);
             if ttl_ms > 0 && !must_revalidate {
                 self.cache.count_lookup(f.tier, LookupResult::Hit);
-                return self.serve(&ctx, &f, &format!("fanz; hit; ttl={}", ttl_ms / 1000));
+                let status = format!("fanz; hit; ttl={}{unsynced}", ttl_ms / 1000);
+                return self.serve(&ctx, &f, &status);
             }
             let stale_ms = ttl_ms.unsigned_abs();
             if ttl_ms <= 0 && !must_revalidate && stale_ms <= f.meta().stale_while_revalidate_ms {
@@ -406,7 +415,7 @@ impl Proxy {
                             }
                         };
                         self.metrics.collapsed.inc();
-                        return self.respond_with_head(&head, body, &status);
+                        return self.respond_with_head(&ctx, &head, body, &status);
                     }
                     Outcome::Uncacheable => {
                         return self
@@ -541,7 +550,7 @@ impl Proxy {
                     self.max_object_size,
                     self.total_timeout,
                 ));
-                self.respond_with_head(&head, body, &cache_status)
+                self.respond_with_head(ctx, &head, body, &cache_status)
             }
             decision => {
                 leader.flight().publish(Outcome::Uncacheable);
@@ -665,12 +674,13 @@ impl Proxy {
     /// A response built from a flight's shared head.
     fn respond_with_head(
         &self,
+        ctx: &Ctx,
         head: &SharedHead,
         body: Body,
         cache_status: &str,
     ) -> Response<Body> {
         let mut headers = head.headers.clone();
-        self.shaping
+        self.shaping_for(ctx)
             .client_headers(&mut headers, Some(0), cache_status);
         let mut response = Response::new(body);
         *response.status_mut() = head.status;

@@ -155,3 +155,31 @@ pub async fn wait_until(
 pub fn has(seen: &[(String, String)], id: &str, state: &str) -> bool {
     seen.iter().any(|(i, s)| i == id && s == state)
 }
+
+/// Starts `n` nodes (`n1`...) from one `cluster-init`, all joining through `n1`,
+/// each with `extra` arguments, and waits until every node sees all of them alive.
+pub async fn start_cluster(n: usize, extra: &[&str]) -> (tempfile::TempDir, Vec<ClusterNode>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = cluster_init(tmp.path(), n);
+    let first = ClusterNode::start("n1", &dirs[0], &[], extra);
+    let seed = first.gossip;
+    let mut nodes = vec![first];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        nodes.push(ClusterNode::start(
+            &format!("n{}", i + 1),
+            dir,
+            &[seed],
+            extra,
+        ));
+    }
+    for node in &nodes {
+        wait_until(
+            &node.node,
+            Duration::from_secs(15),
+            "every member alive",
+            |s| s.iter().filter(|(_, st)| st == "alive").count() == n,
+        )
+        .await;
+    }
+    (tmp, nodes)
+}

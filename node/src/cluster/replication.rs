@@ -1,0 +1,640 @@
+//! Cluster-wide invalidation: every purge, overwrite and dependency edge made on one
+//! node is applied on every node.
+//!
+//! - **Fan-out**: the node that makes a record applies it, then sends it to every
+//!   alive member over the peer protocol and, for purges, collects their acks
+//!   (`wait=all`), retrying a member that does not answer until it does or leaves.
+//! - **Anti-entropy**: every node keeps the records it has seen (the newest
+//!   [`KEPT_RECORDS`]) and which it has applied, per origin. Every
+//!   `sync_interval`, and at once after a stall, it asks a random alive peer for
+//!   the records it lacks. A node that starts pulls before it serves. If a peer no
+//!   longer keeps records the asker lacks, the asker purges everything it cached
+//!   before now: a lower hit ratio, never a stale answer.
+//! - **Race safety**: a receiver applies a purge at its *own* clock, after observing
+//!   the origin's: every fill it had started before the purge reached it has an
+//!   older version and is covered, whatever the clock skew between nodes.
+//! - **Dependencies**: edges are replicated too, so every node can walk every chain;
+//!   when an edge arrives naming a key this node stores, the node adds the edges from
+//!   that key's tags (so purging a tag reaches dependents on other nodes).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use fanz_protocol::log::Record;
+use fanz_protocol::peer::Message;
+use fanz_protocol::replication::{Op, Replicated};
+use fanz_protocol::{CacheKey, Namespace};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::membership::{MemberState, View};
+use super::sync::SyncGate;
+use super::transport::{PeerError, PeerTransport};
+use crate::cache::Cache;
+use crate::invalidation::PurgeTargets;
+use crate::metrics::Metrics;
+
+/// Records kept for anti-entropy, across all origins.
+pub const KEPT_RECORDS: usize = 200_000;
+/// Purge reports kept for `GET /purge/{id}`.
+const KEPT_REPORTS: usize = 10_000;
+/// How long fan-out keeps retrying a member that has not acked.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Pause between retries to one member.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// Records per anti-entropy answer.
+const PULL_BATCH: usize = 20_000;
+/// File in the data directory with what this node has applied.
+const APPLIED_FILE: &str = "cluster-applied.json";
+
+/// How long a purge request waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Until every alive member has applied it (or the ack timeout).
+    All,
+    /// Not at all: answer with the purge id.
+    None,
+}
+
+/// The progress of one purge across the cluster, as `GET /purge/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgeReport {
+    /// `origin/seq`.
+    pub id: String,
+    /// Members it was sent to (this node excluded).
+    pub members: usize,
+    /// Members that applied it, with how long it took (ms).
+    pub acked: BTreeMap<String, f64>,
+    /// Members that have not (yet).
+    pub pending: Vec<String>,
+    /// The slowest ack so far, ms.
+    pub slowest_ms: f64,
+    /// Dependent keys invalidated, summed over the nodes that acked (this one
+    /// included).
+    pub dependents_invalidated: u64,
+    /// Whether every member has applied it.
+    pub complete: bool,
+}
+
+#[derive(Debug)]
+struct Progress {
+    report: Mutex<PurgeReport>,
+    done: tokio::sync::Notify,
+    started: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Applied {
+    contiguous: u64,
+    beyond: BTreeSet<u64>,
+}
+
+impl Applied {
+    fn has(&self, seq: u64) -> bool {
+        seq <= self.contiguous || self.beyond.contains(&seq)
+    }
+    fn add(&mut self, seq: u64) {
+        if seq <= self.contiguous {
+            return;
+        }
+        self.beyond.insert(seq);
+        while self.beyond.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    records: BTreeMap<(String, u64), Bytes>,
+    order: VecDeque<(String, u64)>,
+    /// Highest sequence evicted, per origin: an asker behind it has a gap.
+    evicted: HashMap<String, u64>,
+    applied: HashMap<String, Applied>,
+    dirty: bool,
+}
+
+/// Replicates this node's invalidations and applies everyone else's.
+#[derive(Debug)]
+pub struct Replicator {
+    node_id: String,
+    origin: String,
+    next_seq: AtomicU64,
+    cache: Arc<Cache>,
+    transport: Arc<PeerTransport>,
+    view: watch::Receiver<Arc<View>>,
+    kept: Mutex<Kept>,
+    reports: DashMap<String, Arc<Progress>>,
+    report_order: Mutex<VecDeque<String>>,
+    gate: Arc<SyncGate>,
+    metrics: Arc<Metrics>,
+    ack_timeout: Duration,
+    applied_file: PathBuf,
+    /// Serialises applying records (fan-out and anti-entropy may both deliver).
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+impl Replicator {
+    /// A replicator for node `node_id` of `generation`, keeping its applied set in
+    /// `data_dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: String,
+        generation: u64,
+        cache: Arc<Cache>,
+        transport: Arc<PeerTransport>,
+        view: watch::Receiver<Arc<View>>,
+        gate: Arc<SyncGate>,
+        metrics: Arc<Metrics>,
+        ack_timeout: Duration,
+        data_dir: PathBuf,
+    ) -> Arc<Self> {
+        let applied_file = data_dir.join(APPLIED_FILE);
+        let mut kept = Kept::default();
+        if let Ok(text) = std::fs::read_to_string(&applied_file) {
+            if let Ok(saved) = serde_json::from_str::<HashMap<String, u64>>(&text) {
+                for (origin, contiguous) in saved {
+                    kept.applied.insert(
+                        origin,
+                        Applied {
+                            contiguous,
+                            beyond: BTreeSet::new(),
+                        },
+                    );
+                }
+            }
+        }
+        Arc::new(Self {
+            origin: format!("{node_id}@{generation}"),
+            node_id,
+            next_seq: AtomicU64::new(1),
+            cache,
+            transport,
+            view,
+            kept: Mutex::new(kept),
+            reports: DashMap::new(),
+            report_order: Mutex::new(VecDeque::new()),
+            gate,
+            metrics,
+            ack_timeout,
+            applied_file,
+            apply_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Alive members other than this node: (id, peer address).
+    fn peers(&self) -> Vec<(String, SocketAddr)> {
+        self.view
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| !m.local && m.state == MemberState::Alive)
+            .map(|m| (m.identity.id.clone(), m.identity.peer))
+            .collect()
+    }
+
+    fn make(&self, op: Op, at: fanz_protocol::Timestamp) -> Replicated {
+        Replicated {
+            origin: self.origin.clone(),
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            at,
+            op,
+        }
+    }
+
+    fn keep(&self, record: &Replicated, encoded: Bytes) {
+        let mut kept = self.kept.lock().expect("kept lock");
+        let name = (record.origin.clone(), record.seq);
+        if kept.records.insert(name.clone(), encoded).is_none() {
+            kept.order.push_back(name);
+        }
+        kept.applied
+            .entry(record.origin.clone())
+            .or_default()
+            .add(record.seq);
+        kept.dirty = true;
+        while kept.order.len() > KEPT_RECORDS {
+            if let Some((origin, seq)) = kept.order.pop_front() {
+                kept.records.remove(&(origin.clone(), seq));
+                let evicted = kept.evicted.entry(origin).or_default();
+                *evicted = (*evicted).max(seq);
+            }
+        }
+    }
+
+    /// Purges `targets` here and on every member. With `Wait::All`, returns once
+    /// every alive member has applied it or the ack timeout passed (the report names
+    /// who has not acked).
+    pub async fn purge(
+        self: &Arc<Self>,
+        targets: &PurgeTargets,
+        wait: Wait,
+    ) -> Result<(crate::invalidation::PurgeOutcome, PurgeReport), crate::cache::CacheError> {
+        let outcome = self.cache.purge(targets).await?;
+        let record = self.make(
+            Op::Purge {
+                keys: targets.keys.clone(),
+                tags: targets.tags.clone(),
+                prefixes: targets.prefixes.clone(),
+                soft: targets.soft,
+            },
+            outcome.at,
+        );
+        let progress = self.fan_out(record, outcome.dependents.len() as u64);
+        if wait == Wait::All {
+            let done = progress.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !progress.report.lock().expect("report lock").complete {
+                let _ = tokio::time::timeout(self.ack_timeout, done).await;
+            }
+        }
+        let report = progress.report.lock().expect("report lock").clone();
+        Ok((outcome, report))
+    }
+
+    /// `key` was overwritten here: its dependents are invalidated everywhere.
+    pub fn overwrite(self: &Arc<Self>, key: &CacheKey) {
+        let at = self.cache.invalidator().now();
+        let record = self.make(Op::Overwrite { key: key.clone() }, at);
+        self.fan_out(record, 0);
+    }
+
+    /// Replicates edges recorded on this node, as they come.
+    pub fn replicate_edges(self: &Arc<Self>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Record>>();
+        self.cache.invalidator().replicate_edges_to(tx);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(edges) = rx.recv().await {
+                let at = this.cache.invalidator().now();
+                let record = this.make(Op::Edges { edges }, at);
+                this.fan_out(record, 0);
+            }
+        });
+    }
+
+    /// The report of purge `id`, if this node made it and still keeps it.
+    pub fn report(&self, id: &str) -> Option<PurgeReport> {
+        self.reports
+            .get(id)
+            .map(|p| p.report.lock().expect("report lock").clone())
+    }
+
+    /// Keeps `record` and sends it to every alive member, retrying each until it
+    /// acks or leaves. Returns the purge's progress.
+    fn fan_out(self: &Arc<Self>, record: Replicated, local_dependents: u64) -> Arc<Progress> {
+        let encoded = record.encode();
+        self.keep(&record, encoded.clone());
+        let id = format!("{}/{}", record.origin, record.seq);
+        let peers = self.peers();
+        let progress = Arc::new(Progress {
+            report: Mutex::new(PurgeReport {
+                id: id.clone(),
+                members: peers.len(),
+                acked: BTreeMap::new(),
+                pending: peers.iter().map(|(id, _)| id.clone()).collect(),
+                slowest_ms: 0.0,
+                dependents_invalidated: local_dependents,
+                complete: peers.is_empty(),
+            }),
+            done: tokio::sync::Notify::new(),
+            started: Instant::now(),
+        });
+        if matches!(record.op, Op::Purge { .. }) {
+            self.remember(id, progress.clone());
+            if !peers.is_empty() {
+                self.metrics.purges_pending_ack.inc();
+            }
+        }
+        if peers.is_empty() && matches!(record.op, Op::Purge { .. }) {
+            self.metrics.purge_propagation.observe(0.0);
+        }
+        let is_purge = matches!(record.op, Op::Purge { .. });
+        for (member, addr) in peers {
+            let (this, progress, encoded) = (self.clone(), progress.clone(), encoded.clone());
+            tokio::spawn(async move {
+                let message = Message::Replicate { record: encoded };
+                let deadline = Instant::now() + RETRY_FOR;
+                loop {
+                    match this.transport_call(addr, &message).await {
+                        Ok(Message::Applied { invalidated }) => {
+                            this.acked(&progress, &member, invalidated, is_purge);
+                            return;
+                        }
+                        other => {
+                            let still_member = this.peers().iter().any(|(id, _)| *id == member);
+                            if !still_member || Instant::now() > deadline {
+                                tracing::warn!(%member, answer = ?other.err(), "member did not apply a replicated invalidation; anti-entropy will");
+                                return;
+                            }
+                            tokio::time::sleep(RETRY_EVERY).await;
+                        }
+                    }
+                }
+            });
+        }
+        progress
+    }
+
+    async fn transport_call(
+        &self,
+        to: SocketAddr,
+        message: &Message,
+    ) -> Result<Message, PeerError> {
+        let exchange = async {
+            let mut reader = self.transport.request(to, message).await?;
+            reader
+                .next()
+                .await?
+                .ok_or_else(|| PeerError::Refused(to, "no answer".into()))
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| PeerError::Timeout(to))?
+    }
+
+    fn acked(&self, progress: &Progress, member: &str, invalidated: u64, is_purge: bool) {
+        let took_ms = progress.started.elapsed().as_secs_f64() * 1000.0;
+        let mut report = progress.report.lock().expect("report lock");
+        report.pending.retain(|m| m != member);
+        report.acked.insert(member.to_string(), took_ms);
+        report.slowest_ms = report.slowest_ms.max(took_ms);
+        report.dependents_invalidated += invalidated;
+        if report.pending.is_empty() && !report.complete {
+            report.complete = true;
+            if is_purge {
+                self.metrics.purges_pending_ack.dec();
+                self.metrics.purge_propagation.observe(took_ms / 1000.0);
+            }
+            progress.done.notify_waiters();
+        }
+    }
+
+    fn remember(&self, id: String, progress: Arc<Progress>) {
+        self.reports.insert(id.clone(), progress);
+        let mut order = self.report_order.lock().expect("report order lock");
+        order.push_back(id);
+        while order.len() > KEPT_REPORTS {
+            if let Some(old) = order.pop_front() {
+                self.reports.remove(&old);
+            }
+        }
+    }
+
+    /// Applies a record made on another node, once. Returns the dependents it
+    /// invalidated here.
+    pub async fn apply(&self, encoded: Bytes) -> Result<u64, String> {
+        let record = Replicated::decode(encoded.clone()).map_err(|e| e.to_string())?;
+        let _serial = self.apply_lock.lock().await;
+        let seen = {
+            let kept = self.kept.lock().expect("kept lock");
+            kept.applied
+                .get(&record.origin)
+                .is_some_and(|a| a.has(record.seq))
+        };
+        if seen {
+            return Ok(0);
+        }
+        let invalidator = self.cache.invalidator().clone();
+        // Every later local fill is ordered after the origin's purge; this purge is
+        // stamped with our own (later) clock, covering fills already in flight here.
+        invalidator.observe(record.at);
+        let invalidated = match &record.op {
+            Op::Purge {
+                keys,
+                tags,
+                prefixes,
+                soft,
+            } => {
+                let targets = PurgeTargets {
+                    keys: keys.clone(),
+                    tags: tags.clone(),
+                    prefixes: prefixes.clone(),
+                    soft: *soft,
+                };
+                self.cache
+                    .purge(&targets)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .dependents
+                    .len() as u64
+            }
+            Op::Overwrite { key } => invalidator
+                .invalidate_dependents(key)
+                .await
+                .map_err(|e| e.to_string())?
+                .len() as u64,
+            Op::Edges { edges } => {
+                invalidator
+                    .apply_remote_edges(edges)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.add_tag_edges(edges).await;
+                0
+            }
+        };
+        self.keep(&record, encoded);
+        Ok(invalidated)
+    }
+
+    /// For each edge from a key stored here, records the edges from that key's tags
+    /// (and replicates them): purging one of its tags must reach its dependents,
+    /// wherever they are stored.
+    async fn add_tag_edges(&self, edges: &[Record]) {
+        for edge in edges {
+            let Record::Edge { from, .. } = edge else {
+                continue;
+            };
+            let Some(key) = from.as_key() else { continue };
+            let Some(found) = self.cache.find(&key).await else {
+                continue;
+            };
+            let meta = found.meta().clone();
+            if meta.tags.is_empty() {
+                continue;
+            }
+            if let Err(e) = self
+                .cache
+                .invalidator()
+                .record_edges(&key, &meta, &[])
+                .await
+            {
+                tracing::warn!(error = %e, "recording tag edges failed");
+            }
+        }
+    }
+
+    /// What a peer asking with `since` lacks, and whether records it lacks are
+    /// gone from here.
+    pub fn answer_pull(&self, since: &[(String, u64)]) -> (Vec<Bytes>, bool) {
+        let since: HashMap<&str, u64> = since.iter().map(|(o, s)| (o.as_str(), *s)).collect();
+        let kept = self.kept.lock().expect("kept lock");
+        let gap = kept
+            .evicted
+            .iter()
+            .any(|(origin, evicted)| since.get(origin.as_str()).copied().unwrap_or(0) < *evicted);
+        let records = kept
+            .records
+            .iter()
+            .filter(|((origin, seq), _)| *seq > since.get(origin.as_str()).copied().unwrap_or(0))
+            .take(PULL_BATCH)
+            .map(|(_, r)| r.clone())
+            .collect();
+        (records, gap)
+    }
+
+    fn since(&self) -> Vec<(String, u64)> {
+        let kept = self.kept.lock().expect("kept lock");
+        kept.applied
+            .iter()
+            .map(|(o, a)| (o.clone(), a.contiguous))
+            .collect()
+    }
+
+    /// One anti-entropy round with a random alive peer. `Ok(true)` when it synced.
+    pub async fn sync_once(&self) -> Result<bool, String> {
+        let peers = self.peers();
+        self.gate
+            .set_has_peers(!self.view.borrow().members.iter().all(|m| m.local));
+        if peers.is_empty() {
+            if self.view.borrow().members.iter().all(|m| m.local) {
+                // Alone: nothing to sync with.
+                self.gate.synced();
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let (_, addr) = &peers[rand_index(peers.len())];
+        self.metrics.anti_entropy_pulls.inc();
+        let answer = self
+            .transport_call(
+                *addr,
+                &Message::Pull {
+                    since: self.since(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let Message::Records { records, gap } = answer else {
+            return Err("unexpected answer to a pull".into());
+        };
+        if gap {
+            tracing::warn!("invalidations this node missed are no longer kept by its peers: purging everything cached before now");
+            let everything = PurgeTargets {
+                prefixes: vec![
+                    CacheKey::new(Namespace::Kv, b""),
+                    CacheKey::new(Namespace::Http, b""),
+                ],
+                ..PurgeTargets::default()
+            };
+            self.cache
+                .purge(&everything)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Everything older is covered now: start from what the peer keeps.
+            let mut kept = self.kept.lock().expect("kept lock");
+            for (origin, evicted) in self.peer_evicted_hint(&records) {
+                let applied = kept.applied.entry(origin).or_default();
+                if applied.contiguous < evicted {
+                    applied.contiguous = evicted;
+                    applied.beyond.retain(|s| *s > evicted);
+                }
+            }
+        }
+        for record in records {
+            if let Err(e) = self.apply(record).await {
+                tracing::warn!(error = %e, "a pulled record could not be applied");
+            }
+        }
+        self.save_applied();
+        self.gate.synced();
+        Ok(true)
+    }
+
+    /// After a gap, the sequence just before the oldest record the peer sent, per
+    /// origin: everything up to it is covered by the full purge.
+    fn peer_evicted_hint(&self, records: &[Bytes]) -> HashMap<String, u64> {
+        let mut oldest: HashMap<String, u64> = HashMap::new();
+        for r in records {
+            if let Ok(r) = Replicated::decode(r.clone()) {
+                let e = oldest.entry(r.origin).or_insert(u64::MAX);
+                *e = (*e).min(r.seq.saturating_sub(1));
+            }
+        }
+        oldest
+    }
+
+    fn save_applied(&self) {
+        let snapshot: HashMap<String, u64> = {
+            let mut kept = self.kept.lock().expect("kept lock");
+            if !kept.dirty {
+                return;
+            }
+            kept.dirty = false;
+            kept.applied
+                .iter()
+                .map(|(o, a)| (o.clone(), a.contiguous))
+                .collect()
+        };
+        let tmp = self.applied_file.with_extension("tmp");
+        let written = serde_json::to_vec(&snapshot)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.applied_file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "saving the applied invalidations failed");
+        }
+    }
+
+    /// Runs anti-entropy: every `interval`, and at once when the gate asks (after a
+    /// stall).
+    pub fn start_anti_entropy(self: &Arc<Self>, interval: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = this.gate.wake_sync.notified() => {}
+                }
+                if let Err(e) = this.sync_once().await {
+                    tracing::debug!(error = %e, "anti-entropy round failed");
+                }
+            }
+        });
+    }
+
+    /// Before serving: one successful round with a peer, if the cluster has any
+    /// (waits up to `limit` for membership and the round).
+    pub async fn initial_sync(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut view = self.view.clone();
+        while Instant::now() < deadline {
+            if !self.peers().is_empty() {
+                match self.sync_once().await {
+                    Ok(true) => {
+                        tracing::info!("caught up on the cluster's invalidations");
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            } else {
+                let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+            }
+        }
+        // A node with no peer yet is the first of its cluster, or partitioned at
+        // start: it serves, and the gate tracks how long it has been unsynced.
+        tracing::info!(node = %self.node_id, "no peer to catch up from yet");
+    }
+}
+
+fn rand_index(n: usize) -> usize {
+    use rand::RngExt;
+    rand::rng().random_range(0..n)
+}

@@ -1,0 +1,227 @@
+//! Whether this node's invalidations are in sync with the cluster, and what a hit
+//! does when they may not be.
+//!
+//! Two things make a node unsure it has every purge:
+//! - **a stall**: the process did not run for a while (a pause, SIGSTOP, CPU
+//!   starvation), so purges may be sitting unread. A ticker notices its own late
+//!   wake-up; a hit also checks the ticker's heartbeat, in case it runs before the
+//!   ticker does. Either way hits wait (briefly) for a fresh anti-entropy round;
+//! - **no sync for a while**: no anti-entropy round has succeeded for `max_unsynced`
+//!   (a partition). Then `partition_mode` decides: `availability` serves and marks
+//!   the response `detail=unsynced`; `consistency` revalidates every hit with the
+//!   owner or the origin first.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+
+/// How often the ticker beats.
+const BEAT: Duration = Duration::from_millis(100);
+/// A heartbeat older than this means the process stalled.
+const STALL: Duration = Duration::from_millis(500);
+/// Longest a hit waits for the catch-up after a stall.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// What to do under a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionMode {
+    /// Keep serving hits, marked `detail=unsynced`.
+    Availability,
+    /// Revalidate every hit first.
+    Consistency,
+}
+
+/// What a hit may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitPolicy {
+    /// In sync: serve.
+    Serve,
+    /// Out of sync, availability mode: serve, marked.
+    ServeUnsynced,
+    /// Out of sync, consistency mode: revalidate first.
+    Revalidate,
+}
+
+/// The node's sync state, shared by the replicator (which reports rounds) and every
+/// front end (which asks before serving a hit).
+#[derive(Debug)]
+pub struct SyncGate {
+    mode: PartitionMode,
+    max_unsynced: Duration,
+    last_sync_ms: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    stalled: AtomicBool,
+    /// Whether this node has ever known another member (alone, it is in sync).
+    has_peers: AtomicBool,
+    synced: Notify,
+    /// Woken to run an anti-entropy round at once.
+    pub wake_sync: Notify,
+    metrics: Arc<Metrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SyncGate {
+    /// A gate; the node counts as in sync until it learns of a peer.
+    pub fn new(mode: PartitionMode, max_unsynced: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        let now = now_ms();
+        Arc::new(Self {
+            mode,
+            max_unsynced,
+            last_sync_ms: AtomicU64::new(now),
+            heartbeat_ms: AtomicU64::new(now),
+            stalled: AtomicBool::new(false),
+            has_peers: AtomicBool::new(false),
+            synced: Notify::new(),
+            wake_sync: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Starts the ticker that detects stalls.
+    pub fn start_ticker(self: &Arc<Self>) {
+        let gate = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BEAT);
+            loop {
+                tick.tick().await;
+                gate.beat();
+            }
+        });
+    }
+
+    fn beat(&self) {
+        let now = now_ms();
+        let last = self.heartbeat_ms.swap(now, Ordering::AcqRel);
+        if now.saturating_sub(last) > STALL.as_millis() as u64 {
+            self.stall_detected();
+        }
+        let behind = now.saturating_sub(self.last_sync_ms.load(Ordering::Acquire));
+        self.metrics.unsynced_seconds.set(if self.out_of_sync(now) {
+            (behind / 1000) as i64
+        } else {
+            0
+        });
+    }
+
+    /// The process stalled: hits wait for a catch-up round.
+    pub fn stall_detected(&self) {
+        if self.has_peers.load(Ordering::Acquire) && !self.stalled.swap(true, Ordering::AcqRel) {
+            tracing::warn!("this node stalled; catching up on invalidations before serving hits");
+            self.wake_sync.notify_one();
+        }
+    }
+
+    /// This node now knows other members.
+    pub fn set_has_peers(&self, yes: bool) {
+        self.has_peers.store(yes, Ordering::Release);
+    }
+
+    /// An anti-entropy round completed: everything a peer had is applied.
+    pub fn synced(&self) {
+        self.last_sync_ms.store(now_ms(), Ordering::Release);
+        self.stalled.store(false, Ordering::Release);
+        self.synced.notify_waiters();
+    }
+
+    fn out_of_sync(&self, now: u64) -> bool {
+        self.has_peers.load(Ordering::Acquire)
+            && now.saturating_sub(self.last_sync_ms.load(Ordering::Acquire))
+                > self.max_unsynced.as_millis() as u64
+    }
+
+    /// Asked before serving a hit. After a stall it first waits (bounded) for the
+    /// catch-up round.
+    pub async fn before_hit(&self) -> HitPolicy {
+        let now = now_ms();
+        let heartbeat_late = now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire))
+            > STALL.as_millis() as u64;
+        if heartbeat_late {
+            self.stall_detected();
+        }
+        if self.stalled.load(Ordering::Acquire) {
+            let waiting = self.synced.notified();
+            tokio::pin!(waiting);
+            // Registered before the check, so a round finishing in between wakes it.
+            waiting.as_mut().enable();
+            if self.stalled.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(CATCH_UP_WAIT, waiting).await;
+            }
+            if self.stalled.load(Ordering::Acquire) {
+                // Still not caught up: never serve what may have been purged.
+                return HitPolicy::Revalidate;
+            }
+        }
+        if !self.out_of_sync(now_ms()) {
+            return HitPolicy::Serve;
+        }
+        match self.mode {
+            PartitionMode::Availability => HitPolicy::ServeUnsynced,
+            PartitionMode::Consistency => HitPolicy::Revalidate,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(mode: PartitionMode) -> Arc<SyncGate> {
+        SyncGate::new(
+            mode,
+            Duration::from_millis(50),
+            Arc::new(Metrics::new(Default::default())),
+        )
+    }
+
+    #[tokio::test]
+    async fn alone_a_node_is_always_in_sync() {
+        let g = gate(PartitionMode::Consistency);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(g.before_hit().await, HitPolicy::Serve);
+    }
+
+    #[tokio::test]
+    async fn without_a_sync_for_max_unsynced_the_mode_decides() {
+        for (mode, policy) in [
+            (PartitionMode::Availability, HitPolicy::ServeUnsynced),
+            (PartitionMode::Consistency, HitPolicy::Revalidate),
+        ] {
+            let g = gate(mode);
+            g.set_has_peers(true);
+            g.synced();
+            assert_eq!(g.before_hit().await, HitPolicy::Serve);
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            g.heartbeat_ms.store(now_ms(), Ordering::Release);
+            assert_eq!(g.before_hit().await, policy);
+            g.synced();
+            assert_eq!(g.before_hit().await, HitPolicy::Serve);
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_stall_hits_wait_for_the_catch_up() {
+        let g = gate(PartitionMode::Availability);
+        g.set_has_peers(true);
+        g.synced();
+        // The heartbeat is old: as if the process had been stopped.
+        g.heartbeat_ms.store(now_ms() - 2_000, Ordering::Release);
+        let waiting = tokio::spawn({
+            let g = g.clone();
+            async move { g.before_hit().await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiting.is_finished(), "a hit after a stall waits");
+        g.heartbeat_ms.store(now_ms(), Ordering::Release);
+        g.synced();
+        assert_eq!(waiting.await.unwrap(), HitPolicy::Serve);
+    }
+}

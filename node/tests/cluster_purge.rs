@@ -1,0 +1,317 @@
+//! Cluster-wide invalidation with real `fanz-node` processes: a purge made at any node
+//! is applied everywhere before `wait=all` answers, dependencies are followed across
+//! owners, and a node that was away (paused, killed) catches up before serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::origin::{respond, TestOrigin};
+use common::*;
+use fanz_protocol::ring::{Ring, RingMember};
+use fanz_protocol::CacheKey;
+use http::{Method, StatusCode};
+
+/// A site whose every response is cacheable for 5 minutes, tagged by its first path
+/// segment, and numbered per path (so a refetch is visible).
+async fn tagged_origin() -> TestOrigin {
+    TestOrigin::start(|req, n| {
+        let tag = req
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        respond(
+            200,
+            &[("cache-control", "max-age=300"), ("surrogate-key", &tag)],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await
+}
+
+async fn get_site(node: &TestNode, path: &str) -> Reply {
+    send(Method::GET, &node.url(path), &[("host", "cdn.test")], "").await
+}
+
+async fn purge_at(node: &TestNode, body: &str) -> serde_json::Value {
+    let r = admin_purge(node, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_wait_all_no_node_answers_with_purged_content() {
+    let origin = tagged_origin().await;
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let (_tmp, nodes) = start_cluster(3, &args).await;
+    let paths: Vec<String> = (0..12).map(|i| format!("/t{}/page{i}", i % 3)).collect();
+    // Randomised rounds (a fixed seed, so a failure can be replayed): warm every page
+    // on every node (twice, so non-owners keep copies too), purge one tag at one
+    // node, then ask every node for every page.
+    let mut seed = 0x5eed_u64;
+    for round in 0..5 {
+        for _ in 0..2 {
+            for n in &nodes {
+                for p in &paths {
+                    assert_eq!(get_site(&n.node, p).await.status, StatusCode::OK);
+                }
+            }
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let tag = format!("t{}", (seed >> 33) % 3);
+        let at = &nodes[((seed >> 40) % 3) as usize];
+        let before: Vec<String> = {
+            let mut v = Vec::new();
+            for p in &paths {
+                v.push(get_site(&at.node, p).await.text());
+            }
+            v
+        };
+        let answer = purge_at(&at.node, &format!(r#"{{"tags":["{tag}"]}}"#)).await;
+        let cluster = &answer["cluster"];
+        assert_eq!(cluster["complete"], true, "round {round}: {answer}");
+        assert_eq!(cluster["members"], 2);
+        assert!(cluster["pending"].as_array().unwrap().is_empty());
+        for n in &nodes {
+            for (p, old) in paths.iter().zip(&before) {
+                let now = get_site(&n.node, p).await.text();
+                if p.starts_with(&format!("/{tag}/")) {
+                    assert_ne!(&now, old, "round {round}: {} served purged {p}", n.id);
+                }
+            }
+        }
+    }
+}
+
+/// Names for KV keys whose primary owners, in a 3-node cluster n1..n3, are three
+/// different nodes: (key owned by n1, by n2, by n3).
+fn keys_on_three_owners() -> [String; 3] {
+    let ring = Ring::new(
+        (1..=3).map(|i| RingMember {
+            id: format!("n{i}"),
+            weight: 1,
+        }),
+        2,
+    );
+    let mut found: [Option<String>; 3] = [None, None, None];
+    for i in 0.. {
+        let name = format!("key{i}");
+        let owner = ring
+            .primary(CacheKey::kv(name.as_bytes()).encoded())
+            .unwrap();
+        let slot = owner.id[1..].parse::<usize>().unwrap() - 1;
+        if found[slot].is_none() {
+            found[slot] = Some(name);
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found.map(Option::unwrap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dependency_chain_across_three_owners_is_purged_everywhere() {
+    let (_tmp, nodes) = start_cluster(3, FAST).await;
+    let [a, b, c] = keys_on_three_owners();
+    // a depends on b, b on c; c carries tag "root". Each is written through a node
+    // that does not own it.
+    put(&nodes[2].node, &c, "c1", &[("surrogate-key", "root")]).await;
+    put(&nodes[0].node, &b, "b1", &[("fanz-depends-on", &c)]).await;
+    put(&nodes[1].node, &a, "a1", &[("fanz-depends-on", &b)]).await;
+    // Edges travel asynchronously: give them a moment, then check all is served.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in &nodes {
+        for (k, v) in [(&a, "a1"), (&b, "b1"), (&c, "c1")] {
+            assert_eq!(get(&n.node, k).await.text(), v);
+        }
+    }
+    // Purging the tag of the root reaches both dependents, on every node.
+    let answer = purge_at(&nodes[0].node, r#"{"tags":["root"]}"#).await;
+    assert_eq!(answer["cluster"]["complete"], true, "{answer}");
+    for n in &nodes {
+        for k in [&a, &b, &c] {
+            assert_eq!(
+                get(&n.node, k).await.status,
+                StatusCode::NOT_FOUND,
+                "{} still serves {k}",
+                n.id
+            );
+        }
+    }
+    // Written again, then purged by key: the chain follows again.
+    put(&nodes[2].node, &c, "c2", &[]).await;
+    put(&nodes[0].node, &b, "b2", &[("fanz-depends-on", &c)]).await;
+    put(&nodes[1].node, &a, "a2", &[("fanz-depends-on", &b)]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    purge_at(&nodes[1].node, &format!(r#"{{"keys":["{c}"]}}"#)).await;
+    for n in &nodes {
+        for k in [&a, &b, &c] {
+            assert_eq!(get(&n.node, k).await.status, StatusCode::NOT_FOUND);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_node_catches_up_before_serving_again() {
+    let origin = tagged_origin().await;
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str(), "--purge-ack-timeout", "500ms"];
+    args.extend(FAST);
+    let (_tmp, nodes) = start_cluster(3, &args).await;
+    for _ in 0..2 {
+        for n in &nodes {
+            get_site(&n.node, "/paused/page").await;
+        }
+    }
+    let old = get_site(&nodes[2].node, "/paused/page").await.text();
+    signal(nodes[2].node.pid(), "STOP");
+    let answer = purge_at(&nodes[0].node, r#"{"tags":["paused"]}"#).await;
+    signal(nodes[2].node.pid(), "CONT");
+    assert_eq!(answer["cluster"]["complete"], false, "{answer}");
+    assert_eq!(answer["cluster"]["pending"], serde_json::json!(["n3"]));
+    // The first answer after the pause is already fresh.
+    let now = get_site(&nodes[2].node, "/paused/page").await.text();
+    assert_ne!(now, old, "the paused node served purged content");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_while_purges_happen_serves_nothing_purged_after_restart() {
+    let (_tmp, mut nodes) = start_cluster(3, FAST).await;
+    for i in 0..20 {
+        put(
+            &nodes[0].node,
+            &format!("k{i}"),
+            &format!("v{i}"),
+            &[("surrogate-key", "all")],
+        )
+        .await;
+    }
+    // n3 holds about two thirds of them on disk.
+    nodes[2].node.wait_disk_written(1).await;
+    nodes[2].node.kill();
+    wait_until(&nodes[0].node, Duration::from_secs(10), "n3 down", |s| {
+        has(s, "n3", "down")
+    })
+    .await;
+    for i in 0..10 {
+        let r = send(
+            Method::DELETE,
+            &nodes[1].node.url(&format!("/kv/k{i}")),
+            &[],
+            "",
+        )
+        .await;
+        assert!(r.status.is_success());
+    }
+    purge_at(&nodes[0].node, r#"{"keys":["k15"]}"#).await;
+    nodes[2].node.restart();
+    for i in 0..20 {
+        let r = get(&nodes[2].node, &format!("k{i}")).await;
+        if i < 10 || i == 15 {
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "n3 served purged k{i}: {}",
+                r.text()
+            );
+        } else {
+            assert_eq!(r.text(), format!("v{i}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_none_answers_at_once_and_the_purge_id_reports_progress() {
+    let (_tmp, nodes) = start_cluster(3, FAST).await;
+    let r = send(
+        Method::POST,
+        &nodes[0].node.admin_url("/purge?wait=none"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        r#"{"tags":["x"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let id = r.json()["purge_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = send(
+            Method::GET,
+            &nodes[0].node.admin_url(&format!("/purge/{id}")),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let report = r.json();
+        if report["complete"] == true {
+            assert_eq!(report["acked"].as_object().unwrap().len(), 2);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = send(
+        Method::POST,
+        &nodes[0].node.admin_url("/purge?wait=sometimes"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        r#"{"tags":["x"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = send(
+        Method::GET,
+        &nodes[1].node.admin_url("/purge/nobody@1/1"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetch_in_flight_during_a_purge_on_another_node_is_not_kept() {
+    // The origin answers /slow/* after 600 ms; a purge lands on another node while
+    // the fetch is in flight. The waiting client gets its answer, but the fill must
+    // not be stored as valid after the purge, on any node.
+    let origin = TestOrigin::start(|req, n| {
+        if req.path.starts_with("/slow") {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        respond(
+            200,
+            &[("cache-control", "max-age=300"), ("surrogate-key", "slow")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let (_tmp, nodes) = start_cluster(3, &args).await;
+    let asking = nodes[1].node.url("/slow/x");
+    let fetch =
+        tokio::spawn(async move { send(Method::GET, &asking, &[("host", "cdn.test")], "").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = purge_at(&nodes[0].node, r#"{"tags":["slow"]}"#).await;
+    assert_eq!(answer["cluster"]["complete"], true);
+    let first = fetch.await.unwrap();
+    assert_eq!(first.text(), "/slow/x #1");
+    for n in &nodes {
+        let r = get_site(&n.node, "/slow/x").await;
+        assert_ne!(
+            r.text(),
+            "/slow/x #1",
+            "{} kept a fill the purge covers",
+            n.id
+        );
+    }
+}
