@@ -14,83 +14,9 @@ Defaults are the node's own (probe period 1 s, suspicion 4 s) unless --probe and
   bench/scripts/membership.py [--binary target/release/fanz-node] [--sizes 5,20]
 Every process and directory it starts is removed at the end.
 """
-import argparse, http.client, json, os, shutil, signal, socket, statistics, subprocess, tempfile, time
+import argparse, json, os, shutil, signal, tempfile, time
 
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Node:
-    def __init__(self, binary, work, cluster_dir, name, seed, extra):
-        self.name, self.binary, self.extra = name, binary, extra
-        self.admin = free_port()
-        self.http = free_port()
-        self.gossip = free_port(socket.SOCK_DGRAM)
-        self.peer = free_port(socket.SOCK_DGRAM)
-        self.data = os.path.join(work, name)
-        self.cluster_dir = cluster_dir
-        self.seed = seed if seed is not None else self.gossip
-        self.log = open(os.path.join(work, name + ".log"), "ab")
-        self.proc = None
-
-    def start(self):
-        args = [self.binary, "--http-addr", f"127.0.0.1:{self.http}", "--admin-addr", f"127.0.0.1:{self.admin}",
-                "--h3-addr", "off", "--data-dir", self.data, "--memory-capacity", "16MiB", "--disk-capacity", "0",
-                "--cluster-dir", self.cluster_dir, "--node-id", self.name,
-                "--gossip-addr", f"127.0.0.1:{self.gossip}", "--peer-addr", f"127.0.0.1:{self.peer}",
-                "--seeds", f"127.0.0.1:{self.seed}", "--log-level", "warn"] + self.extra
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=1)
-                c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.proc.returncode}")
-            time.sleep(0.01)
-        raise SystemExit(f"{self.name} not ready in 30 s")
-
-    def states(self):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=1)
-            c.request("GET", "/cluster")
-            report = json.loads(c.getresponse().read())
-            return {m["id"]: m["state"] for m in report["members"]}
-        except (OSError, ValueError):
-            return {}
-
-    def stop(self, sig=signal.SIGKILL):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait()
-        self.proc = None
-
-
-def wait(predicate, limit):
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return None
-
-
-def cluster(binary, work, n, extra, tag):
-    cdir = os.path.join(work, f"pki-{tag}")
-    subprocess.run([binary, "cluster-init", cdir, "--nodes", "1"], check=True, stdout=subprocess.DEVNULL)
-    first = Node(binary, work, os.path.join(cdir, "node-1"), f"{tag}-1", None, extra)
-    nodes = [first]
-    for i in range(2, n + 1):
-        # Every node shares node-1's certificate: enough for membership figures.
-        nodes.append(Node(binary, work, os.path.join(cdir, "node-1"), f"{tag}-{i}", first.gossip, extra))
-    return nodes
+from fanz_cluster import cluster, wait
 
 
 def main():

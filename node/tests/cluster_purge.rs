@@ -164,7 +164,9 @@ async fn a_dependency_chain_across_three_owners_is_purged_everywhere() {
 async fn a_paused_node_catches_up_before_serving_again() {
     let origin = tagged_origin().await;
     let url = origin.url();
-    let mut args = vec!["--origin", url.as_str(), "--purge-ack-timeout", "500ms"];
+    // The pause lasts the ack timeout: 1 s, well past the 250 ms a node needs to
+    // notice it stalled.
+    let mut args = vec!["--origin", url.as_str(), "--purge-ack-timeout", "1s"];
     args.extend(FAST);
     let (_tmp, nodes) = start_cluster(3, &args).await;
     for _ in 0..2 {
@@ -313,5 +315,76 @@ async fn a_fetch_in_flight_during_a_purge_on_another_node_is_not_kept() {
             "{} kept a fill the purge covers",
             n.id
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_its_peers_marks_or_revalidates_its_hits() {
+    for mode in ["availability", "consistency"] {
+        let origin = tagged_origin().await;
+        let url = origin.url();
+        let mut args = vec![
+            "--origin",
+            url.as_str(),
+            "--max-unsynced",
+            "1s",
+            "--sync-interval",
+            "200ms",
+            "--partition-mode",
+            mode,
+        ];
+        args.extend(FAST);
+        let (_tmp, nodes) = start_cluster(3, &args).await;
+        for _ in 0..2 {
+            get_site(&nodes[0].node, "/cut/page").await;
+        }
+        let hit = get_site(&nodes[0].node, "/cut/page").await;
+        assert!(
+            hit.header("cache-status").unwrap().starts_with("fanz; hit"),
+            "{mode}: {:?}",
+            hit.header("cache-status")
+        );
+        // n1 can reach no peer: it cannot know what was purged meanwhile.
+        for n in &nodes[1..] {
+            signal(n.node.pid(), "STOP");
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let r = get_site(&nodes[0].node, "/cut/page").await;
+        let status = r.header("cache-status").unwrap();
+        let unsynced =
+            metric_value(&nodes[0].node.metrics().await, "fanz_unsynced_seconds").unwrap();
+        for n in &nodes[1..] {
+            signal(n.node.pid(), "CONT");
+        }
+        assert!(unsynced >= 1.0, "{mode}: unsynced_seconds {unsynced}");
+        match mode {
+            "availability" => {
+                assert!(
+                    status.starts_with("fanz; hit") && status.contains("detail=unsynced"),
+                    "{status}"
+                );
+                assert_eq!(r.text(), "/cut/page #1");
+            }
+            _ => assert!(
+                !status.starts_with("fanz; hit"),
+                "revalidated, not served blind: {status}"
+            ),
+        }
+        // Back in touch: plain hits again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = get_site(&nodes[0].node, "/cut/page")
+                .await
+                .header("cache-status")
+                .unwrap();
+            if status.starts_with("fanz; hit") && !status.contains("unsynced") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: still {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

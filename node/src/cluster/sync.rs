@@ -20,9 +20,9 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 
 /// How often the ticker beats.
-const BEAT: Duration = Duration::from_millis(100);
+const BEAT: Duration = Duration::from_millis(50);
 /// A heartbeat older than this means the process stalled.
-const STALL: Duration = Duration::from_millis(500);
+const STALL: Duration = Duration::from_millis(250);
 /// Longest a hit waits for the catch-up after a stall.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
