@@ -388,3 +388,46 @@ async fn a_node_cut_off_from_its_peers_marks_or_revalidates_its_hits() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_reaches_a_member_by_swim_piggyback_when_direct_sends_fail() {
+    // The member's certificate is not the cluster's: every direct (QUIC) send and
+    // every anti-entropy pull to it is refused, but it gossips with the cluster key.
+    let origin = tagged_origin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = cluster_init(&tmp.path().join("ours"), 2);
+    let theirs = cluster_init(&tmp.path().join("theirs"), 1);
+    let cut = impostor_dir(&tmp.path().join("cut"), &ours[1], &theirs[0]);
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let honest = ClusterNode::start("honest", &ours[0], &[], &args);
+    let member = ClusterNode::start("member", &cut, &[honest.gossip], &args);
+    wait_until(&honest.node, Duration::from_secs(10), "two alive", |s| {
+        s.iter().filter(|(_, st)| st == "alive").count() == 2
+    })
+    .await;
+    // The member caches a page itself (its fetch through the owner fails: origin).
+    for _ in 0..3 {
+        get_site(&member.node, "/gossiped/page").await;
+    }
+    let cached = get_site(&member.node, "/gossiped/page").await;
+    assert!(cached
+        .header("cache-status")
+        .unwrap()
+        .starts_with("fanz; hit"));
+    let answer = purge_at(&honest.node, r#"{"tags":["gossiped"]}"#).await;
+    assert_eq!(answer["cluster"]["pending"], serde_json::json!(["member"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = get_site(&member.node, "/gossiped/page").await;
+        if now.text() != cached.text() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge never reached the member by gossip"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -188,14 +188,7 @@ async fn a_peer_whose_certificate_is_not_from_the_cluster_ca_is_refused() {
     let theirs = cluster_init(&tmp.path().join("theirs"), 1);
     // The impostor has our gossip key (it joins the membership) and our CA (it
     // trusts us), but its own certificate comes from another CA.
-    let impostor_dir = tmp.path().join("impostor");
-    std::fs::create_dir(&impostor_dir).unwrap();
-    for f in ["ca.pem", "cluster.keys"] {
-        std::fs::copy(ours[1].join(f), impostor_dir.join(f)).unwrap();
-    }
-    for f in ["node.pem", "node-key.pem"] {
-        std::fs::copy(theirs[0].join(f), impostor_dir.join(f)).unwrap();
-    }
+    let impostor_dir = impostor_dir(&tmp.path().join("impostor"), &ours[1], &theirs[0]);
     let url = origin.url();
     let mut args = vec!["--origin", url.as_str()];
     args.extend(FAST);

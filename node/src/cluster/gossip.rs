@@ -2,6 +2,10 @@
 //! datagram with the cluster [`Keyring`], delivers foca's timers, announces to the
 //! seeds, and publishes a fresh [`View`] whenever membership changes.
 //!
+//! It also piggybacks small replicated invalidations on SWIM packets
+//! ([`InvalidationBroadcasts`]): a backstop to the direct fan-out over QUIC, which
+//! reaches every member by gossip even when some direct sends fail.
+//!
 //! # Slow is not dead (Lifeguard, in spirit)
 //!
 //! Plain SWIM lets a node that is slow (a long GC-like pause, CPU starvation, a
@@ -28,6 +32,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,13 +86,82 @@ enum Input {
     Timer(Timer<NodeIdentity>),
     Announce(Vec<SocketAddr>),
     Leave(oneshot::Sender<()>),
+    Broadcast(Bytes),
 }
 
-type Swim = Foca<NodeIdentity, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<NodeIdentity, PostcardCodec, rand::rngs::StdRng, InvalidationBroadcasts>;
+
+/// Largest replicated record piggybacked on SWIM packets (bigger ones travel by
+/// direct fan-out and anti-entropy only).
+pub const MAX_PIGGYBACK: usize = 512;
+/// Piggybacked records remembered, to tell new ones from repeats.
+const SEEN_BROADCASTS: usize = 100_000;
+
+/// The name of a piggybacked record: (origin, sequence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BroadcastKey(String, u64);
+
+impl foca::Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// foca's handler for piggybacked invalidations: new ones are handed to the
+/// replicator (through `deliver`) and gossiped on; repeats are dropped.
+pub struct InvalidationBroadcasts {
+    seen: std::collections::HashSet<(String, u64)>,
+    deliver: mpsc::UnboundedSender<Bytes>,
+}
+
+impl foca::BroadcastHandler<NodeIdentity> for InvalidationBroadcasts {
+    type Key = BroadcastKey;
+    type Error = fanz_protocol::DecodeError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&NodeIdentity>,
+    ) -> Result<Option<BroadcastKey>, Self::Error> {
+        let bytes = Bytes::copy_from_slice(data);
+        let record = fanz_protocol::replication::Replicated::decode(bytes.clone())?;
+        let name = (record.origin, record.seq);
+        if self.seen.contains(&name) {
+            return Ok(None);
+        }
+        if self.seen.len() >= SEEN_BROADCASTS {
+            // A repeat after this only costs one idempotent application.
+            self.seen.clear();
+        }
+        self.seen.insert(name.clone());
+        if sender.is_some() {
+            // Ours (sender None) is applied already.
+            let _ = self.deliver.send(bytes);
+        }
+        Ok(Some(BroadcastKey(name.0, name.1)))
+    }
+}
+
+/// Adds records to the SWIM piggyback.
+#[derive(Debug, Clone)]
+pub struct Broadcaster(mpsc::Sender<Input>);
+
+impl Broadcaster {
+    /// Piggybacks `record` (an encoded replicated record) if it is small enough.
+    pub fn broadcast(&self, record: Bytes) {
+        if record.len() <= MAX_PIGGYBACK {
+            let _ = self.0.try_send(Input::Broadcast(record));
+        }
+    }
+}
 
 impl Gossip {
     /// Binds the gossip socket and starts the membership task.
-    pub async fn start(config: GossipConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub async fn start(
+        config: GossipConfig,
+        metrics: Arc<Metrics>,
+        deliver: mpsc::UnboundedSender<Bytes>,
+    ) -> Result<Self, String> {
         let socket = UdpSocket::bind(config.bind)
             .await
             .map_err(|e| format!("binding {}: {e}", config.bind))?;
@@ -103,11 +177,16 @@ impl Gossip {
         // Forget down members after a while, so a cluster that churns (rolling
         // restarts) does not accumulate them forever.
         swim_config.remove_down_after = Some(Duration::from_secs(15 * 60));
-        let swim = Foca::new(
+        let handler = InvalidationBroadcasts {
+            seen: std::collections::HashSet::new(),
+            deliver,
+        };
+        let swim = Foca::with_custom_broadcast(
             identity.clone(),
             swim_config,
             rand::make_rng(),
             PostcardCodec,
+            handler,
         );
 
         let (inputs_tx, inputs_rx) = mpsc::channel(1024);
@@ -147,6 +226,11 @@ impl Gossip {
     /// The current view; `changed()` on the receiver waits for the next one.
     pub fn view(&self) -> watch::Receiver<Arc<View>> {
         self.view.clone()
+    }
+
+    /// A handle that piggybacks records on SWIM packets.
+    pub fn broadcaster(&self) -> Broadcaster {
+        Broadcaster(self.inputs.clone())
     }
 
     /// The local health multiplier (0 = healthy).
@@ -224,6 +308,7 @@ impl Agent {
                         }
                         Ok(())
                     }
+                    Some(Input::Broadcast(record)) => self.swim.add_broadcast(&record).map(|_| ()),
                     Some(Input::Leave(done)) => {
                         if let Err(e) = self.swim.leave_cluster(&mut runtime) {
                             tracing::debug!(error = %e, "leaving the cluster failed");

@@ -108,6 +108,7 @@ impl Cluster {
             weight: settings.weight,
             generation,
         };
+        let (piggyback_tx, mut piggyback_rx) = tokio::sync::mpsc::unbounded_channel();
         let gossip = Gossip::start(
             GossipConfig {
                 identity,
@@ -119,6 +120,7 @@ impl Cluster {
                 probe_period: settings.probe_period,
             },
             metrics.clone(),
+            piggyback_tx,
         )
         .await?;
         tracing::info!(
@@ -152,7 +154,19 @@ impl Cluster {
             metrics,
             settings.purge_ack_timeout,
             parts.data_dir,
+            gossip.broadcaster(),
         );
+        {
+            // Invalidations that arrive by SWIM piggyback (the backstop path).
+            let replicator = replicator.clone();
+            tokio::spawn(async move {
+                while let Some(record) = piggyback_rx.recv().await {
+                    if let Err(e) = replicator.apply(record).await {
+                        tracing::debug!(error = %e, "a piggybacked invalidation was not applied");
+                    }
+                }
+            });
+        }
         service.attach_replicator(replicator.clone());
         replicator.replicate_edges();
         // Catch up on what was purged while this node was away before serving.

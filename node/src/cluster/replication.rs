@@ -4,6 +4,8 @@
 //! - **Fan-out**: the node that makes a record applies it, then sends it to every
 //!   alive member over the peer protocol and, for purges, collects their acks
 //!   (`wait=all`), retrying a member that does not answer until it does or leaves.
+//!   Small records also ride on SWIM packets (piggyback), a second path that needs
+//!   no direct connection.
 //! - **Anti-entropy**: every node keeps the records it has seen (the newest
 //!   [`KEPT_RECORDS`]) and which it has applied, per origin. Every
 //!   `sync_interval`, and at once after a stall, it asks a random alive peer for
@@ -33,6 +35,7 @@ use fanz_protocol::{CacheKey, Namespace};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::gossip::Broadcaster;
 use super::membership::{MemberState, View};
 use super::sync::SyncGate;
 use super::transport::{PeerError, PeerTransport};
@@ -138,6 +141,8 @@ pub struct Replicator {
     applied_file: PathBuf,
     /// Serialises applying records (fan-out and anti-entropy may both deliver).
     apply_lock: tokio::sync::Mutex<()>,
+    /// Small records also ride on SWIM packets (the backstop).
+    piggyback: Broadcaster,
 }
 
 impl Replicator {
@@ -154,6 +159,7 @@ impl Replicator {
         metrics: Arc<Metrics>,
         ack_timeout: Duration,
         data_dir: PathBuf,
+        piggyback: Broadcaster,
     ) -> Arc<Self> {
         let applied_file = data_dir.join(APPLIED_FILE);
         let mut kept = Kept::default();
@@ -185,6 +191,7 @@ impl Replicator {
             ack_timeout,
             applied_file,
             apply_lock: tokio::sync::Mutex::new(()),
+            piggyback,
         })
     }
 
@@ -292,6 +299,7 @@ impl Replicator {
     fn fan_out(self: &Arc<Self>, record: Replicated, local_dependents: u64) -> Arc<Progress> {
         let encoded = record.encode();
         self.keep(&record, encoded.clone());
+        self.piggyback.broadcast(encoded.clone());
         let id = format!("{}/{}", record.origin, record.seq);
         let peers = self.peers();
         let progress = Arc::new(Progress {

@@ -183,3 +183,17 @@ pub async fn start_cluster(n: usize, extra: &[&str]) -> (tempfile::TempDir, Vec<
     }
     (tmp, nodes)
 }
+
+/// A cluster directory that shares `ours`'s gossip key and CA but holds `theirs`'s
+/// node certificate: the node gossips with the cluster, but every peer-protocol
+/// (mutual TLS) connection to or from it is refused.
+pub fn impostor_dir(at: &Path, ours: &Path, theirs: &Path) -> PathBuf {
+    std::fs::create_dir_all(at).unwrap();
+    for f in ["ca.pem", "cluster.keys"] {
+        std::fs::copy(ours.join(f), at.join(f)).unwrap();
+    }
+    for f in ["node.pem", "node-key.pem"] {
+        std::fs::copy(theirs.join(f), at.join(f)).unwrap();
+    }
+    at.to_path_buf()
+}
