@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, Bytes};
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 
@@ -38,9 +38,9 @@ impl std::str::FromStr for Protocol {
 /// One connection of a driver.
 pub enum Connection {
     /// HTTP/1.1.
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
     /// HTTP/2.
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
     /// HTTP/3 (the endpoint is kept alive with it).
     H3(
         h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
@@ -66,6 +66,16 @@ pub struct QuicOptions {
     pub ca_cert: Option<PathBuf>,
     /// Upper bound of path-MTU discovery (UDP payload bytes).
     pub max_udp_payload: u16,
+}
+
+impl QuicOptions {
+    /// No HTTP/3 settings (for HTTP/1.1 and HTTP/2 connections).
+    pub fn none() -> Self {
+        Self {
+            ca_cert: None,
+            max_udp_payload: 1452,
+        }
+    }
 }
 
 impl Connection {
@@ -127,28 +137,45 @@ impl Connection {
         }
     }
 
-    /// Sends a GET and reads the whole body; returns its length.
+    /// Sends a GET for the target's path and reads the whole body; returns its length.
     pub async fn get(&mut self, target: &Target) -> anyhow::Result<usize> {
+        let request = Request::get(target.path.as_str()).body(Bytes::new())?;
+        self.send(target, request).await
+    }
+
+    /// Sends `request` (its URI is a path; the target gives host and scheme) and
+    /// reads the whole response body; returns its length. A non-2xx answer is an error.
+    pub async fn send(
+        &mut self,
+        target: &Target,
+        request: Request<Bytes>,
+    ) -> anyhow::Result<usize> {
+        let (mut parts, body) = request.into_parts();
         match self {
             Connection::H1(send) => {
                 send.ready().await?;
-                let req = Request::get(&target.path)
-                    .header("host", &target.host)
-                    .body(Empty::new())?;
-                let resp = send.send_request(req).await?;
+                parts
+                    .headers
+                    .insert(http::header::HOST, target.host.parse()?);
+                let resp = send
+                    .send_request(Request::from_parts(parts, Full::new(body)))
+                    .await?;
                 read_hyper(resp).await
             }
             Connection::H2(send) => {
                 send.ready().await?;
-                let uri = format!("http://{}{}", target.host, target.path);
+                parts.uri = format!("http://{}{}", target.host, parts.uri).parse()?;
                 let resp = send
-                    .send_request(Request::get(uri).body(Empty::new())?)
+                    .send_request(Request::from_parts(parts, Full::new(body)))
                     .await?;
                 read_hyper(resp).await
             }
             Connection::H3(send, _) => {
-                let uri = format!("https://{}{}", target.host, target.path);
-                let mut stream = send.send_request(Request::get(uri).body(())?).await?;
+                parts.uri = format!("https://{}{}", target.host, parts.uri).parse()?;
+                let mut stream = send.send_request(Request::from_parts(parts, ())).await?;
+                if !body.is_empty() {
+                    stream.send_data(body).await?;
+                }
                 // The server may stop the request side once it has answered (RFC 9114 §4.1).
                 let _ = stream.finish().await;
                 let resp = stream.recv_response().await?;

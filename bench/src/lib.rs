@@ -2,12 +2,17 @@
 //!
 //! Components:
 //! - [`driver`]: one request at a time over HTTP/1.1, HTTP/2 or HTTP/3, behind one enum.
-//! - [`run`]: the closed loop (N connections, each sending its next request when the
-//!   last one is answered), bounded in time, with hdrhistogram latencies.
+//! - [`workload`]: keys (uniform or Zipf), the read/write mix, a seedable generator.
+//! - [`run`]: the closed loop and the open loop (coordinated-omission corrected),
+//!   bounded in time, with hdrhistogram latencies; optional purges alongside.
+//! - [`origin`]: `fanz-bench origin`, a fast origin serving objects of any size with
+//!   `Cache-Control`, `ETag` and `Surrogate-Key`, so every target proxies the same.
+//! - [`chart`]: an SVG chart of the latency percentiles of several runs.
 //!
-//! To come with the bench issue: open loop with coordinated-omission correction, key
-//! distributions (Zipf), write mixes, a client-library driver, JSON and chart output,
-//! `fanz-bench origin`, and the peer scripts in `bench/peers/`.
+//! The peer scripts live in `bench/peers/`, the cluster scripts in `bench/scripts/`.
 
+pub mod chart;
 pub mod driver;
+pub mod origin;
 pub mod run;
+pub mod workload;

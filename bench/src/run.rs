@@ -1,12 +1,23 @@
-//! The closed loop: `connections` connections, each sending its next request as soon
-//! as the last one is answered, for `duration` after a `warmup`. Latencies go into one
-//! hdrhistogram per connection, merged at the end.
+//! The load loops, bounded in time: `duration` measured after a `warmup`.
+//!
+//! - **Closed loop** (no `rate`): `connections` connections, each sending its next
+//!   request as soon as the last one is answered. Measures capacity.
+//! - **Open loop** (`rate` requests per second): each connection sends on a fixed
+//!   schedule, and latency is measured from the *intended* send time, so a server that
+//!   stalls is charged for every request that should have been sent meanwhile (the
+//!   coordinated-omission correction of wrk2). Measures latency at a given load.
+//!
+//! Optionally a purger posts tag purges to an admin API at its own fixed rate, with its
+//! own latency histogram. Latencies go into one hdrhistogram per task, merged at the end.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::driver::{Connection, Protocol, QuicOptions, Target};
+use crate::workload::{Rng, Workload};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -23,6 +34,29 @@ pub struct Plan {
     pub warmup: Duration,
     /// HTTP/3 settings.
     pub quic: QuicOptions,
+    /// What to ask for.
+    pub workload: Workload,
+    /// Open loop at this many requests per second in total; `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Seed of the request sequence.
+    pub seed: u64,
+    /// Purges sent alongside, if any.
+    pub purges: Option<PurgePlan>,
+    /// Print progress on standard error once a second.
+    pub progress: bool,
+}
+
+/// Tag purges posted to an admin API during the run.
+#[derive(Debug, Clone)]
+pub struct PurgePlan {
+    /// `host:port` of the admin API (plain HTTP).
+    pub admin: std::net::SocketAddr,
+    /// Bearer token, if the node has one.
+    pub token: Option<String>,
+    /// Purges per second.
+    pub rate: f64,
+    /// Tags drawn from `t0..t{tags}`.
+    pub tags: u64,
 }
 
 /// What came out.
@@ -38,6 +72,8 @@ pub struct Outcome {
     pub latency_us: Histogram<u64>,
     /// Measured time.
     pub elapsed: Duration,
+    /// Purges answered in the measured time, and their latencies (µs).
+    pub purges: Option<(u64, Histogram<u64>)>,
 }
 
 impl Outcome {
@@ -52,27 +88,50 @@ impl Outcome {
     }
 }
 
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
 /// Runs the plan.
 pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let measure_from = start + plan.warmup;
     let end = measure_from + plan.duration;
+    let answered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(plan.connections);
-    for _ in 0..plan.connections {
+    // Each connection sends every `interval` in the open loop.
+    let interval = plan
+        .rate
+        .map(|r| Duration::from_secs_f64(plan.connections as f64 / r));
+    for i in 0..plan.connections {
         let plan = plan.clone();
         let mut conn = Connection::open(plan.protocol, &plan.target, &plan.quic).await?;
+        let answered = answered.clone();
         tasks.push(tokio::spawn(async move {
-            // 1 µs to 60 s, 3 significant digits.
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds");
+            let mut hist = histogram();
+            let mut rng = Rng::new(plan.seed.wrapping_add(i as u64));
             let (mut requests, mut errors, mut bytes) = (0u64, 0u64, 0u64);
+            // Connections start evenly spread over one interval.
+            let mut intended = start
+                + interval.map_or(Duration::ZERO, |iv| iv * i as u32 / plan.connections as u32);
             loop {
-                let sent = Instant::now();
+                let sent = match interval {
+                    Some(iv) => {
+                        let due = intended;
+                        intended += iv;
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 if sent >= end {
                     break;
                 }
+                let request = plan.workload.next(&mut rng);
                 let result =
-                    tokio::time::timeout(Duration::from_secs(10), conn.get(&plan.target)).await;
+                    tokio::time::timeout(Duration::from_secs(10), conn.send(&plan.target, request))
+                        .await;
                 if sent < measure_from {
                     continue;
                 }
@@ -80,6 +139,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                     Ok(Ok(n)) => {
                         requests += 1;
                         bytes += n as u64;
+                        answered.fetch_add(1, Ordering::Relaxed);
                         let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
                     }
                     _ => errors += 1,
@@ -88,12 +148,45 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             (hist, requests, errors, bytes)
         }));
     }
+    let purger = plan
+        .purges
+        .clone()
+        .map(|p| tokio::spawn(purge_loop(p, start, measure_from, end, plan.seed)));
+    let progress = plan.progress.then(|| {
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut last = 0;
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let total = answered.load(Ordering::Relaxed);
+                let phase = if now < measure_from {
+                    "warm-up"
+                } else {
+                    "measuring"
+                };
+                eprint!(
+                    "\r{phase}: {:>4.0} s left, {:>9} req/s   ",
+                    end.duration_since(now).as_secs_f64(),
+                    total - last
+                );
+                last = total;
+            }
+            eprintln!();
+        })
+    });
     let mut outcome = Outcome {
         requests: 0,
         errors: 0,
         bytes: 0,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        latency_us: histogram(),
         elapsed: plan.duration,
+        purges: None,
     };
     for task in tasks {
         let (hist, requests, errors, bytes) = task.await?;
@@ -102,5 +195,54 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         outcome.errors += errors;
         outcome.bytes += bytes;
     }
+    if let Some(p) = purger {
+        outcome.purges = Some(p.await??);
+    }
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
     Ok(outcome)
+}
+
+/// Posts `POST /purge {"tags":["t<n>"]}` on a fixed schedule; latency from the
+/// intended time, like the open loop.
+async fn purge_loop(
+    plan: PurgePlan,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    seed: u64,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let target = Target {
+        addr: plan.admin,
+        host: plan.admin.to_string(),
+        path: "/purge".into(),
+    };
+    let mut conn = Connection::open(Protocol::H1, &target, &QuicOptions::none()).await?;
+    let interval = Duration::from_secs_f64(1.0 / plan.rate);
+    let mut rng = Rng::new(seed ^ 0x0070_7572_6765); // "purge": its own sequence
+    let mut hist = histogram();
+    let mut done = 0;
+    let mut due = start;
+    while due < end {
+        tokio::time::sleep_until(due.into()).await;
+        let tag = rng.next_u64() % plan.tags.max(1);
+        let mut request = http::Request::post("/purge")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(bytes::Bytes::from(format!(r#"{{"tags":["t{tag}"]}}"#)))?;
+        if let Some(token) = &plan.token {
+            request.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse()?,
+            );
+        }
+        let answered =
+            tokio::time::timeout(Duration::from_secs(10), conn.send(&target, request)).await;
+        if due >= measure_from && matches!(answered, Ok(Ok(_))) {
+            done += 1;
+            let _ = hist.record(due.elapsed().as_micros().max(1) as u64);
+        }
+        due += interval;
+    }
+    Ok((done, hist))
 }

@@ -1,5 +1,6 @@
-//! fanz-bench refuses impossible parameters, and its closed loop measures a real
-//! server (a hyper server on a free loopback port, over HTTP/1.1 and HTTP/2).
+//! fanz-bench refuses impossible parameters; its closed and open loops measure a real
+//! server (a hyper server on a free loopback port, over HTTP/1.1 and HTTP/2); its
+//! origin answers what the peer scripts rely on.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanz_bench::driver::{Protocol, QuicOptions, Target};
 use fanz_bench::run::{run, Plan};
+use fanz_bench::workload::{KeyDistribution, Workload};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -26,6 +28,22 @@ fn impossible_parameters_are_refused_with_a_clear_message() {
             "--duration",
         ),
         (vec!["--url", "not a url"], "--url"),
+        (
+            vec!["--url", "http://127.0.0.1:1/", "--zipf", "9"],
+            "--zipf",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/", "--writes", "1.5"],
+            "--writes",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/", "--rate", "0"],
+            "--rate",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/", "--purge-rate", "10"],
+            "--admin",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanz-bench"))
             .args(&args)
@@ -67,10 +85,12 @@ async fn the_closed_loop_measures_a_real_server() {
             connections: 4,
             duration: Duration::from_millis(500),
             warmup: Duration::from_millis(100),
-            quic: QuicOptions {
-                ca_cert: None,
-                max_udp_payload: 1452,
-            },
+            quic: QuicOptions::none(),
+            workload: Workload::fixed("/x"),
+            rate: None,
+            seed: 1,
+            purges: None,
+            progress: false,
         };
         let outcome = run(&plan).await.unwrap();
         assert!(
@@ -83,4 +103,185 @@ async fn the_closed_loop_measures_a_real_server() {
         assert!(outcome.ms(0.99) > 0.0);
     }
     server.abort();
+}
+
+/// A server answering 10 bytes, stalling `stall` on every `every`-th request; counts
+/// requests by method and path.
+async fn stalling_server(
+    every: u64,
+    stall: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (s, counter) = (s.clone(), counter.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (s, counter) = (s.clone(), counter.clone());
+                        async move {
+                            let name = format!("{} {}", req.method(), req.uri().path());
+                            *s.lock().unwrap().entry(name).or_insert(0) += 1;
+                            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if n % every == every - 1 {
+                                tokio::time::sleep(stall).await;
+                            }
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"0123456789"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_open_loop_charges_a_stall_to_every_request_it_delayed() {
+    // One connection at 200 requests/s for 1 s; every 50th request stalls 200 ms.
+    // A closed loop would record one slow request per stall; the open loop records
+    // the ~40 requests that should have gone out meanwhile as late too.
+    let (addr, _) = stalling_server(50, Duration::from_millis(200)).await;
+    let plan = |rate: Option<f64>| Plan {
+        protocol: Protocol::H1,
+        target: Target {
+            addr,
+            host: addr.to_string(),
+            path: "/x".into(),
+        },
+        connections: 1,
+        duration: Duration::from_secs(1),
+        warmup: Duration::ZERO,
+        quic: QuicOptions::none(),
+        workload: Workload::fixed("/x"),
+        rate,
+        seed: 1,
+        purges: None,
+        progress: false,
+    };
+    let open = run(&plan(Some(200.0))).await.unwrap();
+    assert!(
+        (150..=210).contains(&open.requests),
+        "the open loop keeps its schedule: {} requests",
+        open.requests
+    );
+    let late = open.latency_us.count_between(50_000, u64::MAX);
+    assert!(late >= 20, "only {late} requests charged with the stall");
+    assert!(open.ms(0.9) >= 50.0, "p90 {} ms", open.ms(0.9));
+    let closed = run(&plan(None)).await.unwrap();
+    let closed_late = closed.latency_us.count_between(50_000, u64::MAX);
+    assert!(closed_late < late, "closed {closed_late} vs open {late}");
+}
+
+#[tokio::test]
+async fn keys_writes_and_purges_reach_the_server() {
+    let (addr, seen) = stalling_server(u64::MAX, Duration::ZERO).await;
+    let plan = Plan {
+        protocol: Protocol::H1,
+        target: Target {
+            addr,
+            host: addr.to_string(),
+            path: "/kv/{key}".into(),
+        },
+        connections: 2,
+        duration: Duration::from_millis(500),
+        warmup: Duration::ZERO,
+        quic: QuicOptions::none(),
+        workload: Workload {
+            path: "/kv/{key}".into(),
+            keys: 50,
+            distribution: KeyDistribution::zipf(50, 1.0),
+            writes: 0.5,
+            value: Bytes::from_static(b"value"),
+        },
+        rate: None,
+        seed: 9,
+        purges: Some(fanz_bench::run::PurgePlan {
+            admin: addr,
+            token: Some("t".into()),
+            rate: 20.0,
+            tags: 5,
+        }),
+        progress: false,
+    };
+    let outcome = run(&plan).await.unwrap();
+    assert_eq!(outcome.errors, 0);
+    let seen = seen.lock().unwrap().clone();
+    let puts: u64 = seen
+        .iter()
+        .filter(|(k, _)| k.starts_with("PUT /kv/k"))
+        .map(|(_, v)| v)
+        .sum();
+    let gets: u64 = seen
+        .iter()
+        .filter(|(k, _)| k.starts_with("GET /kv/k"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(puts > 10 && gets > 10, "{seen:?}");
+    assert!(
+        seen.get("GET /kv/k0") > seen.get("GET /kv/k40"),
+        "Zipf: k0 is the hottest"
+    );
+    let (purges, _) = outcome.purges.unwrap();
+    assert!(
+        (5..=12).contains(&purges),
+        "{purges} purges at 20/s for 0.5 s"
+    );
+    assert_eq!(seen.get("POST /purge").copied().unwrap_or(0), purges);
+}
+
+#[tokio::test]
+async fn the_origin_serves_sized_tagged_revalidatable_objects() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin = tokio::spawn(fanz_bench::origin::serve(
+        listener,
+        fanz_bench::origin::OriginOptions::default(),
+    ));
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let get = |path: &str, etag: Option<&str>| {
+        let mut req = hyper::Request::get(format!("http://{addr}{path}"));
+        if let Some(e) = etag {
+            req = req.header("if-none-match", e);
+        }
+        client.request(req.body(Full::new(Bytes::new())).unwrap())
+    };
+    let r = get("/64k/a", None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age=3600"));
+    assert!(r.headers()["surrogate-key"]
+        .to_str()
+        .unwrap()
+        .ends_with(" all"));
+    use http_body_util::BodyExt;
+    assert_eq!(
+        r.into_body().collect().await.unwrap().to_bytes().len(),
+        65536
+    );
+    let r = get("/64k/a", Some(&etag)).await.unwrap();
+    assert_eq!(r.status(), 304);
+    let r = get("/page", None).await.unwrap();
+    assert_eq!(
+        r.into_body().collect().await.unwrap().to_bytes().len(),
+        1024
+    );
+    origin.abort();
 }

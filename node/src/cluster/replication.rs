@@ -508,13 +508,14 @@ impl Replicator {
 
     /// One anti-entropy round with a random alive peer. `Ok(true)` when it synced.
     pub async fn sync_once(&self) -> Result<bool, String> {
+        let round = self.gate.round_started();
         let peers = self.peers();
         self.gate
             .set_has_peers(!self.view.borrow().members.iter().all(|m| m.local));
         if peers.is_empty() {
             if self.view.borrow().members.iter().all(|m| m.local) {
                 // Alone: nothing to sync with.
-                self.gate.synced();
+                self.gate.synced(round);
                 return Ok(true);
             }
             return Ok(false);
@@ -562,7 +563,7 @@ impl Replicator {
             }
         }
         self.save_applied();
-        self.gate.synced();
+        self.gate.synced(round);
         Ok(true)
     }
 

@@ -26,6 +26,13 @@ const STALL: Duration = Duration::from_millis(250);
 /// Longest a hit waits for the catch-up after a stall.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
+/// When an anti-entropy round began (see [`SyncGate::round_started`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoundToken {
+    stalls: u64,
+    started_ms: u64,
+}
+
 /// What to do under a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionMode {
@@ -57,6 +64,8 @@ pub struct SyncGate {
     stalled: AtomicBool,
     /// Whether this node has ever known another member (alone, it is in sync).
     has_peers: AtomicBool,
+    /// Counts stalls: a round that began before the latest stall does not end it.
+    stalls: AtomicU64,
     synced: Notify,
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
@@ -80,6 +89,7 @@ impl SyncGate {
             heartbeat_ms: AtomicU64::new(now),
             stalled: AtomicBool::new(false),
             has_peers: AtomicBool::new(false),
+            stalls: AtomicU64::new(0),
             synced: Notify::new(),
             wake_sync: Notify::new(),
             metrics,
@@ -114,9 +124,22 @@ impl SyncGate {
 
     /// The process stalled: hits wait for a catch-up round.
     pub fn stall_detected(&self) {
-        if self.has_peers.load(Ordering::Acquire) && !self.stalled.swap(true, Ordering::AcqRel) {
+        if !self.has_peers.load(Ordering::Acquire) {
+            return;
+        }
+        // Any round already under way began before the stall: it cannot end it.
+        self.stalls.fetch_add(1, Ordering::AcqRel);
+        if !self.stalled.swap(true, Ordering::AcqRel) {
             tracing::warn!("this node stalled; catching up on invalidations before serving hits");
-            self.wake_sync.notify_one();
+        }
+        self.wake_sync.notify_one();
+    }
+
+    /// Marks the start of an anti-entropy round; hand the token to [`Self::synced`].
+    pub fn round_started(&self) -> RoundToken {
+        RoundToken {
+            stalls: self.stalls.load(Ordering::Acquire),
+            started_ms: now_ms(),
         }
     }
 
@@ -125,11 +148,15 @@ impl SyncGate {
         self.has_peers.store(yes, Ordering::Release);
     }
 
-    /// An anti-entropy round completed: everything a peer had is applied.
-    pub fn synced(&self) {
-        self.last_sync_ms.store(now_ms(), Ordering::Release);
-        self.stalled.store(false, Ordering::Release);
-        self.synced.notify_waiters();
+    /// An anti-entropy round that began at `round` completed: everything a peer
+    /// had then is applied. It ends a stall only if it began after it.
+    pub fn synced(&self, round: RoundToken) {
+        self.last_sync_ms
+            .fetch_max(round.started_ms, Ordering::AcqRel);
+        if self.stalls.load(Ordering::Acquire) == round.stalls {
+            self.stalled.store(false, Ordering::Release);
+            self.synced.notify_waiters();
+        }
     }
 
     fn out_of_sync(&self, now: u64) -> bool {
@@ -197,12 +224,12 @@ mod tests {
         ] {
             let g = gate(mode);
             g.set_has_peers(true);
-            g.synced();
+            g.synced(g.round_started());
             assert_eq!(g.before_hit().await, HitPolicy::Serve);
             tokio::time::sleep(Duration::from_millis(80)).await;
             g.heartbeat_ms.store(now_ms(), Ordering::Release);
             assert_eq!(g.before_hit().await, policy);
-            g.synced();
+            g.synced(g.round_started());
             assert_eq!(g.before_hit().await, HitPolicy::Serve);
         }
     }
@@ -211,7 +238,9 @@ mod tests {
     async fn after_a_stall_hits_wait_for_the_catch_up() {
         let g = gate(PartitionMode::Availability);
         g.set_has_peers(true);
-        g.synced();
+        g.synced(g.round_started());
+        // A round is under way when the process stops.
+        let early_round = g.round_started();
         // The heartbeat is old: as if the process had been stopped.
         g.heartbeat_ms.store(now_ms() - 2_000, Ordering::Release);
         let waiting = tokio::spawn({
@@ -221,7 +250,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(!waiting.is_finished(), "a hit after a stall waits");
         g.heartbeat_ms.store(now_ms(), Ordering::Release);
-        g.synced();
+        // The round that began before the stall ends: not enough.
+        g.synced(early_round);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a round from before the stall does not end it"
+        );
+        g.synced(g.round_started());
         assert_eq!(waiting.await.unwrap(), HitPolicy::Serve);
     }
 }
