@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Cache-hit throughput and latency over HTTP/1.1: fanz-node against nginx proxy_cache,
-# both in front of the same origin (nginx serving static files), in one run.
+# Cache-hit throughput and latency over HTTP/1.1, in one run: fanz-node, nginx
+# proxy_cache and Varnish (malloc storage), all in front of the same origin
+# (`fanz-bench origin`), plus nginx serving the same bytes as static files (the
+# practical ceiling for an HTTP server here).
 #
-# Usage: bench/peers/http_hits.sh            (DURATION=10 CONNS=32 ROUNDS=2 to change)
+# Usage: bench/peers/http_hits.sh            (DURATION=10 CONNS=32 ROUNDS=2 to change;
+#        CHART=file.svg also draws the open-loop percentiles)
 # Runs as root (nginx workers too, to read the temporary directory).
-# Needs: nginx and wrk (Debian packages nginx-light, wrk); installs them if missing.
+# Needs: nginx, varnish and wrk (Debian packages); installs them if missing.
 # Servers run pinned to core 1, wrk to core 0 (one worker each side). Everything
 # listens on 127.0.0.1 and is stopped and removed on exit.
 set -euo pipefail
@@ -15,20 +18,23 @@ ROUNDS=${ROUNDS:-2}
 if ! [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$CONNS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   echo "DURATION, CONNS and ROUNDS must be positive whole numbers" >&2; exit 2
 fi
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v varnishd >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk varnish >/dev/null
 fi
-cargo build --release -q -p fanz-node
+cargo build --release -q -p fanz-node -p fanz-bench
 
 work=$(mktemp -d /tmp/fanz-bench-XXXX)
+chmod 755 "$work"   # varnishd's working directory lives inside
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
 ORIGIN=127.0.0.1:18180; NGINX=127.0.0.1:18181; FANZ=127.0.0.1:18182; FANZ_ADMIN=127.0.0.1:18183
-mkdir -p "$work/www" "$work/nginx-cache" "$work/tmp"
-head -c 1024 /dev/urandom > "$work/www/1k.bin"
-head -c 65536 /dev/urandom > "$work/www/64k.bin"
+VARNISH=127.0.0.1:18184; STATIC=127.0.0.1:18185
+mkdir -p "$work/www/1k" "$work/www/64k" "$work/nginx-cache" "$work/tmp" "$work/varnish"
+# The static server holds the same bytes the origin serves ('x' repeated).
+head -c 1024 /dev/zero | tr '\0' x > "$work/www/1k/obj"
+head -c 65536 /dev/zero | tr '\0' x > "$work/www/64k/obj"
 
 nginx_conf() { # $1 name, $2 server block
   cat > "$work/$1.conf" <<CONF
@@ -47,26 +53,34 @@ http {
 }
 CONF
 }
-nginx_conf origin "server { listen $ORIGIN; root $work/www; expires 1h; }"
+nginx_conf static "server { listen $STATIC; root $work/www; expires 1h; }"
+cat > "$work/default.vcl" <<VCL
+vcl 4.1;
+backend origin { .host = "127.0.0.1"; .port = "${ORIGIN##*:}"; }
+VCL
 nginx_conf proxy "proxy_cache_path $work/nginx-cache keys_zone=c:64m max_size=1g inactive=1h;
   upstream o { server $ORIGIN; keepalive 32; }
   server { listen $NGINX;
     location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_cache c; proxy_cache_lock on; add_header X-Cache \$upstream_cache_status; } }"
 
-nginx -e "$work/origin.early.log" -c "$work/origin.conf" & pids+=($!)
+target/release/fanz-bench origin --addr "$ORIGIN" 2>"$work/origin.log" & pids+=($!)
 taskset -c 1 nginx -e "$work/proxy.early.log" -c "$work/proxy.conf" & pids+=($!)
+taskset -c 1 nginx -e "$work/static.early.log" -c "$work/static.conf" & pids+=($!)
+taskset -c 1 varnishd -F -j none -n "$work/varnish" -a "$VARNISH" -f "$work/default.vcl" \
+  -s malloc,256m -p default_ttl=0 -p default_grace=0 >"$work/varnish.log" 2>&1 & pids+=($!)
 taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
   --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
 
 for _ in $(seq 100); do
-  curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && curl -sf "http://$NGINX/1k.bin" >/dev/null 2>&1 && break
+  curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && curl -sf "http://$NGINX/1k/obj" >/dev/null 2>&1 \
+    && curl -sf "http://$VARNISH/1k/obj" >/dev/null 2>&1 && break
   sleep 0.1
 done
-for target in "$NGINX" "$FANZ"; do for f in 1k 64k; do
-  curl -sf -o /dev/null "http://$target/$f.bin"; curl -sf -o /dev/null "http://$target/$f.bin"
+for target in "$NGINX" "$FANZ" "$VARNISH"; do for f in 1k 64k; do
+  curl -sf -o /dev/null "http://$target/$f/obj"; curl -sf -o /dev/null "http://$target/$f/obj"
 done; done
-echo "check: nginx $(curl -sI "http://$NGINX/1k.bin" | grep -i x-cache | tr -d '\r'), fanz $(curl -sI "http://$FANZ/1k.bin" | grep -i cache-status | tr -d '\r')"
+echo "check: nginx $(curl -sI "http://$NGINX/1k/obj" | grep -i x-cache | tr -d '\r'), fanz $(curl -sI "http://$FANZ/1k/obj" | grep -i cache-status | tr -d '\r'), varnish $(curl -sI "http://$VARNISH/1k/obj" | grep -i '^age' | tr -d '\r')"
 
 run() { # $1 url -> "req_per_s p99_ms"
   taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1" > "$work/wrk.out"
@@ -80,9 +94,9 @@ printf '\n%-6s %-8s %12s %10s\n' size target req_per_s p99_ms
 declare -A best_rps best_p99
 for round in $(seq "$ROUNDS"); do
   for f in 1k 64k; do
-    for pair in "nginx $NGINX" "fanz $FANZ"; do
+    for pair in "nginx $NGINX" "varnish $VARNISH" "static $STATIC" "fanz $FANZ"; do
       set -- $pair
-      read -r rps p99 < <(run "http://$2/$f.bin")
+      read -r rps p99 < <(run "http://$2/$f/obj")
       printf '%-6s %-8s %12s %10s   (round %s)\n' "$f" "$1" "$rps" "$p99" "$round"
       key="$f-$1"
       if [ -z "${best_rps[$key]:-}" ] || awk "BEGIN{exit !($rps > ${best_rps[$key]})}"; then
@@ -92,9 +106,31 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 echo
-echo "best of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, server core 1, wrk core 0:"
-printf '%-6s %14s %14s %8s %12s %12s\n' size nginx_req_s fanz_req_s ratio nginx_p99_ms fanz_p99_ms
+echo "best of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, servers core 1, wrk core 0:"
+printf '%-6s %-8s %12s %10s %16s\n' size target req_per_s p99_ms fanz_vs_target
 for f in 1k 64k; do
-  n=${best_rps[$f-nginx]}; z=${best_rps[$f-fanz]}
-  printf '%-6s %14s %14s %8s %12s %12s\n' "$f" "$n" "$z" "$(awk "BEGIN{printf \"%.2f\", $z/$n}")" "${best_p99[$f-nginx]}" "${best_p99[$f-fanz]}"
+  z=${best_rps[$f-fanz]}
+  for t in nginx varnish static fanz; do
+    printf '%-6s %-8s %12s %10s %16s\n' "$f" "$t" "${best_rps[$f-$t]}" "${best_p99[$f-$t]}" "$(awk "BEGIN{printf \"%.2f\", $z/${best_rps[$f-$t]}}")"
+  done
 done
+
+# Open loop at half of nginx's peak 1 KiB rate: latency from the intended send time
+# (fanz-bench corrects coordinated omission), the same schedule for every target.
+rate=$(awk "BEGIN{printf \"%d\", ${best_rps[1k-nginx]} / 2}")
+echo
+echo "open loop at $rate req/s (half of nginx proxy_cache's 1 KiB peak), ${DURATION}s, $CONNS connections:"
+printf '%-8s %12s %8s %8s %8s %8s\n' target req_per_s p50_ms p99_ms p999_ms max_ms
+for pair in "nginx $NGINX" "varnish $VARNISH" "fanz $FANZ"; do
+  set -- $pair
+  out=$(taskset -c 0 target/release/fanz-bench --url "http://$2/1k/obj" --rate "$rate" \
+    --connections "$CONNS" --duration "$DURATION" --warmup 1 --json --label "$1")
+  field() { echo "$out" | sed -E "s/.*\"$1\":([0-9.]+).*/\\1/"; }
+  printf '%-8s %12.0f %8.3f %8.3f %8.3f %8.3f\n' "$1" "$(field req_per_s)" "$(field p50_ms)" "$(field p99_ms)" "$(field p999_ms)" "$(field max_ms)"
+  echo "$out" > "$work/open-$1.json"
+done
+if [ -n "${CHART:-}" ]; then
+  target/release/fanz-bench chart --out "$CHART" --title "1 KiB hits, open loop at $rate req/s" \
+    nginx="$work/open-nginx.json" varnish="$work/open-varnish.json" fanz="$work/open-fanz.json"
+  echo "chart: $CHART"
+fi
