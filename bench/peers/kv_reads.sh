@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# KV reads of 1 KiB values, in one run: fanz-node over HTTP/1.1 (`GET /kv/{key}`,
+# fanz-bench), Redis without persistence (redis-benchmark GET), and memcached
+# (memcaslap, its default 90% get mix). Different protocols: the figure is what a
+# client gets per second from each, on the same cores.
+#
+# Usage: bench/peers/kv_reads.sh        (DURATION=10 CONNS=32 KEYS=1000 to change)
+# Installs redis-server, redis-tools, memcached and libmemcached-tools if missing.
+# Servers pinned to core 1, load generators to core 0; everything on 127.0.0.1,
+# stopped and removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-10}; CONNS=${CONNS:-32}; KEYS=${KEYS:-1000}
+if ! [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$CONNS" =~ ^[1-9][0-9]*$ && "$KEYS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "DURATION, CONNS and KEYS must be positive whole numbers" >&2; exit 2
+fi
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
+   || ! command -v memcached >/dev/null || ! command -v memcaslap >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    redis-server redis-tools memcached libmemcached-tools >/dev/null
+fi
+cargo build --release -q -p fanz-node -p fanz-bench
+work=$(mktemp -d /tmp/fanz-kv-XXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+REDIS=18390; MEMCACHED=18391; FANZ=127.0.0.1:18392; FANZ_ADMIN=127.0.0.1:18393
+taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$work" --logfile "$work/redis.log" & pids+=($!)
+taskset -c 1 memcached -l 127.0.0.1 -p "$MEMCACHED" -U 0 -t 1 -m 1024 -u root & pids+=($!)
+taskset -c 1 target/release/fanz-node --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
+  --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# Fill fanz-node: random writes over the key space until every key is almost surely
+# written, then check one.
+taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --keys "$KEYS" --writes 1 \
+  --value-size 1024 --connections 8 --duration 2 --warmup 0 --json >/dev/null
+curl -sf -o /dev/null "http://$FANZ/kv/k0" || { echo "fanz-node fill failed" >&2; exit 1; }
+
+fanz=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --keys "$KEYS" \
+  --connections "$CONNS" --duration "$DURATION" --warmup 1 --json --label fanz)
+field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\\1/"; }
+fanz_rps=$(field "$fanz" req_per_s)
+
+# redis-benchmark has no duration: calibrate the request count to about DURATION s.
+taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$((KEYS * 20))" -c "$CONNS" -q >/dev/null
+n=$(awk "BEGIN{printf \"%d\", $fanz_rps * $DURATION}")
+redis=$(taskset -c 0 redis-benchmark -p "$REDIS" -t get -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1)
+redis_rps=$(echo "$redis" | tr -d '"' | cut -d, -f2)
+redis_p99=$(echo "$redis" | tr -d '"' | cut -d, -f7)
+
+mc=$(taskset -c 0 memcaslap -s "127.0.0.1:$MEMCACHED" -T 1 -c "$CONNS" -t "${DURATION}s" -X 1024 2>&1 | tail -3)
+mc_rps=$(echo "$mc" | awk '/^Run time/ {for (i=1;i<=NF;i++) if ($i == "TPS:") print $(i+1)}')
+
+echo "fanz-node: $fanz"
+echo "redis: $redis"
+echo "memcached (memcaslap, 90% get): $mc"
+echo
+echo "${DURATION}s, $CONNS connections, $KEYS keys of 1 KiB, servers core 1, clients core 0:"
+printf '%-26s %12s %8s %14s\n' target req_per_s p99_ms fanz_vs_target
+printf '%-26s %12.0f %8s %14s\n' "fanz-node GET /kv/{key}" "$fanz_rps" "$(field "$fanz" p99_ms)" 1.00
+printf '%-26s %12.0f %8s %14.2f\n' "redis GET" "$redis_rps" "$redis_p99" "$(awk "BEGIN{print $fanz_rps / $redis_rps}")"
+printf '%-26s %12.0f %8s %14.2f\n' "memcached 90% get" "${mc_rps:-0}" "-" "$(awk "BEGIN{m = ${mc_rps:-0}; print (m > 0 ? $fanz_rps / m : 0)}")"
