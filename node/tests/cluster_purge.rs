@@ -431,3 +431,62 @@ async fn a_purge_reaches_a_member_by_swim_piggyback_when_direct_sends_fail() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dependency_cycle_across_owners_settles_and_purges_whole() {
+    let (_tmp, nodes) = start_cluster(3, FAST).await;
+    let [a, b, _] = keys_on_three_owners();
+    // a and b come to depend on each other (and carry tags). Each overwrite
+    // invalidates what depends on the key, so the cycle never holds two live
+    // entries; what must hold is that the replicated edges settle (no node keeps
+    // writing edges) and a purge still takes everything.
+    put(&nodes[0].node, &a, "a1", &[("surrogate-key", "ta")]).await;
+    put(
+        &nodes[1].node,
+        &b,
+        "b1",
+        &[("fanz-depends-on", &a), ("surrogate-key", "tb")],
+    )
+    .await;
+    put(
+        &nodes[2].node,
+        &a,
+        "a2",
+        &[("fanz-depends-on", &b), ("surrogate-key", "ta")],
+    )
+    .await;
+    put(
+        &nodes[0].node,
+        &b,
+        "b2",
+        &[("fanz-depends-on", &a), ("surrogate-key", "tb")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log_bytes = |m: String| metric_value(&m, "fanz_invalidation_log_bytes").unwrap();
+    let mut before = Vec::new();
+    for n in &nodes {
+        before.push(log_bytes(n.node.metrics().await));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (n, b) in nodes.iter().zip(&before) {
+        assert_eq!(
+            log_bytes(n.node.metrics().await),
+            *b,
+            "{} still writes edges",
+            n.id
+        );
+    }
+    // Purging either tag takes both keys, on every node.
+    purge_at(&nodes[2].node, r#"{"tags":["tb"]}"#).await;
+    for n in &nodes {
+        for k in [&a, &b] {
+            assert_eq!(
+                get(&n.node, k).await.status,
+                StatusCode::NOT_FOUND,
+                "{} {k}",
+                n.id
+            );
+        }
+    }
+}

@@ -465,15 +465,9 @@ impl Replicator {
                 continue;
             };
             let meta = found.meta().clone();
-            if meta.tags.is_empty() {
-                continue;
-            }
-            if let Err(e) = self
-                .cache
-                .invalidator()
-                .record_edges(&key, &meta, &[])
-                .await
-            {
+            // Tag edges only: they start from tags, so this never cascades (a
+            // dependency cycle cannot make nodes trade edges forever).
+            if let Err(e) = self.cache.invalidator().record_tag_edges(&key, &meta).await {
                 tracing::warn!(error = %e, "recording tag edges failed");
             }
         }

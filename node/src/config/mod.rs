@@ -81,7 +81,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "max_value_size", default: Some("64MiB"), help: "Largest value accepted (larger: 413, refused before the body is read)." },
     Spec { name: "max_connections", default: Some("25000"), help: "Most client connections served at once per listener; further ones wait to be accepted." },
     Spec { name: "max_header_size", default: Some("64KiB"), help: "Largest request header section (431 beyond). The request line may add up to three times max_key_size." },
-    Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's headers (slowloris guard)." },
+    Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's headers (slowloris guard). The clock also runs while a keep-alive connection waits for its next request, so it is the idle keep-alive timeout too (Varnish's timeout_idle is 5 s, nginx's keepalive_timeout 75 s)." },
     Spec { name: "body_read_timeout", default: Some("30s"), help: "Time a client has to send a request body (408 after it)." },
     Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
     Spec { name: "access_log", default: Some("off"), help: "Access log: `off`, or `json` (one JSON object per request on standard output)." },

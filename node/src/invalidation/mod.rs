@@ -147,6 +147,32 @@ impl Invalidator {
         Ok(())
     }
 
+    /// Records the edges from each of `key`'s tags to `key` (stored here with `meta`),
+    /// so purging one of its tags reaches what depends on it. Only tag edges: they
+    /// start from tags, so receiving them triggers nothing further anywhere.
+    pub async fn record_tag_edges(&self, key: &CacheKey, meta: &EntryMeta) -> Result<(), LogError> {
+        let edges: Vec<Record> = meta
+            .tags
+            .iter()
+            .map(|tag| Record::Edge {
+                from: fanz_protocol::InvalidationId::tag(tag),
+                dependent: key.clone(),
+                expires_ms: meta.usable_until_ms(),
+            })
+            .collect();
+        if edges.is_empty() {
+            return Ok(());
+        }
+        for record in &edges {
+            self.state.apply(record);
+        }
+        self.log.append(&edges, true).await?;
+        if let Some(sink) = self.edge_sink.get() {
+            let _ = sink.send(edges);
+        }
+        Ok(())
+    }
+
     /// From now on, edges recorded on this node are also sent to `sink` (the
     /// cluster replicates them, so every node can walk every dependency).
     pub fn replicate_edges_to(&self, sink: tokio::sync::mpsc::UnboundedSender<Vec<Record>>) {
