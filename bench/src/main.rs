@@ -51,6 +51,7 @@ fn command() -> Command {
         .arg(Arg::new("keys").long("keys").default_value("1").help("Distinct keys substituted for {key}"))
         .arg(Arg::new("zipf").long("zipf").default_value("0").help("Zipf exponent of the key popularity (0: uniform)"))
         .arg(Arg::new("writes").long("writes").default_value("0").help("Fraction of requests that are PUTs (KV writes), 0 to 1"))
+        .arg(Arg::new("sequential").long("sequential").num_args(0).help("Keys in order (k0, k1, ...) instead of drawn: with --writes 1, a fill"))
         .arg(Arg::new("value-size").long("value-size").default_value("1024").help("Bytes per written value"))
         .arg(Arg::new("seed").long("seed").default_value("1").help("Seed of the request sequence"))
         .arg(Arg::new("purge-rate").long("purge-rate").help("Also POST tag purges to --admin at this many per second"))
@@ -166,6 +167,7 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
             distribution: KeyDistribution::zipf(keys, zipf),
             writes,
             value: Bytes::from(vec![b'v'; value_size]),
+            sequential: m.get_flag("sequential").then(Default::default),
         },
         rate: positive("rate")?,
         seed: number(m, "seed")?,

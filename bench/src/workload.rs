@@ -57,6 +57,9 @@ pub struct Workload {
     pub writes: f64,
     /// Body of a write.
     pub value: Bytes,
+    /// Keys in order (0, 1, 2, ... shared by every connection, wrapping at `keys`)
+    /// instead of drawn: a fill that writes every key once.
+    pub sequential: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Workload {
@@ -68,13 +71,17 @@ impl Workload {
             distribution: KeyDistribution::Uniform,
             writes: 0.0,
             value: Bytes::new(),
+            sequential: None,
         }
     }
 
     /// The next request, drawn with `rng`.
     pub fn next(&self, rng: &mut Rng) -> Request<Bytes> {
         let path = if self.path.contains("{key}") {
-            let k = self.distribution.pick(self.keys, rng.unit());
+            let k = match &self.sequential {
+                Some(next) => next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.keys,
+                None => self.distribution.pick(self.keys, rng.unit()),
+            };
             self.path.replace("{key}", &format!("k{k}"))
         } else {
             self.path.clone()
@@ -162,6 +169,7 @@ mod tests {
             distribution: KeyDistribution::Uniform,
             writes: 0.25,
             value: Bytes::from_static(b"value"),
+            sequential: None,
         };
         let mut rng = Rng::new(3);
         let mut puts = 0;
@@ -175,5 +183,23 @@ mod tests {
         }
         assert!((2_300..2_700).contains(&puts), "{puts}");
         assert_eq!(Workload::fixed("/x").next(&mut rng).uri(), "/x");
+    }
+
+    #[test]
+    fn sequential_keys_cover_every_key_once_per_round() {
+        let w = Workload {
+            path: "/kv/{key}".into(),
+            keys: 5,
+            distribution: KeyDistribution::Uniform,
+            writes: 1.0,
+            value: Bytes::from_static(b"v"),
+            sequential: Some(Default::default()),
+        };
+        let mut rng = Rng::new(1);
+        let paths: Vec<String> = (0..6).map(|_| w.next(&mut rng).uri().to_string()).collect();
+        assert_eq!(
+            paths,
+            ["/kv/k0", "/kv/k1", "/kv/k2", "/kv/k3", "/kv/k4", "/kv/k0"]
+        );
     }
 }

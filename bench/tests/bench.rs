@@ -206,6 +206,7 @@ async fn keys_writes_and_purges_reach_the_server() {
             distribution: KeyDistribution::zipf(50, 1.0),
             writes: 0.5,
             value: Bytes::from_static(b"value"),
+            sequential: None,
         },
         rate: None,
         seed: 9,

@@ -141,7 +141,16 @@ impl Store {
     }
 
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
+    ///
+    /// The entry is first compacted into one allocation of exactly its size: its
+    /// body and header values usually arrive as slices of larger network buffers
+    /// (hyper reads into shared blocks of several KiB), and keeping such a slice
+    /// would keep the whole block alive, so a 100-byte value could hold 4 KiB or
+    /// more while the memory tier counts 100.
     pub fn insert(&self, key: CacheKey, entry: Entry) {
+        let entry = compact(entry);
+        let key =
+            CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded())).unwrap_or(key);
         self.cache.insert(StoreKey(key), StoredEntry(entry));
     }
 
@@ -174,5 +183,51 @@ impl Store {
         if let Err(e) = self.cache.close().await {
             tracing::error!(error = %e, "closing the storage tiers failed");
         }
+    }
+}
+
+/// `entry` in a single allocation of exactly its encoded size: encoding writes
+/// every field into one buffer, and decoding returns slices of it (no copy).
+fn compact(entry: Entry) -> Entry {
+    Entry::decode(entry.encode()).unwrap_or(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_stored_value_does_not_keep_the_buffer_it_was_sliced_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            StoreConfig {
+                memory_capacity: 1 << 20,
+                disk_capacity: 0,
+                dir: dir.path().to_path_buf(),
+            },
+            Counter::default(),
+        )
+        .await
+        .unwrap();
+        // As a request body arrives: 100 bytes inside a 64 KiB network buffer.
+        let network = Bytes::from(vec![7u8; 64 * 1024]);
+        let body = network.slice(1000..1100);
+        let key = CacheKey::kv(b"k");
+        store.insert(
+            key.clone(),
+            Entry {
+                meta: fanz_protocol::EntryMeta::default(),
+                body,
+            },
+        );
+        let (stored, _) = store.get(&key).await.unwrap();
+        let kept = &stored.value().0.body;
+        assert_eq!(&kept[..], &[7u8; 100][..]);
+        let range = network.as_ptr() as usize..network.as_ptr() as usize + network.len();
+        assert!(
+            !range.contains(&(kept.as_ptr() as usize)),
+            "the stored value still points into the 64 KiB buffer"
+        );
     }
 }
