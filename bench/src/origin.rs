@@ -6,6 +6,7 @@
 //! `Cache-Control: max-age=…`, an `ETag` (a conditional request that matches gets
 //! 304), `Last-Modified`, and `Surrogate-Key: t<n> all`, where `n` is a hash of the
 //! path modulo `tags`. Bodies come from one shared buffer: serving costs no copy.
+//! `GET /_stats` counts the object requests served (for hit ratios).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -101,17 +102,26 @@ pub fn answer(
 }
 
 /// Serves on `listener` until the task is dropped (HTTP/1.1 and HTTP/2).
+/// `GET /_stats` answers `{"requests": N}`: the object requests served so far, so a
+/// script can tell how many of a proxy's requests missed.
 pub async fn serve(listener: tokio::net::TcpListener, options: OriginOptions) {
     let buffer = Bytes::from(vec![b'x'; options.max_size]);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (buffer, options) = (buffer.clone(), options.clone());
+        let (buffer, options, served) = (buffer.clone(), options.clone(), served.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let response = answer(&req, &buffer, &options);
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = if req.uri().path() == "/_stats" {
+                    let n = served.load(std::sync::atomic::Ordering::Relaxed);
+                    Response::new(Full::new(Bytes::from(format!("{{\"requests\":{n}}}"))))
+                } else {
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    answer(&req, &buffer, &options)
+                };
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -106,7 +106,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         .map(|r| Duration::from_secs_f64(plan.connections as f64 / r));
     for i in 0..plan.connections {
         let plan = plan.clone();
-        let mut conn = Connection::open(plan.protocol, &plan.target, &plan.quic).await?;
+        let mut conn = Some(Connection::open(plan.protocol, &plan.target, &plan.quic).await?);
         let answered = answered.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
@@ -129,20 +129,33 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                     break;
                 }
                 let request = plan.workload.next(&mut rng);
-                let result =
-                    tokio::time::timeout(Duration::from_secs(10), conn.send(&plan.target, request))
-                        .await;
+                let result = match conn.as_mut() {
+                    Some(c) => {
+                        tokio::time::timeout(Duration::from_secs(10), c.send(&plan.target, request))
+                            .await
+                            .map_err(anyhow::Error::from)
+                            .and_then(|r| r)
+                    }
+                    None => Err(anyhow::anyhow!("not connected")),
+                };
+                if result.is_err() {
+                    // The server may close a keep-alive connection (nginx does after
+                    // `keepalive_requests`): reconnect, as real clients do.
+                    conn = Connection::open(plan.protocol, &plan.target, &plan.quic)
+                        .await
+                        .ok();
+                }
                 if sent < measure_from {
                     continue;
                 }
                 match result {
-                    Ok(Ok(n)) => {
+                    Ok(n) => {
                         requests += 1;
                         bytes += n as u64;
                         answered.fetch_add(1, Ordering::Relaxed);
                         let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
                     }
-                    _ => errors += 1,
+                    Err(_) => errors += 1,
                 }
             }
             (hist, requests, errors, bytes)

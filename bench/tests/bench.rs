@@ -284,5 +284,8 @@ async fn the_origin_serves_sized_tagged_revalidatable_objects() {
         r.into_body().collect().await.unwrap().to_bytes().len(),
         1024
     );
+    let r = get("/_stats", None).await.unwrap();
+    let stats = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&stats[..], br#"{"requests":3}"#);
     origin.abort();
 }
