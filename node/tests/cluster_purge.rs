@@ -164,7 +164,7 @@ async fn a_dependency_chain_across_three_owners_is_purged_everywhere() {
 async fn a_paused_node_catches_up_before_serving_again() {
     let origin = tagged_origin().await;
     let url = origin.url();
-    // The pause lasts the ack timeout: 1 s, well past the 250 ms a node needs to
+    // The pause lasts the ack timeout: 1 s, well past the 500 ms a node needs to
     // notice it stalled.
     let mut args = vec!["--origin", url.as_str(), "--purge-ack-timeout", "1s"];
     args.extend(FAST);
@@ -181,8 +181,14 @@ async fn a_paused_node_catches_up_before_serving_again() {
     assert_eq!(answer["cluster"]["complete"], false, "{answer}");
     assert_eq!(answer["cluster"]["pending"], serde_json::json!(["n3"]));
     // The first answer after the pause is already fresh.
-    let now = get_site(&nodes[2].node, "/paused/page").await.text();
-    assert_ne!(now, old, "the paused node served purged content");
+    let now = get_site(&nodes[2].node, "/paused/page").await;
+    assert_ne!(
+        now.text(),
+        old,
+        "the paused node served purged content ({:?}); its log:\n{}",
+        now.header("cache-status"),
+        nodes[2].node.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

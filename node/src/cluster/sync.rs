@@ -5,7 +5,8 @@
 //! - **a stall**: the process did not run for a while (a pause, SIGSTOP, CPU
 //!   starvation), so purges may be sitting unread. A ticker notices its own late
 //!   wake-up; a hit also checks the ticker's heartbeat, in case it runs before the
-//!   ticker does. Either way hits wait (briefly) for a fresh anti-entropy round;
+//!   ticker does. Either way hits wait (briefly) for a fresh anti-entropy round,
+//!   and for one second after a stall every hit is revalidated regardless;
 //! - **no sync for a while**: no anti-entropy round has succeeded for `max_unsynced`
 //!   (a partition). Then `partition_mode` decides: `availability` serves and marks
 //!   the response `detail=unsynced`; `consistency` revalidates every hit with the
@@ -22,7 +23,9 @@ use crate::metrics::Metrics;
 /// How often the ticker beats.
 const BEAT: Duration = Duration::from_millis(50);
 /// A heartbeat older than this means the process stalled.
-const STALL: Duration = Duration::from_millis(250);
+const STALL: Duration = Duration::from_millis(500);
+/// How long after a stall every hit is revalidated, even once a round has caught up.
+const AFTER_STALL: Duration = Duration::from_secs(1);
 /// Longest a hit waits for the catch-up after a stall.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
@@ -66,6 +69,9 @@ pub struct SyncGate {
     has_peers: AtomicBool,
     /// Counts stalls: a round that began before the latest stall does not end it.
     stalls: AtomicU64,
+    /// Until when (ms) every hit is revalidated after a stall, whatever the rounds
+    /// say: a second line of defence while purges sent during the stall arrive.
+    revalidate_until_ms: AtomicU64,
     synced: Notify,
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
@@ -90,6 +96,7 @@ impl SyncGate {
             stalled: AtomicBool::new(false),
             has_peers: AtomicBool::new(false),
             stalls: AtomicU64::new(0),
+            revalidate_until_ms: AtomicU64::new(0),
             synced: Notify::new(),
             wake_sync: Notify::new(),
             metrics,
@@ -129,6 +136,8 @@ impl SyncGate {
         }
         // Any round already under way began before the stall: it cannot end it.
         self.stalls.fetch_add(1, Ordering::AcqRel);
+        self.revalidate_until_ms
+            .fetch_max(now_ms() + AFTER_STALL.as_millis() as u64, Ordering::AcqRel);
         if !self.stalled.swap(true, Ordering::AcqRel) {
             tracing::warn!("this node stalled; catching up on invalidations before serving hits");
         }
@@ -186,6 +195,9 @@ impl SyncGate {
                 // Still not caught up: never serve what may have been purged.
                 return HitPolicy::Revalidate;
             }
+        }
+        if now_ms() < self.revalidate_until_ms.load(Ordering::Acquire) {
+            return HitPolicy::Revalidate;
         }
         if !self.out_of_sync(now_ms()) {
             return HitPolicy::Serve;
@@ -258,6 +270,11 @@ mod tests {
             "a round from before the stall does not end it"
         );
         g.synced(g.round_started());
-        assert_eq!(waiting.await.unwrap(), HitPolicy::Serve);
+        // Caught up, but still inside the window after the stall: revalidated.
+        assert_eq!(waiting.await.unwrap(), HitPolicy::Revalidate);
+        tokio::time::sleep(AFTER_STALL).await;
+        g.heartbeat_ms.store(now_ms(), Ordering::Release);
+        g.synced(g.round_started());
+        assert_eq!(g.before_hit().await, HitPolicy::Serve);
     }
 }

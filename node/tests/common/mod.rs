@@ -128,7 +128,7 @@ impl TestNode {
             .arg("--disk-capacity")
             .arg("64MiB")
             .args(&self.args)
-            .env("FANZ_LOG_LEVEL", "info")
+            .env("FANZ_LOG_LEVEL", "info,fanz_node::cluster=debug")
             .stdout(
                 std::fs::OpenOptions::new()
                     .create(true)
