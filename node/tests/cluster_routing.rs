@@ -10,6 +10,19 @@ use common::origin::{respond, TestOrigin};
 use common::*;
 use http::Method;
 
+/// An origin answering every path, cacheable for 5 minutes, numbered per path (so a
+/// refetch is visible).
+async fn numbered_origin() -> TestOrigin {
+    TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await
+}
+
 /// Three nodes with `--origin`, converged.
 async fn three_nodes(origin: &TestOrigin, extra: &[&str]) -> (tempfile::TempDir, Vec<ClusterNode>) {
     let url = origin.url();
@@ -31,14 +44,7 @@ fn cache_status(r: &Reply) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_misses_on_three_nodes_reach_the_origin_once() {
-    let origin = TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await;
+    let origin = numbered_origin().await;
     let (_tmp, nodes) = three_nodes(&origin, &[]).await;
     let urls: Vec<String> = nodes.iter().map(|n| n.node.url("/cold")).collect();
     let requests = (0..100).map(|i| {
@@ -94,14 +100,7 @@ async fn roles(nodes: &[ClusterNode], path: &str) -> (usize, Vec<usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_keep_copies_and_non_owners_only_after_a_second_miss() {
-    let origin = TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await;
+    let origin = numbered_origin().await;
     let (_tmp, nodes) = three_nodes(&origin, &[]).await;
     let (primary, others) = roles(&nodes, "/warm").await;
     assert_eq!(others.len(), 2);
@@ -137,14 +136,7 @@ async fn replicas_keep_copies_and_non_owners_only_after_a_second_miss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_the_primary_is_killed_the_others_still_answer() {
-    let origin = TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await;
+    let origin = numbered_origin().await;
     let (_tmp, mut nodes) = three_nodes(&origin, &[]).await;
     let (primary, others) = roles(&nodes, "/shielded").await;
     nodes[primary].node.kill();
@@ -175,14 +167,7 @@ async fn when_the_primary_is_killed_the_others_still_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_whose_certificate_is_not_from_the_cluster_ca_is_refused() {
-    let origin = TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await;
+    let origin = numbered_origin().await;
     let tmp = tempfile::tempdir().unwrap();
     let ours = cluster_init(&tmp.path().join("ours"), 2);
     let theirs = cluster_init(&tmp.path().join("theirs"), 1);

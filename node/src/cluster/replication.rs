@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use super::gossip::Broadcaster;
 use super::membership::{MemberState, View};
 use super::sync::SyncGate;
-use super::transport::{PeerError, PeerTransport};
+use super::transport::PeerTransport;
 use crate::cache::Cache;
 use crate::invalidation::PurgeTargets;
 use crate::metrics::Metrics;
@@ -51,6 +51,8 @@ const KEPT_REPORTS: usize = 10_000;
 const RETRY_FOR: Duration = Duration::from_secs(30);
 /// Pause between retries to one member.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// How long a member has to answer one replicate or pull.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records per anti-entropy answer.
 const PULL_BATCH: usize = 20_000;
 /// File in the data directory with what this node has applied.
@@ -331,7 +333,7 @@ impl Replicator {
                 let message = Message::Replicate { record: encoded };
                 let deadline = Instant::now() + RETRY_FOR;
                 loop {
-                    match this.transport_call(addr, &message).await {
+                    match this.transport.call(addr, &message, CALL_TIMEOUT).await {
                         Ok(Message::Applied { invalidated }) => {
                             this.acked(&progress, &member, invalidated, is_purge);
                             return;
@@ -349,23 +351,6 @@ impl Replicator {
             });
         }
         progress
-    }
-
-    async fn transport_call(
-        &self,
-        to: SocketAddr,
-        message: &Message,
-    ) -> Result<Message, PeerError> {
-        let exchange = async {
-            let mut reader = self.transport.request(to, message).await?;
-            reader
-                .next()
-                .await?
-                .ok_or_else(|| PeerError::Refused(to, "no answer".into()))
-        };
-        tokio::time::timeout(Duration::from_secs(5), exchange)
-            .await
-            .map_err(|_| PeerError::Timeout(to))?
     }
 
     fn acked(&self, progress: &Progress, member: &str, invalidated: u64, is_purge: bool) {
@@ -434,8 +419,10 @@ impl Replicator {
                     .dependents
                     .len() as u64
             }
+            // At the overwrite's own time: a dependent written after the overwrite
+            // (but before this record arrived) read the new value and stays valid.
             Op::Overwrite { key } => invalidator
-                .invalidate_dependents(key)
+                .invalidate_dependents_at(key, record.at)
                 .await
                 .map_err(|e| e.to_string())?
                 .len() as u64,
@@ -517,11 +504,13 @@ impl Replicator {
         let (_, addr) = &peers[rand_index(peers.len())];
         self.metrics.anti_entropy_pulls.inc();
         let answer = self
-            .transport_call(
+            .transport
+            .call(
                 *addr,
                 &Message::Pull {
                     since: self.since(),
                 },
+                CALL_TIMEOUT,
             )
             .await
             .map_err(|e| e.to_string())?;

@@ -106,17 +106,7 @@ impl Routing {
 
     /// Sends a one-frame request (Get, Put, Delete) and reads its one-frame answer.
     pub async fn call(&self, to: SocketAddr, request: &Message) -> Result<Message, PeerError> {
-        let exchange = async {
-            let mut reader = self.transport.request(to, request).await?;
-            match reader.next().await? {
-                Some(Message::Error { message, .. }) => Err(PeerError::Refused(to, message)),
-                Some(answer) => Ok(answer),
-                None => Err(PeerError::Refused(to, "no answer".into())),
-            }
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| PeerError::Timeout(to))?
+        self.transport.call(to, request, self.timeout).await
     }
 
     /// Asks the node at `to` to answer `method url` as its proxy would; the

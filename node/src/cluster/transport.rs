@@ -303,6 +303,27 @@ impl PeerTransport {
         slots.entry(to).or_default().clone()
     }
 
+    /// A one-frame request and its one-frame answer within `timeout`; an `Error`
+    /// answer is a [`PeerError::Refused`].
+    pub async fn call(
+        &self,
+        to: SocketAddr,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<Message, PeerError> {
+        let exchange = async {
+            let mut reader = self.request(to, request).await?;
+            match reader.next().await? {
+                Some(Message::Error { message, .. }) => Err(PeerError::Refused(to, message)),
+                Some(answer) => Ok(answer),
+                None => Err(PeerError::Refused(to, "no answer".into())),
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PeerError::Timeout(to))?
+    }
+
     async fn connection(&self, to: SocketAddr) -> Result<quinn::Connection, PeerError> {
         let slot = self.slot(to);
         let mut current = slot.lock().await;

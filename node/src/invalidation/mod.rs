@@ -207,12 +207,20 @@ impl Invalidator {
     /// Invalidates everything that depends on `key`, whose new value has just been
     /// stored (overwrite is invalidation). Resolves once durable; returns the dependents.
     pub async fn invalidate_dependents(&self, key: &CacheKey) -> Result<Vec<CacheKey>, LogError> {
+        self.invalidate_dependents_at(key, self.clock.now()).await
+    }
+
+    /// [`Self::invalidate_dependents`] for an overwrite made at `at`, possibly on
+    /// another node: dependents stored after it (newer versions) stay valid.
+    pub async fn invalidate_dependents_at(
+        &self,
+        key: &CacheKey,
+        at: Timestamp,
+    ) -> Result<Vec<CacheKey>, LogError> {
         if !self.state.has_dependents(key) {
             return Ok(Vec::new());
         }
-        let plan = self
-            .state
-            .plan_overwrite(key, self.clock.now(), self.clock.wall_ms());
+        let plan = self.state.plan_overwrite(key, at, self.clock.wall_ms());
         for record in &plan.records {
             self.state.apply(record);
         }
