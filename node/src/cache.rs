@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::cluster::sync::{HitPolicy, SyncGate};
 use crate::invalidation::{Coverage, Invalidator, LogError, PurgeOutcome, PurgeTargets};
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
-use crate::store::{EntryHandle, Store, Tier};
+use crate::store::{Store, Tier};
 
 /// How usable a found entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +49,8 @@ pub enum MissReason {
 /// A usable entry.
 #[derive(Debug)]
 pub struct Hit {
-    /// The entry (shared, not copied).
-    pub entry: EntryHandle,
+    /// The entry (its bytes shared with the store, not copied).
+    pub entry: Entry,
     /// Tier it came from.
     pub tier: Tier,
     /// Fresh or stale.
@@ -62,7 +62,7 @@ pub struct Hit {
 impl Hit {
     /// The entry's metadata and body.
     pub fn entry(&self) -> &Entry {
-        &self.entry.value().0
+        &self.entry
     }
 }
 
@@ -70,7 +70,7 @@ impl Hit {
 #[derive(Debug)]
 pub struct Found {
     /// The entry.
-    pub entry: EntryHandle,
+    pub entry: Entry,
     /// Where it was.
     pub tier: Tier,
     /// How purges cover it (soft purges make it stale).
@@ -80,7 +80,7 @@ pub struct Found {
 impl Found {
     /// Metadata.
     pub fn meta(&self) -> &EntryMeta {
-        &self.entry.value().0.meta
+        &self.entry.meta
     }
 
     /// Milliseconds until it goes stale (negative: stale for that long), counting a
@@ -237,7 +237,7 @@ impl Cache {
         let Some((entry, tier)) = self.store.get(key).await else {
             return Lookup::Miss(MissReason::Absent);
         };
-        let meta = &entry.value().0.meta;
+        let meta = &entry.meta;
         let now_ms = self.clock.wall_ms();
         match freshness(meta, self.invalidator.coverage(key, meta), now_ms) {
             Ok(freshness) => {
@@ -273,7 +273,7 @@ impl Cache {
             // A purge arrived while the value was being received: it wins.
             tracing::debug!(?key, "set overtaken by a purge; not stored");
         } else {
-            self.store.insert(key.clone(), entry);
+            self.store.insert(&key, &entry);
         }
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
@@ -288,7 +288,7 @@ impl Cache {
     /// stale rules). Not counted in the lookup metrics; see [`Cache::count_lookup`].
     pub async fn find(&self, key: &CacheKey) -> Option<Found> {
         let (entry, tier) = self.store.get(key).await?;
-        match self.invalidator.coverage(key, &entry.value().0.meta) {
+        match self.invalidator.coverage(key, &entry.meta) {
             Coverage::Invalid => None,
             coverage => Some(Found {
                 entry,
@@ -318,7 +318,7 @@ impl Cache {
         if self.invalidator.coverage(&key, &entry.meta) != Coverage::Valid {
             return Ok(false);
         }
-        self.store.insert(key.clone(), entry);
+        self.store.insert(&key, &entry);
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
         Ok(true)
@@ -334,8 +334,8 @@ impl Cache {
             let Some(dep_key) = dep.as_key() else {
                 continue;
             };
-            if let Some((handle, _)) = self.store.get(&dep_key).await {
-                let tags = &handle.value().0.meta.tags;
+            if let Some((dep_entry, _)) = self.store.get(&dep_key).await {
+                let tags = &dep_entry.meta.tags;
                 if !tags.is_empty() {
                     out.push((dep_key, tags.clone()));
                 }
@@ -390,8 +390,8 @@ impl Cache {
         let store = self.store.clone();
         tokio::spawn(async move {
             for key in keys {
-                if let Some((handle, _)) = store.get(&key).await {
-                    if handle.value().0.meta.version < at {
+                if let Some((entry, _)) = store.get(&key).await {
+                    if entry.meta.version < at {
                         store.remove(&key);
                     }
                 }

@@ -359,7 +359,7 @@ impl Proxy {
 
     /// A response from a stored entry.
     fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &str) -> Response<Body> {
-        let entry = &found.entry.value().0;
+        let entry = &found.entry;
         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
         self.shaping_for(ctx).entry_response(
             &ctx.method,
@@ -586,7 +586,7 @@ impl Proxy {
         request_ms: u64,
         response_ms: u64,
     ) -> Response<Body> {
-        let old = &stale.entry.value().0;
+        let old = &stale.entry;
         let mut merged = stored_headers(&old.meta);
         for name in update.keys() {
             if name != header::CONTENT_LENGTH {

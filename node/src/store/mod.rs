@@ -14,14 +14,11 @@ use std::sync::Arc;
 use fanz_protocol::{CacheKey, Entry};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
-    HybridCacheBuilder, HybridCacheEntry, HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
+    HybridCacheBuilder, HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
 };
 use prometheus_client::metrics::counter::Counter;
 
 pub use codec::{CorruptionLayer, StoreKey, StoredEntry, CORRUPT_ENTRIES};
-
-/// A handle to a stored entry; the body is shared, not copied.
-pub type EntryHandle = HybridCacheEntry<StoreKey, StoredEntry>;
 
 /// Largest block of the disk tier; also the largest entry it can hold.
 const MAX_BLOCK_SIZE: u64 = 16 << 20;
@@ -96,7 +93,7 @@ impl Store {
             .memory(config.memory_capacity as usize)
             .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|key: &StoreKey, value: &StoredEntry| {
-                key.0.encoded().len() + value.0.encoded_len()
+                key.0.encoded().len() + value.weight()
             });
         let cache = if config.disk_capacity == 0 {
             builder.storage().build().await
@@ -122,15 +119,24 @@ impl Store {
     }
 
     /// Looks `key` up in memory, then on disk. A disk read error is logged and
-    /// answered as a miss; a corrupt disk entry is dropped, counted, and a miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<(EntryHandle, Tier)> {
+    /// answered as a miss; a corrupt disk entry is dropped, counted, and a miss. The
+    /// entry's body and fields share the stored bytes.
+    pub async fn get(&self, key: &CacheKey) -> Option<(Entry, Tier)> {
         match self.cache.get(&StoreKey(key.clone())).await {
             Ok(Some(handle)) => {
                 let tier = match handle.source() {
                     Source::Disk => Tier::Disk,
                     Source::Memory | Source::Outer => Tier::Memory,
                 };
-                Some((handle, tier))
+                match handle.value().entry() {
+                    Ok(entry) => Some((entry, tier)),
+                    Err(e) => {
+                        // Only this process's encoder wrote it: a bug, not bad input.
+                        tracing::error!(?key, error = %e, "a stored entry does not parse; dropping it");
+                        self.cache.remove(&StoreKey(key.clone()));
+                        None
+                    }
+                }
             }
             Ok(None) => None,
             Err(e) => {
@@ -142,16 +148,15 @@ impl Store {
 
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
     ///
-    /// The entry is first compacted into one allocation of exactly its size: its
-    /// body and header values usually arrive as slices of larger network buffers
-    /// (hyper reads into shared blocks of several KiB), and keeping such a slice
-    /// would keep the whole block alive, so a 100-byte value could hold 4 KiB or
-    /// more while the memory tier counts 100.
-    pub fn insert(&self, key: CacheKey, entry: Entry) {
-        let entry = compact(entry);
-        let key =
-            CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded())).unwrap_or(key);
-        self.cache.insert(StoreKey(key), StoredEntry(entry));
+    /// Both are copied into allocations of exactly their size (the entry encoded):
+    /// they usually arrive as slices of larger network buffers (hyper reads into
+    /// shared blocks of several KiB), and keeping such a slice would keep the whole
+    /// block alive, so a 100-byte value could hold 4 KiB or more while the memory
+    /// tier counts 100.
+    pub fn insert(&self, key: &CacheKey, entry: &Entry) {
+        let key = CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded()))
+            .unwrap_or_else(|| key.clone());
+        self.cache.insert(StoreKey(key), StoredEntry::new(entry));
     }
 
     /// Removes `key` from both tiers.
@@ -186,12 +191,6 @@ impl Store {
     }
 }
 
-/// `entry` in a single allocation of exactly its encoded size: encoding writes
-/// every field into one buffer, and decoding returns slices of it (no copy).
-fn compact(entry: Entry) -> Entry {
-    Entry::decode(entry.encode()).unwrap_or(entry)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,14 +214,14 @@ mod tests {
         let body = network.slice(1000..1100);
         let key = CacheKey::kv(b"k");
         store.insert(
-            key.clone(),
-            Entry {
+            &key,
+            &Entry {
                 meta: fanz_protocol::EntryMeta::default(),
                 body,
             },
         );
         let (stored, _) = store.get(&key).await.unwrap();
-        let kept = &stored.value().0.body;
+        let kept = &stored.body;
         assert_eq!(&kept[..], &[7u8; 100][..]);
         let range = network.as_ptr() as usize..network.as_ptr() as usize + network.len();
         assert!(
