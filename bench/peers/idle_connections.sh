@@ -3,14 +3,16 @@
 # hits: open-loop hit latency without them and with them, the node's resident memory
 # per idle connection, and how many of the idle connections are still open at the end.
 #
-# Usage: bench/peers/idle_connections.sh   (IDLE=20000 RATE=10000 DURATION=10 to change)
+# Usage: bench/peers/idle_connections.sh   (IDLE=20000 RATE=10000 DURATION=10 ROUNDS=3 to change)
+# Each round measures without, then with the idle connections; the median ratio is
+# the figure (this machine is shared: single runs swing).
 # Raises the open-file limit for itself and the node. Node pinned to core 1, clients
 # to core 0; everything on 127.0.0.1, stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-IDLE=${IDLE:-20000}; RATE=${RATE:-10000}; DURATION=${DURATION:-10}
-if ! [[ "$IDLE" =~ ^[1-9][0-9]*$ && "$RATE" =~ ^[1-9][0-9]*$ && "$DURATION" =~ ^[1-9][0-9]*$ ]]; then
-  echo "IDLE, RATE and DURATION must be positive whole numbers" >&2; exit 2
+IDLE=${IDLE:-20000}; RATE=${RATE:-10000}; DURATION=${DURATION:-10}; ROUNDS=${ROUNDS:-3}
+if ! [[ "$IDLE" =~ ^[1-9][0-9]*$ && "$RATE" =~ ^[1-9][0-9]*$ && "$DURATION" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "IDLE, RATE, DURATION and ROUNDS must be positive whole numbers" >&2; exit 2
 fi
 hard=$(ulimit -Hn)
 want=$((IDLE + 1000))
@@ -40,9 +42,6 @@ measure() { # $1 label -> JSON
   taskset -c 0 target/release/fanz-bench --url "http://$FANZ/1k/obj" --rate "$RATE" --connections 32 \
     --duration "$DURATION" --warmup 1 --json --label "$1"
 }
-base=$(measure without-idle)
-rss_before=$(rss_kib)
-
 # The idle clients: each connection sends one request, reads the answer, then waits.
 cat > "$work/idle.py" <<'PY'
 import socket, sys, time, selectors
@@ -73,22 +72,28 @@ for s in socks:
 print(f"alive {alive}", flush=True)
 PY
 hold=$((DURATION + 4))
-taskset -c 0 python3 "$work/idle.py" 127.0.0.1 "${FANZ##*:}" "$IDLE" "$hold" > "$work/idle.out" & idle=$!
-pids+=($idle)
-for _ in $(seq 600); do grep -q open "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
-rss_idle=$(rss_kib)
-with=$(measure with-idle)
-wait "$idle" || true
-alive=$(awk '/^alive/ {print $2}' "$work/idle.out")
-
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\\1/"; }
-echo "without: $base"
-echo "with:    $with"
-echo
-echo "open loop at $RATE req/s, ${DURATION}s, 1 KiB hits; $IDLE idle keep-alive connections:"
-printf '%-22s %8s %8s %8s\n' run p50_ms p99_ms max_ms
-printf '%-22s %8s %8s %8s\n' "without idle" "$(field "$base" p50_ms)" "$(field "$base" p99_ms)" "$(field "$base" max_ms)"
-printf '%-22s %8s %8s %8s\n' "with $IDLE idle" "$(field "$with" p50_ms)" "$(field "$with" p99_ms)" "$(field "$with" max_ms)"
-echo "p99 with / without: $(awk "BEGIN{printf \"%.2f\", $(field "$with" p99_ms) / $(field "$base" p99_ms)}")"
-echo "node RSS: $rss_before KiB before, $rss_idle KiB holding them: $(awk "BEGIN{printf \"%.1f\", ($rss_idle - $rss_before) * 1024 / $IDLE}") bytes per idle connection"
-echo "idle connections still open after ${hold}s: ${alive:-?} of $IDLE"
+ratios=()
+echo "open loop at $RATE req/s, ${DURATION}s, 1 KiB hits; $IDLE idle keep-alive connections; $ROUNDS rounds:"
+printf '%-6s %-22s %8s %8s %8s\n' round run p50_ms p99_ms max_ms
+for round in $(seq "$ROUNDS"); do
+  base=$(measure without-idle)
+  rss_before=$(rss_kib)
+  taskset -c 0 python3 "$work/idle.py" 127.0.0.1 "${FANZ##*:}" "$IDLE" "$hold" > "$work/idle.out" & idle=$!
+  pids+=($idle)
+  for _ in $(seq 600); do grep -q open "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
+  rss_idle=$(rss_kib)
+  with=$(measure with-idle)
+  wait "$idle" || true
+  alive=$(awk '/^alive/ {print $2}' "$work/idle.out")
+  printf '%-6s %-22s %8s %8s %8s\n' "$round" "without idle" "$(field "$base" p50_ms)" "$(field "$base" p99_ms)" "$(field "$base" max_ms)"
+  printf '%-6s %-22s %8s %8s %8s\n' "$round" "with $IDLE idle" "$(field "$with" p50_ms)" "$(field "$with" p99_ms)" "$(field "$with" max_ms)"
+  ratios+=("$(awk "BEGIN{printf \"%.2f\", $(field "$with" p99_ms) / $(field "$base" p99_ms)}")")
+  if [ "$round" = 1 ]; then # later rounds reuse the memory the first one freed
+    echo "       node RSS $rss_before KiB before, $rss_idle KiB holding them: $(awk "BEGIN{printf \"%.1f\", ($rss_idle - $rss_before) * 1024 / $IDLE}") bytes per idle connection"
+  fi
+  echo "       idle connections still open after ${hold}s: ${alive:-?} of $IDLE"
+  sleep 2 # let the node finish closing them
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "p99 with / without, per round: ${ratios[*]}; median $median"

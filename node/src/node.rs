@@ -224,6 +224,7 @@ pub async fn run(
     let limits = ServeLimits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
+        keepalive_timeout: config.keepalive_timeout,
         // The request line (a percent-encoded key of up to 3x its size) plus headers.
         max_head_bytes: config.max_key_size * 3 + REQUEST_LINE_OVERHEAD + config.max_header_size,
         shutdown_grace: config.shutdown_grace,

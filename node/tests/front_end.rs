@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
 
 fn node() -> (tempfile::TempDir, TestNode) {
     let (tmp, data) = data_dir();
@@ -89,5 +90,92 @@ fn header_sections_over_the_limit_get_431() {
         answer.starts_with("HTTP/1.1 404"),
         "{}",
         &answer[..answer.len().min(200)]
+    );
+}
+
+/// Reads one response (headers and a Content-Length body) from a keep-alive
+/// connection, leaving it open.
+fn read_one_response(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).expect("read a response");
+        assert!(n > 0, "closed before a whole response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// How long until the server closes `stream` (reads hit the end), at most `limit`.
+fn time_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let start = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The slowloris guard and the keep-alive idle timeout are separate clocks: an idle
+/// keep-alive connection outlives the header timeout, is closed after the idle
+/// timeout, and a request head that stalls is cut off after the header timeout.
+#[test]
+fn idle_keep_alive_connections_outlive_the_header_timeout_but_stalled_heads_do_not() {
+    use std::io::Write;
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(
+        &data,
+        &["--header-read-timeout", "1s", "--keepalive-timeout", "4s"],
+    );
+    let request = b"GET /kv/none HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut idle = std::net::TcpStream::connect(node.http).unwrap();
+    idle.write_all(request).unwrap();
+    assert!(read_one_response(&mut idle).starts_with("HTTP/1.1 404"));
+    std::thread::sleep(Duration::from_millis(2500));
+    idle.write_all(request).unwrap();
+    assert!(
+        read_one_response(&mut idle).starts_with("HTTP/1.1 404"),
+        "a keep-alive connection idle for 2.5 s (header timeout 1 s) was not served"
+    );
+    let closed_after = time_until_closed(&mut idle, Duration::from_secs(10));
+    assert!(
+        (Duration::from_millis(3500)..Duration::from_secs(7)).contains(&closed_after),
+        "idle connection closed after {closed_after:?}, keep-alive timeout 4 s"
+    );
+
+    let mut slow = std::net::TcpStream::connect(node.http).unwrap();
+    slow.write_all(request).unwrap();
+    read_one_response(&mut slow);
+    slow.write_all(b"GET /kv/none HTTP/1.1\r\nHo").unwrap();
+    let closed_after = time_until_closed(&mut slow, Duration::from_secs(10));
+    assert!(
+        closed_after < Duration::from_millis(2500),
+        "a stalled request head lasted {closed_after:?}, header timeout 1 s"
+    );
+
+    let mut silent = std::net::TcpStream::connect(node.http).unwrap();
+    let closed_after = time_until_closed(&mut silent, Duration::from_secs(10));
+    assert!(
+        closed_after < Duration::from_millis(2500),
+        "a connection that never sent a byte lasted {closed_after:?}, header timeout 1 s"
     );
 }

@@ -81,7 +81,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "max_value_size", default: Some("64MiB"), help: "Largest value accepted (larger: 413, refused before the body is read)." },
     Spec { name: "max_connections", default: Some("25000"), help: "Most client connections served at once per listener; further ones wait to be accepted." },
     Spec { name: "max_header_size", default: Some("64KiB"), help: "Largest request header section (431 beyond). The request line may add up to three times max_key_size." },
-    Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's headers (slowloris guard). The clock also runs while a keep-alive connection waits for its next request, so it is the idle keep-alive timeout too (Varnish's timeout_idle is 5 s, nginx's keepalive_timeout 75 s)." },
+    Spec { name: "header_read_timeout", default: Some("10s"), help: "Time a client has to send a request's head once its first byte arrived, and a new connection its first request (slowloris guard; also the TLS handshake's limit)." },
+    Spec { name: "keepalive_timeout", default: Some("75s"), help: "Idle time between requests after which an HTTP/1.1 or HTTP/2 connection is closed (nginx's keepalive_timeout is 75 s, Varnish's timeout_idle 5 s)." },
     Spec { name: "body_read_timeout", default: Some("30s"), help: "Time a client has to send a request body (408 after it)." },
     Spec { name: "shutdown_grace", default: Some("10s"), help: "On SIGTERM/SIGINT, how long in-flight requests may take to finish." },
     Spec { name: "access_log", default: Some("off"), help: "Access log: `off`, or `json` (one JSON object per request on standard output)." },
@@ -271,6 +272,8 @@ pub struct Config {
     pub max_header_size: usize,
     /// Header read timeout.
     pub header_read_timeout: Duration,
+    /// Idle time between requests before a connection is closed.
+    pub keepalive_timeout: Duration,
     /// Body read timeout.
     pub body_read_timeout: Duration,
     /// Shutdown grace period.
@@ -457,6 +460,7 @@ impl Config {
                 Ok(n as usize)
             })?,
             header_read_timeout: p.parse("header_read_timeout", positive_duration)?,
+            keepalive_timeout: p.parse("keepalive_timeout", positive_duration)?,
             body_read_timeout: p.parse("body_read_timeout", positive_duration)?,
             shutdown_grace: p.parse("shutdown_grace", parse_duration)?,
             access_log: p.parse("access_log", |s| match s {
@@ -622,6 +626,7 @@ impl Config {
             ("max_connections", self.max_connections.to_string()),
             ("max_header_size", self.max_header_size.to_string()),
             ("header_read_timeout", d(self.header_read_timeout)),
+            ("keepalive_timeout", d(self.keepalive_timeout)),
             ("body_read_timeout", d(self.body_read_timeout)),
             ("shutdown_grace", d(self.shutdown_grace)),
             (

@@ -5,6 +5,7 @@
 pub mod directives;
 pub mod h3;
 pub mod headers;
+pub mod idle;
 pub mod kv;
 pub mod purge;
 pub mod server;

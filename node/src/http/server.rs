@@ -20,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::idle::{Activity, ConnTimeouts, TimedIo};
 use super::{Body, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
 
@@ -28,8 +29,11 @@ use crate::metrics::{Api, Metrics};
 pub struct ServeLimits {
     /// Connections served at once; further ones wait in the accept queue.
     pub max_connections: usize,
-    /// Time to receive a request's headers.
+    /// Time to receive a request's head once it began (and a new connection's
+    /// first one); also the TLS handshake's limit.
     pub header_read_timeout: Duration,
+    /// Idle time between requests after which a connection is closed.
+    pub keepalive_timeout: Duration,
     /// Largest request head (request line and headers), bytes.
     pub max_head_bytes: usize,
     /// How long in-flight requests may run after shutdown begins.
@@ -99,7 +103,8 @@ pub async fn serve<H, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // TimedIo keeps the header and idle timers apart; hyper's runs both as one.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -133,8 +138,12 @@ pub async fn serve<H, F>(
         let metrics = metrics.clone();
         let access_log = limits.access_log;
         let alt_svc = limits.alt_svc.clone();
+        let activity = Arc::new(Activity::default());
+        let conn_activity = activity.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let started = Instant::now();
+            activity.request_started(req.version());
+            let activity = activity.clone();
             let request_line =
                 access_log.then(|| (req.method().clone(), req.uri().clone(), req.version()));
             let response = handler(
@@ -152,12 +161,16 @@ pub async fn serve<H, F>(
                 if let Some((method, uri, version)) = request_line {
                     log_access(api, peer, &method, &uri, version, &response, started);
                 }
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| activity.track(body)))
             }
         });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let handshake_timeout = limits.header_read_timeout;
+        let timeouts = ConnTimeouts {
+            keepalive: limits.keepalive_timeout,
+            header: limits.header_read_timeout,
+        };
         tokio::spawn(async move {
             let io: Box<dyn Io> = match tls {
                 None => Box::new(stream),
@@ -176,7 +189,10 @@ pub async fn serve<H, F>(
                 }
             };
             let connection = builder
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection(
+                    TokioIo::new(TimedIo::new(io, conn_activity, timeouts)),
+                    service,
+                )
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
