@@ -45,6 +45,24 @@ struct PurgeRequest {
     soft: bool,
 }
 
+/// What `GET /cluster` tells clients about the node's KV API besides membership:
+/// where it lives and the limits a client checks before sending.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KvFacts {
+    /// The main listener's address (a lone node's only member entry).
+    #[serde(skip)]
+    pub http: SocketAddr,
+    /// This node's id (for a lone node: its configured id or "local").
+    #[serde(skip)]
+    pub node_id: String,
+    /// Path prefix of the KV API.
+    pub kv_prefix: String,
+    /// Longest key accepted.
+    pub max_key_size: usize,
+    /// Largest value accepted.
+    pub max_value_size: u64,
+}
+
 /// The admin listener's service.
 #[derive(Debug)]
 pub struct AdminService {
@@ -52,9 +70,9 @@ pub struct AdminService {
     auth: Auth,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    max_key_size: usize,
     proxy: Option<Arc<Proxy>>,
     cluster: Option<Arc<Cluster>>,
+    kv: KvFacts,
 }
 
 impl AdminService {
@@ -64,19 +82,47 @@ impl AdminService {
         auth: Auth,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
-        max_key_size: usize,
         proxy: Option<Arc<Proxy>>,
         cluster: Option<Arc<Cluster>>,
+        kv: KvFacts,
     ) -> Self {
         Self {
             cache,
             auth,
             metrics,
             ready,
-            max_key_size,
             proxy,
             cluster,
+            kv,
         }
+    }
+
+    /// The cluster as this node sees it, or a lone node as a cluster of one, with
+    /// the KV facts a client needs.
+    fn cluster_report(&self) -> serde_json::Value {
+        let mut report = match &self.cluster {
+            Some(cluster) => serde_json::to_value(cluster.report()).unwrap_or_default(),
+            None => serde_json::json!({
+                "node_id": self.kv.node_id,
+                "replicas": 1,
+                "alone": true,
+                "members": [{
+                    "id": self.kv.node_id,
+                    "http": self.kv.http.to_string(),
+                    "state": "alive",
+                    "weight": 1,
+                    "zone": "",
+                    "local": true,
+                    "share": 1.0,
+                }],
+            }),
+        };
+        if let (Some(report), Ok(serde_json::Value::Object(facts))) =
+            (report.as_object_mut(), serde_json::to_value(&self.kv))
+        {
+            report.extend(facts);
+        }
+        report
     }
 
     /// Answers one request.
@@ -137,16 +183,7 @@ impl AdminService {
                 if let Err(denied) = self.auth.check(req.headers(), peer) {
                     return *denied;
                 }
-                match &self.cluster {
-                    Some(cluster) => json(
-                        StatusCode::OK,
-                        &serde_json::to_value(cluster.report()).unwrap_or_default(),
-                    ),
-                    None => text(
-                        StatusCode::NOT_FOUND,
-                        "this node runs alone: no cluster_dir is configured",
-                    ),
-                }
+                json(StatusCode::OK, &self.cluster_report())
             }
             ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster", m) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -207,10 +244,10 @@ impl AdminService {
             return Err(format!("{count} ids; at most {MAX_PURGE_IDS} per request"));
         }
         let key = |k: &String| {
-            if k.is_empty() || k.len() > self.max_key_size {
+            if k.is_empty() || k.len() > self.kv.max_key_size {
                 Err(format!(
                     "key {k:?} is empty or longer than {} bytes",
-                    self.max_key_size
+                    self.kv.max_key_size
                 ))
             } else {
                 Ok(CacheKey::kv(k.as_bytes()))
@@ -232,8 +269,8 @@ impl AdminService {
                 .prefixes
                 .iter()
                 .map(|p| {
-                    if p.len() > self.max_key_size {
-                        Err(format!("prefix longer than {} bytes", self.max_key_size))
+                    if p.len() > self.kv.max_key_size {
+                        Err(format!("prefix longer than {} bytes", self.kv.max_key_size))
                     } else {
                         Ok(CacheKey::kv(p.as_bytes()))
                     }

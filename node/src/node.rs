@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::AdminService;
+use crate::admin::{AdminService, KvFacts};
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -217,9 +217,19 @@ pub async fn run(
         auth,
         metrics.clone(),
         ready.clone(),
-        config.max_key_size,
         proxy,
         cluster.clone(),
+        KvFacts {
+            http: http_listener.local_addr().unwrap_or(config.http_addr),
+            node_id: config
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(|| "local".to_string()),
+            kv_prefix: config.kv_prefix.clone(),
+            max_key_size: config.max_key_size,
+            max_value_size: config.max_value_size,
+        },
     ));
     let limits = ServeLimits {
         max_connections: config.max_connections,

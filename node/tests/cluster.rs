@@ -223,7 +223,7 @@ async fn a_seed_that_does_not_resolve_is_retried_not_fatal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_alone_has_no_cluster_resource() {
+async fn a_node_alone_describes_itself_as_a_cluster_of_one() {
     let (_tmp, data) = data_dir();
     let node = TestNode::start(&data, &[]);
     let bearer = format!("Bearer {TOKEN}");
@@ -234,8 +234,18 @@ async fn a_node_alone_has_no_cluster_resource() {
         "",
     )
     .await;
-    assert_eq!(r.status, http::StatusCode::NOT_FOUND);
-    assert!(r.text().contains("alone"), "{}", r.text());
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["alone"], true);
+    assert_eq!(report["replicas"], 1);
+    let members = report["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["http"], node.http.to_string());
+    assert_eq!(members[0]["state"], "alive");
+    // What a client needs to check its requests before sending them.
+    assert_eq!(report["kv_prefix"], "/kv/");
+    assert_eq!(report["max_key_size"], 8192);
+    assert!(report["max_value_size"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -468,6 +468,13 @@ fn entry_response(entry: &Entry, age_secs: u64, cache_status: &str, req: &Parts)
     }
     h.insert(header::AGE, HeaderValue::from(age_secs));
     insert_str(h, header::ETAG, &etag);
+    if !entry.meta.tags.is_empty() {
+        // Tags were validated as header tokens when the value was written.
+        let tags = entry.meta.tags.join(&b' ');
+        if let Ok(v) = HeaderValue::from_bytes(&tags) {
+            h.insert("surrogate-key", v);
+        }
+    }
     insert_str(h, "cache-status", cache_status);
     response
 }

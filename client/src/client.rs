@@ -1,0 +1,771 @@
+//! The client: a builder, the cluster view it keeps fresh, and the operations. Each
+//! operation goes to the key's owner over a pooled HTTP/1.1 connection, and fails
+//! over to the other owners, then to any member (which forwards to the owners).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use crate::breaker::Breakers;
+use crate::error::{Error, Result};
+use crate::options::{
+    jitter, percent_encode, write_headers, Purge, PurgeReport, RetryPolicy, SetOptions, Value,
+};
+use crate::topology::{ClusterReport, Member, Topology};
+
+/// Answers larger than the value limit by this much are cut off as malformed.
+const ANSWER_SLACK: u64 = 64 * 1024;
+
+/// Configures and connects a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    seeds: Vec<String>,
+    token: Option<String>,
+    connect_timeout: Duration,
+    timeout: Duration,
+    retry: RetryPolicy,
+    pool_size: usize,
+    refresh_interval: Duration,
+    breaker_threshold: u32,
+    breaker_cool_down: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            seeds: Vec::new(),
+            token: None,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            pool_size: 32,
+            refresh_interval: Duration::from_secs(5),
+            breaker_threshold: 3,
+            breaker_cool_down: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Admin API addresses of some nodes (`http://10.0.0.1:9091` or `10.0.0.1:9091`):
+    /// the client learns the whole cluster from the first that answers.
+    pub fn seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The nodes' admin token (membership and purges need it when one is set).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Time to connect to a node, and to learn the cluster at start-up.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time each attempt of an operation may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries of idempotent operations (all KV operations and purges are).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Idle connections kept per node.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How often the membership is refreshed (also refreshed after a node fails).
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = interval;
+        self
+    }
+
+    /// Failures in a row that open a node's circuit, and how long it stays open.
+    pub fn circuit_breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// Learns the cluster from the seeds and starts keeping it fresh. Fails with
+    /// [`Error::Unreachable`] or [`Error::Timeout`] when no seed answers within the
+    /// connect timeout, [`Error::Auth`] when the token is refused.
+    pub async fn build(self) -> Result<Client> {
+        if self.seeds.is_empty() {
+            return Err(Error::Config("no seeds given".into()));
+        }
+        let seeds = self
+            .seeds
+            .iter()
+            .map(|s| {
+                let base = if s.contains("://") {
+                    s.clone()
+                } else {
+                    format!("http://{s}")
+                };
+                let uri: http::Uri = base
+                    .parse()
+                    .map_err(|e| Error::Config(format!("seed {s:?} is not an address: {e}")))?;
+                match (uri.scheme_str(), uri.authority()) {
+                    (Some("http"), Some(a)) => Ok(a.to_string()),
+                    _ => Err(Error::Config(format!(
+                        "seed {s:?}: only http://host:port is supported"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(self.pool_size)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let inner = Inner {
+            http,
+            seeds,
+            token: self.token.clone(),
+            settings: self.clone(),
+            topology: RwLock::new(None),
+            refresh: Arc::new(Notify::new()),
+            breakers: Breakers::new(self.breaker_threshold, self.breaker_cool_down),
+            flights: Mutex::new(HashMap::new()),
+        };
+        let inner = Arc::new(inner);
+        let first = tokio::time::timeout(self.connect_timeout, inner.learn())
+            .await
+            .map_err(|_| Error::Timeout(self.connect_timeout))??;
+        *inner.topology.write().expect("topology lock") = Some(Arc::new(first));
+        tokio::spawn(keep_fresh(
+            Arc::downgrade(&inner),
+            inner.refresh.clone(),
+            self.refresh_interval,
+        ));
+        Ok(Client { inner })
+    }
+}
+
+/// A FANZ Edge client. Cheap to clone; clones share connections and state.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+type Flight = watch::Receiver<Option<Result<Bytes>>>;
+
+struct Inner {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// Admin `host:port` of each seed.
+    seeds: Vec<String>,
+    token: Option<String>,
+    settings: ClientBuilder,
+    topology: RwLock<Option<Arc<Topology>>>,
+    refresh: Arc<Notify>,
+    breakers: Breakers,
+    /// `get_or_set` calls in progress, by key: later callers wait for the first.
+    flights: Mutex<HashMap<Vec<u8>, Flight>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("seeds", &self.seeds)
+            .finish()
+    }
+}
+
+/// Refreshes the membership every `interval`, or at once when an operation saw a
+/// node fail; ends when the client is dropped.
+async fn keep_fresh(inner: Weak<Inner>, refresh: Arc<Notify>, interval: Duration) {
+    loop {
+        if inner.strong_count() == 0 {
+            return;
+        }
+        tokio::select! {
+            () = refresh.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        match tokio::time::timeout(strong.settings.timeout, strong.learn()).await {
+            Ok(Ok(topology)) => {
+                *strong.topology.write().expect("topology lock") = Some(Arc::new(topology));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "membership refresh failed; keeping the last view")
+            }
+            Err(_) => tracing::debug!("membership refresh timed out; keeping the last view"),
+        }
+        drop(strong);
+        // At most one refresh per 100 ms, however many failures ask for one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node's answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Inner {
+    fn topology(&self) -> Arc<Topology> {
+        self.topology
+            .read()
+            .expect("topology lock")
+            .clone()
+            .expect("learned before the client is handed out")
+    }
+
+    /// The cluster from the first seed that answers.
+    async fn learn(&self) -> Result<Topology> {
+        let mut last = Error::Unreachable("no seed answered".into());
+        for seed in &self.seeds {
+            match self.admin_at(seed, Method::GET, "/cluster", None).await {
+                Ok(answer) if answer.status == StatusCode::OK => {
+                    let report: ClusterReport =
+                        serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol {
+                            node: seed.clone(),
+                            message: format!("unreadable cluster report: {e}"),
+                        })?;
+                    return Topology::new(report);
+                }
+                Ok(answer) => last = status_error(seed, &answer),
+                Err(e) => last = e,
+            }
+            if matches!(last, Error::Auth(_)) {
+                return Err(last);
+            }
+        }
+        Err(last)
+    }
+
+    /// One HTTP exchange with `node` within the operation timeout.
+    async fn send(
+        &self,
+        node: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Answer> {
+        let timeout = self.settings.timeout;
+        let limit = self
+            .topology
+            .read()
+            .expect("topology lock")
+            .as_ref()
+            .map_or(u64::MAX / 2, |t| t.report.max_value_size)
+            .saturating_add(ANSWER_SLACK);
+        let exchange = async {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("http://{node}{path}"));
+            for (name, value) in headers {
+                request = request.header(*name, value.as_str());
+            }
+            let request = request
+                .body(Full::new(body))
+                .map_err(|e| Error::Invalid(format!("request: {e}")))?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| Error::Unreachable(format!("{node}: {e}")))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, limit as usize)
+                .collect()
+                .await
+                .map_err(|e| Error::Protocol {
+                    node: node.to_string(),
+                    message: format!("answer body: {e}"),
+                })?
+                .to_bytes();
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    async fn admin_at(
+        &self,
+        seed: &str,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Answer> {
+        let mut headers = Vec::new();
+        if let Some(token) = &self.token {
+            headers.push(("authorization", format!("Bearer {token}")));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/json".to_string()));
+        }
+        self.send(seed, method, path, &headers, body.unwrap_or_default())
+            .await
+    }
+
+    /// Runs `attempt` against the best node for `key`, failing over to the next
+    /// candidates with backoff while the error is retryable.
+    async fn run<T, F, Fut>(&self, key: &[u8], attempt: F) -> Result<T>
+    where
+        F: Fn(Member, Arc<Topology>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = self.settings.retry;
+        let mut last = Error::Unreachable("no member to ask".into());
+        for number in 1..=policy.max_attempts.max(1) {
+            let topology = self.topology();
+            let all = topology.candidates(key);
+            let allowed: Vec<&Member> = all
+                .iter()
+                .copied()
+                .filter(|m| self.breakers.allows(&m.http))
+                .collect();
+            // When every breaker is open, ask anyway rather than fail without trying.
+            let pool = if allowed.is_empty() { all } else { allowed };
+            // Each attempt goes to the next candidate: owners first, then the others.
+            let turn = (number - 1) as usize % pool.len().max(1);
+            let Some(node) = pool.get(turn).map(|m| (*m).clone()) else {
+                return Err(last);
+            };
+            match attempt(node.clone(), topology.clone()).await {
+                Ok(value) => {
+                    self.breakers.success(&node.http);
+                    return Ok(value);
+                }
+                Err(e) if e.blames_node() => {
+                    tracing::debug!(node = %node.http, error = %e, attempt = number, "attempt failed; failing over");
+                    self.breakers.failure(&node.http);
+                    self.refresh.notify_one();
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+            if number < policy.max_attempts {
+                tokio::time::sleep(policy.backoff(number, jitter())).await;
+            }
+        }
+        Err(last)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let limit = self.topology().report.max_key_size;
+        if key.is_empty() {
+            return Err(Error::Invalid("empty key".into()));
+        }
+        if key.len() > limit {
+            return Err(Error::TooLarge {
+                what: "key",
+                size: key.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The typed error for a non-success answer.
+fn status_error(node: &str, answer: &Answer) -> Error {
+    let message = String::from_utf8_lossy(&answer.body).trim().to_string();
+    match answer.status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Auth(message),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG => Error::Invalid(message),
+        status => Error::Server {
+            node: node.to_string(),
+            status: status.as_u16(),
+            message,
+        },
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Client {
+    /// A builder.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    fn path(&self, topology: &Topology, key: &[u8]) -> String {
+        format!("{}{}", topology.report.kv_prefix, percent_encode(key))
+    }
+
+    /// The value under `key`, or `None`.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        Ok(self.get_with_meta(key).await?.map(|v| v.value))
+    }
+
+    /// The value under `key` with its age, tags and version, or `None`.
+    pub async fn get_with_meta(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        let key = key.as_ref();
+        self.inner.check_key(key)?;
+        let span = tracing::debug_span!("fanz.get", key = %String::from_utf8_lossy(key));
+        self.inner
+            .run(key, |node, topology| {
+                let path = self.path(&topology, key);
+                async move {
+                    let answer = self
+                        .inner
+                        .send(&node.http, Method::GET, &path, &[], Bytes::new())
+                        .await?;
+                    match answer.status {
+                        StatusCode::OK => Ok(Some(value_from(&node.http, answer)?)),
+                        StatusCode::NOT_FOUND => Ok(None),
+                        _ => Err(status_error(&node.http, &answer)),
+                    }
+                }
+            })
+            .instrument(span)
+            .await
+    }
+
+    /// Stores `value` under `key` on its owners. Overwriting is invalidation: every
+    /// value that depends on `key` is invalidated across the cluster.
+    pub async fn set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        options: &SetOptions,
+    ) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.into());
+        self.inner.check_key(key)?;
+        let limit = self.inner.topology().report.max_value_size;
+        if value.len() as u64 > limit {
+            return Err(Error::TooLarge {
+                what: "value",
+                size: value.len(),
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
+        let headers = write_headers(options)?;
+        let span = tracing::debug_span!("fanz.set", key = %String::from_utf8_lossy(key), bytes = value.len());
+        self.inner
+            .run(key, |node, topology| {
+                let path = self.path(&topology, key);
+                let (headers, value) = (&headers, value.clone());
+                async move {
+                    let answer = self
+                        .inner
+                        .send(&node.http, Method::PUT, &path, headers, value)
+                        .await?;
+                    if answer.status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(status_error(&node.http, &answer))
+                    }
+                }
+            })
+            .instrument(span)
+            .await
+    }
+
+    /// Deletes `key` everywhere: a purge of the key that every member acknowledged
+    /// before this returns (in a cluster).
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let key = key.as_ref();
+        self.inner.check_key(key)?;
+        let span = tracing::debug_span!("fanz.delete", key = %String::from_utf8_lossy(key));
+        self.inner
+            .run(key, |node, topology| {
+                let path = self.path(&topology, key);
+                async move {
+                    let answer = self
+                        .inner
+                        .send(&node.http, Method::DELETE, &path, &[], Bytes::new())
+                        .await?;
+                    if answer.status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(status_error(&node.http, &answer))
+                    }
+                }
+            })
+            .instrument(span)
+            .await
+    }
+
+    /// Purges keys, tags and prefixes through a seed's admin API (needs the token
+    /// when the nodes have one).
+    pub async fn purge(&self, purge: &Purge) -> Result<PurgeReport> {
+        for tag in &purge.tags {
+            crate::options::check_tag(tag)?;
+        }
+        for key in purge.keys.iter().chain(&purge.prefixes) {
+            self.inner.check_key(key.as_bytes())?;
+        }
+        let body = serde_json::json!({
+            "keys": purge.keys,
+            "tags": purge.tags,
+            "prefixes": purge.prefixes,
+            "soft": purge.soft,
+        });
+        let path = if purge.wait {
+            "/purge?wait=all"
+        } else {
+            "/purge?wait=none"
+        };
+        let body = Bytes::from(body.to_string());
+        let span = tracing::debug_span!(
+            "fanz.purge",
+            tags = purge.tags.len(),
+            keys = purge.keys.len()
+        );
+        async {
+            let mut last = Error::Unreachable("no seed answered".into());
+            let policy = self.inner.settings.retry;
+            for number in 1..=policy.max_attempts.max(1) {
+                let seed = &self.inner.seeds[(number as usize - 1) % self.inner.seeds.len()];
+                match self
+                    .inner
+                    .admin_at(seed, Method::POST, path, Some(body.clone()))
+                    .await
+                {
+                    Ok(answer) if answer.status.is_success() => {
+                        let raw: serde_json::Value =
+                            serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol {
+                                node: seed.clone(),
+                                message: format!("unreadable purge report: {e}"),
+                            })?;
+                        return Ok(PurgeReport {
+                            dependents_invalidated: raw["dependents_invalidated"]
+                                .as_u64()
+                                .unwrap_or(0),
+                            purge_id: raw["purge_id"].as_str().map(str::to_string),
+                            raw,
+                        });
+                    }
+                    Ok(answer) => last = status_error(seed, &answer),
+                    Err(e) => last = e,
+                }
+                if !last.is_retryable() {
+                    return Err(last);
+                }
+                if number < policy.max_attempts {
+                    tokio::time::sleep(policy.backoff(number, jitter())).await;
+                }
+            }
+            Err(last)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Values of `keys`, in the same order, fetched concurrently.
+    pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (client, key) = (self.clone(), key.as_ref().to_vec());
+            set.spawn(async move { (i, client.get(key).await) });
+        }
+        let mut out = vec![None; keys.len()];
+        while let Some(joined) = set.join_next().await {
+            let (i, value) = joined.map_err(|e| Error::Invalid(format!("task failed: {e}")))?;
+            out[i] = value?;
+        }
+        Ok(out)
+    }
+
+    /// Stores every pair concurrently; the first error is returned (the other
+    /// writes may have happened).
+    pub async fn set_many<K: AsRef<[u8]>>(
+        &self,
+        pairs: &[(K, Bytes)],
+        options: &SetOptions,
+    ) -> Result<()> {
+        let mut set = tokio::task::JoinSet::new();
+        for (key, value) in pairs {
+            let (client, key, value, options) = (
+                self.clone(),
+                key.as_ref().to_vec(),
+                value.clone(),
+                options.clone(),
+            );
+            set.spawn(async move { client.set(key, value, &options).await });
+        }
+        let mut first = Ok(());
+        while let Some(joined) = set.join_next().await {
+            let result = joined
+                .map_err(|e| Error::Invalid(format!("task failed: {e}")))
+                .and_then(|r| r);
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+
+    /// The value under `key`; when there is none, `producer`'s value, stored with
+    /// `options`. Concurrent calls for the same key in this process share one
+    /// lookup and one producer run (single flight).
+    pub async fn get_or_set<F, Fut, E>(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: &SetOptions,
+        producer: F,
+    ) -> Result<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let key = key.as_ref();
+        let mut producer = Some(producer);
+        loop {
+            // Decided under the lock, acted on after it (it is not held across awaits).
+            let role = {
+                let mut flights = self.inner.flights.lock().expect("flight lock");
+                match flights.get(key) {
+                    Some(flight) => Err(flight.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(key.to_vec(), rx);
+                        Ok(tx)
+                    }
+                }
+            };
+            match role {
+                Ok(leader) => {
+                    let _landing = Landing {
+                        inner: &self.inner,
+                        key,
+                    };
+                    let produce = producer.take().expect("a caller leads at most once");
+                    let result = self.lead(key, options, produce).await;
+                    leader.send_replace(Some(result.clone()));
+                    return result;
+                }
+                Err(mut flight) => loop {
+                    if let Some(result) = flight.borrow().clone() {
+                        return result;
+                    }
+                    if flight.changed().await.is_err() {
+                        // The leader was cancelled without an answer: lead or wait anew.
+                        break;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn lead<F, Fut, E>(&self, key: &[u8], options: &SetOptions, producer: F) -> Result<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        if let Some(value) = self.get(key).await? {
+            return Ok(value);
+        }
+        let value = producer()
+            .await
+            .map_err(|e| Error::Producer(e.to_string()))?;
+        self.set(key, value.clone(), options).await?;
+        Ok(value)
+    }
+
+    /// The members as the client last learned them (refreshed first).
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        let topology = self.refresh().await?;
+        Ok(topology.report.members.clone())
+    }
+
+    /// The owners of `key`, in ring order, as the client routes to them.
+    pub fn owners(&self, key: impl AsRef<[u8]>) -> Vec<Member> {
+        self.inner
+            .topology()
+            .owners(key.as_ref())
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// GETs an admin resource (`/metrics`, `/healthz`, `/purge/{id}`...) from the
+    /// first seed that answers it successfully.
+    pub async fn admin_get(&self, path: &str) -> Result<Bytes> {
+        let mut last = Error::Unreachable("no seed answered".into());
+        for seed in &self.inner.seeds {
+            match self.inner.admin_at(seed, Method::GET, path, None).await {
+                Ok(answer) if answer.status.is_success() => return Ok(answer.body),
+                Ok(answer) => last = status_error(seed, &answer),
+                Err(e) => last = e,
+            }
+            if !last.is_retryable() {
+                break;
+            }
+        }
+        Err(last)
+    }
+
+    /// Learns the membership again now.
+    pub async fn refresh(&self) -> Result<Arc<Topology>> {
+        let topology = Arc::new(self.inner.learn().await?);
+        *self.inner.topology.write().expect("topology lock") = Some(topology.clone());
+        Ok(topology)
+    }
+}
+
+/// Removes a `get_or_set` flight when its leader finishes or is cancelled.
+struct Landing<'a> {
+    inner: &'a Inner,
+    key: &'a [u8],
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut flights) = self.inner.flights.lock() {
+            flights.remove(self.key);
+        }
+    }
+}
+
+fn value_from(node: &str, answer: Answer) -> Result<Value> {
+    let version = header_str(&answer.headers, "etag")
+        .map(|e| e.trim_matches('"'))
+        .and_then(|e| u64::from_str_radix(e, 16).ok())
+        .ok_or_else(|| Error::Protocol {
+            node: node.to_string(),
+            message: "a value without a version (ETag)".into(),
+        })?;
+    let age = header_str(&answer.headers, "age")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    Ok(Value {
+        age: Duration::from_secs(age),
+        tags: header_str(&answer.headers, "surrogate-key")
+            .map(|t| t.split_ascii_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        version,
+        content_type: header_str(&answer.headers, "content-type").map(str::to_string),
+        value: answer.body,
+    })
+}
