@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# KV reads of 1 KiB values, in one run: fanz-node over HTTP/1.1 (`GET /kv/{key}`,
-# fanz-bench), Redis without persistence (redis-benchmark GET), and memcached
-# (memcaslap, its default 90% get mix). Different protocols: the figure is what a
-# client gets per second from each, on the same cores.
+# KV reads (and writes) of 1 KiB values, in one run: fanz-node over HTTP/1.1
+# (`GET /kv/{key}`, fanz-bench), fanz-node through the fanz-client library (GET and
+# SET, fanz-bench's client driver), Redis without persistence (redis-benchmark GET
+# and SET), and memcached (memcaslap, its default 90% get mix). Different protocols:
+# the figure is what a client gets per second from each, on the same cores.
 #
 # Usage: bench/peers/kv_reads.sh        (DURATION=10 CONNS=32 KEYS=1000 to change)
 # Installs redis-server, redis-tools, memcached and libmemcached-tools if missing.
@@ -46,6 +47,11 @@ fanz=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --ke
   --connections "$CONNS" --duration "$DURATION" --warmup 1 --json --label fanz)
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\\1/"; }
 fanz_rps=$(field "$fanz" req_per_s)
+client_get=$(taskset -c 0 target/release/fanz-bench --protocol client --url "http://$FANZ_ADMIN/{key}" \
+  --keys "$KEYS" --connections "$CONNS" --duration "$DURATION" --warmup 1 --json --label client-get)
+client_set=$(taskset -c 0 target/release/fanz-bench --protocol client --url "http://$FANZ_ADMIN/{key}" \
+  --keys "$KEYS" --writes 1 --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 \
+  --json --label client-set)
 
 # redis-benchmark has no duration: calibrate the request count to about DURATION s.
 taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$((KEYS * 20))" -c "$CONNS" -q >/dev/null
@@ -53,12 +59,19 @@ n=$(awk "BEGIN{printf \"%d\", $fanz_rps * $DURATION}")
 redis=$(taskset -c 0 redis-benchmark -p "$REDIS" -t get -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1)
 redis_rps=$(echo "$redis" | tr -d '"' | cut -d, -f2)
 redis_p99=$(echo "$redis" | tr -d '"' | cut -d, -f7)
+n=$(awk "BEGIN{printf \"%d\", $(field "$client_set" req_per_s) * $DURATION}")
+redis_set=$(taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1)
+redis_set_rps=$(echo "$redis_set" | tr -d '"' | cut -d, -f2)
+redis_set_p99=$(echo "$redis_set" | tr -d '"' | cut -d, -f7)
 
 mc=$(taskset -c 0 memcaslap -s "127.0.0.1:$MEMCACHED" -T 1 -c "$CONNS" -t "${DURATION}s" -X 1024 2>&1 | tail -3)
 mc_rps=$(echo "$mc" | awk '/^Run time/ {for (i=1;i<=NF;i++) if ($i == "TPS:") print $(i+1)}')
 
 echo "fanz-node: $fanz"
+echo "fanz-client get: $client_get"
+echo "fanz-client set: $client_set"
 echo "redis: $redis"
+echo "redis set: $redis_set"
 echo "memcached (memcaslap, 90% get): $mc"
 echo
 echo "${DURATION}s, $CONNS connections, $KEYS keys of 1 KiB, servers core 1, clients core 0:"
@@ -66,3 +79,10 @@ printf '%-26s %12s %8s %14s\n' target req_per_s p99_ms fanz_vs_target
 printf '%-26s %12.0f %8s %14s\n' "fanz-node GET /kv/{key}" "$fanz_rps" "$(field "$fanz" p99_ms)" 1.00
 printf '%-26s %12.0f %8s %14.2f\n' "redis GET" "$redis_rps" "$redis_p99" "$(awk "BEGIN{print $fanz_rps / $redis_rps}")"
 printf '%-26s %12.0f %8s %14.2f\n' "memcached 90% get" "${mc_rps:-0}" "-" "$(awk "BEGIN{m = ${mc_rps:-0}; print (m > 0 ? $fanz_rps / m : 0)}")"
+echo
+echo "through the client library (fanz-bench --protocol client), against Redis:"
+printf '%-26s %12s %8s %14s\n' operation fanz_client redis client_vs_redis
+printf '%-26s %12.0f %8.0f %14.2f\n' "GET req/s" "$(field "$client_get" req_per_s)" "$redis_rps" "$(awk "BEGIN{print $(field "$client_get" req_per_s) / $redis_rps}")"
+printf '%-26s %12s %8s\n' "GET p99 ms" "$(field "$client_get" p99_ms)" "$redis_p99"
+printf '%-26s %12.0f %8.0f %14.2f\n' "SET req/s" "$(field "$client_set" req_per_s)" "$redis_set_rps" "$(awk "BEGIN{print $(field "$client_set" req_per_s) / $redis_set_rps}")"
+printf '%-26s %12s %8s\n' "SET p99 ms" "$(field "$client_set" p99_ms)" "$redis_set_p99"

@@ -1,5 +1,6 @@
-//! Protocol drivers: a connection that sends one GET at a time and reads the whole
-//! response, over HTTP/1.1, HTTP/2 (prior knowledge) or HTTP/3.
+//! Protocol drivers: a connection that sends one request at a time and reads the
+//! whole answer, over HTTP/1.1, HTTP/2 (prior knowledge), HTTP/3, or through the
+//! `fanz-client` library (KV operations routed to each key's owner).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,9 @@ pub enum Protocol {
     H2,
     /// HTTP/3 over QUIC.
     H3,
+    /// The `fanz-client` library: the URL names a node's admin API (the seed) and
+    /// the key (`http://127.0.0.1:9090/{key}`); GETs and PUTs become `get` and `set`.
+    Client,
 }
 
 impl std::str::FromStr for Protocol {
@@ -30,7 +34,10 @@ impl std::str::FromStr for Protocol {
             "h1" => Ok(Protocol::H1),
             "h2" => Ok(Protocol::H2),
             "h3" => Ok(Protocol::H3),
-            _ => Err(format!("unknown protocol {s:?}: expected h1, h2 or h3")),
+            "client" => Ok(Protocol::Client),
+            _ => Err(format!(
+                "unknown protocol {s:?}: expected h1, h2, h3 or client"
+            )),
         }
     }
 }
@@ -46,6 +53,8 @@ pub enum Connection {
         h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
         quinn::Endpoint,
     ),
+    /// A `fanz-client` with one pooled connection per node.
+    Client(fanz_client::Client),
 }
 
 /// Where to send requests.
@@ -59,21 +68,24 @@ pub struct Target {
     pub path: String,
 }
 
-/// HTTP/3 client settings.
+/// Settings some drivers need.
 #[derive(Debug, Clone)]
-pub struct QuicOptions {
-    /// The certificate to trust (PEM): the node's.
+pub struct DriverOptions {
+    /// The certificate to trust (PEM): the node's (HTTP/3).
     pub ca_cert: Option<PathBuf>,
-    /// Upper bound of path-MTU discovery (UDP payload bytes).
+    /// Upper bound of path-MTU discovery (UDP payload bytes, HTTP/3).
     pub max_udp_payload: u16,
+    /// Admin token (the client driver learns the cluster through the admin API).
+    pub token: Option<String>,
 }
 
-impl QuicOptions {
-    /// No HTTP/3 settings (for HTTP/1.1 and HTTP/2 connections).
+impl DriverOptions {
+    /// Defaults (nothing HTTP/1.1 and HTTP/2 connections need).
     pub fn none() -> Self {
         Self {
             ca_cert: None,
             max_udp_payload: 1452,
+            token: None,
         }
     }
 }
@@ -83,7 +95,7 @@ impl Connection {
     pub async fn open(
         protocol: Protocol,
         target: &Target,
-        quic: &QuicOptions,
+        options: &DriverOptions,
     ) -> anyhow::Result<Self> {
         match protocol {
             Protocol::H1 | Protocol::H2 => {
@@ -104,7 +116,7 @@ impl Connection {
                 }
             }
             Protocol::H3 => {
-                let ca = quic
+                let ca = options
                     .ca_cert
                     .as_deref()
                     .ok_or_else(|| anyhow!("HTTP/3 needs --ca-cert (the node's certificate)"))?;
@@ -124,7 +136,7 @@ impl Connection {
                 let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
                 let mut client = quinn::ClientConfig::new(Arc::new(crypto));
                 let mut mtu = quinn::MtuDiscoveryConfig::default();
-                mtu.upper_bound(quic.max_udp_payload);
+                mtu.upper_bound(options.max_udp_payload);
                 let mut transport = quinn::TransportConfig::default();
                 transport.mtu_discovery_config(Some(mtu));
                 client.transport_config(Arc::new(transport));
@@ -133,6 +145,15 @@ impl Connection {
                 let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
                 tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
                 Ok(Connection::H3(send, endpoint))
+            }
+            Protocol::Client => {
+                let mut builder = fanz_client::Client::builder()
+                    .seeds([format!("http://{}", target.addr)])
+                    .pool_size(1);
+                if let Some(token) = &options.token {
+                    builder = builder.token(token.clone());
+                }
+                Ok(Connection::Client(builder.build().await?))
             }
         }
     }
@@ -187,6 +208,23 @@ impl Connection {
                     n += chunk.remaining();
                 }
                 Ok(n)
+            }
+            Connection::Client(client) => {
+                // The path is "/" and the key.
+                let key = parts.uri.path().trim_start_matches('/');
+                match parts.method {
+                    http::Method::GET => match client.get(key).await? {
+                        Some(value) => Ok(value.len()),
+                        None => bail!("{key}: not found"),
+                    },
+                    http::Method::PUT => {
+                        client
+                            .set(key, body, &fanz_client::SetOptions::default())
+                            .await?;
+                        Ok(0)
+                    }
+                    other => bail!("the client driver sends GET and PUT, not {other}"),
+                }
             }
         }
     }

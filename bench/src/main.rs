@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Arg, ArgMatches, Command};
 use fanz_bench::chart::{svg, Series};
-use fanz_bench::driver::{Protocol, QuicOptions, Target};
+use fanz_bench::driver::{DriverOptions, Protocol, Target};
 use fanz_bench::origin::OriginOptions;
 use fanz_bench::run::{run, Outcome, Plan, PurgePlan};
 use fanz_bench::workload::{KeyDistribution, Workload};
@@ -40,7 +40,7 @@ fn command() -> Command {
                 .arg(Arg::new("title").long("title").default_value("Latency percentiles").help("Chart title"))
                 .arg(Arg::new("runs").num_args(1..).required(true).help("LABEL=FILE.json for each run")),
         )
-        .arg(Arg::new("protocol").long("protocol").default_value("h1").help("h1, h2 or h3"))
+        .arg(Arg::new("protocol").long("protocol").default_value("h1").help("h1, h2, h3, or client (fanz-client: --url http://ADMIN_ADDR/{key})"))
         .arg(Arg::new("url").long("url").help("http://host:port/path (h1, h2) or https://host:port/path (h3); {key} in the path is replaced by a key"))
         .arg(Arg::new("connect").long("connect").help("Address to connect to, if not the URL's host:port"))
         .arg(Arg::new("ca-cert").long("ca-cert").help("PEM certificate to trust (HTTP/3)"))
@@ -154,12 +154,13 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
                 .parse()
                 .map_err(|_| "--warmup must be whole seconds")?,
         ),
-        quic: QuicOptions {
+        driver: DriverOptions {
             ca_cert: get("ca-cert").map(PathBuf::from),
             max_udp_payload: match get("quic-mtu").unwrap_or_default().parse::<u16>() {
                 Ok(n) if n >= 1200 => n,
                 _ => return Err("--quic-mtu must be a whole number from 1200 to 65535".into()),
             },
+            token: get("token"),
         },
         workload: Workload {
             path,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::driver::{Connection, Protocol, QuicOptions, Target};
+use crate::driver::{Connection, DriverOptions, Protocol, Target};
 use crate::workload::{Rng, Workload};
 
 /// What to run.
@@ -32,8 +32,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Unmeasured time before it.
     pub warmup: Duration,
-    /// HTTP/3 settings.
-    pub quic: QuicOptions,
+    /// Driver settings (HTTP/3 trust, the client driver's token).
+    pub driver: DriverOptions,
     /// What to ask for.
     pub workload: Workload,
     /// Open loop at this many requests per second in total; `None`: closed loop.
@@ -106,7 +106,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         .map(|r| Duration::from_secs_f64(plan.connections as f64 / r));
     for i in 0..plan.connections {
         let plan = plan.clone();
-        let mut conn = Some(Connection::open(plan.protocol, &plan.target, &plan.quic).await?);
+        let mut conn = Some(Connection::open(plan.protocol, &plan.target, &plan.driver).await?);
         let answered = answered.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
@@ -141,7 +141,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                 if result.is_err() {
                     // The server may close a keep-alive connection (nginx does after
                     // `keepalive_requests`): reconnect, as real clients do.
-                    conn = Connection::open(plan.protocol, &plan.target, &plan.quic)
+                    conn = Connection::open(plan.protocol, &plan.target, &plan.driver)
                         .await
                         .ok();
                 }
@@ -231,7 +231,7 @@ async fn purge_loop(
         host: plan.admin.to_string(),
         path: "/purge".into(),
     };
-    let mut conn = Connection::open(Protocol::H1, &target, &QuicOptions::none()).await?;
+    let mut conn = Connection::open(Protocol::H1, &target, &DriverOptions::none()).await?;
     let interval = Duration::from_secs_f64(1.0 / plan.rate);
     let mut rng = Rng::new(seed ^ 0x0070_7572_6765); // "purge": its own sequence
     let mut hist = histogram();

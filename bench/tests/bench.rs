@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fanz_bench::driver::{Protocol, QuicOptions, Target};
+use fanz_bench::driver::{DriverOptions, Protocol, Target};
 use fanz_bench::run::{run, Plan};
 use fanz_bench::workload::{KeyDistribution, Workload};
 use http_body_util::Full;
@@ -85,7 +85,7 @@ async fn the_closed_loop_measures_a_real_server() {
             connections: 4,
             duration: Duration::from_millis(500),
             warmup: Duration::from_millis(100),
-            quic: QuicOptions::none(),
+            driver: DriverOptions::none(),
             workload: Workload::fixed("/x"),
             rate: None,
             seed: 1,
@@ -165,7 +165,7 @@ async fn the_open_loop_charges_a_stall_to_every_request_it_delayed() {
         connections: 1,
         duration: Duration::from_secs(1),
         warmup: Duration::ZERO,
-        quic: QuicOptions::none(),
+        driver: DriverOptions::none(),
         workload: Workload::fixed("/x"),
         rate,
         seed: 1,
@@ -199,7 +199,7 @@ async fn keys_writes_and_purges_reach_the_server() {
         connections: 2,
         duration: Duration::from_millis(500),
         warmup: Duration::ZERO,
-        quic: QuicOptions::none(),
+        driver: DriverOptions::none(),
         workload: Workload {
             path: "/kv/{key}".into(),
             keys: 50,

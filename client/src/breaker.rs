@@ -3,6 +3,7 @@
 //! dead node from costing every operation a timeout while the membership catches up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub(crate) struct Breakers {
     threshold: u32,
     cool_down: Duration,
     nodes: Mutex<HashMap<String, NodeHealth>>,
+    /// Nodes with a failure on record: while none has, no lock is taken.
+    tracked: AtomicUsize,
 }
 
 impl Breakers {
@@ -26,6 +29,7 @@ impl Breakers {
             threshold: threshold.max(1),
             cool_down,
             nodes: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
         }
     }
 
@@ -33,6 +37,9 @@ impl Breakers {
     /// lets one through (half-open) and is re-armed, so concurrent callers do not
     /// all probe at once.
     pub(crate) fn allows(&self, node: &str) -> bool {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return true;
+        }
         let mut nodes = self.nodes.lock().expect("breaker lock");
         let Some(health) = nodes.get_mut(node) else {
             return true;
@@ -48,17 +55,27 @@ impl Breakers {
     }
 
     pub(crate) fn success(&self, node: &str) {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut nodes = self.nodes.lock().expect("breaker lock");
-        nodes.remove(node);
+        if nodes.remove(node).is_some() {
+            self.tracked.store(nodes.len(), Ordering::Release);
+        }
     }
 
     pub(crate) fn failure(&self, node: &str) {
         let mut nodes = self.nodes.lock().expect("breaker lock");
         let health = nodes.entry(node.to_string()).or_default();
         health.failures += 1;
-        if health.failures >= self.threshold {
+        let failures = health.failures;
+        let open = failures >= self.threshold;
+        if open {
             health.open_until = Some(Instant::now() + self.cool_down);
-            tracing::debug!(node, failures = health.failures, "circuit open");
+        }
+        self.tracked.store(nodes.len(), Ordering::Release);
+        if open {
+            tracing::debug!(node, failures, "circuit open");
         }
     }
 }

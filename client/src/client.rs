@@ -10,9 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
@@ -21,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::options::{
     jitter, percent_encode, write_headers, Purge, PurgeReport, RetryPolicy, SetOptions, Value,
 };
+use crate::pool::{exchange, Pool};
 use crate::topology::{ClusterReport, Member, Topology};
 
 /// Answers larger than the value limit by this much are cut off as malformed.
@@ -134,19 +132,13 @@ impl ClientBuilder {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_nodelay(true);
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(self.pool_size)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         let inner = Inner {
-            http,
+            pool: Pool::new(self.pool_size, self.connect_timeout),
             seeds,
             token: self.token.clone(),
             settings: self.clone(),
             topology: RwLock::new(None),
+            max_answer: std::sync::atomic::AtomicU64::new(u64::MAX / 2),
             refresh: Arc::new(Notify::new()),
             breakers: Breakers::new(self.breaker_threshold, self.breaker_cool_down),
             flights: Mutex::new(HashMap::new()),
@@ -155,7 +147,7 @@ impl ClientBuilder {
         let first = tokio::time::timeout(self.connect_timeout, inner.learn())
             .await
             .map_err(|_| Error::Timeout(self.connect_timeout))??;
-        *inner.topology.write().expect("topology lock") = Some(Arc::new(first));
+        inner.install(Arc::new(first));
         tokio::spawn(keep_fresh(
             Arc::downgrade(&inner),
             inner.refresh.clone(),
@@ -174,12 +166,14 @@ pub struct Client {
 type Flight = watch::Receiver<Option<Result<Bytes>>>;
 
 struct Inner {
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    pool: Pool,
     /// Admin `host:port` of each seed.
     seeds: Vec<String>,
     token: Option<String>,
     settings: ClientBuilder,
     topology: RwLock<Option<Arc<Topology>>>,
+    /// Largest answer body accepted: the nodes' value limit and some slack.
+    max_answer: std::sync::atomic::AtomicU64,
     refresh: Arc<Notify>,
     breakers: Breakers,
     /// `get_or_set` calls in progress, by key: later callers wait for the first.
@@ -210,7 +204,7 @@ async fn keep_fresh(inner: Weak<Inner>, refresh: Arc<Notify>, interval: Duration
         };
         match tokio::time::timeout(strong.settings.timeout, strong.learn()).await {
             Ok(Ok(topology)) => {
-                *strong.topology.write().expect("topology lock") = Some(Arc::new(topology));
+                strong.install(Arc::new(topology));
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "membership refresh failed; keeping the last view")
@@ -231,6 +225,14 @@ struct Answer {
 }
 
 impl Inner {
+    fn install(&self, topology: Arc<Topology>) {
+        self.max_answer.store(
+            topology.report.max_value_size.saturating_add(ANSWER_SLACK),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        *self.topology.write().expect("topology lock") = Some(topology);
+    }
+
     fn topology(&self) -> Arc<Topology> {
         self.topology
             .read()
@@ -272,26 +274,20 @@ impl Inner {
         body: Bytes,
     ) -> Result<Answer> {
         let timeout = self.settings.timeout;
-        let limit = self
-            .topology
-            .read()
-            .expect("topology lock")
-            .as_ref()
-            .map_or(u64::MAX / 2, |t| t.report.max_value_size)
-            .saturating_add(ANSWER_SLACK);
-        let exchange = async {
+        let limit = self.max_answer.load(std::sync::atomic::Ordering::Relaxed);
+        let attempt = async {
             let mut request = Request::builder()
                 .method(method)
-                .uri(format!("http://{node}{path}"));
+                .uri(path)
+                .header(http::header::HOST, node);
             for (name, value) in headers {
                 request = request.header(*name, value.as_str());
             }
             let request = request
                 .body(Full::new(body))
                 .map_err(|e| Error::Invalid(format!("request: {e}")))?;
-            let response = self
-                .http
-                .request(request)
+            let mut sender = self.pool.take(node).await?;
+            let response = exchange(&mut sender, request)
                 .await
                 .map_err(|e| Error::Unreachable(format!("{node}: {e}")))?;
             let (parts, body) = response.into_parts();
@@ -303,13 +299,15 @@ impl Inner {
                     message: format!("answer body: {e}"),
                 })?
                 .to_bytes();
+            // The whole answer was read: the connection can carry the next one.
+            self.pool.give_back(node, sender);
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
                 body,
             })
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| Error::Timeout(timeout))?
     }
@@ -336,7 +334,7 @@ impl Inner {
     /// candidates with backoff while the error is retryable.
     async fn run<T, F, Fut>(&self, key: &[u8], attempt: F) -> Result<T>
     where
-        F: Fn(Member, Arc<Topology>) -> Fut,
+        F: Fn(String, Arc<Topology>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let policy = self.settings.retry;
@@ -353,17 +351,17 @@ impl Inner {
             let pool = if allowed.is_empty() { all } else { allowed };
             // Each attempt goes to the next candidate: owners first, then the others.
             let turn = (number - 1) as usize % pool.len().max(1);
-            let Some(node) = pool.get(turn).map(|m| (*m).clone()) else {
+            let Some(node) = pool.get(turn).map(|m| m.http.clone()) else {
                 return Err(last);
             };
             match attempt(node.clone(), topology.clone()).await {
                 Ok(value) => {
-                    self.breakers.success(&node.http);
+                    self.breakers.success(&node);
                     return Ok(value);
                 }
                 Err(e) if e.blames_node() => {
-                    tracing::debug!(node = %node.http, error = %e, attempt = number, "attempt failed; failing over");
-                    self.breakers.failure(&node.http);
+                    tracing::debug!(%node, error = %e, attempt = number, "attempt failed; failing over");
+                    self.breakers.failure(&node);
                     self.refresh.notify_one();
                     last = e;
                 }
@@ -436,12 +434,12 @@ impl Client {
                 async move {
                     let answer = self
                         .inner
-                        .send(&node.http, Method::GET, &path, &[], Bytes::new())
+                        .send(&node, Method::GET, &path, &[], Bytes::new())
                         .await?;
                     match answer.status {
-                        StatusCode::OK => Ok(Some(value_from(&node.http, answer)?)),
+                        StatusCode::OK => Ok(Some(value_from(&node, answer)?)),
                         StatusCode::NOT_FOUND => Ok(None),
-                        _ => Err(status_error(&node.http, &answer)),
+                        _ => Err(status_error(&node, &answer)),
                     }
                 }
             })
@@ -476,12 +474,12 @@ impl Client {
                 async move {
                     let answer = self
                         .inner
-                        .send(&node.http, Method::PUT, &path, headers, value)
+                        .send(&node, Method::PUT, &path, headers, value)
                         .await?;
                     if answer.status.is_success() {
                         Ok(())
                     } else {
-                        Err(status_error(&node.http, &answer))
+                        Err(status_error(&node, &answer))
                     }
                 }
             })
@@ -501,12 +499,12 @@ impl Client {
                 async move {
                     let answer = self
                         .inner
-                        .send(&node.http, Method::DELETE, &path, &[], Bytes::new())
+                        .send(&node, Method::DELETE, &path, &[], Bytes::new())
                         .await?;
                     if answer.status.is_success() {
                         Ok(())
                     } else {
-                        Err(status_error(&node.http, &answer))
+                        Err(status_error(&node, &answer))
                     }
                 }
             })
@@ -729,7 +727,7 @@ impl Client {
     /// Learns the membership again now.
     pub async fn refresh(&self) -> Result<Arc<Topology>> {
         let topology = Arc::new(self.inner.learn().await?);
-        *self.inner.topology.write().expect("topology lock") = Some(topology.clone());
+        self.inner.install(topology.clone());
         Ok(topology)
     }
 }

@@ -34,6 +34,7 @@ mod breaker;
 mod client;
 mod error;
 mod options;
+mod pool;
 mod topology;
 
 pub use client::{Client, ClientBuilder};
