@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::breaker::Breakers;
 use crate::error::{Error, Result};
+use crate::near::NearCache;
 use crate::options::{
     jitter, percent_encode, write_headers, Purge, PurgeReport, RetryPolicy, SetOptions, Value,
 };
@@ -36,6 +37,7 @@ pub struct ClientBuilder {
     refresh_interval: Duration,
     breaker_threshold: u32,
     breaker_cool_down: Duration,
+    near_cache: Option<(usize, Duration)>,
 }
 
 impl Default for ClientBuilder {
@@ -50,6 +52,7 @@ impl Default for ClientBuilder {
             refresh_interval: Duration::from_secs(5),
             breaker_threshold: 3,
             breaker_cool_down: Duration::from_secs(2),
+            near_cache: None,
         }
     }
 }
@@ -105,6 +108,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Keeps up to `capacity` recently read values in process, each at most
+    /// `max_ttl` (and never beyond its own freshness). The seed it watches pushes
+    /// every invalidation to it, and a purge acknowledged with `wait=all` has emptied
+    /// it of what the purge covered. Off by default. Needs the admin token when the
+    /// nodes have one.
+    pub fn near_cache(mut self, capacity: usize, max_ttl: Duration) -> Self {
+        self.near_cache = Some((capacity, max_ttl));
+        self
+    }
+
     /// Learns the cluster from the seeds and starts keeping it fresh. Fails with
     /// [`Error::Unreachable`] or [`Error::Timeout`] when no seed answers within the
     /// connect timeout, [`Error::Auth`] when the token is refused.
@@ -142,6 +155,9 @@ impl ClientBuilder {
             refresh: Arc::new(Notify::new()),
             breakers: Breakers::new(self.breaker_threshold, self.breaker_cool_down),
             flights: Mutex::new(HashMap::new()),
+            near: self
+                .near_cache
+                .map(|(capacity, ttl)| Arc::new(NearCache::new(capacity, ttl))),
         };
         let inner = Arc::new(inner);
         let first = tokio::time::timeout(self.connect_timeout, inner.learn())
@@ -153,6 +169,9 @@ impl ClientBuilder {
             inner.refresh.clone(),
             self.refresh_interval,
         ));
+        if let Some(near) = &inner.near {
+            tokio::spawn(crate::near::watch(Arc::downgrade(&inner), near.clone()));
+        }
         Ok(Client { inner })
     }
 }
@@ -165,7 +184,7 @@ pub struct Client {
 
 type Flight = watch::Receiver<Option<Result<Bytes>>>;
 
-struct Inner {
+pub(crate) struct Inner {
     pool: Pool,
     /// Admin `host:port` of each seed.
     seeds: Vec<String>,
@@ -178,6 +197,7 @@ struct Inner {
     breakers: Breakers,
     /// `get_or_set` calls in progress, by key: later callers wait for the first.
     flights: Mutex<HashMap<Vec<u8>, Flight>>,
+    near: Option<Arc<NearCache>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -225,6 +245,45 @@ struct Answer {
 }
 
 impl Inner {
+    pub(crate) fn seeds(&self) -> &[String] {
+        &self.seeds
+    }
+
+    /// Opens a near-cache watch on `seed` (its own connection: the stream lasts).
+    pub(crate) async fn open_watch(&self, seed: &str) -> Result<hyper::body::Incoming> {
+        let mut request = Request::get("/invalidations").header(http::header::HOST, seed);
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut sender = self.pool.connect_new(seed).await?;
+        let response = tokio::time::timeout(self.settings.timeout, exchange(&mut sender, request))
+            .await
+            .map_err(|_| Error::Timeout(self.settings.timeout))?
+            .map_err(|e| Error::Unreachable(format!("{seed}: {e}")))?;
+        if response.status() != StatusCode::OK {
+            return Err(Error::Server {
+                node: seed.to_string(),
+                status: response.status().as_u16(),
+                message: "the invalidation watch was refused".into(),
+            });
+        }
+        Ok(response.into_body())
+    }
+
+    /// Confirms to `seed` that watcher `id` applied every invalidation up to `seq`.
+    pub(crate) async fn confirm(&self, seed: &str, id: u64, seq: u64) -> Result<()> {
+        let path = format!("/invalidations/{id}/ack?seq={seq}");
+        let answer = self.admin_at(seed, Method::POST, &path, None).await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(seed, &answer))
+        }
+    }
+
     fn install(&self, topology: Arc<Topology>) {
         self.max_answer.store(
             topology.report.max_value_size.saturating_add(ANSWER_SLACK),
@@ -427,8 +486,14 @@ impl Client {
     pub async fn get_with_meta(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let key = key.as_ref();
         self.inner.check_key(key)?;
+        let near = self.inner.near.as_ref();
+        if let Some(value) = near.and_then(|n| n.get(key)) {
+            return Ok(Some(value));
+        }
+        let generation = near.map(|n| n.generation());
         let span = tracing::debug_span!("fanz.get", key = %String::from_utf8_lossy(key));
-        self.inner
+        let found = self
+            .inner
             .run(key, |node, topology| {
                 let path = self.path(&topology, key);
                 async move {
@@ -444,7 +509,16 @@ impl Client {
                 }
             })
             .instrument(span)
-            .await
+            .await?;
+        if let (Some(near), Some(generation), Some(value)) = (near, generation, &found) {
+            near.keep(key, value, generation);
+        }
+        Ok(found)
+    }
+
+    /// Values held by the near cache (0 without one).
+    pub fn near_cache_len(&self) -> usize {
+        self.inner.near.as_ref().map_or(0, |n| n.len())
     }
 
     /// Stores `value` under `key` on its owners. Overwriting is invalidation: every
@@ -484,7 +558,16 @@ impl Client {
                 }
             })
             .instrument(span)
-            .await
+            .await?;
+        self.forget(key);
+        Ok(())
+    }
+
+    /// Drops `key` from the near cache, after this client wrote or deleted it.
+    fn forget(&self, key: &[u8]) {
+        if let Some(near) = &self.inner.near {
+            near.forget(key);
+        }
     }
 
     /// Deletes `key` everywhere: a purge of the key that every member acknowledged
@@ -509,7 +592,9 @@ impl Client {
                 }
             })
             .instrument(span)
-            .await
+            .await?;
+        self.forget(key);
+        Ok(())
     }
 
     /// Purges keys, tags and prefixes through a seed's admin API (needs the token
@@ -754,6 +839,13 @@ fn value_from(node: &str, answer: Answer) -> Result<Value> {
             node: node.to_string(),
             message: "a value without a version (ETag)".into(),
         })?;
+    let max_age = header_str(&answer.headers, "cache-control")
+        .and_then(|cc| {
+            cc.split(',')
+                .find_map(|d| d.trim().strip_prefix("max-age="))
+        })
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs);
     let age = header_str(&answer.headers, "age")
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
@@ -764,6 +856,7 @@ fn value_from(node: &str, answer: Answer) -> Result<Value> {
             .unwrap_or_default(),
         version,
         content_type: header_str(&answer.headers, "content-type").map(str::to_string),
+        max_age,
         value: answer.body,
     })
 }

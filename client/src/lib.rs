@@ -33,6 +33,7 @@
 mod breaker;
 mod client;
 mod error;
+mod near;
 mod options;
 mod pool;
 mod topology;

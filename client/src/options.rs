@@ -116,6 +116,9 @@ pub struct Value {
     pub version: u64,
     /// Its content type, if one was given.
     pub content_type: Option<String>,
+    /// Its freshness lifetime (`max-age`), counted like `age` from when it was
+    /// written.
+    pub max_age: Option<Duration>,
 }
 
 /// Retries with exponential backoff and full jitter (a random wait between zero and

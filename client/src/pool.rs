@@ -67,6 +67,11 @@ impl Pool {
         }
     }
 
+    /// A new connection to `node`, not from (nor returned to) the pool.
+    pub(crate) async fn connect_new(&self, node: &str) -> Result<Sender> {
+        self.connect(node).await
+    }
+
     async fn connect(&self, node: &str) -> Result<Sender> {
         let unreachable = |e: &dyn std::fmt::Display| Error::Unreachable(format!("{node}: {e}"));
         let stream =

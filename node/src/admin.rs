@@ -1,5 +1,7 @@
-//! The admin listener: `POST /purge`, `GET /metrics` (both behind the admin token),
-//! and the unauthenticated probes `GET /healthz` and `GET /readyz`.
+//! The admin listener: `POST /purge`, `GET /purge/{id}`, `GET /cluster`,
+//! `GET /metrics`, the near caches' `GET /invalidations` stream and its acks (all
+//! behind the admin token), and the unauthenticated probes `GET /healthz` and
+//! `GET /readyz`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanz_protocol::CacheKey;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::auth::Auth;
@@ -61,6 +64,23 @@ pub struct KvFacts {
     pub max_key_size: usize,
     /// Largest value accepted.
     pub max_value_size: u64,
+}
+
+/// The body of a watcher's stream: its lines as they are sent.
+struct WatchBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(hyper::body::Frame::data(l))))
+    }
 }
 
 /// The admin listener's service.
@@ -185,15 +205,59 @@ impl AdminService {
                 }
                 json(StatusCode::OK, &self.cluster_report())
             }
-            ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster", m) => text(
+            ("/invalidations", Method::GET) => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                self.watch()
+            }
+            (p, Method::POST) if p.starts_with("/invalidations/") && p.ends_with("/ack") => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                let id = p["/invalidations/".len()..p.len() - "/ack".len()].parse::<u64>();
+                let seq = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("seq="))
+                    .and_then(|s| s.parse::<u64>().ok());
+                match (id, seq) {
+                    (Ok(id), Some(seq)) => {
+                        if self.cache.invalidator().watchers().ack(id, seq) {
+                            text(StatusCode::NO_CONTENT, "")
+                        } else {
+                            text(StatusCode::GONE, format!("no watcher {id}: dropped or never subscribed; empty the near cache and subscribe again"))
+                        }
+                    }
+                    _ => text(
+                        StatusCode::BAD_REQUEST,
+                        "expected POST /invalidations/{id}/ack?seq=N",
+                    ),
+                }
+            }
+            ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster" | "/invalidations", m) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{m} is not allowed on {path}"),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "no such admin resource (try /purge, /cluster, /metrics, /healthz, /readyz)",
+                "no such admin resource (try /purge, /cluster, /invalidations, /metrics, /healthz, /readyz)",
             ),
         }
+    }
+
+    /// A near cache's stream of this node's invalidations (see
+    /// `invalidation::Watchers`): newline-delimited JSON until the node drops it.
+    fn watch(&self) -> Response<Body> {
+        let (_, lines) = self.cache.invalidator().watchers().subscribe();
+        let mut r = Response::new(BodyExt::boxed(WatchBody(lines)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
     }
 
     async fn purge(&self, req: Request<ReqBody>) -> Response<Body> {

@@ -308,6 +308,22 @@ pub async fn run(
             }
         })
     };
+    // Near caches serve only while these arrive (their lease).
+    let heartbeats = {
+        let watchers = invalidator.watchers().clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => watchers.heartbeat(),
+                    _ = stop.changed() => break,
+                }
+            }
+            // Their streams end, so the admin listener can drain.
+            watchers.close();
+        })
+    };
     ready.store(true, Ordering::Release);
     tracing::info!(
         http = %config.http_addr,
@@ -325,7 +341,7 @@ pub async fn run(
         cluster.leave().await;
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(main_server, maintenance);
+    let _ = tokio::join!(main_server, maintenance, heartbeats);
     if let Some(h3) = h3_server {
         let _ = h3.await;
     }

@@ -497,3 +497,155 @@ async fn an_owner_killed_mid_workload_costs_under_a_tenth_of_a_percent() {
         "{failed} of {OPS} operations failed (limit 0.1%)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_near_cache_never_serves_a_value_after_an_acknowledged_purge() {
+    let (_tmp, mut nodes) = start_cluster(3, FAST).await;
+    // The reader keeps a near cache and watches n1; the purger goes through n3.
+    let reader = Client::builder()
+        .seeds([admin_seed(&nodes[0].node)])
+        .token(TOKEN)
+        .near_cache(1000, Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let purger = client_for(&[&nodes[2].node]).await;
+    let tagged = SetOptions::default().tag("catalog");
+    for i in 0..20 {
+        purger
+            .set(format!("item{i}"), format!("v{i}"), &tagged)
+            .await
+            .unwrap();
+    }
+    // The watch is up once heartbeats arrive; reads then fill the near cache.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reader.near_cache_len() < 20 {
+        assert!(Instant::now() < deadline, "the near cache never filled");
+        for i in 0..20 {
+            assert_eq!(
+                reader.get(format!("item{i}")).await.unwrap(),
+                Some(Bytes::from(format!("v{i}")))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A purge of one key, acknowledged by every member: the reader's next read
+    // (served from its near cache a moment ago) must not return the value.
+    for i in 0..10 {
+        let key = format!("item{i}");
+        assert!(reader.get(&key).await.unwrap().is_some());
+        purger.purge(&Purge::key(key.clone())).await.unwrap();
+        assert_eq!(
+            reader.get(&key).await.unwrap(),
+            None,
+            "{key} served after its purge"
+        );
+    }
+    // A tag purge reaches everything it covers.
+    for i in 10..20 {
+        assert!(reader.get(format!("item{i}")).await.unwrap().is_some());
+    }
+    purger.purge(&Purge::tag("catalog")).await.unwrap();
+    for i in 10..20 {
+        assert_eq!(
+            reader.get(format!("item{i}")).await.unwrap(),
+            None,
+            "item{i} served after its tag was purged"
+        );
+    }
+    // An overwrite by another client reaches the near cache within moments.
+    purger
+        .set("fresh", "old", &SetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reader.get("fresh").await.unwrap(), Some(Bytes::from("old")));
+    purger
+        .set("fresh", "new", &SetOptions::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while reader.get("fresh").await.unwrap() != Some(Bytes::from("new")) {
+        assert!(
+            Instant::now() < deadline,
+            "the overwrite never reached the near cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The watched node dies: the near cache empties and serves nothing.
+    assert!(reader.near_cache_len() > 0);
+    nodes[0].node.kill();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while reader.near_cache_len() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the near cache outlived its watch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The near cache's process stalls (its runtime's only thread is blocked) just
+/// before a purge: the purge is acknowledged only once the near cache confirmed it,
+/// or, when the stall outlasts the node's patience (500 ms), once the node dropped
+/// the watcher, whose near cache then no longer serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_waits_for_a_near_cache_that_is_slow_to_confirm() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    let reader_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seed = admin_seed(&node);
+    let reader = reader_rt
+        .spawn(async move {
+            Client::builder()
+                .seeds([seed])
+                .token(TOKEN)
+                .near_cache(100, Duration::from_secs(60))
+                .build()
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let read = |key: &'static str| {
+        let reader = reader.clone();
+        reader_rt.spawn(async move { reader.get(key).await.unwrap() })
+    };
+    let purger = client_for(&[&node]).await;
+    for (stall, key) in [
+        (Duration::from_millis(300), "a"),
+        (Duration::from_millis(900), "b"),
+    ] {
+        purger
+            .set(key, "cached", &SetOptions::default())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read(key).await.unwrap().is_none() || reader.near_cache_len() == 0 {
+            assert!(Instant::now() < deadline, "the near cache never held {key}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Cached now (the watch is up, the value read once more).
+        read(key).await.unwrap();
+        assert!(reader.near_cache_len() > 0);
+        reader_rt.spawn(async move { std::thread::sleep(stall) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        purger.purge(&Purge::key(key)).await.unwrap();
+        let took = started.elapsed();
+        let expected = stall.min(Duration::from_millis(500)) - Duration::from_millis(60);
+        assert!(
+            took >= expected,
+            "the purge of {key} was acknowledged after {took:?}, while the near cache was stalled for {stall:?}"
+        );
+        assert_eq!(
+            read(key).await.unwrap(),
+            None,
+            "{key} served after its purge"
+        );
+    }
+    reader_rt.shutdown_background();
+}

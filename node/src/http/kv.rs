@@ -468,6 +468,12 @@ fn entry_response(entry: &Entry, age_secs: u64, cache_status: &str, req: &Parts)
     }
     h.insert(header::AGE, HeaderValue::from(age_secs));
     insert_str(h, header::ETAG, &etag);
+    // With Age, how long a client (a near cache) may keep it.
+    insert_str(
+        h,
+        header::CACHE_CONTROL,
+        &format!("max-age={}", entry.meta.ttl_ms / 1000),
+    );
     if !entry.meta.tags.is_empty() {
         // Tags were validated as header tokens when the value was written.
         let tags = entry.meta.tags.join(&b' ');

@@ -16,6 +16,7 @@ mod log;
 #[cfg(test)]
 mod model_tests;
 mod state;
+mod watchers;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,11 @@ use fanz_protocol::{CacheKey, EntryMeta, Timestamp};
 use crate::clock::Clock;
 pub use log::{LogError, LogStats, LOG_FILE};
 pub use state::{Coverage, InvalidationState, PurgePlan, PurgeTargets};
+pub use watchers::{WatchEvent, Watchers};
+
+/// How long a near-cache watcher has to confirm an invalidation before it is
+/// dropped (and the invalidation acknowledged without it).
+pub const WATCHER_ACK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What a purge did.
 #[derive(Debug, Clone)]
@@ -58,6 +64,8 @@ pub struct Invalidator {
     dropped_since_compaction: AtomicU64,
     /// Where edges recorded on this node go to be replicated to the cluster.
     edge_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<Record>>>,
+    /// Near caches that must confirm every invalidation before it is acknowledged.
+    watchers: Arc<Watchers>,
 }
 
 impl Invalidator {
@@ -90,6 +98,7 @@ impl Invalidator {
             last_compacted: AtomicU64::new(0),
             dropped_since_compaction: AtomicU64::new(0),
             edge_sink: std::sync::OnceLock::new(),
+            watchers: Arc::new(Watchers::new(WATCHER_ACK_TIMEOUT)),
         };
         let dropped = engine.collect_garbage();
         tracing::info!(
@@ -119,11 +128,19 @@ impl Invalidator {
             self.state.apply(record);
         }
         self.log.append(&plan.records, true).await?;
+        if let Some(event) = WatchEvent::of_purge(targets, &plan.dependents) {
+            self.watchers.publish(&event).await;
+        }
         Ok(PurgeOutcome {
             at,
             tombstones: plan.records.len(),
             dependents: plan.dependents,
         })
+    }
+
+    /// The near caches watching this node's invalidations.
+    pub fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
     }
 
     /// Records the dependency edges of `key`'s new entry `meta`; resolves once they are
@@ -217,15 +234,21 @@ impl Invalidator {
         key: &CacheKey,
         at: Timestamp,
     ) -> Result<Vec<CacheKey>, LogError> {
-        if !self.state.has_dependents(key) {
-            return Ok(Vec::new());
+        let dependents = if self.state.has_dependents(key) {
+            let plan = self.state.plan_overwrite(key, at, self.clock.wall_ms());
+            for record in &plan.records {
+                self.state.apply(record);
+            }
+            self.log.append(&plan.records, true).await?;
+            plan.dependents
+        } else {
+            Vec::new()
+        };
+        // The overwritten key itself leaves near caches too.
+        if let Some(event) = WatchEvent::of_overwrite(key, &dependents) {
+            self.watchers.publish(&event).await;
         }
-        let plan = self.state.plan_overwrite(key, at, self.clock.wall_ms());
-        for record in &plan.records {
-            self.state.apply(record);
-        }
-        self.log.append(&plan.records, true).await?;
-        Ok(plan.dependents)
+        Ok(dependents)
     }
 
     /// Drops tombstones and edges that can no longer matter. Returns how many.
