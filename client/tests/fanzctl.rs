@@ -85,6 +85,7 @@ fn start_node() -> Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
     }
     panic!("fanz-node did not start");
 }
