@@ -516,6 +516,38 @@ impl Client {
         Ok(found)
     }
 
+    /// The value under `key` decoded from JSON, or `None`. A value that is not
+    /// valid JSON for `T` is an [`Error::Invalid`].
+    #[cfg(feature = "serde")]
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>> {
+        match self.get(key).await? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Invalid(format!("stored value is not the JSON expected: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` as JSON (content type `application/json`).
+    #[cfg(feature = "serde")]
+    pub async fn set_json<T: serde::Serialize>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: &T,
+        options: &SetOptions,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::Invalid(format!("value does not serialise: {e}")))?;
+        let mut options = options.clone();
+        options
+            .content_type
+            .get_or_insert_with(|| "application/json".to_string());
+        self.set(key, bytes, &options).await
+    }
+
     /// Values held by the near cache (0 without one).
     pub fn near_cache_len(&self) -> usize {
         self.inner.near.as_ref().map_or(0, |n| n.len())

@@ -30,6 +30,8 @@
 //! protocol's mutual TLS is the cluster's own trust boundary, which application
 //! servers should not hold the keys to.
 
+#![warn(missing_docs)]
+
 mod breaker;
 mod client;
 mod error;

@@ -84,6 +84,41 @@ async fn a_lone_node_stores_reads_and_deletes_with_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serde_values_round_trip_as_json() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct User {
+        name: String,
+        logins: u32,
+    }
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    let client = client_for(&[&node]).await;
+    let ada = User {
+        name: "Ada".into(),
+        logins: 3,
+    };
+    client
+        .set_json("user:ada", &ada, &SetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_json::<User>("user:ada").await.unwrap(),
+        Some(ada)
+    );
+    let meta = client.get_with_meta("user:ada").await.unwrap().unwrap();
+    assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+    assert_eq!(client.get_json::<User>("nobody").await.unwrap(), None);
+    client
+        .set("broken", "{not json", &SetOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.get_json::<User>("broken").await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purges_by_tag_and_dependencies_reach_the_values() {
     let (_tmp, data) = data_dir();
     let node = TestNode::start(&data, &[]);
