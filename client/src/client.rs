@@ -152,6 +152,7 @@ impl ClientBuilder {
             settings: self.clone(),
             topology: RwLock::new(None),
             max_answer: std::sync::atomic::AtomicU64::new(u64::MAX / 2),
+            max_key: std::sync::atomic::AtomicUsize::new(usize::MAX),
             refresh: Arc::new(Notify::new()),
             breakers: Breakers::new(self.breaker_threshold, self.breaker_cool_down),
             flights: Mutex::new(HashMap::new()),
@@ -193,6 +194,8 @@ pub(crate) struct Inner {
     topology: RwLock<Option<Arc<Topology>>>,
     /// Largest answer body accepted: the nodes' value limit and some slack.
     max_answer: std::sync::atomic::AtomicU64,
+    /// The nodes' key limit (read on every operation, so kept out of the lock).
+    max_key: std::sync::atomic::AtomicUsize,
     refresh: Arc<Notify>,
     breakers: Breakers,
     /// `get_or_set` calls in progress, by key: later callers wait for the first.
@@ -287,6 +290,10 @@ impl Inner {
     fn install(&self, topology: Arc<Topology>) {
         self.max_answer.store(
             topology.report.max_value_size.saturating_add(ANSWER_SLACK),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.max_key.store(
+            topology.report.max_key_size,
             std::sync::atomic::Ordering::Relaxed,
         );
         *self.topology.write().expect("topology lock") = Some(topology);
@@ -434,7 +441,7 @@ impl Inner {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        let limit = self.topology().report.max_key_size;
+        let limit = self.max_key.load(std::sync::atomic::Ordering::Relaxed);
         if key.is_empty() {
             return Err(Error::Invalid("empty key".into()));
         }

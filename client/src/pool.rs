@@ -44,7 +44,9 @@ impl Pool {
                 .get_mut(node)
                 .and_then(Vec::pop);
             match idle {
-                Some(sender) if sender.is_ready() => return Ok(sender),
+                // Not necessarily ready yet (the connection task may still be
+                // finishing the last exchange): `exchange` waits for that.
+                Some(sender) if !sender.is_closed() => return Ok(sender),
                 Some(_) => continue, // closed while idle
                 None => break,
             }
