@@ -38,6 +38,7 @@ pub struct ClientBuilder {
     breaker_threshold: u32,
     breaker_cool_down: Duration,
     near_cache: Option<(usize, Duration)>,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientBuilder {
@@ -53,6 +54,7 @@ impl Default for ClientBuilder {
             breaker_threshold: 3,
             breaker_cool_down: Duration::from_secs(2),
             near_cache: None,
+            tls_ca: None,
         }
     }
 }
@@ -108,6 +110,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Speaks TLS to the nodes' KV API (their `tls_cert`), trusting only the
+    /// certificates in the PEM file `ca` (a CA, or the nodes' own certificates).
+    /// The seeds' admin API stays plain HTTP, as the nodes serve it.
+    pub fn tls_ca_file(mut self, ca: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca = Some(ca.into());
+        self
+    }
+
     /// Keeps up to `capacity` recently read values in process, each at most
     /// `max_ttl` (and never beyond its own freshness). The seed it watches pushes
     /// every invalidation to it, and a purge acknowledged with `wait=all` has emptied
@@ -145,8 +155,12 @@ impl ClientBuilder {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(tls_config(ca)?),
+            None => None,
+        };
         let inner = Inner {
-            pool: Pool::new(self.pool_size, self.connect_timeout),
+            pool: Pool::new(self.pool_size, self.connect_timeout, tls),
             seeds,
             token: self.token.clone(),
             settings: self.clone(),
@@ -175,6 +189,30 @@ impl ClientBuilder {
         }
         Ok(Client { inner })
     }
+}
+
+/// A rustls client configuration trusting the certificates in the PEM file `ca`
+/// (ring provider, passed explicitly: no process-wide default is assumed).
+fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let bad =
+        |e: &dyn std::fmt::Display| Error::Config(format!("TLS CA file {}: {e}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in it"));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A FANZ Edge client. Cheap to clone; clones share connections and state.
@@ -240,6 +278,14 @@ async fn keep_fresh(inner: Weak<Inner>, refresh: Arc<Notify>, interval: Duration
     }
 }
 
+/// Which of a node's listeners a request is for: the KV API speaks TLS when the
+/// client is configured for it; the admin API is plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Kv,
+    Admin,
+}
+
 /// A node's answer.
 struct Answer {
     status: StatusCode,
@@ -261,7 +307,7 @@ impl Inner {
         let request = request
             .body(Full::new(Bytes::new()))
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut sender = self.pool.connect_new(seed).await?;
+        let mut sender = self.pool.connect_plain(seed).await?;
         let response = tokio::time::timeout(self.settings.timeout, exchange(&mut sender, request))
             .await
             .map_err(|_| Error::Timeout(self.settings.timeout))?
@@ -330,9 +376,23 @@ impl Inner {
         Err(last)
     }
 
-    /// One HTTP exchange with `node` within the operation timeout.
+    /// One HTTP exchange with `node`'s KV API within the operation timeout.
     async fn send(
         &self,
+        node: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Answer> {
+        self.send_to(Port::Kv, node, method, path, headers, body)
+            .await
+    }
+
+    /// One HTTP exchange with `node` on `port` within the operation timeout.
+    async fn send_to(
+        &self,
+        port: Port,
         node: &str,
         method: Method,
         path: &str,
@@ -352,7 +412,7 @@ impl Inner {
             let request = request
                 .body(Full::new(body))
                 .map_err(|e| Error::Invalid(format!("request: {e}")))?;
-            let mut sender = self.pool.take(node).await?;
+            let mut sender = self.pool.take(node, port == Port::Kv).await?;
             let response = exchange(&mut sender, request)
                 .await
                 .map_err(|e| Error::Unreachable(format!("{node}: {e}")))?;
@@ -392,8 +452,15 @@ impl Inner {
         if body.is_some() {
             headers.push(("content-type", "application/json".to_string()));
         }
-        self.send(seed, method, path, &headers, body.unwrap_or_default())
-            .await
+        self.send_to(
+            Port::Admin,
+            seed,
+            method,
+            path,
+            &headers,
+            body.unwrap_or_default(),
+        )
+        .await
     }
 
     /// Runs `attempt` against the best node for `key`, failing over to the next

@@ -684,3 +684,85 @@ async fn a_purge_waits_for_a_near_cache_that_is_slow_to_confirm() {
     }
     reader_rt.shutdown_background();
 }
+
+/// A certificate for 127.0.0.1 (an IP SAN: the client connects to the address the
+/// cluster reports), written as PEM files in `dir` with the given `name`.
+fn ip_certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_speaks_tls_to_nodes_it_trusts_and_to_no_others() {
+    let (tmp, data) = data_dir();
+    let (cert, key) = ip_certificate(tmp.path(), "node");
+    let (other, _) = ip_certificate(tmp.path(), "other");
+    let node = TestNode::start(
+        &data,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let client = Client::builder()
+        .seeds([admin_seed(&node)])
+        .token(TOKEN)
+        .tls_ca_file(&cert)
+        .build()
+        .await
+        .unwrap();
+    client
+        .set("secret", "over tls", &SetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get("secret").await.unwrap(),
+        Some(Bytes::from("over tls"))
+    );
+
+    // Trusting another certificate: the node is not usable, and the error says so.
+    let distrustful = Client::builder()
+        .seeds([admin_seed(&node)])
+        .token(TOKEN)
+        .tls_ca_file(&other)
+        .retry(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    let err = distrustful.get("secret").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Unreachable(m) if m.contains("TLS")),
+        "{err:?}"
+    );
+
+    // Without TLS configured, a plain-HTTP client cannot talk to a TLS port either.
+    let plain = Client::builder()
+        .seeds([admin_seed(&node)])
+        .token(TOKEN)
+        .retry(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    assert!(plain.get("secret").await.is_err());
+
+    // A CA file with no certificate in it is a configuration error.
+    let empty = tmp.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    assert!(matches!(
+        Client::builder()
+            .seeds([admin_seed(&node)])
+            .tls_ca_file(&empty)
+            .build()
+            .await,
+        Err(Error::Config(_))
+    ));
+}
