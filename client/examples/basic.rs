@@ -8,17 +8,12 @@
 
 use std::time::Duration;
 
-use fanz_client::{Client, SetOptions};
+use fanz_client::{ClientBuilder, SetOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), fanz_client::Error> {
-    let endpoint =
-        std::env::var("FANZ_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9090".into());
-    let mut builder = Client::builder().seeds([endpoint]);
-    if let Ok(token) = std::env::var("FANZ_ADMIN_TOKEN") {
-        builder = builder.token(token);
-    }
-    let client = builder.build().await?;
+    // FANZ_ENDPOINT (default http://127.0.0.1:9090) and FANZ_ADMIN_TOKEN.
+    let client = ClientBuilder::from_env().build().await?;
 
     let options = SetOptions::ttl(Duration::from_secs(300)).tag("users");
     client.set("user:42", "Ada Lovelace", &options).await?;

@@ -8,20 +8,15 @@
 
 use std::time::{Duration, Instant};
 
-use fanz_client::{Client, Purge, SetOptions};
+use fanz_client::{ClientBuilder, Purge, SetOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), fanz_client::Error> {
-    let endpoint =
-        std::env::var("FANZ_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9090".into());
-    let token = std::env::var("FANZ_ADMIN_TOKEN").ok();
-    let mut builder = Client::builder()
-        .seeds([endpoint])
-        .near_cache(10_000, Duration::from_secs(30));
-    if let Some(token) = token {
-        builder = builder.token(token);
-    }
-    let client = builder.build().await?;
+    // FANZ_ENDPOINT (default http://127.0.0.1:9090) and FANZ_ADMIN_TOKEN.
+    let client = ClientBuilder::from_env()
+        .near_cache(10_000, Duration::from_secs(30))
+        .build()
+        .await?;
     client
         .set("config:flags", "dark-mode=on", &SetOptions::default())
         .await?;

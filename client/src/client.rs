@@ -16,9 +16,7 @@ use tracing::Instrument;
 use crate::breaker::Breakers;
 use crate::error::{Error, Result};
 use crate::near::NearCache;
-use crate::options::{
-    jitter, percent_encode, write_headers, Purge, PurgeReport, RetryPolicy, SetOptions, Value,
-};
+use crate::options::{jitter, write_headers, Purge, PurgeReport, RetryPolicy, SetOptions, Value};
 use crate::pool::{exchange, Pool};
 use crate::topology::{ClusterReport, Member, Topology};
 
@@ -60,6 +58,26 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// A builder configured from the environment, as `fanzctl` is: seeds from
+    /// `FANZ_ENDPOINT` (comma-separated admin API addresses; default
+    /// `http://127.0.0.1:9090`, the node's built-in admin address) and the token from
+    /// `FANZ_ADMIN_TOKEN`, if set.
+    pub fn from_env() -> Self {
+        let endpoints =
+            std::env::var("FANZ_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9090".to_string());
+        let builder = Self::default().seeds(
+            endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
+        match std::env::var("FANZ_ADMIN_TOKEN") {
+            Ok(token) if !token.is_empty() => builder.token(token),
+            _ => builder,
+        }
+    }
+
     /// Admin API addresses of some nodes (`http://10.0.0.1:9091` or `10.0.0.1:9091`):
     /// the client learns the whole cluster from the first that answers.
     pub fn seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
@@ -548,7 +566,11 @@ impl Client {
     }
 
     fn path(&self, topology: &Topology, key: &[u8]) -> String {
-        format!("{}{}", topology.report.kv_prefix, percent_encode(key))
+        format!(
+            "{}{}",
+            topology.report.kv_prefix,
+            fanz_protocol::percent::encode(key)
+        )
     }
 
     /// The value under `key`, or `None`.

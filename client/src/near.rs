@@ -147,23 +147,6 @@ struct Line {
     all: bool,
 }
 
-fn percent_decode(text: &str) -> Option<Vec<u8>> {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
 /// Keeps a watch open on one of the seeds for as long as the client lives,
 /// applying and confirming every invalidation.
 pub(crate) async fn watch(inner: Weak<crate::client::Inner>, near: Arc<NearCache>) {
@@ -226,8 +209,10 @@ async fn follow(
             match line.keys {
                 None => near.heard(),
                 Some(keys) => {
-                    let keys: Vec<Vec<u8>> =
-                        keys.iter().filter_map(|k| percent_decode(k)).collect();
+                    let keys: Vec<Vec<u8>> = keys
+                        .iter()
+                        .filter_map(|k| fanz_protocol::percent::decode(k).ok())
+                        .collect();
                     near.invalidate(&keys, line.all);
                     let Some(client) = inner.upgrade() else {
                         return Ok(());
@@ -324,7 +309,5 @@ mod tests {
             near.get(b"stale").is_none(),
             "a value with no freshness left is not kept"
         );
-        assert_eq!(percent_decode("a%2Fb").unwrap(), b"a/b");
-        assert_eq!(percent_decode("bad%zz"), None);
     }
 }

@@ -179,19 +179,6 @@ pub(crate) fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `key` percent-encoded for a URL path: every byte but unreserved characters.
-pub(crate) fn percent_encode(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len());
-    for &b in key {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Checks a tag as the nodes do: visible ASCII, 1..=1024 bytes.
 pub(crate) fn check_tag(tag: &str) -> Result<()> {
     const MAX_TAG_LEN: usize = 1024;
@@ -242,7 +229,7 @@ pub(crate) fn write_headers(options: &SetOptions) -> Result<Vec<(&'static str, S
                 Dependency::Key(k) if k.is_empty() => {
                     return Err(Error::Invalid("empty dependency key".into()))
                 }
-                Dependency::Key(k) => items.push(percent_encode(k)),
+                Dependency::Key(k) => items.push(fanz_protocol::percent::encode(k)),
                 Dependency::Tag(t) => {
                     check_tag(t)?;
                     items.push(format!("tag:{t}"));
@@ -262,31 +249,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The node's decoder, restated: every encoding must decode to the same bytes.
-    fn percent_decode(text: &str) -> Vec<u8> {
-        let b = text.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%' {
-                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        out
-    }
-
     proptest! {
-        #[test]
-        fn percent_encoding_round_trips_and_is_path_safe(key in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let encoded = percent_encode(&key);
-            prop_assert!(encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
-            prop_assert_eq!(percent_decode(&encoded), key);
-        }
-
         #[test]
         fn backoff_never_exceeds_its_ceiling(attempt in 1u32..64, r in 0.0f64..1.0) {
             let p = RetryPolicy::default();

@@ -19,6 +19,7 @@ pub mod hlc;
 pub mod key;
 pub mod log;
 pub mod peer;
+pub mod percent;
 pub mod replication;
 pub mod ring;
 

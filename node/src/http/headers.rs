@@ -127,7 +127,7 @@ pub fn depends_on(
                 validate_tag(tag).map_err(|r| err(NAME, r))?;
                 deps.push(InvalidationId::tag(tag.as_bytes()));
             } else {
-                let key = percent_decode(item).map_err(|r| err(NAME, r))?;
+                let key = fanz_protocol::percent::decode(item).map_err(|r| err(NAME, r))?;
                 if key.is_empty() || key.len() > max_key_size {
                     return Err(err(
                         NAME,
@@ -159,28 +159,6 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|candidate| candidate.trim() == "*" || strip(candidate) == ours)
-}
-
-/// Decodes `%XX` escapes; other bytes pass through.
-pub fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape in {text:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
 }
 
 /// `Cache-Status` for a hit.

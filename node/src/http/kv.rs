@@ -126,8 +126,8 @@ impl MainService {
 
     /// The key of `/kv/{key}`: percent-decoded, not empty, within the limit.
     fn parse_key(&self, raw: &str) -> Result<CacheKey, Box<Response<Body>>> {
-        let key =
-            headers::percent_decode(raw).map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
+        let key = fanz_protocol::percent::decode(raw)
+            .map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
         if key.is_empty() {
             return Err(Box::new(text(StatusCode::BAD_REQUEST, "empty key")));
         }

@@ -144,7 +144,11 @@ impl Watchers {
                 return;
             }
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            let keys: Vec<String> = event.keys.iter().map(|k| percent_encode(k)).collect();
+            let keys: Vec<String> = event
+                .keys
+                .iter()
+                .map(|k| fanz_protocol::percent::encode(k))
+                .collect();
             let line = Bytes::from(format!(
                 "{}\n",
                 serde_json::json!({"seq": seq, "keys": keys, "all": event.all})
@@ -198,19 +202,6 @@ impl Watchers {
         let line = Bytes::from(format!("{{\"seq\":{seq}}}\n"));
         watchers.retain(|_, w| !w.lines.is_closed() && w.lines.try_send(line.clone()).is_ok());
     }
-}
-
-/// `key` percent-encoded: every byte but unreserved characters (what clients do).
-fn percent_encode(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len());
-    for &b in key {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
