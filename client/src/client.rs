@@ -490,6 +490,7 @@ impl Inner {
     {
         let policy = self.settings.retry;
         let mut last = Error::Unreachable("no member to ask".into());
+        let mut tried: Vec<String> = Vec::new();
         for number in 1..=policy.max_attempts.max(1) {
             let topology = self.topology();
             let all = topology.candidates(key);
@@ -500,11 +501,17 @@ impl Inner {
                 .collect();
             // When every breaker is open, ask anyway rather than fail without trying.
             let pool = if allowed.is_empty() { all } else { allowed };
-            // Each attempt goes to the next candidate: owners first, then the others.
-            let turn = (number - 1) as usize % pool.len().max(1);
-            let Some(node) = pool.get(turn).map(|m| m.http.clone()) else {
+            // Each attempt goes to the best candidate not tried yet (owners first,
+            // then the others), whatever breakers opened meanwhile; once every one
+            // was tried, round again.
+            let next = pool
+                .iter()
+                .find(|m| !tried.contains(&m.http))
+                .or_else(|| pool.get((number - 1) as usize % pool.len().max(1)));
+            let Some(node) = next.map(|m| m.http.clone()) else {
                 return Err(last);
             };
+            tried.push(node.clone());
             match attempt(node.clone(), topology.clone()).await {
                 Ok(value) => {
                     self.breakers.success(&node);
