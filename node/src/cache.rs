@@ -390,13 +390,17 @@ impl Cache {
         let store = self.store.clone();
         tokio::spawn(async move {
             for key in keys {
-                if let Some((entry, _)) = store.get(&key).await {
-                    if entry.meta.version < at {
-                        store.remove(&key);
-                    }
-                }
+                remove_if_older(&store, &key, at).await;
             }
         });
+    }
+
+    /// Drops the stored copy of `key` if it is older than `version`: another owner
+    /// holds a newer value (an overwrite this node missed). No tombstone: the next
+    /// read here misses, asks the other owners and keeps what they have (a
+    /// tombstone would stop that read repair, which guards deletes).
+    pub async fn drop_if_older(&self, key: &CacheKey, version: Timestamp) -> bool {
+        remove_if_older(&self.store, key, version).await
     }
 
     /// The store.
@@ -407,6 +411,17 @@ impl Cache {
     /// The invalidation engine.
     pub fn invalidator(&self) -> &Arc<Invalidator> {
         &self.invalidator
+    }
+}
+
+/// Removes `key` from the tiers if its stored version is older than `at`.
+async fn remove_if_older(store: &Store, key: &CacheKey, at: Timestamp) -> bool {
+    match store.get(key).await {
+        Some((entry, _)) if entry.meta.version < at => {
+            store.remove(key);
+            true
+        }
+        _ => false,
     }
 }
 

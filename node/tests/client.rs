@@ -775,3 +775,48 @@ async fn the_client_speaks_tls_to_nodes_it_trusts_and_to_no_others() {
         Err(Error::Config(_))
     ));
 }
+
+/// An owner down while its key is overwritten comes back with the old value in its
+/// disk tier: it must answer with the new one (the replicated overwrite marks its
+/// copy stale, so it reads the new value from the other owner), never the old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_missed_an_overwrite_never_serves_the_old_value() {
+    let (_tmp, mut nodes) = start_cluster(3, FAST).await;
+    let client = client_for(&nodes.iter().map(|n| &n.node).collect::<Vec<_>>()).await;
+    // A key that n2 owns, n1 too or not.
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| client.owners(k).iter().any(|m| m.id == "n2"))
+        .unwrap();
+    client
+        .set(&key, "old", &SetOptions::default())
+        .await
+        .unwrap();
+    nodes[1].node.wait_disk_written(1).await;
+    nodes[1].node.kill();
+    wait_until(&nodes[0].node, Duration::from_secs(10), "n2 down", |s| {
+        has(s, "n2", "down")
+    })
+    .await;
+    client
+        .set(&key, "new", &SetOptions::default())
+        .await
+        .unwrap();
+    nodes[1].node.restart();
+    for n in [0, 2] {
+        wait_until(&nodes[n].node, Duration::from_secs(10), "n2 alive", |s| {
+            has(s, "n2", "alive")
+        })
+        .await;
+    }
+    let url = nodes[1].node.url(&format!("/kv/{key}"));
+    let r = send(Method::GET, &url, &[], "").await;
+    assert_eq!(
+        r.text(),
+        "new",
+        "the restarted owner served {:?} ({:?}); its log:\n{}",
+        r.text(),
+        r.header("cache-status"),
+        nodes[1].node.log_text()
+    );
+}

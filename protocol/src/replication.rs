@@ -32,10 +32,14 @@ pub enum Op {
         /// Stale rather than gone.
         soft: bool,
     },
-    /// `key` got a new value: invalidate what depends on it.
+    /// `key` got a new value, of `version`: invalidate what depends on it, and drop
+    /// older copies of the key (an owner that missed the write must not serve its
+    /// old value; it reads the new one from the other owners instead).
     Overwrite {
         /// The key overwritten.
         key: CacheKey,
+        /// The new value's version.
+        version: Timestamp,
     },
     /// Dependency edges recorded on the origin node (`Record::Edge` only).
     Edges {
@@ -88,9 +92,10 @@ impl Replicated {
                     put_bytes16(&mut out, t);
                 }
             }
-            Op::Overwrite { key } => {
+            Op::Overwrite { key, version } => {
                 out.put_u8(OVERWRITE);
                 put_bytes16(&mut out, key.encoded());
+                out.put_u64_le(version.as_u64());
             }
             Op::Edges { edges } => {
                 out.put_u8(EDGES);
@@ -144,7 +149,10 @@ impl Replicated {
                     soft,
                 }
             }
-            OVERWRITE => Op::Overwrite { key: key(&mut r)? },
+            OVERWRITE => Op::Overwrite {
+                key: key(&mut r)?,
+                version: Timestamp::from_u64(r.u64()?),
+            },
             EDGES => {
                 let frames = r.bytes32()?;
                 let total = frames.len();
@@ -197,7 +205,10 @@ mod tests {
                     soft
                 }
             ),
-            key.clone().prop_map(|key| Op::Overwrite { key }),
+            (key.clone(), any::<u64>()).prop_map(|(key, v)| Op::Overwrite {
+                key,
+                version: Timestamp::from_u64(v)
+            }),
             proptest::collection::vec((key.clone(), key, any::<u64>()), 0..5).prop_map(|e| {
                 Op::Edges {
                     edges: e

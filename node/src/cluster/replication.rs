@@ -268,10 +268,18 @@ impl Replicator {
         Ok((outcome, report))
     }
 
-    /// `key` was overwritten here: its dependents are invalidated everywhere.
-    pub fn overwrite(self: &Arc<Self>, key: &CacheKey) {
+    /// `key` was overwritten here with a value of `version`: its dependents are
+    /// invalidated everywhere, and older copies of it on owners that missed the write
+    /// are dropped.
+    pub fn overwrite(self: &Arc<Self>, key: &CacheKey, version: fanz_protocol::Timestamp) {
         let at = self.cache.invalidator().now();
-        let record = self.make(Op::Overwrite { key: key.clone() }, at);
+        let record = self.make(
+            Op::Overwrite {
+                key: key.clone(),
+                version,
+            },
+            at,
+        );
         self.fan_out(record, 0);
     }
 
@@ -421,11 +429,18 @@ impl Replicator {
             }
             // At the overwrite's own time: a dependent written after the overwrite
             // (but before this record arrived) read the new value and stays valid.
-            Op::Overwrite { key } => invalidator
-                .invalidate_dependents_at(key, record.at)
-                .await
-                .map_err(|e| e.to_string())?
-                .len() as u64,
+            Op::Overwrite { key, version } => {
+                // An owner that missed this write (down, or not yet seen back) holds
+                // an older value: dropped, so a read asks the other owners.
+                if self.cache.drop_if_older(key, *version).await {
+                    tracing::debug!(?key, "dropped a copy older than a replicated overwrite");
+                }
+                invalidator
+                    .invalidate_dependents_at(key, record.at)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .len() as u64
+            }
             Op::Edges { edges } => {
                 invalidator
                     .apply_remote_edges(edges)

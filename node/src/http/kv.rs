@@ -290,7 +290,7 @@ impl MainService {
         let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
         if let Some(replicator) = &self.replicator {
             // Overwrite is invalidation, on every node holding a dependent.
-            replicator.overwrite(&key);
+            replicator.overwrite(&key, entry.meta.version);
         }
         if !is_owner {
             // Written to the owners only: this node keeps no copy of keys it does

@@ -1,0 +1,83 @@
+//! The report of a run: JSON for machines and Markdown for people, with pass/fail
+//! per checker and the seed that reproduces the run.
+
+use std::path::Path;
+
+use crate::scenario::Outcome;
+
+/// The Markdown report.
+pub fn markdown(outcome: &Outcome) -> String {
+    let mut out = format!(
+        "# cluster-test: {}\n\n- Result: **{}**\n- Seed: {} (rerun: `cargo run --release -p fanz-cluster-test -- run {} --nodes {} --duration {:.0} --seed {}`)\n- Nodes: {}; operations: {}; duration: {:.1} s\n",
+        outcome.scenario,
+        if outcome.pass() { "PASS" } else { "FAIL" },
+        outcome.seed,
+        outcome.scenario,
+        outcome.nodes,
+        outcome.duration_s.floor(),
+        outcome.seed,
+        outcome.nodes,
+        outcome.operations,
+        outcome.duration_s,
+    );
+    let e = &outcome.errors;
+    out.push_str(&format!(
+        "- Failed operations: {} of {} during faults (+2 s), {} of {} outside; overall {:.3}%\n",
+        e.failed_during_faults,
+        e.during_faults,
+        e.failed_outside_faults,
+        e.outside_faults,
+        e.overall() * 100.0
+    ));
+    if let Some(ms) = outcome.detection_ms {
+        out.push_str(&format!(
+            "- Failure detected by every other node after {ms} ms\n"
+        ));
+    }
+    if let Some(ms) = outcome.recovery_ms {
+        out.push_str(&format!("- Restarted node answering after {ms} ms\n"));
+    }
+    out.push_str("\n## Faults\n\n| fault | from (ms) | to (ms) |\n|---|---|---|\n");
+    for f in &outcome.faults {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            f.fault, f.start_ms, f.end_ms
+        ));
+    }
+    out.push_str("\n## Checkers\n\n| checker | rule | judged | result |\n|---|---|---|---|\n");
+    for v in &outcome.verdicts {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            v.name,
+            v.rule,
+            v.judged,
+            if v.pass {
+                "pass".to_string()
+            } else {
+                format!("**FAIL** ({} violations)", v.violation_count)
+            }
+        ));
+    }
+    for v in outcome.verdicts.iter().filter(|v| !v.pass) {
+        out.push_str(&format!(
+            "\n### {} violations (first {})\n\n",
+            v.name,
+            v.violations.len()
+        ));
+        for line in &v.violations {
+            out.push_str(&format!("- {line}\n"));
+        }
+    }
+    out
+}
+
+/// Writes `report.json` and `report.md` into `dir`.
+pub fn write(outcome: &Outcome, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(outcome)?,
+    )?;
+    std::fs::write(dir.join("report.md"), markdown(outcome))?;
+    Ok(())
+}
