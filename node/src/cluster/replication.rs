@@ -56,7 +56,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records per anti-entropy answer.
 const PULL_BATCH: usize = 20_000;
 /// File in the data directory with what this node has applied.
-const APPLIED_FILE: &str = "cluster-applied.json";
+pub(crate) const APPLIED_FILE: &str = "cluster-applied.json";
 
 /// How long a purge request waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use super::replication::Replicator;
 use super::transport::{PeerService, Responder};
 use crate::cache::{Cache, Lookup};
+use crate::cluster::sync::HitPolicy;
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
 
@@ -168,6 +169,15 @@ impl PeerService for NodePeerService {
                 },
             },
             Message::Get { key } => match self.cache.get(&key).await {
+                // A hit this node cannot vouch for (stalled, rejoining, or out of
+                // sync in consistency mode) is a failure to the asker, which then
+                // asks the next owner; "not found" would be taken as the answer.
+                Lookup::Hit(_) if self.cache.hit_policy().await == HitPolicy::Revalidate => {
+                    Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "catching up with the cluster; ask another owner".into(),
+                    }
+                }
                 Lookup::Hit(hit) => Message::Found {
                     entry: hit.entry().encode(),
                 },

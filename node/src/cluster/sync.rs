@@ -72,6 +72,11 @@ pub struct SyncGate {
     /// Until when (ms) every hit is revalidated after a stall, whatever the rounds
     /// say: a second line of defence while purges sent during the stall arrive.
     revalidate_until_ms: AtomicU64,
+    /// While a restarted node rejoins (non-zero): every hit is revalidated until a
+    /// round that began at or after this time (ms) completes. Until the others see
+    /// it alive, their writes skip it and their purges do not wait for it; a round
+    /// begun after they do brings what it missed.
+    rejoin_round_after_ms: AtomicU64,
     synced: Notify,
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
@@ -97,6 +102,7 @@ impl SyncGate {
             has_peers: AtomicBool::new(false),
             stalls: AtomicU64::new(0),
             revalidate_until_ms: AtomicU64::new(0),
+            rejoin_round_after_ms: AtomicU64::new(0),
             synced: Notify::new(),
             wake_sync: Notify::new(),
             metrics,
@@ -152,6 +158,32 @@ impl SyncGate {
         }
     }
 
+    /// This node restarted with state from an earlier run: revalidate every hit
+    /// until a round that began `settle` from now (time for the others to see it
+    /// alive again) completes. Alone at that time, it has nothing to catch up on.
+    pub fn rejoining(&self, settle: Duration) {
+        let after = now_ms() + settle.as_millis() as u64;
+        self.rejoin_round_after_ms
+            .store(after.max(1), Ordering::Release);
+        tracing::info!(
+            ?settle,
+            "rejoining: hits are revalidated until a catch-up round after the others see this node"
+        );
+    }
+
+    fn rejoining_now(&self, now: u64) -> bool {
+        let after = self.rejoin_round_after_ms.load(Ordering::Acquire);
+        if after == 0 {
+            return false;
+        }
+        if now >= after && !self.has_peers.load(Ordering::Acquire) {
+            // Nobody to have missed anything from.
+            self.rejoin_round_after_ms.store(0, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
     /// This node now knows other members.
     pub fn set_has_peers(&self, yes: bool) {
         self.has_peers.store(yes, Ordering::Release);
@@ -162,6 +194,11 @@ impl SyncGate {
     pub fn synced(&self, round: RoundToken) {
         self.last_sync_ms
             .fetch_max(round.started_ms, Ordering::AcqRel);
+        let after = self.rejoin_round_after_ms.load(Ordering::Acquire);
+        if after != 0 && round.started_ms >= after {
+            self.rejoin_round_after_ms.store(0, Ordering::Release);
+            tracing::info!("rejoined: caught up after the others saw this node");
+        }
         if self.stalls.load(Ordering::Acquire) == round.stalls {
             self.stalled.store(false, Ordering::Release);
             self.synced.notify_waiters();
@@ -196,7 +233,9 @@ impl SyncGate {
                 return HitPolicy::Revalidate;
             }
         }
-        if now_ms() < self.revalidate_until_ms.load(Ordering::Acquire) {
+        if now_ms() < self.revalidate_until_ms.load(Ordering::Acquire)
+            || self.rejoining_now(now_ms())
+        {
             return HitPolicy::Revalidate;
         }
         if !self.out_of_sync(now_ms()) {
@@ -219,6 +258,34 @@ mod tests {
             Duration::from_millis(50),
             Arc::new(Metrics::new(Default::default())),
         )
+    }
+
+    #[tokio::test]
+    async fn a_rejoining_node_revalidates_until_a_round_begun_after_it_settled() {
+        let g = SyncGate::new(
+            PartitionMode::Availability,
+            Duration::from_secs(60),
+            Arc::new(Metrics::new(Default::default())),
+        );
+        g.set_has_peers(true);
+        g.rejoining(Duration::from_millis(100));
+        assert_eq!(g.before_hit().await, HitPolicy::Revalidate);
+        // A round begun before the others could see this node does not end it.
+        let early = g.round_started();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        g.synced(early);
+        assert_eq!(g.before_hit().await, HitPolicy::Revalidate);
+        let late = g.round_started();
+        g.synced(late);
+        assert_eq!(g.before_hit().await, HitPolicy::Serve);
+
+        // Alone when it has settled: nothing to catch up on.
+        let alone = gate(PartitionMode::Availability);
+        alone.rejoining(Duration::from_millis(50));
+        assert_eq!(alone.before_hit().await, HitPolicy::Revalidate);
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        alone.heartbeat_ms.store(now_ms(), Ordering::Release);
+        assert_eq!(alone.before_hit().await, HitPolicy::Serve);
     }
 
     #[tokio::test]
