@@ -488,41 +488,78 @@ impl Inner {
         F: Fn(String, Arc<Topology>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let policy = self.settings.retry;
-        let mut last = Error::Unreachable("no member to ask".into());
         let mut tried: Vec<String> = Vec::new();
-        for number in 1..=policy.max_attempts.max(1) {
+        let attempt = &attempt;
+        self.retrying(Error::Unreachable("no member to ask".into()), |number| {
             let topology = self.topology();
-            let all = topology.candidates(key);
-            let allowed: Vec<&Member> = all
-                .iter()
-                .copied()
-                .filter(|m| self.breakers.allows(&m.http))
-                .collect();
-            // When every breaker is open, ask anyway rather than fail without trying.
-            let pool = if allowed.is_empty() { all } else { allowed };
-            // Each attempt goes to the best candidate not tried yet (owners first,
-            // then the others), whatever breakers opened meanwhile; once every one
-            // was tried, round again.
-            let next = pool
-                .iter()
-                .find(|m| !tried.contains(&m.http))
-                .or_else(|| pool.get((number - 1) as usize % pool.len().max(1)));
-            let Some(node) = next.map(|m| m.http.clone()) else {
+            let node = self.next_candidate(&topology, key, &mut tried, number)?;
+            let sent = attempt(node.clone(), topology);
+            Some(async move {
+                let result = sent.await;
+                match &result {
+                    Ok(_) => self.breakers.success(&node),
+                    Err(e) if e.is_retryable() => {
+                        tracing::debug!(%node, error = %e, attempt = number, "attempt failed; failing over");
+                        self.breakers.failure(&node);
+                        self.refresh.notify_one();
+                    }
+                    Err(_) => {}
+                }
+                result
+            })
+        })
+        .await
+    }
+
+    /// The node for attempt `number` on `key`: the best candidate not tried yet
+    /// (owners first, then the others), whatever breakers opened meanwhile; once
+    /// every one was tried, round again. When every breaker is open, it asks anyway
+    /// rather than fail without trying. `None` when there is no member to ask.
+    fn next_candidate(
+        &self,
+        topology: &Topology,
+        key: &[u8],
+        tried: &mut Vec<String>,
+        number: u32,
+    ) -> Option<String> {
+        let all = topology.candidates(key);
+        let allowed: Vec<&Member> = all
+            .iter()
+            .copied()
+            .filter(|m| self.breakers.allows(&m.http))
+            .collect();
+        let pool = if allowed.is_empty() { all } else { allowed };
+        let node = pool
+            .iter()
+            .find(|m| !tried.contains(&m.http))
+            .or_else(|| pool.get((number - 1) as usize % pool.len().max(1)))?
+            .http
+            .clone();
+        tried.push(node.clone());
+        Some(node)
+    }
+
+    /// Runs the attempts `attempt` makes (given their number, from 1) until one
+    /// succeeds, one fails with an error retrying cannot help, the retry policy's
+    /// attempts run out (backing off between them), or `attempt` has nothing to try
+    /// (`None`); then the last error, or `nothing` if none was made.
+    async fn retrying<T, Fut>(
+        &self,
+        nothing: Error,
+        mut attempt: impl FnMut(u32) -> Option<Fut>,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = self.settings.retry;
+        let mut last = nothing;
+        for number in 1..=policy.max_attempts.max(1) {
+            let Some(sent) = attempt(number) else {
                 return Err(last);
             };
-            tried.push(node.clone());
-            match attempt(node.clone(), topology.clone()).await {
-                Ok(value) => {
-                    self.breakers.success(&node);
-                    return Ok(value);
-                }
-                Err(e) if e.blames_node() => {
-                    tracing::debug!(%node, error = %e, attempt = number, "attempt failed; failing over");
-                    self.breakers.failure(&node);
-                    self.refresh.notify_one();
-                    last = e;
-                }
+            match sent.await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_retryable() => last = e,
                 Err(e) => return Err(e),
             }
             if number < policy.max_attempts {
@@ -758,41 +795,34 @@ impl Client {
             tags = purge.tags.len(),
             keys = purge.keys.len()
         );
+        let inner = &self.inner;
+        let purged = inner.retrying(Error::Unreachable("no seed answered".into()), |number| {
+            let seed = inner.seeds[(number as usize - 1) % inner.seeds.len()].clone();
+            let body = body.clone();
+            Some(async move {
+                let answer = inner
+                    .admin_at(&seed, Method::POST, path, Some(body))
+                    .await?;
+                if answer.status.is_success() {
+                    Ok((seed, answer))
+                } else {
+                    Err(status_error(&seed, &answer))
+                }
+            })
+        });
         async {
-            let mut last = Error::Unreachable("no seed answered".into());
-            let policy = self.inner.settings.retry;
-            for number in 1..=policy.max_attempts.max(1) {
-                let seed = &self.inner.seeds[(number as usize - 1) % self.inner.seeds.len()];
-                match self
-                    .inner
-                    .admin_at(seed, Method::POST, path, Some(body.clone()))
-                    .await
-                {
-                    Ok(answer) if answer.status.is_success() => {
-                        let raw: serde_json::Value =
-                            serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol {
-                                node: seed.clone(),
-                                message: format!("unreadable purge report: {e}"),
-                            })?;
-                        return Ok(PurgeReport {
-                            dependents_invalidated: raw["dependents_invalidated"]
-                                .as_u64()
-                                .unwrap_or(0),
-                            purge_id: raw["purge_id"].as_str().map(str::to_string),
-                            raw,
-                        });
-                    }
-                    Ok(answer) => last = status_error(seed, &answer),
-                    Err(e) => last = e,
-                }
-                if !last.is_retryable() {
-                    return Err(last);
-                }
-                if number < policy.max_attempts {
-                    tokio::time::sleep(policy.backoff(number, jitter())).await;
-                }
-            }
-            Err(last)
+            // An unreadable report is not retried: the purge was made.
+            let (seed, answer) = purged.await?;
+            let raw: serde_json::Value =
+                serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol {
+                    node: seed,
+                    message: format!("unreadable purge report: {e}"),
+                })?;
+            Ok(PurgeReport {
+                dependents_invalidated: raw["dependents_invalidated"].as_u64().unwrap_or(0),
+                purge_id: raw["purge_id"].as_str().map(str::to_string),
+                raw,
+            })
         }
         .instrument(span)
         .await

@@ -70,12 +70,6 @@ impl Error {
             | Error::Config(_) => false,
         }
     }
-
-    /// Whether the node itself failed (it is skipped for the next attempt and
-    /// counts against its circuit breaker), as opposed to the request.
-    pub(crate) fn blames_node(&self) -> bool {
-        self.is_retryable()
-    }
 }
 
 /// A result with [`Error`].

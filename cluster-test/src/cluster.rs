@@ -7,7 +7,7 @@
 //! network namespace per node and are not run yet.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -266,10 +266,5 @@ impl Cluster {
     /// The log of node `index` (for failure reports).
     pub fn log(&self, index: usize) -> String {
         std::fs::read_to_string(&self.nodes[index].log).unwrap_or_default()
-    }
-
-    /// The node directory of node `index`.
-    pub fn data_dir(&self, index: usize) -> &Path {
-        &self.nodes[index].data_dir
     }
 }

@@ -694,25 +694,13 @@ async fn a_purge_waits_for_a_near_cache_that_is_slow_to_confirm() {
     reader_rt.shutdown_background();
 }
 
-/// A certificate for 127.0.0.1 (an IP SAN: the client connects to the address the
-/// cluster reports), written as PEM files in `dir` with the given `name`.
-fn ip_certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_speaks_tls_to_nodes_it_trusts_and_to_no_others() {
     let (tmp, data) = data_dir();
-    let (cert, key) = ip_certificate(tmp.path(), "node");
-    let (other, _) = ip_certificate(tmp.path(), "other");
+    // For 127.0.0.1 (an IP SAN): the client connects to the address the cluster
+    // reports.
+    let (cert, key, _) = self_signed_certificate(tmp.path(), "node", "127.0.0.1");
+    let (other, _, _) = self_signed_certificate(tmp.path(), "other", "127.0.0.1");
     let node = TestNode::start(
         &data,
         &[

@@ -16,12 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// A self-signed certificate for `localhost`, written as PEM files in `dir`.
 fn certificate(dir: &Path) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
-    (cert_path, key_path, cert.der().clone())
+    self_signed_certificate(dir, "cert", "localhost")
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

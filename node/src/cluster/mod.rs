@@ -144,10 +144,6 @@ impl Cluster {
             metrics.clone(),
         );
         gate.start_ticker();
-        // State from an earlier run (it saved what it had applied): it may hold
-        // values and miss purges the others made while it was away or not yet
-        // seen back.
-        let restarted = parts.data_dir.join(replication::APPLIED_FILE).exists();
         let replicator = Replicator::new(
             node_id.clone(),
             generation,
@@ -175,7 +171,9 @@ impl Cluster {
         replicator.replicate_edges();
         // Catch up on what was purged while this node was away before serving.
         replicator.initial_sync(INITIAL_SYNC_LIMIT).await;
-        if restarted {
+        // State from an earlier run: it may hold values, and miss purges, that the
+        // others made while it was away or not yet seen back.
+        if replicator.resumed() {
             // The others see it alive within a few probe periods of its announce.
             gate.rejoining(settings.probe_period * 4 + Duration::from_millis(500));
         }

@@ -56,7 +56,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records per anti-entropy answer.
 const PULL_BATCH: usize = 20_000;
 /// File in the data directory with what this node has applied.
-pub(crate) const APPLIED_FILE: &str = "cluster-applied.json";
+const APPLIED_FILE: &str = "cluster-applied.json";
 
 /// How long a purge request waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,8 @@ pub struct Replicator {
     metrics: Arc<Metrics>,
     ack_timeout: Duration,
     applied_file: PathBuf,
+    /// It started with an applied set saved by an earlier run.
+    resumed: bool,
     /// Serialises applying records (fan-out and anti-entropy may both deliver).
     apply_lock: tokio::sync::Mutex<()>,
     /// Small records also ride on SWIM packets (the backstop).
@@ -178,7 +180,9 @@ impl Replicator {
                 }
             }
         }
+        let resumed = !kept.applied.is_empty();
         Arc::new(Self {
+            resumed,
             origin: format!("{node_id}@{generation}"),
             node_id,
             next_seq: AtomicU64::new(1),
@@ -195,6 +199,12 @@ impl Replicator {
             apply_lock: tokio::sync::Mutex::new(()),
             piggyback,
         })
+    }
+
+    /// Whether this node resumed state from an earlier run (it had applied
+    /// invalidations then): it may hold values the cluster has since changed.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// Alive members other than this node: (id, peer address).
@@ -246,15 +256,7 @@ impl Replicator {
         wait: Wait,
     ) -> Result<(crate::invalidation::PurgeOutcome, PurgeReport), crate::cache::CacheError> {
         let outcome = self.cache.purge(targets).await?;
-        let record = self.make(
-            Op::Purge {
-                keys: targets.keys.clone(),
-                tags: targets.tags.clone(),
-                prefixes: targets.prefixes.clone(),
-                soft: targets.soft,
-            },
-            outcome.at,
-        );
+        let record = self.make(purge_op(targets), outcome.at);
         let progress = self.fan_out(record, outcome.dependents.len() as u64);
         if wait == Wait::All {
             let done = progress.done.notified();
@@ -325,16 +327,15 @@ impl Replicator {
             done: tokio::sync::Notify::new(),
             started: Instant::now(),
         });
-        if matches!(record.op, Op::Purge { .. }) {
+        let is_purge = matches!(record.op, Op::Purge { .. });
+        if is_purge {
             self.remember(id, progress.clone());
-            if !peers.is_empty() {
+            if peers.is_empty() {
+                self.metrics.purge_propagation.observe(0.0);
+            } else {
                 self.metrics.purges_pending_ack.inc();
             }
         }
-        if peers.is_empty() && matches!(record.op, Op::Purge { .. }) {
-            self.metrics.purge_propagation.observe(0.0);
-        }
-        let is_purge = matches!(record.op, Op::Purge { .. });
         for (member, addr) in peers {
             let (this, progress, encoded) = (self.clone(), progress.clone(), encoded.clone());
             tokio::spawn(async move {
@@ -408,18 +409,8 @@ impl Replicator {
         // stamped with our own (later) clock, covering fills already in flight here.
         invalidator.observe(record.at);
         let invalidated = match &record.op {
-            Op::Purge {
-                keys,
-                tags,
-                prefixes,
-                soft,
-            } => {
-                let targets = PurgeTargets {
-                    keys: keys.clone(),
-                    tags: tags.clone(),
-                    prefixes: prefixes.clone(),
-                    soft: *soft,
-                };
+            Op::Purge { .. } => {
+                let targets = purge_targets(&record.op);
                 self.cache
                     .purge(&targets)
                     .await
@@ -644,4 +635,32 @@ impl Replicator {
 fn rand_index(n: usize) -> usize {
     use rand::RngExt;
     rand::rng().random_range(0..n)
+}
+
+/// The replicated form of a purge.
+fn purge_op(targets: &PurgeTargets) -> Op {
+    Op::Purge {
+        keys: targets.keys.clone(),
+        tags: targets.tags.clone(),
+        prefixes: targets.prefixes.clone(),
+        soft: targets.soft,
+    }
+}
+
+/// The purge a replicated `Op::Purge` asks for (empty for any other op).
+fn purge_targets(op: &Op) -> PurgeTargets {
+    match op {
+        Op::Purge {
+            keys,
+            tags,
+            prefixes,
+            soft,
+        } => PurgeTargets {
+            keys: keys.clone(),
+            tags: tags.clone(),
+            prefixes: prefixes.clone(),
+            soft: *soft,
+        },
+        _ => PurgeTargets::default(),
+    }
 }

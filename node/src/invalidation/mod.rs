@@ -128,8 +128,10 @@ impl Invalidator {
             self.state.apply(record);
         }
         self.log.append(&plan.records, true).await?;
-        if let Some(event) = WatchEvent::of_purge(targets, &plan.dependents) {
-            self.watchers.publish(&event).await;
+        if self.watchers.count() > 0 {
+            if let Some(event) = WatchEvent::of_purge(targets, &plan.dependents) {
+                self.watchers.publish(&event).await;
+            }
         }
         Ok(PurgeOutcome {
             at,
@@ -245,8 +247,10 @@ impl Invalidator {
             Vec::new()
         };
         // The overwritten key itself leaves near caches too.
-        if let Some(event) = WatchEvent::of_overwrite(key, &dependents) {
-            self.watchers.publish(&event).await;
+        if self.watchers.count() > 0 {
+            if let Some(event) = WatchEvent::of_overwrite(key, &dependents) {
+                self.watchers.publish(&event).await;
+            }
         }
         Ok(dependents)
     }

@@ -12,7 +12,7 @@
 //! and must empty its near cache.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,6 +69,9 @@ pub struct Watchers {
     /// every watcher receives them in order.
     seq: AtomicU64,
     watchers: Mutex<HashMap<u64, Watcher>>,
+    /// How many watchers there are, readable without the lock: every purge and
+    /// overwrite asks, and almost always there are none.
+    count: AtomicUsize,
     ack_timeout: Duration,
 }
 
@@ -106,6 +109,7 @@ impl Watchers {
                 acked: watch::channel(seq).0,
             },
         );
+        self.count.store(watchers.len(), Ordering::Release);
         tracing::debug!(id, "near-cache watcher subscribed");
         (id, rx)
     }
@@ -131,7 +135,7 @@ impl Watchers {
 
     /// Watchers subscribed now.
     pub fn count(&self) -> usize {
-        self.watchers.lock().map(|w| w.len()).unwrap_or(0)
+        self.count.load(Ordering::Acquire)
     }
 
     /// Sends `event` to every watcher and waits until each confirmed it; a watcher
@@ -160,6 +164,7 @@ impl Watchers {
                 }
                 sent
             });
+            self.count.store(watchers.len(), Ordering::Release);
             watchers
                 .iter()
                 .map(|(id, w)| (*id, seq, w.acked.subscribe()))
@@ -182,6 +187,7 @@ impl Watchers {
                 );
                 watchers.remove(&id);
             }
+            self.count.store(watchers.len(), Ordering::Release);
         }
     }
 
@@ -189,6 +195,7 @@ impl Watchers {
     /// empty themselves.
     pub fn close(&self) {
         self.watchers.lock().expect("watchers lock").clear();
+        self.count.store(0, Ordering::Release);
     }
 
     /// Sends every watcher a heartbeat with the current sequence (their lease: a near
@@ -201,6 +208,7 @@ impl Watchers {
         let seq = self.seq.load(Ordering::Acquire);
         let line = Bytes::from(format!("{{\"seq\":{seq}}}\n"));
         watchers.retain(|_, w| !w.lines.is_closed() && w.lines.try_send(line.clone()).is_ok());
+        self.count.store(watchers.len(), Ordering::Release);
     }
 }
 

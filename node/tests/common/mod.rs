@@ -440,3 +440,22 @@ pub async fn admin_purge(node: &TestNode, body: &str) -> Reply {
     )
     .await
 }
+
+/// A self-signed certificate for `name` (a host name, or an IP address as an IP
+/// SAN), written as `{file}.pem` and `{file}-key.pem` in `dir`; also returns it in
+/// DER form for clients to trust.
+pub fn self_signed_certificate(
+    dir: &Path,
+    file: &str,
+    name: &str,
+) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}-key.pem")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.der().clone())
+}
