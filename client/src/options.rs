@@ -102,6 +102,28 @@ pub struct PurgeReport {
     pub raw: serde_json::Value,
 }
 
+impl PurgeReport {
+    /// Whether every member applied the purge before the node answered (always true
+    /// for a lone node). With `wait: true`, false means the node's
+    /// `purge_ack_timeout` passed first and [`Self::pending`] names who had not
+    /// applied it; with `wait: false` nothing was waited for.
+    pub fn complete(&self) -> bool {
+        self.raw["cluster"]["complete"].as_bool().unwrap_or(true)
+    }
+
+    /// Members that had not applied the purge when the node answered.
+    pub fn pending(&self) -> Vec<String> {
+        self.raw["cluster"]["pending"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// A value with its metadata, from [`crate::Client::get_with_meta`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Value {

@@ -80,9 +80,29 @@ impl<'a> Ops<'a> {
     }
 }
 
-fn reads(history: &History) -> impl Iterator<Item = (&Op, &Option<String>)> {
+/// A successful read: what it returned, whether the node marked it as possibly
+/// stale, and which node answered (direct reads).
+struct Read<'a> {
+    op: &'a Op,
+    got: &'a Option<String>,
+    marked: bool,
+    via: &'a str,
+}
+
+fn reads(history: &History) -> impl Iterator<Item = Read<'_>> {
     history.ops.iter().filter_map(|op| match &op.kind {
-        OpKind::Get { got } if op.ok => Some((op, got)),
+        OpKind::Get { got } if op.ok => Some(Read {
+            op,
+            got,
+            marked: false,
+            via: "client",
+        }),
+        OpKind::DirectGet { node, got, marked } if op.ok => Some(Read {
+            op,
+            got,
+            marked: *marked,
+            via: node,
+        }),
         _ => None,
     })
 }
@@ -93,7 +113,13 @@ pub fn no_read_after_acknowledged_purge(history: &History) -> Verdict {
     let ops = Ops::index(history);
     let mut violations = Vec::new();
     let mut judged = 0;
-    for (read, got) in reads(history) {
+    for Read {
+        op: read,
+        got,
+        marked,
+        via,
+    } in reads(history)
+    {
         let Some(value) = got else { continue };
         judged += 1;
         let Some(write) = ops.by_value.get(value.as_str()) else {
@@ -109,8 +135,9 @@ pub fn no_read_after_acknowledged_purge(history: &History) -> Verdict {
                 .find(|p| write.end_ms < p.start_ms && p.end_ms < read.start_ms)
         });
         if let Some(purge) = covering {
+            let marked = if marked { " (marked unsynced)" } else { "" };
             violations.push(format!(
-                "{}: read at {}-{} ms returned {value:?} (written {}-{} ms), purged {}-{} ms",
+                "{}: read via {via}{marked} at {}-{} ms returned {value:?} (written {}-{} ms), purged {}-{} ms",
                 read.key,
                 read.start_ms,
                 read.end_ms,
@@ -135,7 +162,17 @@ pub fn no_stale_or_lost_write(history: &History) -> Verdict {
     let ops = Ops::index(history);
     let mut violations = Vec::new();
     let mut judged = 0;
-    for (read, got) in reads(history) {
+    for Read {
+        op: read,
+        got,
+        marked,
+        via,
+    } in reads(history)
+    {
+        if marked {
+            // The node said it may be stale: allowed here, never after a purge.
+            continue;
+        }
         judged += 1;
         let key = read.key.as_str();
         let writes = ops.writes.get(key).map(Vec::as_slice).unwrap_or_default();
@@ -163,7 +200,7 @@ pub fn no_stale_or_lost_write(history: &History) -> Verdict {
                 // for acknowledged writes: a failed one may have landed late).
                 if seen.ok && seen.end_ms < last.start_ms {
                     violations.push(format!(
-                        "{key}: read at {}-{} ms returned {value:?} (written {}-{} ms), overwritten by {:?} at {}-{} ms",
+                        "{key}: read via {via} at {}-{} ms returned {value:?} (written {}-{} ms), overwritten by {:?} at {}-{} ms",
                         read.start_ms, read.end_ms, seen.start_ms, seen.end_ms, set_value(last), last.start_ms, last.end_ms
                     ));
                 }
@@ -177,7 +214,7 @@ pub fn no_stale_or_lost_write(history: &History) -> Verdict {
                     .any(|w| w.start_ms > last.start_ms && !std::ptr::eq(*w, *last));
                 if !purged_since && !later_attempt {
                     violations.push(format!(
-                        "{key}: read at {}-{} ms found nothing; {:?} was acknowledged at {} ms and nothing removed it",
+                        "{key}: read via {via} at {}-{} ms found nothing; {:?} was acknowledged at {} ms and nothing removed it",
                         read.start_ms, read.end_ms, set_value(last), last.end_ms
                     ));
                 }

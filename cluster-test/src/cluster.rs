@@ -1,17 +1,22 @@
-//! A cluster of real `fanz-node` processes on loopback: trust material from the real
+//! A cluster of real `fanz-node` processes: trust material from the real
 //! `fanz-node cluster-init`, one process per node with its own data directory and
-//! ports, and the faults done to them (SIGKILL and restart with the disk tier kept,
-//! SIGSTOP/SIGCONT, SIGTERM and restart). Every process is killed on drop.
+//! address, and the process faults done to them (SIGKILL and restart with the disk
+//! tier kept, SIGSTOP/SIGCONT, SIGTERM and restart, a full disk). Every process is
+//! killed, and every mount removed, on drop.
 //!
-//! Nodes share 127.0.0.1 (separate ports). Network faults (partitions, netem) need a
-//! network namespace per node and are not run yet.
+//! Placement: each node in its own network namespace ([`crate::netns`]) when the
+//! harness can make them (root, iproute2, nftables), so network faults are real;
+//! otherwise each node on its own 127.0.0.x address, and the scenarios that need
+//! network faults are skipped with a message saying so.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::netns::Fabric;
 
 /// The admin token of every test cluster.
 pub const TOKEN: &str = "cluster-test-token";
@@ -45,16 +50,63 @@ impl Binaries {
     }
 }
 
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
+fn free_tcp(ip: IpAddr) -> SocketAddr {
+    TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("a free TCP port on loopback")
 }
 
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
+fn free_udp(ip: IpAddr) -> SocketAddr {
+    UdpSocket::bind((ip, 0))
         .and_then(|s| s.local_addr())
         .expect("a free UDP port on loopback")
+}
+
+/// Where the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// One network namespace per node (network faults possible).
+    Namespaces,
+    /// One 127.0.0.x address per node (no network faults).
+    Loopback,
+}
+
+/// Options of a cluster beyond its size.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Put each node in its own network namespace (falls back to loopback, with a
+    /// message, where namespaces cannot be made).
+    pub namespaces: bool,
+    /// Give this node (0-based) a data directory on a small tmpfs of this many MiB,
+    /// so a scenario can fill its disk.
+    pub small_disk: Option<(usize, u64)>,
+    /// Extra `fanz-node` arguments for every node.
+    pub node_args: Vec<String>,
+}
+
+/// A tmpfs mounted on a node's data directory; unmounted on drop.
+#[derive(Debug)]
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, mib: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .context("mount")?;
+        if !status.success() {
+            bail!("mounting a {mib} MiB tmpfs on {} failed (root needed)", at.display());
+        }
+        Ok(Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 /// One node: its addresses and directories stay the same across restarts.
@@ -70,10 +122,14 @@ pub struct Node {
     pub gossip: SocketAddr,
     peer: SocketAddr,
     cluster_dir: PathBuf,
-    data_dir: PathBuf,
+    /// Its data directory (disk tier, invalidation log).
+    pub data_dir: PathBuf,
     log: PathBuf,
     seeds: String,
     binary: PathBuf,
+    /// The namespace it runs in, if any.
+    namespace: Option<String>,
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -89,7 +145,14 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match &self.namespace {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("--node-id")
             .arg(&self.id)
@@ -101,16 +164,14 @@ impl Node {
             .args(["--admin-addr", &self.admin.to_string()])
             .args(["--gossip-addr", &self.gossip.to_string()])
             .args(["--peer-addr", &self.peer.to_string()])
-            .args([
-                "--admin-token",
-                TOKEN,
-                "--h3-addr",
-                "off",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--admin-token", TOKEN, "--h3-addr", "off"]);
+        if !self.extra_args.iter().any(|a| a.starts_with("--log-level")) {
+            command.args(["--log-level", "warn"]);
+        }
+        command
             .args(["--memory-capacity", "64MiB", "--disk-capacity", "64MiB"])
-            .args(FAST_GOSSIP);
+            .args(FAST_GOSSIP)
+            .args(&self.extra_args);
         if !self.seeds.is_empty() {
             command.args(["--seeds", &self.seeds]);
         }
@@ -134,7 +195,8 @@ impl Node {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            if std::net::TcpStream::connect(self.admin).is_ok() {
+            if std::net::TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -198,20 +260,40 @@ impl Drop for Node {
     }
 }
 
-/// The nodes of one run, in a temporary directory removed on drop.
+/// The nodes of one run, in a temporary directory removed on drop. Fields drop in
+/// order: processes first, then mounts, then the network, then the directory.
 #[derive(Debug)]
 pub struct Cluster {
     /// The nodes, `n1` first.
     pub nodes: Vec<Node>,
+    mounts: Vec<Mount>,
+    fabric: Option<Fabric>,
+    /// Where the nodes run.
+    pub placement: Placement,
+    /// Why namespaces are not used, when they were asked for and are not.
+    pub placement_note: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `n` nodes from one `cluster-init`, each seeded with all the others.
-    pub fn start(binaries: &Binaries, n: usize) -> anyhow::Result<Self> {
+    pub fn start(binaries: &Binaries, n: usize, options: &ClusterOptions) -> anyhow::Result<Self> {
         if !(1..=16).contains(&n) {
             bail!("--nodes must be from 1 to 16, got {n}");
         }
+        let (fabric, placement_note) = if options.namespaces {
+            match Fabric::available() {
+                Ok(()) => (Some(Fabric::create(n)?), None),
+                Err(why) => (None, Some(format!("network namespaces unavailable ({why}): nodes run on 127.0.0.x and network faults are skipped"))),
+            }
+        } else {
+            (None, None)
+        };
+        let placement = if fabric.is_some() {
+            Placement::Namespaces
+        } else {
+            Placement::Loopback
+        };
         let dir = tempfile::tempdir()?;
         let init = Command::new(&binaries.node)
             .arg("cluster-init")
@@ -226,8 +308,23 @@ impl Cluster {
         }
         // Every node lists every other as a seed (as a DNS seed list would), so a
         // node restarted after leaving finds the others again.
-        let gossip: Vec<SocketAddr> = (0..n).map(|_| free_udp()).collect();
+        let ip = |i: usize| -> IpAddr {
+            match &fabric {
+                Some(f) => IpAddr::V4(f.address(i)),
+                None => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8)),
+            }
+        };
+        // In a namespace every port is free; on loopback ask the kernel.
+        let port = |i: usize, fixed: u16, udp: bool| -> SocketAddr {
+            match (&fabric, udp) {
+                (Some(_), _) => SocketAddr::new(ip(i), fixed),
+                (None, true) => free_udp(ip(i)),
+                (None, false) => free_tcp(ip(i)),
+            }
+        };
+        let gossip: Vec<SocketAddr> = (0..n).map(|i| port(i, 7946, true)).collect();
         let mut nodes: Vec<Node> = Vec::new();
+        let mut mounts = Vec::new();
         for i in 1..=n {
             let seeds = gossip
                 .iter()
@@ -238,24 +335,52 @@ impl Cluster {
                 .join(",");
             let home = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&home)?;
+            let data_dir = home.join("data");
+            if let Some((small, mib)) = options.small_disk {
+                if small == i - 1 {
+                    mounts.push(Mount::tmpfs(&data_dir, mib)?);
+                }
+            }
             nodes.push(Node {
                 id: format!("n{i}"),
-                http: free_tcp(),
-                admin: free_tcp(),
+                http: port(i - 1, 8080, false),
+                admin: port(i - 1, 9090, false),
                 gossip: gossip[i - 1],
-                peer: free_udp(),
+                peer: port(i - 1, 7947, true),
                 cluster_dir: dir.path().join("trust").join(format!("node-{i}")),
-                data_dir: home.join("data"),
+                data_dir,
                 log: home.join("node.log"),
                 seeds,
                 binary: binaries.node.clone(),
+                namespace: fabric.as_ref().map(|f| f.namespace(i - 1)),
+                extra_args: options.node_args.clone(),
                 child: None,
             });
         }
-        for node in &mut nodes {
+        let mut cluster = Self {
+            nodes,
+            mounts,
+            fabric,
+            placement,
+            placement_note,
+            _dir: dir,
+        };
+        for node in &mut cluster.nodes {
             node.start()?;
         }
-        Ok(Self { nodes, _dir: dir })
+        Ok(cluster)
+    }
+
+    /// The test network, when the nodes run in namespaces.
+    pub fn fabric(&self) -> Option<&Fabric> {
+        self.fabric.as_ref()
+    }
+
+    /// Whether node `index`'s data directory is on a small tmpfs of its own.
+    pub fn has_small_disk(&self, index: usize) -> bool {
+        self.mounts
+            .iter()
+            .any(|m| m.0 == self.nodes[index].data_dir)
     }
 
     /// Admin API seeds of every node.

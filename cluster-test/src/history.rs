@@ -10,8 +10,17 @@ use serde::Serialize;
 pub enum OpKind {
     /// A write of `value`.
     Set { value: String },
-    /// A read; `got` is what it returned when it succeeded.
+    /// A read through the client (routed to the key's owners); `got` is what it
+    /// returned when it succeeded.
     Get { got: Option<String> },
+    /// A read sent straight to one node's KV API, as CDN traffic reaches whichever
+    /// edge is nearest (the node asks the owners itself). `marked` when the node
+    /// flagged the answer as possibly stale (`Cache-Status: ...; detail=unsynced`).
+    DirectGet {
+        node: String,
+        got: Option<String>,
+        marked: bool,
+    },
     /// A purge of the key, acknowledged by every member (`wait=all`).
     Purge,
 }
@@ -42,8 +51,20 @@ pub struct FaultWindow {
     pub fault: String,
     /// When it began, ms since the run began.
     pub start_ms: u64,
-    /// When the cluster was whole again (restarted, resumed).
+    /// When the cluster was whole again (restarted, resumed, healed).
     pub end_ms: u64,
+    /// From the fault until every other node (for a split, every node of the
+    /// majority) saw the victim down.
+    pub detection_ms: Option<u64>,
+    /// From restart until the restarted node answered KV reads.
+    pub recovery_ms: Option<u64>,
+    /// From restart or heal until every node saw every member alive.
+    pub converged_ms: Option<u64>,
+    /// From the heal (or the fault's end) until a purge was again applied by every
+    /// member.
+    pub caught_up_ms: Option<u64>,
+    /// For a pause: whether any node declared the paused node down.
+    pub false_positive: Option<bool>,
 }
 
 /// A whole run's history.

@@ -11,11 +11,16 @@
 //! - `scenario`: the workload and the scenarios.
 //! - `report`: Markdown and JSON.
 //!
-//! Not yet here (issue 9): network namespaces per node, partitions and netem, a full
-//! disk, randomised multi-fault runs.
+//! - `netns`: one network namespace per node on a bridge, and the network faults
+//!   (partitions, loss, latency) made in them.
+//! - `faults`: the faults a scenario does and the figures each yields.
+//! - `soak`: many random runs and the figures summed over them.
 
 pub mod checkers;
 pub mod cluster;
+pub mod faults;
 pub mod history;
+pub mod netns;
 pub mod report;
 pub mod scenario;
+pub mod soak;

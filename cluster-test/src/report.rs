@@ -29,19 +29,26 @@ pub fn markdown(outcome: &Outcome) -> String {
         e.outside_faults,
         e.overall() * 100.0
     ));
-    if let Some(ms) = outcome.detection_ms {
-        out.push_str(&format!(
-            "- Failure detected by every other node after {ms} ms\n"
-        ));
+    out.push_str(&format!("- Placement: {}\n", outcome.placement));
+    if !outcome.node_args.is_empty() {
+        out.push_str(&format!("- Node arguments: `{}`\n", outcome.node_args.join(" ")));
     }
-    if let Some(ms) = outcome.recovery_ms {
-        out.push_str(&format!("- Restarted node answering after {ms} ms\n"));
+    for skipped in &outcome.skipped {
+        out.push_str(&format!("- **SKIPPED**: {skipped}\n"));
     }
-    out.push_str("\n## Faults\n\n| fault | from (ms) | to (ms) |\n|---|---|---|\n");
+    let figure = |v: Option<u64>| v.map_or("-".to_string(), |ms| ms.to_string());
+    out.push_str("\n## Faults\n\n| fault | from (ms) | to (ms) | detected (ms) | answering after restart (ms) | converged (ms) | purges reach all (ms) | false down |\n|---|---|---|---|---|---|---|---|\n");
     for f in &outcome.faults {
         out.push_str(&format!(
-            "| {} | {} | {} |\n",
-            f.fault, f.start_ms, f.end_ms
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            f.fault,
+            f.start_ms,
+            f.end_ms,
+            figure(f.detection_ms),
+            figure(f.recovery_ms),
+            figure(f.converged_ms),
+            figure(f.caught_up_ms),
+            f.false_positive.map_or("-", |b| if b { "**yes**" } else { "no" }),
         ));
     }
     out.push_str("\n## Checkers\n\n| checker | rule | judged | result |\n|---|---|---|---|\n");

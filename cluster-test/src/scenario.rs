@@ -1,9 +1,12 @@
-//! Scenarios: a workload through `fanz-client` against a real cluster while one
-//! fault is done to it, every operation recorded, then the checkers and the report.
+//! Scenarios: a workload through `fanz-client` against a real cluster while faults
+//! are done to it ([`crate::faults`]), every operation recorded, then the checkers
+//! and the report.
 //!
 //! The workload: `workers` tasks share one client and 40 keys; each operation is a
-//! read (60%), a write of a unique value (30%) or a purge of the key acknowledged by
-//! every member (10%), drawn from the run's seed.
+//! read through the client (30%), a read sent straight to a random node's KV API as
+//! CDN traffic would be (30%), a write of a unique value (30%) or a purge of the key
+//! that every member must apply (`wait=all`, 10%), drawn from the run's seed. A
+//! purge counts as acknowledged only when the node reports every member applied it.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,8 @@ use fanz_client::{Client, Purge, SetOptions};
 use serde::Serialize;
 
 use crate::checkers::{self, ErrorRates, Verdict};
-use crate::cluster::{Binaries, Cluster, TOKEN};
+use crate::cluster::{Binaries, Cluster, ClusterOptions, TOKEN};
+use crate::faults::{self, Fault};
 use crate::history::{FaultWindow, History, Op, OpKind};
 
 /// Keys the workers share.
@@ -21,7 +25,7 @@ const KEYS: u64 = 40;
 const FAULT_GRACE_MS: u64 = 2_000;
 
 /// The scenarios, with what each does.
-pub const SCENARIOS: [(&str, &str); 3] = [
+pub const SCENARIOS: [(&str, &str); 9] = [
     (
         "kill-restart",
         "SIGKILL one node a third into the run; restart it 2 s later with its disk tier",
@@ -34,7 +38,36 @@ pub const SCENARIOS: [(&str, &str); 3] = [
         "rolling-restart",
         "SIGTERM and restart every node in turn, each once the previous one is back",
     ),
+    (
+        "partition-one",
+        "cut one node off from the others for 4 s (clients reach both sides), then heal",
+    ),
+    (
+        "partition-split",
+        "split the cluster in two (2 against 3 of 5; 1 against 2 of 3) for 4 s, then heal",
+    ),
+    (
+        "loss",
+        "drop 20% of the packets between nodes for 4 s",
+    ),
+    (
+        "latency",
+        "delay packets between nodes by 100 ms ± 20 ms for 4 s (needs the kernel's netem)",
+    ),
+    (
+        "full-disk",
+        "fill one node's data directory (a 48 MiB tmpfs) for 4 s, then free it",
+    ),
+    (
+        "random",
+        "one fault after another, drawn from the seed: kills, pauses, partitions, splits, loss, a full disk",
+    ),
 ];
+
+/// How long network and disk faults are held.
+const HOLD: Duration = Duration::from_secs(4);
+/// Size of the small disk of the node a disk fault fills.
+const SMALL_DISK_MIB: u64 = 48;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -49,6 +82,10 @@ pub struct Settings {
     pub seed: u64,
     /// Concurrent workers.
     pub workers: usize,
+    /// Extra `fanz-node` arguments for every node (`--partition-mode consistency`...).
+    pub node_args: Vec<String>,
+    /// Where to copy the nodes' logs (`n1.log`...) at the end, if anywhere.
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -95,12 +132,14 @@ pub struct Outcome {
     pub errors: ErrorRates,
     /// Each checker's verdict.
     pub verdicts: Vec<Verdict>,
-    /// The faults done.
+    /// The faults done, with their figures.
     pub faults: Vec<FaultWindow>,
-    /// Time from the fault until every other node saw the victim down (kill-restart).
-    pub detection_ms: Option<u64>,
-    /// Time from restart until the node answered its KV API again (kill-restart).
-    pub recovery_ms: Option<u64>,
+    /// Where the nodes ran (`namespaces` or `loopback`).
+    pub placement: String,
+    /// Faults not done, with why (never silently).
+    pub skipped: Vec<String>,
+    /// Extra node arguments of the run.
+    pub node_args: Vec<String>,
 }
 
 impl Outcome {
@@ -111,7 +150,7 @@ impl Outcome {
 }
 
 /// A tiny seeded generator (xorshift64*), so a run's choices follow its seed.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
@@ -125,12 +164,84 @@ impl Rng {
     }
 }
 
+/// The single fault of a one-fault scenario, its victims drawn from `rng`.
+fn single_fault(scenario: &str, nodes: usize, rng: &mut Rng) -> Option<Fault> {
+    let victim = rng.next() as usize % nodes;
+    Some(match scenario {
+        "kill-restart" => Fault::KillRestart { victim },
+        "pause" => Fault::Pause { victim },
+        "rolling-restart" => Fault::RollingRestart,
+        "partition-one" => Fault::Isolate { victim, hold: HOLD },
+        "partition-split" => Fault::Split {
+            minority: split_minority(nodes, rng),
+            hold: HOLD,
+        },
+        "loss" => Fault::Loss {
+            percent: 20,
+            hold: HOLD,
+        },
+        "latency" => Fault::Latency { hold: HOLD },
+        "full-disk" => Fault::FullDisk { victim, hold: HOLD },
+        _ => return None,
+    })
+}
+
+/// `nodes / 2` distinct nodes drawn from `rng` (2 of 5, 1 of 3).
+fn split_minority(nodes: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..nodes).collect();
+    let mut minority = Vec::new();
+    while minority.len() < nodes / 2 {
+        minority.push(all.remove(rng.next() as usize % all.len()));
+    }
+    minority.sort_unstable();
+    minority
+}
+
+/// The next fault of a `random` run.
+fn random_fault(nodes: usize, small_disk: usize, rng: &mut Rng) -> Fault {
+    let victim = rng.next() as usize % nodes;
+    match rng.next() % 6 {
+        0 => Fault::KillRestart { victim },
+        1 => Fault::Pause { victim },
+        2 => Fault::Isolate {
+            victim,
+            hold: Duration::from_millis(2_000 + rng.next() % 3_000),
+        },
+        3 => Fault::Split {
+            minority: split_minority(nodes, rng),
+            hold: Duration::from_millis(2_000 + rng.next() % 3_000),
+        },
+        4 => Fault::Loss {
+            percent: 10 + (rng.next() % 30) as u8,
+            hold: Duration::from_millis(2_000 + rng.next() % 2_000),
+        },
+        _ => Fault::FullDisk {
+            victim: small_disk,
+            hold: Duration::from_millis(2_000 + rng.next() % 2_000),
+        },
+    }
+}
+
 /// Runs one scenario end to end.
 pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     settings.validate()?;
     let binaries = Binaries::locate()?;
-    let mut cluster = tokio::task::block_in_place(|| Cluster::start(&binaries, settings.nodes))?;
-    wait_all_alive(&cluster, settings.nodes, Duration::from_secs(20)).await?;
+    let mut rng = Rng::new(settings.seed);
+    let small_disk = rng.next() as usize % settings.nodes;
+    let options = ClusterOptions {
+        namespaces: true,
+        small_disk: matches!(settings.scenario.as_str(), "full-disk" | "random")
+            .then_some((small_disk, SMALL_DISK_MIB)),
+        node_args: settings.node_args.clone(),
+    };
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start(&binaries, settings.nodes, &options)
+    })?;
+    let mut skipped = Vec::new();
+    if let Some(note) = &cluster.placement_note {
+        eprintln!("fanz-cluster-test: {note}");
+    }
+    faults::wait_all_alive(&cluster, settings.nodes, Duration::from_secs(20)).await?;
     let client = Client::builder()
         .seeds(cluster.seeds())
         .token(TOKEN)
@@ -140,115 +251,46 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let began = Instant::now();
     let ms = move || began.elapsed().as_millis() as u64;
     let end = began + settings.duration;
+    let nodes: Vec<(String, std::net::SocketAddr)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.http))
+        .collect();
+    let workers = start_workload(&client, &nodes, settings, end, ms);
 
-    let mut workers = tokio::task::JoinSet::new();
-    for worker in 0..settings.workers {
-        let client = client.clone();
-        let mut rng = Rng::new(settings.seed ^ (worker as u64 + 1) << 32);
-        workers.spawn(async move {
-            let mut ops = Vec::new();
-            let mut n = 0u64;
-            while Instant::now() < end {
-                let key = format!("k{}", rng.next() % KEYS);
-                let roll = rng.next() % 10;
-                let start_ms = ms();
-                let (kind, result) = if roll < 6 {
-                    match client.get(&key).await {
-                        Ok(v) => (
-                            OpKind::Get {
-                                got: v.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                            },
-                            Ok(()),
-                        ),
-                        Err(e) => (OpKind::Get { got: None }, Err(e)),
-                    }
-                } else if roll < 9 {
-                    n += 1;
-                    let value = format!("w{worker}-{n}");
-                    let result = client
-                        .set(&key, value.clone(), &SetOptions::default())
-                        .await;
-                    (OpKind::Set { value }, result)
-                } else {
-                    (
-                        OpKind::Purge,
-                        client.purge(&Purge::key(key.clone())).await.map(|_| ()),
-                    )
-                };
-                ops.push(Op {
-                    worker,
-                    key,
-                    kind,
-                    start_ms,
-                    end_ms: ms(),
-                    ok: result.is_ok(),
-                    error: result.err().map(|e| e.to_string()),
-                });
-            }
-            ops
-        });
+    let mut windows = Vec::new();
+    let mut do_fault = async |fault: Fault, cluster: &mut Cluster| -> anyhow::Result<()> {
+        if let Some(reason) = faults::unavailable(&fault, cluster) {
+            let description = fault.describe(cluster);
+            eprintln!("fanz-cluster-test: SKIPPED {description}: {reason}");
+            skipped.push(format!("{description}: {reason}"));
+            return Ok(());
+        }
+        windows.push(faults::inject(&fault, cluster, &ms).await?);
+        Ok(())
+    };
+    if settings.scenario == "random" {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Leave the last 3 s of the run fault-free, so the history ends whole.
+        while Instant::now() + Duration::from_secs(3) < end {
+            let fault = random_fault(settings.nodes, small_disk, &mut rng);
+            do_fault(fault, &mut cluster).await?;
+            tokio::time::sleep(Duration::from_millis(500 + rng.next() % 1_500)).await;
+        }
+    } else {
+        tokio::time::sleep(settings.duration / 3).await;
+        let Some(fault) = single_fault(&settings.scenario, settings.nodes, &mut rng) else {
+            bail!("unknown scenario {}", settings.scenario);
+        };
+        do_fault(fault, &mut cluster).await?;
     }
-
-    let mut rng = Rng::new(settings.seed);
-    let mut faults = Vec::new();
-    let (mut detection_ms, mut recovery_ms) = (None, None);
-    tokio::time::sleep(settings.duration / 3).await;
-    match settings.scenario.as_str() {
-        "kill-restart" => {
-            let victim = rng.next() as usize % settings.nodes;
-            let start_ms = ms();
-            let killed = Instant::now();
-            cluster.nodes[victim].kill();
-            let id = cluster.nodes[victim].id.clone();
-            detection_ms = wait_seen_down(&cluster, victim, Duration::from_secs(10))
-                .await
-                .map(|()| killed.elapsed().as_millis() as u64);
-            tokio::time::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed())).await;
-            let restarted = Instant::now();
-            tokio::task::block_in_place(|| cluster.nodes[victim].start())?;
-            recovery_ms = wait_kv_answers(&cluster, victim, Duration::from_secs(10))
-                .await
-                .map(|()| restarted.elapsed().as_millis() as u64);
-            faults.push(FaultWindow {
-                fault: format!("SIGKILL {id}, restart 2 s later"),
-                start_ms,
-                end_ms: ms(),
-            });
-        }
-        "pause" => {
-            let victim = rng.next() as usize % settings.nodes;
-            let start_ms = ms();
-            cluster.nodes[victim].signal("STOP")?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            cluster.nodes[victim].signal("CONT")?;
-            faults.push(FaultWindow {
-                fault: format!("SIGSTOP {} for 1 s", cluster.nodes[victim].id),
-                start_ms,
-                end_ms: ms(),
-            });
-        }
-        "rolling-restart" => {
-            for i in 0..settings.nodes {
-                let start_ms = ms();
-                tokio::task::block_in_place(|| {
-                    cluster.nodes[i].terminate(Duration::from_secs(15))
-                })?;
-                tokio::task::block_in_place(|| cluster.nodes[i].start())?;
-                wait_all_alive(&cluster, settings.nodes, Duration::from_secs(20)).await?;
-                faults.push(FaultWindow {
-                    fault: format!("SIGTERM {} and restart", cluster.nodes[i].id),
-                    start_ms,
-                    end_ms: ms(),
-                });
-            }
-        }
-        other => bail!("unknown scenario {other}"),
-    }
+    drop(do_fault);
 
     let mut history = History {
         ops: Vec::new(),
-        faults,
+        faults: windows,
     };
+    let mut workers = workers;
     while let Some(ops) = workers.join_next().await {
         history.ops.extend(ops?);
     }
@@ -265,93 +307,144 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         errors: checkers::error_rates(&history, FAULT_GRACE_MS),
         verdicts,
         faults: history.faults.clone(),
-        detection_ms,
-        recovery_ms,
+        placement: format!("{:?}", cluster.placement).to_lowercase(),
+        skipped,
+        node_args: settings.node_args.clone(),
     };
-    if !outcome.pass() {
-        for i in 0..cluster.nodes.len() {
-            tracing::warn!(node = i + 1, log = %cluster.log(i), "node log of a failed run");
+    if let Some(dir) = &settings.log_dir {
+        std::fs::create_dir_all(dir)?;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            std::fs::write(dir.join(format!("{}.log", node.id)), cluster.log(i))?;
         }
     }
     Ok(outcome)
 }
 
-/// The states every node reports for every member.
-async fn states(seed: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let client = Client::builder()
-        .seeds([seed.to_string()])
-        .token(TOKEN)
-        .timeout(Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .await?;
-    Ok(client
-        .members()
-        .await?
-        .into_iter()
-        .map(|m| (m.id, m.state))
-        .collect())
+/// Starts the workers; each returns the operations it recorded once `end` passes.
+fn start_workload(
+    client: &Client,
+    nodes: &[(String, std::net::SocketAddr)],
+    settings: &Settings,
+    end: Instant,
+    ms: impl Fn() -> u64 + Copy + Send + 'static,
+) -> tokio::task::JoinSet<Vec<Op>> {
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..settings.workers {
+        let client = client.clone();
+        let nodes = nodes.to_vec();
+        let mut rng = Rng::new(settings.seed ^ (worker as u64 + 1) << 32);
+        workers.spawn(async move {
+            let mut ops = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let key = format!("k{}", rng.next() % KEYS);
+                let roll = rng.next() % 10;
+                let start_ms = ms();
+                let (kind, result) = if roll < 3 {
+                    let (node, addr) = &nodes[rng.next() as usize % nodes.len()];
+                    match direct_get(*addr, &key).await {
+                        Ok((got, marked)) => (
+                            OpKind::DirectGet {
+                                node: node.clone(),
+                                got,
+                                marked,
+                            },
+                            Ok(()),
+                        ),
+                        Err(e) => (
+                            OpKind::DirectGet {
+                                node: node.clone(),
+                                got: None,
+                                marked: false,
+                            },
+                            Err(e),
+                        ),
+                    }
+                } else if roll < 6 {
+                    match client.get(&key).await {
+                        Ok(v) => (
+                            OpKind::Get {
+                                got: v.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                            },
+                            Ok(()),
+                        ),
+                        Err(e) => (OpKind::Get { got: None }, Err(e.to_string())),
+                    }
+                } else if roll < 9 {
+                    n += 1;
+                    let value = format!("w{worker}-{n}");
+                    let result = client
+                        .set(&key, value.clone(), &SetOptions::default())
+                        .await
+                        .map_err(|e| e.to_string());
+                    (OpKind::Set { value }, result)
+                } else {
+                    let result = match client.purge(&Purge::key(key.clone())).await {
+                        Ok(report) if report.complete() => Ok(()),
+                        Ok(report) => Err(format!(
+                            "purge not applied by every member in time (pending: {})",
+                            report.pending().join(",")
+                        )),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (OpKind::Purge, result)
+                };
+                ops.push(Op {
+                    worker,
+                    key,
+                    kind,
+                    start_ms,
+                    end_ms: ms(),
+                    ok: result.is_ok(),
+                    error: result.err(),
+                });
+            }
+            ops
+        });
+    }
+    workers
 }
 
-async fn wait_all_alive(cluster: &Cluster, n: usize, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    'poll: while Instant::now() < deadline {
-        for node in &cluster.nodes {
-            match states(&node.seed()).await {
-                Ok(s) if s.iter().filter(|(_, st)| st == "alive").count() == n => {}
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue 'poll;
-                }
-            }
-        }
-        return Ok(());
+/// `GET /kv/KEY` on one node's main port (one connection per read, 2 s limit):
+/// the value or `None` for 404, and whether the node marked it unsynced.
+async fn direct_get(
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> Result<(Option<String>, bool), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request =
+            format!("GET /kv/{key} HTTP/1.1\r\nHost: fanz\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| "no answer within 2 s".to_string())??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "truncated answer".to_string())?;
+    let status = head.split(' ').nth(1).unwrap_or_default();
+    let marked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("cache-status:") && l.contains("unsynced"));
+    match status {
+        "200" => Ok((Some(body.to_string()), marked)),
+        "404" => Ok((None, marked)),
+        other => Err(format!("HTTP {other}: {}", body.trim())),
     }
-    bail!("the cluster did not converge on {n} alive members within {limit:?}")
-}
-
-/// Waits until every other node sees `victim` down; `None` if not within `limit`.
-async fn wait_seen_down(cluster: &Cluster, victim: usize, limit: Duration) -> Option<()> {
-    let id = &cluster.nodes[victim].id;
-    let deadline = Instant::now() + limit;
-    'poll: while Instant::now() < deadline {
-        for (i, node) in cluster.nodes.iter().enumerate() {
-            if i == victim {
-                continue;
-            }
-            let down = states(&node.seed())
-                .await
-                .map(|s| s.iter().any(|(m, st)| m == id && st == "down"))
-                .unwrap_or(false);
-            if !down {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue 'poll;
-            }
-        }
-        return Some(());
-    }
-    None
-}
-
-/// Waits until node `index` answers a KV read on its main port.
-async fn wait_kv_answers(cluster: &Cluster, index: usize, limit: Duration) -> Option<()> {
-    let addr = cluster.nodes[index].http;
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let ok = s
-                .write_all(b"GET /kv/probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .is_ok();
-            let mut head = [0u8; 12];
-            if ok && s.read_exact(&mut head).await.is_ok() && head.starts_with(b"HTTP/1.1 ") {
-                return Some(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// One line naming a run.

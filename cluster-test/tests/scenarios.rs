@@ -16,6 +16,8 @@ fn short(scenario: &str, seed: u64) -> Settings {
         duration: Duration::from_secs(6),
         seed,
         workers: 4,
+        node_args: Vec::new(),
+        log_dir: None,
     }
 }
 

@@ -47,9 +47,13 @@ pub const MAX_LHM: u32 = 8;
 const LATE_TIMER: Duration = Duration::from_millis(200);
 /// Largest datagram on the wire: fits a 1500-byte MTU with IPv6 headers.
 const MAX_DATAGRAM: usize = 1400;
-/// How often seeds are resolved and announced to while the node knows fewer
-/// members than it has seeds, and at most this often after resolution fails.
+/// How often seeds are resolved and announced to while every member this node knows
+/// is alive, and at most this often after resolution fails.
 const SEED_INTERVAL: Duration = Duration::from_secs(30);
+/// How often while this node is alone or knows a member it thinks down: after a
+/// partition heals, both sides hold the other down and only an announce rejoins
+/// them.
+const SEED_INTERVAL_DEGRADED: Duration = Duration::from_secs(1);
 
 /// What the gossip task needs.
 #[derive(Debug)]
@@ -560,8 +564,9 @@ impl Ord for TimerSlot {
 }
 
 /// Resolves the seeds and announces to them: every second while this node knows no
-/// other member, then every [`SEED_INTERVAL`] (so a node that started first, or was
-/// partitioned, finds the others).
+/// other member or holds one down, else every [`SEED_INTERVAL`] (so a node that
+/// started first, or was partitioned, finds the others within a second of the
+/// network healing).
 /// A seed that does not resolve is logged and retried with backoff, never fatal.
 async fn announce_to_seeds(
     seeds: Vec<String>,
@@ -589,20 +594,29 @@ async fn announce_to_seeds(
         if !addrs.is_empty() && inputs.send(Input::Announce(addrs)).await.is_err() {
             return;
         }
-        let wait = if failed {
+        if failed {
             let wait = backoff;
             backoff = (backoff * 2).min(SEED_INTERVAL);
-            wait
-        } else {
-            backoff = Duration::from_millis(500);
-            // Until someone answers, retry quickly; then settle.
-            if view.borrow().members.len() == 1 {
-                Duration::from_secs(1)
-            } else {
-                SEED_INTERVAL
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        backoff = Duration::from_millis(500);
+        // Until everyone answers, retry every second; then settle, but look again
+        // every second: a partition that begins mid-wait must not wait it out. A
+        // member down for good costs one datagram per seed a second until foca
+        // forgets it.
+        let settled_until = tokio::time::Instant::now() + SEED_INTERVAL;
+        loop {
+            tokio::time::sleep(SEED_INTERVAL_DEGRADED).await;
+            let degraded = {
+                let view = view.borrow();
+                view.members.len() == 1
+                    || view.members.iter().any(|m| m.state == MemberState::Down)
+            };
+            if degraded || tokio::time::Instant::now() >= settled_until {
+                break;
             }
-        };
-        tokio::time::sleep(wait).await;
+        }
     }
 }
 

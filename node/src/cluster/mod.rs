@@ -168,6 +168,7 @@ impl Cluster {
             });
         }
         service.attach_replicator(replicator.clone());
+        replicator.track_down_members();
         replicator.replicate_edges();
         // Catch up on what was purged while this node was away before serving.
         replicator.initial_sync(INITIAL_SYNC_LIMIT).await;

@@ -2,16 +2,26 @@
 //! node is applied on every node.
 //!
 //! - **Fan-out**: the node that makes a record applies it, then sends it to every
-//!   alive member over the peer protocol and, for purges, collects their acks
-//!   (`wait=all`), retrying a member that does not answer until it does or leaves.
-//!   Small records also ride on SWIM packets (piggyback), a second path that needs
-//!   no direct connection.
-//! - **Anti-entropy**: every node keeps the records it has seen (the newest
-//!   [`KEPT_RECORDS`]) and which it has applied, per origin. Every
-//!   `sync_interval`, and at once after a stall, it asks a random alive peer for
-//!   the records it lacks. A node that starts pulls before it serves. If a peer no
-//!   longer keeps records the asker lacks, the asker purges everything it cached
-//!   before now: a lower hit ratio, never a stale answer.
+//!   member not down over the peer protocol and, for purges, collects their acks
+//!   (`wait=all`), retrying a member that does not answer until it does or is
+//!   declared down. Small records also ride on SWIM packets (piggyback), a second
+//!   path that needs no direct connection.
+//! - **Anti-entropy and the sync lease**: every node keeps the records it has seen
+//!   (the newest [`KEPT_RECORDS`]) and which it has applied, per origin. Every
+//!   `sync_interval`, and at once after a stall, it pulls the records it lacks from
+//!   enough reachable peers that they and it are a majority of the members it knows
+//!   (down ones included). Such a round renews its *sync lease* (`max_unsynced`,
+//!   see [`SyncGate`]); without a lease it serves no hit it cannot revalidate. A
+//!   node that starts pulls before it serves. If a peer no longer keeps records
+//!   the asker lacks, the asker purges everything it cached before now: a lower hit
+//!   ratio, never a stale answer.
+//! - **Purge acknowledgement across a partition**: a `wait=all` purge is complete
+//!   when every member applied it, or when a majority did and every member that did
+//!   not is *fenced*: a lease has passed since the majority acked (so any lease it
+//!   holds now was renewed from a majority, which includes an acker, after the ack),
+//!   or since SWIM declared it down. So a node cut off from the purger stops
+//!   serving hits before the purge is acknowledged without it; a purger cut off
+//!   from the majority cannot complete a purge at all.
 //! - **Race safety**: a receiver applies a purge at its *own* clock, after observing
 //!   the origin's: every fill it had started before the purge reached it has an
 //!   older version and is covered, whatever the clock skew between nodes.
@@ -57,6 +67,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const PULL_BATCH: usize = 20_000;
 /// File in the data directory with what this node has applied.
 const APPLIED_FILE: &str = "cluster-applied.json";
+/// Added to a lease before a member counts as fenced: scheduling and clock-rate
+/// slack between two machines measuring the same interval.
+const FENCE_MARGIN: Duration = Duration::from_millis(500);
 
 /// How long a purge request waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +91,10 @@ pub struct PurgeReport {
     pub acked: BTreeMap<String, f64>,
     /// Members that have not (yet).
     pub pending: Vec<String>,
+    /// Members that did not apply it but are fenced (unreachable for longer than
+    /// their sync lease, so they serve no hit without revalidating): a complete
+    /// purge may have some. They catch up when they reach the cluster again.
+    pub fenced: Vec<String>,
     /// The slowest ack so far, ms.
     pub slowest_ms: f64,
     /// Dependent keys invalidated, summed over the nodes that acked (this one
@@ -92,6 +109,12 @@ struct Progress {
     report: Mutex<PurgeReport>,
     done: tokio::sync::Notify,
     started: Instant,
+    /// Acks needed (this node's own apply excluded) for a majority of the members.
+    majority: usize,
+    /// When the majority had acked.
+    majority_at: Mutex<Option<Instant>>,
+    /// Woken on every ack (the fencing watcher waits on it).
+    acked: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +170,8 @@ pub struct Replicator {
     apply_lock: tokio::sync::Mutex<()>,
     /// Small records also ride on SWIM packets (the backstop).
     piggyback: Broadcaster,
+    /// Since when each member has been down in this node's view.
+    down_since: Mutex<HashMap<String, Instant>>,
 }
 
 impl Replicator {
@@ -198,6 +223,7 @@ impl Replicator {
             applied_file,
             apply_lock: tokio::sync::Mutex::new(()),
             piggyback,
+            down_since: Mutex::new(HashMap::new()),
         })
     }
 
@@ -207,15 +233,60 @@ impl Replicator {
         self.resumed
     }
 
-    /// Alive members other than this node: (id, peer address).
+    /// Members other than this node that are not down (alive or suspected):
+    /// (id, peer address).
     fn peers(&self) -> Vec<(String, SocketAddr)> {
         self.view
             .borrow()
             .members
             .iter()
-            .filter(|m| !m.local && m.state == MemberState::Alive)
+            .filter(|m| !m.local && m.state != MemberState::Down)
             .map(|m| (m.identity.id.clone(), m.identity.peer))
             .collect()
+    }
+
+    /// Every member other than this node, down ones included: a purge is complete
+    /// only once each applied it or is fenced.
+    fn others(&self) -> Vec<(String, SocketAddr, MemberState)> {
+        self.view
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| !m.local)
+            .map(|m| (m.identity.id.clone(), m.identity.peer, m.state))
+            .collect()
+    }
+
+    /// Peers that, with this node, are a majority of the members it knows (down
+    /// ones included: a partition must not shrink the count).
+    fn majority_of_peers(&self) -> usize {
+        self.view.borrow().members.len() / 2
+    }
+
+    /// Keeps [`Self::down_since`] current as the view changes.
+    pub fn track_down_members(self: &Arc<Self>) {
+        let this = self.clone();
+        let mut view = self.view.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let current = view.borrow_and_update().clone();
+                    let mut down = this.down_since.lock().expect("down lock");
+                    down.retain(|id, _| {
+                        current
+                            .members
+                            .iter()
+                            .any(|m| m.identity.id == *id && m.state == MemberState::Down)
+                    });
+                    for m in current.members.iter().filter(|m| m.state == MemberState::Down) {
+                        down.entry(m.identity.id.clone()).or_insert_with(Instant::now);
+                    }
+                }
+                if view.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     fn make(&self, op: Op, at: fanz_protocol::Timestamp) -> Replicated {
@@ -313,29 +384,38 @@ impl Replicator {
         self.keep(&record, encoded.clone());
         self.piggyback.broadcast(encoded.clone());
         let id = format!("{}/{}", record.origin, record.seq);
-        let peers = self.peers();
+        let others = self.others();
         let progress = Arc::new(Progress {
             report: Mutex::new(PurgeReport {
                 id: id.clone(),
-                members: peers.len(),
+                members: others.len(),
                 acked: BTreeMap::new(),
-                pending: peers.iter().map(|(id, _)| id.clone()).collect(),
+                pending: others.iter().map(|(id, ..)| id.clone()).collect(),
+                fenced: Vec::new(),
                 slowest_ms: 0.0,
                 dependents_invalidated: local_dependents,
-                complete: peers.is_empty(),
+                complete: others.is_empty(),
             }),
             done: tokio::sync::Notify::new(),
             started: Instant::now(),
+            majority: self.majority_of_peers(),
+            majority_at: Mutex::new((self.majority_of_peers() == 0).then(Instant::now)),
+            acked: tokio::sync::Notify::new(),
         });
         let is_purge = matches!(record.op, Op::Purge { .. });
         if is_purge {
             self.remember(id, progress.clone());
-            if peers.is_empty() {
+            if others.is_empty() {
                 self.metrics.purge_propagation.observe(0.0);
             } else {
                 self.metrics.purges_pending_ack.inc();
+                self.watch_fencing(progress.clone());
             }
         }
+        let peers = others
+            .into_iter()
+            .filter(|(_, _, state)| *state != MemberState::Down)
+            .map(|(id, addr, _)| (id, addr));
         for (member, addr) in peers {
             let (this, progress, encoded) = (self.clone(), progress.clone(), encoded.clone());
             tokio::spawn(async move {
@@ -366,9 +446,14 @@ impl Replicator {
         let took_ms = progress.started.elapsed().as_secs_f64() * 1000.0;
         let mut report = progress.report.lock().expect("report lock");
         report.pending.retain(|m| m != member);
+        report.fenced.retain(|m| m != member);
         report.acked.insert(member.to_string(), took_ms);
         report.slowest_ms = report.slowest_ms.max(took_ms);
         report.dependents_invalidated += invalidated;
+        if report.acked.len() >= progress.majority {
+            let mut at = progress.majority_at.lock().expect("majority lock");
+            at.get_or_insert_with(Instant::now);
+        }
         if report.pending.is_empty() && !report.complete {
             report.complete = true;
             if is_purge {
@@ -377,6 +462,81 @@ impl Replicator {
             }
             progress.done.notify_waiters();
         }
+        progress.acked.notify_waiters();
+    }
+
+    /// Completes a purge that a majority applied once every member that has not is
+    /// fenced: a lease (plus [`FENCE_MARGIN`]) after the majority acked, or after
+    /// SWIM declared the member down, whichever is sooner. Gives up with the
+    /// fan-out ([`RETRY_FOR`]): a purger without a majority never completes one.
+    fn watch_fencing(self: &Arc<Self>, progress: Arc<Progress>) {
+        let this = self.clone();
+        let fence_after = self.gate.lease() + FENCE_MARGIN;
+        tokio::spawn(async move {
+            loop {
+                let acked = progress.acked.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                let now = Instant::now();
+                let majority_at = *progress.majority_at.lock().expect("majority lock");
+                let fenced_at = {
+                    let report = progress.report.lock().expect("report lock");
+                    if report.complete {
+                        return;
+                    }
+                    let down = this.down_since.lock().expect("down lock");
+                    let member_fenced_at = |m: &String| {
+                        let by_majority = majority_at.map(|at| at + fence_after);
+                        let by_down = down.get(m).map(|t| *t + fence_after);
+                        match (by_majority, by_down) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        }
+                    };
+                    // The latest fencing time of the members still pending; `None`
+                    // while one cannot be fenced yet.
+                    report
+                        .pending
+                        .iter()
+                        .map(member_fenced_at)
+                        .try_fold(now, |latest, t| t.map(|t| latest.max(t)))
+                };
+                if let (Some(_), Some(at)) = (majority_at, fenced_at) {
+                    if at <= now {
+                        this.complete_fenced(&progress);
+                        return;
+                    }
+                }
+                if progress.started.elapsed() > RETRY_FOR {
+                    return;
+                }
+                let wake = fenced_at
+                    .filter(|_| majority_at.is_some())
+                    .unwrap_or(now + Duration::from_millis(100))
+                    .min(now + Duration::from_millis(100));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = acked => {}
+                }
+            }
+        });
+    }
+
+    /// Every member still pending is fenced: the purge is complete without them.
+    fn complete_fenced(&self, progress: &Progress) {
+        let mut report = progress.report.lock().expect("report lock");
+        if report.complete {
+            return;
+        }
+        let pending = std::mem::take(&mut report.pending);
+        tracing::warn!(purge = %report.id, fenced = ?pending, "purge complete without members that are fenced (unreachable past their sync lease)");
+        report.fenced.extend(pending);
+        report.complete = true;
+        self.metrics.purges_pending_ack.dec();
+        self.metrics
+            .purge_propagation
+            .observe(progress.started.elapsed().as_secs_f64());
+        progress.done.notify_waiters();
     }
 
     fn remember(&self, id: String, progress: Arc<Progress>) {
@@ -493,30 +653,63 @@ impl Replicator {
             .collect()
     }
 
-    /// One anti-entropy round with a random alive peer. `Ok(true)` when it synced.
-    pub async fn sync_once(&self) -> Result<bool, String> {
+    /// One anti-entropy round: pulls from enough reachable peers, in random order,
+    /// that they and this node are a majority of the members. `Ok(true)` when they
+    /// all answered: the round renews the sync lease. A round short of a majority
+    /// still applies what it pulled, but renews nothing.
+    pub async fn sync_once(self: &Arc<Self>) -> Result<bool, String> {
         let round = self.gate.round_started();
-        let peers = self.peers();
         self.gate
             .set_has_peers(!self.view.borrow().members.iter().all(|m| m.local));
-        if peers.is_empty() {
-            if self.view.borrow().members.iter().all(|m| m.local) {
-                // Alone: nothing to sync with.
-                self.gate.synced(round);
-                return Ok(true);
-            }
-            return Ok(false);
+        let needed = self.majority_of_peers();
+        if needed == 0 {
+            // Alone: nothing to sync with.
+            self.gate.synced(round);
+            return Ok(true);
         }
-        let (_, addr) = &peers[rand_index(peers.len())];
+        let mut candidates = self.peers();
+        for i in (1..candidates.len()).rev() {
+            candidates.swap(i, rand_index(i + 1));
+        }
+        let mut answered = 0;
+        let mut failure = None;
+        // A pull must answer well within the lease, or the round renews nothing.
+        let timeout = (self.gate.lease() / 2).min(CALL_TIMEOUT);
+        while answered < needed && !candidates.is_empty() {
+            let mut pulls = tokio::task::JoinSet::new();
+            for (_, addr) in candidates.drain(..(needed - answered).min(candidates.len())) {
+                let this = self.clone();
+                pulls.spawn(async move { this.pull_from(addr, timeout).await });
+            }
+            while let Some(result) = pulls.join_next().await {
+                match result.map_err(|e| e.to_string()).and_then(|r| r) {
+                    Ok(()) => answered += 1,
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        self.save_applied();
+        if answered >= needed {
+            self.gate.synced(round);
+            return Ok(true);
+        }
+        match failure {
+            Some(e) if answered == 0 => Err(e),
+            _ => Ok(false),
+        }
+    }
+
+    /// Pulls and applies what `addr` has that this node lacks.
+    async fn pull_from(&self, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
         self.metrics.anti_entropy_pulls.inc();
         let answer = self
             .transport
             .call(
-                *addr,
+                addr,
                 &Message::Pull {
                     since: self.since(),
                 },
-                CALL_TIMEOUT,
+                timeout,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -551,9 +744,7 @@ impl Replicator {
                 tracing::warn!(error = %e, "a pulled record could not be applied");
             }
         }
-        self.save_applied();
-        self.gate.synced(round);
-        Ok(true)
+        Ok(())
     }
 
     /// After a gap, the sequence just before the oldest record the peer sent, per
@@ -610,7 +801,7 @@ impl Replicator {
 
     /// Before serving: one successful round with a peer, if the cluster has any
     /// (waits up to `limit` for membership and the round).
-    pub async fn initial_sync(&self, limit: Duration) {
+    pub async fn initial_sync(self: &Arc<Self>, limit: Duration) {
         let deadline = Instant::now() + limit;
         let mut view = self.view.clone();
         while Instant::now() < deadline {

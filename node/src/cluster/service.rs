@@ -169,15 +169,14 @@ impl PeerService for NodePeerService {
                 },
             },
             Message::Get { key } => match self.cache.get(&key).await {
-                // A hit this node cannot vouch for (stalled, rejoining, or out of
-                // sync in consistency mode) is a failure to the asker, which then
-                // asks the next owner; "not found" would be taken as the answer.
-                Lookup::Hit(_) if self.cache.hit_policy().await == HitPolicy::Revalidate => {
-                    Message::Error {
-                        code: ErrorCode::Unavailable,
-                        message: "catching up with the cluster; ask another owner".into(),
-                    }
-                }
+                // What this node cannot vouch for (stalled, rejoining, or without a
+                // sync lease in consistency mode), a hit or a miss alike, is a
+                // failure to the asker, which then asks the next owner; "not found"
+                // would be taken as the answer.
+                _ if self.cache.hit_policy().await == HitPolicy::Revalidate => Message::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "catching up with the cluster; ask another owner".into(),
+                },
                 Lookup::Hit(hit) => Message::Found {
                     entry: hit.entry().encode(),
                 },

@@ -7,10 +7,12 @@
 //!   wake-up; a hit also checks the ticker's heartbeat, in case it runs before the
 //!   ticker does. Either way hits wait (briefly) for a fresh anti-entropy round,
 //!   and for one second after a stall every hit is revalidated regardless;
-//! - **no sync for a while**: no anti-entropy round has succeeded for `max_unsynced`
-//!   (a partition). Then `partition_mode` decides: `availability` serves and marks
-//!   the response `detail=unsynced`; `consistency` revalidates every hit with the
-//!   owner or the origin first.
+//! - **no sync lease**: no anti-entropy round has pulled from a majority of the
+//!   members for `max_unsynced` (a partition, or most of the cluster down). Purgers
+//!   complete a purge without this node once a lease has passed, so from then on
+//!   `partition_mode` decides: `consistency` (the default) revalidates every hit
+//!   with the owner or the origin first; `availability` serves it, marked
+//!   `detail=unsynced`, and may be serving purged content.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -107,6 +109,13 @@ impl SyncGate {
             wake_sync: Notify::new(),
             metrics,
         })
+    }
+
+    /// The sync lease: how long a round that reached a majority keeps this node in
+    /// sync (`max_unsynced`). Purgers count a member that has not acked as fenced
+    /// only a lease after the majority acked.
+    pub fn lease(&self) -> Duration {
+        self.max_unsynced
     }
 
     /// Starts the ticker that detects stalls.

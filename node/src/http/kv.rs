@@ -149,10 +149,20 @@ impl MainService {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
                 let purged_here = matches!(reason, MissReason::Invalidated);
-                if let Some((entry, owner)) = self.read_from_owners(key, purged_here).await {
-                    let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-                    let status = format!("fanz; fwd=uri-miss; key={owner}");
-                    return entry_response(&entry, age, &status, req);
+                match self.read_from_owners(key, purged_here).await {
+                    OwnerRead::Found(entry, owner) => {
+                        let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+                        let status = format!("fanz; fwd=uri-miss; key={owner}");
+                        return entry_response(&entry, age, &status, req);
+                    }
+                    OwnerRead::NotFound => {}
+                    OwnerRead::NoAnswer => {
+                        // Only this node's word: not enough while it may have missed
+                        // the write (no sync lease).
+                        if self.cache.hit_policy().await == HitPolicy::Revalidate {
+                            return out_of_sync();
+                        }
+                    }
                 }
                 let mut r = text(StatusCode::NOT_FOUND, "not found");
                 r.headers_mut().insert(
@@ -174,22 +184,15 @@ impl MainService {
     /// A hit this node cannot vouch for (it is out of sync with the cluster, in
     /// consistency mode): answered from the other owners, or 503 when none answers.
     async fn confirm_with_owners(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
-        if let Some((entry, owner)) = self.read_from_owners(key, false).await {
-            let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-            let status = format!("fanz; fwd=uri-miss; key={owner}; detail=revalidated-unsynced");
-            return entry_response(&entry, age, &status, req);
-        }
-        let reachable = self
-            .routing
-            .as_ref()
-            .is_some_and(|r| !r.other_owners(key).1.is_empty());
-        if reachable {
-            text(StatusCode::NOT_FOUND, "not found")
-        } else {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this node is out of sync with the cluster (partition_mode = consistency) and no other owner of the key answers",
-            )
+        match self.read_from_owners(key, false).await {
+            OwnerRead::Found(entry, owner) => {
+                let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+                let status =
+                    format!("fanz; fwd=uri-miss; key={owner}; detail=revalidated-unsynced");
+                entry_response(&entry, age, &status, req)
+            }
+            OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
+            OwnerRead::NoAnswer => out_of_sync(),
         }
     }
 
@@ -199,13 +202,15 @@ impl MainService {
     ///
     /// An owner asks too: it may have become an owner after the key was written
     /// (another owner left), and then keeps what it reads (read repair).
-    async fn read_from_owners(&self, key: &CacheKey, purged_here: bool) -> Option<(Entry, String)> {
-        let routing = self.routing.as_ref()?;
+    async fn read_from_owners(&self, key: &CacheKey, purged_here: bool) -> OwnerRead {
+        let Some(routing) = self.routing.as_ref() else {
+            return OwnerRead::NoAnswer;
+        };
         let (is_owner, others) = routing.other_owners(key);
         if is_owner && purged_here {
             // This owner saw the delete; another owner that missed it must not
             // bring the value back.
-            return None;
+            return OwnerRead::NotFound;
         }
         let request = Message::Get { key: key.clone() };
         for (owner, addr) in others {
@@ -220,17 +225,39 @@ impl MainService {
                                 tracing::warn!(error = %e, "read repair not stored");
                             }
                         }
-                        return Some((entry, owner));
+                        return OwnerRead::Found(entry, owner);
                     }
                     Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
                 },
-                Ok(_) => return None,
+                Ok(_) => return OwnerRead::NotFound,
                 Err(e) => tracing::warn!(%owner, error = %e, "owner read failed; trying the next"),
             }
         }
-        None
+        OwnerRead::NoAnswer
     }
 
+}
+
+/// What the other owners said about a key.
+enum OwnerRead {
+    /// One had it.
+    Found(Entry, String),
+    /// The first to answer did not (or this owner saw it deleted).
+    NotFound,
+    /// None answered (or there is no other owner, or no cluster).
+    NoAnswer,
+}
+
+/// The answer of a node that cannot vouch for what it holds and reached no owner
+/// that can.
+fn out_of_sync() -> Response<Body> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this node is out of sync with the cluster (no sync lease; partition_mode = consistency) and no other owner of the key answers",
+    )
+}
+
+impl MainService {
     /// Sends `request` (a Put or Delete) to the other owners of `key` at once;
     /// returns how many carried it out and how many were asked.
     async fn write_to_owners(&self, key: &CacheKey, request: Message) -> (bool, usize, usize) {
