@@ -146,7 +146,10 @@ impl MainService {
 
     async fn get(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
         let hit = match self.cache.get(key).await {
-            Lookup::Hit(hit) => hit,
+            Lookup::Hit(hit) if self.owns(key) => hit,
+            // A copy from when this node owned the key (before a member came back):
+            // the owners have had the writes since.
+            Lookup::Hit(_) => return self.confirm_with_owners(key, req, "former-owner").await,
             Lookup::Miss(reason) => {
                 let purged_here = matches!(reason, MissReason::Invalidated);
                 match self.read_from_owners(key, purged_here).await {
@@ -176,19 +179,30 @@ impl MainService {
         match self.cache.hit_policy().await {
             HitPolicy::Serve => {}
             HitPolicy::ServeUnsynced => status.push_str("; detail=unsynced"),
-            HitPolicy::Revalidate => return self.confirm_with_owners(key, req).await,
+            HitPolicy::Revalidate => {
+                return self
+                    .confirm_with_owners(key, req, "revalidated-unsynced")
+                    .await
+            }
         }
         entry_response(hit.entry(), hit.age_secs, &status, req)
     }
 
-    /// A hit this node cannot vouch for (it is out of sync with the cluster, in
-    /// consistency mode): answered from the other owners, or 503 when none answers.
-    async fn confirm_with_owners(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
+    /// Whether this node owns `key` (a lone node owns everything).
+    fn owns(&self, key: &CacheKey) -> bool {
+        self.routing
+            .as_ref()
+            .is_none_or(|routing| routing.other_owners(key).0)
+    }
+
+    /// A hit this node cannot vouch for (out of sync in consistency mode, or a
+    /// copy from when it owned the key): answered from the (other) owners, or 503
+    /// when none answers. `detail` says why, in `Cache-Status`.
+    async fn confirm_with_owners(&self, key: &CacheKey, req: &Parts, detail: &str) -> Response<Body> {
         match self.read_from_owners(key, false).await {
             OwnerRead::Found(entry, owner) => {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-                let status =
-                    format!("fanz; fwd=uri-miss; key={owner}; detail=revalidated-unsynced");
+                let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
                 entry_response(&entry, age, &status, req)
             }
             OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
