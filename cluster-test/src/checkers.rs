@@ -402,11 +402,8 @@ mod tests {
             get("k", None, 300, 301),
         ]);
         h.ops[1].ok = false;
-        h.faults.push(crate::history::FaultWindow {
-            fault: "x".into(),
-            start_ms: 100,
-            end_ms: 150,
-        });
+        h.faults
+            .push(crate::history::FaultWindow::new("x".into(), 100, 150));
         let r = error_rates(&h, 50);
         assert_eq!((r.during_faults, r.failed_during_faults), (1, 1));
         assert_eq!((r.outside_faults, r.failed_outside_faults), (2, 0));

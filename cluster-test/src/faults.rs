@@ -242,16 +242,7 @@ pub async fn inject(
     now_ms: &(dyn Fn() -> u64 + Sync),
 ) -> anyhow::Result<FaultWindow> {
     let n = cluster.nodes.len();
-    let mut window = FaultWindow {
-        fault: fault.describe(cluster),
-        start_ms: now_ms(),
-        end_ms: 0,
-        detection_ms: None,
-        recovery_ms: None,
-        converged_ms: None,
-        caught_up_ms: None,
-        false_positive: None,
-    };
+    let mut window = FaultWindow::new(fault.describe(cluster), now_ms(), 0);
     let began = Instant::now();
     match fault {
         Fault::KillRestart { victim } => {

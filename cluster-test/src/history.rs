@@ -67,6 +67,22 @@ pub struct FaultWindow {
     pub false_positive: Option<bool>,
 }
 
+impl FaultWindow {
+    /// A window without figures yet.
+    pub fn new(fault: String, start_ms: u64, end_ms: u64) -> Self {
+        Self {
+            fault,
+            start_ms,
+            end_ms,
+            detection_ms: None,
+            recovery_ms: None,
+            converged_ms: None,
+            caught_up_ms: None,
+            false_positive: None,
+        }
+    }
+}
+
 /// A whole run's history.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct History {
