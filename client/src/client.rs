@@ -30,6 +30,7 @@ pub struct ClientBuilder {
     token: Option<String>,
     connect_timeout: Duration,
     timeout: Duration,
+    purge_timeout: Duration,
     retry: RetryPolicy,
     pool_size: usize,
     refresh_interval: Duration,
@@ -46,6 +47,7 @@ impl Default for ClientBuilder {
             token: None,
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(5),
+            purge_timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             pool_size: 32,
             refresh_interval: Duration::from_secs(5),
@@ -100,6 +102,16 @@ impl ClientBuilder {
     /// Time each attempt of an operation may take.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self.purge_timeout = self.purge_timeout.max(timeout);
+        self
+    }
+
+    /// Limit of one purge attempt that waits for every member (default 15 s, and
+    /// never below [`Self::timeout`]). A node answers such a purge within its
+    /// `purge_ack_timeout` (5 s by default); while a member is being declared down
+    /// or restarted, completing a purge takes a sync lease longer.
+    pub fn purge_timeout(mut self, timeout: Duration) -> Self {
+        self.purge_timeout = timeout.max(self.timeout);
         self
     }
 
@@ -403,11 +415,20 @@ impl Inner {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Answer> {
-        self.send_to(Port::Kv, node, method, path, headers, body)
-            .await
+        self.send_to(
+            Port::Kv,
+            node,
+            method,
+            path,
+            headers,
+            body,
+            self.settings.timeout,
+        )
+        .await
     }
 
     /// One HTTP exchange with `node` on `port` within the operation timeout.
+    #[allow(clippy::too_many_arguments)]
     async fn send_to(
         &self,
         port: Port,
@@ -416,8 +437,8 @@ impl Inner {
         path: &str,
         headers: &[(&str, String)],
         body: Bytes,
+        timeout: Duration,
     ) -> Result<Answer> {
-        let timeout = self.settings.timeout;
         let limit = self.max_answer.load(std::sync::atomic::Ordering::Relaxed);
         let attempt = async {
             let mut request = Request::builder()
@@ -463,6 +484,19 @@ impl Inner {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Answer> {
+        self.admin_within(seed, method, path, body, self.settings.timeout)
+            .await
+    }
+
+    /// [`Self::admin_at`] with its own time limit (purges that wait for members).
+    async fn admin_within(
+        &self,
+        seed: &str,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Answer> {
         let mut headers = Vec::new();
         if let Some(token) = &self.token {
             headers.push(("authorization", format!("Bearer {token}")));
@@ -477,6 +511,7 @@ impl Inner {
             path,
             &headers,
             body.unwrap_or_default(),
+            timeout,
         )
         .await
     }
@@ -784,10 +819,10 @@ impl Client {
             "prefixes": purge.prefixes,
             "soft": purge.soft,
         });
-        let path = if purge.wait {
-            "/purge?wait=all"
+        let (path, limit) = if purge.wait {
+            ("/purge?wait=all", self.inner.settings.purge_timeout)
         } else {
-            "/purge?wait=none"
+            ("/purge?wait=none", self.inner.settings.timeout)
         };
         let body = Bytes::from(body.to_string());
         let span = tracing::debug_span!(
@@ -801,7 +836,7 @@ impl Client {
             let body = body.clone();
             Some(async move {
                 let answer = inner
-                    .admin_at(&seed, Method::POST, path, Some(body))
+                    .admin_within(&seed, Method::POST, path, Some(body), limit)
                     .await?;
                 if answer.status.is_success() {
                     Ok((seed, answer))

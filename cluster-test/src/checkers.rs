@@ -247,6 +247,13 @@ pub struct ErrorRates {
     pub outside_faults: usize,
     /// How many of those failed.
     pub failed_outside_faults: usize,
+    /// Operations through `fanz-client`, which retries on another node (direct
+    /// reads to one node are not: a client of a down edge sees it down).
+    pub client_ops: usize,
+    /// How many of those failed.
+    pub failed_client_ops: usize,
+    /// The first failures, described (those through the client first).
+    pub examples: Vec<String>,
 }
 
 impl ErrorRates {
@@ -260,6 +267,16 @@ impl ErrorRates {
     }
 }
 
+impl ErrorRates {
+    /// Failed operations through the client over all of them.
+    pub fn client_failure_rate(&self) -> f64 {
+        if self.client_ops == 0 {
+            return 0.0;
+        }
+        self.failed_client_ops as f64 / self.client_ops as f64
+    }
+}
+
 /// Counts failures inside and outside the fault windows.
 pub fn error_rates(history: &History, grace_ms: u64) -> ErrorRates {
     let mut rates = ErrorRates {
@@ -267,8 +284,33 @@ pub fn error_rates(history: &History, grace_ms: u64) -> ErrorRates {
         failed_during_faults: 0,
         outside_faults: 0,
         failed_outside_faults: 0,
+        client_ops: 0,
+        failed_client_ops: 0,
+        examples: Vec::new(),
     };
+    let direct = |op: &Op| matches!(op.kind, OpKind::DirectGet { .. });
+    let failed = history.ops.iter().filter(|op| !op.ok);
+    let (through_client, straight): (Vec<&Op>, Vec<&Op>) = failed.partition(|op| !direct(op));
+    for op in through_client.into_iter().chain(straight).take(LISTED) {
+        let what = match &op.kind {
+            OpKind::Set { .. } => "write".to_string(),
+            OpKind::Get { .. } => "read via client".to_string(),
+            OpKind::DirectGet { node, .. } => format!("read via {node}"),
+            OpKind::Purge => "purge".to_string(),
+        };
+        rates.examples.push(format!(
+            "{what} of {} at {}-{} ms: {}",
+            op.key,
+            op.start_ms,
+            op.end_ms,
+            op.error.as_deref().unwrap_or("?")
+        ));
+    }
     for op in &history.ops {
+        if !direct(op) {
+            rates.client_ops += 1;
+            rates.failed_client_ops += usize::from(!op.ok);
+        }
         let in_fault = history
             .faults
             .iter()

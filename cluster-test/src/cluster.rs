@@ -21,8 +21,13 @@ use crate::netns::Fabric;
 /// The admin token of every test cluster.
 pub const TOKEN: &str = "cluster-test-token";
 
-/// Gossip timings: a failure is detected in about 1.5 s.
-const FAST_GOSSIP: [&str; 4] = ["--gossip-probe-period", "200ms", "--gossip-suspicion", "1s"];
+/// Gossip timings: a failure is detected in about 2 s; a 1 s pause is not one.
+const FAST_GOSSIP: [&str; 4] = [
+    "--gossip-probe-period",
+    "200ms",
+    "--gossip-suspicion",
+    "1500ms",
+];
 
 /// Where the workspace's binaries are.
 #[derive(Debug, Clone)]
@@ -97,7 +102,10 @@ impl Mount {
             .status()
             .context("mount")?;
         if !status.success() {
-            bail!("mounting a {mib} MiB tmpfs on {} failed (root needed)", at.display());
+            bail!(
+                "mounting a {mib} MiB tmpfs on {} failed (root needed)",
+                at.display()
+            );
         }
         Ok(Self(at.to_path_buf()))
     }

@@ -24,7 +24,10 @@ pub enum Fault {
     /// Cut one node off from the others (clients still reach it), then heal.
     Isolate { victim: usize, hold: Duration },
     /// Cut the cluster in two (`minority` against the rest), then heal.
-    Split { minority: Vec<usize>, hold: Duration },
+    Split {
+        minority: Vec<usize>,
+        hold: Duration,
+    },
     /// Drop `percent`% of the packets between nodes, then stop.
     Loss { percent: u8, hold: Duration },
     /// Delay packets between nodes (needs the kernel's netem).
@@ -38,7 +41,10 @@ impl Fault {
     pub fn needs_namespaces(&self) -> bool {
         matches!(
             self,
-            Fault::Isolate { .. } | Fault::Split { .. } | Fault::Loss { .. } | Fault::Latency { .. }
+            Fault::Isolate { .. }
+                | Fault::Split { .. }
+                | Fault::Loss { .. }
+                | Fault::Latency { .. }
         )
     }
 
@@ -48,7 +54,9 @@ impl Fault {
         match self {
             Fault::KillRestart { victim } => format!("SIGKILL {}, restart 2 s later", id(victim)),
             Fault::Pause { victim } => format!("SIGSTOP {} for 1 s", id(victim)),
-            Fault::RollingRestart => "rolling restart (SIGTERM, restart, one node at a time)".into(),
+            Fault::RollingRestart => {
+                "rolling restart (SIGTERM, restart, one node at a time)".into()
+            }
             Fault::Isolate { victim, hold } => {
                 format!("cut {} off from the others for {:?}", id(victim), hold)
             }
@@ -186,9 +194,11 @@ async fn wait_kv_answers(cluster: &Cluster, index: usize, limit: Duration) -> Op
     let addr = cluster.nodes[index].http;
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
-                .await
+        if let Ok(Ok(mut s)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
         {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let ok = s
@@ -272,7 +282,9 @@ pub async fn inject(
         }
         Fault::RollingRestart => {
             for i in 0..n {
-                tokio::task::block_in_place(|| cluster.nodes[i].terminate(Duration::from_secs(15)))?;
+                tokio::task::block_in_place(|| {
+                    cluster.nodes[i].terminate(Duration::from_secs(15))
+                })?;
                 tokio::task::block_in_place(|| cluster.nodes[i].start())?;
                 wait_all_alive(cluster, n, Duration::from_secs(20)).await?;
             }

@@ -185,12 +185,14 @@ fn main() -> ExitCode {
             };
             let dir = report_dir(
                 m,
-                format!("target/cluster-test/{}-{}", settings.scenario, settings.seed),
+                format!(
+                    "target/cluster-test/{}-{}",
+                    settings.scenario, settings.seed
+                ),
             );
             settings.log_dir = Some(dir.clone());
             eprintln!("running {}", scenario::describe(&settings));
-            let outcome = match supervised(settings.duration + OVERRUN, scenario::run(&settings))
-            {
+            let outcome = match supervised(settings.duration + OVERRUN, scenario::run(&settings)) {
                 Ok(o) => o,
                 Err(code) => return code,
             };

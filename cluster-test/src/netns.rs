@@ -140,8 +140,7 @@ impl Fabric {
             run(
                 "ip",
                 &[
-                    "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns",
-                    &ns,
+                    "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &ns,
                 ],
             )?;
             run("ip", &["link", "set", &host_side, "master", &bridge])?;
@@ -180,7 +179,8 @@ impl Fabric {
             for rule in output {
                 script.push_str(&format!("    {rule}\n"));
             }
-            script.push_str("  }\n  chain in { type filter hook input priority 0; policy accept;\n");
+            script
+                .push_str("  }\n  chain in { type filter hook input priority 0; policy accept;\n");
             for rule in input {
                 script.push_str(&format!("    {rule}\n"));
             }
@@ -283,15 +283,17 @@ impl Fabric {
         let added = run(
             "ip",
             &[
-                "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
-                "delay", "1ms",
+                "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
+                "1ms",
             ],
         )
         .is_ok();
         if added {
             let _ = run(
                 "ip",
-                &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "lo", "root"],
+                &[
+                    "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "lo", "root",
+                ],
             );
         }
         added
@@ -308,7 +310,10 @@ impl Drop for Fabric {
         }
         if self.bridge_up {
             if let Err(e) = run("ip", &["link", "del", &self.bridge()]) {
-                eprintln!("fanz-cluster-test: removing bridge {}: {e:#}", self.bridge());
+                eprintln!(
+                    "fanz-cluster-test: removing bridge {}: {e:#}",
+                    self.bridge()
+                );
             }
         }
     }

@@ -29,9 +29,18 @@ pub fn markdown(outcome: &Outcome) -> String {
         e.outside_faults,
         e.overall() * 100.0
     ));
+    out.push_str(&format!(
+        "- Through fanz-client (retries on another node): {} of {} failed ({:.3}%)\n",
+        e.failed_client_ops,
+        e.client_ops,
+        e.client_failure_rate() * 100.0
+    ));
     out.push_str(&format!("- Placement: {}\n", outcome.placement));
     if !outcome.node_args.is_empty() {
-        out.push_str(&format!("- Node arguments: `{}`\n", outcome.node_args.join(" ")));
+        out.push_str(&format!(
+            "- Node arguments: `{}`\n",
+            outcome.node_args.join(" ")
+        ));
     }
     for skipped in &outcome.skipped {
         out.push_str(&format!("- **SKIPPED**: {skipped}\n"));
@@ -48,7 +57,8 @@ pub fn markdown(outcome: &Outcome) -> String {
             figure(f.recovery_ms),
             figure(f.converged_ms),
             figure(f.caught_up_ms),
-            f.false_positive.map_or("-", |b| if b { "**yes**" } else { "no" }),
+            f.false_positive
+                .map_or("-", |b| if b { "**yes**" } else { "no" }),
         ));
     }
     out.push_str("\n## Checkers\n\n| checker | rule | judged | result |\n|---|---|---|---|\n");
@@ -64,6 +74,12 @@ pub fn markdown(outcome: &Outcome) -> String {
                 format!("**FAIL** ({} violations)", v.violation_count)
             }
         ));
+    }
+    if !outcome.errors.examples.is_empty() {
+        out.push_str("\n### Failed operations (first few)\n\n");
+        for line in &outcome.errors.examples {
+            out.push_str(&format!("- {line}\n"));
+        }
     }
     for v in outcome.verdicts.iter().filter(|v| !v.pass) {
         out.push_str(&format!(

@@ -234,9 +234,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
             .then_some((small_disk, SMALL_DISK_MIB)),
         node_args: settings.node_args.clone(),
     };
-    let mut cluster = tokio::task::block_in_place(|| {
-        Cluster::start(&binaries, settings.nodes, &options)
-    })?;
+    let mut cluster =
+        tokio::task::block_in_place(|| Cluster::start(&binaries, settings.nodes, &options))?;
     let mut skipped = Vec::new();
     if let Some(note) = &cluster.placement_note {
         eprintln!("fanz-cluster-test: {note}");
@@ -284,7 +283,6 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         };
         do_fault(fault, &mut cluster).await?;
     }
-    drop(do_fault);
 
     let mut history = History {
         ops: Vec::new(),
@@ -416,8 +414,7 @@ async fn direct_get(
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let request =
-            format!("GET /kv/{key} HTTP/1.1\r\nHost: fanz\r\nConnection: close\r\n\r\n");
+        let request = format!("GET /kv/{key} HTTP/1.1\r\nHost: fanz\r\nConnection: close\r\n\r\n");
         stream
             .write_all(request.as_bytes())
             .await

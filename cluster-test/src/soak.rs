@@ -23,6 +23,10 @@ pub struct Summary {
     pub operations: usize,
     /// Failed operations.
     pub failed_operations: usize,
+    /// Operations through fanz-client (which retries on another node).
+    pub client_operations: usize,
+    /// How many of those failed.
+    pub failed_client_operations: usize,
     /// Faults done, by kind (the first word of their description).
     pub faults: usize,
     /// Failure detection times, ms (kills and partitions).
@@ -85,6 +89,8 @@ pub async fn soak(settings: &Settings, runs: u32, dir: &Path) -> anyhow::Result<
         summary.operations += outcome.operations;
         summary.failed_operations +=
             outcome.errors.failed_during_faults + outcome.errors.failed_outside_faults;
+        summary.client_operations += outcome.errors.client_ops;
+        summary.failed_client_operations += outcome.errors.failed_client_ops;
         summary.faults += outcome.faults.len();
         for f in &outcome.faults {
             summary.detection_ms.extend(f.detection_ms);
@@ -121,10 +127,13 @@ pub fn markdown(s: &Summary) -> String {
         out.push_str(&format!("- {name}: {count} violations\n"));
     }
     out.push_str(&format!(
-        "- Operations: {}; failed: {} ({:.3}%)\n- Faults: {}\n- Detection: p50 {}, p99 {}, max {} ({} samples)\n- Restart to serving: p50 {}, max {}\n- Purges reach every member after heal: p50 {}, max {}\n- Pauses: {}; declared down: {}\n",
+        "- Operations: {}; failed: {} ({:.3}%); through fanz-client (retrying): {} of {} failed ({:.3}%)\n- Faults: {}\n- Detection: p50 {}, p99 {}, max {} ({} samples)\n- Restart to serving: p50 {}, max {}\n- Purges reach every member after heal: p50 {}, max {}\n- Pauses: {}; declared down: {}\n",
         s.operations,
         s.failed_operations,
         if s.operations == 0 { 0.0 } else { s.failed_operations as f64 * 100.0 / s.operations as f64 },
+        s.failed_client_operations,
+        s.client_operations,
+        if s.client_operations == 0 { 0.0 } else { s.failed_client_operations as f64 * 100.0 / s.client_operations as f64 },
         s.faults,
         q(&s.detection_ms, 0.5),
         q(&s.detection_ms, 0.99),

@@ -610,8 +610,7 @@ async fn announce_to_seeds(
             tokio::time::sleep(SEED_INTERVAL_DEGRADED).await;
             let degraded = {
                 let view = view.borrow();
-                view.members.len() == 1
-                    || view.members.iter().any(|m| m.state == MemberState::Down)
+                view.members.len() == 1 || view.members.iter().any(|m| m.state == MemberState::Down)
             };
             if degraded || tokio::time::Instant::now() >= settled_until {
                 break;

@@ -153,6 +153,7 @@ impl Cluster {
             gate.clone(),
             metrics,
             settings.purge_ack_timeout,
+            settings.suspicion,
             parts.data_dir,
             gossip.broadcaster(),
         );
@@ -240,6 +241,9 @@ impl Cluster {
 
     /// Leaves the cluster gracefully (its keys move to the others at once).
     pub async fn leave(&self) {
+        // First stop vouching for hits: once the others see this node down they
+        // complete purges without it.
+        self.replicator.leaving();
         self.gossip.leave().await;
     }
 

@@ -19,9 +19,13 @@
 //!   when every member applied it, or when a majority did and every member that did
 //!   not is *fenced*: a lease has passed since the majority acked (so any lease it
 //!   holds now was renewed from a majority, which includes an acker, after the ack),
-//!   or since SWIM declared it down. So a node cut off from the purger stops
-//!   serving hits before the purge is acknowledged without it; a purger cut off
-//!   from the majority cannot complete a purge at all.
+//!   or a lease has passed since it was found unreachable (SWIM declared it down a
+//!   suspicion timeout after that; one that left gracefully stopped vouching for
+//!   hits before it left). So a node cut off from the purger stops serving hits
+//!   before the purge is acknowledged without it; a purger cut off from the
+//!   majority cannot complete a purge at all. The shortcut for down members trusts
+//!   SWIM's verdict (direct and indirect probes failed): a member that every
+//!   prober lost but that still reaches a majority would break it.
 //! - **Race safety**: a receiver applies a purge at its *own* clock, after observing
 //!   the origin's: every fill it had started before the purge reached it has an
 //!   older version and is covered, whatever the clock skew between nodes.
@@ -172,6 +176,10 @@ pub struct Replicator {
     piggyback: Broadcaster,
     /// Since when each member has been down in this node's view.
     down_since: Mutex<HashMap<String, Instant>>,
+    /// How long after SWIM declares a member down it counts as fenced: a lease
+    /// (plus margin) after it was first found unreachable, which was at least one
+    /// suspicion timeout before. A member that left gracefully fenced itself.
+    fence_after_down: Duration,
 }
 
 impl Replicator {
@@ -187,9 +195,11 @@ impl Replicator {
         gate: Arc<SyncGate>,
         metrics: Arc<Metrics>,
         ack_timeout: Duration,
+        suspicion: Duration,
         data_dir: PathBuf,
         piggyback: Broadcaster,
     ) -> Arc<Self> {
+        let fence_after_down = (gate.lease() + FENCE_MARGIN).saturating_sub(suspicion);
         let applied_file = data_dir.join(APPLIED_FILE);
         let mut kept = Kept::default();
         if let Ok(text) = std::fs::read_to_string(&applied_file) {
@@ -224,6 +234,7 @@ impl Replicator {
             apply_lock: tokio::sync::Mutex::new(()),
             piggyback,
             down_since: Mutex::new(HashMap::new()),
+            fence_after_down,
         })
     }
 
@@ -263,6 +274,11 @@ impl Replicator {
         self.view.borrow().members.len() / 2
     }
 
+    /// This node is leaving the cluster: it vouches for no hit from now on.
+    pub fn leaving(&self) {
+        self.gate.leaving();
+    }
+
     /// Keeps [`Self::down_since`] current as the view changes.
     pub fn track_down_members(self: &Arc<Self>) {
         let this = self.clone();
@@ -278,8 +294,13 @@ impl Replicator {
                             .iter()
                             .any(|m| m.identity.id == *id && m.state == MemberState::Down)
                     });
-                    for m in current.members.iter().filter(|m| m.state == MemberState::Down) {
-                        down.entry(m.identity.id.clone()).or_insert_with(Instant::now);
+                    for m in current
+                        .members
+                        .iter()
+                        .filter(|m| m.state == MemberState::Down)
+                    {
+                        down.entry(m.identity.id.clone())
+                            .or_insert_with(Instant::now);
                     }
                 }
                 if view.changed().await.is_err() {
@@ -487,7 +508,7 @@ impl Replicator {
                     let down = this.down_since.lock().expect("down lock");
                     let member_fenced_at = |m: &String| {
                         let by_majority = majority_at.map(|at| at + fence_after);
-                        let by_down = down.get(m).map(|t| *t + fence_after);
+                        let by_down = down.get(m).map(|t| *t + this.fence_after_down);
                         match (by_majority, by_down) {
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),

@@ -79,6 +79,9 @@ pub struct SyncGate {
     /// it alive, their writes skip it and their purges do not wait for it; a round
     /// begun after they do brings what it missed.
     rejoin_round_after_ms: AtomicU64,
+    /// This node is leaving the cluster: the others stop waiting for it at once,
+    /// so it vouches for nothing from now on.
+    left: AtomicBool,
     synced: Notify,
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
@@ -105,6 +108,7 @@ impl SyncGate {
             stalls: AtomicU64::new(0),
             revalidate_until_ms: AtomicU64::new(0),
             rejoin_round_after_ms: AtomicU64::new(0),
+            left: AtomicBool::new(false),
             synced: Notify::new(),
             wake_sync: Notify::new(),
             metrics,
@@ -193,6 +197,12 @@ impl SyncGate {
         true
     }
 
+    /// This node is leaving the cluster (shutting down): every hit is revalidated
+    /// from now on, since purges no longer wait for it.
+    pub fn leaving(&self) {
+        self.left.store(true, Ordering::Release);
+    }
+
     /// This node now knows other members.
     pub fn set_has_peers(&self, yes: bool) {
         self.has_peers.store(yes, Ordering::Release);
@@ -223,6 +233,9 @@ impl SyncGate {
     /// Asked before serving a hit. After a stall it first waits (bounded) for the
     /// catch-up round.
     pub async fn before_hit(&self) -> HitPolicy {
+        if self.left.load(Ordering::Acquire) {
+            return HitPolicy::Revalidate;
+        }
         let now = now_ms();
         let heartbeat_late = now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire))
             > STALL.as_millis() as u64;

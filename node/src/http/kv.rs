@@ -198,7 +198,12 @@ impl MainService {
     /// A hit this node cannot vouch for (out of sync in consistency mode, or a
     /// copy from when it owned the key): answered from the (other) owners, or 503
     /// when none answers. `detail` says why, in `Cache-Status`.
-    async fn confirm_with_owners(&self, key: &CacheKey, req: &Parts, detail: &str) -> Response<Body> {
+    async fn confirm_with_owners(
+        &self,
+        key: &CacheKey,
+        req: &Parts,
+        detail: &str,
+    ) -> Response<Body> {
         match self.read_from_owners(key, false).await {
             OwnerRead::Found(entry, owner) => {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
@@ -249,7 +254,6 @@ impl MainService {
         }
         OwnerRead::NoAnswer
     }
-
 }
 
 /// What the other owners said about a key.
