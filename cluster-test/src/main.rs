@@ -10,7 +10,8 @@
 //!
 //! Exit codes: 0 every checker passed; 1 a checker failed; 2 bad parameters or the
 //! cluster could not be run; 3 the scenario's fault could not be made here (skipped,
-//! with the reason printed); 130 interrupted (everything it made is removed first).
+//! with the reason printed); 130/143 interrupted by SIGINT/SIGTERM (everything it
+//! made is removed first).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,8 +101,9 @@ fn settings(m: &ArgMatches, scenario: &str) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-/// Runs `work` on a runtime; Ctrl-C or an overrun drops it, which kills every node
-/// and removes every namespace and mount it made, before the process exits.
+/// Runs `work` on a runtime; Ctrl-C, SIGTERM or an overrun drops it, which kills
+/// every node and removes every namespace and mount it made, before the process
+/// exits.
 fn supervised<T>(
     limit: Duration,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
@@ -114,6 +116,11 @@ fn supervised<T>(
             ExitCode::from(2)
         })?;
     runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| {
+                eprintln!("fanz-cluster-test: {e}");
+                ExitCode::from(2)
+            })?;
         tokio::select! {
             result = work => result.map_err(|e| {
                 eprintln!("fanz-cluster-test: {e:#}");
@@ -122,6 +129,10 @@ fn supervised<T>(
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("fanz-cluster-test: interrupted; cleaning up");
                 Err(ExitCode::from(130))
+            }
+            _ = term.recv() => {
+                eprintln!("fanz-cluster-test: terminated; cleaning up");
+                Err(ExitCode::from(143))
             }
             () = tokio::time::sleep(limit) => {
                 eprintln!("fanz-cluster-test: the run overran {limit:?}; stopped and cleaned up");

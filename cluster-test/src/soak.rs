@@ -21,6 +21,8 @@ pub struct Summary {
     pub violations: Vec<(String, usize)>,
     /// Operations, and how many failed.
     pub operations: usize,
+    /// Reads that missed an acknowledged write (reported, not failed).
+    pub lost_writes: usize,
     /// Failed operations.
     pub failed_operations: usize,
     /// Operations through fanz-client (which retries on another node).
@@ -87,6 +89,7 @@ pub async fn soak(settings: &Settings, runs: u32, dir: &Path) -> anyhow::Result<
             }
         }
         summary.operations += outcome.operations;
+        summary.lost_writes += outcome.lost_writes;
         summary.failed_operations +=
             outcome.errors.failed_during_faults + outcome.errors.failed_outside_faults;
         summary.client_operations += outcome.errors.client_ops;
@@ -145,6 +148,10 @@ pub fn markdown(s: &Summary) -> String {
         q(&s.caught_up_ms, 1.0),
         s.pauses,
         s.false_positives,
+    ));
+    out.push_str(&format!(
+        "- Reads that missed an acknowledged write (reported, not failed): {}\n",
+        s.lost_writes
     ));
     for skipped in &s.skipped {
         out.push_str(&format!("- **SKIPPED**: {skipped}\n"));

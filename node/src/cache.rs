@@ -253,6 +253,30 @@ impl Cache {
         }
     }
 
+    /// Stores `entry`, read from another owner, unless this node already holds a
+    /// version as new (a write may have landed here while the read was under way)
+    /// or a purge covers it.
+    pub async fn repair(&self, key: CacheKey, entry: Entry) -> Result<bool, CacheError> {
+        if let Some((held, _)) = self.store.get(&key).await {
+            if held.meta.version >= entry.meta.version {
+                return Ok(false);
+            }
+        }
+        self.store_response(key, entry).await
+    }
+
+    /// Whether membership has been stable since this node's last catch-up round
+    /// began (always, outside a cluster): see [`SyncGate::settled`].
+    pub fn settled(&self) -> bool {
+        self.sync_gate.get().is_none_or(|gate| gate.settled())
+    }
+
+    /// Whether a purge or delete this node has applied covers `meta` (an entry read
+    /// from another node, say).
+    pub fn covered(&self, key: &CacheKey, meta: &EntryMeta) -> bool {
+        self.invalidator.coverage(key, meta) != Coverage::Valid
+    }
+
     /// Stores `entry` (whose version came from [`Cache::begin_fill`]) under `key`.
     ///
     /// Order matters: (1) the dependency edges are made durable, so a dependent never

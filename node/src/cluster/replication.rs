@@ -119,6 +119,8 @@ struct Progress {
     majority_at: Mutex<Option<Instant>>,
     /// Woken on every ack (the fencing watcher waits on it).
     acked: tokio::sync::Notify,
+    /// A purge (counted in the purge metrics).
+    is_purge: bool,
 }
 
 #[derive(Debug, Default)]
@@ -274,19 +276,38 @@ impl Replicator {
         self.view.borrow().members.len() / 2
     }
 
+    /// Whether this node sees a member down: the owners it writes to may then not be
+    /// the ones the rest of the cluster reads from.
+    pub fn any_member_down(&self) -> bool {
+        !self.down_since.lock().expect("down lock").is_empty()
+    }
+
     /// This node is leaving the cluster: it vouches for no hit from now on.
     pub fn leaving(&self) {
         self.gate.leaving();
     }
 
-    /// Keeps [`Self::down_since`] current as the view changes.
+    /// Keeps [`Self::down_since`] current as the view changes, and tells the gate
+    /// when the members not down change (ownership moved).
     pub fn track_down_members(self: &Arc<Self>) {
         let this = self.clone();
         let mut view = self.view.clone();
         tokio::spawn(async move {
+            let mut serving: Vec<String> = Vec::new();
             loop {
                 {
                     let current = view.borrow_and_update().clone();
+                    let mut now_serving: Vec<String> = current
+                        .members
+                        .iter()
+                        .filter(|m| m.state != MemberState::Down)
+                        .map(|m| m.identity.id.clone())
+                        .collect();
+                    now_serving.sort_unstable();
+                    if now_serving != serving {
+                        serving = now_serving;
+                        this.gate.membership_changed();
+                    }
                     let mut down = this.down_since.lock().expect("down lock");
                     down.retain(|id, _| {
                         current
@@ -349,23 +370,37 @@ impl Replicator {
     ) -> Result<(crate::invalidation::PurgeOutcome, PurgeReport), crate::cache::CacheError> {
         let outcome = self.cache.purge(targets).await?;
         let record = self.make(purge_op(targets), outcome.at);
-        let progress = self.fan_out(record, outcome.dependents.len() as u64);
+        let progress = self.fan_out(record, outcome.dependents.len() as u64, true);
         if wait == Wait::All {
-            let done = progress.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if !progress.report.lock().expect("report lock").complete {
-                let _ = tokio::time::timeout(self.ack_timeout, done).await;
-            }
+            self.wait_complete(&progress).await;
         }
         let report = progress.report.lock().expect("report lock").clone();
         Ok((outcome, report))
     }
 
+    /// Waits until `progress` is complete or the ack timeout passes; whether it is.
+    async fn wait_complete(&self, progress: &Progress) -> bool {
+        let done = progress.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !progress.report.lock().expect("report lock").complete {
+            let _ = tokio::time::timeout(self.ack_timeout, done).await;
+        }
+        progress.report.lock().expect("report lock").complete
+    }
+
     /// `key` was overwritten here with a value of `version`: its dependents are
     /// invalidated everywhere, and older copies of it on owners that missed the write
-    /// are dropped.
-    pub fn overwrite(self: &Arc<Self>, key: &CacheKey, version: fanz_protocol::Timestamp) {
+    /// are dropped. With `wait` (an owner did not confirm the write), returns only
+    /// once every member applied the record or is fenced (or the ack timeout passed):
+    /// whether it did. Until then the owner that missed the write may still serve
+    /// the old value.
+    pub async fn overwrite(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        version: fanz_protocol::Timestamp,
+        wait: bool,
+    ) -> bool {
         let at = self.cache.invalidator().now();
         let record = self.make(
             Op::Overwrite {
@@ -374,7 +409,8 @@ impl Replicator {
             },
             at,
         );
-        self.fan_out(record, 0);
+        let progress = self.fan_out(record, 0, wait);
+        !wait || self.wait_complete(&progress).await
     }
 
     /// Replicates edges recorded on this node, as they come.
@@ -386,7 +422,7 @@ impl Replicator {
             while let Some(edges) = rx.recv().await {
                 let at = this.cache.invalidator().now();
                 let record = this.make(Op::Edges { edges }, at);
-                this.fan_out(record, 0);
+                this.fan_out(record, 0, false);
             }
         });
     }
@@ -398,9 +434,15 @@ impl Replicator {
             .map(|p| p.report.lock().expect("report lock").clone())
     }
 
-    /// Keeps `record` and sends it to every alive member, retrying each until it
-    /// acks or leaves. Returns the purge's progress.
-    fn fan_out(self: &Arc<Self>, record: Replicated, local_dependents: u64) -> Arc<Progress> {
+    /// Keeps `record` and sends it to every member not down, retrying each until it
+    /// acks or is declared down. Returns its progress; an `awaited` one also
+    /// completes once a majority acked and the rest are fenced.
+    fn fan_out(
+        self: &Arc<Self>,
+        record: Replicated,
+        local_dependents: u64,
+        awaited: bool,
+    ) -> Arc<Progress> {
         let encoded = record.encode();
         self.keep(&record, encoded.clone());
         self.piggyback.broadcast(encoded.clone());
@@ -422,16 +464,18 @@ impl Replicator {
             majority: self.majority_of_peers(),
             majority_at: Mutex::new((self.majority_of_peers() == 0).then(Instant::now)),
             acked: tokio::sync::Notify::new(),
+            is_purge: matches!(record.op, Op::Purge { .. }),
         });
-        let is_purge = matches!(record.op, Op::Purge { .. });
-        if is_purge {
+        if progress.is_purge {
             self.remember(id, progress.clone());
             if others.is_empty() {
                 self.metrics.purge_propagation.observe(0.0);
             } else {
                 self.metrics.purges_pending_ack.inc();
-                self.watch_fencing(progress.clone());
             }
+        }
+        if awaited && !others.is_empty() {
+            self.watch_fencing(progress.clone());
         }
         let peers = others
             .into_iter()
@@ -445,7 +489,7 @@ impl Replicator {
                 loop {
                     match this.transport.call(addr, &message, CALL_TIMEOUT).await {
                         Ok(Message::Applied { invalidated }) => {
-                            this.acked(&progress, &member, invalidated, is_purge);
+                            this.acked(&progress, &member, invalidated);
                             return;
                         }
                         other => {
@@ -463,7 +507,7 @@ impl Replicator {
         progress
     }
 
-    fn acked(&self, progress: &Progress, member: &str, invalidated: u64, is_purge: bool) {
+    fn acked(&self, progress: &Progress, member: &str, invalidated: u64) {
         let took_ms = progress.started.elapsed().as_secs_f64() * 1000.0;
         let mut report = progress.report.lock().expect("report lock");
         report.pending.retain(|m| m != member);
@@ -477,7 +521,7 @@ impl Replicator {
         }
         if report.pending.is_empty() && !report.complete {
             report.complete = true;
-            if is_purge {
+            if progress.is_purge {
                 self.metrics.purges_pending_ack.dec();
                 self.metrics.purge_propagation.observe(took_ms / 1000.0);
             }
@@ -553,10 +597,12 @@ impl Replicator {
         tracing::warn!(purge = %report.id, fenced = ?pending, "purge complete without members that are fenced (unreachable past their sync lease)");
         report.fenced.extend(pending);
         report.complete = true;
-        self.metrics.purges_pending_ack.dec();
-        self.metrics
-            .purge_propagation
-            .observe(progress.started.elapsed().as_secs_f64());
+        if progress.is_purge {
+            self.metrics.purges_pending_ack.dec();
+            self.metrics
+                .purge_propagation
+                .observe(progress.started.elapsed().as_secs_f64());
+        }
         progress.done.notify_waiters();
     }
 

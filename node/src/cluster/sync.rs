@@ -82,6 +82,11 @@ pub struct SyncGate {
     /// This node is leaving the cluster: the others stop waiting for it at once,
     /// so it vouches for nothing from now on.
     left: AtomicBool,
+    /// Membership changed at this time (ms; 0: settled): keys may have moved to or
+    /// from this node, and overwrite records made just before may not be here yet.
+    /// Until a round begun after it completes, KV hits are compared with the other
+    /// owners' copies (see [`Self::settled`]).
+    unsettled_since_ms: AtomicU64,
     synced: Notify,
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
@@ -109,6 +114,7 @@ impl SyncGate {
             revalidate_until_ms: AtomicU64::new(0),
             rejoin_round_after_ms: AtomicU64::new(0),
             left: AtomicBool::new(false),
+            unsettled_since_ms: AtomicU64::new(0),
             synced: Notify::new(),
             wake_sync: Notify::new(),
             metrics,
@@ -203,6 +209,19 @@ impl SyncGate {
         self.left.store(true, Ordering::Release);
     }
 
+    /// The members not down changed: ownership of keys moved.
+    pub fn membership_changed(&self) {
+        self.unsettled_since_ms.store(now_ms(), Ordering::Release);
+        self.wake_sync.notify_one();
+    }
+
+    /// Whether membership has been stable since the last catch-up round began: a KV
+    /// hit here is then as new as any other owner's copy. Otherwise the KV API reads
+    /// the other owners too and serves the newest.
+    pub fn settled(&self) -> bool {
+        self.unsettled_since_ms.load(Ordering::Acquire) == 0
+    }
+
     /// This node now knows other members.
     pub fn set_has_peers(&self, yes: bool) {
         self.has_peers.store(yes, Ordering::Release);
@@ -217,6 +236,16 @@ impl SyncGate {
         if after != 0 && round.started_ms >= after {
             self.rejoin_round_after_ms.store(0, Ordering::Release);
             tracing::info!("rejoined: caught up after the others saw this node");
+        }
+        let unsettled = self.unsettled_since_ms.load(Ordering::Acquire);
+        if unsettled != 0 && round.started_ms > unsettled {
+            // Only if no newer change came meanwhile.
+            let _ = self.unsettled_since_ms.compare_exchange(
+                unsettled,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
         if self.stalls.load(Ordering::Acquire) == round.stalls {
             self.stalled.store(false, Ordering::Release);

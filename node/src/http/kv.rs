@@ -146,10 +146,7 @@ impl MainService {
 
     async fn get(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
         let hit = match self.cache.get(key).await {
-            Lookup::Hit(hit) if self.owns(key) => hit,
-            // A copy from when this node owned the key (before a member came back):
-            // the owners have had the writes since.
-            Lookup::Hit(_) => return self.confirm_with_owners(key, req, "former-owner").await,
+            Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
                 let purged_here = matches!(reason, MissReason::Invalidated);
                 match self.read_from_owners(key, purged_here).await {
@@ -175,8 +172,20 @@ impl MainService {
                 return r;
             }
         };
+        let policy = self.cache.hit_policy().await;
+        if policy != HitPolicy::Revalidate {
+            // A copy from when this node owned the key (before a member came back),
+            // or one held while ownership just moved: the other owners may have had
+            // writes since, or this may be the newest copy there is.
+            if !self.owns(key) {
+                return self.read_newest(key, hit, "former-owner", req).await;
+            }
+            if !self.cache.settled() {
+                return self.read_newest(key, hit, "settling", req).await;
+            }
+        }
         let mut status = headers::cache_status_hit(hit.freshness, hit.tier);
-        match self.cache.hit_policy().await {
+        match policy {
             HitPolicy::Serve => {}
             HitPolicy::ServeUnsynced => status.push_str("; detail=unsynced"),
             HitPolicy::Revalidate => {
@@ -215,14 +224,15 @@ impl MainService {
         }
     }
 
-    /// A key missing here, read from the (other) owners in ring order. The first
-    /// owner that answers decides (a "not found" is not retried on the next owner:
-    /// it may be a delete the next one has not seen yet); only failures move on.
+    /// A key read from every (other) owner at once: the newest version any of them
+    /// holds wins, unless a purge or delete this node applied covers it. Asking one
+    /// owner is not enough: one that was down or cut off during a write, or became
+    /// an owner after it, answers with an older value or none.
     ///
     /// An owner asks too: it may have become an owner after the key was written
     /// (another owner left), and then keeps what it reads (read repair).
     async fn read_from_owners(&self, key: &CacheKey, purged_here: bool) -> OwnerRead {
-        let Some(routing) = self.routing.as_ref() else {
+        let Some(routing) = self.routing.clone() else {
             return OwnerRead::NoAnswer;
         };
         let (is_owner, others) = routing.other_owners(key);
@@ -231,28 +241,78 @@ impl MainService {
             // bring the value back.
             return OwnerRead::NotFound;
         }
-        let request = Message::Get { key: key.clone() };
+        let request = Arc::new(Message::Get { key: key.clone() });
+        let mut asks = tokio::task::JoinSet::new();
         for (owner, addr) in others {
-            match routing.call(addr, &request).await {
+            let (routing, request) = (routing.clone(), request.clone());
+            asks.spawn(async move { (owner, routing.call(addr, &request).await) });
+        }
+        let mut newest: Option<(Entry, String)> = None;
+        let mut answered = false;
+        while let Some(joined) = asks.join_next().await {
+            let Ok((owner, answer)) = joined else {
+                continue;
+            };
+            match answer {
                 Ok(Message::Found { entry }) => match Entry::decode(entry) {
                     Ok(entry) => {
-                        if is_owner {
-                            // Stored as a fill: a purge newer than the entry wins.
-                            if let Err(e) =
-                                self.cache.store_response(key.clone(), entry.clone()).await
-                            {
-                                tracing::warn!(error = %e, "read repair not stored");
-                            }
+                        answered = true;
+                        if self.cache.covered(key, &entry.meta) {
+                            continue;
                         }
-                        return OwnerRead::Found(entry, owner);
+                        if newest
+                            .as_ref()
+                            .is_none_or(|(n, _)| n.meta.version < entry.meta.version)
+                        {
+                            newest = Some((entry, owner));
+                        }
                     }
                     Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
                 },
-                Ok(_) => return OwnerRead::NotFound,
-                Err(e) => tracing::warn!(%owner, error = %e, "owner read failed; trying the next"),
+                Ok(_) => answered = true,
+                Err(e) => tracing::debug!(%owner, error = %e, "owner read failed"),
             }
         }
-        OwnerRead::NoAnswer
+        match newest {
+            Some((entry, owner)) => {
+                if is_owner {
+                    // Stored as a fill (a purge newer than the entry wins), and never
+                    // over a newer copy that landed meanwhile.
+                    if let Err(e) = self.cache.repair(key.clone(), entry.clone()).await {
+                        tracing::warn!(error = %e, "read repair not stored");
+                    }
+                }
+                OwnerRead::Found(entry, owner)
+            }
+            None if answered => OwnerRead::NotFound,
+            None => OwnerRead::NoAnswer,
+        }
+    }
+
+    /// A hit that may not be the newest copy (this node no longer owns the key, or
+    /// ownership just moved): the owners' newest version if one is newer, else this
+    /// copy, which no purge, delete or overwrite record applied here has covered
+    /// (the owners may have come back without it). `detail` says why, in
+    /// `Cache-Status`.
+    async fn read_newest(
+        &self,
+        key: &CacheKey,
+        hit: crate::cache::Hit,
+        detail: &str,
+        req: &Parts,
+    ) -> Response<Body> {
+        if let OwnerRead::Found(entry, owner) = self.read_from_owners(key, false).await {
+            if entry.meta.version > hit.entry().meta.version {
+                let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+                let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
+                return entry_response(&entry, age, &status, req);
+            }
+        }
+        let status = format!(
+            "{}; detail={detail}",
+            headers::cache_status_hit(hit.freshness, hit.tier)
+        );
+        entry_response(hit.entry(), hit.age_secs, &status, req)
     }
 }
 
@@ -305,6 +365,14 @@ impl MainService {
     }
 
     async fn put(&self, key: CacheKey, req: &Parts, body: ReqBody) -> Response<Body> {
+        if self.routing.is_some() && self.cache.hit_policy().await == HitPolicy::Revalidate {
+            // Cut off (no sync lease), stalled or rejoining: the owners it can reach
+            // may not be the ones the rest of the cluster reads from.
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node is not in sync with a majority of the cluster (no sync lease): write through another node",
+            );
+        }
         // The version is taken before anything of the value is read: a purge that
         // arrives while the body is uploading covers this write.
         let version = self.cache.begin_fill();
@@ -334,8 +402,27 @@ impl MainService {
         };
         let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
         if let Some(replicator) = &self.replicator {
-            // Overwrite is invalidation, on every node holding a dependent.
-            replicator.overwrite(&key, entry.meta.version);
+            // Overwrite is invalidation, on every node holding a dependent. An owner
+            // that did not confirm the write may still hold the old value, and with
+            // a member down the owners here may not be the ones the rest of the
+            // cluster reads from (this node may be on the wrong side of a split): the
+            // write is acknowledged only once every member dropped older copies or
+            // is fenced.
+            let stored = done > 0 || is_owner;
+            let uncertain = done < asked || replicator.any_member_down();
+            let confirmed = replicator
+                .overwrite(&key, entry.meta.version, stored && uncertain)
+                .await;
+            if !confirmed {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "written to {} of {} owners; the others could not be reached or fenced in time and may serve the old value",
+                        done + usize::from(is_owner),
+                        asked + usize::from(is_owner)
+                    ),
+                );
+            }
         }
         if !is_owner {
             // Written to the owners only: this node keeps no copy of keys it does
