@@ -500,3 +500,53 @@ async fn a_dependency_cycle_across_owners_settles_and_purges_whole() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_completes_without_a_dead_member_naming_it_fenced() {
+    let (_tmp, mut nodes) = start_cluster(3, FAST).await;
+    nodes[2].node.kill();
+    wait_until(&nodes[0].node, Duration::from_secs(10), "n3 down", |s| {
+        has(s, "n3", "down")
+    })
+    .await;
+    let answer = purge_at(&nodes[0].node, r#"{"keys":["gone"]}"#).await;
+    let cluster = &answer["cluster"];
+    assert_eq!(cluster["complete"], true, "{answer}");
+    assert_eq!(cluster["fenced"], serde_json::json!(["n3"]), "{answer}");
+    assert_eq!(cluster["pending"], serde_json::json!([]), "{answer}");
+    assert!(cluster["acked"].get("n2").is_some(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_majority_a_purge_is_never_complete_and_writes_are_refused() {
+    let mut args = vec!["--purge-ack-timeout", "1s"];
+    args.extend(FAST);
+    let (_tmp, nodes) = start_cluster(3, &args).await;
+    assert_eq!(
+        put(&nodes[0].node, "k", "v1", &[]).await.status.as_u16() / 100,
+        2
+    );
+    for n in &nodes[1..] {
+        signal(n.node.pid(), "STOP");
+    }
+    // Past the sync lease (2 s): n1 can renew it from nobody.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let answer = purge_at(&nodes[0].node, r#"{"keys":["k"]}"#).await;
+    let write = put(&nodes[0].node, "k", "v2", &[]).await;
+    for n in &nodes[1..] {
+        signal(n.node.pid(), "CONT");
+    }
+    assert_eq!(answer["cluster"]["complete"], false, "{answer}");
+    assert_eq!(
+        answer["cluster"]["fenced"],
+        serde_json::json!([]),
+        "nobody is fenced without a majority: {answer}"
+    );
+    assert_eq!(
+        write.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        write.text()
+    );
+    assert!(write.text().contains("sync lease"), "{}", write.text());
+}

@@ -340,6 +340,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn membership_changes_unsettle_until_a_round_begun_after_them() {
+        let g = gate(PartitionMode::Consistency);
+        assert!(g.settled());
+        let before = g.round_started();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        g.membership_changed();
+        g.synced(before);
+        assert!(
+            !g.settled(),
+            "a round begun before the change does not settle it"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        g.synced(g.round_started());
+        assert!(g.settled());
+    }
+
+    #[tokio::test]
+    async fn a_leaving_node_vouches_for_no_hit_in_either_mode() {
+        for mode in [PartitionMode::Availability, PartitionMode::Consistency] {
+            let g = gate(mode);
+            g.set_has_peers(true);
+            g.synced(g.round_started());
+            assert_eq!(g.before_hit().await, HitPolicy::Serve);
+            g.leaving();
+            g.synced(g.round_started());
+            assert_eq!(g.before_hit().await, HitPolicy::Revalidate);
+        }
+    }
+
+    #[tokio::test]
     async fn alone_a_node_is_always_in_sync() {
         let g = gate(PartitionMode::Consistency);
         tokio::time::sleep(Duration::from_millis(80)).await;

@@ -571,6 +571,12 @@ impl Config {
                 "tls_cert and tls_key go together: set both or neither".into(),
             ));
         }
+        if config.cluster.max_unsynced < config.cluster.sync_interval * 2 {
+            return Err(p.invalid(
+                "max_unsynced",
+                "must be at least twice sync_interval: the sync lease it sets would lapse between two healthy rounds".into(),
+            ));
+        }
         if config.admin_token.is_none() && !config.admin_addr.ip().is_loopback() {
             return Err(p.invalid(
                 "admin_addr",
@@ -939,6 +945,15 @@ mod tests {
         assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
         assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
         assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
+        let err =
+            Config::resolve(&raw(&[("max_unsynced", "1s"), ("sync_interval", "1s")])).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "max_unsynced",
+                ..
+            }
+        ));
     }
 
     #[test]
