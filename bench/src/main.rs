@@ -31,7 +31,8 @@ fn command() -> Command {
                 .arg(Arg::new("addr").long("addr").default_value("127.0.0.1:8000").help("Address to listen on"))
                 .arg(Arg::new("max-age").long("max-age").default_value("3600").help("Cache-Control max-age, seconds"))
                 .arg(Arg::new("default-size").long("default-size").default_value("1024").help("Bytes when the path names no size"))
-                .arg(Arg::new("tags").long("tags").default_value("100").help("Distinct Surrogate-Key tags (t0..tN)")),
+                .arg(Arg::new("tags").long("tags").default_value("100").help("Distinct Surrogate-Key tags (t0..tN)"))
+                .arg(Arg::new("versioned").long("versioned").num_args(0).action(clap::ArgAction::SetTrue).help("Pages with generations: POST /_publish/{path} makes the next; GET answers '{path} g{N}' tagged with the path's last segment")),
         )
         .subcommand(
             Command::new("chart")
@@ -244,6 +245,7 @@ fn origin_options(m: &ArgMatches) -> Result<(SocketAddr, OriginOptions), String>
         max_age: number(m, "max-age")?,
         default_size: number(m, "default-size")?,
         tags: number(m, "tags")?,
+        versioned: m.get_flag("versioned"),
         ..OriginOptions::default()
     };
     if options.default_size > options.max_size {

@@ -7,6 +7,12 @@
 //! 304), `Last-Modified`, and `Surrogate-Key: t<n> all`, where `n` is a hash of the
 //! path modulo `tags`. Bodies come from one shared buffer: serving costs no copy.
 //! `GET /_stats` counts the object requests served (for hit ratios).
+//!
+//! Versioned (`--versioned`, for the fault harness): each path has a generation,
+//! 0 at first; `POST /_publish/{path}` makes the next one and answers its number.
+//! A `GET` then answers the text `{path} g{generation}` (its ETag follows the
+//! generation), with `Surrogate-Key: {last segment} all`, so a tag purge of the
+//! page's name refetches exactly it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,6 +33,8 @@ pub struct OriginOptions {
     pub max_size: usize,
     /// Number of distinct tags.
     pub tags: u64,
+    /// Generations per path, published with `POST /_publish/{path}`.
+    pub versioned: bool,
 }
 
 impl Default for OriginOptions {
@@ -36,6 +44,7 @@ impl Default for OriginOptions {
             default_size: 1024,
             max_size: 64 << 20,
             tags: 100,
+            versioned: false,
         }
     }
 }
@@ -53,6 +62,46 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// The generation of every published path (versioned mode).
+type Generations = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>;
+
+/// Versioned mode's answer: the path's current generation in the body and ETag.
+fn versioned_answer(
+    path: &str,
+    generations: &Generations,
+    options: &OriginOptions,
+) -> Response<Full<Bytes>> {
+    if let Some(published) = path.strip_prefix("/_publish") {
+        let mut all = generations.lock().expect("generations lock");
+        let generation = all.entry(published.to_string()).or_insert(0);
+        *generation += 1;
+        return Response::new(Full::new(Bytes::from(generation.to_string())));
+    }
+    let generation = generations
+        .lock()
+        .expect("generations lock")
+        .get(path)
+        .copied()
+        .unwrap_or(0);
+    let mut response = Response::new(Full::new(Bytes::from(format!("{path} g{generation}"))));
+    let h = response.headers_mut();
+    let cc = format!("public, max-age={}", options.max_age);
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&cc).expect("ascii"),
+    );
+    let etag = format!("\"{:x}-g{generation}\"", fnv(path.as_bytes()));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    let name = path.rsplit('/').next().unwrap_or("");
+    if let Ok(v) = HeaderValue::from_str(&format!("{name} all")) {
+        h.insert("surrogate-key", v);
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
 }
 
 /// The answer to one request.
@@ -107,17 +156,22 @@ pub fn answer(
 pub async fn serve(listener: tokio::net::TcpListener, options: OriginOptions) {
     let buffer = Bytes::from(vec![b'x'; options.max_size]);
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let generations = Generations::default();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (buffer, options, served) = (buffer.clone(), options.clone(), served.clone());
+        let generations = generations.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let response = if req.uri().path() == "/_stats" {
                     let n = served.load(std::sync::atomic::Ordering::Relaxed);
                     Response::new(Full::new(Bytes::from(format!("{{\"requests\":{n}}}"))))
+                } else if options.versioned {
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    versioned_answer(req.uri().path(), &generations, &options)
                 } else {
                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     answer(&req, &buffer, &options)
@@ -153,5 +207,38 @@ mod tests {
         assert_eq!(size_of("64k", &o), 65536);
         assert_eq!(size_of("page", &o), 1024);
         assert_eq!(size_of("999999999999", &o), o.max_size);
+    }
+
+    #[test]
+    fn a_versioned_page_answers_its_published_generation() {
+        let o = OriginOptions {
+            versioned: true,
+            ..OriginOptions::default()
+        };
+        let generations = Generations::default();
+        let body = |r: Response<Full<Bytes>>| {
+            use http_body_util::BodyExt;
+            let collected = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(r.into_body().collect())
+                .expect("a full body");
+            String::from_utf8(collected.to_bytes().to_vec()).unwrap()
+        };
+        let first = versioned_answer("/site/p1", &generations, &o);
+        assert_eq!(first.headers()["surrogate-key"], "p1 all");
+        assert_eq!(body(first), "/site/p1 g0");
+        assert_eq!(
+            body(versioned_answer("/_publish/site/p1", &generations, &o)),
+            "1"
+        );
+        assert_eq!(
+            body(versioned_answer("/site/p1", &generations, &o)),
+            "/site/p1 g1"
+        );
+        assert_eq!(
+            body(versioned_answer("/site/p2", &generations, &o)),
+            "/site/p2 g0"
+        );
     }
 }

@@ -156,6 +156,68 @@ pub fn no_read_after_acknowledged_purge(history: &History) -> Verdict {
     )
 }
 
+/// No page read (pull-through from the origin) shows a generation older than the
+/// newest one published before a purge of the page that was acknowledged before the
+/// read began: a purge makes every node fetch the page again.
+pub fn no_stale_page_after_purge(history: &History) -> Verdict {
+    let mut published: HashMap<&str, Vec<(&Op, u64)>> = HashMap::new();
+    let mut purges: HashMap<&str, Vec<&Op>> = HashMap::new();
+    for op in history.ops.iter().filter(|op| op.ok) {
+        match &op.kind {
+            OpKind::Publish { generation } => published
+                .entry(op.key.as_str())
+                .or_default()
+                .push((op, *generation)),
+            OpKind::Purge if op.key.starts_with('/') => {
+                purges.entry(op.key.as_str()).or_default().push(op)
+            }
+            _ => {}
+        }
+    }
+    let mut violations = Vec::new();
+    let mut judged = 0;
+    for read in history.ops.iter().filter(|op| op.ok) {
+        let OpKind::PageGet {
+            node,
+            generation: Some(got),
+            ..
+        } = &read.kind
+        else {
+            continue;
+        };
+        judged += 1;
+        let page = read.key.as_str();
+        // The newest generation some purge acknowledged before this read promises.
+        let owed = purges
+            .get(page)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.end_ms < read.start_ms)
+            .filter_map(|p| {
+                published
+                    .get(page)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(w, _)| w.end_ms < p.start_ms)
+                    .map(|(_, g)| *g)
+                    .max()
+            })
+            .max();
+        if let Some(owed) = owed.filter(|owed| got < owed) {
+            violations.push(format!(
+                "{page}: read via {node} at {}-{} ms showed generation {got}; a purge acknowledged before it owed {owed}",
+                read.start_ms, read.end_ms
+            ));
+        }
+    }
+    Verdict::new(
+        "no_stale_page_after_purge",
+        "no page read shows an older generation than one published before a purge acknowledged before the read began",
+        judged,
+        violations,
+    )
+}
+
 /// No read returns a value older than the last write acknowledged before the read
 /// began, unless the node marked it unsynced.
 pub fn no_stale_read(history: &History) -> Verdict {
@@ -312,7 +374,7 @@ pub fn error_rates(history: &History, grace_ms: u64) -> ErrorRates {
         failed_client_ops: 0,
         examples: Vec::new(),
     };
-    let direct = |op: &Op| matches!(op.kind, OpKind::DirectGet { .. });
+    let direct = |op: &Op| matches!(op.kind, OpKind::DirectGet { .. } | OpKind::PageGet { .. });
     let failed = history.ops.iter().filter(|op| !op.ok);
     let (through_client, straight): (Vec<&Op>, Vec<&Op>) = failed.partition(|op| !direct(op));
     for op in through_client.into_iter().chain(straight).take(LISTED) {
@@ -321,6 +383,8 @@ pub fn error_rates(history: &History, grace_ms: u64) -> ErrorRates {
             OpKind::Get { .. } => "read via client".to_string(),
             OpKind::DirectGet { node, .. } => format!("read via {node}"),
             OpKind::Purge => "purge".to_string(),
+            OpKind::Publish { .. } => "publish".to_string(),
+            OpKind::PageGet { node, .. } => format!("page read via {node}"),
         };
         rates.examples.push(format!(
             "{what} of {} at {}-{} ms: {}",
@@ -460,6 +524,40 @@ mod tests {
         failed.ok = false;
         let ambiguous = history(vec![set("k", "a", 0, 10), failed, get("k", None, 40, 45)]);
         assert!(lost_writes(&ambiguous).is_empty());
+    }
+
+    #[test]
+    fn a_page_older_than_a_purge_promised_is_caught() {
+        let page = |node: &str, g: u64, s: u64, e: u64| {
+            op(
+                "/site/p1",
+                OpKind::PageGet {
+                    node: node.into(),
+                    generation: Some(g),
+                    marked: false,
+                },
+                s,
+                e,
+            )
+        };
+        let publish =
+            |g: u64, s: u64, e: u64| op("/site/p1", OpKind::Publish { generation: g }, s, e);
+        let purge = |s: u64, e: u64| op("/site/p1", OpKind::Purge, s, e);
+        // Published 1, purged, then read 0: stale.
+        let stale = history(vec![publish(1, 0, 5), purge(10, 20), page("n1", 0, 30, 31)]);
+        assert!(!no_stale_page_after_purge(&stale).pass);
+        // Read during the purge: may still show the old page.
+        let racing = history(vec![publish(1, 0, 5), purge(10, 20), page("n1", 0, 15, 16)]);
+        assert!(no_stale_page_after_purge(&racing).pass);
+        // Published after the purge began: the purge promised nothing about it.
+        let later = history(vec![
+            purge(10, 20),
+            publish(1, 12, 14),
+            page("n1", 0, 30, 31),
+        ]);
+        assert!(no_stale_page_after_purge(&later).pass);
+        let fresh = history(vec![publish(1, 0, 5), purge(10, 20), page("n2", 1, 30, 31)]);
+        assert!(no_stale_page_after_purge(&fresh).pass);
     }
 
     #[test]

@@ -34,6 +34,8 @@ const FAST_GOSSIP: [&str; 4] = [
 pub struct Binaries {
     /// `fanz-node`.
     pub node: PathBuf,
+    /// `fanz-bench` (its `origin`).
+    pub bench: PathBuf,
 }
 
 impl Binaries {
@@ -43,13 +45,13 @@ impl Binaries {
         let exe = std::env::current_exe()?;
         let dir = exe.parent().context("executable without a directory")?;
         for candidate in [dir, dir.parent().unwrap_or(dir)] {
-            let node = candidate.join("fanz-node");
-            if node.exists() {
-                return Ok(Self { node });
+            let (node, bench) = (candidate.join("fanz-node"), candidate.join("fanz-bench"));
+            if node.exists() && bench.exists() {
+                return Ok(Self { node, bench });
             }
         }
         bail!(
-            "fanz-node not found next to {}: build the workspace first (cargo build --workspace, or --release for release runs)",
+            "fanz-node and fanz-bench not found next to {}: build the workspace first (cargo build --workspace, or --release for release runs)",
             exe.display()
         )
     }
@@ -87,6 +89,44 @@ pub struct ClusterOptions {
     pub small_disk: Option<(usize, u64)>,
     /// Extra `fanz-node` arguments for every node.
     pub node_args: Vec<String>,
+}
+
+/// The origin every node pulls pages from: a real `fanz-bench origin --versioned`
+/// on the harness's side of the network. Killed on drop.
+#[derive(Debug)]
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Origin {
+    fn start(bench: &Path, ip: IpAddr) -> anyhow::Result<Self> {
+        let addr = free_tcp(ip);
+        let child = Command::new(bench)
+            .args(["origin", "--versioned", "--max-age", "300"])
+            .args(["--addr", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bench.display()))?;
+        let origin = Self { addr, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the origin did not start within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(origin)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A tmpfs mounted on a node's data directory; unmounted on drop.
@@ -274,6 +314,8 @@ impl Drop for Node {
 pub struct Cluster {
     /// The nodes, `n1` first.
     pub nodes: Vec<Node>,
+    /// The origin the nodes pull pages from.
+    pub origin: Origin,
     mounts: Vec<Mount>,
     fabric: Option<Fabric>,
     /// Where the nodes run.
@@ -330,6 +372,15 @@ impl Cluster {
                 (None, false) => free_tcp(ip(i)),
             }
         };
+        let origin = Origin::start(
+            &binaries.bench,
+            match &fabric {
+                Some(f) => IpAddr::V4(f.harness_address()),
+                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            },
+        )?;
+        let mut extra_args = vec!["--origin".to_string(), format!("http://{}", origin.addr)];
+        extra_args.extend(options.node_args.iter().cloned());
         let gossip: Vec<SocketAddr> = (0..n).map(|i| port(i, 7946, true)).collect();
         let mut nodes: Vec<Node> = Vec::new();
         let mut mounts = Vec::new();
@@ -361,12 +412,13 @@ impl Cluster {
                 seeds,
                 binary: binaries.node.clone(),
                 namespace: fabric.as_ref().map(|f| f.namespace(i - 1)),
-                extra_args: options.node_args.clone(),
+                extra_args: extra_args.clone(),
                 child: None,
             });
         }
         let mut cluster = Self {
             nodes,
+            origin,
             mounts,
             fabric,
             placement,

@@ -21,8 +21,18 @@ pub enum OpKind {
         got: Option<String>,
         marked: bool,
     },
-    /// A purge of the key, acknowledged by every member (`wait=all`).
+    /// A purge of the key (for a page: of its tag), acknowledged by every member
+    /// (`wait=all`).
     Purge,
+    /// A page published at the origin: its new generation.
+    Publish { generation: u64 },
+    /// A page read straight from one node (pull-through from the origin): the
+    /// generation it showed, and whether the node marked it unsynced.
+    PageGet {
+        node: String,
+        generation: Option<u64>,
+        marked: bool,
+    },
 }
 
 /// One client operation.

@@ -2,11 +2,13 @@
 //! are done to it ([`crate::faults`]), every operation recorded, then the checkers
 //! and the report.
 //!
-//! The workload: `workers` tasks share one client and 40 keys; each operation is a
-//! read through the client (30%), a read sent straight to a random node's KV API as
-//! CDN traffic would be (30%), a write of a unique value (30%) or a purge of the key
-//! that every member must apply (`wait=all`, 10%), drawn from the run's seed. A
-//! purge counts as acknowledged only when the node reports every member applied it.
+//! The workload: `workers` tasks share one client, 40 KV keys and 10 pages of the
+//! origin; each operation, drawn from the run's seed, is a KV read through the
+//! client (20%), a KV read sent straight to a random node's KV API (20%), a KV write
+//! of a unique value (30%), a KV purge that every member must apply (`wait=all`,
+//! 10%), a page read from a random node, pulled through from the origin as CDN
+//! traffic is (15%), or a page published at the origin and then purged by its tag
+//! (5%). A purge counts as acknowledged only when the node reports it complete.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ use crate::history::{FaultWindow, History, Op, OpKind};
 
 /// Keys the workers share.
 const KEYS: u64 = 40;
+/// Pages of the origin the workers share.
+const PAGES: u64 = 10;
 /// Operations after a fault's end still counted in its window.
 const FAULT_GRACE_MS: u64 = 2_000;
 
@@ -260,7 +264,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         .iter()
         .map(|n| (n.id.clone(), n.http))
         .collect();
-    let workers = start_workload(&client, &nodes, settings, end, ms);
+    let workers = start_workload(&client, &nodes, cluster.origin.addr, settings, end, ms);
 
     let mut windows = Vec::new();
     let mut do_fault = async |fault: Fault, cluster: &mut Cluster| -> anyhow::Result<()> {
@@ -300,6 +304,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let verdicts = vec![
         checkers::no_read_after_acknowledged_purge(&history),
         checkers::no_stale_read(&history),
+        checkers::no_stale_page_after_purge(&history),
     ];
     let lost = checkers::lost_writes(&history);
     let outcome = Outcome {
@@ -330,6 +335,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
 fn start_workload(
     client: &Client,
     nodes: &[(String, std::net::SocketAddr)],
+    origin: std::net::SocketAddr,
     settings: &Settings,
     end: Instant,
     ms: impl Fn() -> u64 + Copy + Send + 'static,
@@ -343,12 +349,64 @@ fn start_workload(
             let mut ops = Vec::new();
             let mut n = 0u64;
             while Instant::now() < end {
-                let key = format!("k{}", rng.next() % KEYS);
-                let roll = rng.next() % 10;
+                let mut key = format!("k{}", rng.next() % KEYS);
+                let roll = rng.next() % 20;
                 let start_ms = ms();
-                let (kind, result) = if roll < 3 {
+                let (kind, result) = if roll >= 17 {
+                    key = format!("/site/p{}", rng.next() % PAGES);
+                    if roll == 17 {
+                        // Publish, then purge the page by its tag (its last segment).
+                        match publish(origin, &key).await {
+                            Ok(generation) => {
+                                ops.push(Op {
+                                    worker,
+                                    key: key.clone(),
+                                    kind: OpKind::Publish { generation },
+                                    start_ms,
+                                    end_ms: ms(),
+                                    ok: true,
+                                    error: None,
+                                });
+                                let tag = key.rsplit('/').next().unwrap_or_default().to_string();
+                                let purge_start = ms();
+                                let result = acknowledged(client.purge(&Purge::tag(tag)).await);
+                                ops.push(Op {
+                                    worker,
+                                    key,
+                                    kind: OpKind::Purge,
+                                    start_ms: purge_start,
+                                    end_ms: ms(),
+                                    ok: result.is_ok(),
+                                    error: result.err(),
+                                });
+                                continue;
+                            }
+                            Err(e) => (OpKind::Publish { generation: 0 }, Err(e)),
+                        }
+                    } else {
+                        let (node, addr) = &nodes[rng.next() as usize % nodes.len()];
+                        match direct_get(*addr, &key).await {
+                            Ok((got, marked)) => (
+                                OpKind::PageGet {
+                                    node: node.clone(),
+                                    generation: got.as_deref().and_then(generation_of),
+                                    marked,
+                                },
+                                Ok(()),
+                            ),
+                            Err(e) => (
+                                OpKind::PageGet {
+                                    node: node.clone(),
+                                    generation: None,
+                                    marked: false,
+                                },
+                                Err(e),
+                            ),
+                        }
+                    }
+                } else if roll < 4 {
                     let (node, addr) = &nodes[rng.next() as usize % nodes.len()];
-                    match direct_get(*addr, &key).await {
+                    match direct_get(*addr, &format!("/kv/{key}")).await {
                         Ok((got, marked)) => (
                             OpKind::DirectGet {
                                 node: node.clone(),
@@ -366,7 +424,7 @@ fn start_workload(
                             Err(e),
                         ),
                     }
-                } else if roll < 6 {
+                } else if roll < 8 {
                     match client.get(&key).await {
                         Ok(v) => (
                             OpKind::Get {
@@ -376,7 +434,7 @@ fn start_workload(
                         ),
                         Err(e) => (OpKind::Get { got: None }, Err(e.to_string())),
                     }
-                } else if roll < 9 {
+                } else if roll < 14 {
                     n += 1;
                     let value = format!("w{worker}-{n}");
                     let result = client
@@ -385,14 +443,7 @@ fn start_workload(
                         .map_err(|e| e.to_string());
                     (OpKind::Set { value }, result)
                 } else {
-                    let result = match client.purge(&Purge::key(key.clone())).await {
-                        Ok(report) if report.complete() => Ok(()),
-                        Ok(report) => Err(format!(
-                            "purge not applied by every member in time (pending: {})",
-                            report.pending().join(",")
-                        )),
-                        Err(e) => Err(e.to_string()),
-                    };
+                    let result = acknowledged(client.purge(&Purge::key(key.clone())).await);
                     (OpKind::Purge, result)
                 };
                 ops.push(Op {
@@ -411,18 +462,71 @@ fn start_workload(
     workers
 }
 
-/// `GET /kv/KEY` on one node's main port (one connection per read, 2 s limit):
-/// the value or `None` for 404, and whether the node marked it unsynced.
+/// A purge counts as acknowledged only when the node reports every member applied
+/// it (or is fenced).
+fn acknowledged(
+    answer: Result<fanz_client::PurgeReport, fanz_client::Error>,
+) -> Result<(), String> {
+    match answer {
+        Ok(report) if report.complete() => Ok(()),
+        Ok(report) => Err(format!(
+            "purge not applied by every member in time (pending: {})",
+            report.pending().join(",")
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The generation in a versioned page (`/site/p1 g3`).
+fn generation_of(body: &str) -> Option<u64> {
+    body.rsplit_once(" g")?.1.trim().parse().ok()
+}
+
+/// `POST /_publish/PAGE` at the origin: the page's new generation.
+async fn publish(origin: std::net::SocketAddr, page: &str) -> Result<u64, String> {
+    let (status, body, _) = exchange(
+        origin,
+        &format!("POST /_publish{page} HTTP/1.1\r\nHost: origin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await?;
+    match status.as_str() {
+        "200" => body
+            .trim()
+            .parse()
+            .map_err(|_| format!("origin answered {body:?}")),
+        other => Err(format!("origin HTTP {other}")),
+    }
+}
+
+/// `GET PATH` on one node's main port (one connection per read, 2 s limit): the
+/// body or `None` for 404, and whether the node marked it unsynced.
 async fn direct_get(
     addr: std::net::SocketAddr,
-    key: &str,
+    path: &str,
 ) -> Result<(Option<String>, bool), String> {
+    let (status, body, marked) = exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: fanz\r\nConnection: close\r\n\r\n"),
+    )
+    .await?;
+    match status.as_str() {
+        "200" => Ok((Some(body), marked)),
+        "404" => Ok((None, marked)),
+        other => Err(format!("HTTP {other}: {}", body.trim())),
+    }
+}
+
+/// One HTTP/1.1 exchange on its own connection within 2 s: status, body, and
+/// whether `Cache-Status` said unsynced.
+async fn exchange(
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> Result<(String, String, bool), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let request = format!("GET /kv/{key} HTTP/1.1\r\nHost: fanz\r\nConnection: close\r\n\r\n");
         stream
             .write_all(request.as_bytes())
             .await
@@ -441,15 +545,11 @@ async fn direct_get(
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| "truncated answer".to_string())?;
-    let status = head.split(' ').nth(1).unwrap_or_default();
+    let status = head.split(' ').nth(1).unwrap_or_default().to_string();
     let marked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("cache-status:") && l.contains("unsynced"));
-    match status {
-        "200" => Ok((Some(body.to_string()), marked)),
-        "404" => Ok((None, marked)),
-        other => Err(format!("HTTP {other}: {}", body.trim())),
-    }
+    Ok((status, body.to_string(), marked))
 }
 
 /// One line naming a run.

@@ -43,6 +43,8 @@ pub struct Summary {
     pub false_positives: usize,
     /// Faults skipped, with why.
     pub skipped: Vec<String>,
+    /// Runs that could not be made, with why.
+    pub errors: Vec<String>,
 }
 
 impl Summary {
@@ -73,7 +75,18 @@ pub async fn soak(settings: &Settings, runs: u32, dir: &Path) -> anyhow::Result<
         one.seed = settings.seed + u64::from(i);
         one.log_dir = Some(dir.join(format!("seed-{}", one.seed)));
         eprintln!("soak run {}/{runs}: {}", i + 1, scenario::describe(&one));
-        let outcome = scenario::run(&one).await?;
+        let outcome = match scenario::run(&one).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The cluster could not be run (did not converge, a node would not
+                // start): a failed run, not the end of the soak.
+                eprintln!("soak run seed {}: could not run: {e:#}", one.seed);
+                summary.runs += 1;
+                summary.failed_seeds.push(one.seed);
+                summary.errors.push(format!("seed {}: {e:#}", one.seed));
+                continue;
+            }
+        };
         report::write(&outcome, &dir.join(format!("seed-{}", one.seed)))?;
         summary.runs += 1;
         if !outcome.pass() {
@@ -153,6 +166,9 @@ pub fn markdown(s: &Summary) -> String {
         "- Reads that missed an acknowledged write (reported, not failed): {}\n",
         s.lost_writes
     ));
+    for error in &s.errors {
+        out.push_str(&format!("- **Could not run**: {error}\n"));
+    }
     for skipped in &s.skipped {
         out.push_str(&format!("- **SKIPPED**: {skipped}\n"));
     }

@@ -88,6 +88,14 @@ impl Routing {
             .collect()
     }
 
+    /// Whether this node owns `key` (or no ring member is alive): the KV hit path's
+    /// check, without building the list of other owners.
+    pub fn is_owner(&self, key: &CacheKey) -> bool {
+        let view = self.view.borrow();
+        let owners = view.ring.owners(key.encoded());
+        owners.is_empty() || owners.iter().any(|m| m.id == self.node_id)
+    }
+
     /// The owners of `key` other than this node, alive, in ring order, and whether
     /// this node is an owner itself.
     pub fn other_owners(&self, key: &CacheKey) -> (bool, Vec<(String, SocketAddr)>) {

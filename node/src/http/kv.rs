@@ -201,7 +201,7 @@ impl MainService {
     fn owns(&self, key: &CacheKey) -> bool {
         self.routing
             .as_ref()
-            .is_none_or(|routing| routing.other_owners(key).0)
+            .is_none_or(|routing| routing.is_owner(key))
     }
 
     /// A hit this node cannot vouch for (out of sync in consistency mode, or a
@@ -403,13 +403,13 @@ impl MainService {
         let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
         if let Some(replicator) = &self.replicator {
             // Overwrite is invalidation, on every node holding a dependent. An owner
-            // that did not confirm the write may still hold the old value, and with
-            // a member down the owners here may not be the ones the rest of the
-            // cluster reads from (this node may be on the wrong side of a split): the
+            // that did not confirm the write may still hold the old value; with a
+            // member down, or membership just changed (views still converging), the
+            // owners here may not be the ones another node reads from. Then the
             // write is acknowledged only once every member dropped older copies or
             // is fenced.
             let stored = done > 0 || is_owner;
-            let uncertain = done < asked || replicator.any_member_down();
+            let uncertain = done < asked || replicator.any_member_down() || !self.cache.settled();
             let confirmed = replicator
                 .overwrite(&key, entry.meta.version, stored && uncertain)
                 .await;
