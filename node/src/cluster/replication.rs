@@ -177,7 +177,7 @@ pub struct Replicator {
     /// Small records also ride on SWIM packets (the backstop).
     piggyback: Broadcaster,
     /// Since when each member has been down in this node's view.
-    down_since: Mutex<HashMap<String, Instant>>,
+    down_since: Mutex<HashMap<String, DownSince>>,
     /// How long after SWIM declares a member down it counts as fenced: a lease
     /// (plus margin) after it was first found unreachable, which was at least one
     /// suspicion timeout before. A member that left gracefully fenced itself.
@@ -321,7 +321,10 @@ impl Replicator {
                         .filter(|m| m.state == MemberState::Down)
                     {
                         down.entry(m.identity.id.clone())
-                            .or_insert_with(Instant::now);
+                            .or_insert_with(|| DownSince {
+                                at: Instant::now(),
+                                wall_ms: wall_ms(),
+                            });
                     }
                 }
                 if view.changed().await.is_err() {
@@ -550,9 +553,17 @@ impl Replicator {
                         return;
                     }
                     let down = this.down_since.lock().expect("down lock");
+                    // This node's verdict that a member is down says it was
+                    // unreachable from the majority only if this node was with the
+                    // majority (held its sync lease) since before the verdict: a node
+                    // that was itself cut off holds everyone else down.
+                    let lease_since = this.gate.lease_held_since_ms();
                     let member_fenced_at = |m: &String| {
                         let by_majority = majority_at.map(|at| at + fence_after);
-                        let by_down = down.get(m).map(|t| *t + this.fence_after_down);
+                        let by_down = down
+                            .get(m)
+                            .filter(|d| lease_since.is_some_and(|since| since <= d.wall_ms))
+                            .map(|d| d.at + this.fence_after_down);
                         match (by_majority, by_down) {
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),
@@ -888,6 +899,19 @@ impl Replicator {
         // start: it serves, and the gate tracks how long it has been unsynced.
         tracing::info!(node = %self.node_id, "no peer to catch up from yet");
     }
+}
+
+/// When this node first saw a member down.
+#[derive(Debug, Clone, Copy)]
+struct DownSince {
+    at: Instant,
+    wall_ms: u64,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn rand_index(n: usize) -> usize {

@@ -65,6 +65,8 @@ pub struct SyncGate {
     mode: PartitionMode,
     max_unsynced: Duration,
     last_sync_ms: AtomicU64,
+    /// Since when the sync lease has been held without a lapse (ms).
+    lease_since_ms: AtomicU64,
     heartbeat_ms: AtomicU64,
     stalled: AtomicBool,
     /// Whether this node has ever known another member (alone, it is in sync).
@@ -107,6 +109,7 @@ impl SyncGate {
             mode,
             max_unsynced,
             last_sync_ms: AtomicU64::new(now),
+            lease_since_ms: AtomicU64::new(now),
             heartbeat_ms: AtomicU64::new(now),
             stalled: AtomicBool::new(false),
             has_peers: AtomicBool::new(false),
@@ -222,6 +225,15 @@ impl SyncGate {
         self.unsettled_since_ms.load(Ordering::Acquire) == 0
     }
 
+    /// Since when this node has held its sync lease without a lapse, if it holds it
+    /// now (ms since the epoch).
+    pub fn lease_held_since_ms(&self) -> Option<u64> {
+        if self.out_of_sync(now_ms()) || self.left.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.lease_since_ms.load(Ordering::Acquire))
+    }
+
     /// This node now knows other members.
     pub fn set_has_peers(&self, yes: bool) {
         self.has_peers.store(yes, Ordering::Release);
@@ -230,8 +242,14 @@ impl SyncGate {
     /// An anti-entropy round that began at `round` completed: everything a peer
     /// had then is applied. It ends a stall only if it began after it.
     pub fn synced(&self, round: RoundToken) {
-        self.last_sync_ms
+        let previous = self
+            .last_sync_ms
             .fetch_max(round.started_ms, Ordering::AcqRel);
+        if round.started_ms.saturating_sub(previous) > self.max_unsynced.as_millis() as u64 {
+            // The lease had lapsed: it is held again from this round on.
+            self.lease_since_ms
+                .store(round.started_ms, Ordering::Release);
+        }
         let after = self.rejoin_round_after_ms.load(Ordering::Acquire);
         if after != 0 && round.started_ms >= after {
             self.rejoin_round_after_ms.store(0, Ordering::Release);
@@ -354,6 +372,23 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         g.synced(g.round_started());
         assert!(g.settled());
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_held_since_the_first_round_after_a_lapse() {
+        let g = gate(PartitionMode::Consistency);
+        g.set_has_peers(true);
+        g.synced(g.round_started());
+        let first = g.lease_held_since_ms().expect("held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g.synced(g.round_started());
+        assert_eq!(g.lease_held_since_ms(), Some(first), "no lapse: unbroken");
+        // Past the lease (50 ms here) without a round: not held.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(g.lease_held_since_ms(), None);
+        let round = g.round_started();
+        g.synced(round);
+        assert_eq!(g.lease_held_since_ms(), Some(round.started_ms));
     }
 
     #[tokio::test]
