@@ -24,8 +24,10 @@
 //!   hits before it left). So a node cut off from the purger stops serving hits
 //!   before the purge is acknowledged without it; a purger cut off from the
 //!   majority cannot complete a purge at all. The shortcut for down members trusts
-//!   SWIM's verdict (direct and indirect probes failed): a member that every
-//!   prober lost but that still reaches a majority would break it.
+//!   SWIM's verdict (direct and indirect probes failed), and only while this node
+//!   has held its own lease since before the verdict (a node that was cut off
+//!   itself holds everyone else down): a member that every prober lost but that
+//!   still reaches a majority would break it.
 //! - **Race safety**: a receiver applies a purge at its *own* clock, after observing
 //!   the origin's: every fill it had started before the purge reached it has an
 //!   older version and is covered, whatever the clock skew between nodes.
@@ -276,10 +278,15 @@ impl Replicator {
         self.view.borrow().members.len() / 2
     }
 
-    /// Whether this node sees a member down: the owners it writes to may then not be
-    /// the ones the rest of the cluster reads from.
-    pub fn any_member_down(&self) -> bool {
-        !self.down_since.lock().expect("down lock").is_empty()
+    /// Whether this node sees a member suspected or down: the owners it writes to
+    /// (alive ones only) may then not be the ones the rest of the cluster reads
+    /// from.
+    pub fn any_member_not_alive(&self) -> bool {
+        self.view
+            .borrow()
+            .members
+            .iter()
+            .any(|m| m.state != MemberState::Alive)
     }
 
     /// This node is leaving the cluster: it vouches for no hit from now on.

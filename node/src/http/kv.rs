@@ -232,15 +232,21 @@ impl MainService {
     /// An owner asks too: it may have become an owner after the key was written
     /// (another owner left), and then keeps what it reads (read repair).
     async fn read_from_owners(&self, key: &CacheKey, purged_here: bool) -> OwnerRead {
+        self.read_from_every_owner(key, purged_here).await.0
+    }
+
+    /// [`Self::read_from_owners`], and whether every owner asked answered.
+    async fn read_from_every_owner(&self, key: &CacheKey, purged_here: bool) -> (OwnerRead, bool) {
         let Some(routing) = self.routing.clone() else {
-            return OwnerRead::NoAnswer;
+            return (OwnerRead::NoAnswer, true);
         };
         let (is_owner, others) = routing.other_owners(key);
         if is_owner && purged_here {
             // This owner saw the delete; another owner that missed it must not
             // bring the value back.
-            return OwnerRead::NotFound;
+            return (OwnerRead::NotFound, true);
         }
+        let asked = others.len();
         let request = Arc::new(Message::Get { key: key.clone() });
         let mut asks = tokio::task::JoinSet::new();
         for (owner, addr) in others {
@@ -248,7 +254,7 @@ impl MainService {
             asks.spawn(async move { (owner, routing.call(addr, &request).await) });
         }
         let mut newest: Option<(Entry, String)> = None;
-        let mut answered = false;
+        let mut answers = 0;
         while let Some(joined) = asks.join_next().await {
             let Ok((owner, answer)) = joined else {
                 continue;
@@ -256,7 +262,7 @@ impl MainService {
             match answer {
                 Ok(Message::Found { entry }) => match Entry::decode(entry) {
                     Ok(entry) => {
-                        answered = true;
+                        answers += 1;
                         if self.cache.covered(key, &entry.meta) {
                             continue;
                         }
@@ -269,11 +275,12 @@ impl MainService {
                     }
                     Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
                 },
-                Ok(_) => answered = true,
+                Ok(_) => answers += 1,
                 Err(e) => tracing::debug!(%owner, error = %e, "owner read failed"),
             }
         }
-        match newest {
+        let every = answers == asked;
+        let read = match newest {
             Some((entry, owner)) => {
                 if is_owner {
                     // Stored as a fill (a purge newer than the entry wins), and never
@@ -284,9 +291,10 @@ impl MainService {
                 }
                 OwnerRead::Found(entry, owner)
             }
-            None if answered => OwnerRead::NotFound,
+            None if answers > 0 => OwnerRead::NotFound,
             None => OwnerRead::NoAnswer,
-        }
+        };
+        (read, every)
     }
 
     /// A hit that may not be the newest copy (this node no longer owns the key, or
@@ -301,12 +309,21 @@ impl MainService {
         detail: &str,
         req: &Parts,
     ) -> Response<Body> {
-        if let OwnerRead::Found(entry, owner) = self.read_from_owners(key, false).await {
+        let (read, every) = self.read_from_every_owner(key, false).await;
+        if let OwnerRead::Found(entry, owner) = read {
             if entry.meta.version > hit.entry().meta.version {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                 let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
                 return entry_response(&entry, age, &status, req);
             }
+        }
+        if !every {
+            // An owner that did not answer may hold a newer value: this copy is
+            // only known to be the newest once every owner has spoken.
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ownership of this key just moved and not every owner answered: retry, or read through another node",
+            );
         }
         let status = format!(
             "{}; detail={detail}",
@@ -404,12 +421,14 @@ impl MainService {
         if let Some(replicator) = &self.replicator {
             // Overwrite is invalidation, on every node holding a dependent. An owner
             // that did not confirm the write may still hold the old value; with a
-            // member down, or membership just changed (views still converging), the
+            // member suspected or down (writes skip it), or membership just changed
+            // (views still converging), the
             // owners here may not be the ones another node reads from. Then the
             // write is acknowledged only once every member dropped older copies or
             // is fenced.
             let stored = done > 0 || is_owner;
-            let uncertain = done < asked || replicator.any_member_down() || !self.cache.settled();
+            let uncertain =
+                done < asked || replicator.any_member_not_alive() || !self.cache.settled();
             let confirmed = replicator
                 .overwrite(&key, entry.meta.version, stored && uncertain)
                 .await;
