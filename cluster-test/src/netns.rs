@@ -26,41 +26,37 @@ const PREFIX: &str = "fzt";
 const TABLE: &str = "fanz_fault";
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program} (is iproute2/nftables installed?)"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    run_with_input(program, args, None)
 }
 
-fn run_with_input(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+/// Runs `program`, feeding it `input` on stdin if any; its stderr in the error.
+fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
     use std::io::Write;
     let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::piped())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {program}"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
+        .with_context(|| format!("running {program} (is iproute2/nftables installed?)"))?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "{program} {} failed: {}\ninput:\n{input}",
+            "{program} {} failed: {}{}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            input.map(|i| format!("\ninput:\n{i}")).unwrap_or_default()
         );
     }
     Ok(())
@@ -186,7 +182,11 @@ impl Fabric {
             }
             script.push_str("  }\n}\n");
         }
-        run_with_input("ip", &["netns", "exec", &ns, "nft", "-f", "-"], &script)
+        run_with_input(
+            "ip",
+            &["netns", "exec", &ns, "nft", "-f", "-"],
+            Some(&script),
+        )
     }
 
     fn addresses(&self, group: &[usize]) -> String {

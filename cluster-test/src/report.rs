@@ -10,7 +10,13 @@ pub fn markdown(outcome: &Outcome) -> String {
     let mut out = format!(
         "# cluster-test: {}\n\n- Result: **{}**\n- Seed: {} (rerun: `cargo run --release -p fanz-cluster-test -- run {} --nodes {} --duration {:.0} --seed {}`)\n- Nodes: {}; operations: {}; duration: {:.1} s\n",
         outcome.scenario,
-        if outcome.pass() { "PASS" } else { "FAIL" },
+        if !outcome.pass() {
+            "FAIL"
+        } else if outcome.faults.is_empty() && !outcome.skipped.is_empty() {
+            "SKIPPED (no fault could be made here; the checkers passed)"
+        } else {
+            "PASS"
+        },
         outcome.seed,
         outcome.scenario,
         outcome.nodes,
