@@ -319,8 +319,8 @@ impl Drop for Fabric {
     }
 }
 
-/// Removes every namespace and bridge named like the harness's (after a harness was
-/// killed with SIGKILL and could not clean up). Returns what it removed.
+/// Removes every namespace, bridge and data-directory tmpfs left by a harness that
+/// was killed with SIGKILL and could not clean up. Returns what it removed.
 pub fn sweep() -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     let namespaces = Command::new("ip").args(["netns", "list"]).output()?;
@@ -329,6 +329,32 @@ pub fn sweep() -> anyhow::Result<Vec<String>> {
         if name.starts_with(PREFIX) {
             run("ip", &["netns", "del", name])?;
             removed.push(format!("namespace {name}"));
+        }
+    }
+    // tmpfs data directories of a harness that could not unmount them
+    // (`<tempdir>/nN/data`).
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for path in mounts
+        .lines()
+        .filter(|l| l.starts_with("tmpfs "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+    {
+        let p = std::path::Path::new(path);
+        let node_dir = p
+            .parent()
+            .and_then(|n| n.file_name())
+            .map(|n| n.to_string_lossy());
+        let run_dir = p
+            .parent()
+            .and_then(|n| n.parent())
+            .and_then(|r| r.file_name())
+            .map(|r| r.to_string_lossy());
+        let ours = p.ends_with("data")
+            && node_dir.is_some_and(|n| n.starts_with('n') && n[1..].parse::<u32>().is_ok())
+            && run_dir.is_some_and(|r| r.starts_with(".tmp"));
+        if ours {
+            run("umount", &["-l", path])?;
+            removed.push(format!("mount {path}"));
         }
     }
     let links = Command::new("ip")

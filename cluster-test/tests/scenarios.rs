@@ -182,3 +182,128 @@ async fn impossible_parameters_are_refused_with_a_reason() {
         .to_string()
         .contains("--duration"));
 }
+
+/// Pids of the processes the harness started: nodes (they carry the harness's
+/// admin token) and its origin.
+fn harness_processes() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let node = cmdline.contains("fanz-node") && cmdline.contains("cluster-test-token");
+        let origin = cmdline.contains("fanz-bench") && cmdline.contains("--versioned");
+        if node || origin {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// tmpfs mounts on node data directories (`.../nN/data`).
+fn data_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("tmpfs "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|path| path.ends_with("/data"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn harness_namespaces() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("fzt"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_leaves_no_process_namespace_or_mount() {
+    let _turn = TURN.lock().await;
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let out = tempfile::tempdir().unwrap();
+        let mut harness = std::process::Command::new(env!("CARGO_BIN_EXE_fanz-cluster-test"))
+            .args([
+                "run",
+                "full-disk",
+                "--duration",
+                "60",
+                "--workers",
+                "2",
+                "--seed",
+                "1",
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the cluster is up: 3 nodes and the origin.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let started = loop {
+            let pids = harness_processes();
+            if pids.len() >= 4 {
+                break pids;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let namespaces = harness_namespaces();
+        let mounted: Vec<String> = data_mounts();
+        if is_root() {
+            assert_eq!(namespaces.len(), 3, "{namespaces:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(harness.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = harness.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIG{signal} did not stop it"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Some(code), "SIG{signal}");
+        for pid in &started {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "SIG{signal}: process {pid} left running"
+            );
+        }
+        let left: Vec<String> = harness_namespaces()
+            .into_iter()
+            .filter(|n| namespaces.contains(n))
+            .collect();
+        assert!(left.is_empty(), "SIG{signal}: namespaces left: {left:?}");
+        if is_root() {
+            assert_eq!(mounted.len(), 1, "the full disk's tmpfs: {mounted:?}");
+        }
+        let still: Vec<String> = data_mounts()
+            .into_iter()
+            .filter(|m| mounted.contains(m))
+            .collect();
+        assert!(still.is_empty(), "SIG{signal}: still mounted: {still:?}");
+    }
+}
