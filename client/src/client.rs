@@ -102,7 +102,6 @@ impl ClientBuilder {
     /// Time each attempt of an operation may take.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self.purge_timeout = self.purge_timeout.max(timeout);
         self
     }
 
@@ -111,7 +110,7 @@ impl ClientBuilder {
     /// `purge_ack_timeout` (5 s by default); while a member is being declared down
     /// or restarted, completing a purge takes a sync lease longer.
     pub fn purge_timeout(mut self, timeout: Duration) -> Self {
-        self.purge_timeout = timeout.max(self.timeout);
+        self.purge_timeout = timeout;
         self
     }
 
@@ -820,7 +819,13 @@ impl Client {
             "soft": purge.soft,
         });
         let (path, limit) = if purge.wait {
-            ("/purge?wait=all", self.inner.settings.purge_timeout)
+            (
+                "/purge?wait=all",
+                self.inner
+                    .settings
+                    .purge_timeout
+                    .max(self.inner.settings.timeout),
+            )
         } else {
             ("/purge?wait=none", self.inner.settings.timeout)
         };

@@ -194,21 +194,10 @@ async fn wait_kv_answers(cluster: &Cluster, index: usize, limit: Duration) -> Op
     let addr = cluster.nodes[index].http;
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if let Ok(Ok(mut s)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
-        {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let ok = s
-                .write_all(b"GET /kv/probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .is_ok();
-            let mut head = [0u8; 12];
-            if ok && s.read_exact(&mut head).await.is_ok() && head.starts_with(b"HTTP/1.1 ") {
-                return Some(());
-            }
+        let probe = "GET /kv/probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        // Any HTTP answer counts: the node is serving.
+        if crate::scenario::exchange(addr, probe).await.is_ok() {
+            return Some(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -518,7 +518,7 @@ async fn direct_get(
 
 /// One HTTP/1.1 exchange on its own connection within 2 s: status, body, and
 /// whether `Cache-Status` said unsynced.
-async fn exchange(
+pub(crate) async fn exchange(
     addr: std::net::SocketAddr,
     request: &str,
 ) -> Result<(String, String, bool), String> {

@@ -278,15 +278,17 @@ impl Replicator {
         self.view.borrow().members.len() / 2
     }
 
-    /// Whether this node sees a member suspected or down: the owners it writes to
-    /// (alive ones only) may then not be the ones the rest of the cluster reads
-    /// from.
-    pub fn any_member_not_alive(&self) -> bool {
-        self.view
-            .borrow()
-            .members
-            .iter()
-            .any(|m| m.state != MemberState::Alive)
+    /// Whether the owners this node writes to may not be the ones another node
+    /// reads from: a member is suspected or down (writes skip it), or membership
+    /// just changed and views are still converging.
+    pub fn owners_uncertain(&self) -> bool {
+        !self.gate.settled()
+            || self
+                .view
+                .borrow()
+                .members
+                .iter()
+                .any(|m| m.state != MemberState::Alive)
     }
 
     /// This node is leaving the cluster: it vouches for no hit from now on.
@@ -330,7 +332,7 @@ impl Replicator {
                         down.entry(m.identity.id.clone())
                             .or_insert_with(|| DownSince {
                                 at: Instant::now(),
-                                wall_ms: wall_ms(),
+                                wall_ms: super::sync::now_ms(),
                             });
                     }
                 }
@@ -458,6 +460,7 @@ impl Replicator {
         self.piggyback.broadcast(encoded.clone());
         let id = format!("{}/{}", record.origin, record.seq);
         let others = self.others();
+        let majority = self.majority_of_peers();
         let progress = Arc::new(Progress {
             report: Mutex::new(PurgeReport {
                 id: id.clone(),
@@ -471,8 +474,8 @@ impl Replicator {
             }),
             done: tokio::sync::Notify::new(),
             started: Instant::now(),
-            majority: self.majority_of_peers(),
-            majority_at: Mutex::new((self.majority_of_peers() == 0).then(Instant::now)),
+            majority,
+            majority_at: Mutex::new((majority == 0).then(Instant::now)),
             acked: tokio::sync::Notify::new(),
             is_purge: matches!(record.op, Op::Purge { .. }),
         });
@@ -913,12 +916,6 @@ impl Replicator {
 struct DownSince {
     at: Instant,
     wall_ms: u64,
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn rand_index(n: usize) -> usize {

@@ -95,7 +95,8 @@ pub struct SyncGate {
     metrics: Arc<Metrics>,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the epoch.
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -427,8 +427,7 @@ impl MainService {
             // write is acknowledged only once every member dropped older copies or
             // is fenced.
             let stored = done > 0 || is_owner;
-            let uncertain =
-                done < asked || replicator.any_member_not_alive() || !self.cache.settled();
+            let uncertain = done < asked || replicator.owners_uncertain();
             let confirmed = replicator
                 .overwrite(&key, entry.meta.version, stored && uncertain)
                 .await;
