@@ -17,13 +17,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{AdminService, KvFacts};
+use crate::admin::{AdminParts, AdminService, KvFacts};
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterParts};
 use crate::config::Config;
 use crate::http::kv::{KvLimits, MainService};
+use crate::http::purge::Purger;
 use crate::http::server::{serve, ServeLimits};
 use crate::invalidation::Invalidator;
 use crate::metrics::{Api, Metrics};
@@ -195,6 +196,10 @@ pub async fn run(
         None => None,
     };
     let ready = Arc::new(AtomicBool::new(false));
+    let purger = Arc::new(Purger::new(
+        cache.clone(),
+        cluster.as_ref().map(|c| c.replicator().clone()),
+    ));
     let main_service = Arc::new(MainService::new(
         cache.clone(),
         auth.clone(),
@@ -211,15 +216,17 @@ pub async fn run(
         cluster
             .as_ref()
             .map(|c| (c.routing().clone(), c.replicator().clone())),
+        purger.clone(),
     ));
-    let admin_service = Arc::new(AdminService::new(
-        cache.clone(),
+    let admin_service = Arc::new(AdminService::new(AdminParts {
+        cache: cache.clone(),
         auth,
-        metrics.clone(),
-        ready.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
         proxy,
-        cluster.clone(),
-        KvFacts {
+        cluster: cluster.clone(),
+        purger,
+        kv: KvFacts {
             http: http_listener.local_addr().unwrap_or(config.http_addr),
             node_id: config
                 .cluster
@@ -230,7 +237,7 @@ pub async fn run(
             max_key_size: config.max_key_size,
             max_value_size: config.max_value_size,
         },
-    ));
+    }));
     let limits = ServeLimits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,

@@ -96,7 +96,7 @@ pub struct SyncGate {
 }
 
 /// Wall-clock milliseconds since the epoch.
-pub(super) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

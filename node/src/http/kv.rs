@@ -14,7 +14,8 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::headers::{self, HeaderError};
-use super::{full, purge, read_body, text, Body, ReqBody};
+use super::purge::Purger;
+use super::{full, read_body, text, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
@@ -54,6 +55,7 @@ pub struct MainService {
     proxy: Option<Arc<Proxy>>,
     routing: Option<Arc<Routing>>,
     replicator: Option<Arc<Replicator>>,
+    purger: Arc<Purger>,
 }
 
 impl MainService {
@@ -65,6 +67,7 @@ impl MainService {
         limits: KvLimits,
         proxy: Option<Arc<Proxy>>,
         cluster: Option<(Arc<Routing>, Arc<Replicator>)>,
+        purger: Arc<Purger>,
     ) -> Self {
         let (routing, replicator) = match cluster {
             Some((routing, replicator)) => (Some(routing), Some(replicator)),
@@ -77,6 +80,7 @@ impl MainService {
             proxy,
             routing,
             replicator,
+            purger,
         }
     }
 
@@ -588,7 +592,7 @@ impl MainService {
                 ),
             );
         }
-        purge::run(&self.cache, self.replicator.as_ref(), &targets, Wait::All).await
+        self.purger.run(&targets, Wait::All, "PURGE").await
     }
 }
 

@@ -1,36 +1,176 @@
-//! Running a purge and answering with what it invalidated: shared by the admin API's
-//! `POST /purge` and the main port's `PURGE` method.
+//! Running a purge and answering with what it invalidated ([`Purger`]): shared by
+//! the admin API's `POST /purge` and the main port's `PURGE` method, which also
+//! remembers the last purges made here for the status page.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use http::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::json;
 
 use super::{json, text, Body};
-use std::sync::Arc;
-
 use crate::cache::Cache;
-use crate::cluster::replication::{Replicator, Wait};
-use crate::invalidation::PurgeTargets;
+use crate::cluster::replication::{PurgeReport, Replicator, Wait};
+use crate::invalidation::{PurgeOutcome, PurgeTargets};
 
 /// Most dependent keys listed by name in a purge answer (all are counted).
 const LISTED_DEPENDENTS: usize = 1000;
+/// Purges the status page lists.
+const REMEMBERED_PURGES: usize = 50;
+/// Ids of each kind named in a remembered purge (the rest are counted).
+const REMEMBERED_IDS: usize = 5;
 
-/// Purges `targets` and answers 200 with a JSON report once the purge is durable
-/// (and, in a cluster with `Wait::All`, applied by every member or timed out: the
-/// `cluster` part of the answer says which), 202 at once with `Wait::None`, or 503 if
-/// it could not be made durable here.
-pub async fn run(
-    cache: &Cache,
-    replicator: Option<&Arc<Replicator>>,
+/// Makes purges, on this node alone or across the cluster, and remembers the last
+/// few for the status page.
+#[derive(Debug)]
+pub struct Purger {
+    cache: Arc<Cache>,
+    replicator: Option<Arc<Replicator>>,
+    recent: Mutex<VecDeque<RecentPurge>>,
+}
+
+/// A purge made on this node, as the status page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentPurge {
+    /// When it was made, Unix ms.
+    pub at_ms: u64,
+    /// `admin` (`POST /purge`) or `PURGE` (the main port).
+    pub via: &'static str,
+    /// Soft (mark stale) rather than hard.
+    pub soft: bool,
+    /// The first few keys, tags and prefixes named.
+    pub keys: Vec<String>,
+    /// See `keys`.
+    pub tags: Vec<String>,
+    /// See `keys`.
+    pub prefixes: Vec<String>,
+    /// Ids named beyond those listed.
+    pub more: usize,
+    /// Dependent keys invalidated here.
+    pub dependents: usize,
+    /// Time until the answer (durable here; with `wait=all`, applied or fenced
+    /// everywhere), ms. `None` if it failed.
+    pub answered_ms: Option<f64>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Its progress across the cluster (as `GET /purge/{id}` shows it), when the
+    /// node is in one.
+    pub cluster: Option<PurgeReport>,
+}
+
+impl Purger {
+    /// Purges through `replicator` when the node is in a cluster.
+    pub fn new(cache: Arc<Cache>, replicator: Option<Arc<Replicator>>) -> Self {
+        Self {
+            cache,
+            replicator,
+            recent: Mutex::new(VecDeque::with_capacity(REMEMBERED_PURGES)),
+        }
+    }
+
+    /// The last purges made here, newest first, with their cluster progress as it
+    /// stands now.
+    pub fn recent(&self) -> Vec<RecentPurge> {
+        let mut list: Vec<RecentPurge> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect();
+        if let Some(replicator) = &self.replicator {
+            for purge in &mut list {
+                if let Some(id) = purge.cluster.as_ref().map(|c| c.id.clone()) {
+                    purge.cluster = replicator.report(&id).or(purge.cluster.take());
+                }
+            }
+        }
+        list
+    }
+
+    fn remember(&self, purge: RecentPurge) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == REMEMBERED_PURGES {
+            recent.pop_front();
+        }
+        recent.push_back(purge);
+    }
+
+    /// Purges `targets` and answers 200 with a JSON report once the purge is durable
+    /// (and, in a cluster with `Wait::All`, applied by every member or timed out: the
+    /// `cluster` part of the answer says which), 202 at once with `Wait::None`, or
+    /// 503 if it could not be made durable here. `via` names the API for the status
+    /// page.
+    pub async fn run(
+        &self,
+        targets: &PurgeTargets,
+        wait: Wait,
+        via: &'static str,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let at_ms = crate::cluster::sync::now_ms();
+        let done = match &self.replicator {
+            Some(r) => r
+                .purge(targets, wait)
+                .await
+                .map(|(outcome, report)| (outcome, Some(report))),
+            None => self
+                .cache
+                .purge(targets)
+                .await
+                .map(|outcome| (outcome, None)),
+        };
+        let show = |k: &fanz_protocol::CacheKey| String::from_utf8_lossy(k.user_key()).into_owned();
+        let show_tag = |t: &bytes::Bytes| String::from_utf8_lossy(t).into_owned();
+        let named = targets.keys.len() + targets.tags.len() + targets.prefixes.len();
+        let listed = |n: usize| n.min(REMEMBERED_IDS);
+        let mut remembered = RecentPurge {
+            at_ms,
+            via,
+            soft: targets.soft,
+            keys: targets.keys.iter().take(REMEMBERED_IDS).map(show).collect(),
+            tags: targets
+                .tags
+                .iter()
+                .take(REMEMBERED_IDS)
+                .map(show_tag)
+                .collect(),
+            prefixes: targets
+                .prefixes
+                .iter()
+                .take(REMEMBERED_IDS)
+                .map(show)
+                .collect(),
+            more: named
+                - listed(targets.keys.len())
+                - listed(targets.tags.len())
+                - listed(targets.prefixes.len()),
+            dependents: 0,
+            answered_ms: None,
+            error: None,
+            cluster: None,
+        };
+        match &done {
+            Ok((outcome, cluster)) => {
+                remembered.dependents = outcome.dependents.len();
+                remembered.answered_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                remembered.cluster = cluster.clone();
+            }
+            Err(e) => remembered.error = Some(e.to_string()),
+        }
+        self.remember(remembered);
+        answer(targets, wait, done)
+    }
+}
+
+fn answer(
     targets: &PurgeTargets,
     wait: Wait,
+    done: Result<(PurgeOutcome, Option<PurgeReport>), crate::cache::CacheError>,
 ) -> Response<Body> {
-    let done = match replicator {
-        Some(r) => r
-            .purge(targets, wait)
-            .await
-            .map(|(outcome, report)| (outcome, Some(report))),
-        None => cache.purge(targets).await.map(|outcome| (outcome, None)),
-    };
     match done {
         Ok((outcome, cluster)) => {
             let show =

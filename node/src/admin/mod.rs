@@ -1,7 +1,9 @@
 //! The admin listener: `POST /purge`, `GET /purge/{id}`, `GET /cluster`,
-//! `GET /metrics`, the near caches' `GET /invalidations` stream and its acks (all
-//! behind the admin token), and the unauthenticated probes `GET /healthz` and
-//! `GET /readyz`.
+//! `GET /metrics`, the near caches' `GET /invalidations` stream and its acks, the
+//! status page ([`status`]) (all behind the admin token), and the unauthenticated
+//! probes `GET /healthz` and `GET /readyz`.
+
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,8 @@ use crate::cache::Cache;
 use crate::cluster::replication::Wait;
 use crate::cluster::Cluster;
 use crate::http::headers::validate_tag;
-use crate::http::{full, json, purge, read_body, text, Body, ReqBody};
+use crate::http::purge::Purger;
+use crate::http::{full, json, read_body, text, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
 use crate::proxy::key::url_key;
@@ -83,37 +86,47 @@ impl hyper::body::Body for WatchBody {
     }
 }
 
+/// What the admin listener serves from.
+#[derive(Debug)]
+pub struct AdminParts {
+    /// The tiers and the invalidation engine.
+    pub cache: Arc<Cache>,
+    /// The admin credential (shared with the main port's `PURGE`).
+    pub auth: Auth,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports.
+    pub ready: Arc<AtomicBool>,
+    /// The pull-through proxy, when origins are configured.
+    pub proxy: Option<Arc<Proxy>>,
+    /// The cluster, when the node is in one.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Facts about the KV API for clients.
+    pub kv: KvFacts,
+    /// Makes purges (shared with the main port's `PURGE`).
+    pub purger: Arc<Purger>,
+}
+
 /// The admin listener's service.
 #[derive(Debug)]
 pub struct AdminService {
-    cache: Arc<Cache>,
-    auth: Auth,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    proxy: Option<Arc<Proxy>>,
-    cluster: Option<Arc<Cluster>>,
-    kv: KvFacts,
+    parts: AdminParts,
+    started: std::time::Instant,
+}
+
+impl std::ops::Deref for AdminService {
+    type Target = AdminParts;
+    fn deref(&self) -> &AdminParts {
+        &self.parts
+    }
 }
 
 impl AdminService {
-    /// Builds the service; `ready` is what `/readyz` reports.
-    pub fn new(
-        cache: Arc<Cache>,
-        auth: Auth,
-        metrics: Arc<Metrics>,
-        ready: Arc<AtomicBool>,
-        proxy: Option<Arc<Proxy>>,
-        cluster: Option<Arc<Cluster>>,
-        kv: KvFacts,
-    ) -> Self {
+    /// Builds the service.
+    pub fn new(parts: AdminParts) -> Self {
         Self {
-            cache,
-            auth,
-            metrics,
-            ready,
-            proxy,
-            cluster,
-            kv,
+            parts,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -155,6 +168,8 @@ impl AdminService {
         let method = req.method().clone();
         match (path.as_str(), method) {
             ("/healthz", Method::GET | Method::HEAD) => text(StatusCode::OK, "ok"),
+            // Browsers ask for it beside the status page; there is none.
+            ("/favicon.ico", Method::GET) => text(StatusCode::NO_CONTENT, ""),
             ("/readyz", Method::GET | Method::HEAD) => {
                 if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, "ready")
@@ -235,13 +250,19 @@ impl AdminService {
                     ),
                 }
             }
+            (p, Method::GET) if status::PATHS.contains(&p) => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                self.status_resource(p)
+            }
             ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster" | "/invalidations", m) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{m} is not allowed on {path}"),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "no such admin resource (try /purge, /cluster, /invalidations, /metrics, /healthz, /readyz)",
+                "no such admin resource (try / for the status page, /purge, /cluster, /invalidations, /metrics, /healthz, /readyz)",
             ),
         }
     }
@@ -287,10 +308,7 @@ impl AdminService {
             }
         };
         match self.targets(request) {
-            Ok(targets) => {
-                let replicator = self.cluster.as_ref().map(|c| c.replicator());
-                purge::run(&self.cache, replicator, &targets, wait).await
-            }
+            Ok(targets) => self.purger.run(&targets, wait, "admin").await,
             Err(reason) => text(
                 StatusCode::BAD_REQUEST,
                 format!("invalid purge request: {reason}"),
