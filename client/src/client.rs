@@ -1014,6 +1014,26 @@ impl Client {
         Err(last)
     }
 
+    /// Drains the first seed's node (`POST /drain`): it turns not-ready and leaves
+    /// the cluster, and keeps serving until it is stopped. Never fails over to
+    /// another seed: draining is about one node.
+    pub async fn drain(&self) -> Result<Bytes> {
+        let seed = self
+            .inner
+            .seeds
+            .first()
+            .ok_or_else(|| Error::Config("no seed to drain".into()))?;
+        let answer = self
+            .inner
+            .admin_at(seed, Method::POST, "/drain", None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(answer.body)
+        } else {
+            Err(status_error(seed, &answer))
+        }
+    }
+
     /// Learns the membership again now.
     pub async fn refresh(&self) -> Result<Arc<Topology>> {
         let topology = Arc::new(self.inner.learn().await?);

@@ -198,6 +198,24 @@ fn members_ring_stats_and_health_read_the_node() {
     let health = fanzctl(&["health"], &env);
     assert_eq!(health.status.code(), Some(0));
     assert_eq!(stdout(&health).trim(), "live: true, ready: true");
+
+    // The preStop hook: drained, the node is alive but not ready, and still serves.
+    assert_eq!(
+        fanzctl(&["drain"], &[("FANZ_ENDPOINT", endpoint.as_str())])
+            .status
+            .code(),
+        Some(4),
+        "draining needs the token"
+    );
+    let drain = fanzctl(&["--json", "drain"], &env);
+    assert_eq!(drain.status.code(), Some(0), "{drain:?}");
+    let drained: serde_json::Value = serde_json::from_slice(&drain.stdout).unwrap();
+    assert_eq!(drained["draining"], true);
+    let health = fanzctl(&["health"], &env);
+    assert_eq!(health.status.code(), Some(5));
+    assert_eq!(stdout(&health).trim(), "live: true, ready: false");
+    let put = fanzctl(&["put", "after-drain", "still served"], &env);
+    assert_eq!(put.status.code(), Some(0), "{put:?}");
 }
 
 #[test]

@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use http::{Method, StatusCode};
+
 use common::cluster::*;
 use common::*;
 use fanz_protocol::ring::{Ring, RingMember};
@@ -158,6 +160,46 @@ async fn a_node_that_shuts_down_leaves_at_once() {
     })
     .await;
     assert!(took < Duration::from_secs(3));
+}
+
+/// `POST /drain` (the Kubernetes preStop hook): the node leaves the cluster at once,
+/// so ownership moves while it still serves, and stops being ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_leaves_the_cluster_and_keeps_serving() {
+    let slow = &["--gossip-probe-period", "1s", "--gossip-suspicion", "30s"];
+    let (_tmp, mut nodes) = start_cluster(3, slow).await;
+    let (a, b) = (&nodes[0], &nodes[2]);
+    let drain = |token: &str| {
+        let auth = format!("Bearer {token}");
+        let url = b.node.admin_url("/drain");
+        async move { send(Method::POST, &url, &[("authorization", &auth)], "").await }
+    };
+    assert_eq!(drain("wrong").await.status, StatusCode::UNAUTHORIZED);
+    let drained = drain(TOKEN).await;
+    assert_eq!(drained.status, StatusCode::OK, "{}", drained.text());
+    assert_eq!(drained.json()["left_cluster"], true);
+    let took = wait_until(&a.node, Duration::from_secs(3), "n3 gone", |s| {
+        has(s, "n3", "down")
+    })
+    .await;
+    assert!(took < Duration::from_secs(3));
+    let ready = send(Method::GET, &b.node.admin_url("/readyz"), &[], "").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Still serving: a read through the drained node comes from the owners. A write
+    // is refused with a 503 that sends it elsewhere (it no longer vouches for
+    // anything), which retrying clients follow.
+    let stored = put(&a.node, "k", "v", &[]).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let read = get(&b.node, "k").await;
+    assert_eq!((read.status, read.text().as_str()), (StatusCode::OK, "v"));
+    let written = put(&b.node, "k2", "v", &[]).await;
+    assert_eq!(written.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        written.text().contains("another node"),
+        "{}",
+        written.text()
+    );
+    assert!(nodes[2].node.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,9 @@ fn cli() -> Command {
         )
         .subcommand(Command::new("stats").about("The node's main counters (from /metrics)"))
         .subcommand(Command::new("health").about("Liveness and readiness of the endpoint's node"))
+        .subcommand(Command::new("drain").about(
+            "Drain the endpoint's node before stopping it (a Kubernetes preStop hook): not ready, out of the cluster, still serving",
+        ))
         .subcommand(Command::new("get").about("Print a value").arg(key()))
         .subcommand(
             Command::new("put")
@@ -307,6 +310,14 @@ async fn run(client: &Client, m: &ArgMatches, json: bool) -> Result<u8, Error> {
                 println!("live: {live}, ready: {ready}");
             }
             return Ok(if live && ready { 0 } else { 5 });
+        }
+        Some(("drain", _)) => {
+            let answer = client.drain().await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&answer).trim_end());
+            } else {
+                println!("draining: not ready, left the cluster; stop it with SIGTERM");
+            }
         }
         Some(("get", g)) => {
             let key = g.get_one::<String>("key").expect("required");

@@ -1,6 +1,6 @@
 //! The admin listener: `POST /purge`, `GET /purge/{id}`, `GET /cluster`,
 //! `GET /metrics`, the near caches' `GET /invalidations` stream and its acks, the
-//! status page ([`status`]) (all behind the admin token), and the unauthenticated
+//! status page ([`status`]), `POST /drain` (all behind the admin token), and the unauthenticated
 //! probes `GET /healthz` and `GET /readyz`.
 
 pub mod status;
@@ -214,6 +214,12 @@ impl AdminService {
                     ),
                 }
             }
+            ("/drain", Method::POST) => {
+                if let Err(denied) = self.auth.check(req.headers(), peer) {
+                    return *denied;
+                }
+                self.drain().await
+            }
             ("/cluster", Method::GET) => {
                 if let Err(denied) = self.auth.check(req.headers(), peer) {
                     return *denied;
@@ -256,7 +262,7 @@ impl AdminService {
                 }
                 self.status_resource(p)
             }
-            ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster" | "/invalidations", m) => text(
+            ("/healthz" | "/readyz" | "/metrics" | "/purge" | "/cluster" | "/invalidations" | "/drain", m) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{m} is not allowed on {path}"),
             ),
@@ -265,6 +271,28 @@ impl AdminService {
                 "no such admin resource (try / for the status page, /purge, /cluster, /invalidations, /metrics, /healthz, /readyz)",
             ),
         }
+    }
+
+    /// `POST /drain`, a Kubernetes `preStop` hook's first step: readiness goes
+    /// false so load balancers stop sending here, and the node leaves the cluster so
+    /// the others take over its keys, while it goes on serving whatever still
+    /// arrives. SIGTERM then finishes what is in flight and stops the node.
+    async fn drain(&self) -> Response<Body> {
+        let was_ready = self.ready.swap(false, Ordering::AcqRel);
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
+        tracing::info!(
+            was_ready,
+            "draining: not ready, left the cluster; waiting for SIGTERM"
+        );
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "draining": true,
+                "left_cluster": self.cluster.is_some(),
+            }),
+        )
     }
 
     /// A near cache's stream of this node's invalidations (see

@@ -577,6 +577,21 @@ impl Config {
                 "must be at least twice sync_interval: the sync lease it sets would lapse between two healthy rounds".into(),
             ));
         }
+        // Members dial each other at the addresses they bind: 0.0.0.0 would be
+        // advertised as such and reach nobody.
+        if config.cluster.dir.is_some() {
+            for (setting, addr) in [
+                ("gossip_addr", config.cluster.gossip_addr),
+                ("peer_addr", config.cluster.peer_addr),
+            ] {
+                if addr.ip().is_unspecified() {
+                    return Err(p.invalid(
+                        setting,
+                        format!("{addr} is advertised to the other members as this node's address: bind the address they reach it at (in Kubernetes, $(POD_IP) from the downward API)"),
+                    ));
+                }
+            }
+        }
         if config.admin_token.is_none() && !config.admin_addr.ip().is_loopback() {
             return Err(p.invalid(
                 "admin_addr",
@@ -954,6 +969,22 @@ mod tests {
                 ..
             }
         ));
+        let err = Config::resolve(&raw(&[
+            ("cluster_dir", "/tmp/c"),
+            ("gossip_addr", "0.0.0.0:7946"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "gossip_addr",
+                ..
+            }
+        ));
+        assert!(
+            Config::resolve(&raw(&[("gossip_addr", "0.0.0.0:7946")])).is_ok(),
+            "only a cluster member advertises it"
+        );
     }
 
     #[test]
