@@ -4,17 +4,18 @@
 //! while the node runs (a config reload); every clone of an [`Auth`] sees the change.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::http::{text, Body};
+use crate::reload::Live;
 
 /// The node's admin credential, shared by the listeners that check it.
 #[derive(Clone)]
 pub struct Auth {
-    token: Arc<RwLock<Option<Arc<str>>>>,
+    token: Arc<Live<Option<String>>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -31,23 +32,23 @@ impl Auth {
     /// Requires `token` when set; otherwise admits loopback clients only.
     pub fn new(token: Option<String>) -> Self {
         Self {
-            token: Arc::new(RwLock::new(token.map(Arc::from))),
+            token: Arc::new(Live::new(token)),
         }
     }
 
     /// Replaces the token (every clone sees it from the next request on).
     pub fn set_token(&self, token: Option<String>) {
-        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token.map(Arc::from);
+        self.token.set(token);
     }
 
-    fn current(&self) -> Option<Arc<str>> {
-        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn current(&self) -> Arc<Option<String>> {
+        self.token.get()
     }
 
     /// `Ok` when the request may purge; otherwise the 401 to answer, which invites
     /// both a bearer token and HTTP Basic (any user name, the token as password).
     pub fn check(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Box<Response<Body>>> {
-        let reason = match self.current() {
+        let reason = match self.current().as_deref() {
             None if peer.ip().is_loopback() => return Ok(()),
             None => "no admin token is configured, so only loopback clients may do this",
             Some(token) => match presented_token(headers) {

@@ -105,7 +105,8 @@ where
             nodes: usize::from(*sub.get_one::<u16>("nodes").expect("has a default")),
         });
     }
-    let config = Config::resolve(&raw_settings(sub)?)?;
+    let mut config = Config::resolve(&raw_settings(sub)?)?;
+    config.config_file = sub.get_one::<String>("config").map(PathBuf::from);
     Ok(match name {
         "print-config" => Invocation::PrintConfig(config),
         "print-dev-cert" => Invocation::PrintDevCert(config),

@@ -23,5 +23,6 @@ pub mod invalidation;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod reload;
 pub mod store;
 pub mod tls;

@@ -88,6 +88,13 @@ fn init_logging(config: &Config) {
             .with_writer(std::io::stderr)
             .boxed(),
     };
+    // A reload may change the level (`log_level`); the new filter was validated
+    // when the reloaded config resolved.
+    let (filter, level) = tracing_subscriber::reload::Layer::new(filter);
+    fanz_node::reload::set_log_level_hook(move |directives| {
+        let new = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        level.reload(new).map_err(|e| e.to_string())
+    });
     // The corruption counter sees foyer's warnings whatever the log level is.
     let corruption = CorruptionLayer
         .with_filter(Targets::new().with_target("foyer_storage", tracing::Level::WARN));

@@ -23,6 +23,9 @@ macro_rules! label_enum {
         }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
             /// The label value.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -197,12 +200,31 @@ pub struct PeerRefusalLabels {
 }
 
 label_enum! {
+    /// Outcome of a config reload.
+    ReloadResult {
+        /// Read and applied.
+        Applied => "applied",
+        /// Rejected (the file did not parse or resolve); the running config stays.
+        Rejected => "rejected",
+    }
+}
+
+/// Labels of `fanz_config_reloads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// Outcome.
+    pub result: ReloadResult,
+}
+
+label_enum! {
     /// Member state, as a label.
     MemberStateLabel {
         /// Alive.
         Alive => "alive",
         /// Suspected.
         Suspect => "suspect",
+        /// Declared down (or left) and not yet forgotten.
+        Down => "down",
     }
 }
 
@@ -289,6 +311,8 @@ pub struct Metrics {
     pub anti_entropy_pulls: Counter,
     /// Seconds since the last successful anti-entropy round, once past max_unsynced.
     pub unsynced_seconds: Gauge,
+    /// Config reloads by outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -476,8 +500,28 @@ impl Metrics {
             "Seconds since the last successful anti-entropy round, once past max_unsynced (0 when in sync)",
             unsynced_seconds.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or a changed file), by outcome",
+            reloads.clone(),
+        );
+        for &result in ReloadResult::ALL {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
+        // Series that alerts and dashboards divide by or compare exist from the
+        // start, at zero, rather than appearing with the first event.
+        for &tier in TierLabel::ALL {
+            for &result in LookupResult::ALL {
+                let _ = lookups.get_or_create(&LookupLabels { tier, result });
+            }
+        }
+        for &state in MemberStateLabel::ALL {
+            let _ = cluster_members.get_or_create(&MemberLabels { state });
+        }
         Self {
             registry,
+            reloads,
             purge_propagation,
             purges_pending_ack,
             anti_entropy_pulls,
@@ -524,6 +568,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a config reload.
+    pub fn count_reload(&self, result: ReloadResult) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
     /// Counts a gossip datagram.
     pub fn count_gossip(&self, outcome: GossipOutcome) {
         self.gossip_datagrams
@@ -531,11 +580,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Records how many members are alive and suspect.
-    pub fn set_members(&self, alive: i64, suspect: i64) {
+    /// Records how many members are alive, suspect and down.
+    pub fn set_members(&self, alive: i64, suspect: i64, down: i64) {
         for (state, n) in [
             (MemberStateLabel::Alive, alive),
             (MemberStateLabel::Suspect, suspect),
+            (MemberStateLabel::Down, down),
         ] {
             self.cluster_members
                 .get_or_create(&MemberLabels { state })

@@ -29,6 +29,7 @@ use crate::http::server::{serve, ServeLimits};
 use crate::invalidation::Invalidator;
 use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
+use crate::reload::{Live, Reloader, TtlPolicy};
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
 use crate::tls;
 
@@ -200,6 +201,11 @@ pub async fn run(
         cache.clone(),
         cluster.as_ref().map(|c| c.replicator().clone()),
     ));
+    let ttl = Arc::new(Live::new(TtlPolicy {
+        default_ttl: config.default_ttl,
+        max_ttl: config.max_ttl,
+        max_stale: config.max_stale,
+    }));
     let main_service = Arc::new(MainService::new(
         cache.clone(),
         auth.clone(),
@@ -207,9 +213,7 @@ pub async fn run(
             max_key_size: config.max_key_size,
             max_value_size: config.max_value_size,
             body_read_timeout: config.body_read_timeout,
-            default_ttl: config.default_ttl,
-            max_ttl: config.max_ttl,
-            max_stale: config.max_stale,
+            ttl: ttl.clone(),
             prefix: config.kv_prefix.clone(),
         },
         proxy.clone(),
@@ -217,6 +221,13 @@ pub async fn run(
             .as_ref()
             .map(|c| (c.routing().clone(), c.replicator().clone())),
         purger.clone(),
+    ));
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        auth.clone(),
+        ttl,
+        proxy.clone(),
+        metrics.clone(),
     ));
     let admin_service = Arc::new(AdminService::new(AdminParts {
         cache: cache.clone(),
@@ -331,6 +342,7 @@ pub async fn run(
             watchers.close();
         })
     };
+    let reloads = reloader.spawn(stop_rx.clone());
     ready.store(true, Ordering::Release);
     tracing::info!(
         http = %config.http_addr,
@@ -348,7 +360,7 @@ pub async fn run(
         cluster.leave().await;
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(main_server, maintenance, heartbeats);
+    let _ = tokio::join!(main_server, maintenance, heartbeats, reloads);
     if let Some(h3) = h3_server {
         let _ = h3.await;
     }

@@ -438,12 +438,12 @@ impl Agent {
             .collect();
         members.push(local_member(self.swim.identity()));
         let view = View::new(members, self.replicas);
+        let count =
+            |state: MemberState| view.members.iter().filter(|m| m.state == state).count() as i64;
         self.metrics.set_members(
-            view.alive() as i64,
-            view.members
-                .iter()
-                .filter(|m| m.state == MemberState::Suspect)
-                .count() as i64,
+            count(MemberState::Alive),
+            count(MemberState::Suspect),
+            count(MemberState::Down),
         );
         self.view.send_replace(Arc::new(view));
     }

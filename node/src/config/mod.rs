@@ -108,6 +108,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "uncacheable_ttl", default: Some("10s"), help: "How long a URL that answered uncacheable skips request collapsing (hit-for-miss)." },
     Spec { name: "strip_tag_headers", default: Some("true"), help: "Remove Surrogate-Key and Cache-Tag from responses to clients." },
     Spec { name: "log_compact_size", default: Some("64MiB"), help: "Compact the invalidation log once it is this large and twice its last compacted size." },
+    Spec { name: "config_watch", default: Some("0s"), help: "How often to check the config file (--config) for changes and reload it; 0s: only on SIGHUP. Reloads apply origins, the TTL policy, the admin token and the log level; other settings need a restart." },
     Spec { name: "maintenance_interval", default: Some("60s"), help: "How often expired tombstones and edges are collected." },
 ];
 
@@ -326,6 +327,10 @@ pub struct Config {
     pub strip_tag_headers: bool,
     /// Maintenance period.
     pub maintenance_interval: Duration,
+    /// How often the config file is checked for changes (zero: SIGHUP only).
+    pub config_watch: Duration,
+    /// The settings file given with `--config`, if any (not a setting itself).
+    pub config_file: Option<PathBuf>,
 }
 
 /// Largest key the entry format and the log can carry (u16 length fields with room
@@ -482,6 +487,8 @@ impl Config {
                 at_least(parse_size(s)?, 1 << 20, "1MiB")
             })?,
             maintenance_interval: p.parse("maintenance_interval", positive_duration)?,
+            config_watch: p.parse("config_watch", parse_duration)?,
+            config_file: None,
             tls_cert: p.optional("tls_cert")?.map(PathBuf::from),
             tls_key: p.optional("tls_key")?.map(PathBuf::from),
             origin_ca_file: p.optional("origin_ca_file")?.map(PathBuf::from),
@@ -609,6 +616,14 @@ impl Config {
 
     /// The effective settings as TOML, the token redacted.
     pub fn to_toml(&self) -> String {
+        self.effective()
+            .iter()
+            .map(|(k, v)| format!("{k} = {}\n", toml::Value::String(v.clone())))
+            .collect()
+    }
+
+    /// Every setting's effective value, as text, the token redacted.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
         let d = |d: Duration| format!("{}ms", d.as_millis());
         let lines = [
             ("http_addr", self.http_addr.to_string()),
@@ -661,6 +676,7 @@ impl Config {
             ),
             ("log_compact_size", self.log_compact_size.to_string()),
             ("maintenance_interval", d(self.maintenance_interval)),
+            ("config_watch", d(self.config_watch)),
             (
                 "origin",
                 self.origin
@@ -728,10 +744,7 @@ impl Config {
             ("sync_interval", d(self.cluster.sync_interval)),
             ("purge_ack_timeout", d(self.cluster.purge_ack_timeout)),
         ];
-        lines
-            .iter()
-            .map(|(k, v)| format!("{k} = {}\n", toml::Value::String(v.clone())))
-            .collect()
+        lines.into()
     }
 }
 

@@ -23,6 +23,7 @@ use crate::cluster::routing::Routing;
 use crate::cluster::sync::HitPolicy;
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
+use crate::reload::{Live, TtlPolicy};
 
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
@@ -36,12 +37,8 @@ pub struct KvLimits {
     pub max_value_size: u64,
     /// Time to receive a body (408 beyond).
     pub body_read_timeout: Duration,
-    /// TTL without `max-age`.
-    pub default_ttl: Duration,
-    /// TTL clamp.
-    pub max_ttl: Duration,
-    /// Stale window clamp.
-    pub max_stale: Duration,
+    /// The TTL policy (reloadable).
+    pub ttl: Arc<Live<TtlPolicy>>,
     /// Path prefix of the KV API (`/kv/`).
     pub prefix: String,
 }
@@ -495,6 +492,7 @@ impl MainService {
                 reason: "a key cannot depend on itself".into(),
             });
         }
+        let ttl = self.limits.ttl.get();
         let clamp = |d: Option<Duration>, default: Duration, max: Duration| {
             d.unwrap_or(default).min(max).as_millis() as u64
         };
@@ -506,13 +504,13 @@ impl MainService {
             ));
         }
         Ok(EntryMeta {
-            ttl_ms: clamp(cc.max_age, self.limits.default_ttl, self.limits.max_ttl),
+            ttl_ms: clamp(cc.max_age, ttl.default_ttl, ttl.max_ttl),
             stale_while_revalidate_ms: clamp(
                 cc.stale_while_revalidate,
                 Duration::ZERO,
-                self.limits.max_stale,
+                ttl.max_stale,
             ),
-            stale_if_error_ms: clamp(cc.stale_if_error, Duration::ZERO, self.limits.max_stale),
+            stale_if_error_ms: clamp(cc.stale_if_error, Duration::ZERO, ttl.max_stale),
             status: 200,
             headers: kept_headers,
             tags,

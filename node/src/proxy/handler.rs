@@ -11,6 +11,7 @@
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use crate::http::directives::Directives;
 use crate::http::{text, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{LookupResult, Metrics};
+use crate::reload::Live;
 
 /// How often a request retries joining a flight whose leader went away.
 const MAX_REJOINS: usize = 3;
@@ -44,14 +46,17 @@ pub struct Proxy {
     cache: Arc<Cache>,
     /// Whether clients reach this node over HTTPS (the scheme in cache keys).
     front_tls: bool,
-    origins: Origins,
+    /// Replaced by a config reload; requests keep the origins they started with.
+    origins: Live<Origins>,
+    /// The client configuration for https origins (kept for reloads).
+    tls: Arc<rustls::ClientConfig>,
     metrics: Arc<Metrics>,
     flights: Arc<Flights>,
     /// Keys that answered uncacheable, until when (ms): skip collapsing (hit-for-miss).
     uncacheable: DashMap<CacheKey, u64>,
     shaping: Shaping,
     max_object_size: u64,
-    uncacheable_ttl_ms: u64,
+    uncacheable_ttl_ms: AtomicU64,
     total_timeout: Duration,
     /// Owner routing, once the node has joined a cluster.
     routing: OnceLock<Arc<Routing>>,
@@ -90,7 +95,8 @@ impl Proxy {
         Self {
             cache,
             front_tls: config.tls_cert.is_some(),
-            origins: Origins::from_config(config, tls, &metrics),
+            origins: Live::new(Origins::from_config(config, tls, &metrics)),
+            tls: tls.clone(),
             metrics,
             flights: Arc::new(Flights::default()),
             uncacheable: DashMap::new(),
@@ -98,11 +104,21 @@ impl Proxy {
                 strip_tags: config.strip_tag_headers,
             },
             max_object_size: config.max_object_size,
-            uncacheable_ttl_ms: config.uncacheable_ttl.as_millis() as u64,
+            uncacheable_ttl_ms: AtomicU64::new(config.uncacheable_ttl.as_millis() as u64),
             total_timeout: config.origin_total_timeout,
             routing: OnceLock::new(),
             seen_once: DashMap::new(),
         }
+    }
+
+    /// Takes the origins (and their client settings) and the hit-for-miss time of
+    /// a reloaded `config`. Requests in flight finish with the origins they have;
+    /// circuit breakers start closed.
+    pub fn reload(&self, config: &Config) {
+        self.origins
+            .set(Origins::from_config(config, &self.tls, &self.metrics));
+        self.uncacheable_ttl_ms
+            .store(config.uncacheable_ttl.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Routes misses through their owners from now on (set once, when the node has
@@ -118,12 +134,12 @@ impl Proxy {
 
     /// How many origins have their breaker open (for the metrics).
     pub fn breakers_open(&self) -> usize {
-        self.origins.breakers_open()
+        self.origins.get().breakers_open()
     }
 
     /// Whether any origin is configured.
     pub fn enabled(&self) -> bool {
-        self.origins.any()
+        self.origins.get().any()
     }
 
     /// Answers a request for the proxied URL space.
@@ -169,7 +185,7 @@ impl Proxy {
             Ok(t) => t,
             Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
         };
-        let Some(origin) = self.origins.for_host(&target.host).cloned() else {
+        let Some(origin) = self.origins.get().for_host(&target.host).cloned() else {
             return text(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("no origin serves host {:?}", target.host),
@@ -446,6 +462,7 @@ impl Proxy {
         let request_ms = self.cache.now_ms();
         let mut headers = self
             .origins
+            .get()
             .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
         for name in CLIENT_CONDITIONALS {
             headers.remove(name);
@@ -561,8 +578,10 @@ impl Proxy {
                     Ok(_) => "not-admitted",
                 };
                 if decision.is_err() {
-                    self.uncacheable
-                        .insert(ctx.primary.clone(), response_ms + self.uncacheable_ttl_ms);
+                    self.uncacheable.insert(
+                        ctx.primary.clone(),
+                        response_ms + self.uncacheable_ttl_ms.load(Ordering::Relaxed),
+                    );
                 }
                 let cache_status = format!(
                     "fanz; fwd={fwd}; fwd-status={}; detail={detail}",
@@ -692,6 +711,7 @@ impl Proxy {
     async fn direct(&self, ctx: &Ctx, cache_status: &str) -> Response<Body> {
         let mut headers = self
             .origins
+            .get()
             .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
         headers.remove(header::RANGE);
         match self.upstream(ctx, &ctx.method, &headers, None).await.0 {
@@ -766,6 +786,7 @@ impl Proxy {
     async fn forward_unsafe(&self, ctx: Ctx, body: ReqBody) -> Response<Body> {
         let headers = self
             .origins
+            .get()
             .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
         // Through a channel: the client's body type need not be Sync, the origin client's must.
         let deadline = tokio::time::Instant::now() + self.total_timeout;

@@ -1,0 +1,262 @@
+//! Hot reload: on SIGHUP, or when the config file changes (`config_watch`), the
+//! settings are read again (file, environment, flags, as at start) and the ones
+//! that can change in a running node are applied without dropping a connection:
+//! origins and their client settings, the TTL policy, the admin token and the log
+//! level. A file that does not parse or resolve is rejected with a log line and a
+//! counted `rejected` reload; the running settings stay. Other changed settings are
+//! named in a warning: they need a restart.
+
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::cli::{self, Invocation};
+use crate::config::Config;
+use crate::metrics::{Metrics, ReloadResult};
+use crate::proxy::Proxy;
+
+/// Settings applied by a reload; every other change needs a restart.
+pub const RELOADABLE: &[&str] = &[
+    "admin_token",
+    "log_level",
+    "default_ttl",
+    "max_ttl",
+    "max_stale",
+    "uncacheable_ttl",
+    "origin",
+    "origin_routes",
+    "forward_host",
+    "forward_headers",
+    "origin_connect_timeout",
+    "origin_first_byte_timeout",
+    "origin_total_timeout",
+    "origin_max_concurrency",
+    "origin_retries",
+    "breaker_failures",
+    "breaker_open",
+];
+
+/// Whether the proxy rebuilds its origins for this setting.
+fn is_origin_setting(name: &str) -> bool {
+    name.starts_with("origin")
+        || name.starts_with("forward_")
+        || name.starts_with("breaker_")
+        || name == "uncacheable_ttl"
+}
+
+/// A value the running node reads on every use and a reload replaces.
+#[derive(Debug)]
+pub struct Live<T>(RwLock<Arc<T>>);
+
+impl<T> Live<T> {
+    /// Starts with `value`.
+    pub fn new(value: T) -> Self {
+        Self(RwLock::new(Arc::new(value)))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces it; readers holding the old value finish with it.
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+    }
+}
+
+/// The TTL policy of KV writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlPolicy {
+    /// TTL without `max-age`.
+    pub default_ttl: Duration,
+    /// TTL clamp.
+    pub max_ttl: Duration,
+    /// Stale window clamp.
+    pub max_stale: Duration,
+}
+
+impl TtlPolicy {
+    /// The policy `config` sets, kept within `ceiling`: tombstones are kept for
+    /// the start-up `max_ttl + max_stale`, so no entry may outlive that, or a purged
+    /// entry could come back once its tombstone is collected.
+    pub fn of(config: &Config, ceiling: &TtlPolicy) -> TtlPolicy {
+        TtlPolicy {
+            default_ttl: config.default_ttl.min(ceiling.max_ttl),
+            max_ttl: config.max_ttl.min(ceiling.max_ttl),
+            max_stale: config.max_stale.min(ceiling.max_stale),
+        }
+    }
+}
+
+type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL_HOOK: OnceLock<LogLevelHook> = OnceLock::new();
+
+/// Lets reloads change the log filter (the binary installs its subscriber's
+/// reload handle here; without one, `log_level` needs a restart).
+pub fn set_log_level_hook(hook: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) {
+    let _ = LOG_LEVEL_HOOK.set(Box::new(hook));
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings changed and applied.
+    pub applied: Vec<&'static str>,
+    /// Settings changed that need a restart (their running values stay).
+    pub need_restart: Vec<&'static str>,
+}
+
+/// The running node's reloadable parts and the settings they run with.
+#[derive(Debug)]
+pub struct Reloader {
+    current: Mutex<Config>,
+    /// The TTL policy the node started with: reloads stay within it.
+    ceiling: TtlPolicy,
+    auth: Auth,
+    ttl: Arc<Live<TtlPolicy>>,
+    proxy: Option<Arc<Proxy>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Reloads into these parts; `config` is what they run with now.
+    pub fn new(
+        config: Config,
+        auth: Auth,
+        ttl: Arc<Live<TtlPolicy>>,
+        proxy: Option<Arc<Proxy>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let ceiling = *ttl.get();
+        Self {
+            current: Mutex::new(config),
+            ceiling,
+            auth,
+            ttl,
+            proxy,
+            metrics,
+        }
+    }
+
+    /// Reads the settings again, as at start, and applies them.
+    pub fn reload_from_process_args(&self) -> Result<Reloaded, String> {
+        match cli::parse(std::env::args_os()) {
+            Ok(Invocation::Serve(config)) => self.apply(config),
+            Ok(_) => Err("the command line is not `serve`".into()),
+            Err(e) => Err(e.to_string()),
+        }
+        .inspect_err(|reason| {
+            self.metrics.count_reload(ReloadResult::Rejected);
+            tracing::error!(%reason, "config reload rejected; the running config stays");
+        })
+    }
+
+    /// Applies what changed from the running settings to `new`.
+    pub fn apply(&self, new: Config) -> Result<Reloaded, String> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let before: std::collections::HashMap<_, _> = current.effective().into_iter().collect();
+        let mut changed: Vec<&'static str> = new
+            .effective()
+            .into_iter()
+            .filter(|(name, value)| before.get(name) != Some(value))
+            .map(|(name, _)| name)
+            .collect();
+        // Shown redacted, so compared here.
+        if new.admin_token != current.admin_token {
+            changed.push("admin_token");
+        }
+        let (applied, need_restart): (Vec<_>, Vec<_>) = changed
+            .into_iter()
+            .partition(|name| RELOADABLE.contains(name));
+        let mut applied = applied;
+        if applied.contains(&"log_level") {
+            match LOG_LEVEL_HOOK.get() {
+                Some(hook) => hook(&new.log_level)?,
+                None => applied.retain(|n| *n != "log_level"),
+            }
+        }
+        if applied.contains(&"admin_token") {
+            self.auth.set_token(new.admin_token.clone());
+        }
+        if new.max_ttl > self.ceiling.max_ttl || new.max_stale > self.ceiling.max_stale {
+            tracing::warn!(
+                max_ttl = ?self.ceiling.max_ttl,
+                max_stale = ?self.ceiling.max_stale,
+                "max_ttl and max_stale cannot grow past their start-up values (tombstones are kept that long): clamped"
+            );
+        }
+        self.ttl.set(TtlPolicy::of(&new, &self.ceiling));
+        if applied.iter().any(|n| is_origin_setting(n)) {
+            match &self.proxy {
+                Some(proxy) => proxy.reload(&new),
+                None => {
+                    applied.retain(|n| !is_origin_setting(n));
+                    tracing::warn!("origins changed, but the node started without one: restart it to enable pull-through caching");
+                }
+            }
+        }
+        if !need_restart.is_empty() {
+            tracing::warn!(settings = ?need_restart, "changed settings that need a restart; their running values stay");
+        }
+        tracing::info!(applied = ?applied, "config reloaded");
+        self.metrics.count_reload(ReloadResult::Applied);
+        *current = new;
+        Ok(Reloaded {
+            applied,
+            need_restart,
+        })
+    }
+
+    /// Reloads on SIGHUP and, with `config_watch` and a config file, when the file
+    /// changes; until `stop`. The SIGHUP handler is in place when this returns (until
+    /// then SIGHUP would end the process).
+    pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle SIGHUP; reload by file watch only");
+                None
+            }
+        };
+        let (file, period) = {
+            let c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (c.config_file.clone(), c.config_watch)
+        };
+        tokio::spawn(async move {
+            let watched = file.filter(|_| !period.is_zero());
+            let stamp = |path: &std::path::Path| {
+                std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+            };
+            let mut last = watched.as_deref().and_then(stamp);
+            let mut tick = tokio::time::interval(if period.is_zero() {
+                Duration::from_secs(3600)
+            } else {
+                period
+            });
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    Some(_) = async { hup.as_mut()?.recv().await } => {
+                        tracing::info!("SIGHUP received: reloading the config");
+                        let _ = self.reload_from_process_args();
+                    }
+                    _ = tick.tick(), if watched.is_some() => {
+                        let now = watched.as_deref().and_then(stamp);
+                        if now != last {
+                            last = now;
+                            tracing::info!("config file changed: reloading it");
+                            let _ = self.reload_from_process_args();
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    }
+}
