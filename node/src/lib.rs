@@ -22,6 +22,8 @@ pub mod http;
 pub mod invalidation;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod proxy;
 pub mod reload;
 pub mod store;

@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    // Flushes exported spans when `main` returns.
+    let _exporter = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,7 +77,13 @@ async fn serve(config: Config) -> Result<(), StartError> {
     node::run(config, http, admin, node::shutdown_signal()).await
 }
 
-fn init_logging(config: &Config) {
+/// What `init_logging` leaves running: the span exporter, with the `otlp` feature.
+#[cfg(feature = "otlp")]
+type Exporter = Option<fanz_node::otlp::Exporter>;
+#[cfg(not(feature = "otlp"))]
+type Exporter = Option<std::convert::Infallible>;
+
+fn init_logging(config: &Config) -> Exporter {
     // Validated when the config was parsed.
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match config.log_format {
@@ -98,10 +105,39 @@ fn init_logging(config: &Config) {
     // The corruption counter sees foyer's warnings whatever the log level is.
     let corruption = CorruptionLayer
         .with_filter(Targets::new().with_target("foyer_storage", tracing::Level::WARN));
-    tracing_subscriber::registry()
+    let registry = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(corruption)
-        .init();
+        .with(corruption);
+    #[cfg(feature = "otlp")]
+    {
+        let node_id = config.cluster.node_id.as_deref().unwrap_or("local");
+        match config
+            .otlp_endpoint
+            .as_deref()
+            .map(|e| fanz_node::otlp::layer(e, node_id))
+        {
+            Some(Ok((layer, exporter))) => {
+                // Request spans and what they cause, not the dependencies' spans.
+                let ours = Targets::new().with_target("fanz_node", tracing::Level::INFO);
+                registry.with(layer.with_filter(ours)).init();
+                Some(exporter)
+            }
+            Some(Err(e)) => {
+                registry.init();
+                tracing::error!(error = %e, "span export is off");
+                None
+            }
+            None => {
+                registry.init();
+                None
+            }
+        }
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        None
+    }
 }
 
 fn cluster_init(dir: &std::path::Path, nodes: usize) -> ExitCode {

@@ -108,6 +108,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "uncacheable_ttl", default: Some("10s"), help: "How long a URL that answered uncacheable skips request collapsing (hit-for-miss)." },
     Spec { name: "strip_tag_headers", default: Some("true"), help: "Remove Surrogate-Key and Cache-Tag from responses to clients." },
     Spec { name: "log_compact_size", default: Some("64MiB"), help: "Compact the invalidation log once it is this large and twice its last compacted size." },
+    Spec { name: "otlp_endpoint", default: None, help: "OTLP/HTTP collector (e.g. http://127.0.0.1:4318) to export request spans to, as JSON. Needs a build with the `otlp` cargo feature." },
     Spec { name: "config_watch", default: Some("0s"), help: "How often to check the config file (--config) for changes and reload it; 0s: only on SIGHUP. Reloads apply origins, the TTL policy, the admin token and the log level; other settings need a restart." },
     Spec { name: "maintenance_interval", default: Some("60s"), help: "How often expired tombstones and edges are collected." },
 ];
@@ -327,6 +328,8 @@ pub struct Config {
     pub strip_tag_headers: bool,
     /// Maintenance period.
     pub maintenance_interval: Duration,
+    /// OTLP/HTTP collector for request spans (`otlp` feature).
+    pub otlp_endpoint: Option<String>,
     /// How often the config file is checked for changes (zero: SIGHUP only).
     pub config_watch: Duration,
     /// The settings file given with `--config`, if any (not a setting itself).
@@ -488,6 +491,7 @@ impl Config {
             })?,
             maintenance_interval: p.parse("maintenance_interval", positive_duration)?,
             config_watch: p.parse("config_watch", parse_duration)?,
+            otlp_endpoint: p.optional("otlp_endpoint")?,
             config_file: None,
             tls_cert: p.optional("tls_cert")?.map(PathBuf::from),
             tls_key: p.optional("tls_key")?.map(PathBuf::from),
@@ -584,6 +588,20 @@ impl Config {
                 "must be at least twice sync_interval: the sync lease it sets would lapse between two healthy rounds".into(),
             ));
         }
+        if let Some(endpoint) = &config.otlp_endpoint {
+            if !cfg!(feature = "otlp") {
+                return Err(p.invalid(
+                    "otlp_endpoint",
+                    "this fanz-node was built without the `otlp` cargo feature (cargo build --features otlp)".into(),
+                ));
+            }
+            if !endpoint.starts_with("http://") {
+                return Err(p.invalid(
+                    "otlp_endpoint",
+                    format!("{endpoint:?}: expected an http:// URL of an OTLP/HTTP collector (a local agent or sidecar)"),
+                ));
+            }
+        }
         // Members dial each other at the addresses they bind: 0.0.0.0 would be
         // advertised as such and reach nobody.
         if config.cluster.dir.is_some() {
@@ -677,6 +695,10 @@ impl Config {
             ("log_compact_size", self.log_compact_size.to_string()),
             ("maintenance_interval", d(self.maintenance_interval)),
             ("config_watch", d(self.config_watch)),
+            (
+                "otlp_endpoint",
+                self.otlp_endpoint.clone().unwrap_or("(unset)".into()),
+            ),
             (
                 "origin",
                 self.origin
@@ -998,6 +1020,9 @@ mod tests {
             Config::resolve(&raw(&[("gossip_addr", "0.0.0.0:7946")])).is_ok(),
             "only a cluster member advertises it"
         );
+        let otlp = Config::resolve(&raw(&[("otlp_endpoint", "http://127.0.0.1:4318")]));
+        assert_eq!(otlp.is_ok(), cfg!(feature = "otlp"), "{otlp:?}");
+        assert!(Config::resolve(&raw(&[("otlp_endpoint", "grpc://collector")])).is_err());
     }
 
     #[test]

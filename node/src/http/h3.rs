@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::{Buf, Bytes};
 use http::{header, Request, Response};
@@ -357,8 +358,10 @@ async fn serve_request<H, F>(
         return;
     };
     let (mut send, recv) = stream.split();
-    let request = request.map(|()| recv_body(recv));
-    let response = handler(request, peer).await;
+    let mut request = request.map(|()| recv_body(recv));
+    let trace = super::trace::begin(&mut request, api.as_str());
+    let mut response = handler(request, peer).instrument(trace.span.clone()).await;
+    super::trace::finish(&mut response, &trace);
     metrics.observe(api, started, response.status());
     let (mut parts, mut body) = response.into_parts();
     for name in CONNECTION_SPECIFIC {

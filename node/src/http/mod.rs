@@ -9,6 +9,7 @@ pub mod idle;
 pub mod kv;
 pub mod purge;
 pub mod server;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use http::{header, HeaderValue};
 use http_body_util::BodyExt;
@@ -54,11 +55,10 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 fn log_access(
     api: Api,
     peer: SocketAddr,
-    method: &http::Method,
-    uri: &http::Uri,
-    version: http::Version,
+    (method, uri, version): &(http::Method, http::Uri, http::Version),
     response: &Response<Body>,
     started: Instant,
+    trace: &super::trace::RequestTrace,
 ) {
     use std::io::Write;
     let header = |name: &str| {
@@ -79,6 +79,8 @@ fn log_access(
         "duration_us": started.elapsed().as_micros() as u64,
         "bytes": header("content-length").and_then(|v| v.parse::<u64>().ok()),
         "cache_status": header("cache-status"),
+        "request_id": trace.request_id,
+        "trace_id": format!("{:032x}", trace.context.trace_id),
     });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -140,8 +142,10 @@ pub async fn serve<H, F>(
         let alt_svc = limits.alt_svc.clone();
         let activity = Arc::new(Activity::default());
         let conn_activity = activity.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let started = Instant::now();
+            let trace = super::trace::begin(&mut req, api.as_str());
+            let span = trace.span.clone();
             activity.request_started(req.version());
             let activity = activity.clone();
             let request_line =
@@ -154,15 +158,17 @@ pub async fn serve<H, F>(
             let alt_svc = alt_svc.clone();
             async move {
                 let mut response = response.await;
+                super::trace::finish(&mut response, &trace);
                 if let Some(v) = alt_svc {
                     response.headers_mut().insert(header::ALT_SVC, v);
                 }
                 metrics.observe(api, started, response.status());
-                if let Some((method, uri, version)) = request_line {
-                    log_access(api, peer, &method, &uri, version, &response, started);
+                if let Some(request_line) = request_line {
+                    log_access(api, peer, &request_line, &response, started, &trace);
                 }
                 Ok::<_, Infallible>(response.map(|body| activity.track(body)))
             }
+            .instrument(span)
         });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);

@@ -323,6 +323,7 @@ impl Proxy {
                 }
                 let url = format!("{}{}", ctx.target.origin_part, ctx.target.path_and_query);
                 for (id, addr) in owners {
+                    tracing::debug!(owner = %id, %url, "fetching through the owner");
                     self.metrics.peer_fetches.inc();
                     match routing.fetch(addr, method, &url, &headers).await {
                         Ok(mut response) => {
@@ -342,6 +343,7 @@ impl Proxy {
                 }
             }
         }
+        tracing::debug!(host = %ctx.target.host, path = %ctx.target.path_and_query, "fetching from the origin");
         let sent = ctx
             .origin
             .send(method, &ctx.target.path_and_query, origin_headers, None)
