@@ -156,3 +156,252 @@ fn the_word_scanner_finds_whole_names_only() {
         BTreeSet::from(["fanz_x_total".to_string(), "fanz_b".to_string()])
     );
 }
+
+/// The free port standing in for each port the kit names, and the text with them.
+struct Ports(Vec<(u16, u16)>);
+
+impl Ports {
+    fn new() -> Self {
+        let tcp = |_| free_addr().port();
+        let udp = |_| common::cluster::free_udp_addr().port();
+        Ports(vec![
+            (8080, tcp(())),
+            (9090, tcp(())),
+            (8443, udp(())),
+            (7946, udp(())),
+            (7947, udp(())),
+        ])
+    }
+
+    fn of(&self, port: u16) -> u16 {
+        self.0.iter().find(|(p, _)| *p == port).unwrap().1
+    }
+
+    fn rewrite(&self, value: &str) -> String {
+        let mut out = value.to_string();
+        for (kit, free) in &self.0 {
+            out = out.replace(&format!(":{kit}"), &format!(":{free}"));
+        }
+        out
+    }
+}
+
+/// The `KEY=value` pairs of the runtime stage's `ENV` instruction.
+fn dockerfile_env() -> Vec<(String, String)> {
+    let text = read(&deploy().join("Dockerfile"));
+    let start = text.find("\nENV ").expect("an ENV instruction") + 5;
+    let mut pairs = Vec::new();
+    for line in text[start..].lines() {
+        let continued = line.trim_end().ends_with('\\');
+        for word in line.trim_end_matches('\\').split_whitespace() {
+            let (k, v) = word.split_once('=').expect("KEY=value");
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        if !continued {
+            break;
+        }
+    }
+    pairs
+}
+
+/// The `name:`/`value:` pairs of the StatefulSet's container environment (the
+/// `valueFrom` ones are left out: the test supplies them).
+fn statefulset_env() -> Vec<(String, String)> {
+    let text = read(&deploy().join("k8s/statefulset.yaml"));
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter_map(|w| {
+            let name = w[0].strip_prefix("- name: ")?;
+            let value = w[1].strip_prefix("value: ")?;
+            Some((name.to_string(), value.trim_matches('"').to_string()))
+        })
+        .filter(|(name, _)| name.starts_with("FANZ_"))
+        .collect()
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let path = Path::new(binary()).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace), which build it",
+        path.display()
+    );
+    path
+}
+
+/// Runs `fanz-node` with exactly `env` (and PATH).
+fn spawn_with_env(env: &[(String, String)], log: &Path) -> std::process::Child {
+    let out = std::fs::File::create(log).unwrap();
+    std::process::Command::new(binary())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(admin: u16, child: &mut std::process::Child, log: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("fanz-node exited ({status}):\n{}", read(log));
+        }
+        // Refused until the node listens.
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+        if std::net::TcpStream::connect(addr).is_ok()
+            && raw_request(
+                addr,
+                b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .starts_with("HTTP/1.1 200")
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready:\n{}",
+            read(log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
+    signal(child.id(), "TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no exit within 20 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The image's environment: without a token the node refuses to start (its admin
+/// port listens on every interface); with one it serves, and the image's
+/// HEALTHCHECK command passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_images_environment_needs_a_token_then_serves_and_passes_its_health_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env: Vec<(String, String)> = dockerfile_env()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "FANZ_DATA_DIR" => (k, tmp.path().join("data").display().to_string()),
+            _ => (k, ports.rewrite(&v)),
+        })
+        .collect();
+    assert!(env
+        .iter()
+        .any(|(k, v)| k == "FANZ_ADMIN_ADDR" && v.starts_with("0.0.0.0:")));
+    let log = tmp.path().join("node.log");
+    let refused = spawn_with_env(&env, &log).wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", read(&log));
+    assert!(read(&log).contains("admin_token"), "{}", read(&log));
+
+    env.push(("FANZ_ADMIN_TOKEN".into(), "image-token".into()));
+    let mut node = spawn_with_env(&env, &log);
+    wait_ready(ports.of(9090), &mut node, &log).await;
+    // HEALTHCHECK CMD ["fanzctl", "--timeout", "2", "health"], in the image's env.
+    let dockerfile = read(&deploy().join("Dockerfile"));
+    let check = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("CMD [\"fanzctl\", "))
+        .expect("a fanzctl HEALTHCHECK");
+    let args: Vec<String> = check
+        .trim_end_matches(']')
+        .split(", ")
+        .map(|a| a.trim_matches('"').to_string())
+        .collect();
+    let health = std::process::Command::new(sibling("fanzctl"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
+    assert!(stop(&mut node).success(), "{}", read(&log));
+}
+
+/// The StatefulSet's environment with the pod's facts filled in, the ConfigMap's
+/// file and a cluster directory: the node starts, passes its probes, drains the way
+/// its preStop hook does, and stops on SIGTERM within its grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_statefulsets_environment_starts_a_node_that_probes_drains_and_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = common::cluster::cluster_init(tmp.path(), 1);
+    let ports = Ports::new();
+    let pod = |v: &str| {
+        ports.rewrite(
+            &v.replace("$(POD_IP)", "127.0.0.1")
+                .replace("$(POD_NAME)", "fanz-edge-0")
+                .replace("$(POD_NAMESPACE)", "fanz-edge"),
+        )
+    };
+    let mut env: Vec<(String, String)> = statefulset_env()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "FANZ_DATA_DIR" => (k, tmp.path().join("data").display().to_string()),
+            "FANZ_CLUSTER_DIR" => (k, dirs[0].display().to_string()),
+            "FANZ_CONFIG" => (k, deploy().join("k8s/fanz.toml").display().to_string()),
+            _ => (k, pod(&v)),
+        })
+        .collect();
+    assert!(env.len() >= 10, "{env:?}");
+    env.push(("FANZ_ADMIN_TOKEN".into(), "k8s-token".into()));
+    let log = tmp.path().join("node.log");
+    let mut node = spawn_with_env(&env, &log);
+    let admin = ports.of(9090);
+    wait_ready(admin, &mut node, &log).await;
+    let live = send(
+        http::Method::GET,
+        &format!("http://127.0.0.1:{admin}/healthz"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(live.status, http::StatusCode::OK);
+    let members = send(
+        http::Method::GET,
+        &format!("http://127.0.0.1:{admin}/cluster"),
+        &[("authorization", "Bearer k8s-token")],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(members["node_id"], "fanz-edge-0", "{members}");
+
+    let drain = std::process::Command::new(sibling("fanzctl"))
+        .env("FANZ_ADMIN_TOKEN", "k8s-token")
+        .args([
+            "--endpoint",
+            &format!("http://127.0.0.1:{admin}"),
+            "--timeout",
+            "5",
+            "drain",
+        ])
+        .output()
+        .unwrap();
+    assert!(drain.status.success(), "{drain:?}");
+    let ready = send(
+        http::Method::GET,
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(ready.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    let started = std::time::Instant::now();
+    assert!(stop(&mut node).success(), "{}", read(&log));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(50),
+        "within terminationGracePeriodSeconds less the preStop wait"
+    );
+}
