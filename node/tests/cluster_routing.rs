@@ -73,6 +73,48 @@ async fn concurrent_misses_on_three_nodes_reach_the_origin_once() {
     assert_eq!(owners.len(), 1, "one primary: {owners:?}");
 }
 
+/// A trace started by a client of a node that does not own the URL reaches the
+/// origin through the owner: same trace id, the first node's span as parent, and
+/// the same request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trace_reaches_the_origin_through_the_owner() {
+    let origin = numbered_origin().await;
+    let (_tmp, nodes) = three_nodes(&origin, &[]).await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for i in 0..20 {
+        let path = format!("/traced-{i}");
+        let r = send(
+            Method::GET,
+            &nodes[0].node.url(&path),
+            &[
+                ("host", "cdn.test"),
+                ("traceparent", caller),
+                ("x-request-id", "through-owner"),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, http::StatusCode::OK);
+        if !cache_status(&r).contains("key=") {
+            continue; // node 0 owns this one: try another path
+        }
+        let seen = origin.last(&path).expect("the owner asked the origin");
+        let sent = seen.headers["traceparent"].to_str().unwrap();
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{sent}"
+        );
+        assert!(
+            !sent.contains("00f067aa0ba902b7"),
+            "node 0's span is the parent: {sent}"
+        );
+        assert_eq!(seen.headers["x-request-id"], "through-owner");
+        assert_eq!(r.header("x-request-id").as_deref(), Some("through-owner"));
+        return;
+    }
+    panic!("node 0 owned 20 paths in a row");
+}
+
 async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<Reply>>) -> Vec<Reply> {
     let mut out = Vec::new();
     for t in tasks {

@@ -14,10 +14,15 @@ use common::*;
 use http::{Method, StatusCode};
 
 fn write_config(path: &Path, token: &str, default_ttl: &str, origin: &str, extra: &str) {
+    let log_level = if extra.contains("log_level") {
+        ""
+    } else {
+        "log_level = \"info\"\n"
+    };
     std::fs::write(
         path,
         format!(
-            "admin_token = \"{token}\"\ndefault_ttl = \"{default_ttl}\"\norigin = \"{origin}\"\nlog_level = \"info\"\n{extra}"
+            "admin_token = \"{token}\"\ndefault_ttl = \"{default_ttl}\"\norigin = \"{origin}\"\n{log_level}{extra}"
         ),
     )
     .unwrap();
@@ -113,6 +118,10 @@ async fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_file_is_brok
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     assert_eq!(exchange(&mut conn, "/a"), "one /a");
+    assert!(
+        !node.log_text().contains("fetching from the origin"),
+        "debug is off"
+    );
 
     // A new token, TTL policy and origin; a setting that needs a restart.
     write_config(
@@ -120,7 +129,7 @@ async fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_file_is_brok
         "second-token",
         "2m",
         &two.url(),
-        "max_connections = 17\n",
+        "max_connections = 17\nlog_level = \"info,fanz_node::proxy=debug\"\n",
     );
     signal(node.pid(), "HUP");
     wait_reloads(&node, "second-token", "applied", 1.0).await;
@@ -144,6 +153,10 @@ async fn sighup_applies_a_new_config_and_keeps_the_old_one_when_the_file_is_brok
     assert!((100..=120).contains(&ttl), "the new default TTL: {status}");
     let log = node.log_text();
     assert!(log.contains("config reloaded"), "{log}");
+    assert!(
+        log.contains("fetching from the origin"),
+        "the new log level: {log}"
+    );
     assert!(
         log.contains("need a restart") && log.contains("max_connections"),
         "{log}"

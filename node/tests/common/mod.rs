@@ -113,7 +113,18 @@ impl TestNode {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary())
+        // Tests that give a config file set the log level there (the environment
+        // would win over it).
+        let log_level = if self.args.iter().any(|a| a == "--config") {
+            None
+        } else {
+            Some("info,fanz_node::cluster=debug")
+        };
+        let mut command = Command::new(binary());
+        if let Some(level) = log_level {
+            command.env("FANZ_LOG_LEVEL", level);
+        }
+        let child = command
             .arg("--http-addr")
             .arg(self.http.to_string())
             .arg("--admin-addr")
@@ -128,7 +139,6 @@ impl TestNode {
             .arg("--disk-capacity")
             .arg("64MiB")
             .args(&self.args)
-            .env("FANZ_LOG_LEVEL", "info,fanz_node::cluster=debug")
             .stdout(
                 std::fs::OpenOptions::new()
                     .create(true)
