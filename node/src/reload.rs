@@ -168,10 +168,9 @@ impl Reloader {
         if new.admin_token != current.admin_token {
             changed.push("admin_token");
         }
-        let (applied, need_restart): (Vec<_>, Vec<_>) = changed
+        let (mut applied, need_restart): (Vec<_>, Vec<_>) = changed
             .into_iter()
             .partition(|name| RELOADABLE.contains(name));
-        let mut applied = applied;
         if applied.contains(&"log_level") {
             match LOG_LEVEL_HOOK.get() {
                 Some(hook) => hook(&new.log_level)?,

@@ -243,6 +243,16 @@ fn spawn_with_env(env: &[(String, String)], log: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// A node process killed if the test fails before stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn wait_ready(admin: u16, child: &mut std::process::Child, log: &Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -307,8 +317,8 @@ async fn the_images_environment_needs_a_token_then_serves_and_passes_its_health_
     assert!(read(&log).contains("admin_token"), "{}", read(&log));
 
     env.push(("FANZ_ADMIN_TOKEN".into(), "image-token".into()));
-    let mut node = spawn_with_env(&env, &log);
-    wait_ready(ports.of(9090), &mut node, &log).await;
+    let mut node = Running(spawn_with_env(&env, &log));
+    wait_ready(ports.of(9090), &mut node.0, &log).await;
     // HEALTHCHECK CMD ["fanzctl", "--timeout", "2", "health"], in the image's env.
     let dockerfile = read(&deploy().join("Dockerfile"));
     let check = dockerfile
@@ -327,7 +337,7 @@ async fn the_images_environment_needs_a_token_then_serves_and_passes_its_health_
         .output()
         .unwrap();
     assert!(health.status.success(), "{health:?}");
-    assert!(stop(&mut node).success(), "{}", read(&log));
+    assert!(stop(&mut node.0).success(), "{}", read(&log));
 }
 
 /// The StatefulSet's environment with the pod's facts filled in, the ConfigMap's
@@ -357,9 +367,9 @@ async fn the_statefulsets_environment_starts_a_node_that_probes_drains_and_stops
     assert!(env.len() >= 10, "{env:?}");
     env.push(("FANZ_ADMIN_TOKEN".into(), "k8s-token".into()));
     let log = tmp.path().join("node.log");
-    let mut node = spawn_with_env(&env, &log);
+    let mut node = Running(spawn_with_env(&env, &log));
     let admin = ports.of(9090);
-    wait_ready(admin, &mut node, &log).await;
+    wait_ready(admin, &mut node.0, &log).await;
     let live = send(
         http::Method::GET,
         &format!("http://127.0.0.1:{admin}/healthz"),
@@ -399,7 +409,7 @@ async fn the_statefulsets_environment_starts_a_node_that_probes_drains_and_stops
     .await;
     assert_eq!(ready.status, http::StatusCode::SERVICE_UNAVAILABLE);
     let started = std::time::Instant::now();
-    assert!(stop(&mut node).success(), "{}", read(&log));
+    assert!(stop(&mut node.0).success(), "{}", read(&log));
     assert!(
         started.elapsed() < std::time::Duration::from_secs(50),
         "within terminationGracePeriodSeconds less the preStop wait"

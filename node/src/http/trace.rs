@@ -141,9 +141,7 @@ pub fn begin<B>(req: &mut Request<B>, listener: &'static str) -> RequestTrace {
     span.record("request_id", request_id.as_str());
     span.record(
         "trace_id",
-        format_args!("{:032x}", context.trace_id)
-            .to_string()
-            .as_str(),
+        tracing::field::display(format_args!("{:032x}", context.trace_id)),
     );
     RequestTrace {
         context,
