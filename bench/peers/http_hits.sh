@@ -4,24 +4,31 @@
 # (`fanz-bench origin`), plus nginx serving the same bytes as static files (the
 # practical ceiling for an HTTP server here).
 #
-# Usage: bench/peers/http_hits.sh            (DURATION=10 CONNS=32 ROUNDS=2 to change;
-#        CHART=file.svg also draws the open-loop percentiles)
+# Usage: bench/peers/http_hits.sh  (DURATION=6 CONNS=32 ROUNDS=3 OBJECTS=100 to change;
+#        OPEN_LOOP=0 skips the open loop; CHART=file.svg draws its percentiles;
+#        FANZ_BIN=path measures another fanz-node build, FANZ_ARGS="--log-level warn"
+#        passes it flags)
+# fanz-node runs at its default settings (log level info), as a new user runs it.
+# wrk requests OBJECTS distinct URLs of each size in turn.
 # Runs as root (nginx workers too, to read the temporary directory).
 # Needs: nginx, varnish and wrk (Debian packages); installs them if missing.
 # Servers run pinned to core 1, wrk to core 0 (one worker each side). Everything
 # listens on 127.0.0.1 and is stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-6}
 CONNS=${CONNS:-32}
-ROUNDS=${ROUNDS:-2}
-if ! [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$CONNS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
-  echo "DURATION, CONNS and ROUNDS must be positive whole numbers" >&2; exit 2
+ROUNDS=${ROUNDS:-3}
+OBJECTS=${OBJECTS:-100}
+if ! [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$CONNS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ && "$OBJECTS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "DURATION, CONNS, ROUNDS and OBJECTS must be positive whole numbers" >&2; exit 2
 fi
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v varnishd >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk varnish >/dev/null
 fi
 cargo build --release -q -p fanz-node -p fanz-bench
+FANZ_BIN=${FANZ_BIN:-target/release/fanz-node}
+read -r -a fanz_args <<< "${FANZ_ARGS:-}"
 
 work=$(mktemp -d /tmp/fanz-bench-XXXX)
 chmod 755 "$work"   # varnishd's working directory lives inside
@@ -35,6 +42,18 @@ mkdir -p "$work/www/1k" "$work/www/64k" "$work/nginx-cache" "$work/tmp" "$work/v
 # The static server holds the same bytes the origin serves ('x' repeated).
 head -c 1024 /dev/zero | tr '\0' x > "$work/www/1k/obj"
 head -c 65536 /dev/zero | tr '\0' x > "$work/www/64k/obj"
+for i in $(seq "$OBJECTS"); do
+  ln "$work/www/1k/obj" "$work/www/1k/obj$i"; ln "$work/www/64k/obj" "$work/www/64k/obj$i"
+done
+# wrk asks for the OBJECTS paths of one size in turn (obj1, obj2, ...).
+cat > "$work/objects.lua" <<LUA
+local n, i, prefix = $OBJECTS, 0, nil
+request = function()
+  if prefix == nil then prefix = wrk.path end
+  i = (i % n) + 1
+  return wrk.format("GET", prefix .. i)
+end
+LUA
 
 nginx_conf() { # $1 name, $2 server block
   cat > "$work/$1.conf" <<CONF
@@ -69,21 +88,21 @@ taskset -c 1 nginx -e "$work/proxy.early.log" -c "$work/proxy.conf" & pids+=($!)
 taskset -c 1 nginx -e "$work/static.early.log" -c "$work/static.conf" & pids+=($!)
 taskset -c 1 varnishd -F -j none -n "$work/varnish" -a "$VARNISH" -f "$work/default.vcl" \
   -s malloc,256m -p default_ttl=0 -p default_grace=0 >"$work/varnish.log" 2>&1 & pids+=($!)
-taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
-  --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
+taskset -c 1 "$FANZ_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
+  --h3-addr off --data-dir "$work/fanz-data" "${fanz_args[@]}" >"$work/fanz.log" 2>&1 & pids+=($!)
 
 for _ in $(seq 100); do
   curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && curl -sf "http://$NGINX/1k/obj" >/dev/null 2>&1 \
     && curl -sf "http://$VARNISH/1k/obj" >/dev/null 2>&1 && break
   sleep 0.1
 done
-for target in "$NGINX" "$FANZ" "$VARNISH"; do for f in 1k 64k; do
-  curl -sf -o /dev/null "http://$target/$f/obj"; curl -sf -o /dev/null "http://$target/$f/obj"
-done; done
-echo "check: nginx $(curl -sI "http://$NGINX/1k/obj" | grep -i x-cache | tr -d '\r'), fanz $(curl -sI "http://$FANZ/1k/obj" | grep -i cache-status | tr -d '\r'), varnish $(curl -sI "http://$VARNISH/1k/obj" | grep -i '^age' | tr -d '\r')"
+for target in "$NGINX" "$FANZ" "$VARNISH"; do for f in 1k 64k; do for i in $(seq "$OBJECTS"); do
+  curl -sf -o /dev/null "http://$target/$f/obj$i"; curl -sf -o /dev/null "http://$target/$f/obj$i"
+done; done; done
+echo "check: nginx $(curl -sI "http://$NGINX/1k/obj1" | grep -i x-cache | tr -d '\r'), fanz $(curl -sI "http://$FANZ/1k/obj1" | grep -i cache-status | tr -d '\r'), varnish $(curl -sI "http://$VARNISH/1k/obj1" | grep -i '^age' | tr -d '\r')"
 
-run() { # $1 url -> "req_per_s p99_ms"
-  taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1" > "$work/wrk.out"
+run() { # $1 url prefix -> "req_per_s p99_ms"
+  taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$work/objects.lua" "$1" > "$work/wrk.out"
   local rps p99
   rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.out")
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out")
@@ -91,39 +110,40 @@ run() { # $1 url -> "req_per_s p99_ms"
 }
 
 printf '\n%-6s %-8s %12s %10s\n' size target req_per_s p99_ms
-declare -A best_rps best_p99
+declare -A all_rps all_p99
 for round in $(seq "$ROUNDS"); do
   for f in 1k 64k; do
     for pair in "nginx $NGINX" "varnish $VARNISH" "static $STATIC" "fanz $FANZ"; do
       set -- $pair
       read -r rps p99 < <(run "http://$2/$f/obj")
       printf '%-6s %-8s %12s %10s   (round %s)\n' "$f" "$1" "$rps" "$p99" "$round"
-      key="$f-$1"
-      if [ -z "${best_rps[$key]:-}" ] || awk "BEGIN{exit !($rps > ${best_rps[$key]})}"; then
-        best_rps[$key]=$rps; best_p99[$key]=$p99
-      fi
+      all_rps[$f-$1]+="$rps "; all_p99[$f-$1]+="$p99 "
     done
   done
 done
+med() { printf '%s\n' $1 | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+declare -A med_rps
 echo
-echo "best of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, servers core 1, wrk core 0:"
+echo "median of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $OBJECTS objects, servers core 1, wrk core 0:"
 printf '%-6s %-8s %12s %10s %16s\n' size target req_per_s p99_ms fanz_vs_target
 for f in 1k 64k; do
-  z=${best_rps[$f-fanz]}
+  for t in nginx varnish static fanz; do med_rps[$f-$t]=$(med "${all_rps[$f-$t]}"); done
   for t in nginx varnish static fanz; do
-    printf '%-6s %-8s %12s %10s %16s\n' "$f" "$t" "${best_rps[$f-$t]}" "${best_p99[$f-$t]}" "$(awk "BEGIN{printf \"%.2f\", $z/${best_rps[$f-$t]}}")"
+    printf '%-6s %-8s %12s %10s %16s\n' "$f" "$t" "${med_rps[$f-$t]}" "$(med "${all_p99[$f-$t]}")" \
+      "$(awk -v z="${med_rps[$f-fanz]}" -v t="${med_rps[$f-$t]}" 'BEGIN {printf "%.2f", z / t}')"
   done
 done
+[ "${OPEN_LOOP:-1}" = 0 ] && exit 0
 
 # Open loop at half of nginx's peak 1 KiB rate: latency from the intended send time
 # (fanz-bench corrects coordinated omission), the same schedule for every target.
-rate=$(awk "BEGIN{printf \"%d\", ${best_rps[1k-nginx]} / 2}")
+rate=$(awk "BEGIN{printf \"%d\", ${med_rps[1k-nginx]} / 2}")
 echo
 echo "open loop at $rate req/s (half of nginx proxy_cache's 1 KiB peak), ${DURATION}s, $CONNS connections:"
 printf '%-8s %12s %8s %8s %8s %8s\n' target req_per_s p50_ms p99_ms p999_ms max_ms
 for pair in "nginx $NGINX" "varnish $VARNISH" "fanz $FANZ"; do
   set -- $pair
-  out=$(taskset -c 0 target/release/fanz-bench --url "http://$2/1k/obj" --rate "$rate" \
+  out=$(taskset -c 0 target/release/fanz-bench --url "http://$2/1k/obj1" --rate "$rate" \
     --connections "$CONNS" --duration "$DURATION" --warmup 1 --json --label "$1")
   field() { echo "$out" | sed -E "s/.*\"$1\":([0-9.]+).*/\\1/"; }
   printf '%-8s %12.0f %8.3f %8.3f %8.3f %8.3f\n' "$1" "$(field req_per_s)" "$(field p50_ms)" "$(field p99_ms)" "$(field p999_ms)" "$(field max_ms)"
