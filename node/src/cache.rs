@@ -197,6 +197,15 @@ impl Cache {
         }
     }
 
+    /// [`Cache::hit_policy`] when it is known without waiting or logging; `None`
+    /// when only the async call can tell (the node just stalled or is catching up).
+    pub fn hit_policy_now(&self) -> Option<HitPolicy> {
+        match self.sync_gate.get() {
+            Some(gate) => gate.before_hit_now(),
+            None => Some(HitPolicy::Serve),
+        }
+    }
+
     /// The version a fill starting now gets: call it before reading anything the
     /// value is made of (the request body, the origin's response).
     pub fn begin_fill(&self) -> Timestamp {
@@ -237,6 +246,26 @@ impl Cache {
         let Some((entry, tier)) = self.store.get(key).await else {
             return Lookup::Miss(MissReason::Absent);
         };
+        self.usable(key, entry, tier)
+    }
+
+    /// A usable entry for `key` in the memory tier, found without waiting, and
+    /// counted; `None` (counting nothing) leaves the answer to [`Cache::get`].
+    pub fn hit_in_memory(&self, key: &CacheKey) -> Option<Hit> {
+        let entry = self.store.get_in_memory(key)?;
+        let Lookup::Hit(hit) = self.usable(key, entry, Tier::Memory) else {
+            return None;
+        };
+        let result = match hit.freshness {
+            Freshness::Fresh { .. } => LookupResult::Hit,
+            Freshness::Stale { .. } => LookupResult::Stale,
+        };
+        self.metrics.lookup(TierLabel::Memory, result);
+        Some(hit)
+    }
+
+    /// Whether a stored entry may be served: purges and freshness.
+    fn usable(&self, key: &CacheKey, entry: Entry, tier: Tier) -> Lookup {
         let meta = &entry.meta;
         let now_ms = self.clock.wall_ms();
         match freshness(meta, self.invalidator.coverage(key, meta), now_ms) {
@@ -317,6 +346,20 @@ impl Cache {
             coverage => Some(Found {
                 entry,
                 tier,
+                coverage,
+            }),
+        }
+    }
+
+    /// [`Cache::find`] in the memory tier only, without waiting (the hit path's
+    /// first try: `None` says nothing about the disk tier).
+    pub fn find_in_memory(&self, key: &CacheKey) -> Option<Found> {
+        let entry = self.store.get_in_memory(key)?;
+        match self.invalidator.coverage(key, &entry.meta) {
+            Coverage::Invalid => None,
+            coverage => Some(Found {
+                entry,
+                tier: Tier::Memory,
                 coverage,
             }),
         }

@@ -9,6 +9,7 @@
 //! - [`http`]: the HTTP front end (KV API, `PURGE`) and the shared connection loop.
 //! - [`admin`]: admin API (purge, health, metrics) behind a bearer token.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`logging`]: the tracing subscriber; request span fields formatted only when logged.
 //! - [`node`]: start-up and the one shutdown path.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod invalidation;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 #[cfg(feature = "otlp")]

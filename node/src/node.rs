@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::http::kv::{KvLimits, MainService};
 use crate::http::purge::Purger;
 use crate::http::server::{serve, ServeLimits};
+use crate::http::Answer;
 use crate::invalidation::Invalidator;
 use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
@@ -286,7 +287,7 @@ pub async fn run(
             ..limits.clone()
         },
         (metrics.clone(), Api::Main),
-        move |req, peer| main_service.clone().handle(req, peer),
+        move |req, peer| main_service.answer(req, peer),
         stopped(stop_rx.clone()),
     ));
     let h3_server = h3.map(|endpoint| {
@@ -295,7 +296,7 @@ pub async fn run(
             endpoint,
             h3_limits(&config),
             (metrics.clone(), Api::Main),
-            move |req, peer| service.clone().handle(req, peer),
+            move |req, peer| service.answer(req, peer),
             stopped(stop_rx.clone()),
         ))
     });
@@ -303,7 +304,7 @@ pub async fn run(
         admin_listener,
         limits,
         (metrics.clone(), Api::Admin),
-        move |req, peer| admin_service.clone().handle(req, peer),
+        move |req, peer| Answer::later(admin_service.clone().handle(req, peer)),
         stopped(stop_admin_rx),
     ));
     let maintenance = {

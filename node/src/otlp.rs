@@ -12,6 +12,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::http::trace::TraceContext;
 
+/// Whether [`layer`] made an exporter (request spans are then opened for every
+/// request, as the exporter assigns their ids).
+static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether span export is on in this process.
+pub fn installed() -> bool {
+    INSTALLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Flushes and stops the exporter when dropped (at the end of `main`).
 #[derive(Debug)]
 pub struct Exporter(SdkTracerProvider);
@@ -52,6 +61,7 @@ where
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("fanz-node");
+    INSTALLED.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok((
         tracing_opentelemetry::layer().with_tracer(tracer),
         Exporter(provider),

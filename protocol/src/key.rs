@@ -50,6 +50,17 @@ impl CacheKey {
         CacheKey(b.freeze())
     }
 
+    /// A key whose user part is `parts` joined, in one allocation.
+    pub fn new_joined(ns: Namespace, parts: &[&[u8]]) -> Self {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut b = BytesMut::with_capacity(1 + len);
+        b.put_u8(ns.byte());
+        for part in parts {
+            b.put_slice(part);
+        }
+        CacheKey(b.freeze())
+    }
+
     /// A key in the KV namespace.
     pub fn kv(key: &[u8]) -> Self {
         Self::new(Namespace::Kv, key)
@@ -180,6 +191,14 @@ impl fmt::Debug for InvalidationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joined_key_is_the_key_of_its_parts_concatenated() {
+        assert_eq!(
+            CacheKey::new_joined(Namespace::Http, &[b"http://a", b"/b?c", b""]),
+            CacheKey::new(Namespace::Http, b"http://a/b?c")
+        );
+    }
 
     #[test]
     fn kv_and_http_keys_never_collide() {

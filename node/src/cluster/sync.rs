@@ -278,16 +278,47 @@ impl SyncGate {
                 > self.max_unsynced.as_millis() as u64
     }
 
+    /// [`SyncGate::before_hit`] when it needs no wait and notices no stall (which it
+    /// reports): `None` then, and the async call must decide.
+    pub fn before_hit_now(&self) -> Option<HitPolicy> {
+        if self.left.load(Ordering::Acquire) {
+            return Some(HitPolicy::Revalidate);
+        }
+        let stall_to_report =
+            self.has_peers.load(Ordering::Acquire) && self.heartbeat_late(now_ms());
+        if stall_to_report || self.stalled.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.policy_in_sync())
+    }
+
+    fn heartbeat_late(&self, now: u64) -> bool {
+        now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire)) > STALL.as_millis() as u64
+    }
+
+    /// The policy once no stall is pending.
+    fn policy_in_sync(&self) -> HitPolicy {
+        if now_ms() < self.revalidate_until_ms.load(Ordering::Acquire)
+            || self.rejoining_now(now_ms())
+        {
+            return HitPolicy::Revalidate;
+        }
+        if !self.out_of_sync(now_ms()) {
+            return HitPolicy::Serve;
+        }
+        match self.mode {
+            PartitionMode::Availability => HitPolicy::ServeUnsynced,
+            PartitionMode::Consistency => HitPolicy::Revalidate,
+        }
+    }
+
     /// Asked before serving a hit. After a stall it first waits (bounded) for the
     /// catch-up round.
     pub async fn before_hit(&self) -> HitPolicy {
         if self.left.load(Ordering::Acquire) {
             return HitPolicy::Revalidate;
         }
-        let now = now_ms();
-        let heartbeat_late = now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire))
-            > STALL.as_millis() as u64;
-        if heartbeat_late {
+        if self.heartbeat_late(now_ms()) {
             self.stall_detected();
         }
         if self.stalled.load(Ordering::Acquire) {
@@ -303,18 +334,7 @@ impl SyncGate {
                 return HitPolicy::Revalidate;
             }
         }
-        if now_ms() < self.revalidate_until_ms.load(Ordering::Acquire)
-            || self.rejoining_now(now_ms())
-        {
-            return HitPolicy::Revalidate;
-        }
-        if !self.out_of_sync(now_ms()) {
-            return HitPolicy::Serve;
-        }
-        match self.mode {
-            PartitionMode::Availability => HitPolicy::ServeUnsynced,
-            PartitionMode::Consistency => HitPolicy::Revalidate,
-        }
+        self.policy_in_sync()
     }
 }
 

@@ -26,7 +26,7 @@ use http::{header, Request, Response};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
-use super::{Body, BoxError, ReqBody};
+use super::{Answer, BoxError, ReqBody};
 use crate::config::RetryPolicy;
 use crate::metrics::{Api, Metrics};
 
@@ -95,15 +95,14 @@ const CONNECTION_SPECIFIC: &[header::HeaderName] = &[
 
 /// Serves `endpoint` with `handler` until `shutdown` resolves, then sends GOAWAY to
 /// every connection and drains them within the grace period.
-pub async fn serve_h3<H, F>(
+pub async fn serve_h3<H>(
     endpoint: quinn::Endpoint,
     limits: H3Limits,
     (metrics, api): (Arc<Metrics>, Api),
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    H: Fn(Request<ReqBody>, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -267,7 +266,7 @@ fn is_safe(method: &http::Method) -> bool {
     )
 }
 
-async fn serve_connection<H, F>(
+async fn serve_connection<H>(
     connection: quinn::Connection,
     peer: SocketAddr,
     limits: &H3Limits,
@@ -275,8 +274,7 @@ async fn serve_connection<H, F>(
     handler: H,
     (mut stop, handshake): (watch::Receiver<bool>, Handshake),
 ) where
-    H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    H: Fn(Request<ReqBody>, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
 {
     let built = h3::server::builder()
         .max_field_section_size(limits.max_header_size)
@@ -341,7 +339,7 @@ async fn serve_connection<H, F>(
 
 type BidiStream = h3_quinn::BidiStream<Bytes>;
 
-async fn serve_request<H, F>(
+async fn serve_request<H>(
     request: Request<()>,
     stream: h3::server::RequestStream<BidiStream, Bytes>,
     peer: SocketAddr,
@@ -349,8 +347,7 @@ async fn serve_request<H, F>(
     handler: H,
     mut handshake: Handshake,
 ) where
-    H: Fn(Request<ReqBody>, SocketAddr) -> F,
-    F: Future<Output = Response<Body>>,
+    H: Fn(Request<ReqBody>, SocketAddr) -> Answer,
 {
     let started = Instant::now();
     let _open = OpenStream::new(&metrics);
@@ -359,8 +356,11 @@ async fn serve_request<H, F>(
     };
     let (mut send, recv) = stream.split();
     let mut request = request.map(|()| recv_body(recv));
-    let trace = super::trace::begin(&mut request, api.as_str());
-    let mut response = handler(request, peer).instrument(trace.span.clone()).await;
+    let mut trace = super::trace::begin(&mut request, api.as_str());
+    let mut response = match handler(request, peer) {
+        Answer::Now(response) => response,
+        Answer::Later(work) => work.instrument(trace.span()).await,
+    };
     super::trace::finish(&mut response, &trace);
     metrics.observe(api, started, response.status());
     let (mut parts, mut body) = response.into_parts();

@@ -151,7 +151,9 @@ pub fn depends_on(
 
 /// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    fn strip(tag: &str) -> &str {
+        tag.trim().trim_start_matches("W/")
+    }
     let ours = strip(etag);
     headers
         .get_all(http::header::IF_NONE_MATCH)

@@ -15,7 +15,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 
 use super::headers::{self, HeaderError};
 use super::purge::Purger;
-use super::{full, read_body, text, Body, ReqBody};
+use super::{full, read_body, text, Answer, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
@@ -81,6 +81,49 @@ impl MainService {
         }
     }
 
+    /// Answers one request: a KV read or a proxied GET that the memory tier can
+    /// answer at once; anything else later, through [`MainService::handle`].
+    pub fn answer(self: &Arc<Self>, req: Request<ReqBody>, peer: SocketAddr) -> Answer {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            match req.uri().path().strip_prefix(self.limits.prefix.as_str()) {
+                None => {
+                    if let Some(proxy) = &self.proxy {
+                        return proxy.answer(req, peer);
+                    }
+                }
+                Some(raw_key) => {
+                    if let Some(response) = self.hit_in_memory(raw_key, &req) {
+                        return Answer::Now(response);
+                    }
+                }
+            }
+        }
+        let this = self.clone();
+        Answer::later(async move { this.handle(req, peer).await })
+    }
+
+    /// A KV read answered from the memory tier without waiting, when this node may
+    /// vouch for the value as [`MainService::get`] would serve it; `None` leaves the
+    /// request to it (which also answers bad keys).
+    fn hit_in_memory(&self, raw_key: &str, req: &Request<ReqBody>) -> Option<Response<Body>> {
+        let key = self.parse_key(raw_key).ok()?;
+        if self.cache.hit_policy_now()? != HitPolicy::Serve
+            || !self.owns(&key)
+            || !self.cache.settled()
+        {
+            return None;
+        }
+        let hit = self.cache.hit_in_memory(&key)?;
+        let status = headers::cache_status_hit(hit.freshness, hit.tier);
+        Some(entry_response(
+            hit.entry(),
+            hit.age_secs,
+            &status,
+            req.method(),
+            req.headers(),
+        ))
+    }
+
     /// Answers one request.
     pub async fn handle(
         self: Arc<Self>,
@@ -88,11 +131,13 @@ impl MainService {
         peer: SocketAddr,
     ) -> Response<Body> {
         if req.method().as_str() == "PURGE" {
-            return self.purge(&req.into_parts().0, peer).await;
+            // Cold paths are boxed: this future is moved on every request, and its
+            // size is that of its largest branch.
+            return Box::pin(self.purge(&req.into_parts().0, peer)).await;
         }
         let Some(raw_key) = req.uri().path().strip_prefix(self.limits.prefix.as_str()) else {
             return match &self.proxy {
-                Some(proxy) => proxy.clone().handle(req, peer).await,
+                Some(proxy) => proxy.answer(req, peer).resolve().await,
                 None => text(
                     StatusCode::NOT_FOUND,
                     format!(
@@ -109,8 +154,8 @@ impl MainService {
         let (parts, body) = req.into_parts();
         match parts.method {
             Method::GET | Method::HEAD => self.get(&key, &parts).await,
-            Method::PUT => self.put(key, &parts, body).await,
-            Method::DELETE => self.delete(key).await,
+            Method::PUT => Box::pin(self.put(key, &parts, body)).await,
+            Method::DELETE => Box::pin(self.delete(key)).await,
             _ => {
                 let mut r = text(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -150,11 +195,11 @@ impl MainService {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
                 let purged_here = matches!(reason, MissReason::Invalidated);
-                match self.read_from_owners(key, purged_here).await {
+                match Box::pin(self.read_from_owners(key, purged_here)).await {
                     OwnerRead::Found(entry, owner) => {
                         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                         let status = format!("fanz; fwd=uri-miss; key={owner}");
-                        return entry_response(&entry, age, &status, req);
+                        return entry_response(&entry, age, &status, &req.method, &req.headers);
                     }
                     OwnerRead::NotFound => {}
                     OwnerRead::NoAnswer => {
@@ -179,10 +224,10 @@ impl MainService {
             // or one held while ownership just moved: the other owners may have had
             // writes since, or this may be the newest copy there is.
             if !self.owns(key) {
-                return self.read_newest(key, hit, "former-owner", req).await;
+                return Box::pin(self.read_newest(key, hit, "former-owner", req)).await;
             }
             if !self.cache.settled() {
-                return self.read_newest(key, hit, "settling", req).await;
+                return Box::pin(self.read_newest(key, hit, "settling", req)).await;
             }
         }
         let mut status = headers::cache_status_hit(hit.freshness, hit.tier);
@@ -190,12 +235,16 @@ impl MainService {
             HitPolicy::Serve => {}
             HitPolicy::ServeUnsynced => status.push_str("; detail=unsynced"),
             HitPolicy::Revalidate => {
-                return self
-                    .confirm_with_owners(key, req, "revalidated-unsynced")
-                    .await
+                return Box::pin(self.confirm_with_owners(key, req, "revalidated-unsynced")).await
             }
         }
-        entry_response(hit.entry(), hit.age_secs, &status, req)
+        entry_response(
+            hit.entry(),
+            hit.age_secs,
+            &status,
+            &req.method,
+            &req.headers,
+        )
     }
 
     /// Whether this node owns `key` (a lone node owns everything).
@@ -218,7 +267,7 @@ impl MainService {
             OwnerRead::Found(entry, owner) => {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                 let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
-                entry_response(&entry, age, &status, req)
+                entry_response(&entry, age, &status, &req.method, &req.headers)
             }
             OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
             OwnerRead::NoAnswer => out_of_sync(),
@@ -315,7 +364,7 @@ impl MainService {
             if entry.meta.version > hit.entry().meta.version {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                 let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
-                return entry_response(&entry, age, &status, req);
+                return entry_response(&entry, age, &status, &req.method, &req.headers);
             }
         }
         if !every {
@@ -330,7 +379,13 @@ impl MainService {
             "{}; detail={detail}",
             headers::cache_status_hit(hit.freshness, hit.tier)
         );
-        entry_response(hit.entry(), hit.age_secs, &status, req)
+        entry_response(
+            hit.entry(),
+            hit.age_secs,
+            &status,
+            &req.method,
+            &req.headers,
+        )
     }
 }
 
@@ -595,12 +650,18 @@ impl MainService {
 }
 
 /// The response to a KV read of `entry`.
-fn entry_response(entry: &Entry, age_secs: u64, cache_status: &str, req: &Parts) -> Response<Body> {
+fn entry_response(
+    entry: &Entry,
+    age_secs: u64,
+    cache_status: &str,
+    method: &Method,
+    request: &HeaderMap,
+) -> Response<Body> {
     let etag = etag(&entry.meta);
-    let not_modified = headers::if_none_match(&req.headers, &etag);
+    let not_modified = headers::if_none_match(request, &etag);
     let (status, body) = if not_modified {
         (StatusCode::NOT_MODIFIED, Bytes::new())
-    } else if req.method == Method::HEAD {
+    } else if method == Method::HEAD {
         (StatusCode::OK, Bytes::new())
     } else {
         (StatusCode::OK, entry.body.clone())

@@ -11,6 +11,8 @@ pub mod purge;
 pub mod server;
 pub mod trace;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +30,32 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Request body type every handler receives, whichever front end (hyper for
 /// HTTP/1.1 and HTTP/2, h3 for HTTP/3) read it.
 pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A handler's answer to a request: ready at once (a hit served from memory, a
+/// refusal), or work still to do. An answer ready at once costs no future to build,
+/// move or box, and no span: nothing that made it could have logged (a handler
+/// goes the long way for anything that may log).
+pub enum Answer {
+    /// The response.
+    Now(Response<Body>),
+    /// The work that makes the response.
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Answer {
+    /// Work still to do.
+    pub fn later(work: impl Future<Output = Response<Body>> + Send + 'static) -> Answer {
+        Answer::Later(Box::pin(work))
+    }
+
+    /// The response, once the work is done.
+    pub async fn resolve(self) -> Response<Body> {
+        match self {
+            Answer::Now(response) => response,
+            Answer::Later(work) => work.await,
+        }
+    }
+}
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

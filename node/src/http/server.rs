@@ -6,9 +6,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 use http::{header, HeaderValue};
 use http_body_util::BodyExt;
@@ -21,8 +22,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::idle::{Activity, ConnTimeouts, TimedIo};
-use super::{Body, BoxError, ReqBody};
+use super::idle::{Activity, ConnTimeouts, TimedIo, TrackedBody};
+use super::{Answer, Body, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
 
 /// Limits every connection of a listener gets.
@@ -79,24 +80,90 @@ fn log_access(
         "duration_us": started.elapsed().as_micros() as u64,
         "bytes": header("content-length").and_then(|v| v.parse::<u64>().ok()),
         "cache_status": header("cache-status"),
-        "request_id": trace.request_id,
+        "request_id": trace.request_id.to_str().unwrap_or_default(),
         "trace_id": format!("{:032x}", trace.context.trace_id),
     });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
 }
 
+/// What is left to do for a request once its response exists: name it, count it,
+/// log it, and track its body for the idle timer.
+struct Done {
+    started: Instant,
+    request_line: Option<(http::Method, http::Uri, http::Version)>,
+    metrics: Arc<Metrics>,
+    api: Api,
+    peer: SocketAddr,
+    alt_svc: Option<HeaderValue>,
+    activity: Arc<Activity>,
+    trace: super::trace::RequestTrace,
+}
+
+impl Done {
+    fn finish(self, mut response: Response<Body>) -> Response<TrackedBody<Body>> {
+        super::trace::finish(&mut response, &self.trace);
+        if let Some(v) = self.alt_svc {
+            response.headers_mut().insert(header::ALT_SVC, v);
+        }
+        self.metrics
+            .observe(self.api, self.started, response.status());
+        if let Some(request_line) = &self.request_line {
+            log_access(
+                self.api,
+                self.peer,
+                request_line,
+                &response,
+                self.started,
+                &self.trace,
+            );
+        }
+        response.map(|body| self.activity.track(body))
+    }
+}
+
+/// The future hyper polls for one request: a response finished at once, or the
+/// handler's work, polled inside the request's span and finished when done.
+struct Served {
+    ready: Option<Response<TrackedBody<Body>>>,
+    later: Option<Later>,
+}
+
+struct Later {
+    work: Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+    span: tracing::Span,
+    done: Done,
+}
+
+impl Future for Served {
+    type Output = Result<Response<TrackedBody<Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is Unpin (the work is boxed).
+        let this = self.get_mut();
+        if let Some(response) = this.ready.take() {
+            return Poll::Ready(Ok(response));
+        }
+        let later = this.later.as_mut().expect("polled after completion");
+        let response = {
+            let _in_span = later.span.enter();
+            std::task::ready!(later.work.as_mut().poll(cx))
+        };
+        let later = this.later.take().expect("polled after completion");
+        Poll::Ready(Ok(later.done.finish(response)))
+    }
+}
+
 /// Serves `listener` with `handler` until `shutdown` resolves, then drains. Every
 /// request's status and latency are recorded under `api`.
-pub async fn serve<H, F>(
+pub async fn serve<H>(
     listener: TcpListener,
     limits: ServeLimits,
     (metrics, api): (Arc<Metrics>, Api),
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<ReqBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    H: Fn(Request<ReqBody>, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
 {
     let local = listener.local_addr().ok();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -145,30 +212,37 @@ pub async fn serve<H, F>(
         let service = service_fn(move |mut req: Request<Incoming>| {
             let started = Instant::now();
             let trace = super::trace::begin(&mut req, api.as_str());
-            let span = trace.span.clone();
             activity.request_started(req.version());
-            let activity = activity.clone();
             let request_line =
                 access_log.then(|| (req.method().clone(), req.uri().clone(), req.version()));
-            let response = handler(
+            let answer = handler(
                 req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
                 peer,
             );
-            let metrics = metrics.clone();
-            let alt_svc = alt_svc.clone();
-            async move {
-                let mut response = response.await;
-                super::trace::finish(&mut response, &trace);
-                if let Some(v) = alt_svc {
-                    response.headers_mut().insert(header::ALT_SVC, v);
-                }
-                metrics.observe(api, started, response.status());
-                if let Some(request_line) = request_line {
-                    log_access(api, peer, &request_line, &response, started, &trace);
-                }
-                Ok::<_, Infallible>(response.map(|body| activity.track(body)))
+            let mut done = Done {
+                started,
+                request_line,
+                metrics: metrics.clone(),
+                api,
+                peer,
+                alt_svc: alt_svc.clone(),
+                activity: activity.clone(),
+                trace,
+            };
+            match answer {
+                Answer::Now(response) => Served {
+                    ready: Some(done.finish(response)),
+                    later: None,
+                },
+                Answer::Later(work) => Served {
+                    ready: None,
+                    later: Some(Later {
+                        span: done.trace.span(),
+                        work,
+                        done,
+                    }),
+                },
             }
-            .instrument(span)
         });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);

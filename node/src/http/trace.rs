@@ -9,6 +9,9 @@
 //! usable, else made, and returned on the response.
 
 use http::{HeaderName, HeaderValue, Request, Response};
+use tracing::field::{display, Empty, FieldSet, Value, ValueSet};
+
+use crate::logging::DeferredFields;
 
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -76,12 +79,28 @@ impl TraceContext {
 
     /// The `traceparent` value.
     pub fn header(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        String::from_utf8_lossy(&self.header_bytes()).into_owned()
+    }
+
+    /// The `traceparent` value as a header value, formatted without `fmt`.
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.header_bytes()).expect("hex digits and dashes")
+    }
+
+    fn header_bytes(&self) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut out[3..35], self.trace_id);
+        hex_into(&mut out[36..52], u128::from(self.span_id));
+        hex_into(&mut out[53..55], u128::from(self.sampled));
+        out
+    }
+}
+
+/// Writes the low `out.len() * 4` bits of `n` into `out` as lower-case hex.
+fn hex_into(out: &mut [u8], mut n: u128) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
@@ -100,74 +119,154 @@ pub struct RequestTrace {
     pub context: TraceContext,
     /// The caller's span, when it sent a valid `traceparent`.
     pub parent: Option<TraceContext>,
-    /// The request id (the client's, or this node's span id).
-    pub request_id: String,
-    /// The span the request runs in.
-    pub span: tracing::Span,
+    /// The request id (the client's, or this node's span id in hex).
+    pub request_id: HeaderValue,
+    /// The span the request runs in, once opened.
+    span: Option<tracing::Span>,
+    fields: SpanFields,
+}
+
+impl RequestTrace {
+    /// The span the request's work runs in, opened now if it is not open yet. A
+    /// request answered at once never opens one (see [`crate::http::Answer`]).
+    pub fn span(&mut self) -> tracing::Span {
+        self.span.get_or_insert_with(|| self.fields.open()).clone()
+    }
+}
+
+/// The request span's field values, formatted only if something inside the span
+/// is logged (see `crate::logging`).
+#[derive(Debug, Clone)]
+struct SpanFields {
+    request_id: HeaderValue,
+    trace_id: u128,
+    listener: &'static str,
+    method: http::Method,
+    path: http::Uri,
+}
+
+impl SpanFields {
+    /// A `request` span with these values, deferred where the subscriber allows.
+    fn open(&self) -> tracing::Span {
+        let span = request_span();
+        if !crate::logging::defer(&span, self.clone()) {
+            self.record_now(&span);
+        }
+        span
+    }
+}
+
+fn request_span() -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = Empty,
+        trace_id = Empty,
+        listener = Empty,
+        method = Empty,
+        path = Empty,
+    )
+}
+
+impl DeferredFields for SpanFields {
+    fn record(&self, fields: &FieldSet, record: &mut dyn FnMut(&ValueSet<'_>)) {
+        let names =
+            ["request_id", "trace_id", "listener", "method", "path"].map(|n| fields.field(n));
+        let [Some(request_id), Some(trace_id), Some(listener), Some(method), Some(path)] = names
+        else {
+            return;
+        };
+        let trace = format_args!("{:032x}", self.trace_id);
+        let values = [
+            (
+                &request_id,
+                Some(&self.request_id.to_str().unwrap_or("?") as &dyn Value),
+            ),
+            (&trace_id, Some(&display(trace) as &dyn Value)),
+            (&listener, Some(&self.listener as &dyn Value)),
+            (&method, Some(&display(self.method.as_str()) as &dyn Value)),
+            (&path, Some(&display(self.path.path()) as &dyn Value)),
+        ];
+        record(&fields.value_set(&values));
+    }
 }
 
 /// Starts serving `req` on `listener` (`main` or `admin`): joins or starts its
-/// trace, puts this node's span in its `traceparent`, and opens its span.
+/// trace, puts this node's span in its `traceparent`, and makes sure it has a usable
+/// `X-Request-Id`. Nothing here formats text, and the request's span opens only
+/// when its work does ([`RequestTrace::span`]), unless spans are exported: then
+/// every request has one from the start, whose ids are the ones passed on.
 pub fn begin<B>(req: &mut Request<B>, listener: &'static str) -> RequestTrace {
-    let span = tracing::info_span!(
-        "request",
-        request_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        listener,
-        method = %req.method(),
-        path = %req.uri().path(),
-    );
     let headers = req.headers_mut();
     let parent = headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
-    // With an exporter, the exported span's ids are the ones to pass on.
-    let context = exported(&span, parent)
+    let exported = exported(parent);
+    let context = exported
+        .as_ref()
+        .map(|(_, context)| *context)
         .unwrap_or_else(|| parent.map_or_else(TraceContext::root, |p| p.child()));
-    if let Ok(v) = HeaderValue::from_str(&context.header()) {
-        headers.insert(TRACEPARENT, v);
-    }
-    let request_id = headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .map_or_else(|| format!("{:016x}", context.span_id), str::to_string);
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID, v);
-    }
-    span.record("request_id", request_id.as_str());
-    span.record(
-        "trace_id",
-        tracing::field::display(format_args!("{:032x}", context.trace_id)),
-    );
+    headers.insert(TRACEPARENT, context.header_value());
+    let request_id = match headers.get(&REQUEST_ID).filter(|v| usable_request_id(v)) {
+        Some(id) => id.clone(),
+        None => {
+            let mut made = [0u8; 16];
+            hex_into(&mut made, u128::from(context.span_id));
+            let made = HeaderValue::from_bytes(&made).expect("hex digits");
+            headers.insert(REQUEST_ID, made.clone());
+            made
+        }
+    };
+    let fields = SpanFields {
+        request_id: request_id.clone(),
+        trace_id: context.trace_id,
+        listener,
+        method: req.method().clone(),
+        path: req.uri().clone(),
+    };
+    // An exporter wants the fields on the span itself.
+    let span = exported.map(|(span, _)| {
+        fields.record_now(&span);
+        span
+    });
     RequestTrace {
         context,
         parent,
         request_id,
         span,
+        fields,
     }
 }
 
-/// The span's place in its trace as the exporter made it (`otlp` feature).
+/// A client's request id worth keeping: visible ASCII, not too long.
+fn usable_request_id(id: &HeaderValue) -> bool {
+    let id = id.as_bytes();
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// With an exporter installed (`otlp` feature): the request's span, opened now and
+/// made a child of `parent`, with its place in the trace as the exporter made it.
 #[cfg(feature = "otlp")]
-fn exported(span: &tracing::Span, parent: Option<TraceContext>) -> Option<TraceContext> {
-    crate::otlp::link(span, parent)
+fn exported(parent: Option<TraceContext>) -> Option<(tracing::Span, TraceContext)> {
+    if !crate::otlp::installed() {
+        return None;
+    }
+    let span = request_span();
+    let context = crate::otlp::link(&span, parent)?;
+    Some((span, context))
 }
 
 /// Without an exporter, this node makes the ids itself.
 #[cfg(not(feature = "otlp"))]
-fn exported(_: &tracing::Span, _: Option<TraceContext>) -> Option<TraceContext> {
+fn exported(_: Option<TraceContext>) -> Option<(tracing::Span, TraceContext)> {
     None
 }
 
 /// Names the request on its response.
 pub fn finish<B>(response: &mut Response<B>, trace: &RequestTrace) {
-    if let Ok(v) = HeaderValue::from_str(&trace.request_id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, trace.request_id.clone());
 }
 
 #[cfg(test)]
@@ -230,12 +329,10 @@ mod tests {
         let trace = begin(&mut bare, "main");
         assert_eq!(trace.parent, None);
         assert_eq!(trace.request_id, format!("{:016x}", trace.context.span_id));
+        assert_eq!(bare.headers()["x-request-id"], trace.request_id);
         let mut response = Response::new(());
         finish(&mut response, &trace);
-        assert_eq!(
-            response.headers()["x-request-id"],
-            trace.request_id.as_str()
-        );
+        assert_eq!(response.headers()["x-request-id"], trace.request_id);
     }
 
     proptest! {

@@ -32,7 +32,7 @@ use crate::cluster::routing::{Role, Routing};
 use crate::cluster::sync::HitPolicy;
 use crate::config::Config;
 use crate::http::directives::Directives;
-use crate::http::{text, Body, ReqBody};
+use crate::http::{text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{LookupResult, Metrics};
 use crate::reload::Live;
@@ -68,6 +68,38 @@ pub struct Proxy {
 const ADMISSION_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Bound on remembered first misses; the map is cleared when it is exceeded.
 const ADMISSION_MEMORY: usize = 100_000;
+
+/// What a GET or HEAD asks of the cache in its own `Cache-Control` (and `Pragma`).
+#[derive(Debug, Clone, Copy)]
+struct RequestDirectives {
+    facts: RequestFacts,
+    /// `no-cache`: a stored response must be revalidated before it is used.
+    must_revalidate: bool,
+}
+
+impl RequestDirectives {
+    fn of(headers: &HeaderMap) -> RequestDirectives {
+        let cc = Directives::parse(
+            headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+        .unwrap_or_default();
+        let must_revalidate = cc.has("no-cache")
+            || (cc.is_empty()
+                && headers
+                    .get(header::PRAGMA)
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")));
+        RequestDirectives {
+            facts: RequestFacts {
+                authorization: headers.contains_key(header::AUTHORIZATION),
+                no_store: cc.has("no-store"),
+            },
+            must_revalidate,
+        }
+    }
+}
 
 /// One request's facts, gathered once.
 #[derive(Debug, Clone)]
@@ -142,14 +174,22 @@ impl Proxy {
         self.origins.get().any()
     }
 
-    /// Answers a request for the proxied URL space.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<ReqBody>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    /// Answers a request for the proxied URL space: at once for a hit the memory
+    /// tier can answer (fresh, or stale inside `stale-while-revalidate`), and for a
+    /// request refused outright; later for everything else.
+    pub fn answer(self: &Arc<Self>, req: Request<ReqBody>, peer: SocketAddr) -> Answer {
         let (parts, body) = req.into_parts();
-        self.handle_parts(parts, body, peer.ip(), false).await
+        let ctx = match self.context(parts, peer.ip(), false) {
+            Ok(ctx) => ctx,
+            Err(refusal) => return Answer::Now(*refusal),
+        };
+        if matches!(ctx.method, Method::GET | Method::HEAD) {
+            if let Some(response) = self.answer_from_memory(&ctx) {
+                return Answer::Now(response);
+            }
+        }
+        let this = self.clone();
+        Answer::later(async move { this.dispatch(ctx, body).await })
     }
 
     /// Answers a GET or HEAD another node sent over the peer protocol because this
@@ -170,28 +210,32 @@ impl Proxy {
         let body = http_body_util::Empty::<Bytes>::new()
             .map_err(|never| -> crate::http::BoxError { match never {} })
             .boxed_unsync();
-        self.handle_parts(parts, body, peer, true).await
+        match self.context(parts, peer, true) {
+            Ok(ctx) => self.dispatch(ctx, body).await,
+            Err(refusal) => *refusal,
+        }
     }
 
-    async fn handle_parts(
-        self: Arc<Self>,
+    /// The request's facts: its target and the origin serving its host (a request
+    /// no origin serves is refused).
+    fn context(
+        &self,
         parts: http::request::Parts,
-        body: ReqBody,
         client: IpAddr,
         from_peer: bool,
-    ) -> Response<Body> {
+    ) -> Result<Ctx, Box<Response<Body>>> {
         // A peer's request carries an absolute URL: its scheme is the key's.
         let target = match Target::of(&parts, self.front_tls && !from_peer) {
             Ok(t) => t,
-            Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
+            Err(reason) => return Err(Box::new(text(StatusCode::BAD_REQUEST, reason))),
         };
         let Some(origin) = self.origins.get().for_host(&target.host).cloned() else {
-            return text(
+            return Err(Box::new(text(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("no origin serves host {:?}", target.host),
-            );
+            )));
         };
-        let ctx = Ctx {
+        Ok(Ctx {
             method: parts.method,
             headers: parts.headers,
             primary: target.primary_key(),
@@ -199,34 +243,46 @@ impl Proxy {
             origin,
             client,
             from_peer,
-        };
+        })
+    }
+
+    async fn dispatch(self: Arc<Self>, ctx: Ctx, body: ReqBody) -> Response<Body> {
         match ctx.method {
             Method::GET | Method::HEAD => self.cacheable(ctx).await,
-            _ => self.forward_unsafe(ctx, body).await,
+            // Boxed, as every path that leaves the cache: a hit's future stays small
+            // (it is moved on every request, and is as large as its largest branch).
+            _ => Box::pin(self.forward_unsafe(ctx, body)).await,
         }
     }
 
-    async fn cacheable(self: Arc<Self>, ctx: Ctx) -> Response<Body> {
-        let cc = Directives::parse(
-            ctx.headers
-                .get_all(header::CACHE_CONTROL)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        )
-        .unwrap_or_default();
-        let facts = RequestFacts {
-            authorization: ctx.headers.contains_key(header::AUTHORIZATION),
-            no_store: cc.has("no-store"),
+    /// A GET or HEAD answered from the memory tier without waiting, when the entry
+    /// may be reused as it is. `None` leaves the request to [`Proxy::cacheable`],
+    /// which looks again (the disk tier too) and counts the lookup.
+    fn answer_from_memory(self: &Arc<Self>, ctx: &Ctx) -> Option<Response<Body>> {
+        let asks = RequestDirectives::of(&ctx.headers);
+        if asks.facts.authorization {
+            return None;
+        }
+        let primary = self.cache.find_in_memory(&ctx.primary)?;
+        let variant;
+        let (key, found) = match marker_fields(primary.meta()) {
+            Some(fields) => {
+                variant = variant_key(&ctx.primary, &fields, &ctx.headers);
+                let found = self.cache.find_in_memory(&variant)?;
+                (&variant, found)
+            }
+            None => (&ctx.primary, primary),
         };
-        let must_revalidate = cc.has("no-cache")
-            || (cc.is_empty()
-                && ctx
-                    .headers
-                    .get(header::PRAGMA)
-                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")));
+        let policy = self.cache.hit_policy_now()?;
+        self.reuse(ctx, key, &found, asks, policy)
+    }
+
+    async fn cacheable(self: Arc<Self>, ctx: Ctx) -> Response<Body> {
+        let asks = RequestDirectives::of(&ctx.headers);
+        let facts = asks.facts;
         if facts.authorization {
             // Never answered from the cache; stored only if the response allows sharing.
-            return self.fetch(ctx, None, None, false, facts, "bypass").await;
+            return Box::pin(self.fetch(ctx, None, None, false, facts, "bypass")).await;
         }
         let mut key = ctx.primary.clone();
         let mut vary_known = false;
@@ -236,54 +292,72 @@ impl Proxy {
             vary_known = true;
             found = self.cache.find(&key).await;
         }
-        let now = self.cache.now_ms();
         if let Some(f) = found {
-            // Out of sync with the cluster's purges: mark the hit, or (consistency
-            // mode, or right after a stall) revalidate it first.
-            let (must_revalidate, unsynced) = match self.cache.hit_policy().await {
-                HitPolicy::Serve => (must_revalidate, ""),
-                HitPolicy::ServeUnsynced => (must_revalidate, "; detail=unsynced"),
-                HitPolicy::Revalidate => (true, ""),
-            };
-            let ttl_ms = f.ttl_ms(now);
-            if ttl_ms > 0 && !must_revalidate {
-                self.cache.count_lookup(f.tier, LookupResult::Hit);
-                let status = format!("fanz; hit; ttl={}{unsynced}", ttl_ms / 1000);
-                return self.serve(&ctx, &f, &status);
-            }
-            let stale_ms = ttl_ms.unsigned_abs();
-            if ttl_ms <= 0 && !must_revalidate && stale_ms <= f.meta().stale_while_revalidate_ms {
-                self.cache.count_lookup(f.tier, LookupResult::Stale);
-                if !self.flights.in_flight(&key) {
-                    let refresh = self.clone();
-                    let (ctx, key) = (ctx.clone(), key.clone());
-                    tokio::spawn(async move {
-                        // The response is dropped: the fill stores what the origin sends.
-                        let _ = refresh
-                            .fetch(ctx, Some(key), None, true, facts, "stale")
-                            .await;
-                    });
-                }
-                let status = format!(
-                    "fanz; hit; ttl=-{}; detail=stale-while-revalidate",
-                    stale_ms.div_ceil(1000)
-                );
-                return self.serve(&ctx, &f, &status);
+            let policy = self.cache.hit_policy().await;
+            if let Some(response) = self.reuse(&ctx, &key, &f, asks, policy) {
+                return response;
             }
             self.cache.count_lookup(f.tier, LookupResult::Expired);
-            return self
-                .fetch(ctx, Some(key), Some(f), true, facts, "stale")
-                .await;
+            return Box::pin(self.fetch(ctx, Some(key), Some(f), true, facts, "stale")).await;
         }
         self.cache
             .count_lookup(crate::store::Tier::Memory, LookupResult::Miss);
+        let now = self.cache.now_ms();
         if self.uncacheable.get(&key).is_some_and(|until| *until > now) {
-            return self
-                .direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")
-                .await;
+            return Box::pin(self.direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")).await;
         }
         let fwd = if vary_known { "vary-miss" } else { "uri-miss" };
-        self.fetch(ctx, Some(key), None, true, facts, fwd).await
+        Box::pin(self.fetch(ctx, Some(key), None, true, facts, fwd)).await
+    }
+
+    /// A response from stored entry `found` (under `key`), if it may be reused as
+    /// it is: fresh, or stale inside its `stale-while-revalidate` window (one
+    /// background refresh then starts). Counts the lookup when it answers; `None`
+    /// when the entry must be revalidated first (the caller counts that). Out of
+    /// sync with the cluster's purges (`policy`), a hit is marked, or (consistency
+    /// mode, or right after a stall) revalidated.
+    fn reuse(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        key: &CacheKey,
+        found: &Found,
+        asks: RequestDirectives,
+        policy: HitPolicy,
+    ) -> Option<Response<Body>> {
+        let (must_revalidate, unsynced) = match policy {
+            HitPolicy::Serve => (asks.must_revalidate, ""),
+            HitPolicy::ServeUnsynced => (asks.must_revalidate, "; detail=unsynced"),
+            HitPolicy::Revalidate => (true, ""),
+        };
+        if must_revalidate {
+            return None;
+        }
+        let ttl_ms = found.ttl_ms(self.cache.now_ms());
+        if ttl_ms > 0 {
+            self.cache.count_lookup(found.tier, LookupResult::Hit);
+            let status = format!("fanz; hit; ttl={}{unsynced}", ttl_ms / 1000);
+            return Some(self.serve(ctx, found, &status));
+        }
+        let stale_ms = ttl_ms.unsigned_abs();
+        if stale_ms > found.meta().stale_while_revalidate_ms {
+            return None;
+        }
+        self.cache.count_lookup(found.tier, LookupResult::Stale);
+        if !self.flights.in_flight(key) {
+            let refresh = self.clone();
+            let (ctx, key, facts) = (ctx.clone(), key.clone(), asks.facts);
+            tokio::spawn(async move {
+                // The response is dropped: the fill stores what the origin sends.
+                let _ = refresh
+                    .fetch(ctx, Some(key), None, true, facts, "stale")
+                    .await;
+            });
+        }
+        let status = format!(
+            "fanz; hit; ttl=-{}; detail=stale-while-revalidate",
+            stale_ms.div_ceil(1000)
+        );
+        Some(self.serve(ctx, found, &status))
     }
 
     /// How responses to this request are shaped: a peer gets the tag headers.

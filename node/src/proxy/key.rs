@@ -35,13 +35,12 @@ impl Target {
         }
         let uri = &req.uri;
         let authority = match uri.authority() {
-            Some(a) => a.as_str().to_string(),
+            Some(a) => a.as_str(),
             None => req
                 .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .ok_or("missing Host header")?
-                .to_string(),
+                .ok_or("missing Host header")?,
         };
         let scheme = match uri.scheme_str() {
             Some("https") => "https",
@@ -54,25 +53,29 @@ impl Target {
         if !path_and_query.starts_with('/') {
             return Err("request target must be a path");
         }
-        let authority = authority.to_ascii_lowercase();
         if authority.is_empty() || authority.contains(['/', '@', ' ']) {
             return Err("invalid Host");
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
                 match p.parse::<u16>() {
-                    Ok(port) => (h.to_string(), Some(port)),
-                    Err(_) if p.is_empty() => (h.to_string(), None),
+                    Ok(port) => (h, Some(port)),
+                    Err(_) if p.is_empty() => (h, None),
                     Err(_) => return Err("invalid port in Host"),
                 }
             }
-            _ => (authority.clone(), None),
+            _ => (authority, None),
         };
+        let host = host.to_ascii_lowercase();
         let default_port = if scheme == "https" { 443 } else { 80 };
-        let origin_part = match port {
-            Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
-            _ => format!("{scheme}://{host}"),
-        };
+        let mut origin_part = String::with_capacity(scheme.len() + 3 + host.len() + 6);
+        origin_part.push_str(scheme);
+        origin_part.push_str("://");
+        origin_part.push_str(&host);
+        if let Some(p) = port.filter(|&p| p != default_port) {
+            use std::fmt::Write;
+            let _ = write!(origin_part, ":{p}");
+        }
         Ok(Target {
             host,
             origin_part,
@@ -82,9 +85,9 @@ impl Target {
 
     /// The primary cache key.
     pub fn primary_key(&self) -> CacheKey {
-        CacheKey::new(
+        CacheKey::new_joined(
             Namespace::Http,
-            format!("{}{}", self.origin_part, self.path_and_query).as_bytes(),
+            &[self.origin_part.as_bytes(), self.path_and_query.as_bytes()],
         )
     }
 

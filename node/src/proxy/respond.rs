@@ -13,7 +13,12 @@ use crate::http::{full, text, Body};
 /// Response headers aimed at this cache, never passed on to clients.
 const FOR_THIS_CACHE: &[&str] = &["cdn-cache-control", "surrogate-control"];
 /// Response headers carrying tags, removed from client responses unless configured.
-const TAG_HEADERS: &[&str] = &["surrogate-key", "cache-tag"];
+const TAG_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("surrogate-key"),
+    HeaderName::from_static("cache-tag"),
+];
+/// RFC 9211 `Cache-Status`.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// How responses are shaped for clients.
 #[derive(Debug, Clone, Copy)]
@@ -47,15 +52,15 @@ impl Shaping {
         cache_status: &str,
     ) {
         if self.strip_tags {
-            for name in TAG_HEADERS {
-                headers.remove(*name);
+            for name in &TAG_HEADERS {
+                headers.remove(name);
             }
         }
         if let Some(age) = age_secs {
             headers.insert(header::AGE, HeaderValue::from(age));
         }
         if let Ok(v) = HeaderValue::from_str(cache_status) {
-            headers.insert(HeaderName::from_static("cache-status"), v);
+            headers.insert(CACHE_STATUS, v);
         }
     }
 
@@ -143,11 +148,15 @@ impl Shaping {
     }
 }
 
-/// The stored headers of an entry as a map.
+/// The stored headers of an entry as a map; the values share the entry's bytes.
 pub fn stored_headers(meta: &EntryMeta) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(meta.headers.len() + 2);
+    // Room for what a response from the cache adds (Age, Cache-Status, ...).
+    let mut h = HeaderMap::with_capacity(meta.headers.len() + 4);
     for (name, value) in &meta.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(value.clone()),
+        ) {
             h.append(n, v);
         }
     }
@@ -160,9 +169,10 @@ fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
         return etag.is_some_and(|e| crate::http::headers::if_none_match(request, e));
     }
-    let since = super::policy::http_date(request, header::IF_MODIFIED_SINCE);
-    let modified = super::policy::http_date(stored, header::LAST_MODIFIED);
-    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+    let Some(since) = super::policy::http_date(request, header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    super::policy::http_date(stored, header::LAST_MODIFIED).is_some_and(|m| m <= since)
 }
 
 /// A response for an origin failure: `Retry-After` where useful.
@@ -179,9 +189,7 @@ pub fn origin_failure(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if let Ok(v) = HeaderValue::from_str(cache_status) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static("cache-status"), v);
+        response.headers_mut().insert(CACHE_STATUS, v);
     }
     response
 }

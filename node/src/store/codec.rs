@@ -30,6 +30,14 @@ const MAX_KEY_LEN: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StoreKey(pub CacheKey);
 
+/// Lookups by `&CacheKey` without a clone (the derived `Hash` and `Eq` are the
+/// inner key's).
+impl std::borrow::Borrow<CacheKey> for StoreKey {
+    fn borrow(&self) -> &CacheKey {
+        &self.0
+    }
+}
+
 impl Code for StoreKey {
     fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
         let raw = self.0.encoded();

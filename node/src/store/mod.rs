@@ -146,6 +146,12 @@ impl Store {
         }
     }
 
+    /// Looks `key` up in memory only, without waiting: the hit path's first try. An
+    /// entry that does not parse is left for [`Store::get`] to drop and report.
+    pub fn get_in_memory(&self, key: &CacheKey) -> Option<Entry> {
+        self.cache.memory().get(key)?.value().entry().ok()
+    }
+
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
     ///
     /// Both are copied into allocations of exactly their size (the entry encoded):
