@@ -53,15 +53,6 @@ trap cleanup EXIT INT TERM
 ORIGIN=127.0.0.1:18190
 target/release/fanz-bench origin --addr "$ORIGIN" >"$work/origin.log" 2>&1 & pids+=($!)
 
-# wrk requests the OBJECTS paths of one size in turn (the size comes from wrk's URL).
-cat > "$work/objects.lua" <<LUA
-local n, i, prefix = $OBJECTS, 0, nil
-request = function()
-  if prefix == nil then prefix = wrk.path end
-  i = (i % n) + 1
-  return wrk.format("GET", prefix .. i)
-end
-LUA
 
 # Starts binary $1 as node $2 on ports 18191+2n (main) and 18192+2n (admin).
 level=()
@@ -86,7 +77,7 @@ for size in $SIZES; do
   done
 done
 
-rps() { taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/objects.lua" "http://$1/$2/obj" | awk '/^Requests\/sec/ {print $2}'; }
+rps() { taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s bench/peers/objects.lua "http://$1/$2/obj" -- "$OBJECTS" | awk '/^Requests\/sec/ {print $2}'; }
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "A = $A"; echo "B = $B"
 echo "log level: ${LOG_LEVEL:-default}; ${DURATION}s, $CONNS connections, $OBJECTS objects per size, nodes on core 1, wrk on core 0"

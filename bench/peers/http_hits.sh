@@ -45,15 +45,6 @@ head -c 65536 /dev/zero | tr '\0' x > "$work/www/64k/obj"
 for i in $(seq "$OBJECTS"); do
   ln "$work/www/1k/obj" "$work/www/1k/obj$i"; ln "$work/www/64k/obj" "$work/www/64k/obj$i"
 done
-# wrk asks for the OBJECTS paths of one size in turn (obj1, obj2, ...).
-cat > "$work/objects.lua" <<LUA
-local n, i, prefix = $OBJECTS, 0, nil
-request = function()
-  if prefix == nil then prefix = wrk.path end
-  i = (i % n) + 1
-  return wrk.format("GET", prefix .. i)
-end
-LUA
 
 nginx_conf() { # $1 name, $2 server block
   cat > "$work/$1.conf" <<CONF
@@ -102,7 +93,7 @@ done; done; done
 echo "check: nginx $(curl -sI "http://$NGINX/1k/obj1" | grep -i x-cache | tr -d '\r'), fanz $(curl -sI "http://$FANZ/1k/obj1" | grep -i cache-status | tr -d '\r'), varnish $(curl -sI "http://$VARNISH/1k/obj1" | grep -i '^age' | tr -d '\r')"
 
 run() { # $1 url prefix -> "req_per_s p99_ms"
-  taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$work/objects.lua" "$1" > "$work/wrk.out"
+  taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s bench/peers/objects.lua "$1" -- "$OBJECTS" > "$work/wrk.out"
   local rps p99
   rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.out")
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out")
