@@ -36,6 +36,7 @@ pub const RELOADABLE: &[&str] = &[
     "origin_retries",
     "breaker_failures",
     "breaker_open",
+    "breaker_statuses",
 ];
 
 /// Whether the proxy rebuilds its origins for this setting.

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use origin::{ForwardHost, OriginUrl};
 pub use units::{parse_duration, parse_size};
 
-use origin::parse_routes;
+use origin::{parse_routes, parse_statuses};
 
 /// One setting: name (TOML key), default, help.
 #[derive(Debug)]
@@ -104,6 +104,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "origin_retries", default: Some("2"), help: "Retries of an idempotent request whose origin connection failed before any byte came back (exponential backoff, full jitter)." },
     Spec { name: "breaker_failures", default: Some("5"), help: "Consecutive origin failures that open its circuit breaker." },
     Spec { name: "breaker_open", default: Some("10s"), help: "How long an open breaker refuses requests before letting one probe through." },
+    Spec { name: "breaker_statuses", default: None, help: "Comma-separated response statuses that count as origin failures for the breaker (for example 502,503,504). By default none do: an origin that answers is alive, and only transport failures (refused, reset, TLS, timeouts, a response cut off) count." },
     Spec { name: "max_object_size", default: Some("16MiB"), help: "Largest response stored; larger ones pass through uncached." },
     Spec { name: "uncacheable_ttl", default: Some("10s"), help: "How long a URL that answered uncacheable skips request collapsing (hit-for-miss)." },
     Spec { name: "strip_tag_headers", default: Some("true"), help: "Remove Surrogate-Key and Cache-Tag from responses to clients." },
@@ -320,6 +321,8 @@ pub struct Config {
     pub breaker_failures: u32,
     /// Breaker open time.
     pub breaker_open: Duration,
+    /// Response statuses that count as breaker failures (empty: none).
+    pub breaker_statuses: Vec<u16>,
     /// Largest stored response.
     pub max_object_size: u64,
     /// Hit-for-miss memory.
@@ -551,6 +554,10 @@ impl Config {
                 Ok(at_least(u64::from(n), 1, "1")? as u32)
             })?,
             breaker_open: p.parse("breaker_open", positive_duration)?,
+            breaker_statuses: match p.optional("breaker_statuses")? {
+                None => Vec::new(),
+                Some(s) => parse_statuses(&s).map_err(|m| p.invalid("breaker_statuses", m))?,
+            },
             max_object_size: p.parse("max_object_size", |s| {
                 let n = parse_size(s)?;
                 if n > 1 << 30 {
@@ -736,6 +743,14 @@ impl Config {
             ("origin_retries", self.origin_retries.to_string()),
             ("breaker_failures", self.breaker_failures.to_string()),
             ("breaker_open", d(self.breaker_open)),
+            (
+                "breaker_statuses",
+                self.breaker_statuses
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("max_object_size", self.max_object_size.to_string()),
             ("uncacheable_ttl", d(self.uncacheable_ttl)),
             ("strip_tag_headers", self.strip_tag_headers.to_string()),

@@ -79,10 +79,46 @@ pub(super) fn parse_routes(text: &str) -> Result<Vec<(String, OriginUrl)>, Strin
         .collect()
 }
 
+/// A comma-separated list of HTTP statuses (100 to 599).
+pub(super) fn parse_statuses(text: &str) -> Result<Vec<u16>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<u16>() {
+            Ok(status) if (100..=599).contains(&status) => Ok(status),
+            _ => Err(format!(
+                "expected HTTP statuses (100 to 599) separated by commas, got {s:?}"
+            )),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests_support::raw;
     use super::super::{Config, ConfigError};
+
+    #[test]
+    fn breaker_statuses_are_a_list_of_real_statuses() {
+        let c = Config::resolve(&raw(&[("breaker_statuses", " 502, 503,504 ")])).unwrap();
+        assert_eq!(c.breaker_statuses, vec![502, 503, 504]);
+        assert!(Config::resolve(&raw(&[]))
+            .unwrap()
+            .breaker_statuses
+            .is_empty());
+        for bad in ["5xx", "99", "600", "500;503"] {
+            assert!(
+                matches!(
+                    Config::resolve(&raw(&[("breaker_statuses", bad)])),
+                    Err(ConfigError::Invalid {
+                        setting: "breaker_statuses",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn origins_and_routes() {

@@ -841,7 +841,7 @@ impl Proxy {
             }
             Some(s)
                 if failure.origin_unavailable
-                    && !policy::forbids_stale(&stored_headers(s.meta())) =>
+                    && !policy::forbids_stale_when_disconnected(&stored_headers(s.meta())) =>
             {
                 let stale_secs = s.ttl_ms(now).unsigned_abs().div_ceil(1000);
                 let cache_status =

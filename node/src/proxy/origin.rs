@@ -2,11 +2,23 @@
 //! timeouts), and the protections around it — a bulkhead (bounded concurrency), a
 //! circuit breaker, and retries with exponential backoff and full jitter for
 //! idempotent requests that failed before any byte came back.
+//!
+//! An origin that answers is alive: its 5xx answers are passed on as its answers and
+//! do not count against its breaker, unless `breaker_statuses` lists them. What counts
+//! is the transport failing: a connection refused or reset, TLS, a connect,
+//! first-byte or total timeout, a response cut off. A request that may have reached
+//! the origin is never sent twice unless it is idempotent (GET, HEAD, no body).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -108,8 +120,11 @@ pub struct Origin {
     url: OriginUrl,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     bulkhead: Arc<Semaphore>,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
+    /// Response statuses that count as failures for the breaker.
+    breaker_statuses: Vec<u16>,
     first_byte_timeout: Duration,
+    total_timeout: Duration,
     retries: u32,
     metrics: Arc<Metrics>,
 }
@@ -140,8 +155,10 @@ impl Origin {
             url,
             client,
             bulkhead: Arc::new(Semaphore::new(config.origin_max_concurrency)),
-            breaker: Breaker::new(config.breaker_failures, config.breaker_open),
+            breaker: Arc::new(Breaker::new(config.breaker_failures, config.breaker_open)),
+            breaker_statuses: config.breaker_statuses.clone(),
             first_byte_timeout: config.origin_first_byte_timeout,
+            total_timeout: config.origin_total_timeout,
             retries: config.origin_retries,
             metrics: metrics.clone(),
         }
@@ -158,7 +175,9 @@ impl Origin {
     }
 
     /// Sends a request (counted in the metrics). A GET or HEAD (`body` is `None`)
-    /// whose connection fails before any response byte is retried; nothing else is.
+    /// whose connection failed, or closed before any response byte, is retried;
+    /// nothing else is. The response's body ends in an error, counted by the
+    /// breaker, if it fails or is not complete within the total timeout.
     pub async fn send(
         &self,
         method: &Method,
@@ -198,6 +217,7 @@ impl Origin {
         let uri: Uri = format!("{}{}", self.url, path_and_query)
             .parse()
             .map_err(|e| OriginError::Unreachable(format!("bad request target: {e}")))?;
+        let started = tokio::time::Instant::now();
         let idempotent = body.is_none() && (method == Method::GET || method == Method::HEAD);
         let attempts = if idempotent { 1 + self.retries } else { 1 };
         let mut body = body;
@@ -215,8 +235,23 @@ impl Origin {
             match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await
             {
                 Ok(Ok(response)) => {
-                    self.breaker.record(!response.status().is_server_error());
-                    let response = response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+                    // A status opted in fails now; otherwise the body decides.
+                    let failed = self.breaker_statuses.contains(&response.status().as_u16());
+                    if failed {
+                        self.breaker.record(false);
+                    }
+                    let breaker = self.breaker.clone();
+                    let deadline = started + self.total_timeout;
+                    let response = response.map(|body| {
+                        Watched {
+                            inner: body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                            breaker,
+                            ended: false,
+                            pending: !failed,
+                        }
+                        .boxed()
+                    });
                     return Ok(OriginResponse {
                         response,
                         permit: Some(permit),
@@ -224,7 +259,9 @@ impl Origin {
                 }
                 Ok(Err(e)) => {
                     last_error = e.to_string();
-                    if !(e.is_connect() && idempotent) {
+                    // Safe to send again: it never reached the origin, or it is
+                    // idempotent and no response byte came back.
+                    if !(idempotent && (e.is_connect() || closed_before_response(&e))) {
                         break;
                     }
                 }
@@ -236,6 +273,88 @@ impl Origin {
         }
         self.breaker.record(false);
         Err(OriginError::Unreachable(last_error))
+    }
+}
+
+/// Whether the connection closed before any response came back (typically a pooled
+/// keep-alive connection the origin had just closed).
+fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An origin response body that reports the request's outcome to the breaker, once:
+/// a body cut off (an error from the connection) or not complete by the total
+/// timeout is a transport failure, and ends in an error; a body read to its end, or
+/// dropped before (the client went away), is a success.
+struct Watched {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    breaker: Arc<Breaker>,
+    ended: bool,
+    /// The outcome is still to be reported.
+    pending: bool,
+}
+
+impl Watched {
+    fn report(&mut self, success: bool) {
+        if std::mem::take(&mut self.pending) {
+            self.breaker.record(success);
+        }
+    }
+
+    fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.ended = true;
+        self.report(false);
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.report(true);
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => this.fail(e),
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.report(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => this.fail("origin response not complete in time".into()),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -149,6 +149,18 @@ pub fn forbids_stale(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether a stored response may not be served stale when the origin cannot be
+/// asked (breaker open, RFC 9111 §4.2.4): what [`forbids_stale`] forbids, and also
+/// `s-maxage`, which implies `proxy-revalidate` for a shared cache (§5.2.2.10). Its
+/// own `stale-if-error` window, an explicit permission, is checked before this.
+pub fn forbids_stale_when_disconnected(headers: &HeaderMap) -> bool {
+    forbids_stale(headers)
+        || governing(headers).map_or(true, |g| g.directives.has("s-maxage"))
+        || field_values(headers, "cache-control")
+            .and_then(|v| Directives::parse(v).map_err(|_| NotStored::Malformed))
+            .map_or(true, |cc| cc.has("s-maxage"))
+}
+
 /// The request side of the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts {
