@@ -157,6 +157,7 @@ pub fn plan(
         status,
         headers: stored,
         ttl_secs,
+        born_ms: storable.born_ms,
         vary: (!fields.is_empty()).then(|| (fields, request.clone())),
     });
     Plan {

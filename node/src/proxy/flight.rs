@@ -31,6 +31,8 @@ pub struct SharedHead {
     pub headers: HeaderMap,
     /// Remaining freshness when it arrived, seconds.
     pub ttl_secs: i64,
+    /// Wall-clock ms at which the content was new (its `Age` counts from here).
+    pub born_ms: u64,
     /// The varying fields, and the leader's request headers they were matched on.
     pub vary: Option<(Vec<String>, HeaderMap)>,
 }
@@ -319,6 +321,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             ttl_secs: 1,
+            born_ms: 0,
             vary: None,
         })
     }

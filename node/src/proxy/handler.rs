@@ -756,12 +756,13 @@ impl Proxy {
                 )
             })
             .collect();
+        let age_secs = meta.age_ms(self.cache.now_ms()) / 1000;
         self.shaping_for(ctx).entry_response(
             &ctx.method,
             &ctx.headers,
             &meta,
             &old.body,
-            0,
+            age_secs,
             &cache_status,
         )
     }
@@ -775,8 +776,10 @@ impl Proxy {
         cache_status: &str,
     ) -> Response<Body> {
         let mut headers = head.headers.clone();
+        // The current age (RFC 9111 §4.2.3): what the origin said, plus time since.
+        let age_secs = self.cache.now_ms().saturating_sub(head.born_ms) / 1000;
         self.shaping_for(ctx)
-            .client_headers(&mut headers, Some(0), cache_status);
+            .client_headers(&mut headers, Some(age_secs), cache_status);
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = headers;

@@ -8,11 +8,28 @@ use http::{header, HeaderMap, Method, StatusCode};
 
 use crate::http::directives::Directives;
 
-/// Status codes this cache understands and may cache heuristically (RFC 9110 §15.1).
+/// Status codes this cache may cache heuristically (RFC 9110 §15.1).
 const HEURISTICALLY_CACHEABLE: &[u16] =
     &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
-/// Other final status codes this cache understands and stores when explicitly allowed.
-const UNDERSTOOD: &[u16] = &[302, 303, 307, 451];
+
+/// Whether a response with this status may be stored at all: any final status
+/// (RFC 9111 §3), except 304, which only refreshes a stored response (§4.3.4).
+/// Statuses outside [`HEURISTICALLY_CACHEABLE`] need explicit freshness.
+fn storable_status(code: u16) -> bool {
+    (200..=599).contains(&code) && code != 304
+}
+
+/// An `Age` value (RFC 9111 §5.1) in seconds: delta-seconds, saturating at 2^31
+/// (§1.2.2); `None` for an invalid one (several values, a sign, a fraction, no
+/// digits), which is ignored.
+pub fn age_seconds(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::AGE).iter();
+    let value = values.next()?.to_str().ok()?.trim();
+    if values.next().is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().unwrap_or(u64::MAX).min(1 << 31))
+}
 
 /// Limits of heuristic freshness.
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +204,7 @@ pub fn evaluate(
     }
     let code = status.as_u16();
     let heuristic_status = HEURISTICALLY_CACHEABLE.contains(&code);
-    if !heuristic_status && !UNDERSTOOD.contains(&code) {
+    if !storable_status(code) {
         return Err(NotStored::Status);
     }
     let Governing {
@@ -271,11 +288,10 @@ pub fn evaluate(
                 * 1000
         }
     };
-    let age_ms = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(0, |s| s.saturating_mul(1000));
+    let age_ms = age_seconds(headers).map_or(0, |s| s * 1000);
+    // no-cache: stored, but stale from the start, so every reuse is revalidated
+    // (§5.2.2.4), whatever max-age says.
+    let lifetime_ms = if no_cache { 0 } else { lifetime_ms };
     Ok(Storable {
         lifetime_ms,
         heuristic,
@@ -365,9 +381,41 @@ mod tests {
         )
     }
 
+    #[test]
+    fn age_values_by_section_5_1() {
+        let age = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::AGE, http::HeaderValue::from_str(v).unwrap());
+            }
+            age_seconds(&h)
+        };
+        assert_eq!(age(&["40"]), Some(40));
+        assert_eq!(age(&[" 7 "]), Some(7));
+        assert_eq!(age(&["99999999999999999999999"]), Some(1 << 31));
+        for invalid in [
+            &["abc"][..],
+            &["-5"],
+            &["1.5"],
+            &["10, 20"],
+            &["1", "2"],
+            &[""],
+            &[],
+        ] {
+            assert_eq!(age(invalid), None, "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn no_cache_is_stale_from_the_start_whatever_max_age_says() {
+        let s = eval(200, &[("cache-control", "no-cache, max-age=600")]).unwrap();
+        assert_eq!(s.lifetime_ms, 0);
+        assert!(s.no_cache);
+    }
+
     // §3: storing responses.
     #[test]
-    fn s3_only_get_and_understood_statuses_are_stored() {
+    fn s3_only_get_and_final_statuses_are_stored() {
         let r = evaluate(
             &Method::POST,
             PLAIN,
@@ -378,8 +426,16 @@ mod tests {
             Heuristics::default(),
         );
         assert_eq!(r, Err(NotStored::Method));
+        // Any final status with explicit freshness (issue 17), never a 304.
+        assert!(eval(500, &[("cache-control", "max-age=60")]).is_ok());
+        assert!(eval(599, &[("cache-control", "max-age=60")]).is_ok());
         assert_eq!(
-            eval(500, &[("cache-control", "max-age=60")]),
+            eval(500, &[("last-modified", "Sat, 01 Jan 2000 00:00:00 GMT")]),
+            Err(NotStored::NoFreshness),
+            "500 is not heuristically cacheable"
+        );
+        assert_eq!(
+            eval(304, &[("cache-control", "max-age=60")]),
             Err(NotStored::Status)
         );
         assert_eq!(

@@ -1,0 +1,220 @@
+//! RFC 9111 behaviours at a default node, by section, over HTTP/1.1, HTTP/2 and
+//! HTTP/3 (issue 17, part 2). The older section tests are in `proxy.rs`.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::origin::{respond, Seen, TestOrigin};
+use common::*;
+use http::{Method, StatusCode};
+
+fn node_for(origin: &TestOrigin) -> (tempfile::TempDir, TestNode) {
+    let (tmp, data) = data_dir();
+    let url = origin.url();
+    (tmp, TestNode::start(&data, &["--origin", url.as_str()]))
+}
+
+fn cache_status(r: &Reply) -> String {
+    r.header("cache-status").unwrap_or_default()
+}
+
+/// Fetches `path` twice; true when the second answer came from the cache without
+/// asking the origin.
+async fn reused(node: &TestNode, origin: &TestOrigin, path: &str) -> bool {
+    let first = request(node, Method::GET, path, &[], "").await;
+    let before = origin.count(path);
+    let second = request(node, Method::GET, path, &[], "").await;
+    assert_eq!(
+        first.status,
+        second.status,
+        "{path}: {}",
+        cache_status(&second)
+    );
+    origin.count(path) == before
+}
+
+/// The origin answers `/{status}/{cache-control}` with that status and header, and
+/// `?age=` / `?expires=` add those headers; a request with a matching
+/// `If-None-Match` gets 304.
+fn by_path(req: &Seen, n: usize) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let status: u16 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let cc = parts.next().unwrap_or("").replace("%20", " ");
+    let etag = "\"v1\"".to_string();
+    if req
+        .headers
+        .get("if-none-match")
+        .is_some_and(|v| v == etag.as_str())
+    {
+        return respond(304, &[("etag", &etag), ("cache-control", &cc)], "");
+    }
+    let mut headers: Vec<(String, String)> = vec![("etag".into(), etag.clone())];
+    if !cc.is_empty() {
+        headers.push(("cache-control".into(), cc));
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        headers.push((k.to_string(), v.replace("%20", " ").replace("%2C", ",")));
+    }
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    respond(status, &headers, format!("{} #{n}", req.path))
+}
+
+// §5.2.2.4: a response with no-cache is stored, but revalidated before every reuse,
+// whatever its freshness lifetime says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_2_2_4_no_cache_is_revalidated_before_every_reuse() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let path = "/200/no-cache,%20max-age=600";
+        for round in 1..=3 {
+            let r = request(&node, Method::GET, path, &[], "").await;
+            assert_eq!(r.status, StatusCode::OK, "{proto:?} round {round}");
+            assert_eq!(
+                r.text(),
+                format!("{path} #1"),
+                "{proto:?}: the 304 keeps the stored body"
+            );
+            assert_eq!(
+                origin.count(path),
+                round,
+                "{proto:?} round {round}: not revalidated"
+            );
+        }
+        assert_eq!(
+            origin.last(path).unwrap().headers["if-none-match"],
+            "\"v1\"",
+            "{proto:?}: revalidated with the stored validator"
+        );
+    }
+}
+
+// §4.2.3: the Age received counts; the Age sent is the current age, on a fill too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_2_3_the_received_age_counts_and_fills_send_it() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        assert!(
+            !reused(&node, &origin, "/200/max-age=3600?age=7200").await,
+            "{proto:?}: Age 7200 with max-age=3600 is stale on arrival"
+        );
+        let fill = request(&node, Method::GET, "/200/max-age=3600?age=40", &[], "").await;
+        let age: u64 = fill.header("age").unwrap_or_default().parse().unwrap_or(0);
+        assert!((40..45).contains(&age), "{proto:?}: a fill sent Age {age}");
+        let hit = request(&node, Method::GET, "/200/max-age=3600?age=40", &[], "").await;
+        let age: u64 = hit.header("age").unwrap_or_default().parse().unwrap_or(0);
+        assert!((40..45).contains(&age), "{proto:?}: a hit sent Age {age}");
+    }
+}
+
+// §5.1 and §1.2.2: an invalid Age is ignored; one too large to represent is 2^31.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_1_invalid_age_values() {
+    let origin = TestOrigin::start(by_path).await;
+    let (_tmp, node) = node_for(&origin);
+    for ignored in ["abc", "-5", "1.5", "10%2C%2020", ""] {
+        let path = format!("/200/max-age=600?age={ignored}");
+        assert!(
+            reused(&node, &origin, &path).await,
+            "Age {ignored:?} was not ignored"
+        );
+    }
+    assert!(
+        !reused(
+            &node,
+            &origin,
+            "/200/max-age=600?age=99999999999999999999999"
+        )
+        .await,
+        "an overflowing Age is 2^31 seconds: stale"
+    );
+}
+
+// §3: any final status with explicit freshness may be stored; heuristic freshness
+// only for the heuristically cacheable ones (RFC 9110 §15.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_final_statuses_with_explicit_freshness_are_stored() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        for status in [200, 203, 400, 404, 410, 500, 502, 503, 504, 599] {
+            let path = format!("/{status}/max-age=600");
+            assert!(
+                reused(&node, &origin, &path).await,
+                "{proto:?}: {status} with max-age not stored"
+            );
+        }
+        let lm = "?last-modified=Sat,%2001%20Jan%202000%2000:00:00%20GMT";
+        for status in [500, 503, 400] {
+            let path = format!("/{status}/{lm}");
+            assert!(
+                !reused(&node, &origin, &path).await,
+                "{proto:?}: {status} cached heuristically"
+            );
+        }
+        assert!(
+            reused(&node, &origin, &format!("/404/{lm}")).await,
+            "{proto:?}: 404 is heuristically cacheable"
+        );
+    }
+}
+
+/// `t` as an RFC 9110 §5.6.7 date in each of its three forms.
+fn date_forms(t: SystemTime) -> [String; 3] {
+    let imf = httpdate::fmt_http_date(t); // "Sun, 06 Nov 1994 08:49:37 GMT"
+    let f: Vec<&str> = imf.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    let (wday, day, month, year, time) = (f[0], f[1], f[2], f[3], f[4]);
+    let long = match wday {
+        "Mon" => "Monday",
+        "Tue" => "Tuesday",
+        "Wed" => "Wednesday",
+        "Thu" => "Thursday",
+        "Fri" => "Friday",
+        "Sat" => "Saturday",
+        _ => "Sunday",
+    };
+    let rfc850 = format!("{long}, {day}-{month}-{} {time} GMT", &year[2..]);
+    let asctime = format!(
+        "{wday} {month} {:>2} {time} {year}",
+        day.trim_start_matches('0')
+    );
+    [imf, rfc850, asctime]
+}
+
+// §5.3: Expires in all three date forms; an invalid date means already expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_3_expires_in_every_date_form_and_invalid_means_expired() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        for (i, form) in date_forms(later).iter().enumerate() {
+            let path = format!(
+                "/200/?n={i}&expires={}",
+                form.replace(' ', "%20").replace(',', "%2C")
+            );
+            assert!(
+                reused(&node, &origin, &path).await,
+                "{proto:?}: Expires {form:?} not honoured"
+            );
+        }
+        for (i, bad) in ["0", "yesterday", "-1"].iter().enumerate() {
+            let path = format!("/200/?bad={i}&expires={bad}");
+            assert!(
+                !reused(&node, &origin, &path).await,
+                "{proto:?}: Expires {bad:?} served fresh"
+            );
+        }
+    }
+}
