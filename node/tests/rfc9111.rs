@@ -218,3 +218,75 @@ async fn s5_3_expires_in_every_date_form_and_invalid_means_expired() {
         }
     }
 }
+
+// §4.3.2 and §4.3.1: a client's own conditional reaches the origin on a miss (the
+// cache has nothing of its own to answer it with); the origin's 304 passes to the
+// client, and a 200 (the condition was false) is stored as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_3_a_clients_conditional_reaches_the_origin_on_a_miss() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let path = "/200/max-age=600";
+        let r = request(&node, Method::GET, path, &[("if-none-match", "\"v1\"")], "").await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_MODIFIED,
+            "{proto:?}: {}",
+            cache_status(&r)
+        );
+        assert_eq!(
+            origin.last(path).unwrap().headers["if-none-match"],
+            "\"v1\"",
+            "{proto:?}: the client's validator reached the origin"
+        );
+        // The condition false: a 200, stored, and later requests are hits.
+        let r = request(
+            &node,
+            Method::GET,
+            path,
+            &[("if-none-match", "\"other\"")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{proto:?}");
+        let seen = origin.count(path);
+        let r = request(&node, Method::GET, path, &[], "").await;
+        assert_eq!(r.text(), format!("{path} #2"), "{proto:?}");
+        assert_eq!(
+            origin.count(path),
+            seen,
+            "{proto:?}: not stored after the 200"
+        );
+        // And a conditional on a hit is answered by the cache.
+        let r = request(&node, Method::GET, path, &[("if-none-match", "\"v1\"")], "").await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{proto:?}");
+        assert_eq!(origin.count(path), seen, "{proto:?}");
+    }
+}
+
+// §4.3.5 / RFC 9110 §9.3.2: a HEAD the cache cannot answer goes to the origin as HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_miss_reaches_the_origin_as_head() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let path = "/200/max-age=600";
+        let r = request(&node, Method::HEAD, path, &[], "").await;
+        assert_eq!(r.status, StatusCode::OK, "{proto:?}");
+        assert!(r.body.is_empty(), "{proto:?}");
+        assert_eq!(origin.last(path).unwrap().method, Method::HEAD, "{proto:?}");
+        // A GET then fills the cache, and a HEAD is answered from it.
+        request(&node, Method::GET, path, &[], "").await;
+        let seen = origin.count(path);
+        let r = request(&node, Method::HEAD, path, &[], "").await;
+        assert_eq!(r.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(
+            origin.count(path),
+            seen,
+            "{proto:?}: HEAD after GET is a hit"
+        );
+    }
+}

@@ -20,6 +20,18 @@ use crate::cache::Cache;
 use crate::http::headers::validate_tag;
 use crate::http::Body;
 
+/// A client's validators on a GET: answered by the cache from what it stores, or
+/// sent on to the origin when nothing is stored.
+pub const CLIENT_VALIDATORS: &[header::HeaderName] = &[
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Request headers asking for part of a response: the cache fetches whole ones.
+pub const PARTIAL: &[header::HeaderName] = &[header::IF_RANGE, header::RANGE];
+
 /// Request headers that make a response conditional or partial: the cache asks the
 /// origin for whole responses and answers the client's conditionals itself.
 pub const CLIENT_CONDITIONALS: &[header::HeaderName] = &[

@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use fanz_protocol::{CacheKey, Entry};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
-use super::fill::{self, add_validators, CLIENT_CONDITIONALS};
+use super::fill::{self, add_validators, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, PARTIAL};
 use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
 use super::key::{marker_fields, variant_key, Target};
 use super::origin::{Origin, OriginResponse, Origins};
@@ -99,6 +99,16 @@ impl RequestDirectives {
             must_revalidate,
         }
     }
+}
+
+/// Whose validators a fill sends to the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conditionals {
+    /// The stored entry's, if any; the client's are removed (the fill is shared, or
+    /// revalidates what is stored).
+    Stored,
+    /// The client's own (a fetch alone, with nothing stored).
+    Client,
 }
 
 /// One request's facts, gathered once.
@@ -306,8 +316,17 @@ impl Proxy {
         if self.uncacheable.get(&key).is_some_and(|until| *until > now) {
             return Box::pin(self.direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")).await;
         }
+        if ctx.method == Method::HEAD {
+            // Nothing stored to answer it from: the origin answers the HEAD itself.
+            return Box::pin(self.direct(&ctx, "fanz; fwd=uri-miss; detail=head")).await;
+        }
         let fwd = if vary_known { "vary-miss" } else { "uri-miss" };
-        Box::pin(self.fetch(ctx, Some(key), None, true, facts, fwd)).await
+        // A client's own conditional goes to the origin (the cache has no validator
+        // of its own to answer it with): a fetch of its own, not one shared.
+        let collapse = !CLIENT_VALIDATORS
+            .iter()
+            .any(|name| ctx.headers.contains_key(name));
+        Box::pin(self.fetch(ctx, Some(key), None, collapse, facts, fwd)).await
     }
 
     /// A response from stored entry `found` (under `key`), if it may be reused as
@@ -482,7 +501,17 @@ impl Proxy {
                 Joined::Leader(self.flights.solo(&key))
             };
             match joined {
-                Joined::Leader(leader) => return self.lead(&ctx, leader, stale, facts, fwd).await,
+                Joined::Leader(leader) => {
+                    // Alone and with nothing stored: the client's conditionals are its own.
+                    let conditionals = if !collapse && stale.is_none() {
+                        Conditionals::Client
+                    } else {
+                        Conditionals::Stored
+                    };
+                    return self
+                        .lead(&ctx, leader, stale, facts, fwd, conditionals)
+                        .await;
+                }
                 Joined::Follower(flight) => match flight.outcome().await {
                     Outcome::Shared(head) => {
                         if let Some((fields, leader_headers)) = &head.vary {
@@ -533,6 +562,7 @@ impl Proxy {
         stale: Option<Found>,
         facts: RequestFacts,
         fwd: &str,
+        conditionals: Conditionals,
     ) -> Response<Body> {
         let version = self.cache.begin_fill();
         let request_ms = self.cache.now_ms();
@@ -540,7 +570,11 @@ impl Proxy {
             .origins
             .get()
             .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
-        for name in CLIENT_CONDITIONALS {
+        let strip = match conditionals {
+            Conditionals::Stored => CLIENT_CONDITIONALS,
+            Conditionals::Client => PARTIAL,
+        };
+        for name in strip {
             headers.remove(name);
         }
         let validators = stale.as_ref().map(|s| stored_headers(s.meta()));
@@ -653,7 +687,8 @@ impl Proxy {
                     Ok(_) if too_large => "too-large",
                     Ok(_) => "not-admitted",
                 };
-                if decision.is_err() {
+                // A 304 to the client's own conditional says nothing of the URL.
+                if decision.is_err() && status != StatusCode::NOT_MODIFIED {
                     self.uncacheable.insert(
                         ctx.primary.clone(),
                         response_ms + self.uncacheable_ttl_ms.load(Ordering::Relaxed),
