@@ -213,20 +213,11 @@ async fn a_malformed_breaker_statuses_setting_is_refused_at_start() {
 /// (while a complete 500 does not, above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn responses_cut_off_mid_body_count_against_the_breaker() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: no-store\r\n\r\nonly ten b",
-            );
-            // Dropped: the connection closes 990 bytes short.
-        }
-    });
+    // Dropped after writing: the connection closes 990 bytes short.
+    let origin = raw_origin(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: no-store\r\n\r\nonly ten b"
+            .to_vec(),
+    );
     let (_tmp, data) = data_dir();
     let url = format!("http://{origin}");
     let node = TestNode::start(
@@ -410,4 +401,88 @@ async fn closing_origin(
         }
     });
     (addr, served)
+}
+
+/// An origin on a free port answering every connection's first request with
+/// `answer`, then closing it.
+fn raw_origin(answer: Vec<u8>) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(&answer);
+        }
+    });
+    origin
+}
+
+/// Response heads past the limits are a 502 with a reason; the node stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn response_heads_over_the_limits_are_a_502_with_a_reason() {
+    let mut many = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+    for i in 0..300 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\nok");
+    let mut huge = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: ".to_vec();
+    huge.extend_from_slice(&vec![b'a'; 512 * 1024]);
+    huge.extend_from_slice(b"\r\n\r\nok");
+    for (what, answer) in [("300 fields", many), ("a 512 KiB field", huge)] {
+        let origin = raw_origin(answer);
+        let (_tmp, data) = data_dir();
+        let url = format!("http://{origin}");
+        let node = TestNode::start(&data, &["--origin", &url, "--origin-retries", "0"]);
+        let r = request(&node, Method::GET, "/x", &[], "").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{what}: {}", r.text());
+        assert!(!r.text().trim().is_empty(), "{what}: no reason given");
+        let health = send(Method::GET, &node.admin_url("/healthz"), &[], "").await;
+        assert_eq!(
+            health.status,
+            StatusCode::OK,
+            "{what}: the node is not healthy"
+        );
+    }
+}
+
+/// Field values with obs-text (bytes above 0x7F, RFC 9110 §5.5) are kept byte for
+/// byte in stored responses; a request carrying some is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn obs_text_in_field_values_is_kept_byte_for_byte() {
+    let mut answer =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=600\r\nX-Name: caf"
+            .to_vec();
+    answer.extend_from_slice(&[0xE9, b' ', 0xFF]);
+    answer.extend_from_slice(b"\r\n\r\nok");
+    let origin = raw_origin(answer);
+    let (_tmp, data) = data_dir();
+    let url = format!("http://{origin}");
+    let node = TestNode::start(&data, &["--origin", &url]);
+    for round in ["fill", "hit"] {
+        let reply = raw_request_bytes(
+            node.http,
+            b"GET /obs HTTP/1.1\r\nHost: x\r\nX-Client: na\xefve\r\nConnection: close\r\n\r\n",
+        );
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "{round}: {reply:?}");
+        let wanted: &[u8] = b"x-name: caf\xe9 \xff\r\n";
+        assert!(
+            reply.windows(wanted.len()).any(|w| w == wanted),
+            "{round}: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+}
+
+/// The raw bytes of one HTTP/1.1 exchange on a fresh connection.
+fn raw_request_bytes(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).expect("write request");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf
 }

@@ -41,7 +41,12 @@ fn by_path(req: &Seen, n: usize) -> http::Response<http_body_util::Full<bytes::B
     let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let status: u16 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let cc = parts.next().unwrap_or("").replace("%20", " ");
+    let cc = parts
+        .next()
+        .unwrap_or("")
+        .replace("%20", " ")
+        .replace("%22", "\"")
+        .replace("%2C", ",");
     let etag = "\"v1\"".to_string();
     if req
         .headers
@@ -287,6 +292,59 @@ async fn a_head_miss_reaches_the_origin_as_head() {
             origin.count(path),
             seen,
             "{proto:?}: HEAD after GET is a hit"
+        );
+    }
+}
+
+// §5.2.2.4 and §5.2.2.7: the fields named by `no-cache="..."` and `private="..."` are
+// not stored, so no later response carries them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_2_2_qualified_no_cache_and_private_drop_their_fields() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        for directive in ["private", "no-cache"] {
+            let path =
+                format!("/200/max-age=600,%20{directive}=%22x-secret%22?x-secret=1&x-kept=1");
+            request(&node, Method::GET, &path, &[], "").await;
+            let hit = request(&node, Method::GET, &path, &[], "").await;
+            assert_eq!(origin.count(&path), 1, "{proto:?} {directive}: not stored");
+            assert!(
+                hit.header("x-secret").is_none(),
+                "{proto:?} {directive}: field kept"
+            );
+            assert_eq!(
+                hit.header("x-kept").as_deref(),
+                Some("1"),
+                "{proto:?} {directive}"
+            );
+        }
+    }
+}
+
+// §5.2.2.3: must-understand lets a cache that understands the status ignore no-store;
+// with a status it does not understand, nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_2_2_3_must_understand() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let known = "/200/must-understand,%20no-store,%20max-age=600";
+        assert!(
+            reused(&node, &origin, known).await,
+            "{proto:?}: 200 with must-understand not stored"
+        );
+        let unknown = "/299/must-understand,%20no-store,%20max-age=600";
+        assert!(
+            !reused(&node, &origin, unknown).await,
+            "{proto:?}: 299 stored"
+        );
+        let plain = "/200/no-store,%20max-age=600";
+        assert!(
+            !reused(&node, &origin, plain).await,
+            "{proto:?}: no-store stored"
         );
     }
 }

@@ -12,6 +12,10 @@ use crate::http::directives::Directives;
 const HEURISTICALLY_CACHEABLE: &[u16] =
     &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
+/// Status codes whose caching semantics this cache implements beyond those (for
+/// `must-understand`, §5.2.2.3).
+const UNDERSTOOD: &[u16] = &[302, 303, 307, 451];
+
 /// Whether a response with this status may be stored at all: any final status
 /// (RFC 9111 §3), except 304, which only refreshes a stored response (§4.3.4).
 /// Statuses outside [`HEURISTICALLY_CACHEABLE`] need explicit freshness.
@@ -214,7 +218,13 @@ pub fn evaluate(
     // Cache-Control still speaks for privacy even when a targeted field sets freshness.
     let cc = Directives::parse(field_values(headers, "cache-control")?)
         .map_err(|_| NotStored::Malformed)?;
-    if request.no_store || d.has("no-store") || cc.has("no-store") {
+    // must-understand (§5.2.2.3): stored only with a status this cache understands,
+    // and then its no-store (there for caches that do not) is ignored.
+    let must_understand = d.has("must-understand") || cc.has("must-understand");
+    if must_understand && !heuristic_status && !UNDERSTOOD.contains(&code) {
+        return Err(NotStored::Status);
+    }
+    if request.no_store || (!must_understand && (d.has("no-store") || cc.has("no-store"))) {
         return Err(NotStored::NoStore);
     }
     let mut strip_fields = Vec::new();
@@ -404,6 +414,19 @@ mod tests {
         ] {
             assert_eq!(age(invalid), None, "{invalid:?}");
         }
+    }
+
+    #[test]
+    fn must_understand_overrides_no_store_only_for_understood_statuses() {
+        let cc = [("cache-control", "must-understand, no-store, max-age=60")];
+        assert!(eval(200, &cc).is_ok());
+        assert!(eval(307, &cc).is_ok());
+        assert_eq!(eval(299, &cc), Err(NotStored::Status));
+        assert_eq!(eval(500, &cc), Err(NotStored::Status));
+        assert_eq!(
+            eval(200, &[("cache-control", "no-store, max-age=60")]),
+            Err(NotStored::NoStore)
+        );
     }
 
     #[test]
