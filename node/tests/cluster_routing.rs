@@ -478,3 +478,62 @@ async fn a_restarted_owner_rejoins_and_serves_its_disk_tier() {
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+/// RFC 9111 §4.4 in a cluster: a successful POST through one node invalidates the
+/// URL and its Location on every node before the answer returns, not only on the node
+/// that forwarded it (issue 17; issue 18 hole 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsafe_request_through_one_node_invalidates_on_every_node() {
+    let origin = TestOrigin::start(|req, n| {
+        if req.method == Method::POST {
+            respond(201, &[("location", "/item/1")], "created")
+        } else {
+            respond(
+                200,
+                &[("cache-control", "max-age=300")],
+                format!("{} #{n}", req.path),
+            )
+        }
+    })
+    .await;
+    let (_tmp, nodes) = three_nodes(&origin, &[]).await;
+    // Every node holds both URLs (twice asked: non-owners keep a copy on a second miss).
+    for path in ["/item", "/item/1"] {
+        for _ in 0..2 {
+            for n in &nodes {
+                assert_eq!(
+                    get_site(&n.node.url(path)).await.text(),
+                    format!("{path} #1")
+                );
+            }
+        }
+        for n in &nodes {
+            let r = get_site(&n.node.url(path)).await;
+            assert!(
+                cache_status(&r).starts_with("fanz; hit"),
+                "{path}: {}",
+                cache_status(&r)
+            );
+        }
+    }
+    let posted = send(
+        Method::POST,
+        &nodes[0].node.url("/item"),
+        &[("host", "cdn.test")],
+        "x",
+    )
+    .await;
+    assert_eq!(posted.status, http::StatusCode::CREATED);
+    // The origin numbers requests per path, the POST included: /item's next GET is #3.
+    for (path, next) in [("/item", 3), ("/item/1", 2)] {
+        for (i, n) in nodes.iter().enumerate() {
+            let r = get_site(&n.node.url(path)).await;
+            assert_eq!(
+                r.text(),
+                format!("{path} #{next}"),
+                "node {i} served {path} from before the POST: {}",
+                cache_status(&r)
+            );
+        }
+    }
+}

@@ -135,9 +135,6 @@ impl Cluster {
             transport.clone(),
             parts.fetch_timeout,
         ));
-        if let Some(proxy) = &parts.proxy {
-            proxy.attach_routing(routing.clone());
-        }
         let gate = SyncGate::new(
             settings.partition_mode,
             settings.max_unsynced,
@@ -169,6 +166,9 @@ impl Cluster {
             });
         }
         service.attach_replicator(replicator.clone());
+        if let Some(proxy) = &parts.proxy {
+            proxy.attach_cluster(routing.clone(), replicator.clone());
+        }
         replicator.track_down_members();
         replicator.replicate_edges();
         // Catch up on what was purged while this node was away before serving.

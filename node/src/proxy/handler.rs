@@ -28,6 +28,7 @@ use super::origin::{Origin, OriginResponse, Origins};
 use super::policy::{self, Heuristics, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::{Cache, Found};
+use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::{Role, Routing};
 use crate::cluster::sync::HitPolicy;
 use crate::config::Config;
@@ -60,6 +61,8 @@ pub struct Proxy {
     total_timeout: Duration,
     /// Owner routing, once the node has joined a cluster.
     routing: OnceLock<Arc<Routing>>,
+    /// Cluster-wide purges, once the node has joined a cluster.
+    replicator: OnceLock<Arc<Replicator>>,
     /// Keys a non-owner has missed once recently: a second miss admits a hot copy.
     seen_once: DashMap<CacheKey, u64>,
 }
@@ -149,6 +152,7 @@ impl Proxy {
             uncacheable_ttl_ms: AtomicU64::new(config.uncacheable_ttl.as_millis() as u64),
             total_timeout: config.origin_total_timeout,
             routing: OnceLock::new(),
+            replicator: OnceLock::new(),
             seen_once: DashMap::new(),
         }
     }
@@ -163,10 +167,12 @@ impl Proxy {
             .store(config.uncacheable_ttl.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Routes misses through their owners from now on (set once, when the node has
-    /// joined its cluster).
-    pub fn attach_routing(&self, routing: Arc<Routing>) {
+    /// Routes misses through their owners, and makes the invalidations of unsafe
+    /// requests cluster-wide, from now on (set once, when the node has joined its
+    /// cluster).
+    pub fn attach_cluster(&self, routing: Arc<Routing>, replicator: Arc<Replicator>) {
         let _ = self.routing.set(routing);
+        let _ = self.replicator.set(replicator);
     }
 
     /// The primary cache key of a request for the proxied URL space.
@@ -950,7 +956,13 @@ impl Proxy {
                 tags,
                 ..PurgeTargets::default()
             };
-            if let Err(e) = self.cache.purge(&targets).await {
+            // Applied by every member before the answer returns, like any purge:
+            // no node serves the old response once the client has the new one.
+            let purged = match self.replicator.get() {
+                Some(replicator) => replicator.purge(&targets, Wait::All).await.map(|_| ()),
+                None => self.cache.purge(&targets).await.map(|_| ()),
+            };
+            if let Err(e) = purged {
                 tracing::error!(error = %e, "invalidation after an unsafe request failed");
             }
         }
