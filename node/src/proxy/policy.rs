@@ -17,10 +17,12 @@ const HEURISTICALLY_CACHEABLE: &[u16] =
 const UNDERSTOOD: &[u16] = &[302, 303, 307, 451];
 
 /// Whether a response with this status may be stored at all: any final status
-/// (RFC 9111 §3), except 304, which only refreshes a stored response (§4.3.4).
+/// (RFC 9111 §3), except 304, which only refreshes a stored response (§4.3.4), and
+/// 206: this cache asks origins for whole responses and stores only complete ones
+/// (§3.3 allows it not to store partial content; ranges are cut from whole objects).
 /// Statuses outside [`HEURISTICALLY_CACHEABLE`] need explicit freshness.
 fn storable_status(code: u16) -> bool {
-    (200..=599).contains(&code) && code != 304
+    (200..=599).contains(&code) && code != 304 && code != 206
 }
 
 /// An `Age` value (RFC 9111 §5.1) in seconds: delta-seconds, saturating at 2^31
@@ -457,10 +459,12 @@ mod tests {
             Err(NotStored::NoFreshness),
             "500 is not heuristically cacheable"
         );
-        assert_eq!(
-            eval(304, &[("cache-control", "max-age=60")]),
-            Err(NotStored::Status)
-        );
+        for partial_or_update in [206, 304] {
+            assert_eq!(
+                eval(partial_or_update, &[("cache-control", "max-age=60")]),
+                Err(NotStored::Status)
+            );
+        }
         assert_eq!(
             eval(302, &[]),
             Err(NotStored::NoFreshness),

@@ -1,7 +1,10 @@
 //! Byte ranges (RFC 9110 §14) answered from a complete cached object: a single range
-//! gets 206 with `Content-Range`, an unsatisfiable one 416. Anything else (several
-//! ranges, another unit, a malformed header, an `If-Range` that does not match)
-//! gets the whole object, as the RFC allows.
+//! (suffix and open-ended ones included) gets 206 with `Content-Range`, an
+//! unsatisfiable one 416. Anything else (several ranges, another unit, a malformed
+//! header, an `If-Range` that does not match) gets the whole object with 200, as RFC
+//! 9110 §14.2 allows a server to ignore `Range`: we answer several ranges this way
+//! rather than with `multipart/byteranges`. Partial (206) responses from an origin
+//! are passed through and never stored (see `policy`).
 
 use http::{header, HeaderMap};
 
