@@ -48,20 +48,30 @@ fn by_path(req: &Seen, n: usize) -> http::Response<http_body_util::Full<bytes::B
         .replace("%22", "\"")
         .replace("%2C", ",");
     let etag = "\"v1\"".to_string();
-    if req
+    let not_modified = req
         .headers
         .get("if-none-match")
-        .is_some_and(|v| v == etag.as_str())
-    {
-        return respond(304, &[("etag", &etag), ("cache-control", &cc)], "");
-    }
+        .is_some_and(|v| v == etag.as_str());
     let mut headers: Vec<(String, String)> = vec![("etag".into(), etag.clone())];
     if !cc.is_empty() {
         headers.push(("cache-control".into(), cc));
     }
+    // `name=value` goes on 200s, `u-name=value` on 304s only.
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        headers.push((k.to_string(), v.replace("%20", " ").replace("%2C", ",")));
+        let v = v.replace("%20", " ").replace("%2C", ",");
+        match (k.strip_prefix("u-"), not_modified) {
+            (Some(k), true) => headers.push((k.to_string(), v)),
+            (None, false) => headers.push((k.to_string(), v)),
+            _ => {}
+        }
+    }
+    if not_modified {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        return respond(304, &headers, "");
     }
     let headers: Vec<(&str, &str)> = headers
         .iter()
@@ -346,5 +356,68 @@ async fn s5_2_2_3_must_understand() {
             !reused(&node, &origin, plain).await,
             "{proto:?}: no-store stored"
         );
+    }
+}
+
+// §4.2.1, §5.2: directive names are case-insensitive; an invalid max-age is no
+// lifetime; of duplicates the first counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_2_cache_control_parsing() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        for fresh in [
+            "MAX-AGE=600",
+            "Max-Age=600,%20max-age=0",
+            "max-age=%22600%22",
+        ] {
+            assert!(
+                reused(&node, &origin, &format!("/200/{fresh}")).await,
+                "{proto:?}: {fresh}"
+            );
+        }
+        for invalid in [
+            "max-age%20=600",
+            "max-age=a100",
+            "max-age=1.5",
+            "max-age=-600",
+        ] {
+            assert!(
+                !reused(&node, &origin, &format!("/200/{invalid}")).await,
+                "{proto:?}: {invalid}"
+            );
+        }
+    }
+}
+
+// §3.2 and §4.3.4: a 304 updates the stored fields, except those never stored
+// (hop-by-hop ones among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_3_4_a_304_updates_stored_fields_but_not_hop_by_hop_ones() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let path =
+            "/200/no-cache?x-version=1&u-x-version=2&u-keep-alive=timeout=5&u-proxy-connection=x";
+        let first = request(&node, Method::GET, path, &[], "").await;
+        assert_eq!(first.header("x-version").as_deref(), Some("1"));
+        for round in ["revalidated", "again"] {
+            let r = request(&node, Method::GET, path, &[], "").await;
+            assert_eq!(
+                r.header("x-version").as_deref(),
+                Some("2"),
+                "{proto:?} {round}"
+            );
+            assert!(
+                r.header("keep-alive").is_none(),
+                "{proto:?} {round}: hop-by-hop stored"
+            );
+            assert!(
+                r.header("proxy-connection").is_none(),
+                "{proto:?} {round}: hop-by-hop stored"
+            );
+        }
     }
 }

@@ -15,8 +15,16 @@ impl Directives {
         let mut map = BTreeMap::new();
         for value in values {
             for item in split_list(value)? {
+                // No whitespace around `=` (RFC 9110 §5.6.2's grammar): `max-age =5`
+                // is not a directive with an argument.
                 let (name, arg) = match item.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim())),
+                    Some((n, a))
+                        if n.ends_with(char::is_whitespace)
+                            || a.starts_with(char::is_whitespace) =>
+                    {
+                        return Err(format!("whitespace around `=` in {item:?}"));
+                    }
+                    Some((n, a)) => (n, Some(a.trim_end())),
                     None => (item, None),
                 };
                 if name.is_empty() || !name.bytes().all(is_tchar) {
@@ -107,6 +115,27 @@ fn delta_seconds(arg: Option<&str>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_arguments_and_spacing_are_errors() {
+        for bad in ["max-age =5", "max-age= 5", "max-age=\"5"] {
+            assert!(Directives::parse([bad]).is_err(), "{bad:?}");
+        }
+        for not_a_number in ["max-age=a100", "max-age=1.5", "max-age=-1", "max-age="] {
+            let d = Directives::parse([not_a_number]);
+            assert!(
+                d.is_err() || d.unwrap().seconds("max-age").is_err(),
+                "{not_a_number:?}"
+            );
+        }
+        let d = Directives::parse(["MAX-AGE=5, max-age=0, Public"]).unwrap();
+        assert_eq!(
+            d.seconds("max-age"),
+            Ok(Some(5)),
+            "names are case-insensitive; the first wins"
+        );
+        assert!(d.has("public"));
+    }
 
     #[test]
     fn parses_lists_arguments_and_quotes() {

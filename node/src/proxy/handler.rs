@@ -724,6 +724,9 @@ impl Proxy {
     ) -> Response<Body> {
         let old = &stale.entry;
         let mut merged = stored_headers(&old.meta);
+        // §3.2: every field of the 304 replaces the stored one, except those never
+        // stored (hop-by-hop, aimed at this cache, `Age`) and Content-Length.
+        let update = self.shaping.storable_headers(update, &[]);
         for name in update.keys() {
             if name != header::CONTENT_LENGTH {
                 merged.remove(name);
