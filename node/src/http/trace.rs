@@ -1,8 +1,11 @@
 //! Request identity: the W3C trace context (`traceparent`) and request ids.
 //!
-//! Every request runs in a `request` span carrying its request id and trace id,
-//! so every log line it causes (JSON logs print the span's fields) can be found by
-//! either. The node joins the caller's trace when `traceparent` is valid, else
+//! Every request's work runs in a `request` span carrying its request id and trace
+//! id, so every log line it causes (JSON logs print the span's fields) can be found
+//! by either. A request answered at once from memory (`http::Answer::Now`) opens no
+//! span: nothing on that path logs, and its ids still reach the access log and the
+//! response. The span's fields are formatted only if a line is logged inside it
+//! (`crate::logging`). The node joins the caller's trace when `traceparent` is valid, else
 //! starts one; it then replaces the header with its own span as the parent, so an
 //! origin fetch (and a fetch through the owner, which forwards the headers) is a
 //! child of this node's span. `X-Request-Id` is taken from the client when it is
