@@ -58,8 +58,16 @@ CASES = {
                      {"Cache-Control": "max-age=600", "Age": "99999999999999999999999"}),
     "age-invalid": ("5.1", "an invalid Age is ignored", 200, {"Cache-Control": "max-age=600", "Age": "abc"}),
     "max-age-float": ("5.2.2.1", "max-age=1.5 is not a lifetime", 200, {"Cache-Control": "max-age=1.5"}),
+    "max-age-space": ("5.2", "max-age =600 (space before =) is not a lifetime", 200,
+                      {"Cache-Control": "max-age =600"}),
+    "max-age-duplicate": ("4.2.1", "max-age=0, max-age=600: the first counts, or stale", 200,
+                          {"Cache-Control": "max-age=0, max-age=600"}),
     "expires-invalid": ("5.3", "an invalid Expires means expired", 200, {"Expires": "0"}),
     "status-500-heuristic": ("4.2.2", "a 500 is not heuristically cacheable", 500, {"Last-Modified": OLD}),
+    "request-max-age": ("5.2.1.1", "a request's max-age=10 refuses a stored response aged 40", 200,
+                        {"Cache-Control": "max-age=600", "Age": "40"}),
+    "only-if-cached": ("5.2.1.7", "only-if-cached on a miss: 504, the origin not asked", 200,
+                       {"Cache-Control": "max-age=600"}),
     "conditional-miss": ("4.3.2", "a client's If-None-Match reaches the origin on a miss", 200,
                          {"Cache-Control": "max-age=600"}),
     "head-miss": ("9.3.2 (9110)", "a HEAD miss reaches the origin as HEAD", 200, {"Cache-Control": "max-age=600"}),
@@ -158,13 +166,19 @@ def check(name, addr, target, origin):
     """True when `target` got case `name` right."""
     path = f"/{name}/{target}"
     get = lambda h=None: request(addr, "GET", path, h)
-    if name in ("no-store", "private", "age-stale", "age-overflow", "max-age-float", "expires-invalid",
-                "status-500-heuristic"):
+    if name in ("no-store", "private", "age-stale", "age-overflow", "max-age-float", "max-age-space",
+                "max-age-duplicate", "expires-invalid", "status-500-heuristic"):
         get(); get()
         return origin.seen(path) == 2
     if name == "no-cache":
         get(); get()
         return origin.seen(path) == 2 and origin.last[path][1].get("if-none-match") == '"v1"'
+    if name == "request-max-age":
+        get(); get({"Cache-Control": "max-age=10"})
+        return origin.seen(path) == 2
+    if name == "only-if-cached":
+        status, _, _ = get({"Cache-Control": "only-if-cached"})
+        return status == 504 and origin.seen(path) == 0
     if name == "conditional-miss":
         status, _, _ = get({"If-None-Match": '"v1"'})
         return origin.seen(path) == 1 and origin.last[path][1].get("if-none-match") == '"v1"' and status == 304

@@ -421,3 +421,52 @@ async fn s4_3_4_a_304_updates_stored_fields_but_not_hop_by_hop_ones() {
         }
     }
 }
+
+/// A GET of `path` with the request directives `cc`.
+async fn get_with(node: &TestNode, path: &str, cc: &str) -> Reply {
+    request(node, Method::GET, path, &[("cache-control", cc)], "").await
+}
+
+// §5.2.1: the request's own directives: max-age (an older stored response is
+// revalidated), min-fresh (one fresh for less is revalidated), only-if-cached (a miss
+// is a 504, a hit is served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_2_1_request_directives() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        // Age 40 from the origin: older than max-age=10, younger than max-age=100.
+        let path = "/200/max-age=600?age=40";
+        get_with(&node, path, "max-age=100").await;
+        get_with(&node, path, "max-age=100").await;
+        assert_eq!(
+            origin.count(path),
+            1,
+            "{proto:?}: max-age=100 allows age 40"
+        );
+        get_with(&node, path, "max-age=10").await;
+        assert_eq!(
+            origin.count(path),
+            2,
+            "{proto:?}: max-age=10 refuses age 40"
+        );
+        // Fresh for about 560 s more: min-fresh=100 takes it, min-fresh=1000 does not.
+        let path = "/200/max-age=600?age=40&n=2";
+        get_with(&node, path, "min-fresh=100").await;
+        get_with(&node, path, "min-fresh=100").await;
+        assert_eq!(origin.count(path), 1, "{proto:?}: min-fresh=100");
+        get_with(&node, path, "min-fresh=1000").await;
+        assert_eq!(origin.count(path), 2, "{proto:?}: min-fresh=1000");
+        // only-if-cached: a miss never reaches the origin.
+        let r = get_with(&node, "/200/max-age=600?n=3", "only-if-cached").await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{proto:?}");
+        assert_eq!(origin.count("/200/max-age=600?n=3"), 0, "{proto:?}");
+        let r = get_with(&node, "/200/max-age=600?age=40", "only-if-cached").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{proto:?}: a hit with only-if-cached"
+        );
+    }
+}

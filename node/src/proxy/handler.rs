@@ -78,6 +78,12 @@ struct RequestDirectives {
     facts: RequestFacts,
     /// `no-cache`: a stored response must be revalidated before it is used.
     must_revalidate: bool,
+    /// `max-age`: a stored response older than this (seconds) is revalidated.
+    max_age: Option<u64>,
+    /// `min-fresh`: a stored response fresh for less than this (seconds) is revalidated.
+    min_fresh: Option<u64>,
+    /// `only-if-cached`: answered from the cache or with 504, never from the origin.
+    only_if_cached: bool,
 }
 
 impl RequestDirectives {
@@ -100,6 +106,10 @@ impl RequestDirectives {
                 no_store: cc.has("no-store"),
             },
             must_revalidate,
+            // An invalid value is ignored, as an unknown directive would be.
+            max_age: cc.seconds("max-age").ok().flatten(),
+            min_fresh: cc.seconds("min-fresh").ok().flatten(),
+            only_if_cached: cc.has("only-if-cached"),
         }
     }
 }
@@ -314,10 +324,16 @@ impl Proxy {
                 return response;
             }
             self.cache.count_lookup(f.tier, LookupResult::Expired);
+            if asks.only_if_cached {
+                return only_if_cached_miss();
+            }
             return Box::pin(self.fetch(ctx, Some(key), Some(f), true, facts, "stale")).await;
         }
         self.cache
             .count_lookup(crate::store::Tier::Memory, LookupResult::Miss);
+        if asks.only_if_cached {
+            return only_if_cached_miss();
+        }
         let now = self.cache.now_ms();
         if self.uncacheable.get(&key).is_some_and(|until| *until > now) {
             return Box::pin(self.direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")).await;
@@ -354,10 +370,18 @@ impl Proxy {
             HitPolicy::ServeUnsynced => (asks.must_revalidate, "; detail=unsynced"),
             HitPolicy::Revalidate => (true, ""),
         };
-        if must_revalidate {
+        let now = self.cache.now_ms();
+        let ttl_ms = found.ttl_ms(now);
+        // The request's own limits (RFC 9111 §5.2.1.1, §5.2.1.3).
+        let too_old = asks
+            .max_age
+            .is_some_and(|max| found.meta().age_ms(now) / 1000 > max);
+        let too_close_to_stale = asks
+            .min_fresh
+            .is_some_and(|min| ttl_ms < (min as i64).saturating_mul(1000));
+        if must_revalidate || too_old || too_close_to_stale {
             return None;
         }
-        let ttl_ms = found.ttl_ms(self.cache.now_ms());
         if ttl_ms > 0 {
             self.cache.count_lookup(found.tier, LookupResult::Hit);
             let status = format!("fanz; hit; ttl={}{unsynced}", ttl_ms / 1000);
@@ -972,6 +996,16 @@ impl Proxy {
         let cache_status = format!("fanz; fwd=method; fwd-status={}", status.as_u16());
         self.pass_through(&ctx, response, permit, &cache_status)
     }
+}
+
+/// RFC 9111 §5.2.1.7: nothing stored may answer, and the origin may not be asked.
+fn only_if_cached_miss() -> Response<Body> {
+    origin_failure(
+        StatusCode::GATEWAY_TIMEOUT,
+        "only-if-cached: no stored response answers this request",
+        None,
+        "fanz; fwd=uri-miss; detail=only-if-cached",
+    )
 }
 
 fn within_stale_if_error(found: &Found, now_ms: u64) -> bool {
