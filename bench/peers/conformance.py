@@ -74,6 +74,16 @@ CASES = {
     "post-invalidates": ("4.4", "a successful POST invalidates the URL", 200, {"Cache-Control": "max-age=600"}),
     "post-error": ("4.4", "a failed POST invalidates nothing", 200, {"Cache-Control": "max-age=600"}),
     "vary": ("4.1", "Vary keeps variants apart", 200, {"Cache-Control": "max-age=600", "Vary": "Accept-Language"}),
+    "vary-star": ("4.1", "Vary: * is never reused", 200, {"Cache-Control": "max-age=600", "Vary": "*"}),
+    "authorization": ("3.5", "a response to a request with Authorization is not shared", 200,
+                      {"Cache-Control": "max-age=600"}),
+    "authorization-public": ("3.5", "... unless it is public", 200, {"Cache-Control": "public, max-age=600"}),
+    "swr": ("RFC 5861", "stale-while-revalidate serves the stale copy at once", 200,
+            {"Cache-Control": "max-age=1, stale-while-revalidate=60"}),
+    "range-suffix": ("14.1.2 (9110)", "a suffix range (bytes=-2) on a stored response", 200,
+                     {"Cache-Control": "max-age=600"}),
+    "range-after-miss": ("3.4", "a Range on a miss, then the same Range is answered from the cache", 200,
+                         {"Cache-Control": "max-age=600"}),
     "refresh-304": ("4.3.4", "a 304 updates the stored headers", 200, {"Cache-Control": "no-cache"}),
     "range": ("3.4 / 14 (9110)", "a Range on a stored response gets 206", 200, {"Cache-Control": "max-age=600"}),
     "broken-origin-url": ("(robustness)", "20 answers of 500 elsewhere change nothing for a new URL", 200,
@@ -197,6 +207,26 @@ def check(name, addr, target, origin):
         _, _, b = get({"Accept-Language": "fr"})
         _, _, a2 = get({"Accept-Language": "en"})
         return a.startswith(b"en") and b.startswith(b"fr") and a2 == a and origin.seen(path) == 2
+    if name == "vary-star":
+        get(); get()
+        return origin.seen(path) == 2
+    if name in ("authorization", "authorization-public"):
+        auth = {"Authorization": "Basic dTpw"}
+        get(auth); get(auth)
+        return origin.seen(path) == (2 if name == "authorization" else 1)
+    if name == "swr":
+        get()
+        time.sleep(1.5)
+        status, _, body = get()
+        return status == 200 and body.endswith(b"#1")
+    if name == "range-suffix":
+        _, _, whole = get()
+        status, _, body = get({"Range": "bytes=-2"})
+        return status == 206 and body == whole[-2:] and origin.seen(path) == 1
+    if name == "range-after-miss":
+        first_status, _, _ = get({"Range": "bytes=0-1"})
+        status, _, body = get({"Range": "bytes=0-1"})
+        return first_status in (200, 206) and status == 206 and len(body) == 2 and origin.seen(path) == 1
     if name == "refresh-304":
         get()
         _, h, _ = get()

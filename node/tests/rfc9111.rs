@@ -470,3 +470,27 @@ async fn s5_2_1_request_directives() {
         );
     }
 }
+
+// §3.5: a response to a request with Authorization is not shared, unless its
+// directives allow a shared cache to store it (public, s-maxage, must-revalidate);
+// then it answers later requests, with Authorization too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_5_authorization() {
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(by_path).await;
+        let (_tmp, node) = node_for(&origin);
+        let node = node.with_proto(proto);
+        let auth = [("authorization", "Basic dTpw")];
+        for (cc, shared) in [
+            ("max-age=600", false),
+            ("public,%20max-age=600", true),
+            ("s-maxage=600", true),
+        ] {
+            let path = format!("/200/{cc}");
+            request(&node, Method::GET, &path, &auth, "").await;
+            request(&node, Method::GET, &path, &auth, "").await;
+            let expected = if shared { 1 } else { 2 };
+            assert_eq!(origin.count(&path), expected, "{proto:?}: {cc}");
+        }
+    }
+}

@@ -306,10 +306,6 @@ impl Proxy {
     async fn cacheable(self: Arc<Self>, ctx: Ctx) -> Response<Body> {
         let asks = RequestDirectives::of(&ctx.headers);
         let facts = asks.facts;
-        if facts.authorization {
-            // Never answered from the cache; stored only if the response allows sharing.
-            return Box::pin(self.fetch(ctx, None, None, false, facts, "bypass")).await;
-        }
         let mut key = ctx.primary.clone();
         let mut vary_known = false;
         let mut found = self.cache.find(&ctx.primary).await;
@@ -317,6 +313,15 @@ impl Proxy {
             key = variant_key(&ctx.primary, &fields, &ctx.headers);
             vary_known = true;
             found = self.cache.find(&key).await;
+        }
+        // With Authorization, only a stored response its origin let a shared cache
+        // keep and serve answers (RFC 9111 §3.5); otherwise the request goes to the
+        // origin alone, and its answer is stored only if it allows sharing.
+        let shared = |f: &Found| {
+            policy::stored_response_shared_despite_authorization(&stored_headers(f.meta()))
+        };
+        if facts.authorization && !found.as_ref().is_some_and(shared) {
+            return Box::pin(self.fetch(ctx, None, None, false, facts, "bypass")).await;
         }
         if let Some(f) = found {
             let policy = self.cache.hit_policy().await;

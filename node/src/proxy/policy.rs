@@ -184,6 +184,28 @@ pub fn forbids_stale_when_disconnected(headers: &HeaderMap) -> bool {
             .map_or(true, |cc| cc.has("s-maxage"))
 }
 
+/// §3.5: whether a response's directives (the governing ones `d`, and
+/// `Cache-Control`) let a shared cache store it, and serve it, although requests for
+/// it carry `Authorization`: `public`, `s-maxage` or `must-revalidate`.
+fn shared_despite_authorization(d: &Directives, cc: &Directives) -> bool {
+    [d, cc]
+        .iter()
+        .any(|x| x.has("public") || x.has("s-maxage") || x.has("must-revalidate"))
+}
+
+/// [`shared_despite_authorization`] for a stored response's headers.
+pub fn stored_response_shared_despite_authorization(headers: &HeaderMap) -> bool {
+    let Ok(Governing { directives: d, .. }) = governing(headers) else {
+        return false;
+    };
+    let Ok(cc) = field_values(headers, "cache-control")
+        .and_then(|v| Directives::parse(v).map_err(|_| NotStored::Malformed))
+    else {
+        return false;
+    };
+    shared_despite_authorization(&d, &cc)
+}
+
 /// The request side of the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts {
@@ -241,9 +263,7 @@ pub fn evaluate(
     }
     let explicitly_shared =
         d.has("public") || d.has("s-maxage") || cc.has("public") || cc.has("s-maxage");
-    if request.authorization
-        && !(explicitly_shared || d.has("must-revalidate") || cc.has("must-revalidate"))
-    {
+    if request.authorization && !shared_despite_authorization(&d, &cc) {
         return Err(NotStored::Authorization);
     }
     if headers.contains_key(header::SET_COOKIE)
