@@ -577,10 +577,12 @@ async fn a_response_cut_off_by_the_origin_is_never_stored() {
     let (_tmp, data) = data_dir();
     let url = format!("http://{origin}");
     let node = TestNode::start(&data, &["--origin", &url]);
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
     for _ in 0..2 {
+        // A client per request: the node closes a connection whose response body
+        // failed, and a pooled one could be reused before the close is seen.
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         let resp = client
             .get(node.url("/cut").parse().unwrap())
             .await
