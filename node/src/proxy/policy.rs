@@ -137,10 +137,8 @@ pub fn governing(headers: &HeaderMap) -> Result<Governing, NotStored> {
             });
         }
     }
-    let directives = Directives::parse(field_values(headers, "cache-control")?)
-        .map_err(|_| NotStored::Malformed)?;
     Ok(Governing {
-        directives,
+        directives: cache_control(headers)?,
         targeted: false,
     })
 }
@@ -157,19 +155,25 @@ fn field_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>, 
 /// `proxy-revalidate`, an unqualified `no-cache`), in its governing field or in
 /// `Cache-Control`. A response whose headers cannot be read counts as forbidding it.
 pub fn forbids_stale(headers: &HeaderMap) -> bool {
-    let Ok(Governing { directives: d, .. }) = governing(headers) else {
-        return true;
-    };
-    let Ok(cc) = field_values(headers, "cache-control")
-        .and_then(|v| Directives::parse(v).map_err(|_| NotStored::Malformed))
-    else {
-        return true;
-    };
-    [&d, &cc].iter().any(|x| {
+    either_field(headers, true, |x| {
         x.has("must-revalidate")
             || x.has("proxy-revalidate")
             || (x.has("no-cache") && x.arg("no-cache").is_none())
     })
+}
+
+/// `Cache-Control`, parsed.
+fn cache_control(headers: &HeaderMap) -> Result<Directives, NotStored> {
+    Directives::parse(field_values(headers, "cache-control")?).map_err(|_| NotStored::Malformed)
+}
+
+/// Whether `test` holds for the governing directives or for `Cache-Control`;
+/// `unreadable` when either cannot be parsed.
+fn either_field(headers: &HeaderMap, unreadable: bool, test: impl Fn(&Directives) -> bool) -> bool {
+    match (governing(headers), cache_control(headers)) {
+        (Ok(g), Ok(cc)) => test(&g.directives) || test(&cc),
+        _ => unreadable,
+    }
 }
 
 /// Whether a stored response may not be served stale when the origin cannot be
@@ -177,33 +181,20 @@ pub fn forbids_stale(headers: &HeaderMap) -> bool {
 /// `s-maxage`, which implies `proxy-revalidate` for a shared cache (§5.2.2.10). Its
 /// own `stale-if-error` window, an explicit permission, is checked before this.
 pub fn forbids_stale_when_disconnected(headers: &HeaderMap) -> bool {
-    forbids_stale(headers)
-        || governing(headers).map_or(true, |g| g.directives.has("s-maxage"))
-        || field_values(headers, "cache-control")
-            .and_then(|v| Directives::parse(v).map_err(|_| NotStored::Malformed))
-            .map_or(true, |cc| cc.has("s-maxage"))
+    forbids_stale(headers) || either_field(headers, true, |x| x.has("s-maxage"))
 }
 
-/// §3.5: whether a response's directives (the governing ones `d`, and
-/// `Cache-Control`) let a shared cache store it, and serve it, although requests for
-/// it carry `Authorization`: `public`, `s-maxage` or `must-revalidate`.
-fn shared_despite_authorization(d: &Directives, cc: &Directives) -> bool {
-    [d, cc]
-        .iter()
-        .any(|x| x.has("public") || x.has("s-maxage") || x.has("must-revalidate"))
+/// §3.5: whether a response's directives let a shared cache store it, and serve it,
+/// although requests for it carry `Authorization`: `public`, `s-maxage` or
+/// `must-revalidate`.
+fn shares_despite_authorization(x: &Directives) -> bool {
+    x.has("public") || x.has("s-maxage") || x.has("must-revalidate")
 }
 
-/// [`shared_despite_authorization`] for a stored response's headers.
+/// [`shares_despite_authorization`] for a stored response's headers, in its
+/// governing field or `Cache-Control`.
 pub fn stored_response_shared_despite_authorization(headers: &HeaderMap) -> bool {
-    let Ok(Governing { directives: d, .. }) = governing(headers) else {
-        return false;
-    };
-    let Ok(cc) = field_values(headers, "cache-control")
-        .and_then(|v| Directives::parse(v).map_err(|_| NotStored::Malformed))
-    else {
-        return false;
-    };
-    shared_despite_authorization(&d, &cc)
+    either_field(headers, false, shares_despite_authorization)
 }
 
 /// The request side of the decision.
@@ -240,8 +231,7 @@ pub fn evaluate(
         targeted,
     } = governing(headers)?;
     // Cache-Control still speaks for privacy even when a targeted field sets freshness.
-    let cc = Directives::parse(field_values(headers, "cache-control")?)
-        .map_err(|_| NotStored::Malformed)?;
+    let cc = cache_control(headers)?;
     // must-understand (§5.2.2.3): stored only with a status this cache understands,
     // and then its no-store (there for caches that do not) is ignored.
     let must_understand = d.has("must-understand") || cc.has("must-understand");
@@ -263,7 +253,9 @@ pub fn evaluate(
     }
     let explicitly_shared =
         d.has("public") || d.has("s-maxage") || cc.has("public") || cc.has("s-maxage");
-    if request.authorization && !shared_despite_authorization(&d, &cc) {
+    if request.authorization
+        && !(shares_despite_authorization(&d) || shares_despite_authorization(&cc))
+    {
         return Err(NotStored::Authorization);
     }
     if headers.contains_key(header::SET_COOKIE)
