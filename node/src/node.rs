@@ -150,11 +150,17 @@ pub async fn run(
     }
     let origin_tls =
         tls::origin_client_config(config.origin_ca_file.as_deref()).map_err(tls_error)?;
+    let ttl = Arc::new(Live::new(TtlPolicy {
+        default_ttl: config.default_ttl,
+        max_ttl: config.max_ttl,
+        max_stale: config.max_stale,
+    }));
     let proxy = Some(Arc::new(Proxy::new(
         cache.clone(),
         &config,
         &origin_tls,
         metrics.clone(),
+        ttl.clone(),
     )))
     .filter(|p| p.enabled());
     let front_tls = match (&config.tls_cert, &config.tls_key) {
@@ -202,11 +208,6 @@ pub async fn run(
         cache.clone(),
         cluster.as_ref().map(|c| c.replicator().clone()),
     ));
-    let ttl = Arc::new(Live::new(TtlPolicy {
-        default_ttl: config.default_ttl,
-        max_ttl: config.max_ttl,
-        max_stale: config.max_stale,
-    }));
     let main_service = Arc::new(MainService::new(
         cache.clone(),
         auth.clone(),

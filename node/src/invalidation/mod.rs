@@ -18,7 +18,7 @@ mod model_tests;
 mod state;
 mod watchers;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,15 @@ pub struct Invalidator {
     edge_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<Record>>>,
     /// Near caches that must confirm every invalidation before it is acknowledged.
     watchers: Arc<Watchers>,
+    /// Where the state's floor is kept across restarts ([`FLOOR_FILE`]).
+    floor_file: PathBuf,
 }
+
+/// File (in the data directory) holding the floor below which versions are invalid:
+/// the horizon of the last garbage collection. Written before a compaction removes
+/// collected tombstones from the log, and read at start, so a restart with a longer
+/// retention cannot make valid again what a collected tombstone covered.
+pub const FLOOR_FILE: &str = "invalidation-floor";
 
 impl Invalidator {
     /// Opens the log in `dir`, replays it and garbage-collects what has expired.
@@ -78,6 +86,8 @@ impl Invalidator {
     ) -> Result<Self, LogError> {
         let (log, replay) = log::InvalidationLog::open(dir)?;
         let state = Arc::new(InvalidationState::new());
+        let floor_file = dir.join(FLOOR_FILE);
+        state.raise_floor(read_floor(&floor_file)?);
         for record in &replay.records {
             state.apply(record);
             match record {
@@ -99,6 +109,7 @@ impl Invalidator {
             dropped_since_compaction: AtomicU64::new(0),
             edge_sink: std::sync::OnceLock::new(),
             watchers: Arc::new(Watchers::new(WATCHER_ACK_TIMEOUT)),
+            floor_file,
         };
         let dropped = engine.collect_garbage();
         tracing::info!(
@@ -112,6 +123,11 @@ impl Invalidator {
             engine.compact().await?;
         }
         Ok(engine)
+    }
+
+    /// Versions before this are invalid: tombstones older than it may be gone.
+    pub fn floor(&self) -> Timestamp {
+        self.state.floor()
     }
 
     /// How purges cover an entry.
@@ -267,8 +283,13 @@ impl Invalidator {
         dropped
     }
 
-    /// Rewrites the log as the live state.
+    /// Rewrites the log as the live state (after making the floor durable: the
+    /// rewritten log no longer holds the tombstones collected below it).
     pub async fn compact(&self) -> Result<u64, LogError> {
+        let (file, floor) = (self.floor_file.clone(), self.state.floor());
+        tokio::task::spawn_blocking(move || write_floor(&file, floor))
+            .await
+            .map_err(|_| LogError::Closed)??;
         let state = self.state.clone();
         let size = self.log.compact(move || state.snapshot()).await?;
         self.last_compacted.store(size, Ordering::Relaxed);
@@ -315,6 +336,44 @@ impl Invalidator {
     pub async fn close(&self) {
         self.log.close().await;
     }
+}
+
+/// The floor kept in `path`; the lowest one when there is no file yet.
+fn read_floor(path: &Path) -> Result<Timestamp, LogError> {
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(Timestamp::from_u64)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Timestamp::from_u64(0)),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Writes `floor` to `path` durably (a synced temporary file renamed over it).
+fn write_floor(path: &Path, floor: Timestamp) -> Result<(), LogError> {
+    use std::io::Write;
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(floor.as_u64().to_string().as_bytes())
+        .map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -395,6 +454,43 @@ mod tests {
         let reopened = self::engine(dir.path(), clock).await;
         assert_eq!(reopened.tombstone_count(), 0);
         assert_eq!(reopened.edge_count(), 0);
+    }
+
+    // Issue 18, hole 1: an entry whose purge's tombstone was collected stays
+    // invalid, here and after a restart with a longer retention.
+    #[tokio::test]
+    async fn versions_below_a_collected_tombstone_stay_invalid_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(Clock::manual(9_000_000));
+        let engine = engine(dir.path(), clock.clone()).await;
+        let old_entry = tagged(clock.now(), b"news");
+        clock.advance(10);
+        engine
+            .purge(&PurgeTargets {
+                tags: vec![Bytes::from_static(b"news")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        clock.advance(RETENTION.as_millis() as u64 + 1_000);
+        engine.maintain().await.unwrap();
+        assert_eq!(engine.tombstone_count(), 0, "collected");
+        let key = CacheKey::kv(b"x");
+        assert_eq!(engine.coverage(&key, &old_entry), Coverage::Invalid);
+        let fresh = tagged(clock.now(), b"news");
+        assert_eq!(engine.coverage(&key, &fresh), Coverage::Valid);
+        engine.compact().await.unwrap();
+        engine.close().await;
+
+        let longer = Invalidator::open(dir.path(), clock.clone(), RETENTION * 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            longer.coverage(&key, &old_entry),
+            Coverage::Invalid,
+            "a longer retention after a restart brought a purged version back"
+        );
+        assert_eq!(longer.coverage(&key, &fresh), Coverage::Valid);
     }
 
     #[tokio::test]

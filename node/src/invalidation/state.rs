@@ -109,6 +109,9 @@ pub struct InvalidationState {
     tag_tombstones: DashMap<Bytes, Tombstone>,
     /// Newest tombstone (of any kind) ever applied: entries at or after it are valid.
     watermark: AtomicU64,
+    /// Versions before this are invalid whatever the tombstones say: tombstones older
+    /// than it may have been collected, so nothing may vouch for such an entry.
+    floor: AtomicU64,
     /// Prefix tombstones, kept sorted by their newest purge.
     prefixes: RwLock<Vec<PrefixTombstone>>,
     /// Newest prefix tombstone: entries at or after it need no prefix scan.
@@ -133,6 +136,9 @@ impl InvalidationState {
     /// How the tombstones cover the entry stored under `key` with metadata `meta`.
     pub fn coverage(&self, key: &CacheKey, meta: &EntryMeta) -> Coverage {
         let version = meta.version;
+        if version.as_u64() < self.floor.load(Ordering::Acquire) {
+            return Coverage::Invalid;
+        }
         if version.as_u64() >= self.watermark.load(Ordering::Acquire) {
             return Coverage::Valid;
         }
@@ -344,9 +350,22 @@ impl InvalidationState {
             .is_some_and(|edges| !edges.is_empty())
     }
 
-    /// Drops tombstones no older than `horizon` can matter to (every entry older than
-    /// them has expired) and edges whose dependent has expired. Returns what was dropped.
+    /// Versions before this are invalid (see [`Self::raise_floor`]).
+    pub fn floor(&self) -> Timestamp {
+        Timestamp::from_u64(self.floor.load(Ordering::Acquire))
+    }
+
+    /// Makes every version before `floor` invalid from now on (never lowers it).
+    pub fn raise_floor(&self, floor: Timestamp) {
+        self.floor.fetch_max(floor.as_u64(), Ordering::AcqRel);
+    }
+
+    /// Drops tombstones older than `horizon` and edges whose dependent has expired.
+    /// Returns what was dropped. Every version before `horizon` becomes invalid first
+    /// (the floor), so no entry a dropped tombstone covered is ever valid again,
+    /// however long a lifetime its origin gave it.
     pub fn collect_garbage(&self, horizon: Timestamp, now_ms: u64) -> usize {
+        self.raise_floor(horizon);
         let mut dropped = 0;
         for table in [&self.key_tombstones, &self.tag_tombstones] {
             let before = table.len();

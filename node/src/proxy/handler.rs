@@ -36,7 +36,7 @@ use crate::http::directives::Directives;
 use crate::http::{text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{LookupResult, Metrics};
-use crate::reload::Live;
+use crate::reload::{Live, TtlPolicy};
 
 /// How often a request retries joining a flight whose leader went away.
 const MAX_REJOINS: usize = 3;
@@ -65,6 +65,8 @@ pub struct Proxy {
     replicator: OnceLock<Arc<Replicator>>,
     /// Keys a non-owner has missed once recently: a second miss admits a hot copy.
     seen_once: DashMap<CacheKey, u64>,
+    /// Lifetime clamps (shared with the KV API; reloadable within their start-up values).
+    ttl: Arc<Live<TtlPolicy>>,
 }
 
 /// How long a first miss counts towards admitting a hot copy.
@@ -146,6 +148,7 @@ impl Proxy {
         config: &Config,
         tls: &Arc<rustls::ClientConfig>,
         metrics: Arc<Metrics>,
+        ttl: Arc<Live<TtlPolicy>>,
     ) -> Self {
         Self {
             cache,
@@ -164,6 +167,7 @@ impl Proxy {
             routing: OnceLock::new(),
             replicator: OnceLock::new(),
             seen_once: DashMap::new(),
+            ttl,
         }
     }
 
@@ -354,6 +358,35 @@ impl Proxy {
             .iter()
             .any(|name| ctx.headers.contains_key(name));
         Box::pin(self.fetch(ctx, Some(key), None, collapse, facts, fwd)).await
+    }
+
+    /// Whether a response to a GET may be stored and for how long
+    /// ([`policy::evaluate`]), its lifetime and stale windows clamped to `max_ttl` and
+    /// `max_stale` (the retention of the tombstones that may cover it).
+    fn evaluate(
+        &self,
+        facts: RequestFacts,
+        status: StatusCode,
+        headers: &HeaderMap,
+        request_ms: u64,
+        response_ms: u64,
+    ) -> Result<policy::Storable, policy::NotStored> {
+        let limits = self.ttl.get();
+        policy::evaluate(
+            &Method::GET,
+            facts,
+            status,
+            headers,
+            request_ms,
+            response_ms,
+            Heuristics::default(),
+        )
+        .map(|s| {
+            s.within(
+                limits.max_ttl.as_millis() as u64,
+                limits.max_stale.as_millis() as u64,
+            )
+        })
     }
 
     /// A response from stored entry `found` (under `key`), if it may be reused as
@@ -658,15 +691,7 @@ impl Proxy {
             leader.complete();
             return self.failure_or_stale(ctx, stale.as_ref(), &failure);
         }
-        let decision = policy::evaluate(
-            &Method::GET,
-            facts,
-            status,
-            response.headers(),
-            request_ms,
-            response_ms,
-            Heuristics::default(),
-        );
+        let decision = self.evaluate(facts, status, response.headers(), request_ms, response_ms);
         let declared = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -770,15 +795,7 @@ impl Proxy {
             no_store: false,
         };
         let cache_status;
-        match policy::evaluate(
-            &Method::GET,
-            facts,
-            status,
-            &merged,
-            request_ms,
-            response_ms,
-            Heuristics::default(),
-        ) {
+        match self.evaluate(facts, status, &merged, request_ms, response_ms) {
             Ok(storable) => {
                 let plan = fill::plan(
                     &self.shaping_for(ctx),

@@ -114,6 +114,18 @@ pub struct Storable {
     pub strip_fields: Vec<String>,
 }
 
+impl Storable {
+    /// The same response with its lifetime no longer than `max_ttl_ms` and its stale
+    /// windows no longer than `max_stale_ms`: tombstones are kept only that long, so
+    /// an origin's year-long `max-age` must not outlive the purge that covers it.
+    pub fn within(mut self, max_ttl_ms: u64, max_stale_ms: u64) -> Self {
+        self.lifetime_ms = self.lifetime_ms.min(max_ttl_ms);
+        self.stale_while_revalidate_ms = self.stale_while_revalidate_ms.min(max_stale_ms);
+        self.stale_if_error_ms = self.stale_if_error_ms.min(max_stale_ms);
+        self
+    }
+}
+
 /// The directives that govern this cache's storing and freshness: the targeted field
 /// (`CDN-Cache-Control`, then `Surrogate-Control`) when present, otherwise
 /// `Cache-Control`; plus whether `Expires` still counts.
