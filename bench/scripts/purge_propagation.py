@@ -24,7 +24,8 @@ def pct(values, q):
 
 def purge(node, body, wait="all"):
     status, raw = request(node.admin, "POST", f"/purge?wait={wait}", body=body)
-    if status not in (200, 202):
+    # 504: made, but not applied by every member in time (the report says who).
+    if status not in (200, 202, 504):
         raise SystemExit(f"purge failed: {status} {raw[:200]!r}")
     return json.loads(raw)
 

@@ -621,6 +621,9 @@ impl Inner {
 
 /// The typed error for a non-success answer.
 fn status_error(node: &str, answer: &Answer) -> Error {
+    if let Some(incomplete) = incomplete_purge(node, answer) {
+        return incomplete;
+    }
     let message = String::from_utf8_lossy(&answer.body).trim().to_string();
     match answer.status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Auth(message),
@@ -631,6 +634,34 @@ fn status_error(node: &str, answer: &Answer) -> Error {
             message,
         },
     }
+}
+
+/// A node's 504 for a purge (or delete) that waited for every member and timed out
+/// first: [`Error::PurgeIncomplete`] with the members that had not applied it.
+fn incomplete_purge(node: &str, answer: &Answer) -> Option<Error> {
+    if answer.status != StatusCode::GATEWAY_TIMEOUT {
+        return None;
+    }
+    let report: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    if report["status"] != "incomplete" {
+        return None;
+    }
+    let cluster = &report["cluster"];
+    let names = |field: &str| -> Vec<String> {
+        cluster[field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Some(Error::PurgeIncomplete {
+        node: node.to_string(),
+        purge_id: cluster["id"].as_str().map(str::to_string),
+        pending: names("pending"),
+    })
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

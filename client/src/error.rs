@@ -47,6 +47,20 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A purge or delete that waits for every member was made durable on `node` and
+    /// is being retried to the rest, but `pending` had not applied it when the node's
+    /// `purge_ack_timeout` passed: until they do, they may still serve what it
+    /// covers. Not retried (the node retries the members itself); see `GET
+    /// /purge/{purge_id}` for its progress.
+    #[error("purge {} incomplete at {node}: not yet applied by {}", purge_id.as_deref().unwrap_or("?"), pending.join(", "))]
+    PurgeIncomplete {
+        /// The node that made the purge.
+        node: String,
+        /// The cluster-wide purge id.
+        purge_id: Option<String>,
+        /// Members that had not applied it.
+        pending: Vec<String>,
+    },
     /// The value producer of `get_or_set` failed.
     #[error("producer failed: {0}")]
     Producer(String),
@@ -64,6 +78,7 @@ impl Error {
             Error::Unreachable(_) | Error::Timeout(_) | Error::Protocol { .. } => true,
             Error::Server { status, .. } => *status >= 500,
             Error::Auth(_)
+            | Error::PurgeIncomplete { .. }
             | Error::TooLarge { .. }
             | Error::Invalid(_)
             | Error::Producer(_)

@@ -104,9 +104,10 @@ pub struct PurgeReport {
 
 impl PurgeReport {
     /// Whether every member applied the purge before the node answered (always true
-    /// for a lone node). With `wait: true`, false means the node's
-    /// `purge_ack_timeout` passed first and [`Self::pending`] names who had not
-    /// applied it; with `wait: false` nothing was waited for.
+    /// for a lone node). With `wait: true` it always is: a purge that timed out
+    /// first is the error [`crate::Error::PurgeIncomplete`], never a report; with
+    /// `wait: false` nothing was waited for, and [`Self::pending`] names who had not
+    /// applied it yet.
     pub fn complete(&self) -> bool {
         self.raw["cluster"]["complete"].as_bool().unwrap_or(true)
     }

@@ -43,6 +43,13 @@ async fn purge_at(node: &TestNode, body: &str) -> serde_json::Value {
     r.json()
 }
 
+/// A `wait=all` purge that times out before every member applied it: 504.
+async fn incomplete_purge_at(node: &TestNode, body: &str) -> serde_json::Value {
+    let r = admin_purge(node, body).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
+    r.json()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_wait_all_no_node_answers_with_purged_content() {
     let origin = tagged_origin().await;
@@ -176,7 +183,7 @@ async fn a_paused_node_catches_up_before_serving_again() {
     }
     let old = get_site(&nodes[2].node, "/paused/page").await.text();
     signal(nodes[2].node.pid(), "STOP");
-    let answer = purge_at(&nodes[0].node, r#"{"tags":["paused"]}"#).await;
+    let answer = incomplete_purge_at(&nodes[0].node, r#"{"tags":["paused"]}"#).await;
     signal(nodes[2].node.pid(), "CONT");
     assert_eq!(answer["cluster"]["complete"], false, "{answer}");
     assert_eq!(answer["cluster"]["pending"], serde_json::json!(["n3"]));
@@ -426,7 +433,7 @@ async fn a_purge_reaches_a_member_by_swim_piggyback_when_direct_sends_fail() {
         .header("cache-status")
         .unwrap()
         .starts_with("fanz; hit"));
-    let answer = purge_at(&honest.node, r#"{"tags":["gossiped"]}"#).await;
+    let answer = incomplete_purge_at(&honest.node, r#"{"tags":["gossiped"]}"#).await;
     assert_eq!(answer["cluster"]["pending"], serde_json::json!(["member"]));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -531,7 +538,7 @@ async fn without_a_majority_a_purge_is_never_complete_and_writes_are_refused() {
     }
     // Past the sync lease (2 s): n1 can renew it from nobody.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    let answer = purge_at(&nodes[0].node, r#"{"keys":["k"]}"#).await;
+    let answer = incomplete_purge_at(&nodes[0].node, r#"{"keys":["k"]}"#).await;
     let write = put(&nodes[0].node, "k", "v2", &[]).await;
     for n in &nodes[1..] {
         signal(n.node.pid(), "CONT");
@@ -549,4 +556,109 @@ async fn without_a_majority_a_purge_is_never_complete_and_writes_are_refused() {
         write.text()
     );
     assert!(write.text().contains("sync lease"), "{}", write.text());
+}
+
+/// `fanzctl`, built beside `fanz-node` by the workspace's tests.
+fn fanzctl() -> std::path::PathBuf {
+    let path = std::path::Path::new(binary()).with_file_name("fanzctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace), which build it",
+        path.display()
+    );
+    path
+}
+
+// Issue 18, hole 5: a purge that a member did not apply within the ack timeout is
+// not a success anywhere the user looks. Before: `POST /purge?wait=all` and KV
+// `DELETE` answered 200/204, `Client::purge`/`delete` returned `Ok`, and `fanzctl
+// purge` exited 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_incomplete_purge_is_reported_as_incomplete_everywhere() {
+    let mut args = vec!["--purge-ack-timeout", "1s"];
+    args.extend(FAST);
+    let (_tmp, nodes) = start_cluster(3, &args).await;
+    let client = fanz_client::Client::builder()
+        .seeds([format!("http://{}", nodes[0].node.admin)])
+        .token(TOKEN)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("client connects");
+    // Owned first by n1, which answers the client's delete itself.
+    let [doomed, _, _] = keys_on_three_owners();
+    client
+        .set(&doomed, "v", &fanz_client::SetOptions::default())
+        .await
+        .unwrap();
+    signal(nodes[2].node.pid(), "STOP");
+    // All at once: each must time out (1 s) before the paused member is fenced
+    // (a sync lease and 0.5 s after the majority acked), which completes a purge.
+    let endpoint = format!("http://{}", nodes[0].node.admin);
+    let ctl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(fanzctl())
+            .args([
+                "--endpoint",
+                &endpoint,
+                "--token",
+                TOKEN,
+                "purge",
+                "--tag",
+                "t",
+            ])
+            .output()
+            .unwrap()
+    });
+    let delete_url = nodes[0].node.url(&format!("/kv/{doomed}"));
+    let auth = format!("Bearer {TOKEN}");
+    let purge = fanz_client::Purge {
+        tags: vec!["t".into()],
+        wait: true,
+        ..Default::default()
+    };
+    let deleter = client.clone();
+    let auth_header = [("authorization", auth.as_str())];
+    let (purged, deleted, by_client, deleted_by_client) = tokio::join!(
+        admin_purge(&nodes[0].node, r#"{"tags":["t"]}"#),
+        send(Method::DELETE, &delete_url, &auth_header, "",),
+        client.purge(&purge),
+        deleter.delete(&doomed),
+    );
+    let ctl = ctl.await.unwrap();
+    signal(nodes[2].node.pid(), "CONT");
+
+    assert_eq!(
+        purged.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        purged.text()
+    );
+    let report = purged.json();
+    assert_eq!(report["status"], "incomplete", "{report}");
+    assert_eq!(report["cluster"]["pending"], serde_json::json!(["n3"]));
+    assert_eq!(
+        deleted.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        deleted.text()
+    );
+    assert_eq!(
+        deleted.json()["cluster"]["pending"],
+        serde_json::json!(["n3"])
+    );
+    match by_client {
+        Err(fanz_client::Error::PurgeIncomplete { pending, .. }) => {
+            assert_eq!(pending, vec!["n3".to_string()])
+        }
+        other => panic!("Client::purge answered {other:?}"),
+    }
+    match deleted_by_client {
+        Err(fanz_client::Error::PurgeIncomplete { pending, .. }) => {
+            assert_eq!(pending, vec!["n3".to_string()])
+        }
+        other => panic!("Client::delete answered {other:?}"),
+    }
+    let stderr = String::from_utf8_lossy(&ctl.stderr);
+    assert_eq!(ctl.status.code(), Some(6), "fanzctl: {stderr}");
+    assert!(stderr.contains("n3"), "fanzctl names the member: {stderr}");
 }

@@ -6,7 +6,8 @@
 //! `~/.config/fanz/fanzctl.conf`) of `endpoint = ...` and `token = ...` lines.
 //!
 //! Exit codes: 0 done; 1 not found (`get`); 2 usage, configuration or bad input;
-//! 3 no node reachable or timed out; 4 token refused; 5 a node failed the request.
+//! 3 no node reachable or timed out; 4 token refused; 5 a node failed the request;
+//! 6 a purge or delete was made but not yet applied by every member (they are named).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -104,6 +105,8 @@ fn exit_code(e: &Error) -> u8 {
         Error::Auth(_) => 4,
         Error::Server { .. } | Error::Protocol { .. } => 5,
         Error::TooLarge { .. } | Error::Invalid(_) | Error::Config(_) | Error::Producer(_) => 2,
+        // Made, but not yet applied everywhere: scripts must not take it as done.
+        Error::PurgeIncomplete { .. } => 6,
     }
 }
 

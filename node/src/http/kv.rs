@@ -15,7 +15,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 
 use super::headers::{self, HeaderError};
 use super::purge::Purger;
-use super::{full, read_body, text, Answer, Body, ReqBody};
+use super::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::{Cache, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
@@ -574,6 +574,8 @@ impl MainService {
         })
     }
 
+    /// `DELETE`: a purge of the key, 204 once every member applied it (in a cluster),
+    /// 504 with the report when one had not within `purge_ack_timeout`.
     async fn delete(&self, key: CacheKey) -> Response<Body> {
         let targets = PurgeTargets {
             keys: vec![key],
@@ -585,13 +587,23 @@ impl MainService {
             Some(replicator) => replicator
                 .purge(&targets, Wait::All)
                 .await
-                .map(|(outcome, _)| outcome),
-            None => self.cache.purge(&targets).await,
+                .map(|(outcome, report)| (outcome, Some(report))),
+            None => self.cache.purge(&targets).await.map(|o| (o, None)),
         };
         match purged {
-            Ok(outcome) => {
-                let mut r = Response::new(full(Bytes::new()));
-                *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok((outcome, report)) => {
+                let mut r = match report.filter(|r| !r.complete) {
+                    // Gone here and retried to the rest, but not yet everywhere.
+                    Some(report) => json(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &serde_json::json!({"status": "incomplete", "cluster": report}),
+                    ),
+                    None => {
+                        let mut r = Response::new(full(Bytes::new()));
+                        *r.status_mut() = StatusCode::NO_CONTENT;
+                        r
+                    }
+                };
                 r.headers_mut().insert(
                     "fanz-invalidated",
                     HeaderValue::from(outcome.dependents.len()),

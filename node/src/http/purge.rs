@@ -100,9 +100,10 @@ impl Purger {
     }
 
     /// Purges `targets` and answers 200 with a JSON report once the purge is durable
-    /// (and, in a cluster with `Wait::All`, applied by every member or timed out: the
-    /// `cluster` part of the answer says which), 202 at once with `Wait::None`, or
-    /// 503 if it could not be made durable here. `via` names the API for the status
+    /// (and, in a cluster with `Wait::All`, applied or fenced by every member), 504
+    /// with the report (`"status": "incomplete"`, the missing members `pending`) when
+    /// `Wait::All` timed out first, 202 at once with `Wait::None`, or 503 if it could
+    /// not be made durable here. `via` names the API for the status
     /// page.
     pub async fn run(
         &self,
@@ -181,13 +182,18 @@ fn answer(
                 .take(LISTED_DEPENDENTS)
                 .map(show)
                 .collect();
-            let status = if wait == Wait::None && cluster.is_some() {
+            let incomplete = wait == Wait::All && cluster.as_ref().is_some_and(|r| !r.complete);
+            let status = if incomplete {
+                // Durable here, retried to the missing members, but not yet the
+                // promise `wait=all` asked for: not a success.
+                StatusCode::GATEWAY_TIMEOUT
+            } else if wait == Wait::None && cluster.is_some() {
                 StatusCode::ACCEPTED
             } else {
                 StatusCode::OK
             };
             let mut body = json!({
-                    "status": "ok",
+                    "status": if incomplete { "incomplete" } else { "ok" },
                     "soft": targets.soft,
                     "purged": {
                         "keys": targets.keys.iter().map(show).collect::<Vec<_>>(),
