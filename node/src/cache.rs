@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fanz_protocol::key::IdKind;
+use fanz_protocol::key::{IdKind, Namespace};
 use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 
 use crate::clock::Clock;
@@ -375,12 +375,25 @@ impl Cache {
     }
 
     /// Stores a response fetched from an origin (its version taken when the fetch
-    /// started), unless a purge that came after the fetch started covers it. Responses
-    /// declare no dependency edges; a variant's tie to its URL is checked lazily.
+    /// started), unless a purge that came after the fetch started covers it. A
+    /// response that declared KV keys it depends on gets its edges first (durable,
+    /// and replicated), so an overwrite of one of them reaches it, as it would a KV
+    /// value; a variant's tie to its URL needs no edge (it is checked lazily).
     pub async fn store_response(&self, key: CacheKey, entry: Entry) -> Result<bool, CacheError> {
         if !entry.fits_encoding() || key.encoded().len() > MAX_ID_LEN {
             tracing::debug!(?key, "response too large in its metadata to store");
             return Ok(false);
+        }
+        let on_kv_keys = entry
+            .meta
+            .depends_on
+            .iter()
+            .any(|dep| dep.as_key().is_some_and(|k| k.namespace() == Namespace::Kv));
+        if on_kv_keys {
+            let dependency_tags = self.dependency_tags(&entry.meta).await;
+            self.invalidator
+                .record_edges(&key, &entry.meta, &dependency_tags)
+                .await?;
         }
         if self.invalidator.coverage(&key, &entry.meta) != Coverage::Valid {
             return Ok(false);

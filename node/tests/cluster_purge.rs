@@ -662,3 +662,102 @@ async fn an_incomplete_purge_is_reported_as_incomplete_everywhere() {
     assert_eq!(ctl.status.code(), Some(6), "fanzctl: {stderr}");
     assert!(stderr.contains("n3"), "fanzctl names the member: {stderr}");
 }
+
+// Issue 18, one invalidation domain: an origin response declares what it was built
+// from (`Fanz-Depends-On`, as KV values do); an application's KV write on another
+// node makes the page a miss on every node, and a purge of a tag it depends on too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kv_write_on_one_node_invalidates_pages_built_from_it_everywhere() {
+    let origin = TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[
+                ("cache-control", "max-age=300"),
+                ("fanz-depends-on", "price:42 tag:prices"),
+            ],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let (_tmp, nodes) = start_cluster(3, &args).await;
+    let client = fanz_client::Client::builder()
+        .seeds([format!("http://{}", nodes[1].node.admin)])
+        .token(TOKEN)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("client connects");
+    let set = |value: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .set("price:42", value, &fanz_client::SetOptions::default())
+                .await
+                .unwrap()
+        }
+    };
+    set("10").await;
+    // Every node serves the page from a cache (its own copy or its owner's).
+    let fill_everywhere = |expect: usize| {
+        let nodes = &nodes;
+        let origin = &origin;
+        async move {
+            for _ in 0..3 {
+                for n in nodes {
+                    let r = get_site(&n.node, "/product/42").await;
+                    assert_eq!(r.status, StatusCode::OK);
+                    assert!(
+                        r.header("fanz-depends-on").is_none(),
+                        "the declaration is for caches, not clients"
+                    );
+                }
+            }
+            assert_eq!(origin.count("/product/42"), expect, "one fill, shared");
+        }
+    };
+    fill_everywhere(1).await;
+
+    set("11").await;
+    for n in &nodes {
+        wait_for_refetch(&n.node, "/product/42", "#1").await;
+    }
+    assert_eq!(
+        origin.count("/product/42"),
+        2,
+        "{}",
+        nodes[0].node.log_text()
+    );
+    fill_everywhere(2).await;
+
+    // A purge of a tag the page depends on, made at a third node.
+    purge_at(&nodes[2].node, r#"{"tags":["prices"]}"#).await;
+    for n in &nodes {
+        let r = get_site(&n.node, "/product/42").await;
+        assert!(
+            !r.text().ends_with("#2"),
+            "a page depending on a purged tag was served: {:?}",
+            r.header("cache-status")
+        );
+    }
+}
+
+/// Waits until `node` answers `path` with something other than the body ending in
+/// `old` (the overwrite's invalidation is asynchronous on the other nodes).
+async fn wait_for_refetch(node: &TestNode, path: &str, old: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get_site(node, path).await;
+        if !r.text().ends_with(old) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} still served from before the write: {:?}",
+            r.header("cache-status")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

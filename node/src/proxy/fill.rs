@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
+use fanz_protocol::{CacheKey, Entry, EntryMeta, InvalidationId, Timestamp};
 use http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -17,7 +17,7 @@ use super::origin::OriginError;
 use super::policy::{vary_fields, Storable};
 use super::respond::Shaping;
 use crate::cache::Cache;
-use crate::http::headers::validate_tag;
+use crate::http::headers::{depends_on, validate_tag};
 use crate::http::Body;
 
 /// A client's validators on a GET: answered by the cache from what it stores, or
@@ -103,6 +103,24 @@ pub fn group_list(headers: &HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The KV keys and tags an origin response says it was built from
+/// (`Fanz-Depends-On`, as a KV value declares them): purging or overwriting any of
+/// them invalidates the stored response. An invalid declaration is ignored (with a
+/// log line): the response is still served and stored, without it.
+pub fn declared_dependencies(response: &HeaderMap) -> Vec<InvalidationId> {
+    match depends_on(response, MAX_DEPENDENCY_KEY) {
+        Ok(deps) => deps,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an origin's invalid Fanz-Depends-On");
+            Vec::new()
+        }
+    }
+}
+
+/// Longest KV key an origin may declare a dependency on (the KV API's default
+/// `max_key_size`).
+const MAX_DEPENDENCY_KEY: usize = 8 * 1024;
+
 /// What to store for a storable response.
 #[derive(Debug)]
 pub struct Plan {
@@ -134,7 +152,7 @@ pub fn plan(
         + storable
             .stale_while_revalidate_ms
             .max(storable.stale_if_error_ms);
-    let (store_key, marker, depends_on) = if fields.is_empty() {
+    let (store_key, marker, mut depends_on) = if fields.is_empty() {
         (primary.clone(), None, Vec::new())
     } else {
         let key = variant_key(primary, &fields, request);
@@ -145,6 +163,7 @@ pub fn plan(
             vec![variant_dependency(primary)],
         )
     };
+    depends_on.extend(declared_dependencies(response));
     let meta = EntryMeta {
         version,
         born_ms: storable.born_ms,

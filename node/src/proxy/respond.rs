@@ -12,10 +12,12 @@ use crate::http::{full, text, Body};
 
 /// Response headers aimed at this cache, never passed on to clients.
 const FOR_THIS_CACHE: &[&str] = &["cdn-cache-control", "surrogate-control"];
-/// Response headers carrying tags, removed from client responses unless configured.
-const TAG_HEADERS: [HeaderName; 2] = [
+/// Response headers carrying tags and dependencies, removed from client responses
+/// unless configured (peers get them: they store what the owner stores).
+const TAG_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("surrogate-key"),
     HeaderName::from_static("cache-tag"),
+    HeaderName::from_static("fanz-depends-on"),
 ];
 /// RFC 9211 `Cache-Status`.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
