@@ -761,3 +761,136 @@ async fn wait_for_refetch(node: &TestNode, path: &str, old: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// Issue 18, hole 2: a node that has applied a purge starts a fill and asks an owner
+// that has not applied it yet (held back by the test hook). The owner answers from
+// its old copy; that copy must not be stored (or served) here under a newer version
+// than it has. Before: the asking node stored the old body under its own version,
+// the purge no longer covered it, and it was served after `wait=all` completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fill_through_an_owner_behind_a_purge_does_not_launder_the_old_copy() {
+    let origin = tagged_origin().await;
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let delay = [("FANZ_TEST_PURGE_APPLY_DELAY_MS", "1500")];
+    let (_tmp, nodes) = start_cluster_with_env(3, &args, &delay).await;
+    // The primary fills from the origin; the others fetch through an owner.
+    let path = "/race/page";
+    let mut primary = None;
+    for (i, n) in nodes.iter().enumerate() {
+        let r = get_site(&n.node, path).await;
+        assert_eq!(r.text(), format!("{path} #1"));
+        if !r
+            .header("cache-status")
+            .unwrap_or_default()
+            .contains("key=")
+        {
+            primary = Some(i);
+        }
+    }
+    let primary = primary.expect("one node filled from the origin");
+    assert_eq!(origin.count(path), 1);
+    for asker in (0..3).filter(|&i| i != primary) {
+        let before = origin.count(path);
+        let purger = nodes[asker].node.admin;
+        let purge = tokio::spawn(async move {
+            send(
+                Method::POST,
+                &format!("http://{purger}/purge"),
+                &[
+                    ("authorization", &format!("Bearer {TOKEN}")),
+                    ("content-type", "application/json"),
+                ],
+                r#"{"tags":["race"]}"#.to_string(),
+            )
+            .await
+        });
+        // Applied here at once; the others apply it 1.5 s later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let during = get_site(&nodes[asker].node, path).await;
+        let purged = purge.await.unwrap();
+        assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
+        assert_eq!(purged.json()["cluster"]["complete"], true);
+        let after = get_site(&nodes[asker].node, path).await;
+        for (when, r) in [("during", &during), ("after", &after)] {
+            assert_ne!(
+                r.text(),
+                format!("{path} #{before}"),
+                "n{}: {when} the purge, the owner's purged copy was served ({:?})",
+                asker + 1,
+                r.header("cache-status")
+            );
+        }
+    }
+}
+
+// Issue 18, hole 2 over KV: an owner that applied a delete reads the key from the
+// other owner, which has not applied it yet (held back by the test hook), from
+// primary to replica and from replica to primary. The value travels with its own
+// version, so the delete covers it there too. (This already held before the fix
+// for HTTP: KV reads never took a version of their own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kv_read_from_an_owner_behind_a_delete_does_not_bring_the_value_back() {
+    let delay = [("FANZ_TEST_PURGE_APPLY_DELAY_MS", "1500")];
+    let (_tmp, nodes) = start_cluster_with_env(3, FAST, &delay).await;
+    let ring = Ring::new(
+        (1..=3).map(|i| RingMember {
+            id: format!("n{i}"),
+            weight: 1,
+        }),
+        2,
+    );
+    for (round, key) in keys_on_three_owners().iter().enumerate() {
+        let owners: Vec<usize> = ring
+            .owners(CacheKey::kv(key.as_bytes()).encoded())
+            .iter()
+            .map(|m| m.id[1..].parse::<usize>().unwrap() - 1)
+            .collect();
+        // Round 0 deletes at the primary, round 1 at the replica, and so on.
+        let deleter = owners[round % 2];
+        assert_eq!(
+            put(&nodes[owners[0]].node, key, "old", &[])
+                .await
+                .status
+                .as_u16()
+                / 100,
+            2
+        );
+        for &o in &owners {
+            assert_eq!(get(&nodes[o].node, key).await.text(), "old");
+        }
+        let admin = nodes[deleter].node.admin;
+        let body = format!(r#"{{"keys":["{key}"]}}"#);
+        let purge = tokio::spawn(async move {
+            send(
+                Method::POST,
+                &format!("http://{admin}/purge"),
+                &[
+                    ("authorization", &format!("Bearer {TOKEN}")),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let during = get(&nodes[deleter].node, key).await;
+        let purged = purge.await.unwrap();
+        assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
+        let mut after = Vec::new();
+        for n in &nodes {
+            after.push(get(&n.node, key).await);
+        }
+        assert_eq!(
+            during.status,
+            StatusCode::NOT_FOUND,
+            "{key}: read at n{} during the purge: {}",
+            deleter + 1,
+            during.text()
+        );
+        for (i, r) in after.iter().enumerate() {
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{key} at n{}", i + 1);
+        }
+    }
+}

@@ -184,7 +184,15 @@ pub struct Replicator {
     /// (plus margin) after it was first found unreachable, which was at least one
     /// suspicion timeout before. A member that left gracefully fenced itself.
     fence_after_down: Duration,
+    /// Test hook: how long applying another node's purge waits first
+    /// ([`PURGE_APPLY_DELAY_ENV`]), so tests can hold a member behind a purge.
+    purge_apply_delay: Duration,
 }
+
+/// Environment variable (milliseconds) that makes a node wait that long before
+/// applying each purge made on another node. For tests that need a member to lag
+/// behind a purge deterministically; never set it in production.
+pub const PURGE_APPLY_DELAY_ENV: &str = "FANZ_TEST_PURGE_APPLY_DELAY_MS";
 
 impl Replicator {
     /// A replicator for node `node_id` of `generation`, keeping its applied set in
@@ -220,6 +228,13 @@ impl Replicator {
             }
         }
         let resumed = !kept.applied.is_empty();
+        let purge_apply_delay = std::env::var(PURGE_APPLY_DELAY_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        if !purge_apply_delay.is_zero() {
+            tracing::warn!(delay = ?purge_apply_delay, "{PURGE_APPLY_DELAY_ENV} is set: purges from other nodes are applied late (a test hook)");
+        }
         Arc::new(Self {
             resumed,
             origin: format!("{node_id}@{generation}"),
@@ -239,6 +254,7 @@ impl Replicator {
             piggyback,
             down_since: Mutex::new(HashMap::new()),
             fence_after_down,
+            purge_apply_delay,
         })
     }
 
@@ -651,6 +667,9 @@ impl Replicator {
         };
         if seen {
             return Ok(0);
+        }
+        if matches!(record.op, Op::Purge { .. }) && !self.purge_apply_delay.is_zero() {
+            tokio::time::sleep(self.purge_apply_delay).await;
         }
         let invalidator = self.cache.invalidator().clone();
         // Every later local fill is ordered after the origin's purge; this purge is

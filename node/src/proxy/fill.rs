@@ -121,6 +121,57 @@ pub fn declared_dependencies(response: &HeaderMap) -> Vec<InvalidationId> {
 /// `max_key_size`).
 const MAX_DEPENDENCY_KEY: usize = 8 * 1024;
 
+/// Where a response to `request` is stored (the variant's key when it varies on
+/// `fields`) and what it depends on (its URL when it is a variant; what the origin
+/// declared).
+fn placement(
+    primary: &CacheKey,
+    request: &HeaderMap,
+    response: &HeaderMap,
+    fields: &[String],
+) -> (CacheKey, Vec<InvalidationId>) {
+    let (key, mut depends_on) = if fields.is_empty() {
+        (primary.clone(), Vec::new())
+    } else {
+        (
+            variant_key(primary, fields, request),
+            vec![variant_dependency(primary)],
+        )
+    };
+    depends_on.extend(declared_dependencies(response));
+    (key, depends_on)
+}
+
+/// Header on a response to a peer's fetch: the version (HLC) of the entry it
+/// comes from. The asking node stores the response no newer than that, so a copy
+/// a purge covers stays covered wherever it travels.
+pub const PEER_VERSION: header::HeaderName = header::HeaderName::from_static("fanz-version");
+
+/// The version an owner gave its answer ([`PEER_VERSION`]), removed from `response`.
+pub fn take_peer_version(response: &mut HeaderMap) -> Option<Timestamp> {
+    let value = response.remove(PEER_VERSION)?;
+    value.to_str().ok()?.parse().ok().map(Timestamp::from_u64)
+}
+
+/// Whether a purge applied here covers `response` (to `request`) as an entry of
+/// `version`: an owner that had not applied the purge yet answered from its old copy.
+pub fn covered_here(
+    cache: &Cache,
+    primary: &CacheKey,
+    request: &HeaderMap,
+    response: &HeaderMap,
+    version: Timestamp,
+) -> bool {
+    let (key, depends_on) = placement(primary, request, response, &vary_fields(response));
+    let meta = EntryMeta {
+        version,
+        tags: response_tags(response),
+        depends_on,
+        ..EntryMeta::default()
+    };
+    cache.covered(&key, &meta)
+}
+
 /// What to store for a storable response.
 #[derive(Debug)]
 pub struct Plan {
@@ -152,18 +203,9 @@ pub fn plan(
         + storable
             .stale_while_revalidate_ms
             .max(storable.stale_if_error_ms);
-    let (store_key, marker, mut depends_on) = if fields.is_empty() {
-        (primary.clone(), None, Vec::new())
-    } else {
-        let key = variant_key(primary, &fields, request);
-        let m = marker(&fields, version, usable_ms);
-        (
-            key,
-            Some((primary.clone(), m)),
-            vec![variant_dependency(primary)],
-        )
-    };
-    depends_on.extend(declared_dependencies(response));
+    let (store_key, depends_on) = placement(primary, request, response, &fields);
+    let marker =
+        (!fields.is_empty()).then(|| (primary.clone(), marker(&fields, version, usable_ms)));
     let meta = EntryMeta {
         version,
         born_ms: storable.born_ms,
@@ -190,6 +232,7 @@ pub fn plan(
         ttl_secs,
         born_ms: storable.born_ms,
         vary: (!fields.is_empty()).then(|| (fields, request.clone())),
+        version,
     });
     Plan {
         store_key,

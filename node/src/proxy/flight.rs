@@ -35,6 +35,8 @@ pub struct SharedHead {
     pub born_ms: u64,
     /// The varying fields, and the leader's request headers they were matched on.
     pub vary: Option<(Vec<String>, HeaderMap)>,
+    /// Version of the entry the response is stored as (told to peers that ask).
+    pub version: fanz_protocol::Timestamp,
 }
 
 /// An origin request that got no usable answer.
@@ -323,6 +325,7 @@ mod tests {
             ttl_secs: 1,
             born_ms: 0,
             vary: None,
+            version: fanz_protocol::Timestamp::from_u64(0),
         })
     }
 

@@ -21,7 +21,9 @@ use dashmap::DashMap;
 use fanz_protocol::{CacheKey, Entry};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
-use super::fill::{self, add_validators, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, PARTIAL};
+use super::fill::{
+    self, add_validators, take_peer_version, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, PARTIAL,
+};
 use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
 use super::key::{marker_fields, variant_key, Target};
 use super::origin::{Origin, OriginResponse, Origins};
@@ -73,6 +75,17 @@ pub struct Proxy {
 const ADMISSION_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Bound on remembered first misses; the map is cleared when it is exceeded.
 const ADMISSION_MEMORY: usize = 100_000;
+
+/// Tells a peer that fetched through this node the version of the entry it is
+/// answered from ([`fill::PEER_VERSION`]).
+fn tell_peer_version(ctx: &Ctx, headers: &mut HeaderMap, version: fanz_protocol::Timestamp) {
+    if ctx.from_peer {
+        headers.insert(
+            fill::PEER_VERSION,
+            http::HeaderValue::from(version.as_u64()),
+        );
+    }
+}
 
 /// What a GET or HEAD asks of the cache in its own `Cache-Control` (and `Pragma`).
 #[derive(Debug, Clone, Copy)]
@@ -460,7 +473,10 @@ impl Proxy {
     /// (origin shielding), then to the origin. `origin_headers` go to the origin;
     /// an owner gets the client's headers with `validators` instead, so it answers
     /// as it would the client (same variant, 304 when they match). Returns the
-    /// response and, for a peer's answer, the id of the owner that gave it.
+    /// response and, for a peer's answer, the id of the owner that gave it and the
+    /// version of the entry it answered from. An owner's answer that a purge applied
+    /// here covers (the owner has not applied it yet) is not used: the next owner
+    /// or the origin answers instead.
     async fn upstream(
         &self,
         ctx: &Ctx,
@@ -469,7 +485,7 @@ impl Proxy {
         validators: Option<&HeaderMap>,
     ) -> (
         Result<OriginResponse, super::origin::OriginError>,
-        Option<String>,
+        Option<(String, fanz_protocol::Timestamp)>,
     ) {
         if let Some(routing) = self.routing.get().filter(|_| !ctx.from_peer) {
             let owners = routing.owners_ahead(&ctx.primary);
@@ -490,11 +506,25 @@ impl Proxy {
                         Ok(mut response) => {
                             // The owner's view of its cache is not ours.
                             response.headers_mut().remove("cache-status");
+                            let answered = response.headers_mut();
+                            let version = take_peer_version(answered)
+                                .unwrap_or_else(|| self.cache.begin_fill());
+                            if fill::covered_here(
+                                &self.cache,
+                                &ctx.primary,
+                                &ctx.headers,
+                                answered,
+                                version,
+                            ) {
+                                self.metrics.peer_fetch_failures.inc();
+                                tracing::debug!(owner = %id, %url, "the owner answered with a copy a purge applied here covers; trying the next owner or the origin");
+                                continue;
+                            }
                             let answer = OriginResponse {
                                 response,
                                 permit: None,
                             };
-                            return (Ok(answer), Some(id));
+                            return (Ok(answer), Some((id, version)));
                         }
                         Err(e) => {
                             self.metrics.peer_fetch_failures.inc();
@@ -540,14 +570,16 @@ impl Proxy {
     fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &str) -> Response<Body> {
         let entry = &found.entry;
         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-        self.shaping_for(ctx).entry_response(
+        let mut response = self.shaping_for(ctx).entry_response(
             &ctx.method,
             &ctx.headers,
             &entry.meta,
             &entry.body,
             age,
             cache_status,
-        )
+        );
+        tell_peer_version(ctx, response.headers_mut(), entry.meta.version);
+        response
     }
 
     /// Fetches `key` (`None`: the primary key) from the origin, collapsing with other
@@ -652,6 +684,12 @@ impl Proxy {
         let (sent, via) = self
             .upstream(ctx, &Method::GET, &headers, validators.as_ref())
             .await;
+        // An owner's answer is stored no newer than the entry it came from: a purge
+        // that covers the owner's copy covers ours.
+        let (version, via) = match via {
+            Some((owner, owner_version)) => (version.min(owner_version), Some(owner)),
+            None => (version, None),
+        };
         let response_ms = self.cache.now_ms();
         let OriginResponse { response, permit } = match sent {
             Ok(r) => r,
@@ -870,6 +908,7 @@ impl Proxy {
         let age_secs = self.cache.now_ms().saturating_sub(head.born_ms) / 1000;
         self.shaping_for(ctx)
             .client_headers(&mut headers, Some(age_secs), cache_status);
+        tell_peer_version(ctx, &mut headers, head.version);
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = headers;

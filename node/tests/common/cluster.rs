@@ -48,9 +48,20 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Starts node `id` with `cluster_dir`, joining through `seeds`.
     pub fn start(id: &str, cluster_dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Self {
+        Self::start_with_env(id, cluster_dir, seeds, extra, &[])
+    }
+
+    /// [`Self::start`] with environment variables for the process (test hooks).
+    pub fn start_with_env(
+        id: &str,
+        cluster_dir: &Path,
+        seeds: &[SocketAddr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         // Free ports are not held until the node binds them: on a collision, retry.
         for _ in 0..5 {
-            match Self::try_start(id, cluster_dir, seeds, extra) {
+            match Self::try_start(id, cluster_dir, seeds, extra, env) {
                 Ok(node) => return node,
                 Err(log) if log.contains("Address already in use") => continue,
                 Err(log) => panic!("fanz-node {id} exited during start-up; log:\n{log}"),
@@ -64,6 +75,7 @@ impl ClusterNode {
         cluster_dir: &Path,
         seeds: &[SocketAddr],
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Self, String> {
         let tmp = tempfile::tempdir().unwrap();
         let gossip = free_udp_addr();
@@ -89,7 +101,11 @@ impl ClusterNode {
         args.extend(extra);
         let mut all = vec!["--admin-token".to_string(), TOKEN.to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
-        let node = TestNode::try_start_with(&tmp.path().join("data"), all)?;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let node = TestNode::try_start_with_env(&tmp.path().join("data"), all, env)?;
         Ok(Self {
             node,
             id: id.to_string(),
@@ -159,17 +175,27 @@ pub fn has(seen: &[(String, String)], id: &str, state: &str) -> bool {
 /// Starts `n` nodes (`n1`...) from one `cluster-init`, all joining through `n1`,
 /// each with `extra` arguments, and waits until every node sees all of them alive.
 pub async fn start_cluster(n: usize, extra: &[&str]) -> (tempfile::TempDir, Vec<ClusterNode>) {
+    start_cluster_with_env(n, extra, &[]).await
+}
+
+/// [`start_cluster`] with environment variables for every process (test hooks).
+pub async fn start_cluster_with_env(
+    n: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Vec<ClusterNode>) {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = cluster_init(tmp.path(), n);
-    let first = ClusterNode::start("n1", &dirs[0], &[], extra);
+    let first = ClusterNode::start_with_env("n1", &dirs[0], &[], extra, env);
     let seed = first.gossip;
     let mut nodes = vec![first];
     for (i, dir) in dirs.iter().enumerate().skip(1) {
-        nodes.push(ClusterNode::start(
+        nodes.push(ClusterNode::start_with_env(
             &format!("n{}", i + 1),
             dir,
             &[seed],
             extra,
+            env,
         ));
     }
     for node in &nodes {

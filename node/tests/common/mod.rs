@@ -57,6 +57,8 @@ pub struct TestNode {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
+    /// Environment variables set for the process (test hooks).
+    pub env: Vec<(String, String)>,
     pub log: PathBuf,
 }
 
@@ -87,6 +89,15 @@ impl TestNode {
 
     /// Starts a node; `Err(log)` if it exited during start-up.
     pub fn try_start_with(data_dir: &Path, args: Vec<String>) -> Result<TestNode, String> {
+        Self::try_start_with_env(data_dir, args, Vec::new())
+    }
+
+    /// [`Self::try_start_with`] with environment variables for the process.
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<TestNode, String> {
         let mut node = TestNode {
             proto: Proto::H1,
             h3: std::sync::OnceLock::new(),
@@ -95,6 +106,7 @@ impl TestNode {
             admin: free_addr(),
             data_dir: data_dir.to_path_buf(),
             args,
+            env,
             log: data_dir.with_extension("log"),
         };
         node.try_spawn()?;
@@ -121,6 +133,7 @@ impl TestNode {
             Some("info,fanz_node::cluster=debug")
         };
         let mut command = Command::new(binary());
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(level) = log_level {
             command.env("FANZ_LOG_LEVEL", level);
         }
