@@ -894,3 +894,55 @@ async fn a_kv_read_from_an_owner_behind_a_delete_does_not_bring_the_value_back()
         }
     }
 }
+
+// Issue 18, hole 4: a node that restarted still vouches only for what it can hand
+// over. n3 is down during a purge; n2, which applied it, dies; n1, which applied it
+// too, restarts; then n3 comes back, and its only peer for the catch-up round is n1.
+// Before: n1 had lost the records it kept for anti-entropy, answered n3's pull with
+// nothing and no gap, and n3 served the purged page from its disk tier as a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_does_not_vouch_for_purges_it_can_no_longer_hand_over() {
+    let origin = tagged_origin().await;
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    let (_tmp, mut nodes) = start_cluster(3, &args).await;
+    let path = "/restarted/page";
+    for _ in 0..2 {
+        for n in &nodes {
+            get_site(&n.node, path).await;
+        }
+    }
+    let old = get_site(&nodes[2].node, path).await;
+    assert!(
+        old.header("cache-status")
+            .unwrap_or_default()
+            .contains("hit"),
+        "n3 holds a copy: {:?}",
+        old.header("cache-status")
+    );
+    nodes[2].node.wait_disk_written(1).await;
+    nodes[2].node.kill();
+    wait_until(&nodes[0].node, Duration::from_secs(10), "n3 down", |s| {
+        has(s, "n3", "down")
+    })
+    .await;
+    purge_at(&nodes[0].node, r#"{"tags":["restarted"]}"#).await;
+    // Let n1 save its applied set; then lose n2 and restart n1.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nodes[1].node.kill();
+    nodes[0].node.kill();
+    nodes[0].node.restart();
+    nodes[2].node.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let now = get_site(&nodes[2].node, path).await;
+        assert!(
+            now.status != StatusCode::OK || now.text() != old.text(),
+            "n3 served the purged page ({:?}); its log:\n{}",
+            now.header("cache-status"),
+            nodes[2].node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -47,11 +47,19 @@ pub enum Record {
         /// Wall-clock millisecond after which the edge can be dropped.
         expires_ms: u64,
     },
+    /// A cluster record (an encoded `replication::Replicated`) this node applied or
+    /// made, kept so it can hand it to a peer that missed it, after a restart too.
+    /// It changes no local state when replayed.
+    Kept {
+        /// The encoded record.
+        record: Bytes,
+    },
 }
 
 const TOMBSTONE: u8 = 1;
 const PREFIX_TOMBSTONE: u8 = 2;
 const EDGE: u8 = 3;
+const KEPT: u8 = 4;
 
 impl Record {
     fn encode_payload(&self, out: &mut BytesMut) {
@@ -78,6 +86,19 @@ impl Record {
                 put_bytes16(out, dependent.encoded());
                 out.put_u64_le(*expires_ms);
             }
+            Record::Kept { record } => {
+                out.put_u8(KEPT);
+                put_bytes32(out, record);
+            }
+        }
+    }
+
+    /// Whether the record fits a log frame ([`MAX_RECORD_LEN`]); only a kept
+    /// cluster record can be too large.
+    pub fn fits(&self) -> bool {
+        match self {
+            Record::Kept { record } => record.len() + 5 <= MAX_RECORD_LEN,
+            _ => true,
         }
     }
 
@@ -100,6 +121,9 @@ impl Record {
                 dependent: CacheKey::from_encoded(r.bytes16()?)
                     .ok_or(DecodeError::Format("invalid dependent key"))?,
                 expires_ms: r.u64()?,
+            },
+            KEPT => Record::Kept {
+                record: r.bytes32()?,
             },
             _ => return Err(DecodeError::Format("unknown record type")),
         };
@@ -206,6 +230,9 @@ mod tests {
                 from: InvalidationId::tag(&a),
                 dependent: CacheKey::kv(&b),
                 expires_ms,
+            }),
+            bytes().prop_map(|b| Record::Kept {
+                record: Bytes::from(b),
             }),
         ]
     }

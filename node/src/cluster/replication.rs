@@ -156,6 +156,48 @@ struct Kept {
     dirty: bool,
 }
 
+impl Kept {
+    /// Keeps `encoded` (record `name`) and marks it applied; the oldest records
+    /// beyond [`KEPT_RECORDS`] are let go, and their sequences counted as evicted.
+    fn insert(&mut self, name: (String, u64), encoded: Bytes) {
+        self.applied.entry(name.0.clone()).or_default().add(name.1);
+        if self.records.insert(name.clone(), encoded).is_none() {
+            self.order.push_back(name);
+        }
+        self.dirty = true;
+        while self.order.len() > KEPT_RECORDS {
+            if let Some((origin, seq)) = self.order.pop_front() {
+                self.records.remove(&(origin.clone(), seq));
+                let evicted = self.evicted.entry(origin).or_default();
+                *evicted = (*evicted).max(seq);
+            }
+        }
+    }
+
+    /// After a restart: the records the log kept are back, and for every origin,
+    /// what was applied but is no longer kept counts as evicted. A peer behind it
+    /// is told it has a gap, instead of being vouched for with records this node
+    /// can no longer hand over.
+    fn resume(&mut self, replayed: Vec<Bytes>) {
+        for encoded in replayed {
+            match Replicated::decode(encoded.clone()) {
+                Ok(record) => self.insert((record.origin, record.seq), encoded),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a kept cluster record in the log is damaged; skipped")
+                }
+            }
+        }
+        for (origin, applied) in &self.applied {
+            let mut unkept = applied.contiguous;
+            while unkept > 0 && self.records.contains_key(&(origin.clone(), unkept)) {
+                unkept -= 1;
+            }
+            let evicted = self.evicted.entry(origin.clone()).or_default();
+            *evicted = (*evicted).max(unkept);
+        }
+    }
+}
+
 /// Replicates this node's invalidations and applies everyone else's.
 #[derive(Debug)]
 pub struct Replicator {
@@ -235,26 +277,31 @@ impl Replicator {
         if !purge_apply_delay.is_zero() {
             tracing::warn!(delay = ?purge_apply_delay, "{PURGE_APPLY_DELAY_ENV} is set: purges from other nodes are applied late (a test hook)");
         }
-        Arc::new(Self {
-            resumed,
-            origin: format!("{node_id}@{generation}"),
-            node_id,
-            next_seq: AtomicU64::new(1),
-            cache,
-            transport,
-            view,
-            kept: Mutex::new(kept),
-            reports: DashMap::new(),
-            report_order: Mutex::new(VecDeque::new()),
-            gate,
-            metrics,
-            ack_timeout,
-            applied_file,
-            apply_lock: tokio::sync::Mutex::new(()),
-            piggyback,
-            down_since: Mutex::new(HashMap::new()),
-            fence_after_down,
-            purge_apply_delay,
+        Arc::new_cyclic(|this: &std::sync::Weak<Self>| {
+            let this = this.clone();
+            let source = move || this.upgrade().map_or_else(Vec::new, |r| r.kept_records());
+            kept.resume(cache.invalidator().take_kept_records(Box::new(source)));
+            Self {
+                resumed,
+                origin: format!("{node_id}@{generation}"),
+                node_id,
+                next_seq: AtomicU64::new(1),
+                cache,
+                transport,
+                view,
+                kept: Mutex::new(kept),
+                reports: DashMap::new(),
+                report_order: Mutex::new(VecDeque::new()),
+                gate,
+                metrics,
+                ack_timeout,
+                applied_file,
+                apply_lock: tokio::sync::Mutex::new(()),
+                piggyback,
+                down_since: Mutex::new(HashMap::new()),
+                fence_after_down,
+                purge_apply_delay,
+            }
         })
     }
 
@@ -370,22 +417,16 @@ impl Replicator {
 
     fn keep(&self, record: &Replicated, encoded: Bytes) {
         let mut kept = self.kept.lock().expect("kept lock");
-        let name = (record.origin.clone(), record.seq);
-        if kept.records.insert(name.clone(), encoded).is_none() {
-            kept.order.push_back(name);
-        }
-        kept.applied
-            .entry(record.origin.clone())
-            .or_default()
-            .add(record.seq);
-        kept.dirty = true;
-        while kept.order.len() > KEPT_RECORDS {
-            if let Some((origin, seq)) = kept.order.pop_front() {
-                kept.records.remove(&(origin.clone(), seq));
-                let evicted = kept.evicted.entry(origin).or_default();
-                *evicted = (*evicted).max(seq);
-            }
-        }
+        kept.insert((record.origin.clone(), record.seq), encoded);
+    }
+
+    /// The records kept for anti-entropy, oldest first (what a log compaction keeps).
+    fn kept_records(&self) -> Vec<Bytes> {
+        let kept = self.kept.lock().expect("kept lock");
+        kept.order
+            .iter()
+            .filter_map(|name| kept.records.get(name).cloned())
+            .collect()
     }
 
     /// Purges `targets` here and on every member. With `Wait::All`, returns once
@@ -473,6 +514,15 @@ impl Replicator {
     ) -> Arc<Progress> {
         let encoded = record.encode();
         self.keep(&record, encoded.clone());
+        // In the log with the next sync (a record of ours lost in a crash is
+        // reported as a gap after the restart, never vouched for).
+        let invalidator = self.cache.invalidator().clone();
+        let logged = encoded.clone();
+        tokio::spawn(async move {
+            if let Err(e) = invalidator.keep_record(logged, false).await {
+                tracing::warn!(error = %e, "keeping a cluster record in the log failed");
+            }
+        });
         self.piggyback.broadcast(encoded.clone());
         let id = format!("{}/{}", record.origin, record.seq);
         let others = self.others();
@@ -708,7 +758,13 @@ impl Replicator {
                 0
             }
         };
-        self.keep(&record, encoded);
+        self.keep(&record, encoded.clone());
+        // Durable before the ack: this node may then vouch for it to a peer that
+        // missed it, after a restart too.
+        invalidator
+            .keep_record(encoded, true)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(invalidated)
     }
 
@@ -967,5 +1023,66 @@ fn purge_targets(op: &Op) -> PurgeTargets {
             soft: *soft,
         },
         _ => PurgeTargets::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanz_protocol::Timestamp;
+
+    fn record(origin: &str, seq: u64) -> Bytes {
+        Replicated {
+            origin: origin.into(),
+            seq,
+            at: Timestamp::from_u64(seq),
+            op: purge_op(&PurgeTargets {
+                tags: vec![Bytes::from_static(b"t")],
+                ..PurgeTargets::default()
+            }),
+        }
+        .encode()
+    }
+
+    fn since(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+        pairs.iter().map(|(o, s)| (o.to_string(), *s)).collect()
+    }
+
+    fn gap_for(kept: &Kept, asker: &HashMap<String, u64>) -> bool {
+        kept.evicted
+            .iter()
+            .any(|(o, e)| asker.get(o).copied().unwrap_or(0) < *e)
+    }
+
+    // Issue 18, hole 4: after a restart a node vouches only for the records its log
+    // kept; for anything it applied but lost it reports a gap.
+    #[test]
+    fn a_restarted_node_reports_a_gap_for_what_it_applied_but_lost() {
+        let mut kept = Kept::default();
+        // The applied file says a@1 up to 5 and b@1 up to 3; the log kept a 3..=5
+        // and none of b (lost in a crash before its sync).
+        kept.applied.insert(
+            "a@1".into(),
+            Applied {
+                contiguous: 5,
+                beyond: BTreeSet::new(),
+            },
+        );
+        kept.applied.insert(
+            "b@1".into(),
+            Applied {
+                contiguous: 3,
+                beyond: BTreeSet::new(),
+            },
+        );
+        kept.resume((3..=5).map(|s| record("a@1", s)).collect());
+        assert_eq!(kept.evicted["a@1"], 2, "a 3..=5 can be handed over");
+        assert_eq!(kept.evicted["b@1"], 3, "nothing of b can");
+        assert!(!gap_for(&kept, &since(&[("a@1", 2), ("b@1", 3)])));
+        assert!(gap_for(&kept, &since(&[("a@1", 1), ("b@1", 3)])));
+        assert!(gap_for(&kept, &since(&[("a@1", 5), ("b@1", 2)])));
+        // A record replayed beyond the applied file counts as applied.
+        kept.resume(vec![record("a@1", 6)]);
+        assert_eq!(kept.applied["a@1"].contiguous, 6);
     }
 }

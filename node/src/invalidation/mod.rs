@@ -20,7 +20,7 @@ mod watchers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +68,39 @@ pub struct Invalidator {
     watchers: Arc<Watchers>,
     /// Where the state's floor is kept across restarts ([`FLOOR_FILE`]).
     floor_file: PathBuf,
+    /// The cluster records kept for anti-entropy ([`Record::Kept`]): those the log
+    /// replayed, until the cluster's replicator takes them and becomes their source.
+    kept: Arc<Mutex<KeptRecords>>,
+}
+
+/// Where a compaction finds the kept cluster records to write.
+enum KeptRecords {
+    /// Replayed from the log, not yet taken.
+    Replayed(Vec<Bytes>),
+    /// The replicator's own list, read at each compaction.
+    Source(Box<dyn Fn() -> Vec<Bytes> + Send + Sync>),
+}
+
+impl std::fmt::Debug for KeptRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeptRecords::Replayed(records) => write!(f, "Replayed({})", records.len()),
+            KeptRecords::Source(_) => f.write_str("Source"),
+        }
+    }
+}
+
+impl KeptRecords {
+    fn snapshot(&self) -> Vec<Record> {
+        let records = match self {
+            KeptRecords::Replayed(records) => records.clone(),
+            KeptRecords::Source(source) => source(),
+        };
+        records
+            .into_iter()
+            .map(|record| Record::Kept { record })
+            .collect()
+    }
 }
 
 /// File (in the data directory) holding the floor below which versions are invalid:
@@ -88,6 +121,7 @@ impl Invalidator {
         let state = Arc::new(InvalidationState::new());
         let floor_file = dir.join(FLOOR_FILE);
         state.raise_floor(read_floor(&floor_file)?);
+        let mut kept = Vec::new();
         for record in &replay.records {
             state.apply(record);
             match record {
@@ -95,6 +129,7 @@ impl Invalidator {
                     clock.observe(*at)
                 }
                 Record::Edge { .. } => {}
+                Record::Kept { record } => kept.push(record.clone()),
             }
         }
         let replayed = replay.records.len();
@@ -110,6 +145,7 @@ impl Invalidator {
             edge_sink: std::sync::OnceLock::new(),
             watchers: Arc::new(Watchers::new(WATCHER_ACK_TIMEOUT)),
             floor_file,
+            kept: Arc::new(Mutex::new(KeptRecords::Replayed(kept))),
         };
         let dropped = engine.collect_garbage();
         tracing::info!(
@@ -128,6 +164,40 @@ impl Invalidator {
     /// Versions before this are invalid: tombstones older than it may be gone.
     pub fn floor(&self) -> Timestamp {
         self.state.floor()
+    }
+
+    /// The cluster records the log kept for anti-entropy, oldest first; from now on
+    /// `source` lists them for compactions (the caller keeps them). Called once, by
+    /// the cluster's replicator at start.
+    pub fn take_kept_records(
+        &self,
+        source: Box<dyn Fn() -> Vec<Bytes> + Send + Sync>,
+    ) -> Vec<Bytes> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *kept, KeptRecords::Source(source)) {
+            KeptRecords::Replayed(records) => records,
+            KeptRecords::Source(_) => Vec::new(),
+        }
+    }
+
+    /// Keeps an encoded cluster record in the log, so this node can hand it to a
+    /// peer after a restart; with `durable`, resolves once it is synced. A record
+    /// too large for a log frame is not kept (a restarted node then reports a gap
+    /// for it rather than vouch for it).
+    pub async fn keep_record(&self, record: Bytes, durable: bool) -> Result<(), LogError> {
+        if let KeptRecords::Replayed(list) =
+            &mut *self.kept.lock().unwrap_or_else(|e| e.into_inner())
+        {
+            // No source yet: the list is what a compaction writes.
+            list.push(record.clone());
+        }
+        let record = Record::Kept { record };
+        if !record.fits() {
+            return Ok(());
+        }
+        self.log
+            .append(std::slice::from_ref(&record), durable)
+            .await
     }
 
     /// How purges cover an entry.
@@ -290,8 +360,17 @@ impl Invalidator {
         tokio::task::spawn_blocking(move || write_floor(&file, floor))
             .await
             .map_err(|_| LogError::Closed)??;
-        let state = self.state.clone();
-        let size = self.log.compact(move || state.snapshot()).await?;
+        let (state, kept) = (self.state.clone(), self.kept.clone());
+        // Both read on the log's thread, between batches: a record kept in memory
+        // before its append is in the snapshot whether or not the append came first.
+        let size = self
+            .log
+            .compact(move || {
+                let mut records = state.snapshot();
+                records.extend(kept.lock().unwrap_or_else(|e| e.into_inner()).snapshot());
+                records
+            })
+            .await?;
         self.last_compacted.store(size, Ordering::Relaxed);
         self.dropped_since_compaction.store(0, Ordering::Relaxed);
         Ok(size)
@@ -491,6 +570,43 @@ mod tests {
             "a longer retention after a restart brought a purged version back"
         );
         assert_eq!(longer.coverage(&key, &fresh), Coverage::Valid);
+    }
+
+    // Issue 18, hole 4: the cluster records kept for anti-entropy survive a restart,
+    // through a compaction too (from the replayed list, then from the source).
+    #[tokio::test]
+    async fn kept_cluster_records_survive_compaction_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(Clock::manual(1_000));
+        let engine = engine(dir.path(), clock.clone()).await;
+        for r in [&b"one"[..], b"two"] {
+            engine
+                .keep_record(Bytes::copy_from_slice(r), true)
+                .await
+                .unwrap();
+        }
+        engine.compact().await.unwrap();
+        engine.close().await;
+        let reopened = self::engine(dir.path(), clock.clone()).await;
+        // Compacted again before anyone took them: still there.
+        reopened.compact().await.unwrap();
+        reopened.close().await;
+        let reopened = self::engine(dir.path(), clock.clone()).await;
+        let source = || vec![Bytes::from_static(b"two"), Bytes::from_static(b"three")];
+        let taken = reopened.take_kept_records(Box::new(source));
+        assert_eq!(
+            taken,
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
+        // From now on a compaction writes what the source lists.
+        reopened.compact().await.unwrap();
+        reopened.close().await;
+        let last = self::engine(dir.path(), clock).await;
+        let taken = last.take_kept_records(Box::new(Vec::new));
+        assert_eq!(
+            taken,
+            vec![Bytes::from_static(b"two"), Bytes::from_static(b"three")]
+        );
     }
 
     #[tokio::test]

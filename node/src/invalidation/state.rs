@@ -340,6 +340,8 @@ impl InvalidationState {
                     .or_insert(*expires_ms);
                 *expiry = (*expiry).max(*expires_ms);
             }
+            // The cluster's record, kept for peers: no state of this node's.
+            Record::Kept { .. } => {}
         }
     }
 
