@@ -77,6 +77,52 @@ const APPLIED_FILE: &str = "cluster-applied.json";
 /// slack between two machines measuring the same interval.
 const FENCE_MARGIN: Duration = Duration::from_millis(500);
 
+/// Why a record from another node was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// It does not decode: sending it again cannot help.
+    #[error("bad record: {0}")]
+    BadRecord(String),
+    /// This node could not apply it now (its log failed): it may later.
+    #[error("not applied: {0}")]
+    Failed(String),
+}
+
+impl ApplyError {
+    fn failed(e: impl std::fmt::Display) -> Self {
+        ApplyError::Failed(e.to_string())
+    }
+
+    /// The peer-protocol error code to answer with.
+    pub fn code(&self) -> fanz_protocol::peer::ErrorCode {
+        match self {
+            ApplyError::BadRecord(_) => fanz_protocol::peer::ErrorCode::BadRequest,
+            ApplyError::Failed(_) => fanz_protocol::peer::ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// What fan-out does after one attempt to deliver a record to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The member applied it.
+    Acked(u64),
+    /// Try again after [`RETRY_EVERY`] (unreachable, timed out, busy).
+    Retry,
+    /// The member rejected the record as bad: retrying cannot help.
+    GiveUp,
+}
+
+impl Delivery {
+    fn of(answer: &Result<Message, super::transport::PeerError>) -> Self {
+        match answer {
+            Ok(Message::Applied { invalidated }) => Delivery::Acked(*invalidated),
+            Err(e) if !e.is_retryable() => Delivery::GiveUp,
+            _ => Delivery::Retry,
+        }
+    }
+}
+
 /// How long a purge request waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -566,15 +612,20 @@ impl Replicator {
                 let message = Message::Replicate { record: encoded };
                 let deadline = Instant::now() + RETRY_FOR;
                 loop {
-                    match this.transport.call(addr, &message, CALL_TIMEOUT).await {
-                        Ok(Message::Applied { invalidated }) => {
+                    let answer = this.transport.call(addr, &message, CALL_TIMEOUT).await;
+                    match Delivery::of(&answer) {
+                        Delivery::Acked(invalidated) => {
                             this.acked(&progress, &member, invalidated);
                             return;
                         }
-                        other => {
+                        Delivery::GiveUp => {
+                            tracing::error!(%member, answer = ?answer.err(), "member rejected a replicated invalidation as bad; not retried");
+                            return;
+                        }
+                        Delivery::Retry => {
                             let still_member = this.peers().iter().any(|(id, _)| *id == member);
                             if !still_member || Instant::now() > deadline {
-                                tracing::warn!(%member, answer = ?other.err(), "member did not apply a replicated invalidation; anti-entropy will");
+                                tracing::warn!(%member, answer = ?answer.err(), "member did not apply a replicated invalidation; anti-entropy will");
                                 return;
                             }
                             tokio::time::sleep(RETRY_EVERY).await;
@@ -705,9 +756,11 @@ impl Replicator {
     }
 
     /// Applies a record made on another node, once. Returns the dependents it
-    /// invalidated here.
-    pub async fn apply(&self, encoded: Bytes) -> Result<u64, String> {
-        let record = Replicated::decode(encoded.clone()).map_err(|e| e.to_string())?;
+    /// invalidated here; a record that does not decode is [`ApplyError::BadRecord`]
+    /// (its sender must not retry it).
+    pub async fn apply(&self, encoded: Bytes) -> Result<u64, ApplyError> {
+        let record = Replicated::decode(encoded.clone())
+            .map_err(|e| ApplyError::BadRecord(e.to_string()))?;
         let _serial = self.apply_lock.lock().await;
         let seen = {
             let kept = self.kept.lock().expect("kept lock");
@@ -731,7 +784,7 @@ impl Replicator {
                 self.cache
                     .purge(&targets)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(ApplyError::failed)?
                     .dependents
                     .len() as u64
             }
@@ -746,14 +799,14 @@ impl Replicator {
                 invalidator
                     .invalidate_dependents_at(key, record.at)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(ApplyError::failed)?
                     .len() as u64
             }
             Op::Edges { edges } => {
                 invalidator
                     .apply_remote_edges(edges)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ApplyError::failed)?;
                 self.add_tag_edges(edges).await;
                 0
             }
@@ -764,7 +817,7 @@ impl Replicator {
         invalidator
             .keep_record(encoded, true)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ApplyError::failed)?;
         Ok(invalidated)
     }
 
@@ -1052,6 +1105,38 @@ mod tests {
         kept.evicted
             .iter()
             .any(|(o, e)| asker.get(o).copied().unwrap_or(0) < *e)
+    }
+
+    // Issue 18: cluster errors that decide retries are typed. A record that does
+    // not decode is rejected as bad and never retried; anything else is retried.
+    #[test]
+    fn a_bad_record_is_given_up_on_and_other_failures_are_retried() {
+        use super::super::transport::PeerError;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(
+            Delivery::of(&Ok(Message::Applied { invalidated: 3 })),
+            Delivery::Acked(3)
+        );
+        assert_eq!(
+            Delivery::of(&Err(PeerError::Rejected(addr, "bad record".into()))),
+            Delivery::GiveUp
+        );
+        for retried in [
+            PeerError::Refused(addr, "not applied".into()),
+            PeerError::Timeout(addr),
+            PeerError::Unreachable(addr, "reset".into()),
+        ] {
+            assert_eq!(Delivery::of(&Err(retried)), Delivery::Retry);
+        }
+        assert_eq!(Delivery::of(&Ok(Message::Done)), Delivery::Retry);
+        assert_eq!(
+            ApplyError::BadRecord("x".into()).code(),
+            fanz_protocol::peer::ErrorCode::BadRequest
+        );
+        assert_eq!(
+            ApplyError::Failed("x".into()).code(),
+            fanz_protocol::peer::ErrorCode::Unavailable
+        );
     }
 
     // Issue 18, hole 4: after a restart a node vouches only for the records its log

@@ -149,8 +149,8 @@ impl PeerService for NodePeerService {
                 Some(r) => match r.apply(record).await {
                     Ok(invalidated) => Message::Applied { invalidated },
                     Err(e) => Message::Error {
-                        code: ErrorCode::Unavailable,
-                        message: format!("not applied: {e}"),
+                        code: e.code(),
+                        message: e.to_string(),
                     },
                 },
                 None => Message::Error {

@@ -41,9 +41,20 @@ pub enum PeerError {
     /// The peer sent something this node cannot accept.
     #[error("peer {0} sent a bad frame: {1}")]
     BadFrame(SocketAddr, FrameError),
-    /// The peer answered with an error.
+    /// The peer answered with an error (it may accept the same request later).
     #[error("peer {0} refused: {1}")]
     Refused(SocketAddr, String),
+    /// The peer says the request itself is bad: sending it again cannot help.
+    #[error("peer {0} rejected the request as bad: {1}")]
+    Rejected(SocketAddr, String),
+}
+
+impl PeerError {
+    /// Whether the same request may succeed if sent again: everything but a
+    /// request the peer rejected as bad.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, PeerError::Rejected(..))
+    }
 }
 
 /// What a node serves to its peers. `respond` writes the answer frames.
@@ -314,6 +325,10 @@ impl PeerTransport {
         let exchange = async {
             let mut reader = self.request(to, request).await?;
             match reader.next().await? {
+                Some(Message::Error {
+                    code: ErrorCode::BadRequest,
+                    message,
+                }) => Err(PeerError::Rejected(to, message)),
                 Some(Message::Error { message, .. }) => Err(PeerError::Refused(to, message)),
                 Some(answer) => Ok(answer),
                 None => Err(PeerError::Refused(to, "no answer".into())),
