@@ -11,6 +11,7 @@ pub mod membership;
 pub mod pki;
 pub mod replication;
 pub mod routing;
+pub mod safety;
 pub mod service;
 pub mod sync;
 pub mod transport;

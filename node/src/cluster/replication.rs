@@ -53,6 +53,7 @@ use tokio::sync::watch;
 
 use super::gossip::Broadcaster;
 use super::membership::{MemberState, View};
+use super::safety::{self, DownVerdict};
 use super::sync::SyncGate;
 use super::transport::PeerTransport;
 use crate::cache::Cache;
@@ -267,7 +268,7 @@ pub struct Replicator {
     /// Small records also ride on SWIM packets (the backstop).
     piggyback: Broadcaster,
     /// Since when each member has been down in this node's view.
-    down_since: Mutex<HashMap<String, DownSince>>,
+    down_since: Mutex<HashMap<String, DownVerdict<Instant>>>,
     /// How long after SWIM declares a member down it counts as fenced: a lease
     /// (plus margin) after it was first found unreachable, which was at least one
     /// suspicion timeout before. A member that left gracefully fenced itself.
@@ -439,7 +440,7 @@ impl Replicator {
                         .filter(|m| m.state == MemberState::Down)
                     {
                         down.entry(m.identity.id.clone())
-                            .or_insert_with(|| DownSince {
+                            .or_insert_with(|| DownVerdict {
                                 at: Instant::now(),
                                 wall_ms: super::sync::now_ms(),
                             });
@@ -666,7 +667,10 @@ impl Replicator {
     /// fan-out ([`RETRY_FOR`]): a purger without a majority never completes one.
     fn watch_fencing(self: &Arc<Self>, progress: Arc<Progress>) {
         let this = self.clone();
-        let fence_after = self.gate.lease() + FENCE_MARGIN;
+        let rules = safety::FenceRules {
+            after_majority: self.gate.lease() + FENCE_MARGIN,
+            after_down: self.fence_after_down,
+        };
         tokio::spawn(async move {
             loop {
                 let acked = progress.acked.notified();
@@ -680,41 +684,25 @@ impl Replicator {
                         return;
                     }
                     let down = this.down_since.lock().expect("down lock");
-                    // This node's verdict that a member is down says it was
-                    // unreachable from the majority only if this node was with the
-                    // majority (held its sync lease) since before the verdict: a node
-                    // that was itself cut off holds everyone else down.
                     let lease_since = this.gate.lease_held_since_ms();
-                    let member_fenced_at = |m: &String| {
-                        let by_majority = majority_at.map(|at| at + fence_after);
-                        let by_down = down
-                            .get(m)
-                            .filter(|d| lease_since.is_some_and(|since| since <= d.wall_ms))
-                            .map(|d| d.at + this.fence_after_down);
-                        match (by_majority, by_down) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        }
-                    };
-                    // The latest fencing time of the members still pending; `None`
-                    // while one cannot be fenced yet.
-                    report
-                        .pending
-                        .iter()
-                        .map(member_fenced_at)
-                        .try_fold(now, |latest, t| t.map(|t| latest.max(t)))
+                    let pending = report.pending.iter().map(|m| {
+                        safety::member_fenced_at(
+                            majority_at,
+                            down.get(m).copied(),
+                            lease_since,
+                            rules,
+                        )
+                    });
+                    safety::purge_fenced_at(now, majority_at, pending)
                 };
-                if let (Some(_), Some(at)) = (majority_at, fenced_at) {
-                    if at <= now {
-                        this.complete_fenced(&progress);
-                        return;
-                    }
+                if fenced_at.is_some_and(|at| at <= now) {
+                    this.complete_fenced(&progress);
+                    return;
                 }
                 if progress.started.elapsed() > RETRY_FOR {
                     return;
                 }
                 let wake = fenced_at
-                    .filter(|_| majority_at.is_some())
                     .unwrap_or(now + Duration::from_millis(100))
                     .min(now + Duration::from_millis(100));
                 tokio::select! {
@@ -1037,13 +1025,6 @@ impl Replicator {
         // start: it serves, and the gate tracks how long it has been unsynced.
         tracing::info!(node = %self.node_id, "no peer to catch up from yet");
     }
-}
-
-/// When this node first saw a member down.
-#[derive(Debug, Clone, Copy)]
-struct DownSince {
-    at: Instant,
-    wall_ms: u64,
 }
 
 fn rand_index(n: usize) -> usize {

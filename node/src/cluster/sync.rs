@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use super::safety;
 use crate::metrics::Metrics;
 
 /// How often the ticker beats.
@@ -246,7 +247,7 @@ impl SyncGate {
         let previous = self
             .last_sync_ms
             .fetch_max(round.started_ms, Ordering::AcqRel);
-        if round.started_ms.saturating_sub(previous) > self.max_unsynced.as_millis() as u64 {
+        if safety::lease_lapsed(previous, round.started_ms, self.max_unsynced) {
             // The lease had lapsed: it is held again from this round on.
             self.lease_since_ms
                 .store(round.started_ms, Ordering::Release);
@@ -274,8 +275,11 @@ impl SyncGate {
 
     fn out_of_sync(&self, now: u64) -> bool {
         self.has_peers.load(Ordering::Acquire)
-            && now.saturating_sub(self.last_sync_ms.load(Ordering::Acquire))
-                > self.max_unsynced.as_millis() as u64
+            && !safety::lease_holds(
+                self.last_sync_ms.load(Ordering::Acquire),
+                now,
+                self.max_unsynced,
+            )
     }
 
     /// [`SyncGate::before_hit`] when it needs no wait and notices no stall (which it
