@@ -104,7 +104,9 @@ impl Origin {
     fn start(bench: &Path, ip: IpAddr) -> anyhow::Result<Self> {
         let addr = free_tcp(ip);
         let child = Command::new(bench)
-            .args(["origin", "--versioned", "--max-age", "300"])
+            // A year: longer than any node's tombstone retention, so a soak with a
+            // short one (`--max-ttl 4s`...) checks that no purged page outlives it.
+            .args(["origin", "--versioned", "--max-age", "31536000"])
             .args(["--addr", &addr.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

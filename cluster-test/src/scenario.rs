@@ -7,8 +7,10 @@
 //! client (20%), a KV read sent straight to a random node's KV API (20%), a KV write
 //! of a unique value (30%), a KV purge that every member must apply (`wait=all`,
 //! 10%), a page read from a random node, pulled through from the origin as CDN
-//! traffic is (15%), or a page published at the origin and then purged by its tag
-//! (5%). A purge counts as acknowledged only when the node reports it complete.
+//! traffic is (15%), or a page published at the origin and then invalidated (5%):
+//! purged by its tag through the client, or by a `POST` to it through a random node
+//! (RFC 9111 §4.4), then read at once through a random node. A purge counts as
+//! acknowledged only when the node reports it complete.
 
 use std::time::{Duration, Instant};
 
@@ -367,17 +369,48 @@ fn start_workload(
                                     ok: true,
                                     error: None,
                                 });
-                                let tag = key.rsplit('/').next().unwrap_or_default().to_string();
+                                // Half the time a tag purge through the client, half a
+                                // POST to the page through a random node (RFC 9111 §4.4:
+                                // its success invalidates the URL on every node).
                                 let purge_start = ms();
-                                let result = acknowledged(client.purge(&Purge::tag(tag)).await);
+                                let result = if rng.next() % 2 == 0 {
+                                    let tag =
+                                        key.rsplit('/').next().unwrap_or_default().to_string();
+                                    acknowledged(client.purge(&Purge::tag(tag)).await)
+                                } else {
+                                    let (_, addr) = &nodes[rng.next() as usize % nodes.len()];
+                                    unsafe_invalidation(*addr, &key).await
+                                };
                                 ops.push(Op {
                                     worker,
-                                    key,
+                                    key: key.clone(),
                                     kind: OpKind::Purge,
                                     start_ms: purge_start,
                                     end_ms: ms(),
                                     ok: result.is_ok(),
                                     error: result.err(),
+                                });
+                                // At once a read through a random node: its fill may go
+                                // through an owner, racing the purge's last appliers.
+                                let (node, addr) = &nodes[rng.next() as usize % nodes.len()];
+                                let read_start = ms();
+                                let read = direct_get(*addr, &key).await;
+                                ops.push(Op {
+                                    worker,
+                                    key,
+                                    kind: OpKind::PageGet {
+                                        node: node.clone(),
+                                        generation: read
+                                            .as_ref()
+                                            .ok()
+                                            .and_then(|(got, _)| got.as_deref())
+                                            .and_then(generation_of),
+                                        marked: read.as_ref().is_ok_and(|(_, marked)| *marked),
+                                    },
+                                    start_ms: read_start,
+                                    end_ms: ms(),
+                                    ok: read.is_ok(),
+                                    error: read.err(),
                                 });
                                 continue;
                             }
@@ -498,6 +531,27 @@ async fn publish(origin: std::net::SocketAddr, page: &str) -> Result<u64, String
     }
 }
 
+/// `POST PAGE` through one node: the origin accepts it, and the node invalidates the
+/// page on every node before it answers. Acknowledged only when the answer says the
+/// invalidation is complete (`Fanz-Invalidation: complete`).
+async fn unsafe_invalidation(addr: std::net::SocketAddr, page: &str) -> Result<(), String> {
+    let (status, head, body) = exchange_head(
+        addr,
+        &format!(
+            "POST {page} HTTP/1.1\r\nHost: fanz\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await?;
+    let complete = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("fanz-invalidation: complete"));
+    match status.as_str() {
+        "200" if complete => Ok(()),
+        "200" => Err("invalidation not applied by every member in time".into()),
+        other => Err(format!("HTTP {other}: {}", body.trim())),
+    }
+}
+
 /// `GET PATH` on one node's main port (one connection per read, 2 s limit): the
 /// body or `None` for 404, and whether the node marked it unsynced.
 async fn direct_get(
@@ -522,6 +576,18 @@ pub(crate) async fn exchange(
     addr: std::net::SocketAddr,
     request: &str,
 ) -> Result<(String, String, bool), String> {
+    let (status, head, body) = exchange_head(addr, request).await?;
+    let marked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("cache-status:") && l.contains("unsynced"));
+    Ok((status, body, marked))
+}
+
+/// [`exchange`], with the whole response head instead of the unsynced mark.
+async fn exchange_head(
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> Result<(String, String, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
@@ -546,10 +612,7 @@ pub(crate) async fn exchange(
         .split_once("\r\n\r\n")
         .ok_or_else(|| "truncated answer".to_string())?;
     let status = head.split(' ').nth(1).unwrap_or_default().to_string();
-    let marked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("cache-status:") && l.contains("unsynced"));
-    Ok((status, body.to_string(), marked))
+    Ok((status, head.to_string(), body.to_string()))
 }
 
 /// One line naming a run.

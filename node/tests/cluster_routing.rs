@@ -524,6 +524,11 @@ async fn an_unsafe_request_through_one_node_invalidates_on_every_node() {
     )
     .await;
     assert_eq!(posted.status, http::StatusCode::CREATED);
+    assert_eq!(
+        posted.header("fanz-invalidation").as_deref(),
+        Some("complete"),
+        "the answer says every node dropped the old copies"
+    );
     // The origin numbers requests per path, the POST included: /item's next GET is #3.
     for (path, next) in [("/item", 3), ("/item/1", 2)] {
         for (i, n) in nodes.iter().enumerate() {

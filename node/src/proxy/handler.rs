@@ -76,6 +76,10 @@ const ADMISSION_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Bound on remembered first misses; the map is cleared when it is exceeded.
 const ADMISSION_MEMORY: usize = 100_000;
 
+/// Response header on the answer to a successful unsafe request: whether the
+/// invalidation it caused reached every node (`complete`, `incomplete`, `failed`).
+const INVALIDATION: header::HeaderName = header::HeaderName::from_static("fanz-invalidation");
+
 /// Tells a peer that fetched through this node the version of the entry it is
 /// answered from ([`fill::PEER_VERSION`]).
 fn tell_peer_version(ctx: &Ctx, headers: &mut HeaderMap, version: fanz_protocol::Timestamp) {
@@ -1021,6 +1025,7 @@ impl Proxy {
         };
         let status = response.status();
         let unsafe_method = !matches!(ctx.method, Method::OPTIONS | Method::TRACE);
+        let mut invalidation = None;
         if unsafe_method && (status.is_success() || status.is_redirection()) {
             let mut keys = vec![ctx.primary.clone()];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -1047,15 +1052,32 @@ impl Proxy {
             // Applied by every member before the answer returns, like any purge:
             // no node serves the old response once the client has the new one.
             let purged = match self.replicator.get() {
-                Some(replicator) => replicator.purge(&targets, Wait::All).await.map(|_| ()),
-                None => self.cache.purge(&targets).await.map(|_| ()),
+                Some(replicator) => replicator
+                    .purge(&targets, Wait::All)
+                    .await
+                    .map(|(_, report)| report.complete),
+                None => self.cache.purge(&targets).await.map(|_| true),
             };
-            if let Err(e) = purged {
-                tracing::error!(error = %e, "invalidation after an unsafe request failed");
-            }
+            invalidation = Some(match purged {
+                Ok(true) => "complete",
+                Ok(false) => "incomplete",
+                Err(e) => {
+                    tracing::error!(error = %e, "invalidation after an unsafe request failed");
+                    "failed"
+                }
+            });
         }
         let cache_status = format!("fanz; fwd=method; fwd-status={}", status.as_u16());
-        self.pass_through(&ctx, response, permit, &cache_status)
+        let mut answer = self.pass_through(&ctx, response, permit, &cache_status);
+        if let Some(done) = invalidation {
+            // The origin's answer stands either way; this says whether every node
+            // has dropped what the change made stale (`incomplete`: a member did not
+            // apply it within `purge_ack_timeout`).
+            answer
+                .headers_mut()
+                .insert(INVALIDATION, http::HeaderValue::from_static(done));
+        }
+        answer
     }
 }
 
