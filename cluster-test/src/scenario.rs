@@ -373,7 +373,7 @@ fn start_workload(
                                 // POST to the page through a random node (RFC 9111 §4.4:
                                 // its success invalidates the URL on every node).
                                 let purge_start = ms();
-                                let result = if rng.next() % 2 == 0 {
+                                let result = if rng.next().is_multiple_of(2) {
                                     let tag =
                                         key.rsplit('/').next().unwrap_or_default().to_string();
                                     acknowledged(client.purge(&Purge::tag(tag)).await)
