@@ -1,6 +1,6 @@
 //! The cache: lookups, sets, deletes and purges over the store and the invalidation
 //! engine, with freshness (TTL, stale windows, soft purges). Every front end (KV API,
-//! PURGE, admin API; later HTTP caching and peers) goes through here.
+//! PURGE, admin API, the HTTP proxy, peers) goes through here.
 //!
 //! Lookup phases:
 //!

@@ -1,16 +1,25 @@
 //! FANZ Edge node.
 //!
-//! Components:
-//! - [`config`]: settings from defaults, a TOML file, `FANZ_*` environment variables and flags.
+//! Components, from the bottom up:
 //! - [`clock`]: wall clock and hybrid logical clock.
+//! - [`config`]: settings from defaults, a TOML file, `FANZ_*` environment variables and
+//!   flags; [`cli`]: the command line; [`reload`]: live reloads of the reloadable ones.
 //! - [`store`]: memory and disk tiers (foyer) holding checksummed entries.
 //! - [`invalidation`]: tombstones, dependency index, purge engine and its durable log.
 //! - [`cache`]: lookups, sets and purges over the store and the engine; freshness.
-//! - [`http`]: the HTTP front end (KV API, `PURGE`) and the shared connection loop.
-//! - [`admin`]: admin API (purge, health, metrics) behind a bearer token.
+//! - [`proxy`]: pull-through caching of an origin's responses (RFC 9111).
+//! - [`cluster`]: membership, owner routing, replicated invalidation, anti-entropy.
+//! - [`http`]: the HTTP front ends (HTTP/1.1, HTTP/2, HTTP/3; KV API, `PURGE`) and
+//!   the shared connection loop.
+//! - [`admin`]: admin API (purge, health, metrics, status page) behind [`auth`]'s
+//!   bearer token.
+//! - [`tls`]: certificates and rustls configurations.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`logging`]: the tracing subscriber; request span fields formatted only when logged.
+//! - [`logging`]: the tracing subscriber; request span fields formatted only when
+//!   logged. `otlp` (feature): export of request spans.
 //! - [`node`]: start-up and the one shutdown path.
+
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod auth;

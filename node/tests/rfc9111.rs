@@ -1,6 +1,9 @@
 //! RFC 9111 behaviours at a default node, by section, over HTTP/1.1, HTTP/2 and
 //! HTTP/3 (issue 17, part 2). The older section tests are in `proxy.rs`.
 
+// The test is the node's client and origin: it reads the real wall clock, as they do.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, SystemTime};

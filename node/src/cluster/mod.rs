@@ -1,6 +1,10 @@
 //! The cluster: membership ([`gossip`], SWIM via foca, encrypted with the
 //! [`keyring`]), who owns which key ([`membership::View`] and its ring, from
-//! `fanz_protocol::ring`), and the trust material ([`pki`]).
+//! `fanz_protocol::ring`; [`routing`]), the trust material ([`pki`]), the peer
+//! protocol over QUIC with mutual TLS ([`transport`], served by [`service`]),
+//! cluster-wide invalidation and anti-entropy ([`replication`]), whether this node
+//! may vouch for its hits ([`sync`]), and the rules that make both safe, as pure
+//! functions ([`safety`]).
 //!
 //! A node joins a cluster when `cluster_dir` is set; without it, it runs alone and
 //! none of this starts.
@@ -18,7 +22,7 @@ pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -83,9 +87,7 @@ impl Cluster {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{}-{}", host_name(), settings.gossip_addr.port()));
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let generation = crate::clock::now_ms();
         let tls = crate::tls::peer_configs(&dir).map_err(|e| e.to_string())?;
         let transport = Arc::new(
             PeerTransport::bind(

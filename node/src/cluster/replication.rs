@@ -442,7 +442,7 @@ impl Replicator {
                         down.entry(m.identity.id.clone())
                             .or_insert_with(|| DownVerdict {
                                 at: Instant::now(),
-                                wall_ms: super::sync::now_ms(),
+                                wall_ms: crate::clock::now_ms(),
                             });
                     }
                 }

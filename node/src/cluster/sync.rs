@@ -16,11 +16,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::safety;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 
 /// How often the ticker beats.
@@ -94,13 +95,6 @@ pub struct SyncGate {
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
     metrics: Arc<Metrics>,
-}
-
-/// Wall-clock milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SyncGate {

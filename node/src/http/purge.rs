@@ -112,7 +112,7 @@ impl Purger {
         via: &'static str,
     ) -> Response<Body> {
         let started = Instant::now();
-        let at_ms = crate::cluster::sync::now_ms();
+        let at_ms = crate::clock::now_ms();
         let done = match &self.replicator {
             Some(r) => r
                 .purge(targets, wait)

@@ -71,7 +71,7 @@ fn log_access(
     };
     let line = serde_json::json!({
         "listener": api.as_str(),
-        "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "ts_ms": crate::clock::now_ms(),
         "peer": peer.to_string(),
         "method": method.as_str(),
         "uri": uri.to_string(),
