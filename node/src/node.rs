@@ -388,6 +388,7 @@ fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
         connection_window: config.h3_connection_window,
         early_data: config.h3_early_data,
         max_udp_payload: config.h3_max_udp_payload,
+        access_log: config.access_log,
     }
 }
 

@@ -883,28 +883,38 @@ async fn http2_to_a_cleartext_origin_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_json_access_log_has_a_line_per_request() {
-    let origin = TestOrigin::start(site()).await;
-    let (_tmp, node) = node_for(&origin, &["--access-log", "json"]);
-    fetch(&node, "/fresh", &[]).await;
-    fetch(&node, "/fresh", &[]).await;
-    let lines: Vec<serde_json::Value> = node
-        .stdout_text()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
-        })
-        .filter(|l| l["listener"] == "main")
-        .collect();
-    assert_eq!(lines.len(), 2);
-    assert_eq!(lines[1]["method"], "GET");
-    assert_eq!(lines[1]["uri"], "/fresh");
-    assert_eq!(lines[1]["status"], 200);
-    assert!(lines[1]["cache_status"]
-        .as_str()
-        .unwrap()
-        .starts_with("fanz; hit"));
-    assert!(lines[1]["duration_us"].as_u64().is_some());
+    for proto in PROTOCOLS {
+        let origin = TestOrigin::start(site()).await;
+        let (_tmp, node) = node_for(&origin, &["--access-log", "json"]);
+        let node = node.with_proto(proto);
+        fetch(&node, "/fresh", &[]).await;
+        fetch(&node, "/fresh", &[]).await;
+        let lines: Vec<serde_json::Value> = node
+            .stdout_text()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .filter(|l| {
+                l["listener"] == "main" && l["uri"].as_str().unwrap_or("").ends_with("/fresh")
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "{proto:?}: {lines:?}");
+        assert_eq!(lines[1]["method"], "GET");
+        assert_eq!(lines[1]["status"], 200);
+        assert!(
+            lines[1]["cache_status"]
+                .as_str()
+                .unwrap()
+                .starts_with("fanz; hit"),
+            "{proto:?}"
+        );
+        assert!(lines[1]["duration_us"].as_u64().is_some());
+        assert!(lines[1]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

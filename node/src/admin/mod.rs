@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanz_protocol::CacheKey;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::auth::Auth;
@@ -67,23 +66,6 @@ pub struct KvFacts {
     pub max_key_size: usize,
     /// Largest value accepted.
     pub max_value_size: u64,
-}
-
-/// The body of a watcher's stream: its lines as they are sent.
-struct WatchBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for WatchBody {
-    type Data = Bytes;
-    type Error = crate::http::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|line| line.map(|l| Ok(hyper::body::Frame::data(l))))
-    }
 }
 
 /// What the admin listener serves from.
@@ -299,7 +281,7 @@ impl AdminService {
     /// `invalidation::Watchers`): newline-delimited JSON until the node drops it.
     fn watch(&self) -> Response<Body> {
         let (_, lines) = self.cache.invalidator().watchers().subscribe();
-        let mut r = Response::new(BodyExt::boxed(WatchBody(lines)));
+        let mut r = Response::new(crate::http::channel_body(lines));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),

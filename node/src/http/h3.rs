@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::Instrument;
 
 use bytes::{Buf, Bytes};
@@ -26,6 +26,7 @@ use http::{header, Request, Response};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
+use super::scope::RequestScope;
 use super::{Answer, BoxError, ReqBody};
 use crate::config::RetryPolicy;
 use crate::metrics::{Api, Metrics};
@@ -51,6 +52,8 @@ pub struct H3Limits {
     pub early_data: bool,
     /// Upper bound of path-MTU discovery (UDP payload bytes).
     pub max_udp_payload: u16,
+    /// Write a JSON access log line per request to standard output.
+    pub access_log: bool,
 }
 
 /// How long a client has to complete the QUIC handshake.
@@ -313,6 +316,7 @@ async fn serve_connection<H>(
             Ok(Some(resolver)) => {
                 let (handler, metrics, handshake) =
                     (handler.clone(), metrics.clone(), handshake.clone());
+                let access_log = limits.access_log;
                 requests.spawn(async move {
                     let (request, stream) = match resolver.resolve_request().await {
                         Ok(r) => r,
@@ -321,7 +325,8 @@ async fn serve_connection<H>(
                             return;
                         }
                     };
-                    serve_request(request, stream, peer, (metrics, api), handler, handshake).await;
+                    let listener = (metrics, api, access_log);
+                    serve_request(request, stream, peer, listener, handler, handshake).await;
                 });
                 while requests.try_join_next().is_some() {}
             }
@@ -343,26 +348,24 @@ async fn serve_request<H>(
     request: Request<()>,
     stream: h3::server::RequestStream<BidiStream, Bytes>,
     peer: SocketAddr,
-    (metrics, api): (Arc<Metrics>, Api),
+    (metrics, api, access_log): (Arc<Metrics>, Api, bool),
     handler: H,
     mut handshake: Handshake,
 ) where
     H: Fn(Request<ReqBody>, SocketAddr) -> Answer,
 {
-    let started = Instant::now();
     let _open = OpenStream::new(&metrics);
     let Some(request) = handshake.admit(request, &metrics).await else {
         return;
     };
     let (mut send, recv) = stream.split();
     let mut request = request.map(|()| recv_body(recv));
-    let mut trace = super::trace::begin(&mut request, api.as_str());
+    let mut scope = RequestScope::begin(&mut request, peer, (metrics, api), access_log);
     let mut response = match handler(request, peer) {
         Answer::Now(response) => response,
-        Answer::Later(work) => work.instrument(trace.span()).await,
+        Answer::Later(work) => work.instrument(scope.span()).await,
     };
-    super::trace::finish(&mut response, &trace);
-    metrics.observe(api, started, response.status());
+    scope.finish(&mut response);
     let (mut parts, mut body) = response.into_parts();
     for name in CONNECTION_SPECIFIC {
         parts.headers.remove(name);

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod idle;
 pub mod kv;
 pub mod purge;
+pub mod scope;
 pub mod server;
 pub mod trace;
 
@@ -154,10 +155,29 @@ where
     }
 }
 
-/// A body fed by a channel.
-pub fn channel_body(rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>) -> Body {
-    struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
-    impl hyper::body::Body for ChannelBody {
+/// What a channel feeding a body carries: chunks, or chunks that may be errors.
+pub trait Chunk: Send + 'static {
+    /// The chunk, or why the body failed.
+    fn into_chunk(self) -> Result<Bytes, BoxError>;
+}
+
+impl Chunk for Bytes {
+    fn into_chunk(self) -> Result<Bytes, BoxError> {
+        Ok(self)
+    }
+}
+
+impl Chunk for Result<Bytes, BoxError> {
+    fn into_chunk(self) -> Result<Bytes, BoxError> {
+        self
+    }
+}
+
+/// A body fed by a channel, ending when every sender is gone: the one way bodies
+/// are streamed from a task (pumps, deadlines, near-cache watch streams).
+pub fn channel_body<T: Chunk>(rx: tokio::sync::mpsc::Receiver<T>) -> Body {
+    struct ChannelBody<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T: Chunk> hyper::body::Body for ChannelBody<T> {
         type Data = Bytes;
         type Error = BoxError;
         fn poll_frame(
@@ -166,7 +186,7 @@ pub fn channel_body(rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>) ->
         ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
             self.0
                 .poll_recv(cx)
-                .map(|item| item.map(|r| r.map(hyper::body::Frame::data)))
+                .map(|item| item.map(|c| c.into_chunk().map(hyper::body::Frame::data)))
         }
     }
     ChannelBody(rx).boxed()

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{header, HeaderValue};
 use http_body_util::BodyExt;
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::idle::{Activity, ConnTimeouts, TimedIo, TrackedBody};
+use super::scope::RequestScope;
 use super::{Answer, Body, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
 
@@ -52,72 +53,21 @@ pub struct ServeLimits {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// One JSON line per request on standard output.
-fn log_access(
-    api: Api,
-    peer: SocketAddr,
-    (method, uri, version): &(http::Method, http::Uri, http::Version),
-    response: &Response<Body>,
-    started: Instant,
-    trace: &super::trace::RequestTrace,
-) {
-    use std::io::Write;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let line = serde_json::json!({
-        "listener": api.as_str(),
-        "ts_ms": crate::clock::now_ms(),
-        "peer": peer.to_string(),
-        "method": method.as_str(),
-        "uri": uri.to_string(),
-        "version": format!("{version:?}"),
-        "status": response.status().as_u16(),
-        "duration_us": started.elapsed().as_micros() as u64,
-        "bytes": header("content-length").and_then(|v| v.parse::<u64>().ok()),
-        "cache_status": header("cache-status"),
-        "request_id": trace.request_id.to_str().unwrap_or_default(),
-        "trace_id": format!("{:032x}", trace.context.trace_id),
-    });
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-}
-
-/// What is left to do for a request once its response exists: name it, count it,
-/// log it, and track its body for the idle timer.
+/// What is left to do for a request once its response exists: the shared
+/// bookkeeping ([`RequestScope`]), the `Alt-Svc` advertisement, and tracking its
+/// body for the idle timer.
 struct Done {
-    started: Instant,
-    request_line: Option<(http::Method, http::Uri, http::Version)>,
-    metrics: Arc<Metrics>,
-    api: Api,
-    peer: SocketAddr,
+    scope: RequestScope,
     alt_svc: Option<HeaderValue>,
     activity: Arc<Activity>,
-    trace: super::trace::RequestTrace,
 }
 
 impl Done {
     fn finish(self, mut response: Response<Body>) -> Response<TrackedBody<Body>> {
-        super::trace::finish(&mut response, &self.trace);
         if let Some(v) = self.alt_svc {
             response.headers_mut().insert(header::ALT_SVC, v);
         }
-        self.metrics
-            .observe(self.api, self.started, response.status());
-        if let Some(request_line) = &self.request_line {
-            log_access(
-                self.api,
-                self.peer,
-                request_line,
-                &response,
-                self.started,
-                &self.trace,
-            );
-        }
+        self.scope.finish(&mut response);
         response.map(|body| self.activity.track(body))
     }
 }
@@ -210,24 +160,16 @@ pub async fn serve<H>(
         let activity = Arc::new(Activity::default());
         let conn_activity = activity.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
-            let started = Instant::now();
-            let trace = super::trace::begin(&mut req, api.as_str());
+            let scope = RequestScope::begin(&mut req, peer, (metrics.clone(), api), access_log);
             activity.request_started(req.version());
-            let request_line =
-                access_log.then(|| (req.method().clone(), req.uri().clone(), req.version()));
             let answer = handler(
                 req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
                 peer,
             );
             let mut done = Done {
-                started,
-                request_line,
-                metrics: metrics.clone(),
-                api,
-                peer,
+                scope,
                 alt_svc: alt_svc.clone(),
                 activity: activity.clone(),
-                trace,
             };
             match answer {
                 Answer::Now(response) => Served {
@@ -237,7 +179,7 @@ pub async fn serve<H>(
                 Answer::Later(work) => Served {
                     ready: None,
                     later: Some(Later {
-                        span: done.trace.span(),
+                        span: done.scope.span(),
                         work,
                         done,
                     }),
