@@ -10,7 +10,7 @@ use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::http::{text, Body};
-use crate::reload::Live;
+use crate::live::Live;
 
 /// The node's admin credential, shared by the listeners that check it.
 #[derive(Clone)]

@@ -15,10 +15,21 @@ use fanz_protocol::key::{IdKind, Namespace};
 use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 
 use crate::clock::Clock;
-use crate::cluster::sync::{HitPolicy, SyncGate};
+use crate::cluster::sync::SyncGate;
 use crate::invalidation::{Coverage, Invalidator, LogError, PurgeOutcome, PurgeTargets};
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
 use crate::store::{Store, Tier};
+
+/// What a hit may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitPolicy {
+    /// In sync: serve.
+    Serve,
+    /// Out of sync, availability mode: serve, marked.
+    ServeUnsynced,
+    /// Out of sync, consistency mode: revalidate first.
+    Revalidate,
+}
 
 /// How usable a found entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

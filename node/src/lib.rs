@@ -3,7 +3,8 @@
 //! Components, from the bottom up:
 //! - [`clock`]: wall clock and hybrid logical clock.
 //! - [`config`]: settings from defaults, a TOML file, `FANZ_*` environment variables and
-//!   flags; [`cli`]: the command line; [`reload`]: live reloads of the reloadable ones.
+//!   flags; [`cli`]: the command line; [`reload`]: live reloads of the reloadable ones,
+//!   into [`live`] values.
 //! - [`store`]: memory and disk tiers (foyer) holding checksummed entries.
 //! - [`invalidation`]: tombstones, dependency index, purge engine and its durable log.
 //! - [`cache`]: lookups, sets and purges over the store and the engine; freshness.
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod invalidation;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod node;

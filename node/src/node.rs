@@ -28,9 +28,10 @@ use crate::http::purge::Purger;
 use crate::http::server::{serve, ServeLimits};
 use crate::http::Answer;
 use crate::invalidation::Invalidator;
+use crate::live::Live;
 use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
-use crate::reload::{Live, Reloader, TtlPolicy};
+use crate::reload::{Reloader, TtlPolicy};
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
 use crate::tls;
 

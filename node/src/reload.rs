@@ -6,7 +6,7 @@
 //! counted `rejected` reload; the running settings stay. Other changed settings are
 //! named in a warning: they need a restart.
 
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::cli::{self, Invocation};
 use crate::config::Config;
+use crate::live::Live;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Proxy;
 
@@ -45,27 +46,6 @@ fn is_origin_setting(name: &str) -> bool {
         || name.starts_with("forward_")
         || name.starts_with("breaker_")
         || name == "uncacheable_ttl"
-}
-
-/// A value the running node reads on every use and a reload replaces.
-#[derive(Debug)]
-pub struct Live<T>(RwLock<Arc<T>>);
-
-impl<T> Live<T> {
-    /// Starts with `value`.
-    pub fn new(value: T) -> Self {
-        Self(RwLock::new(Arc::new(value)))
-    }
-
-    /// The current value.
-    pub fn get(&self) -> Arc<T> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Replaces it; readers holding the old value finish with it.
-    pub fn set(&self, value: T) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
-    }
 }
 
 /// The TTL policy of KV writes.

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 
 use super::replication::Replicator;
 use super::transport::{PeerService, Responder};
+use crate::cache::HitPolicy;
 use crate::cache::{Cache, Lookup};
-use crate::cluster::sync::HitPolicy;
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
 

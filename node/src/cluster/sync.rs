@@ -21,7 +21,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::safety;
+use crate::cache::HitPolicy;
 use crate::clock::now_ms;
+use crate::config::PartitionMode;
 use crate::metrics::Metrics;
 
 /// How often the ticker beats.
@@ -38,26 +40,6 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 pub struct RoundToken {
     stalls: u64,
     started_ms: u64,
-}
-
-/// What to do under a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartitionMode {
-    /// Keep serving hits, marked `detail=unsynced`.
-    Availability,
-    /// Revalidate every hit first.
-    Consistency,
-}
-
-/// What a hit may do now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitPolicy {
-    /// In sync: serve.
-    Serve,
-    /// Out of sync, availability mode: serve, marked.
-    ServeUnsynced,
-    /// Out of sync, consistency mode: revalidate first.
-    Revalidate,
 }
 
 /// The node's sync state, shared by the replicator (which reports rounds) and every

@@ -193,7 +193,7 @@ pub struct ClusterSettings {
     /// SWIM suspicion timeout.
     pub suspicion: Duration,
     /// What an out-of-sync node does with hits.
-    pub partition_mode: crate::cluster::sync::PartitionMode,
+    pub partition_mode: PartitionMode,
     /// Out of sync after this long without an anti-entropy round.
     pub max_unsynced: Duration,
     /// Anti-entropy period.
@@ -225,6 +225,15 @@ pub enum LogFormat {
 
 /// Raw setting values with their origins, before parsing.
 pub type RawSettings = BTreeMap<&'static str, (String, Origin)>;
+
+/// What to do under a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionMode {
+    /// Keep serving hits, marked `detail=unsynced`.
+    Availability,
+    /// Revalidate every hit first.
+    Consistency,
+}
 
 /// The node's typed settings.
 #[derive(Debug, Clone)]
@@ -400,8 +409,8 @@ impl Config {
                 probe_period: p.parse("gossip_probe_period", positive_duration)?,
                 suspicion: p.parse("gossip_suspicion", positive_duration)?,
                 partition_mode: p.parse("partition_mode", |s| match s {
-                    "availability" => Ok(crate::cluster::sync::PartitionMode::Availability),
-                    "consistency" => Ok(crate::cluster::sync::PartitionMode::Consistency),
+                    "availability" => Ok(PartitionMode::Availability),
+                    "consistency" => Ok(PartitionMode::Consistency),
                     _ => Err(format!(
                         "expected `availability` or `consistency`, got {s:?}"
                     )),

@@ -17,13 +17,14 @@ use super::headers::{self, HeaderError};
 use super::purge::Purger;
 use super::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::auth::Auth;
+use crate::cache::HitPolicy;
 use crate::cache::{Cache, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::Routing;
-use crate::cluster::sync::HitPolicy;
 use crate::invalidation::PurgeTargets;
+use crate::live::Live;
 use crate::proxy::Proxy;
-use crate::reload::{Live, TtlPolicy};
+use crate::reload::TtlPolicy;
 
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";

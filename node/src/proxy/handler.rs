@@ -29,16 +29,17 @@ use super::key::{marker_fields, variant_key, Target};
 use super::origin::{Origin, OriginResponse, Origins};
 use super::policy::{self, Heuristics, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
+use crate::cache::HitPolicy;
 use crate::cache::{Cache, Found};
 use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::{Role, Routing};
-use crate::cluster::sync::HitPolicy;
 use crate::config::Config;
 use crate::http::directives::Directives;
 use crate::http::{text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
+use crate::live::Live;
 use crate::metrics::{LookupResult, Metrics};
-use crate::reload::{Live, TtlPolicy};
+use crate::reload::TtlPolicy;
 
 /// How often a request retries joining a flight whose leader went away.
 const MAX_REJOINS: usize = 3;
