@@ -10,8 +10,10 @@
 //! - [`cache`]: lookups, sets and purges over the store and the engine; freshness.
 //! - [`proxy`]: pull-through caching of an origin's responses (RFC 9111).
 //! - [`cluster`]: membership, owner routing, replicated invalidation, anti-entropy.
-//! - [`http`]: the HTTP front ends (HTTP/1.1, HTTP/2, HTTP/3; KV API, `PURGE`) and
-//!   the shared connection loop.
+//! - [`http`]: HTTP primitives every layer uses (bodies, bounded reads, header
+//!   parsing, `Cache-Control` directives).
+//! - [`front`]: the listeners (HTTP/1.1, HTTP/2, HTTP/3), per-request tracing,
+//!   metrics and access log, the main port's service (KV API, `PURGE`), purges.
 //! - [`admin`]: admin API (purge, health, metrics, status page) behind [`auth`]'s
 //!   bearer token.
 //! - [`tls`]: certificates and rustls configurations.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod front;
 pub mod http;
 pub mod invalidation;
 pub mod live;

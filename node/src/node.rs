@@ -23,9 +23,9 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterParts};
 use crate::config::Config;
-use crate::http::kv::{KvLimits, MainService};
-use crate::http::purge::Purger;
-use crate::http::server::{serve, ServeLimits};
+use crate::front::kv::{KvLimits, MainService};
+use crate::front::purge::Purger;
+use crate::front::server::{serve, ServeLimits};
 use crate::http::Answer;
 use crate::invalidation::Invalidator;
 use crate::live::Live;
@@ -294,7 +294,7 @@ pub async fn run(
     ));
     let h3_server = h3.map(|endpoint| {
         let service = h3_service.clone();
-        tokio::spawn(crate::http::h3::serve_h3(
+        tokio::spawn(crate::front::h3::serve_h3(
             endpoint,
             h3_limits(&config),
             (metrics.clone(), Api::Main),
@@ -378,8 +378,8 @@ pub async fn run(
     Ok(())
 }
 
-fn h3_limits(config: &Config) -> crate::http::h3::H3Limits {
-    crate::http::h3::H3Limits {
+fn h3_limits(config: &Config) -> crate::front::h3::H3Limits {
+    crate::front::h3::H3Limits {
         max_streams: config.h3_max_streams,
         idle_timeout: config.h3_idle_timeout,
         max_header_size: config.max_header_size as u64,
@@ -410,7 +410,7 @@ fn open_h3(config: &Config, addr: std::net::SocketAddr) -> Result<quinn::Endpoin
     };
     let tls_config = tls::h3_server_config(&cert, &key, config.h3_early_data).map_err(tls_error)?;
     let endpoint =
-        crate::http::h3::endpoint(addr, tls_config, &h3_limits(config)).map_err(|message| {
+        crate::front::h3::endpoint(addr, tls_config, &h3_limits(config)).map_err(|message| {
             StartError::Setting {
                 setting: "h3_addr",
                 value: addr.to_string(),

@@ -1,7 +1,7 @@
 //! OpenTelemetry export (the `otlp` cargo feature): request spans go to an
 //! OTLP/HTTP collector as JSON, batched on a thread of their own. Each request span
 //! is made a child of the caller's `traceparent`, and this node's span id is the
-//! one the origin and the owners then see (see `http::trace`).
+//! one the origin and the owners then see (see `front::trace`).
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
@@ -10,16 +10,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::http::trace::TraceContext;
-
-/// Whether [`layer`] made an exporter (request spans are then opened for every
-/// request, as the exporter assigns their ids).
-static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether span export is on in this process.
-pub fn installed() -> bool {
-    INSTALLED.load(std::sync::atomic::Ordering::Relaxed)
-}
+use crate::front::trace::TraceContext;
 
 /// Flushes and stops the exporter when dropped (at the end of `main`).
 #[derive(Debug)]
@@ -61,7 +52,9 @@ where
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("fanz-node");
-    INSTALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    // From now on request spans are opened for every request, as the exporter
+    // assigns their ids.
+    crate::front::trace::install_exporter(link);
     Ok((
         tracing_opentelemetry::layer().with_tracer(tracer),
         Exporter(provider),

@@ -78,7 +78,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 ///
 /// With 0-RTT on, resumption tickets are single-use (rustls' stateful session cache
 /// hands each one out once), and the HTTP/3 front end serves only safe methods
-/// before the handshake completes (see [`crate::http::h3`]).
+/// before the handshake completes (see [`crate::front::h3`]).
 pub fn h3_server_config(
     cert: &Path,
     key: &Path,

@@ -1,16 +1,11 @@
-//! The HTTP front end: the main listener's service (KV API under `/kv/`, the `PURGE`
-//! method), the shared connection loop, header parsing, and small response helpers.
-//! The admin listener's routes live in [`crate::admin`] and reuse all of this.
+//! HTTP primitives every layer uses: body types and constructors (`full`, `text`,
+//! `json`, channel-fed and deadline-bounded bodies), bounded request reads, what a
+//! handler answers ([`Answer`]), header parsing ([`headers`]) and `Cache-Control`
+//! directives ([`directives`]). A leaf: it imports nothing of the node's. The
+//! listeners and the main port's service are in [`crate::front`].
 
 pub mod directives;
-pub mod h3;
 pub mod headers;
-pub mod idle;
-pub mod kv;
-pub mod purge;
-pub mod scope;
-pub mod server;
-pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -27,8 +27,8 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::scope::RequestScope;
-use super::{Answer, BoxError, ReqBody};
 use crate::config::RetryPolicy;
+use crate::http::{Answer, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
 
 /// Limits of the HTTP/3 listener.

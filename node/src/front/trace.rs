@@ -247,22 +247,27 @@ fn usable_request_id(id: &HeaderValue) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic)
 }
 
-/// With an exporter installed (`otlp` feature): the request's span, opened now and
-/// made a child of `parent`, with its place in the trace as the exporter made it.
-#[cfg(feature = "otlp")]
-fn exported(parent: Option<TraceContext>) -> Option<(tracing::Span, TraceContext)> {
-    if !crate::otlp::installed() {
-        return None;
-    }
-    let span = request_span();
-    let context = crate::otlp::link(&span, parent)?;
-    Some((span, context))
+/// How an exporter places a request's span in its trace: links `span` under the
+/// caller's `parent` and says the span's own place (`None` if it made none).
+pub type SpanLink = fn(&tracing::Span, Option<TraceContext>) -> Option<TraceContext>;
+
+/// The exporter's link, once one is installed (the `otlp` feature installs it; this
+/// module knows nothing of it otherwise).
+static EXPORTER: std::sync::OnceLock<SpanLink> = std::sync::OnceLock::new();
+
+/// Installs an exporter: from now on every request's span is opened at once and
+/// placed by `link`.
+pub fn install_exporter(link: SpanLink) {
+    let _ = EXPORTER.set(link);
 }
 
-/// Without an exporter, this node makes the ids itself.
-#[cfg(not(feature = "otlp"))]
-fn exported(_: Option<TraceContext>) -> Option<(tracing::Span, TraceContext)> {
-    None
+/// With an exporter installed: the request's span, opened now and made a child of
+/// `parent`, with its place in the trace as the exporter made it.
+fn exported(parent: Option<TraceContext>) -> Option<(tracing::Span, TraceContext)> {
+    let link = EXPORTER.get()?;
+    let span = request_span();
+    let context = link(&span, parent)?;
+    Some((span, context))
 }
 
 /// Names the request on its response.

@@ -10,9 +10,9 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{json, text, Body};
 use crate::cache::Cache;
 use crate::cluster::replication::{PurgeReport, Replicator, Wait};
+use crate::http::{json, text, Body};
 use crate::invalidation::{PurgeOutcome, PurgeTargets};
 
 /// Most dependent keys listed by name in a purge answer (all are counted).

@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use super::idle::{Activity, ConnTimeouts, TimedIo, TrackedBody};
 use super::scope::RequestScope;
-use super::{Answer, Body, BoxError, ReqBody};
+use crate::http::{Answer, Body, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
 
 /// Limits every connection of a listener gets.

@@ -13,14 +13,14 @@ use fanz_protocol::{CacheKey, Entry, EntryMeta};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
-use super::headers::{self, HeaderError};
 use super::purge::Purger;
-use super::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::auth::Auth;
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::Routing;
+use crate::http::headers::{self, HeaderError};
+use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::live::Live;
 use crate::proxy::Proxy;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use http::{Request, Response};
 
 use super::trace::{self, RequestTrace};
-use super::Body;
+use crate::http::Body;
 use crate::metrics::{Api, Metrics};
 
 /// One request's bookkeeping, from its head to its response.
