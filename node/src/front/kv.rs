@@ -16,15 +16,17 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use super::purge::Purger;
 use crate::auth::Auth;
 use crate::cache::HitPolicy;
-use crate::cache::{Cache, Lookup, MissReason};
+use crate::cache::{Cache, Freshness, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::Routing;
+use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::headers::{self, HeaderError};
 use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::live::Live;
 use crate::proxy::Proxy;
 use crate::reload::TtlPolicy;
+use crate::store::Tier;
 
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
@@ -115,7 +117,7 @@ impl MainService {
             return None;
         }
         let hit = self.cache.hit_in_memory(&key)?;
-        let status = headers::cache_status_hit(hit.freshness, hit.tier);
+        let status = hit_status(hit.freshness, hit.tier);
         Some(entry_response(
             hit.entry(),
             hit.age_secs,
@@ -199,7 +201,7 @@ impl MainService {
                 match Box::pin(self.read_from_owners(key, purged_here)).await {
                     OwnerRead::Found(entry, owner) => {
                         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-                        let status = format!("fanz; fwd=uri-miss; key={owner}");
+                        let status = CacheStatus::forward(Fwd::UriMiss).via(Some(&owner));
                         return entry_response(&entry, age, &status, &req.method, &req.headers);
                     }
                     OwnerRead::NotFound => {}
@@ -212,10 +214,8 @@ impl MainService {
                     }
                 }
                 let mut r = text(StatusCode::NOT_FOUND, "not found");
-                r.headers_mut().insert(
-                    "cache-status",
-                    HeaderValue::from_static(headers::cache_status_miss(reason)),
-                );
+                r.headers_mut()
+                    .insert("cache-status", miss_status(reason).header_value());
                 return r;
             }
         };
@@ -231,10 +231,10 @@ impl MainService {
                 return Box::pin(self.read_newest(key, hit, "settling", req)).await;
             }
         }
-        let mut status = headers::cache_status_hit(hit.freshness, hit.tier);
+        let mut status = hit_status(hit.freshness, hit.tier);
         match policy {
             HitPolicy::Serve => {}
-            HitPolicy::ServeUnsynced => status.push_str("; detail=unsynced"),
+            HitPolicy::ServeUnsynced => status = status.detail("unsynced"),
             HitPolicy::Revalidate => {
                 return Box::pin(self.confirm_with_owners(key, req, "revalidated-unsynced")).await
             }
@@ -262,12 +262,14 @@ impl MainService {
         &self,
         key: &CacheKey,
         req: &Parts,
-        detail: &str,
+        detail: &'static str,
     ) -> Response<Body> {
         match self.read_from_owners(key, false).await {
             OwnerRead::Found(entry, owner) => {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-                let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
+                let status = CacheStatus::forward(Fwd::UriMiss)
+                    .via(Some(&owner))
+                    .detail(detail);
                 entry_response(&entry, age, &status, &req.method, &req.headers)
             }
             OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
@@ -357,14 +359,16 @@ impl MainService {
         &self,
         key: &CacheKey,
         hit: crate::cache::Hit,
-        detail: &str,
+        detail: &'static str,
         req: &Parts,
     ) -> Response<Body> {
         let (read, every) = self.read_from_every_owner(key, false).await;
         if let OwnerRead::Found(entry, owner) = read {
             if entry.meta.version > hit.entry().meta.version {
                 let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-                let status = format!("fanz; fwd=uri-miss; key={owner}; detail={detail}");
+                let status = CacheStatus::forward(Fwd::UriMiss)
+                    .via(Some(&owner))
+                    .detail(detail);
                 return entry_response(&entry, age, &status, &req.method, &req.headers);
             }
         }
@@ -376,10 +380,7 @@ impl MainService {
                 "ownership of this key just moved and not every owner answered: retry, or read through another node",
             );
         }
-        let status = format!(
-            "{}; detail={detail}",
-            headers::cache_status_hit(hit.freshness, hit.tier)
-        );
+        let status = hit_status(hit.freshness, hit.tier).detail(detail);
         entry_response(
             hit.entry(),
             hit.age_secs,
@@ -666,7 +667,7 @@ impl MainService {
 fn entry_response(
     entry: &Entry,
     age_secs: u64,
-    cache_status: &str,
+    cache_status: &CacheStatus,
     method: &Method,
     request: &HeaderMap,
 ) -> Response<Body> {
@@ -707,8 +708,32 @@ fn entry_response(
             h.insert("surrogate-key", v);
         }
     }
-    insert_str(h, "cache-status", cache_status);
+    h.insert("cache-status", cache_status.header_value());
     response
+}
+
+/// `Cache-Status` for a KV hit: fresh (with the tier that answered) or stale.
+fn hit_status(freshness: Freshness, tier: Tier) -> CacheStatus {
+    match freshness {
+        Freshness::Fresh { ttl_ms } => {
+            CacheStatus::hit((ttl_ms / 1000) as i64).detail(match tier {
+                Tier::Memory => "memory",
+                Tier::Disk => "disk",
+            })
+        }
+        Freshness::Stale { stale_ms } => CacheStatus::hit(0)
+            .stale_for(stale_ms.div_ceil(1000))
+            .detail("stale"),
+    }
+}
+
+/// `Cache-Status` for a KV miss.
+fn miss_status(reason: MissReason) -> CacheStatus {
+    match reason {
+        MissReason::Absent => CacheStatus::forward(Fwd::UriMiss),
+        MissReason::Expired => CacheStatus::forward(Fwd::Miss).detail("expired"),
+        MissReason::Invalidated => CacheStatus::forward(Fwd::Miss).detail("invalidated"),
+    }
 }
 
 /// The answer to a write this node forwarded to the key's owners: 204 when at least

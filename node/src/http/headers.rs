@@ -9,8 +9,6 @@ use fanz_protocol::{CacheKey, InvalidationId};
 use http::HeaderMap;
 
 use super::directives::Directives;
-use crate::cache::{Freshness, MissReason};
-use crate::store::Tier;
 
 /// Most tags one request may set.
 pub const MAX_TAGS: usize = 256;
@@ -161,31 +159,6 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|candidate| candidate.trim() == "*" || strip(candidate) == ours)
-}
-
-/// `Cache-Status` for a hit.
-pub fn cache_status_hit(freshness: Freshness, tier: Tier) -> String {
-    match freshness {
-        Freshness::Fresh { ttl_ms } => {
-            let tier = match tier {
-                Tier::Memory => "memory",
-                Tier::Disk => "disk",
-            };
-            format!("fanz; hit; ttl={}; detail={tier}", ttl_ms / 1000)
-        }
-        Freshness::Stale { stale_ms } => {
-            format!("fanz; hit; ttl=-{}; detail=stale", stale_ms.div_ceil(1000))
-        }
-    }
-}
-
-/// `Cache-Status` for a miss.
-pub fn cache_status_miss(reason: MissReason) -> &'static str {
-    match reason {
-        MissReason::Absent => "fanz; fwd=uri-miss",
-        MissReason::Expired => "fanz; fwd=miss; detail=expired",
-        MissReason::Invalidated => "fanz; fwd=miss; detail=invalidated",
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! HTTP primitives every layer uses: body types and constructors (`full`, `text`,
 //! `json`, channel-fed and deadline-bounded bodies), bounded request reads, what a
-//! handler answers ([`Answer`]), header parsing ([`headers`]) and `Cache-Control`
-//! directives ([`directives`]). A leaf: it imports nothing of the node's. The
+//! handler answers ([`Answer`]), header parsing ([`headers`]), `Cache-Control`
+//! directives ([`directives`]) and `Cache-Status` ([`cache_status`]). A leaf: it imports nothing of the node's. The
 //! listeners and the main port's service are in [`crate::front`].
 
+pub mod cache_status;
 pub mod directives;
 pub mod headers;
 

@@ -34,6 +34,7 @@ use crate::cache::{Cache, Found};
 use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::{Role, Routing};
 use crate::config::Config;
+use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::directives::Directives;
 use crate::http::{text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
@@ -343,7 +344,7 @@ impl Proxy {
             policy::stored_response_shared_despite_authorization(&stored_headers(f.meta()))
         };
         if facts.authorization && !found.as_ref().is_some_and(shared) {
-            return Box::pin(self.fetch(ctx, None, None, false, facts, "bypass")).await;
+            return Box::pin(self.fetch(ctx, None, None, false, facts, Fwd::Bypass)).await;
         }
         if let Some(f) = found {
             let policy = self.cache.hit_policy().await;
@@ -354,7 +355,7 @@ impl Proxy {
             if asks.only_if_cached {
                 return only_if_cached_miss();
             }
-            return Box::pin(self.fetch(ctx, Some(key), Some(f), true, facts, "stale")).await;
+            return Box::pin(self.fetch(ctx, Some(key), Some(f), true, facts, Fwd::Stale)).await;
         }
         self.cache
             .count_lookup(crate::store::Tier::Memory, LookupResult::Miss);
@@ -363,13 +364,17 @@ impl Proxy {
         }
         let now = self.cache.now_ms();
         if self.uncacheable.get(&key).is_some_and(|until| *until > now) {
-            return Box::pin(self.direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")).await;
+            return Box::pin(self.direct(&ctx, miss("uncacheable"))).await;
         }
         if ctx.method == Method::HEAD {
             // Nothing stored to answer it from: the origin answers the HEAD itself.
-            return Box::pin(self.direct(&ctx, "fanz; fwd=uri-miss; detail=head")).await;
+            return Box::pin(self.direct(&ctx, miss("head"))).await;
         }
-        let fwd = if vary_known { "vary-miss" } else { "uri-miss" };
+        let fwd = if vary_known {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
         // A client's own conditional goes to the origin (the cache has no validator
         // of its own to answer it with): a fetch of its own, not one shared.
         let collapse = !CLIENT_VALIDATORS
@@ -422,9 +427,9 @@ impl Proxy {
         policy: HitPolicy,
     ) -> Option<Response<Body>> {
         let (must_revalidate, unsynced) = match policy {
-            HitPolicy::Serve => (asks.must_revalidate, ""),
-            HitPolicy::ServeUnsynced => (asks.must_revalidate, "; detail=unsynced"),
-            HitPolicy::Revalidate => (true, ""),
+            HitPolicy::Serve => (asks.must_revalidate, false),
+            HitPolicy::ServeUnsynced => (asks.must_revalidate, true),
+            HitPolicy::Revalidate => (true, false),
         };
         let now = self.cache.now_ms();
         let ttl_ms = found.ttl_ms(now);
@@ -440,7 +445,10 @@ impl Proxy {
         }
         if ttl_ms > 0 {
             self.cache.count_lookup(found.tier, LookupResult::Hit);
-            let status = format!("fanz; hit; ttl={}{unsynced}", ttl_ms / 1000);
+            let mut status = CacheStatus::hit(ttl_ms / 1000);
+            if unsynced {
+                status = status.detail("unsynced");
+            }
             return Some(self.serve(ctx, found, &status));
         }
         let stale_ms = ttl_ms.unsigned_abs();
@@ -454,14 +462,13 @@ impl Proxy {
             tokio::spawn(async move {
                 // The response is dropped: the fill stores what the origin sends.
                 let _ = refresh
-                    .fetch(ctx, Some(key), None, true, facts, "stale")
+                    .fetch(ctx, Some(key), None, true, facts, Fwd::Stale)
                     .await;
             });
         }
-        let status = format!(
-            "fanz; hit; ttl=-{}; detail=stale-while-revalidate",
-            stale_ms.div_ceil(1000)
-        );
+        let status = CacheStatus::hit(0)
+            .stale_for(stale_ms.div_ceil(1000))
+            .detail("stale-while-revalidate");
         Some(self.serve(ctx, found, &status))
     }
 
@@ -572,7 +579,7 @@ impl Proxy {
     }
 
     /// A response from a stored entry.
-    fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &str) -> Response<Body> {
+    fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &CacheStatus) -> Response<Body> {
         let entry = &found.entry;
         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
         let mut response = self.shaping_for(ctx).entry_response(
@@ -596,7 +603,7 @@ impl Proxy {
         stale: Option<Found>,
         collapse: bool,
         facts: RequestFacts,
-        fwd: &'static str,
+        fwd: Fwd,
     ) -> Response<Body> {
         let key = key.unwrap_or_else(|| ctx.primary.clone());
         for _ in 0..MAX_REJOINS {
@@ -623,31 +630,25 @@ impl Proxy {
                             if variant_key(&ctx.primary, fields, &ctx.headers)
                                 != variant_key(&ctx.primary, fields, leader_headers)
                             {
-                                return self.direct(&ctx, "fanz; fwd=vary-miss").await;
+                                return self
+                                    .direct(&ctx, CacheStatus::forward(Fwd::VaryMiss))
+                                    .await;
                             }
                         }
-                        let status = format!("fanz; fwd={fwd}; collapsed; ttl={}", head.ttl_secs);
+                        let status = CacheStatus::forward(fwd).collapsed().ttl(head.ttl_secs);
                         let body = if ctx.method == Method::HEAD {
                             crate::http::full(Bytes::new())
                         } else {
                             match flight.subscribe() {
                                 Some(body) => body,
                                 // Too large to replay: fetch it on our own.
-                                None => {
-                                    return self
-                                        .direct(&ctx, "fanz; fwd=uri-miss; detail=too-large")
-                                        .await
-                                }
+                                None => return self.direct(&ctx, miss("too-large")).await,
                             }
                         };
                         self.metrics.collapsed.inc();
                         return self.respond_with_head(&ctx, &head, body, &status);
                     }
-                    Outcome::Uncacheable => {
-                        return self
-                            .direct(&ctx, "fanz; fwd=uri-miss; detail=uncacheable")
-                            .await
-                    }
+                    Outcome::Uncacheable => return self.direct(&ctx, miss("uncacheable")).await,
                     Outcome::Failed(failure) => {
                         return self.failure_or_stale(&ctx, stale.as_ref(), &failure)
                     }
@@ -655,8 +656,7 @@ impl Proxy {
                 },
             }
         }
-        self.direct(&ctx, "fanz; fwd=uri-miss; detail=abandoned")
-            .await
+        self.direct(&ctx, miss("abandoned")).await
     }
 
     /// The leader's fetch: one origin request, then store-and-stream or pass through.
@@ -666,7 +666,7 @@ impl Proxy {
         leader: Leader,
         stale: Option<Found>,
         facts: RequestFacts,
-        fwd: &str,
+        fwd: Fwd,
         conditionals: Conditionals,
     ) -> Response<Body> {
         let version = self.cache.begin_fill();
@@ -742,10 +742,9 @@ impl Proxy {
             .and_then(|v| v.parse::<u64>().ok());
         let too_large = declared.is_some_and(|n| n > self.max_object_size);
         let admitted = decision.is_err() || too_large || self.admit_copy(&ctx.primary);
-        let fwd = match &via {
-            Some(owner) => format!("{fwd}; key={owner}"),
-            None => fwd.to_string(),
-        };
+        let forwarded = CacheStatus::forward(fwd)
+            .via(via.as_deref())
+            .fwd_status(status.as_u16());
         match decision {
             Ok(storable) if !too_large && admitted => {
                 let plan = fill::plan(
@@ -761,11 +760,7 @@ impl Proxy {
                 let head = plan.head.clone();
                 let flight = leader.flight().clone();
                 flight.publish(Outcome::Shared(head.clone()));
-                let cache_status = format!(
-                    "fanz; fwd={fwd}; fwd-status={}; stored; ttl={}",
-                    status.as_u16(),
-                    head.ttl_secs
-                );
+                let cache_status = forwarded.stored().ttl(head.ttl_secs);
                 // Subscribed before the pump starts: the replay buffer is still there.
                 let body = match (ctx.method == Method::HEAD, flight.subscribe()) {
                     (false, Some(body)) => body,
@@ -797,10 +792,7 @@ impl Proxy {
                         response_ms + self.uncacheable_ttl_ms.load(Ordering::Relaxed),
                     );
                 }
-                let cache_status = format!(
-                    "fanz; fwd={fwd}; fwd-status={}; detail={detail}",
-                    status.as_u16()
-                );
+                let cache_status = forwarded.detail(detail);
                 self.pass_through(ctx, response, permit, &cache_status)
             }
         }
@@ -838,6 +830,7 @@ impl Proxy {
             no_store: false,
         };
         let cache_status;
+        let revalidated = CacheStatus::forward(Fwd::Stale).fwd_status(304);
         match self.evaluate(facts, status, &merged, request_ms, response_ms) {
             Ok(storable) => {
                 let plan = fill::plan(
@@ -850,10 +843,7 @@ impl Proxy {
                     version,
                     response_ms,
                 );
-                cache_status = format!(
-                    "fanz; fwd=stale; fwd-status=304; ttl={}",
-                    plan.head.ttl_secs
-                );
+                cache_status = revalidated.ttl(plan.head.ttl_secs);
                 leader.flight().publish(Outcome::Shared(plan.head.clone()));
                 // Stored before the body goes out, as in the pump.
                 if let Some((primary, marker)) = plan.marker {
@@ -871,10 +861,7 @@ impl Proxy {
             }
             Err(reason) => {
                 leader.flight().publish(Outcome::Uncacheable);
-                cache_status = format!(
-                    "fanz; fwd=stale; fwd-status=304; detail={}",
-                    reason.as_str()
-                );
+                cache_status = revalidated.detail(reason.as_str());
             }
         }
         leader.flight().finish(Ok(())).await;
@@ -906,7 +893,7 @@ impl Proxy {
         ctx: &Ctx,
         head: &SharedHead,
         body: Body,
-        cache_status: &str,
+        cache_status: &CacheStatus,
     ) -> Response<Body> {
         let mut headers = head.headers.clone();
         // The current age (RFC 9111 §4.2.3): what the origin said, plus time since.
@@ -921,7 +908,7 @@ impl Proxy {
     }
 
     /// An uncached fetch straight to the origin, streamed through.
-    async fn direct(&self, ctx: &Ctx, cache_status: &str) -> Response<Body> {
+    async fn direct(&self, ctx: &Ctx, cache_status: CacheStatus) -> Response<Body> {
         let mut headers = self
             .origins
             .get()
@@ -929,13 +916,13 @@ impl Proxy {
         headers.remove(header::RANGE);
         match self.upstream(ctx, &ctx.method, &headers, None).await.0 {
             Ok(OriginResponse { response, permit }) => {
-                self.pass_through(ctx, response, permit, cache_status)
+                self.pass_through(ctx, response, permit, &cache_status)
             }
             Err(e) => origin_failure(
                 e.status(),
                 &e.to_string(),
                 e.retry_after_secs(),
-                "fanz; fwd=uri-miss; detail=origin-error",
+                &miss("origin-error"),
             ),
         }
     }
@@ -947,7 +934,7 @@ impl Proxy {
         ctx: &Ctx,
         response: Response<Body>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
-        cache_status: &str,
+        cache_status: &CacheStatus,
     ) -> Response<Body> {
         let (parts, body) = response.into_parts();
         let deadline = tokio::time::Instant::now() + self.total_timeout;
@@ -970,10 +957,10 @@ impl Proxy {
         match stale {
             Some(s) if within_stale_if_error(s, now) => {
                 let stale_secs = s.ttl_ms(now).unsigned_abs().div_ceil(1000);
-                let cache_status = format!(
-                    "fanz; fwd=stale; fwd-status={}; ttl=-{stale_secs}; detail=stale-if-error",
-                    status.as_u16()
-                );
+                let cache_status = CacheStatus::forward(Fwd::Stale)
+                    .fwd_status(status.as_u16())
+                    .stale_for(stale_secs)
+                    .detail("stale-if-error");
                 self.serve(ctx, s, &cache_status)
             }
             Some(s)
@@ -981,15 +968,16 @@ impl Proxy {
                     && !policy::forbids_stale_when_disconnected(&stored_headers(s.meta())) =>
             {
                 let stale_secs = s.ttl_ms(now).unsigned_abs().div_ceil(1000);
-                let cache_status =
-                    format!("fanz; hit; ttl=-{stale_secs}; detail=origin-unavailable");
+                let cache_status = CacheStatus::hit(0)
+                    .stale_for(stale_secs)
+                    .detail("origin-unavailable");
                 self.serve(ctx, s, &cache_status)
             }
             _ => origin_failure(
                 status,
                 &failure.message,
                 failure.retry_after,
-                "fanz; fwd=uri-miss; detail=origin-error",
+                &miss("origin-error"),
             ),
         }
     }
@@ -1020,7 +1008,7 @@ impl Proxy {
                     e.status(),
                     &e.to_string(),
                     e.retry_after_secs(),
-                    "fanz; fwd=method; detail=origin-error",
+                    &CacheStatus::forward(Fwd::Method).detail("origin-error"),
                 )
             }
         };
@@ -1068,7 +1056,7 @@ impl Proxy {
                 }
             });
         }
-        let cache_status = format!("fanz; fwd=method; fwd-status={}", status.as_u16());
+        let cache_status = CacheStatus::forward(Fwd::Method).fwd_status(status.as_u16());
         let mut answer = self.pass_through(&ctx, response, permit, &cache_status);
         if let Some(done) = invalidation {
             // The origin's answer stands either way; this says whether every node
@@ -1082,13 +1070,18 @@ impl Proxy {
     }
 }
 
+/// Went to the origin with nothing stored, for `detail`.
+fn miss(detail: &'static str) -> CacheStatus {
+    CacheStatus::forward(Fwd::UriMiss).detail(detail)
+}
+
 /// RFC 9111 §5.2.1.7: nothing stored may answer, and the origin may not be asked.
 fn only_if_cached_miss() -> Response<Body> {
     origin_failure(
         StatusCode::GATEWAY_TIMEOUT,
         "only-if-cached: no stored response answers this request",
         None,
-        "fanz; fwd=uri-miss; detail=only-if-cached",
+        &miss("only-if-cached"),
     )
 }
 

@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::origin::strip_hop_by_hop;
 use super::range::{self, RangeAnswer};
+use crate::http::cache_status::CacheStatus;
 use crate::http::{full, text, Body};
 
 /// Response headers aimed at this cache, never passed on to clients.
@@ -51,7 +52,7 @@ impl Shaping {
         &self,
         headers: &mut HeaderMap,
         age_secs: Option<u64>,
-        cache_status: &str,
+        cache_status: &CacheStatus,
     ) {
         if self.strip_tags {
             for name in &TAG_HEADERS {
@@ -61,9 +62,7 @@ impl Shaping {
         if let Some(age) = age_secs {
             headers.insert(header::AGE, HeaderValue::from(age));
         }
-        if let Ok(v) = HeaderValue::from_str(cache_status) {
-            headers.insert(CACHE_STATUS, v);
-        }
+        headers.insert(CACHE_STATUS, cache_status.header_value());
     }
 
     /// A response from a stored entry, answering the request's conditionals and HEAD.
@@ -74,7 +73,7 @@ impl Shaping {
         meta: &EntryMeta,
         body: &Bytes,
         age_secs: u64,
-        cache_status: &str,
+        cache_status: &CacheStatus,
     ) -> Response<Body> {
         let mut headers = stored_headers(meta);
         let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
@@ -136,7 +135,7 @@ impl Shaping {
         method: &Method,
         mut parts: http::response::Parts,
         body: Body,
-        cache_status: &str,
+        cache_status: &CacheStatus,
     ) -> Response<Body> {
         let mut headers = self.storable_headers(&parts.headers, &[]);
         self.client_headers(&mut headers, None, cache_status);
@@ -182,7 +181,7 @@ pub fn origin_failure(
     status: StatusCode,
     message: &str,
     retry_after: Option<u64>,
-    cache_status: &str,
+    cache_status: &CacheStatus,
 ) -> Response<Body> {
     let mut response = text(status, message);
     if let Some(secs) = retry_after {
@@ -190,8 +189,8 @@ pub fn origin_failure(
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let Ok(v) = HeaderValue::from_str(cache_status) {
-        response.headers_mut().insert(CACHE_STATUS, v);
-    }
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS, cache_status.header_value());
     response
 }

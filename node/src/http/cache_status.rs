@@ -1,0 +1,225 @@
+//! [`CacheStatus`]: what this cache did for a request, as RFC 9211's `Cache-Status`
+//! response field says it (`fanz; hit; ttl=42`, `fanz; fwd=uri-miss;
+//! fwd-status=200; stored; ttl=300`). Every answer names it through this one type,
+//! so the field's vocabulary and parameter order are defined once.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::HeaderValue;
+
+/// Why a request went forward (RFC 9211 §2.2 `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fwd {
+    /// Nothing was stored for the URL.
+    UriMiss,
+    /// Something was stored for the URL, but not for this variant.
+    VaryMiss,
+    /// A stored response was stale (or had to be revalidated).
+    Stale,
+    /// The method is not one the cache answers (`POST`, `PUT`...).
+    Method,
+    /// The cache chose not to use what it stores (a request with `Authorization`).
+    Bypass,
+    /// Not found as usable (the KV API: expired, or invalidated).
+    Miss,
+}
+
+impl Fwd {
+    /// The RFC 9211 token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Stale => "stale",
+            Fwd::Method => "method",
+            Fwd::Bypass => "bypass",
+            Fwd::Miss => "miss",
+        }
+    }
+}
+
+/// The `ttl` parameter: freshness left, or how long it has been stale (written
+/// with a minus sign, `-0` included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ttl {
+    Left(i64),
+    StaleFor(u64),
+}
+
+/// What the cache did for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// `None`: a hit; else why it went forward.
+    fwd: Option<Fwd>,
+    /// The cluster member the request went to instead of the origin.
+    key: Option<String>,
+    /// The status the next hop answered.
+    fwd_status: Option<u16>,
+    /// It shared another request's fetch.
+    collapsed: bool,
+    /// The response was stored.
+    stored: bool,
+    /// Freshness left, seconds (negative: stale for that long).
+    ttl: Option<Ttl>,
+    /// This cache's own details (`stale-while-revalidate`, `origin-error`...), each
+    /// written as a `detail` parameter.
+    details: Vec<Cow<'static, str>>,
+}
+
+impl CacheStatus {
+    /// A hit with `ttl` seconds of freshness left (negative: served stale).
+    pub fn hit(ttl: i64) -> Self {
+        Self {
+            fwd: None,
+            key: None,
+            fwd_status: None,
+            collapsed: false,
+            stored: false,
+            ttl: Some(Ttl::Left(ttl)),
+            details: Vec::new(),
+        }
+    }
+
+    /// Went forward, for `fwd`.
+    pub fn forward(fwd: Fwd) -> Self {
+        Self {
+            fwd: Some(fwd),
+            ..Self::hit(0)
+        }
+        .without_ttl()
+    }
+
+    fn without_ttl(mut self) -> Self {
+        self.ttl = None;
+        self
+    }
+
+    /// Went to cluster member `owner` rather than the origin.
+    pub fn via(mut self, owner: Option<&str>) -> Self {
+        self.key = owner.map(str::to_string);
+        self
+    }
+
+    /// The next hop answered `status`.
+    pub fn fwd_status(mut self, status: u16) -> Self {
+        self.fwd_status = Some(status);
+        self
+    }
+
+    /// Shared another request's fetch.
+    pub fn collapsed(mut self) -> Self {
+        self.collapsed = true;
+        self
+    }
+
+    /// The response was stored.
+    pub fn stored(mut self) -> Self {
+        self.stored = true;
+        self
+    }
+
+    /// `ttl` seconds of freshness left.
+    pub fn ttl(mut self, ttl: i64) -> Self {
+        self.ttl = Some(Ttl::Left(ttl));
+        self
+    }
+
+    /// Stale for `secs` seconds (`ttl=-secs`).
+    pub fn stale_for(mut self, secs: u64) -> Self {
+        self.ttl = Some(Ttl::StaleFor(secs));
+        self
+    }
+
+    /// Adds a detail of this cache's own.
+    pub fn detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.details.push(detail.into());
+        self
+    }
+
+    /// Whether it was a hit (served from the cache, fresh or stale).
+    pub fn is_hit(&self) -> bool {
+        self.fwd.is_none()
+    }
+
+    /// The field's value.
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("fanz"))
+    }
+}
+
+impl fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("fanz")?;
+        match self.fwd {
+            None => f.write_str("; hit")?,
+            Some(fwd) => write!(f, "; fwd={}", fwd.as_str())?,
+        }
+        if let Some(key) = &self.key {
+            write!(f, "; key={key}")?;
+        }
+        if let Some(status) = self.fwd_status {
+            write!(f, "; fwd-status={status}")?;
+        }
+        if self.collapsed {
+            f.write_str("; collapsed")?;
+        }
+        if self.stored {
+            f.write_str("; stored")?;
+        }
+        match self.ttl {
+            Some(Ttl::Left(ttl)) => write!(f, "; ttl={ttl}")?,
+            Some(Ttl::StaleFor(secs)) => write!(f, "; ttl=-{secs}")?,
+            None => {}
+        }
+        for detail in &self.details {
+            write!(f, "; detail={detail}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_come_in_one_order() {
+        assert_eq!(CacheStatus::hit(42).to_string(), "fanz; hit; ttl=42");
+        assert_eq!(
+            CacheStatus::hit(-3)
+                .detail("stale-while-revalidate")
+                .to_string(),
+            "fanz; hit; ttl=-3; detail=stale-while-revalidate"
+        );
+        assert_eq!(
+            CacheStatus::forward(Fwd::UriMiss)
+                .via(Some("n2"))
+                .fwd_status(200)
+                .stored()
+                .ttl(300)
+                .to_string(),
+            "fanz; fwd=uri-miss; key=n2; fwd-status=200; stored; ttl=300"
+        );
+        assert_eq!(
+            CacheStatus::forward(Fwd::VaryMiss)
+                .collapsed()
+                .ttl(5)
+                .to_string(),
+            "fanz; fwd=vary-miss; collapsed; ttl=5"
+        );
+        assert_eq!(
+            CacheStatus::forward(Fwd::Method)
+                .fwd_status(201)
+                .to_string(),
+            "fanz; fwd=method; fwd-status=201"
+        );
+        assert_eq!(
+            CacheStatus::hit(0).stale_for(0).to_string(),
+            "fanz; hit; ttl=-0"
+        );
+        assert!(CacheStatus::hit(0).is_hit());
+        assert!(!CacheStatus::forward(Fwd::Bypass).is_hit());
+    }
+}
