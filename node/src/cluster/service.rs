@@ -183,7 +183,7 @@ impl PeerService for NodePeerService {
                 Lookup::Miss(_) => Message::NotFound,
             },
             Message::Put { key, entry } => match Entry::decode(entry) {
-                Ok(entry) => match self.cache.set(key, entry).await {
+                Ok(entry) => match self.cache.set_replica(key, entry).await {
                     Ok(_) => Message::Done,
                     Err(e) => Message::Error {
                         code: ErrorCode::Unavailable,
