@@ -142,41 +142,80 @@ impl CacheStatus {
         self.fwd.is_none()
     }
 
-    /// The field's value.
+    /// The field's value. Written without `fmt`: it is on every hit's path.
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string())
+        let mut out = String::with_capacity(48);
+        self.write_to(&mut out);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
             .unwrap_or_else(|_| HeaderValue::from_static("fanz"))
+    }
+
+    fn write_to(&self, out: &mut String) {
+        out.push_str("fanz");
+        match self.fwd {
+            None => out.push_str("; hit"),
+            Some(fwd) => {
+                out.push_str("; fwd=");
+                out.push_str(fwd.as_str());
+            }
+        }
+        if let Some(key) = &self.key {
+            out.push_str("; key=");
+            out.push_str(key);
+        }
+        if let Some(status) = self.fwd_status {
+            out.push_str("; fwd-status=");
+            push_number(out, u64::from(status));
+        }
+        if self.collapsed {
+            out.push_str("; collapsed");
+        }
+        if self.stored {
+            out.push_str("; stored");
+        }
+        match self.ttl {
+            Some(Ttl::Left(ttl)) => {
+                out.push_str("; ttl=");
+                if ttl < 0 {
+                    out.push('-');
+                }
+                push_number(out, ttl.unsigned_abs());
+            }
+            Some(Ttl::StaleFor(secs)) => {
+                out.push_str("; ttl=-");
+                push_number(out, secs);
+            }
+            None => {}
+        }
+        for detail in &self.details {
+            out.push_str("; detail=");
+            out.push_str(detail);
+        }
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
 impl fmt::Display for CacheStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("fanz")?;
-        match self.fwd {
-            None => f.write_str("; hit")?,
-            Some(fwd) => write!(f, "; fwd={}", fwd.as_str())?,
-        }
-        if let Some(key) = &self.key {
-            write!(f, "; key={key}")?;
-        }
-        if let Some(status) = self.fwd_status {
-            write!(f, "; fwd-status={status}")?;
-        }
-        if self.collapsed {
-            f.write_str("; collapsed")?;
-        }
-        if self.stored {
-            f.write_str("; stored")?;
-        }
-        match self.ttl {
-            Some(Ttl::Left(ttl)) => write!(f, "; ttl={ttl}")?,
-            Some(Ttl::StaleFor(secs)) => write!(f, "; ttl=-{secs}")?,
-            None => {}
-        }
-        for detail in &self.details {
-            write!(f, "; detail={detail}")?;
-        }
-        Ok(())
+        let mut out = String::with_capacity(48);
+        self.write_to(&mut out);
+        f.write_str(&out)
     }
 }
 
@@ -218,6 +257,11 @@ mod tests {
         assert_eq!(
             CacheStatus::hit(0).stale_for(0).to_string(),
             "fanz; hit; ttl=-0"
+        );
+        assert_eq!(CacheStatus::hit(-120).header_value(), "fanz; hit; ttl=-120");
+        assert_eq!(
+            CacheStatus::hit(31_536_000).header_value(),
+            "fanz; hit; ttl=31536000"
         );
         assert!(CacheStatus::hit(0).is_hit());
         assert!(!CacheStatus::forward(Fwd::Bypass).is_hit());
