@@ -1,0 +1,305 @@
+//! Fan-out: a record made here is kept, piggybacked on SWIM and sent to every member
+//! not down, retried until each applies it; purge reports (`GET /purge/{id}`) and
+//! the fencing watch that completes a purge without a member that can no longer
+//! vouch for hits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fanz_protocol::log::Record;
+use fanz_protocol::peer::Message;
+use fanz_protocol::replication::{Op, Replicated};
+use fanz_protocol::CacheKey;
+
+use super::*;
+
+/// What fan-out does after one attempt to deliver a record to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// The member applied it.
+    Acked(u64),
+    /// Try again after [`RETRY_EVERY`] (unreachable, timed out, busy).
+    Retry,
+    /// The member rejected the record as bad: retrying cannot help.
+    GiveUp,
+}
+
+impl Delivery {
+    pub(super) fn of(answer: &Result<Message, crate::cluster::transport::PeerError>) -> Self {
+        match answer {
+            Ok(Message::Applied { invalidated }) => Delivery::Acked(*invalidated),
+            Err(e) if !e.is_retryable() => Delivery::GiveUp,
+            _ => Delivery::Retry,
+        }
+    }
+}
+
+impl Replicator {
+    /// Purges `targets` here and on every member. With `Wait::All`, returns once
+    /// every alive member has applied it or the ack timeout passed (the report names
+    /// who has not acked).
+    pub async fn purge(
+        self: &Arc<Self>,
+        targets: &PurgeTargets,
+        wait: Wait,
+    ) -> Result<(crate::invalidation::PurgeOutcome, PurgeReport), crate::cache::CacheError> {
+        let outcome = self.cache.purge(targets).await?;
+        let record = self.make(purge_op(targets), outcome.at);
+        let progress = self.fan_out(record, outcome.dependents.len() as u64, true);
+        if wait == Wait::All {
+            self.wait_complete(&progress).await;
+        }
+        let report = progress.report.lock().expect("report lock").clone();
+        Ok((outcome, report))
+    }
+
+    /// Waits until `progress` is complete or the ack timeout passes; whether it is.
+    async fn wait_complete(&self, progress: &Progress) -> bool {
+        let done = progress.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !progress.report.lock().expect("report lock").complete {
+            let _ = tokio::time::timeout(self.ack_timeout, done).await;
+        }
+        progress.report.lock().expect("report lock").complete
+    }
+
+    /// `key` was overwritten here with a value of `version`: its dependents are
+    /// invalidated everywhere, and older copies of it on owners that missed the write
+    /// are dropped. With `wait` (an owner did not confirm the write), returns only
+    /// once every member applied the record or is fenced (or the ack timeout passed):
+    /// whether it did. Until then the owner that missed the write may still serve
+    /// the old value.
+    pub async fn overwrite(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        version: fanz_protocol::Timestamp,
+        wait: bool,
+    ) -> bool {
+        let at = self.cache.invalidator().now();
+        let record = self.make(
+            Op::Overwrite {
+                key: key.clone(),
+                version,
+            },
+            at,
+        );
+        let progress = self.fan_out(record, 0, wait);
+        !wait || self.wait_complete(&progress).await
+    }
+
+    /// Replicates edges recorded on this node, as they come.
+    pub fn replicate_edges(self: &Arc<Self>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Record>>();
+        self.cache.invalidator().replicate_edges_to(tx);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(edges) = rx.recv().await {
+                let at = this.cache.invalidator().now();
+                let record = this.make(Op::Edges { edges }, at);
+                this.fan_out(record, 0, false);
+            }
+        });
+    }
+
+    /// The report of purge `id`, if this node made it and still keeps it.
+    pub fn report(&self, id: &str) -> Option<PurgeReport> {
+        self.reports
+            .get(id)
+            .map(|p| p.report.lock().expect("report lock").clone())
+    }
+
+    /// Keeps `record` and sends it to every member not down, retrying each until it
+    /// acks or is declared down. Returns its progress; an `awaited` one also
+    /// completes once a majority acked and the rest are fenced.
+    fn fan_out(
+        self: &Arc<Self>,
+        record: Replicated,
+        local_dependents: u64,
+        awaited: bool,
+    ) -> Arc<Progress> {
+        let encoded = record.encode();
+        self.keep(&record, encoded.clone());
+        // In the log with the next sync (a record of ours lost in a crash is
+        // reported as a gap after the restart, never vouched for).
+        let invalidator = self.cache.invalidator().clone();
+        let logged = encoded.clone();
+        tokio::spawn(async move {
+            if let Err(e) = invalidator.keep_record(logged, false).await {
+                tracing::warn!(error = %e, "keeping a cluster record in the log failed");
+            }
+        });
+        self.piggyback.broadcast(encoded.clone());
+        let id = format!("{}/{}", record.origin, record.seq);
+        let others = self.others();
+        let majority = self.majority_of_peers();
+        let progress = Arc::new(Progress {
+            report: Mutex::new(PurgeReport {
+                id: id.clone(),
+                members: others.len(),
+                acked: BTreeMap::new(),
+                pending: others.iter().map(|(id, ..)| id.clone()).collect(),
+                fenced: Vec::new(),
+                slowest_ms: 0.0,
+                dependents_invalidated: local_dependents,
+                complete: others.is_empty(),
+            }),
+            done: tokio::sync::Notify::new(),
+            started: Instant::now(),
+            majority,
+            majority_at: Mutex::new((majority == 0).then(Instant::now)),
+            acked: tokio::sync::Notify::new(),
+            is_purge: matches!(record.op, Op::Purge { .. }),
+        });
+        if progress.is_purge {
+            self.remember(id, progress.clone());
+            if others.is_empty() {
+                self.metrics.purge_propagation.observe(0.0);
+            } else {
+                self.metrics.purges_pending_ack.inc();
+            }
+        }
+        if awaited && !others.is_empty() {
+            self.watch_fencing(progress.clone());
+        }
+        let peers = others
+            .into_iter()
+            .filter(|(_, _, state)| *state != MemberState::Down)
+            .map(|(id, addr, _)| (id, addr));
+        for (member, addr) in peers {
+            let (this, progress, encoded) = (self.clone(), progress.clone(), encoded.clone());
+            tokio::spawn(async move {
+                let message = Message::Replicate { record: encoded };
+                let deadline = Instant::now() + RETRY_FOR;
+                loop {
+                    let answer = this.transport.call(addr, &message, CALL_TIMEOUT).await;
+                    match Delivery::of(&answer) {
+                        Delivery::Acked(invalidated) => {
+                            this.acked(&progress, &member, invalidated);
+                            return;
+                        }
+                        Delivery::GiveUp => {
+                            tracing::error!(%member, answer = ?answer.err(), "member rejected a replicated invalidation as bad; not retried");
+                            return;
+                        }
+                        Delivery::Retry => {
+                            let still_member = this.peers().iter().any(|(id, _)| *id == member);
+                            if !still_member || Instant::now() > deadline {
+                                tracing::warn!(%member, answer = ?answer.err(), "member did not apply a replicated invalidation; anti-entropy will");
+                                return;
+                            }
+                            tokio::time::sleep(RETRY_EVERY).await;
+                        }
+                    }
+                }
+            });
+        }
+        progress
+    }
+
+    fn acked(&self, progress: &Progress, member: &str, invalidated: u64) {
+        let took_ms = progress.started.elapsed().as_secs_f64() * 1000.0;
+        let mut report = progress.report.lock().expect("report lock");
+        report.pending.retain(|m| m != member);
+        report.fenced.retain(|m| m != member);
+        report.acked.insert(member.to_string(), took_ms);
+        report.slowest_ms = report.slowest_ms.max(took_ms);
+        report.dependents_invalidated += invalidated;
+        if report.acked.len() >= progress.majority {
+            let mut at = progress.majority_at.lock().expect("majority lock");
+            at.get_or_insert_with(Instant::now);
+        }
+        if report.pending.is_empty() && !report.complete {
+            report.complete = true;
+            if progress.is_purge {
+                self.metrics.purges_pending_ack.dec();
+                self.metrics.purge_propagation.observe(took_ms / 1000.0);
+            }
+            progress.done.notify_waiters();
+        }
+        progress.acked.notify_waiters();
+    }
+
+    /// Completes a purge that a majority applied once every member that has not is
+    /// fenced: a lease (plus [`FENCE_MARGIN`]) after the majority acked, or after
+    /// SWIM declared the member down, whichever is sooner. Gives up with the
+    /// fan-out ([`RETRY_FOR`]): a purger without a majority never completes one.
+    fn watch_fencing(self: &Arc<Self>, progress: Arc<Progress>) {
+        let this = self.clone();
+        let rules = safety::FenceRules {
+            after_majority: self.gate.lease() + FENCE_MARGIN,
+            after_down: self.fence_after_down,
+        };
+        tokio::spawn(async move {
+            loop {
+                let acked = progress.acked.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                let now = Instant::now();
+                let majority_at = *progress.majority_at.lock().expect("majority lock");
+                let fenced_at = {
+                    let report = progress.report.lock().expect("report lock");
+                    if report.complete {
+                        return;
+                    }
+                    let down = this.down_since.lock().expect("down lock");
+                    let lease_since = this.gate.lease_held_since_ms();
+                    let pending = report.pending.iter().map(|m| {
+                        safety::member_fenced_at(
+                            majority_at,
+                            down.get(m).copied(),
+                            lease_since,
+                            rules,
+                        )
+                    });
+                    safety::purge_fenced_at(now, majority_at, pending)
+                };
+                if fenced_at.is_some_and(|at| at <= now) {
+                    this.complete_fenced(&progress);
+                    return;
+                }
+                if progress.started.elapsed() > RETRY_FOR {
+                    return;
+                }
+                let wake = fenced_at
+                    .unwrap_or(now + Duration::from_millis(100))
+                    .min(now + Duration::from_millis(100));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = acked => {}
+                }
+            }
+        });
+    }
+
+    /// Every member still pending is fenced: the purge is complete without them.
+    fn complete_fenced(&self, progress: &Progress) {
+        let mut report = progress.report.lock().expect("report lock");
+        if report.complete {
+            return;
+        }
+        let pending = std::mem::take(&mut report.pending);
+        tracing::warn!(purge = %report.id, fenced = ?pending, "purge complete without members that are fenced (unreachable past their sync lease)");
+        report.fenced.extend(pending);
+        report.complete = true;
+        if progress.is_purge {
+            self.metrics.purges_pending_ack.dec();
+            self.metrics
+                .purge_propagation
+                .observe(progress.started.elapsed().as_secs_f64());
+        }
+        progress.done.notify_waiters();
+    }
+
+    fn remember(&self, id: String, progress: Arc<Progress>) {
+        self.reports.insert(id.clone(), progress);
+        let mut order = self.report_order.lock().expect("report order lock");
+        order.push_back(id);
+        while order.len() > KEPT_REPORTS {
+            if let Some(old) = order.pop_front() {
+                self.reports.remove(&old);
+            }
+        }
+    }
+}
