@@ -35,9 +35,9 @@
 //!   when an edge arrives naming a key this node stores, the node adds the edges from
 //!   that key's tags (so purging a tag reaches dependents on other nodes).
 //!
-//! Here: the [`Replicator`], its state and the membership it reads. [`fan_out`]
-//! sends records and completes purges (acks, fencing, reports); [`apply`] applies
-//! and keeps other nodes' records; [`anti_entropy`] answers and makes pulls.
+//! Here: the [`Replicator`], its state and the membership it reads. `fan_out`
+//! sends records and completes purges (acks, fencing, reports); `apply` applies
+//! and keeps other nodes' records; `anti_entropy` answers and makes pulls.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
