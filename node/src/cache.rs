@@ -16,7 +16,9 @@ use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 
 use crate::clock::Clock;
 use crate::cluster::sync::SyncGate;
-use crate::invalidation::{Coverage, Invalidator, LogError, PurgeOutcome, PurgeTargets};
+use crate::invalidation::{
+    Coverage, Durability, Invalidator, LogError, PurgeOutcome, PurgeTargets,
+};
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
 use crate::store::{Store, Tier};
 
@@ -453,6 +455,15 @@ impl Cache {
 
     /// Purges `targets`; resolves once durable. Space is reclaimed in the background.
     pub async fn purge(&self, targets: &PurgeTargets) -> Result<PurgeOutcome, CacheError> {
+        self.purge_with(targets, Durability::Synced).await
+    }
+
+    /// [`Cache::purge`], its log records synced as `durability` says.
+    pub async fn purge_with(
+        &self,
+        targets: &PurgeTargets,
+        durability: Durability,
+    ) -> Result<PurgeOutcome, CacheError> {
         let too_long = targets
             .keys
             .iter()
@@ -464,7 +475,7 @@ impl Cache {
                 "a purged key, tag or prefix is too long",
             ));
         }
-        let outcome = self.invalidator.purge(targets).await?;
+        let outcome = self.invalidator.purge_with(targets, durability).await?;
         self.metrics.purges.inc();
         self.count_purge(PurgeKind::Key, targets.soft, targets.keys.len());
         self.count_purge(PurgeKind::Tag, targets.soft, targets.tags.len());

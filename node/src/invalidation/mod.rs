@@ -36,6 +36,24 @@ pub use watchers::{WatchEvent, Watchers};
 /// dropped (and the invalidation acknowledged without it).
 pub const WATCHER_ACK_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// When an invalidation's log records must be on disk before it resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced now (an fsync, shared with whatever else is waiting).
+    Synced,
+    /// Written now, synced by the next synced append: for a caller that makes one
+    /// right after (a replicated record, kept and synced before its ack). The log is
+    /// written in order, so a crash keeps a prefix: the effects without the record
+    /// that says they were applied, never the other way round.
+    WithNextSync,
+}
+
+impl Durability {
+    fn synced(self) -> bool {
+        self == Durability::Synced
+    }
+}
+
 /// What a purge did.
 #[derive(Debug, Clone)]
 pub struct PurgeOutcome {
@@ -208,12 +226,21 @@ impl Invalidator {
     /// Purges `targets`; resolves once the tombstones are durable. They are visible to
     /// lookups before that.
     pub async fn purge(&self, targets: &PurgeTargets) -> Result<PurgeOutcome, LogError> {
+        self.purge_with(targets, Durability::Synced).await
+    }
+
+    /// [`Self::purge`], its records synced as `durability` says.
+    pub async fn purge_with(
+        &self,
+        targets: &PurgeTargets,
+        durability: Durability,
+    ) -> Result<PurgeOutcome, LogError> {
         let at = self.clock.now();
         let plan = self.state.plan_purge(targets, at, self.clock.wall_ms());
         for record in &plan.records {
             self.state.apply(record);
         }
-        self.log.append(&plan.records, true).await?;
+        self.log.append(&plan.records, durability.synced()).await?;
         if self.watchers.count() > 0 {
             if let Some(event) = WatchEvent::of_purge(targets, &plan.dependents) {
                 self.watchers.publish(&event).await;
@@ -284,9 +311,13 @@ impl Invalidator {
         let _ = self.edge_sink.set(sink);
     }
 
-    /// Applies edges recorded on another node; resolves once durable. Not sent on
-    /// to the edge sink (they are already replicated).
-    pub async fn apply_remote_edges(&self, edges: &[Record]) -> Result<(), LogError> {
+    /// Applies edges recorded on another node; resolves once written (synced as
+    /// `durability` says). Not sent on to the edge sink (they are already replicated).
+    pub async fn apply_remote_edges(
+        &self,
+        edges: &[Record],
+        durability: Durability,
+    ) -> Result<(), LogError> {
         let edges: Vec<Record> = edges
             .iter()
             .filter(|r| matches!(r, Record::Edge { .. }))
@@ -295,7 +326,7 @@ impl Invalidator {
         for record in &edges {
             self.state.apply(record);
         }
-        self.log.append(&edges, true).await
+        self.log.append(&edges, durability.synced()).await
     }
 
     /// This node's clock now.
@@ -312,7 +343,8 @@ impl Invalidator {
     /// Invalidates everything that depends on `key`, whose new value has just been
     /// stored (overwrite is invalidation). Resolves once durable; returns the dependents.
     pub async fn invalidate_dependents(&self, key: &CacheKey) -> Result<Vec<CacheKey>, LogError> {
-        self.invalidate_dependents_at(key, self.clock.now()).await
+        self.invalidate_dependents_at(key, self.clock.now(), Durability::Synced)
+            .await
     }
 
     /// [`Self::invalidate_dependents`] for an overwrite made at `at`, possibly on
@@ -321,13 +353,14 @@ impl Invalidator {
         &self,
         key: &CacheKey,
         at: Timestamp,
+        durability: Durability,
     ) -> Result<Vec<CacheKey>, LogError> {
         let dependents = if self.state.has_dependents(key) {
             let plan = self.state.plan_overwrite(key, at, self.clock.wall_ms());
             for record in &plan.records {
                 self.state.apply(record);
             }
-            self.log.append(&plan.records, true).await?;
+            self.log.append(&plan.records, durability.synced()).await?;
             plan.dependents
         } else {
             Vec::new()

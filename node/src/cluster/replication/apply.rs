@@ -9,6 +9,7 @@ use fanz_protocol::log::Record;
 use fanz_protocol::replication::{Op, Replicated};
 
 use super::*;
+use crate::invalidation::Durability;
 
 #[derive(Debug, Default)]
 pub(super) struct Applied {
@@ -111,7 +112,7 @@ impl Replicator {
             Op::Purge { .. } => {
                 let targets = purge_targets(&record.op);
                 self.cache
-                    .purge(&targets)
+                    .purge_with(&targets, Durability::WithNextSync)
                     .await
                     .map_err(ApplyError::failed)?
                     .dependents
@@ -126,14 +127,14 @@ impl Replicator {
                     tracing::debug!(?key, "dropped a copy older than a replicated overwrite");
                 }
                 invalidator
-                    .invalidate_dependents_at(key, record.at)
+                    .invalidate_dependents_at(key, record.at, Durability::WithNextSync)
                     .await
                     .map_err(ApplyError::failed)?
                     .len() as u64
             }
             Op::Edges { edges } => {
                 invalidator
-                    .apply_remote_edges(edges)
+                    .apply_remote_edges(edges, Durability::WithNextSync)
                     .await
                     .map_err(ApplyError::failed)?;
                 self.add_tag_edges(edges).await;
@@ -141,8 +142,9 @@ impl Replicator {
             }
         };
         self.keep(&record, encoded.clone());
-        // Durable before the ack: this node may then vouch for it to a peer that
-        // missed it, after a restart too.
+        // Durable before the ack, with the effects written before it (one fsync for
+        // both): this node may then vouch for it to a peer that missed it, after a
+        // restart too.
         invalidator
             .keep_record(encoded, true)
             .await
