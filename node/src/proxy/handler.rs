@@ -9,6 +9,11 @@
 //!     absent ....................... fetch (collapsed), store if RFC 9111 allows, stream to every waiter
 //!   other methods: forward; on success invalidate the URL, Location and Content-Location
 //! ```
+//!
+//! The phases that stand alone live beside it: `upstream` (owner or origin),
+//! `revalidate` (a 304 merged into the stored response) and `unsafe_methods`. What
+//! stays here (just over 800 lines) is the decision flow of a GET or HEAD from lookup
+//! to answer, kept in one file so it reads top to bottom.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +23,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use fanz_protocol::{CacheKey, Entry};
+use fanz_protocol::CacheKey;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
-use super::fill::{
-    self, add_validators, take_peer_version, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, PARTIAL,
-};
+use super::fill::{self, add_validators, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, PARTIAL};
 use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
 use super::key::{marker_fields, variant_key, Target};
 use super::origin::{Origin, OriginResponse, Origins};
@@ -31,18 +34,21 @@ use super::policy::{self, Heuristics, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Found};
-use crate::cluster::replication::{Replicator, Wait};
-use crate::cluster::routing::{Role, Routing};
+use crate::cluster::replication::Replicator;
+use crate::cluster::routing::Routing;
 use crate::config::Config;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::directives::Directives;
 use crate::http::{text, Answer, Body, ReqBody};
-use crate::invalidation::PurgeTargets;
 use crate::live::Live;
 use crate::metrics::{LookupResult, Metrics};
 use crate::reload::TtlPolicy;
 
 /// How often a request retries joining a flight whose leader went away.
+mod revalidate;
+mod unsafe_methods;
+mod upstream;
+
 const MAX_REJOINS: usize = 3;
 
 /// The pull-through cache in front of the configured origins.
@@ -481,103 +487,6 @@ impl Proxy {
         }
     }
 
-    /// Sends a GET or HEAD upstream: through the owners of the key ahead of this node
-    /// (origin shielding), then to the origin. `origin_headers` go to the origin;
-    /// an owner gets the client's headers with `validators` instead, so it answers
-    /// as it would the client (same variant, 304 when they match). Returns the
-    /// response and, for a peer's answer, the id of the owner that gave it and the
-    /// version of the entry it answered from. An owner's answer that a purge applied
-    /// here covers (the owner has not applied it yet) is not used: the next owner
-    /// or the origin answers instead.
-    async fn upstream(
-        &self,
-        ctx: &Ctx,
-        method: &Method,
-        origin_headers: &HeaderMap,
-        validators: Option<&HeaderMap>,
-    ) -> (
-        Result<OriginResponse, super::origin::OriginError>,
-        Option<(String, fanz_protocol::Timestamp)>,
-    ) {
-        if let Some(routing) = self.routing.get().filter(|_| !ctx.from_peer) {
-            let owners = routing.owners_ahead(&ctx.primary);
-            if !owners.is_empty() {
-                let mut headers = ctx.headers.clone();
-                for name in CLIENT_CONDITIONALS {
-                    headers.remove(name);
-                }
-                headers.remove(header::RANGE);
-                if let Some(v) = validators {
-                    add_validators(&mut headers, v);
-                }
-                let url = format!("{}{}", ctx.target.origin_part, ctx.target.path_and_query);
-                for (id, addr) in owners {
-                    tracing::debug!(owner = %id, %url, "fetching through the owner");
-                    self.metrics.peer_fetches.inc();
-                    match routing.fetch(addr, method, &url, &headers).await {
-                        Ok(mut response) => {
-                            // The owner's view of its cache is not ours.
-                            response.headers_mut().remove("cache-status");
-                            let answered = response.headers_mut();
-                            let version = take_peer_version(answered)
-                                .unwrap_or_else(|| self.cache.begin_fill());
-                            if fill::covered_here(
-                                &self.cache,
-                                &ctx.primary,
-                                &ctx.headers,
-                                answered,
-                                version,
-                            ) {
-                                self.metrics.peer_fetch_failures.inc();
-                                tracing::debug!(owner = %id, %url, "the owner answered with a copy a purge applied here covers; trying the next owner or the origin");
-                                continue;
-                            }
-                            let answer = OriginResponse {
-                                response,
-                                permit: None,
-                            };
-                            return (Ok(answer), Some((id, version)));
-                        }
-                        Err(e) => {
-                            self.metrics.peer_fetch_failures.inc();
-                            tracing::warn!(owner = %id, error = %e, "owner fetch failed; trying the next owner or the origin");
-                        }
-                    }
-                }
-            }
-        }
-        tracing::debug!(host = %ctx.target.host, path = %ctx.target.path_and_query, "fetching from the origin");
-        let sent = ctx
-            .origin
-            .send(method, &ctx.target.path_and_query, origin_headers, None)
-            .await;
-        (sent, None)
-    }
-
-    /// Whether a node that does not own `key` keeps a copy of it: on its second
-    /// miss within the admission window (one-hit wonders stay with the owners).
-    fn admit_copy(&self, key: &CacheKey) -> bool {
-        let Some(routing) = self.routing.get() else {
-            return true;
-        };
-        if routing.role(key) != Role::Other {
-            return true;
-        }
-        let now = self.cache.now_ms();
-        if let Some(first) = self.seen_once.get(key) {
-            if now.saturating_sub(*first) <= ADMISSION_WINDOW_MS {
-                drop(first);
-                self.seen_once.remove(key);
-                return true;
-            }
-        }
-        if self.seen_once.len() >= ADMISSION_MEMORY {
-            self.seen_once.clear();
-        }
-        self.seen_once.insert(key.clone(), now);
-        false
-    }
-
     /// A response from a stored entry.
     fn serve(&self, ctx: &Ctx, found: &Found, cache_status: &CacheStatus) -> Response<Body> {
         let entry = &found.entry;
@@ -798,95 +707,6 @@ impl Proxy {
         }
     }
 
-    /// A 304 answered a revalidation: merge its headers into the stored response,
-    /// recompute freshness, store, and serve (RFC 9111 §4.3.4).
-    #[allow(clippy::too_many_arguments)]
-    async fn refreshed(
-        &self,
-        ctx: &Ctx,
-        leader: Leader,
-        stale: &Found,
-        update: &HeaderMap,
-        version: fanz_protocol::Timestamp,
-        request_ms: u64,
-        response_ms: u64,
-    ) -> Response<Body> {
-        let old = &stale.entry;
-        let mut merged = stored_headers(&old.meta);
-        // §3.2: every field of the 304 replaces the stored one, except those never
-        // stored (hop-by-hop, aimed at this cache, `Age`) and Content-Length.
-        let update = self.shaping.storable_headers(update, &[]);
-        for name in update.keys() {
-            if name != header::CONTENT_LENGTH {
-                merged.remove(name);
-                for v in update.get_all(name) {
-                    merged.append(name.clone(), v.clone());
-                }
-            }
-        }
-        let status = StatusCode::from_u16(old.meta.status).unwrap_or(StatusCode::OK);
-        let facts = RequestFacts {
-            authorization: false,
-            no_store: false,
-        };
-        let cache_status;
-        let revalidated = CacheStatus::forward(Fwd::Stale).fwd_status(304);
-        match self.evaluate(facts, status, &merged, request_ms, response_ms) {
-            Ok(storable) => {
-                let plan = fill::plan(
-                    &self.shaping_for(ctx),
-                    &ctx.primary,
-                    &ctx.headers,
-                    status,
-                    &merged,
-                    &storable,
-                    version,
-                    response_ms,
-                );
-                cache_status = revalidated.ttl(plan.head.ttl_secs);
-                leader.flight().publish(Outcome::Shared(plan.head.clone()));
-                // Stored before the body goes out, as in the pump.
-                if let Some((primary, marker)) = plan.marker {
-                    let _ = self.cache.store_response(primary, marker).await;
-                }
-                let entry = Entry {
-                    meta: plan.meta,
-                    body: old.body.clone(),
-                };
-                if let Err(e) = self.cache.store_response(plan.store_key, entry).await {
-                    tracing::error!(error = %e, "storing a revalidated response failed");
-                }
-                leader.stop_joining();
-                leader.flight().push(old.body.clone()).await;
-            }
-            Err(reason) => {
-                leader.flight().publish(Outcome::Uncacheable);
-                cache_status = revalidated.detail(reason.as_str());
-            }
-        }
-        leader.flight().finish(Ok(())).await;
-        leader.complete();
-        let mut meta = old.meta.clone();
-        meta.headers = merged
-            .iter()
-            .map(|(n, v)| {
-                (
-                    Bytes::copy_from_slice(n.as_str().as_bytes()),
-                    Bytes::copy_from_slice(v.as_bytes()),
-                )
-            })
-            .collect();
-        let age_secs = meta.age_ms(self.cache.now_ms()) / 1000;
-        self.shaping_for(ctx).entry_response(
-            &ctx.method,
-            &ctx.headers,
-            &meta,
-            &old.body,
-            age_secs,
-            &cache_status,
-        )
-    }
-
     /// A response built from a flight's shared head.
     fn respond_with_head(
         &self,
@@ -980,93 +800,6 @@ impl Proxy {
                 &miss("origin-error"),
             ),
         }
-    }
-
-    /// Unsafe and other methods: forwarded; a success invalidates the target URI and
-    /// the same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
-    async fn forward_unsafe(&self, ctx: Ctx, body: ReqBody) -> Response<Body> {
-        let headers = self
-            .origins
-            .get()
-            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
-        // Through a channel: the client's body type need not be Sync, the origin client's must.
-        let deadline = tokio::time::Instant::now() + self.total_timeout;
-        let body = crate::http::with_deadline(body, deadline, ());
-        let OriginResponse { response, permit } = match ctx
-            .origin
-            .send(
-                &ctx.method,
-                &ctx.target.path_and_query,
-                &headers,
-                Some(body),
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return origin_failure(
-                    e.status(),
-                    &e.to_string(),
-                    e.retry_after_secs(),
-                    &CacheStatus::forward(Fwd::Method).detail("origin-error"),
-                )
-            }
-        };
-        let status = response.status();
-        let unsafe_method = !matches!(ctx.method, Method::OPTIONS | Method::TRACE);
-        let mut invalidation = None;
-        if unsafe_method && (status.is_success() || status.is_redirection()) {
-            let mut keys = vec![ctx.primary.clone()];
-            for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                if let Some(k) = response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|l| ctx.target.sibling_key(l))
-                {
-                    keys.push(k);
-                }
-            }
-            // RFC 9875: the response names groups its change invalidates.
-            let tags = fill::group_list(response.headers(), "cache-group-invalidation")
-                .into_iter()
-                .filter(|g| crate::http::headers::validate_tag(g).is_ok())
-                .map(Bytes::from)
-                .collect();
-            let targets = PurgeTargets {
-                keys,
-                tags,
-                ..PurgeTargets::default()
-            };
-            // Applied by every member before the answer returns, like any purge:
-            // no node serves the old response once the client has the new one.
-            let purged = match self.replicator.get() {
-                Some(replicator) => replicator
-                    .purge(&targets, Wait::All)
-                    .await
-                    .map(|(_, report)| report.complete),
-                None => self.cache.purge(&targets).await.map(|_| true),
-            };
-            invalidation = Some(match purged {
-                Ok(true) => "complete",
-                Ok(false) => "incomplete",
-                Err(e) => {
-                    tracing::error!(error = %e, "invalidation after an unsafe request failed");
-                    "failed"
-                }
-            });
-        }
-        let cache_status = CacheStatus::forward(Fwd::Method).fwd_status(status.as_u16());
-        let mut answer = self.pass_through(&ctx, response, permit, &cache_status);
-        if let Some(done) = invalidation {
-            // The origin's answer stands either way; this says whether every node
-            // has dropped what the change made stale (`incomplete`: a member did not
-            // apply it within `purge_ack_timeout`).
-            answer
-                .headers_mut()
-                .insert(INVALIDATION, http::HeaderValue::from_static(done));
-        }
-        answer
     }
 }
 

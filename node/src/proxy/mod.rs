@@ -8,7 +8,9 @@
 //! - [`fill`]: the leader's fetch, what to store, the body pump, response tags.
 //! - [`range`]: byte ranges answered from cached objects.
 //! - [`respond`]: client responses from entries and from origin responses.
-//! - [`handler`]: the request flow (see its phase diagram).
+//! - [`handler`]: the request flow (see its phase diagram), with its phases in
+//!   `upstream` (owner or origin), `revalidate` (a 304 merged into the stored
+//!   response) and `unsafe_methods` (forwarding and invalidation, RFC 9111 §4.4).
 pub mod breaker;
 pub mod fill;
 pub mod flight;
