@@ -168,7 +168,7 @@ pub fn no_stale_page_after_purge(history: &History) -> Verdict {
                 .entry(op.key.as_str())
                 .or_default()
                 .push((op, *generation)),
-            OpKind::Purge if op.key.starts_with('/') => {
+            OpKind::Purge | OpKind::DirectInvalidation { .. } if op.key.starts_with('/') => {
                 purges.entry(op.key.as_str()).or_default().push(op)
             }
             _ => {}
@@ -374,7 +374,12 @@ pub fn error_rates(history: &History, grace_ms: u64) -> ErrorRates {
         failed_client_ops: 0,
         examples: Vec::new(),
     };
-    let direct = |op: &Op| matches!(op.kind, OpKind::DirectGet { .. } | OpKind::PageGet { .. });
+    let direct = |op: &Op| {
+        matches!(
+            op.kind,
+            OpKind::DirectGet { .. } | OpKind::PageGet { .. } | OpKind::DirectInvalidation { .. }
+        )
+    };
     let failed = history.ops.iter().filter(|op| !op.ok);
     let (through_client, straight): (Vec<&Op>, Vec<&Op>) = failed.partition(|op| !direct(op));
     for op in through_client.into_iter().chain(straight).take(LISTED) {
@@ -383,6 +388,7 @@ pub fn error_rates(history: &History, grace_ms: u64) -> ErrorRates {
             OpKind::Get { .. } => "read via client".to_string(),
             OpKind::DirectGet { node, .. } => format!("read via {node}"),
             OpKind::Purge => "purge".to_string(),
+            OpKind::DirectInvalidation { node } => format!("POST via {node}"),
             OpKind::Publish { .. } => "publish".to_string(),
             OpKind::PageGet { node, .. } => format!("page read via {node}"),
         };

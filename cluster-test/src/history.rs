@@ -24,6 +24,10 @@ pub enum OpKind {
     /// A purge of the key (for a page: of its tag), acknowledged by every member
     /// (`wait=all`).
     Purge,
+    /// A `POST` to a page sent straight to one node, whose success invalidates the
+    /// page on every node (RFC 9111 §4.4); acknowledged when the node says every
+    /// member applied it (`Fanz-Invalidation: complete`).
+    DirectInvalidation { node: String },
     /// A page published at the origin: its new generation.
     Publish { generation: u64 },
     /// A page read straight from one node (pull-through from the origin): the

@@ -9,7 +9,8 @@
 //! 10%), a page read from a random node, pulled through from the origin as CDN
 //! traffic is (15%), or a page published at the origin and then invalidated (5%):
 //! purged by its tag through the client, or by a `POST` to it through a random node
-//! (RFC 9111 §4.4), then read at once through a random node. A purge counts as
+//! (RFC 9111 §4.4; a direct operation, like the direct reads: no client retries
+//! it on another node), then read at once through a random node. A purge counts as
 //! acknowledged only when the node reports it complete.
 
 use std::time::{Duration, Instant};
@@ -373,18 +374,20 @@ fn start_workload(
                                 // POST to the page through a random node (RFC 9111 §4.4:
                                 // its success invalidates the URL on every node).
                                 let purge_start = ms();
-                                let result = if rng.next().is_multiple_of(2) {
+                                let (kind, result) = if rng.next().is_multiple_of(2) {
                                     let tag =
                                         key.rsplit('/').next().unwrap_or_default().to_string();
-                                    acknowledged(client.purge(&Purge::tag(tag)).await)
+                                    let purged = client.purge(&Purge::tag(tag)).await;
+                                    (OpKind::Purge, acknowledged(purged))
                                 } else {
-                                    let (_, addr) = &nodes[rng.next() as usize % nodes.len()];
-                                    unsafe_invalidation(*addr, &key).await
+                                    let (node, addr) = &nodes[rng.next() as usize % nodes.len()];
+                                    let kind = OpKind::DirectInvalidation { node: node.clone() };
+                                    (kind, unsafe_invalidation(*addr, &key).await)
                                 };
                                 ops.push(Op {
                                     worker,
                                     key: key.clone(),
-                                    kind: OpKind::Purge,
+                                    kind,
                                     start_ms: purge_start,
                                     end_ms: ms(),
                                     ok: result.is_ok(),
@@ -535,11 +538,14 @@ async fn publish(origin: std::net::SocketAddr, page: &str) -> Result<u64, String
 /// page on every node before it answers. Acknowledged only when the answer says the
 /// invalidation is complete (`Fanz-Invalidation: complete`).
 async fn unsafe_invalidation(addr: std::net::SocketAddr, page: &str) -> Result<(), String> {
+    // The node answers once every member applied the invalidation, or its
+    // `purge_ack_timeout` (5 s) passed: wait a little longer than that.
     let (status, head, body) = exchange_head(
         addr,
         &format!(
             "POST {page} HTTP/1.1\r\nHost: fanz\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         ),
+        Duration::from_secs(7),
     )
     .await?;
     let complete = head
@@ -576,17 +582,19 @@ pub(crate) async fn exchange(
     addr: std::net::SocketAddr,
     request: &str,
 ) -> Result<(String, String, bool), String> {
-    let (status, head, body) = exchange_head(addr, request).await?;
+    let (status, head, body) = exchange_head(addr, request, Duration::from_secs(2)).await?;
     let marked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("cache-status:") && l.contains("unsynced"));
     Ok((status, body, marked))
 }
 
-/// [`exchange`], with the whole response head instead of the unsynced mark.
+/// [`exchange`] within `limit`, with the whole response head instead of the
+/// unsynced mark.
 async fn exchange_head(
     addr: std::net::SocketAddr,
     request: &str,
+    limit: Duration,
 ) -> Result<(String, String, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
@@ -604,9 +612,9 @@ async fn exchange_head(
             .map_err(|e| format!("receive: {e}"))?;
         Ok::<_, String>(answer)
     };
-    let answer = tokio::time::timeout(Duration::from_secs(2), exchange)
+    let answer = tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|_| "no answer within 2 s".to_string())??;
+        .map_err(|_| format!("no answer within {limit:?}"))??;
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text
         .split_once("\r\n\r\n")
