@@ -141,6 +141,20 @@ impl InvalidationLog {
 
     /// Appends `records`. With `durable`, resolves once they are on disk (fsync);
     /// otherwise once they are handed to the writer.
+    /// Resolves once everything appended before it is synced.
+    pub(crate) async fn sync(&self) -> Result<(), LogError> {
+        let (done, wait) = oneshot::channel();
+        let command = Command::Append {
+            frames: Bytes::new(),
+            durable: true,
+            done: Some(done),
+        };
+        self.tx.send(command).await.map_err(|_| LogError::Closed)?;
+        wait.await
+            .map_err(|_| LogError::Closed)?
+            .map_err(|e| self.io_error(e))
+    }
+
     pub(crate) async fn append(&self, records: &[Record], durable: bool) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());

@@ -211,7 +211,12 @@ impl Invalidator {
         }
         let record = Record::Kept { record };
         if !record.fits() {
-            return Ok(());
+            // Not kept, but what was written before it must still be synced.
+            return if durable {
+                self.log.sync().await
+            } else {
+                Ok(())
+            };
         }
         self.log
             .append(std::slice::from_ref(&record), durable)
