@@ -647,20 +647,10 @@ fn incomplete_purge(node: &str, answer: &Answer) -> Option<Error> {
         return None;
     }
     let cluster = &report["cluster"];
-    let names = |field: &str| -> Vec<String> {
-        cluster[field]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     Some(Error::PurgeIncomplete {
         node: node.to_string(),
         purge_id: cluster["id"].as_str().map(str::to_string),
-        pending: names("pending"),
+        pending: crate::options::pending_members(cluster),
     })
 }
 

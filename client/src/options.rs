@@ -114,15 +114,20 @@ impl PurgeReport {
 
     /// Members that had not applied the purge when the node answered.
     pub fn pending(&self) -> Vec<String> {
-        self.raw["cluster"]["pending"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        pending_members(&self.raw["cluster"])
     }
+}
+
+/// The members a purge report's `cluster` part lists as `pending`.
+pub(crate) fn pending_members(cluster: &serde_json::Value) -> Vec<String> {
+    cluster["pending"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A value with its metadata, from [`crate::Client::get_with_meta`].

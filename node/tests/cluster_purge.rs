@@ -53,10 +53,7 @@ async fn incomplete_purge_at(node: &TestNode, body: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_wait_all_no_node_answers_with_purged_content() {
     let origin = tagged_origin().await;
-    let url = origin.url();
-    let mut args = vec!["--origin", url.as_str()];
-    args.extend(FAST);
-    let (_tmp, nodes) = start_cluster(3, &args).await;
+    let (_tmp, nodes) = cluster_in_front_of(&origin).await;
     let paths: Vec<String> = (0..12).map(|i| format!("/t{}/page{i}", i % 3)).collect();
     // Randomised rounds (a fixed seed, so a failure can be replayed): warm every page
     // on every node (twice, so non-owners keep copies too), purge one tag at one
@@ -308,10 +305,7 @@ async fn a_fetch_in_flight_during_a_purge_on_another_node_is_not_kept() {
         )
     })
     .await;
-    let url = origin.url();
-    let mut args = vec!["--origin", url.as_str()];
-    args.extend(FAST);
-    let (_tmp, nodes) = start_cluster(3, &args).await;
+    let (_tmp, nodes) = cluster_in_front_of(&origin).await;
     let asking = nodes[1].node.url("/slow/x");
     let fetch =
         tokio::spawn(async move { send(Method::GET, &asking, &[("host", "cdn.test")], "").await });
@@ -558,6 +552,25 @@ async fn without_a_majority_a_purge_is_never_complete_and_writes_are_refused() {
     assert!(write.text().contains("sync lease"), "{}", write.text());
 }
 
+/// Three nodes (fast failure detection) in front of `origin`.
+async fn cluster_in_front_of(origin: &TestOrigin) -> (tempfile::TempDir, Vec<ClusterNode>) {
+    let url = origin.url();
+    let mut args = vec!["--origin", url.as_str()];
+    args.extend(FAST);
+    start_cluster(3, &args).await
+}
+
+/// A `fanz-client` seeded with `node`'s admin API.
+async fn client_at(node: &TestNode) -> fanz_client::Client {
+    fanz_client::Client::builder()
+        .seeds([format!("http://{}", node.admin)])
+        .token(TOKEN)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("client connects")
+}
+
 /// `fanzctl`, built beside `fanz-node` by the workspace's tests.
 fn fanzctl() -> std::path::PathBuf {
     let path = std::path::Path::new(binary()).with_file_name("fanzctl");
@@ -578,13 +591,7 @@ async fn an_incomplete_purge_is_reported_as_incomplete_everywhere() {
     let mut args = vec!["--purge-ack-timeout", "1s"];
     args.extend(FAST);
     let (_tmp, nodes) = start_cluster(3, &args).await;
-    let client = fanz_client::Client::builder()
-        .seeds([format!("http://{}", nodes[0].node.admin)])
-        .token(TOKEN)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .expect("client connects");
+    let client = client_at(&nodes[0].node).await;
     // Owned first by n1, which answers the client's delete itself.
     let [doomed, _, _] = keys_on_three_owners();
     client
@@ -679,17 +686,8 @@ async fn a_kv_write_on_one_node_invalidates_pages_built_from_it_everywhere() {
         )
     })
     .await;
-    let url = origin.url();
-    let mut args = vec!["--origin", url.as_str()];
-    args.extend(FAST);
-    let (_tmp, nodes) = start_cluster(3, &args).await;
-    let client = fanz_client::Client::builder()
-        .seeds([format!("http://{}", nodes[1].node.admin)])
-        .token(TOKEN)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .expect("client connects");
+    let (_tmp, nodes) = cluster_in_front_of(&origin).await;
+    let client = client_at(&nodes[1].node).await;
     let set = |value: &'static str| {
         let client = client.clone();
         async move {
@@ -903,10 +901,7 @@ async fn a_kv_read_from_an_owner_behind_a_delete_does_not_bring_the_value_back()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_node_does_not_vouch_for_purges_it_can_no_longer_hand_over() {
     let origin = tagged_origin().await;
-    let url = origin.url();
-    let mut args = vec!["--origin", url.as_str()];
-    args.extend(FAST);
-    let (_tmp, mut nodes) = start_cluster(3, &args).await;
+    let (_tmp, mut nodes) = cluster_in_front_of(&origin).await;
     let path = "/restarted/page";
     for _ in 0..2 {
         for n in &nodes {
