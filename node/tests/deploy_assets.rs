@@ -253,11 +253,37 @@ impl Drop for Running {
     }
 }
 
-async fn wait_ready(admin: u16, child: &mut std::process::Child, log: &Path) {
+/// Starts a node with the environment `env_for` gives for fresh free ports and waits
+/// until it is ready. A port another test took between our picking it and the node
+/// binding it (the node exits: address in use) is retried with new ports.
+async fn start_ready(
+    log: &Path,
+    env_for: impl Fn(&Ports) -> Vec<(String, String)>,
+) -> (Running, Ports, Vec<(String, String)>) {
+    for _ in 0..5 {
+        let ports = Ports::new();
+        let env = env_for(&ports);
+        let mut node = Running(spawn_with_env(&env, log));
+        match ready_or_exit(ports.of(9090), &mut node.0, log).await {
+            Ok(()) => return (node, ports, env),
+            Err(text) if text.contains("Address already in use") => continue,
+            Err(text) => panic!("{text}"),
+        }
+    }
+    panic!("no free ports after five tries");
+}
+
+/// Waits until the node's admin port answers `/readyz` with 200; `Err` with its log
+/// if it exited first.
+async fn ready_or_exit(
+    admin: u16,
+    child: &mut std::process::Child,
+    log: &Path,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("fanz-node exited ({status}):\n{}", read(log));
+            return Err(format!("fanz-node exited ({status}):\n{}", read(log)));
         }
         // Refused until the node listens.
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
@@ -268,7 +294,7 @@ async fn wait_ready(admin: u16, child: &mut std::process::Child, log: &Path) {
             )
             .starts_with("HTTP/1.1 200")
         {
-            return;
+            return Ok(());
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -300,14 +326,16 @@ fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_images_environment_needs_a_token_then_serves_and_passes_its_health_check() {
     let tmp = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let mut env: Vec<(String, String)> = dockerfile_env()
-        .into_iter()
-        .map(|(k, v)| match k.as_str() {
-            "FANZ_DATA_DIR" => (k, tmp.path().join("data").display().to_string()),
-            _ => (k, ports.rewrite(&v)),
-        })
-        .collect();
+    let image_env = |ports: &Ports| -> Vec<(String, String)> {
+        dockerfile_env()
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "FANZ_DATA_DIR" => (k, tmp.path().join("data").display().to_string()),
+                _ => (k, ports.rewrite(&v)),
+            })
+            .collect()
+    };
+    let env = image_env(&Ports::new());
     assert!(env
         .iter()
         .any(|(k, v)| k == "FANZ_ADMIN_ADDR" && v.starts_with("0.0.0.0:")));
@@ -316,9 +344,12 @@ async fn the_images_environment_needs_a_token_then_serves_and_passes_its_health_
     assert_eq!(refused.status.code(), Some(2), "{}", read(&log));
     assert!(read(&log).contains("admin_token"), "{}", read(&log));
 
-    env.push(("FANZ_ADMIN_TOKEN".into(), "image-token".into()));
-    let mut node = Running(spawn_with_env(&env, &log));
-    wait_ready(ports.of(9090), &mut node.0, &log).await;
+    let (mut node, _ports, env) = start_ready(&log, |ports| {
+        let mut env = image_env(ports);
+        env.push(("FANZ_ADMIN_TOKEN".into(), "image-token".into()));
+        env
+    })
+    .await;
     // HEALTHCHECK CMD ["fanzctl", "--timeout", "2", "health"], in the image's env.
     let dockerfile = read(&deploy().join("Dockerfile"));
     let check = dockerfile
@@ -347,29 +378,30 @@ async fn the_images_environment_needs_a_token_then_serves_and_passes_its_health_
 async fn the_statefulsets_environment_starts_a_node_that_probes_drains_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = common::cluster::cluster_init(tmp.path(), 1);
-    let ports = Ports::new();
-    let pod = |v: &str| {
-        ports.rewrite(
-            &v.replace("$(POD_IP)", "127.0.0.1")
-                .replace("$(POD_NAME)", "fanz-edge-0")
-                .replace("$(POD_NAMESPACE)", "fanz-edge"),
-        )
-    };
-    let mut env: Vec<(String, String)> = statefulset_env()
-        .into_iter()
-        .map(|(k, v)| match k.as_str() {
-            "FANZ_DATA_DIR" => (k, tmp.path().join("data").display().to_string()),
-            "FANZ_CLUSTER_DIR" => (k, dirs[0].display().to_string()),
-            "FANZ_CONFIG" => (k, deploy().join("k8s/fanz.toml").display().to_string()),
-            _ => (k, pod(&v)),
-        })
-        .collect();
-    assert!(env.len() >= 10, "{env:?}");
-    env.push(("FANZ_ADMIN_TOKEN".into(), "k8s-token".into()));
     let log = tmp.path().join("node.log");
-    let mut node = Running(spawn_with_env(&env, &log));
+    let (mut node, ports, env) = start_ready(&log, |ports| {
+        let pod = |v: &str| {
+            ports.rewrite(
+                &v.replace("$(POD_IP)", "127.0.0.1")
+                    .replace("$(POD_NAME)", "fanz-edge-0")
+                    .replace("$(POD_NAMESPACE)", "fanz-edge"),
+            )
+        };
+        let mut env: Vec<(String, String)> = statefulset_env()
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "FANZ_DATA_DIR" => (k, tmp.path().join("data").display().to_string()),
+                "FANZ_CLUSTER_DIR" => (k, dirs[0].display().to_string()),
+                "FANZ_CONFIG" => (k, deploy().join("k8s/fanz.toml").display().to_string()),
+                _ => (k, pod(&v)),
+            })
+            .collect();
+        env.push(("FANZ_ADMIN_TOKEN".into(), "k8s-token".into()));
+        env
+    })
+    .await;
+    assert!(env.len() >= 11, "{env:?}");
     let admin = ports.of(9090);
-    wait_ready(admin, &mut node.0, &log).await;
     let live = send(
         http::Method::GET,
         &format!("http://127.0.0.1:{admin}/healthz"),
