@@ -118,13 +118,7 @@ impl MainService {
         }
         let hit = self.cache.hit_in_memory(&key)?;
         let status = hit_status(hit.freshness, hit.tier);
-        Some(entry_response(
-            hit.entry(),
-            hit.age_secs,
-            &status,
-            req.method(),
-            req.headers(),
-        ))
+        Some(hit_response(&hit, &status, req.method(), req.headers()))
     }
 
     /// Answers one request.
@@ -200,9 +194,8 @@ impl MainService {
                 let purged_here = matches!(reason, MissReason::Invalidated);
                 match Box::pin(self.read_from_owners(key, purged_here)).await {
                     OwnerRead::Found(entry, owner) => {
-                        let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                         let status = CacheStatus::forward(Fwd::UriMiss).via(Some(&owner));
-                        return entry_response(&entry, age, &status, &req.method, &req.headers);
+                        return self.owners_copy(&entry, &status, req);
                     }
                     OwnerRead::NotFound => {}
                     OwnerRead::NoAnswer => {
@@ -239,13 +232,13 @@ impl MainService {
                 return Box::pin(self.confirm_with_owners(key, req, "revalidated-unsynced")).await
             }
         }
-        entry_response(
-            hit.entry(),
-            hit.age_secs,
-            &status,
-            &req.method,
-            &req.headers,
-        )
+        hit_response(&hit, &status, &req.method, &req.headers)
+    }
+
+    /// The response to a KV read answered with another owner's copy.
+    fn owners_copy(&self, entry: &Entry, status: &CacheStatus, req: &Parts) -> Response<Body> {
+        let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
+        entry_response(entry, age, status, &req.method, &req.headers)
     }
 
     /// Whether this node owns `key` (a lone node owns everything).
@@ -266,11 +259,10 @@ impl MainService {
     ) -> Response<Body> {
         match self.read_from_owners(key, false).await {
             OwnerRead::Found(entry, owner) => {
-                let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                 let status = CacheStatus::forward(Fwd::UriMiss)
                     .via(Some(&owner))
                     .detail(detail);
-                entry_response(&entry, age, &status, &req.method, &req.headers)
+                self.owners_copy(&entry, &status, req)
             }
             OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
             OwnerRead::NoAnswer => out_of_sync(),
@@ -365,11 +357,10 @@ impl MainService {
         let (read, every) = self.read_from_every_owner(key, false).await;
         if let OwnerRead::Found(entry, owner) = read {
             if entry.meta.version > hit.entry().meta.version {
-                let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
                 let status = CacheStatus::forward(Fwd::UriMiss)
                     .via(Some(&owner))
                     .detail(detail);
-                return entry_response(&entry, age, &status, &req.method, &req.headers);
+                return self.owners_copy(&entry, &status, req);
             }
         }
         if !every {
@@ -381,13 +372,7 @@ impl MainService {
             );
         }
         let status = hit_status(hit.freshness, hit.tier).detail(detail);
-        entry_response(
-            hit.entry(),
-            hit.age_secs,
-            &status,
-            &req.method,
-            &req.headers,
-        )
+        hit_response(&hit, &status, &req.method, &req.headers)
     }
 }
 
@@ -661,6 +646,16 @@ impl MainService {
         }
         self.purger.run(&targets, Wait::All, "PURGE").await
     }
+}
+
+/// The response to a KV read answered from this node's store.
+fn hit_response(
+    hit: &crate::cache::Hit,
+    cache_status: &CacheStatus,
+    method: &Method,
+    request: &HeaderMap,
+) -> Response<Body> {
+    entry_response(hit.entry(), hit.age_secs, cache_status, method, request)
 }
 
 /// The response to a KV read of `entry`.

@@ -137,11 +137,6 @@ impl CacheStatus {
         self
     }
 
-    /// Whether it was a hit (served from the cache, fresh or stale).
-    pub fn is_hit(&self) -> bool {
-        self.fwd.is_none()
-    }
-
     /// The field's value. Written without `fmt`: it is on every hit's path.
     pub fn header_value(&self) -> HeaderValue {
         let mut out = String::with_capacity(48);
@@ -263,7 +258,5 @@ mod tests {
             CacheStatus::hit(31_536_000).header_value(),
             "fanz; hit; ttl=31536000"
         );
-        assert!(CacheStatus::hit(0).is_hit());
-        assert!(!CacheStatus::forward(Fwd::Bypass).is_hit());
     }
 }

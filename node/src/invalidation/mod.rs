@@ -179,11 +179,6 @@ impl Invalidator {
         Ok(engine)
     }
 
-    /// Versions before this are invalid: tombstones older than it may be gone.
-    pub fn floor(&self) -> Timestamp {
-        self.state.floor()
-    }
-
     /// The cluster records the log kept for anti-entropy, oldest first; from now on
     /// `source` lists them for compactions (the caller keeps them). Called once, by
     /// the cluster's replicator at start.

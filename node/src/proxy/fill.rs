@@ -337,6 +337,20 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    // An origin's invalid Fanz-Depends-On is ignored (logged), not fatal: the
+    // response is stored without it.
+    #[test]
+    fn an_invalid_dependency_declaration_is_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert("fanz-depends-on", HeaderValue::from_static("price:42 tag:"));
+        assert!(declared_dependencies(&h).is_empty());
+        h.insert(
+            "fanz-depends-on",
+            HeaderValue::from_static("price:42 tag:prices"),
+        );
+        assert_eq!(declared_dependencies(&h).len(), 2);
+    }
+
     #[test]
     fn tags_from_all_three_headers() {
         let mut h = HeaderMap::new();

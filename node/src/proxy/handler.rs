@@ -84,10 +84,6 @@ const ADMISSION_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Bound on remembered first misses; the map is cleared when it is exceeded.
 const ADMISSION_MEMORY: usize = 100_000;
 
-/// Response header on the answer to a successful unsafe request: whether the
-/// invalidation it caused reached every node (`complete`, `incomplete`, `failed`).
-const INVALIDATION: header::HeaderName = header::HeaderName::from_static("fanz-invalidation");
-
 /// Tells a peer that fetched through this node the version of the entry it is
 /// answered from ([`fill::PEER_VERSION`]).
 fn tell_peer_version(ctx: &Ctx, headers: &mut HeaderMap, version: fanz_protocol::Timestamp) {

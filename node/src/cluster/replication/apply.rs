@@ -89,8 +89,7 @@ impl Replicator {
     /// invalidated here; a record that does not decode is [`ApplyError::BadRecord`]
     /// (its sender must not retry it).
     pub async fn apply(&self, encoded: Bytes) -> Result<u64, ApplyError> {
-        let record = Replicated::decode(encoded.clone())
-            .map_err(|e| ApplyError::BadRecord(e.to_string()))?;
+        let record = decode_record(encoded.clone())?;
         let _serial = self.apply_lock.lock().await;
         let seen = {
             let kept = self.kept.lock().expect("kept lock");
@@ -172,4 +171,10 @@ impl Replicator {
             }
         }
     }
+}
+
+/// A record another node sent; one that does not decode is [`ApplyError::BadRecord`]:
+/// its sender must not send it again.
+pub(super) fn decode_record(encoded: Bytes) -> Result<Replicated, ApplyError> {
+    Replicated::decode(encoded).map_err(|e| ApplyError::BadRecord(e.to_string()))
 }

@@ -478,6 +478,11 @@ mod tests {
             assert_eq!(Delivery::of(&Err(retried)), Delivery::Retry);
         }
         assert_eq!(Delivery::of(&Ok(Message::Done)), Delivery::Retry);
+        let garbage = Bytes::from_static(b"\xff not a record");
+        assert!(matches!(
+            apply::decode_record(garbage),
+            Err(ApplyError::BadRecord(_))
+        ));
         assert_eq!(
             ApplyError::BadRecord("x".into()).code(),
             fanz_protocol::peer::ErrorCode::BadRequest

@@ -4,7 +4,7 @@
 use crate::cache::Found;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::Body;
-use crate::proxy::fill::{self};
+use crate::proxy::fill;
 use crate::proxy::flight::{Leader, Outcome};
 use crate::proxy::policy::RequestFacts;
 use crate::proxy::respond::stored_headers;

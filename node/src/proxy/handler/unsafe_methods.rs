@@ -6,13 +6,17 @@ use crate::cluster::replication::Wait;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::{Body, ReqBody};
 use crate::invalidation::PurgeTargets;
-use crate::proxy::fill::{self};
+use crate::proxy::fill;
 use crate::proxy::origin::OriginResponse;
 use crate::proxy::respond::origin_failure;
 use bytes::Bytes;
 use http::{header, Method, Response};
 
 use super::*;
+
+/// Response header on the answer to a successful unsafe request: whether the
+/// invalidation it caused reached every node (`complete`, `incomplete`, `failed`).
+const INVALIDATION: header::HeaderName = header::HeaderName::from_static("fanz-invalidation");
 
 impl Proxy {
     /// Unsafe and other methods: forwarded; a success invalidates the target URI and
