@@ -39,6 +39,7 @@ async fn node(memory: u64) -> Node {
             clock.clone(),
             Duration::from_secs(86_400),
             u64::MAX,
+            fanz_node::invalidation::edge_channel().0,
         )
         .await
         .unwrap(),
@@ -54,7 +55,13 @@ async fn node(memory: u64) -> Node {
     .await
     .unwrap();
     Node {
-        cache: Arc::new(Cache::new(store, invalidator, clock, metrics)),
+        cache: Arc::new(Cache::new(
+            store,
+            invalidator,
+            clock,
+            metrics.clone(),
+            fanz_node::cluster::sync::SyncGate::alone(metrics),
+        )),
         _dir: dir,
     }
 }

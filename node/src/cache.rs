@@ -175,8 +175,9 @@ pub struct Cache {
     invalidator: Arc<Invalidator>,
     clock: Arc<Clock>,
     metrics: Arc<Metrics>,
-    /// In a cluster: whether this node's invalidations are in sync.
-    sync_gate: std::sync::OnceLock<Arc<SyncGate>>,
+    /// Whether this node's invalidations are in sync with the cluster (a cluster
+    /// of one always is).
+    sync_gate: Arc<SyncGate>,
 }
 
 impl Cache {
@@ -186,37 +187,27 @@ impl Cache {
         invalidator: Arc<Invalidator>,
         clock: Arc<Clock>,
         metrics: Arc<Metrics>,
+        sync_gate: Arc<SyncGate>,
     ) -> Self {
         Self {
             store,
             invalidator,
             clock,
             metrics,
-            sync_gate: std::sync::OnceLock::new(),
+            sync_gate,
         }
-    }
-
-    /// From now on, hits ask `gate` whether this node is in sync with the cluster.
-    pub fn attach_sync_gate(&self, gate: Arc<SyncGate>) {
-        let _ = self.sync_gate.set(gate);
     }
 
     /// What a hit may do now: serve, serve marked as unsynced, or revalidate first.
     /// After a stall this waits (briefly) for the node to catch up on purges.
     pub async fn hit_policy(&self) -> HitPolicy {
-        match self.sync_gate.get() {
-            Some(gate) => gate.before_hit().await,
-            None => HitPolicy::Serve,
-        }
+        self.sync_gate.before_hit().await
     }
 
     /// [`Cache::hit_policy`] when it is known without waiting or logging; `None`
     /// when only the async call can tell (the node just stalled or is catching up).
     pub fn hit_policy_now(&self) -> Option<HitPolicy> {
-        match self.sync_gate.get() {
-            Some(gate) => gate.before_hit_now(),
-            None => Some(HitPolicy::Serve),
-        }
+        self.sync_gate.before_hit_now()
     }
 
     /// The version a fill starting now gets: call it before reading anything the
@@ -308,9 +299,9 @@ impl Cache {
     }
 
     /// Whether membership has been stable since this node's last catch-up round
-    /// began (always, outside a cluster): see [`SyncGate::settled`].
+    /// began (always, in a cluster of one): see [`SyncGate::settled`].
     pub fn settled(&self) -> bool {
-        self.sync_gate.get().is_none_or(|gate| gate.settled())
+        self.sync_gate.settled()
     }
 
     /// Whether a purge or delete this node has applied covers `meta` (an entry read
@@ -612,9 +603,15 @@ mod replica_tests {
         let clock = Arc::new(Clock::manual(1_000_000));
         let metrics = Arc::new(Metrics::new(crate::store::CORRUPT_ENTRIES.clone()));
         let invalidator = Arc::new(
-            Invalidator::open(dir, clock.clone(), Duration::from_secs(3600), u64::MAX)
-                .await
-                .unwrap(),
+            Invalidator::open(
+                dir,
+                clock.clone(),
+                Duration::from_secs(3600),
+                u64::MAX,
+                crate::invalidation::edge_channel().0,
+            )
+            .await
+            .unwrap(),
         );
         let store = Store::open(
             StoreConfig {
@@ -626,7 +623,8 @@ mod replica_tests {
         )
         .await
         .unwrap();
-        Cache::new(store, invalidator, clock, metrics)
+        let gate = SyncGate::alone(metrics.clone());
+        Cache::new(store, invalidator, clock, metrics, gate)
     }
 
     fn value(version: Timestamp, body: &'static str) -> Entry {

@@ -98,6 +98,16 @@ where
     }
 }
 
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// The installed subscriber's filter, which a reload may change.
+static LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
+/// Changes the log filter to `directives` (a reload of `log_level`); `None` when
+/// this module installed no subscriber (tests), so the level needs a restart.
+pub fn set_level(directives: &str) -> Option<Result<(), String>> {
+    LEVEL.get().map(|set| set(directives))
+}
+
 /// What [`init`] leaves running: the span exporter, with the `otlp` feature.
 #[cfg(feature = "otlp")]
 pub type Exporter = Option<crate::otlp::Exporter>;
@@ -127,10 +137,10 @@ pub fn init(config: &Config) -> Exporter {
     // A reload may change the level (`log_level`); the new filter was validated
     // when the reloaded config resolved.
     let (filter, level) = tracing_subscriber::reload::Layer::new(filter);
-    crate::reload::set_log_level_hook(move |directives| {
+    let _ = LEVEL.set(Box::new(move |directives| {
         let new = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
         level.reload(new).map_err(|e| e.to_string())
-    });
+    }));
     // The corruption counter sees foyer's warnings whatever the log level is.
     let corruption = CorruptionLayer
         .with_filter(Targets::new().with_target("foyer_storage", tracing::Level::WARN));
@@ -139,7 +149,7 @@ pub fn init(config: &Config) -> Exporter {
         .with(corruption);
     #[cfg(feature = "otlp")]
     {
-        let node_id = config.cluster.node_id.as_deref().unwrap_or("local");
+        let node_id = config.node_id.as_deref().unwrap_or("local");
         match config
             .otlp_endpoint
             .as_deref()

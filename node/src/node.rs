@@ -21,13 +21,15 @@ use crate::admin::{AdminParts, AdminService, KvFacts};
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::clock::Clock;
+use crate::cluster::sync::SyncGate;
 use crate::cluster::{Cluster, ClusterParts};
 use crate::config::Config;
 use crate::front::kv::{KvLimits, MainService};
+use crate::front::peer::NodePeerService;
 use crate::front::purge::Purger;
 use crate::front::server::{serve, ServeLimits};
 use crate::http::Answer;
-use crate::invalidation::Invalidator;
+use crate::invalidation::{edge_channel, Invalidator};
 use crate::live::Live;
 use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
@@ -118,11 +120,13 @@ pub async fn run(
     let _lock = prepare_data_dir(&config.data_dir)?;
     let clock = Arc::new(Clock::system());
     let metrics = Arc::new(Metrics::new(CORRUPT_ENTRIES.clone()));
+    let (edge_sink, edges) = edge_channel();
     let invalidator = Invalidator::open(
         &config.data_dir,
         clock.clone(),
         config.tombstone_retention(),
         config.log_compact_size,
+        edge_sink,
     )
     .await
     .map_err(|e| data_dir_error(&config, e))?;
@@ -137,11 +141,13 @@ pub async fn run(
     )
     .await
     .map_err(|e| data_dir_error(&config, e))?;
+    let gate = SyncGate::new(config.partition_mode, config.max_unsynced, metrics.clone());
     let cache = Arc::new(Cache::new(
         store.clone(),
         invalidator.clone(),
         clock,
         metrics.clone(),
+        gate.clone(),
     ));
     let auth = Auth::new(config.admin_token.clone());
     if config.admin_token.is_none() {
@@ -156,12 +162,43 @@ pub async fn run(
         max_ttl: config.max_ttl,
         max_stale: config.max_stale,
     }));
+    let http = http_listener
+        .local_addr()
+        .map_err(|e| StartError::Setting {
+            setting: "http_addr",
+            value: config.http_addr.to_string(),
+            message: e.to_string(),
+        })?;
+    let parts = ClusterParts {
+        cache: cache.clone(),
+        gate,
+        edges,
+        max_frame: usize::try_from(config.max_value_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(PEER_FRAME_OVERHEAD),
+        fetch_timeout: config.origin_first_byte_timeout + Duration::from_secs(1),
+        data_dir: config.data_dir.clone(),
+    };
+    let cluster = Cluster::open(&config, http, metrics.clone(), parts)
+        .await
+        .map_err(|message| StartError::Setting {
+            setting: "cluster_dir",
+            value: config
+                .cluster_dir
+                .as_ref()
+                .map_or(String::new(), |d| d.display().to_string()),
+            message,
+        })?;
+    let cluster = Arc::new(cluster);
+    let (routing, replicator) = (cluster.routing().clone(), cluster.replicator().clone());
     let proxy = Some(Arc::new(Proxy::new(
         cache.clone(),
         &config,
         &origin_tls,
         metrics.clone(),
         ttl.clone(),
+        routing.clone(),
+        replicator.clone(),
     )))
     .filter(|p| p.enabled());
     let front_tls = match (&config.tls_cert, &config.tls_key) {
@@ -171,44 +208,14 @@ pub async fn run(
     if let Some(origin) = &config.origin {
         tracing::info!(%origin, routes = config.origin_routes.len(), "pull-through caching enabled");
     }
-    let cluster = match &config.cluster.dir {
-        Some(_) => {
-            let http = http_listener
-                .local_addr()
-                .map_err(|e| StartError::Setting {
-                    setting: "http_addr",
-                    value: config.http_addr.to_string(),
-                    message: e.to_string(),
-                })?;
-            let parts = ClusterParts {
-                cache: cache.clone(),
-                proxy: proxy.clone(),
-                max_frame: usize::try_from(config.max_value_size)
-                    .unwrap_or(usize::MAX)
-                    .saturating_add(PEER_FRAME_OVERHEAD),
-                fetch_timeout: config.origin_first_byte_timeout + Duration::from_secs(1),
-                data_dir: config.data_dir.clone(),
-            };
-            let cluster = Cluster::start(&config.cluster, http, metrics.clone(), parts)
-                .await
-                .map_err(|message| StartError::Setting {
-                    setting: "cluster_dir",
-                    value: config
-                        .cluster
-                        .dir
-                        .as_ref()
-                        .map_or(String::new(), |d| d.display().to_string()),
-                    message,
-                })?;
-            Some(Arc::new(cluster))
-        }
-        None => None,
-    };
-    let ready = Arc::new(AtomicBool::new(false));
-    let purger = Arc::new(Purger::new(
+    let peer_service = Arc::new(NodePeerService::new(
         cache.clone(),
-        cluster.as_ref().map(|c| c.replicator().clone()),
+        proxy.clone(),
+        replicator.clone(),
     ));
+    cluster.serve(&config, peer_service).await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let purger = Arc::new(Purger::new(replicator.clone()));
     let main_service = Arc::new(MainService::new(
         cache.clone(),
         auth.clone(),
@@ -220,9 +227,7 @@ pub async fn run(
             prefix: config.kv_prefix.clone(),
         },
         proxy.clone(),
-        cluster
-            .as_ref()
-            .map(|c| (c.routing().clone(), c.replicator().clone())),
+        (routing, replicator),
         purger.clone(),
     ));
     let reloader = Arc::new(Reloader::new(
@@ -243,7 +248,6 @@ pub async fn run(
         kv: KvFacts {
             http: http_listener.local_addr().unwrap_or(config.http_addr),
             node_id: config
-                .cluster
                 .node_id
                 .clone()
                 .unwrap_or_else(|| "local".to_string()),
@@ -359,9 +363,7 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     // Leave first, so the other members take over this node's keys before its
     // listeners stop.
-    if let Some(cluster) = &cluster {
-        cluster.leave().await;
-    }
+    cluster.leave().await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(main_server, maintenance, heartbeats, reloads);
     if let Some(h3) = h3_server {
@@ -369,9 +371,7 @@ pub async fn run(
     }
     let _ = stop_admin_tx.send(true);
     let _ = admin_server.await;
-    if let Some(cluster) = &cluster {
-        cluster.close().await;
-    }
+    cluster.close().await;
     invalidator.close().await;
     store.close().await;
     tracing::info!("shut down cleanly");

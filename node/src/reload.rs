@@ -6,7 +6,7 @@
 //! counted `rejected` reload; the running settings stay. Other changed settings are
 //! named in a warning: they need a restart.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -18,27 +18,12 @@ use crate::live::Live;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Proxy;
 
-/// Settings applied by a reload; every other change needs a restart.
-pub const RELOADABLE: &[&str] = &[
-    "admin_token",
-    "log_level",
-    "default_ttl",
-    "max_ttl",
-    "max_stale",
-    "uncacheable_ttl",
-    "origin",
-    "origin_routes",
-    "forward_host",
-    "forward_headers",
-    "origin_connect_timeout",
-    "origin_first_byte_timeout",
-    "origin_total_timeout",
-    "origin_max_concurrency",
-    "origin_retries",
-    "breaker_failures",
-    "breaker_open",
-    "breaker_statuses",
-];
+/// Whether a reload applies a change of setting `name` (the settings table says).
+fn is_reloadable(name: &str) -> bool {
+    crate::config::SETTINGS
+        .iter()
+        .any(|spec| spec.name == name && spec.reloadable)
+}
 
 /// Whether the proxy rebuilds its origins for this setting.
 fn is_origin_setting(name: &str) -> bool {
@@ -70,15 +55,6 @@ impl TtlPolicy {
             max_stale: config.max_stale.min(ceiling.max_stale),
         }
     }
-}
-
-type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-static LOG_LEVEL_HOOK: OnceLock<LogLevelHook> = OnceLock::new();
-
-/// Lets reloads change the log filter (the binary installs its subscriber's
-/// reload handle here; without one, `log_level` needs a restart).
-pub fn set_log_level_hook(hook: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) {
-    let _ = LOG_LEVEL_HOOK.set(Box::new(hook));
 }
 
 /// What a reload did.
@@ -149,12 +125,11 @@ impl Reloader {
         if new.admin_token != current.admin_token {
             changed.push("admin_token");
         }
-        let (mut applied, need_restart): (Vec<_>, Vec<_>) = changed
-            .into_iter()
-            .partition(|name| RELOADABLE.contains(name));
+        let (mut applied, need_restart): (Vec<_>, Vec<_>) =
+            changed.into_iter().partition(|name| is_reloadable(name));
         if applied.contains(&"log_level") {
-            match LOG_LEVEL_HOOK.get() {
-                Some(hook) => hook(&new.log_level)?,
+            match crate::logging::set_level(&new.log_level) {
+                Some(set) => set?,
                 None => applied.retain(|n| *n != "log_level"),
             }
         }

@@ -169,47 +169,56 @@ pub fn origin_client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>
 /// ALPN of the peer protocol.
 pub const PEER_ALPN: &[u8] = b"fanz-peer";
 
+/// The files of a cluster's trust material (`crate::cluster::pki` names them).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerFiles<'a> {
+    /// The cluster CA's certificate.
+    pub ca: &'a Path,
+    /// This node's certificate chain.
+    pub cert: &'a Path,
+    /// This node's private key.
+    pub key: &'a Path,
+}
+
 /// The peer protocol's TLS: mutual TLS 1.3 where both sides present a certificate
 /// signed by the cluster CA, and nothing else is trusted (not the system's roots).
-/// `dir` is a cluster directory (see [`crate::cluster::pki`]).
-pub fn peer_configs(dir: &Path) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), TlsError> {
-    use crate::cluster::pki::{CA_CERT, NODE_CERT, NODE_KEY};
+pub fn peer_configs(
+    files: PeerFiles<'_>,
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), TlsError> {
     let err = |path: &Path, message: String| TlsError {
         setting: "cluster_dir",
         path: path.display().to_string(),
         message,
     };
     let mut roots = RootCertStore::empty();
-    for ca in certificates("cluster_dir", &dir.join(CA_CERT))? {
-        roots
-            .add(ca)
-            .map_err(|e| err(&dir.join(CA_CERT), e.to_string()))?;
+    for ca in certificates("cluster_dir", files.ca)? {
+        roots.add(ca).map_err(|e| err(files.ca, e.to_string()))?;
     }
     let roots = Arc::new(roots);
-    let chain = certificates("cluster_dir", &dir.join(NODE_CERT))?;
-    let key_path = dir.join(NODE_KEY);
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
+    let chain = certificates("cluster_dir", files.cert)?;
+    let key_path = files.key;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| err(key_path, e.to_string()))?;
 
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| err(&dir.join(CA_CERT), e.to_string()))?;
+            .map_err(|e| err(files.ca, e.to_string()))?;
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .and_then(|b| {
             b.with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())
         })
-        .map_err(|e| err(&key_path, e.to_string()))?;
+        .map_err(|e| err(key_path, e.to_string()))?;
     server.alpn_protocols = vec![PEER_ALPN.to_vec()];
     server.max_early_data_size = 0;
 
     let mut client = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| err(&key_path, e.to_string()))?
+        .map_err(|e| err(key_path, e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| err(&key_path, e.to_string()))?;
+        .map_err(|e| err(key_path, e.to_string()))?;
     client.alpn_protocols = vec![PEER_ALPN.to_vec()];
     Ok((Arc::new(server), Arc::new(client)))
 }

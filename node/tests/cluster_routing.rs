@@ -256,7 +256,7 @@ async fn raw_peer(
     quinn::Connection,
     Option<fanz_protocol::peer::Message>,
 ) {
-    let (_, client_tls) = fanz_node::tls::peer_configs(cluster_dir).unwrap();
+    let (_, client_tls) = fanz_node::cluster::pki::peer_tls(cluster_dir).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));

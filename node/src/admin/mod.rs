@@ -81,8 +81,8 @@ pub struct AdminParts {
     pub ready: Arc<AtomicBool>,
     /// The pull-through proxy, when origins are configured.
     pub proxy: Option<Arc<Proxy>>,
-    /// The cluster, when the node is in one.
-    pub cluster: Option<Arc<Cluster>>,
+    /// The node's cluster (of one, when it is alone).
+    pub cluster: Arc<Cluster>,
     /// Facts about the KV API for clients.
     pub kv: KvFacts,
     /// Makes purges (shared with the main port's `PURGE`).
@@ -115,23 +115,7 @@ impl AdminService {
     /// The cluster as this node sees it, or a lone node as a cluster of one, with
     /// the KV facts a client needs.
     fn cluster_report(&self) -> serde_json::Value {
-        let mut report = match &self.cluster {
-            Some(cluster) => serde_json::to_value(cluster.report()).unwrap_or_default(),
-            None => serde_json::json!({
-                "node_id": self.kv.node_id,
-                "replicas": 1,
-                "alone": true,
-                "members": [{
-                    "id": self.kv.node_id,
-                    "http": self.kv.http.to_string(),
-                    "state": "alive",
-                    "weight": 1,
-                    "zone": "",
-                    "local": true,
-                    "share": 1.0,
-                }],
-            }),
-        };
+        let mut report = self.cluster.report();
         if let (Some(report), Ok(serde_json::Value::Object(facts))) =
             (report.as_object_mut(), serde_json::to_value(&self.kv))
         {
@@ -185,7 +169,7 @@ impl AdminService {
                     return *denied;
                 }
                 let id = &p["/purge/".len()..];
-                match self.cluster.as_ref().and_then(|c| c.replicator().report(id)) {
+                match self.cluster.replicator().report(id) {
                     Some(report) => json(
                         StatusCode::OK,
                         &serde_json::to_value(report).unwrap_or_default(),
@@ -261,9 +245,7 @@ impl AdminService {
     /// arrives. SIGTERM then finishes what is in flight and stops the node.
     async fn drain(&self) -> Response<Body> {
         let was_ready = self.ready.swap(false, Ordering::AcqRel);
-        if let Some(cluster) = &self.cluster {
-            cluster.leave().await;
-        }
+        self.cluster.leave().await;
         tracing::info!(
             was_ready,
             "draining: not ready, left the cluster; waiting for SIGTERM"
@@ -272,7 +254,7 @@ impl AdminService {
             StatusCode::OK,
             &serde_json::json!({
                 "draining": true,
-                "left_cluster": self.cluster.is_some(),
+                "left_cluster": !self.cluster.is_alone(),
             }),
         )
     }

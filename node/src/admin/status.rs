@@ -75,7 +75,7 @@ impl AdminService {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_s": self.started.elapsed().as_secs(),
                 "ready": self.ready.load(Ordering::Acquire),
-                "alone": self.cluster.is_none(),
+                "alone": self.cluster.is_alone(),
                 "replicas": cluster["replicas"],
             },
             "members": cluster["members"],

@@ -151,6 +151,11 @@ impl foca::BroadcastHandler<NodeIdentity> for InvalidationBroadcasts {
 pub struct Broadcaster(mpsc::Sender<Input>);
 
 impl Broadcaster {
+    /// The broadcaster of a cluster of one: there is no one to piggyback to.
+    pub fn none() -> Self {
+        Broadcaster(mpsc::channel(1).0)
+    }
+
     /// Piggybacks `record` (an encoded replicated record) if it is small enough.
     pub fn broadcast(&self, record: Bytes) {
         if record.len() <= MAX_PIGGYBACK {

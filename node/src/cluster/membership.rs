@@ -114,6 +114,17 @@ impl View {
         }
     }
 
+    /// The view of a cluster of one: this node, alive, owning every key.
+    pub fn alone(identity: NodeIdentity) -> Self {
+        let me = Member {
+            identity,
+            state: MemberState::Alive,
+            incarnation: 0,
+            local: true,
+        };
+        Self::new(vec![me], 1)
+    }
+
     /// The member with node id `id`.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.identity.id == id)

@@ -1,13 +1,15 @@
 //! The cluster: membership ([`gossip`], SWIM via foca, encrypted with the
 //! [`keyring`]), who owns which key ([`membership::View`] and its ring, from
 //! `fanz_protocol::ring`; [`routing`]), the trust material ([`pki`]), the peer
-//! protocol over QUIC with mutual TLS ([`transport`], served by [`service`]),
-//! cluster-wide invalidation and anti-entropy ([`replication`]), whether this node
-//! may vouch for its hits ([`sync`]), and the rules that make both safe, as pure
-//! functions ([`safety`]).
+//! protocol over QUIC with mutual TLS ([`transport`]; what a node answers on it is
+//! `front::peer`), cluster-wide invalidation and anti-entropy ([`replication`]),
+//! whether this node may vouch for its hits ([`sync`]), and the rules that make
+//! both safe, as pure functions ([`safety`]).
 //!
-//! A node joins a cluster when `cluster_dir` is set; without it, it runs alone and
-//! none of this starts.
+//! Every node has a [`Cluster`]. With `cluster_dir` set it joins the others; without
+//! it, it is a cluster of one: a fixed view of itself, owning every key, with no
+//! gossip, no peer endpoint and no one to send a record to. The rest of the node
+//! uses the same [`Routing`], [`Replicator`] and [`SyncGate`] either way.
 
 pub mod gossip;
 pub mod keyring;
@@ -16,71 +18,131 @@ pub mod pki;
 pub mod replication;
 pub mod routing;
 pub mod safety;
-pub mod service;
 pub mod sync;
 pub mod transport;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cache::Cache;
-use crate::config::ClusterSettings;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use fanz_protocol::log::Record;
 use gossip::{Gossip, GossipConfig};
 use membership::{Member, NodeIdentity, View};
 use replication::Replicator;
 use routing::Routing;
-use service::NodePeerService;
 use sync::SyncGate;
-use transport::PeerTransport;
+use transport::{PeerService, PeerTransport};
 
-/// A running cluster membership.
+/// This node's cluster: a joined membership, or a cluster of one.
 #[derive(Debug)]
 pub struct Cluster {
     node_id: String,
-    gossip: Gossip,
     transport: Arc<PeerTransport>,
     routing: Arc<Routing>,
     replicator: Arc<Replicator>,
+    /// SWIM membership; `None` for a cluster of one, whose view never changes.
+    gossip: Option<Gossip>,
+    view: watch::Receiver<Arc<View>>,
 }
 
-/// What the cluster serves to peers and routes through them.
+/// What the cluster is built on.
 #[derive(Debug)]
 pub struct ClusterParts {
     /// The node's cache.
     pub cache: Arc<Cache>,
-    /// The node's proxy, when it has origins.
-    pub proxy: Option<Arc<Proxy>>,
+    /// The node's sync state, which the cache asks before every hit.
+    pub gate: Arc<SyncGate>,
+    /// The dependency edges the node records, to replicate (a cluster of one drops
+    /// them).
+    pub edges: mpsc::UnboundedReceiver<Vec<Record>>,
     /// Largest peer frame accepted (a whole KV value and its metadata).
     pub max_frame: usize,
     /// How long an owner has to start answering a fetch.
     pub fetch_timeout: Duration,
     /// The node's data directory (what it has applied of the cluster's purges).
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
 }
 
 /// How long a starting node waits for a peer to catch up from before serving.
 const INITIAL_SYNC_LIMIT: Duration = Duration::from_secs(3);
+/// The node id of a cluster of one without `node_id`.
+const ALONE_ID: &str = "local";
 
 impl Cluster {
-    /// Joins (or starts) the cluster described by `settings`; `http` is this node's
-    /// main HTTP address, as advertised to the others.
-    pub async fn start(
-        settings: &ClusterSettings,
+    /// The cluster the `settings` describe: joined (or started) when `cluster_dir`
+    /// is set, else a cluster of one. `http` is this node's main HTTP address, as
+    /// advertised to the others. Peers are not served until [`Cluster::serve`].
+    pub async fn open(
+        settings: &Config,
         http: SocketAddr,
         metrics: Arc<Metrics>,
         parts: ClusterParts,
     ) -> Result<Self, String> {
-        let dir = settings
-            .dir
-            .as_ref()
-            .ok_or("cluster_dir is not set")?
-            .clone();
+        match &settings.cluster_dir {
+            Some(dir) => Self::join(dir, settings, http, metrics, parts).await,
+            None => Ok(Self::alone(settings, http, metrics, parts)),
+        }
+    }
+
+    fn alone(
+        settings: &Config,
+        http: SocketAddr,
+        metrics: Arc<Metrics>,
+        parts: ClusterParts,
+    ) -> Self {
+        let node_id = settings
+            .node_id
+            .clone()
+            .unwrap_or_else(|| ALONE_ID.to_string());
+        let identity = NodeIdentity {
+            id: node_id.clone(),
+            gossip: settings.gossip_addr,
+            peer: settings.peer_addr,
+            http,
+            zone: settings.zone.clone(),
+            weight: settings.weight,
+            generation: 0,
+        };
+        // The sender goes at once: the view of one never changes.
+        let (_, view) = watch::channel(Arc::new(View::alone(identity)));
+        let transport = Arc::new(PeerTransport::none(node_id.clone(), metrics.clone()));
+        let routing = Arc::new(Routing::new(
+            node_id.clone(),
+            view.clone(),
+            transport.clone(),
+            parts.fetch_timeout,
+        ));
+        let replicator = Replicator::alone(
+            node_id.clone(),
+            parts.cache,
+            view.clone(),
+            parts.gate,
+            metrics,
+        );
+        Self {
+            node_id,
+            transport,
+            routing,
+            replicator,
+            gossip: None,
+            view,
+        }
+    }
+
+    async fn join(
+        dir: &std::path::Path,
+        settings: &Config,
+        http: SocketAddr,
+        metrics: Arc<Metrics>,
+        parts: ClusterParts,
+    ) -> Result<Self, String> {
         let keyring = keyring::Keyring::load(&dir.join(pki::KEYRING))
             .map_err(|e| format!("{}: {e}", dir.join(pki::KEYRING).display()))?;
         let node_id = settings
@@ -88,7 +150,7 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| format!("{}-{}", host_name(), settings.gossip_addr.port()));
         let generation = crate::clock::now_ms();
-        let tls = crate::tls::peer_configs(&dir).map_err(|e| e.to_string())?;
+        let tls = pki::peer_tls(dir).map_err(|e| e.to_string())?;
         let transport = Arc::new(
             PeerTransport::bind(
                 settings.peer_addr,
@@ -99,9 +161,6 @@ impl Cluster {
             )
             .map_err(|e| format!("peer_addr {}: {e}", settings.peer_addr))?,
         );
-        let cache = parts.cache.clone();
-        let service = Arc::new(NodePeerService::new(parts.cache, parts.proxy.clone()));
-        tokio::spawn(transport.clone().serve(service.clone()));
         let identity = NodeIdentity {
             id: node_id.clone(),
             gossip: settings.gossip_addr,
@@ -111,7 +170,7 @@ impl Cluster {
             weight: settings.weight,
             generation,
         };
-        let (piggyback_tx, mut piggyback_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (piggyback_tx, mut piggyback_rx) = mpsc::unbounded_channel();
         let gossip = Gossip::start(
             GossipConfig {
                 identity,
@@ -119,8 +178,8 @@ impl Cluster {
                 seeds: settings.seeds.clone(),
                 keyring: Arc::new(keyring),
                 replicas: settings.replicas,
-                suspicion: settings.suspicion,
-                probe_period: settings.probe_period,
+                suspicion: settings.gossip_suspicion,
+                probe_period: settings.gossip_probe_period,
             },
             metrics.clone(),
             piggyback_tx,
@@ -138,22 +197,17 @@ impl Cluster {
             transport.clone(),
             parts.fetch_timeout,
         ));
-        let gate = SyncGate::new(
-            settings.partition_mode,
-            settings.max_unsynced,
-            metrics.clone(),
-        );
-        gate.start_ticker();
+        parts.gate.start_ticker();
         let replicator = Replicator::new(
             node_id.clone(),
             generation,
-            cache.clone(),
+            parts.cache,
             transport.clone(),
             gossip.view(),
-            gate.clone(),
+            parts.gate,
             metrics,
             settings.purge_ack_timeout,
-            settings.suspicion,
+            settings.gossip_suspicion,
             parts.data_dir,
             gossip.broadcaster(),
         );
@@ -168,29 +222,36 @@ impl Cluster {
                 }
             });
         }
-        service.attach_replicator(replicator.clone());
-        if let Some(proxy) = &parts.proxy {
-            proxy.attach_cluster(routing.clone(), replicator.clone());
-        }
         replicator.track_down_members();
-        replicator.replicate_edges();
+        replicator.replicate_edges(parts.edges);
+        Ok(Self {
+            node_id,
+            transport,
+            routing,
+            replicator,
+            view: gossip.view(),
+            gossip: Some(gossip),
+        })
+    }
+
+    /// Serves peers with `service`, catches up on what was purged while this node
+    /// was away, and keeps catching up every `sync_interval`: a joined node is then
+    /// ready to serve clients. A cluster of one has nothing to do.
+    pub async fn serve<S: PeerService>(&self, settings: &Config, service: Arc<S>) {
+        if self.gossip.is_none() {
+            return;
+        }
+        tokio::spawn(self.transport.clone().serve(service));
+        let replicator = &self.replicator;
         // Catch up on what was purged while this node was away before serving.
         replicator.initial_sync(INITIAL_SYNC_LIMIT).await;
         // State from an earlier run: it may hold values, and miss purges, that the
         // others made while it was away or not yet seen back.
         if replicator.resumed() {
             // The others see it alive within a few probe periods of its announce.
-            gate.rejoining(settings.probe_period * 4 + Duration::from_millis(500));
+            replicator.rejoining(settings.gossip_probe_period * 4 + Duration::from_millis(500));
         }
-        cache.attach_sync_gate(gate);
         replicator.start_anti_entropy(settings.sync_interval);
-        Ok(Self {
-            node_id,
-            gossip,
-            transport,
-            routing,
-            replicator,
-        })
     }
 
     /// This node's id.
@@ -198,24 +259,42 @@ impl Cluster {
         &self.node_id
     }
 
+    /// Whether this is a cluster of one (no `cluster_dir`).
+    pub fn is_alone(&self) -> bool {
+        self.gossip.is_none()
+    }
+
     /// The current view of the cluster (members and ring).
     pub fn view(&self) -> Arc<View> {
-        self.gossip.view().borrow().clone()
+        self.view.borrow().clone()
     }
 
-    /// A receiver that sees every new view.
-    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
-        self.gossip.view()
-    }
-
-    /// What `GET /cluster` shows.
-    pub fn report(&self) -> ClusterReport {
+    /// What `GET /cluster` shows. A cluster of one shows itself, alive, owning
+    /// every key.
+    pub fn report(&self) -> serde_json::Value {
         let view = self.view();
+        let Some(gossip) = &self.gossip else {
+            let me = &view.members[0].identity;
+            return serde_json::json!({
+                "node_id": self.node_id,
+                "replicas": 1,
+                "alone": true,
+                "members": [{
+                    "id": me.id,
+                    "http": me.http.to_string(),
+                    "state": "alive",
+                    "weight": 1,
+                    "zone": "",
+                    "local": true,
+                    "share": 1.0,
+                }],
+            });
+        };
         let shares: std::collections::HashMap<&str, f64> = view.ring.shares().into_iter().collect();
-        ClusterReport {
+        let report = ClusterReport {
             node_id: self.node_id.clone(),
             replicas: view.ring.replicas(),
-            local_health: self.gossip.local_health(),
+            local_health: gossip.local_health(),
             members: view
                 .members
                 .iter()
@@ -224,7 +303,8 @@ impl Cluster {
                     member: m.clone(),
                 })
                 .collect(),
-        }
+        };
+        serde_json::to_value(report).unwrap_or_default()
     }
 
     /// Owner routing.
@@ -237,17 +317,14 @@ impl Cluster {
         &self.replicator
     }
 
-    /// The peer transport.
-    pub fn transport(&self) -> &Arc<PeerTransport> {
-        &self.transport
-    }
-
-    /// Leaves the cluster gracefully (its keys move to the others at once).
+    /// Leaves the cluster gracefully (its keys move to the others at once). A
+    /// cluster of one has no one to leave.
     pub async fn leave(&self) {
+        let Some(gossip) = &self.gossip else { return };
         // First stop vouching for hits: once the others see this node down they
         // complete purges without it.
         self.replicator.leaving();
-        self.gossip.leave().await;
+        gossip.leave().await;
     }
 
     /// Closes the peer endpoint (after the listeners have drained).

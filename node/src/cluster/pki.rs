@@ -108,6 +108,24 @@ fn write_private(path: &Path, text: &str, secret: bool) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The peer protocol's TLS configurations (server, client) from the trust material
+/// in cluster directory `dir`.
+pub fn peer_tls(
+    dir: &std::path::Path,
+) -> Result<
+    (
+        std::sync::Arc<rustls::ServerConfig>,
+        std::sync::Arc<rustls::ClientConfig>,
+    ),
+    crate::tls::TlsError,
+> {
+    crate::tls::peer_configs(crate::tls::PeerFiles {
+        ca: &dir.join(CA_CERT),
+        cert: &dir.join(NODE_CERT),
+        key: &dir.join(NODE_KEY),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

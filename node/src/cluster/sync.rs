@@ -102,6 +102,16 @@ impl SyncGate {
         })
     }
 
+    /// The gate of a node that has no peers and never will (tests, benchmarks): it
+    /// is always in sync.
+    pub fn alone(metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::new(
+            PartitionMode::Consistency,
+            Duration::from_secs(3600),
+            metrics,
+        )
+    }
+
     /// The sync lease: how long a round that reached a majority keeps this node in
     /// sync (`max_unsynced`). Purgers count a member that has not acked as fenced
     /// only a lease after the majority acked.
@@ -264,12 +274,25 @@ impl SyncGate {
         if self.left.load(Ordering::Acquire) {
             return Some(HitPolicy::Revalidate);
         }
+        if self.alone_and_quiet() {
+            return Some(HitPolicy::Serve);
+        }
         let stall_to_report =
             self.has_peers.load(Ordering::Acquire) && self.heartbeat_late(now_ms());
         if stall_to_report || self.stalled.load(Ordering::Acquire) {
             return None;
         }
         Some(self.policy_in_sync())
+    }
+
+    /// No peer known and nothing pending (no stall, rejoin or post-stall window):
+    /// the hit is served without reading the clock. Always so in a cluster of one,
+    /// whose gate has no ticker.
+    fn alone_and_quiet(&self) -> bool {
+        !self.has_peers.load(Ordering::Acquire)
+            && !self.stalled.load(Ordering::Acquire)
+            && self.revalidate_until_ms.load(Ordering::Acquire) == 0
+            && self.rejoin_round_after_ms.load(Ordering::Acquire) == 0
     }
 
     fn heartbeat_late(&self, now: u64) -> bool {
@@ -297,6 +320,9 @@ impl SyncGate {
     pub async fn before_hit(&self) -> HitPolicy {
         if self.left.load(Ordering::Acquire) {
             return HitPolicy::Revalidate;
+        }
+        if self.alone_and_quiet() {
+            return HitPolicy::Serve;
         }
         if self.heartbeat_late(now_ms()) {
             self.stall_detected();

@@ -1,6 +1,6 @@
 //! The peer protocol's transport: one QUIC endpoint (quinn) per node on `peer_addr`,
 //! serving peers and connecting to them, with mutual TLS against the cluster CA
-//! ([`crate::tls::peer_configs`]).
+//! ([`pki::peer_tls`](super::pki::peer_tls)).
 //!
 //! Per connection, the first stream carries the [`Message::Hello`] exchange that
 //! fixes the version; then one request per stream: the requester writes one frame
@@ -138,10 +138,10 @@ impl FrameReader {
     }
 }
 
-/// The node's peer endpoint: serves peers and connects to them.
+/// The node's peer endpoint: serves peers and connects to them. A cluster of one
+/// has none ([`PeerTransport::none`]): it has no peer to talk to.
 pub struct PeerTransport {
-    endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    bound: Option<Bound>,
     node_id: String,
     max_frame: usize,
     /// One slot per peer: connecting to one peer (up to the connect timeout when it
@@ -150,11 +150,17 @@ pub struct PeerTransport {
     metrics: Arc<Metrics>,
 }
 
+/// A bound endpoint and the TLS it connects to peers with.
+struct Bound {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+}
+
 impl std::fmt::Debug for PeerTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerTransport")
             .field("node_id", &self.node_id)
-            .field("addr", &self.endpoint.local_addr().ok())
+            .field("addr", &self.local_addr())
             .finish()
     }
 }
@@ -188,8 +194,7 @@ impl PeerTransport {
         client.transport_config(transport);
         let endpoint = quinn::Endpoint::server(server, addr).map_err(|e| e.to_string())?;
         Ok(Self {
-            endpoint,
-            client,
+            bound: Some(Bound { endpoint, client }),
             node_id,
             max_frame,
             connections: std::sync::Mutex::new(HashMap::new()),
@@ -197,14 +202,27 @@ impl PeerTransport {
         })
     }
 
+    /// The transport of a cluster of one: no endpoint, nothing served, and every
+    /// request fails as unreachable (its routing never makes one).
+    pub fn none(node_id: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            bound: None,
+            node_id,
+            max_frame: 0,
+            connections: std::sync::Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.endpoint.local_addr().ok()
+        self.bound.as_ref()?.endpoint.local_addr().ok()
     }
 
     /// Serves peers with `service` until the endpoint closes.
     pub async fn serve<S: PeerService>(self: Arc<Self>, service: Arc<S>) {
-        while let Some(incoming) = self.endpoint.accept().await {
+        let Some(bound) = &self.bound else { return };
+        while let Some(incoming) = bound.endpoint.accept().await {
             let (this, service) = (self.clone(), service.clone());
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
@@ -356,10 +374,14 @@ impl PeerTransport {
 
     async fn connect(&self, to: SocketAddr) -> Result<quinn::Connection, PeerError> {
         let unreachable = |e: String| PeerError::Unreachable(to, e);
-        let connection = self
+        let bound = self
+            .bound
+            .as_ref()
+            .ok_or_else(|| unreachable("a cluster of one has no peer endpoint".into()))?;
+        let connection = bound
             .endpoint
             .connect_with(
-                self.client.clone(),
+                bound.client.clone(),
                 to,
                 crate::cluster::pki::PEER_SERVER_NAME,
             )
@@ -390,7 +412,8 @@ impl PeerTransport {
 
     /// Closes every connection and the endpoint.
     pub async fn close(&self) {
-        self.endpoint.close(0u32.into(), b"shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let Some(bound) = &self.bound else { return };
+        bound.endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), bound.endpoint.wait_idle()).await;
     }
 }

@@ -53,26 +53,23 @@ pub struct MainService {
     auth: Auth,
     limits: KvLimits,
     proxy: Option<Arc<Proxy>>,
-    routing: Option<Arc<Routing>>,
-    replicator: Option<Arc<Replicator>>,
+    routing: Arc<Routing>,
+    replicator: Arc<Replicator>,
     purger: Arc<Purger>,
 }
 
 impl MainService {
-    /// Builds the service; with `routing`, keys are read from and written to their
-    /// owners in the cluster.
+    /// Builds the service: keys are read from and written to their owners by
+    /// `routing`, and overwrites and deletes reach every member through
+    /// `replicator` (a cluster of one owns every key and has no one to tell).
     pub fn new(
         cache: Arc<Cache>,
         auth: Auth,
         limits: KvLimits,
         proxy: Option<Arc<Proxy>>,
-        cluster: Option<(Arc<Routing>, Arc<Replicator>)>,
+        (routing, replicator): (Arc<Routing>, Arc<Replicator>),
         purger: Arc<Purger>,
     ) -> Self {
-        let (routing, replicator) = match cluster {
-            Some((routing, replicator)) => (Some(routing), Some(replicator)),
-            None => (None, None),
-        };
         Self {
             cache,
             auth,
@@ -241,11 +238,9 @@ impl MainService {
         entry_response(entry, age, status, &req.method, &req.headers)
     }
 
-    /// Whether this node owns `key` (a lone node owns everything).
+    /// Whether this node owns `key` (a cluster of one owns everything).
     fn owns(&self, key: &CacheKey) -> bool {
-        self.routing
-            .as_ref()
-            .is_none_or(|routing| routing.is_owner(key))
+        self.routing.is_owner(key)
     }
 
     /// A hit this node cannot vouch for (out of sync in consistency mode, or a
@@ -282,9 +277,7 @@ impl MainService {
 
     /// [`Self::read_from_owners`], and whether every owner asked answered.
     async fn read_from_every_owner(&self, key: &CacheKey, purged_here: bool) -> (OwnerRead, bool) {
-        let Some(routing) = self.routing.clone() else {
-            return (OwnerRead::NoAnswer, true);
-        };
+        let routing = &self.routing;
         let (is_owner, others) = routing.other_owners(key);
         if is_owner && purged_here {
             // This owner saw the delete; another owner that missed it must not
@@ -399,9 +392,7 @@ impl MainService {
     /// Sends `request` (a Put or Delete) to the other owners of `key` at once;
     /// returns how many carried it out and how many were asked.
     async fn write_to_owners(&self, key: &CacheKey, request: Message) -> (bool, usize, usize) {
-        let Some(routing) = self.routing.clone() else {
-            return (true, 0, 0);
-        };
+        let routing = &self.routing;
         let (is_owner, others) = routing.other_owners(key);
         let asked = others.len();
         let request = Arc::new(request);
@@ -425,7 +416,7 @@ impl MainService {
     }
 
     async fn put(&self, key: CacheKey, req: &Parts, body: ReqBody) -> Response<Body> {
-        if self.routing.is_some() && self.cache.hit_policy().await == HitPolicy::Revalidate {
+        if self.cache.hit_policy().await == HitPolicy::Revalidate {
             // Cut off (no sync lease), stalled or rejoining: the owners it can reach
             // may not be the ones the rest of the cluster reads from.
             return text(
@@ -461,29 +452,27 @@ impl MainService {
             entry: entry.encode(),
         };
         let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
-        if let Some(replicator) = &self.replicator {
-            // Overwrite is invalidation, on every node holding a dependent. An owner
-            // that did not confirm the write may still hold the old value; with a
-            // member suspected or down (writes skip it), or membership just changed
-            // (views still converging), the
-            // owners here may not be the ones another node reads from. Then the
-            // write is acknowledged only once every member dropped older copies or
-            // is fenced.
-            let stored = done > 0 || is_owner;
-            let uncertain = done < asked || replicator.owners_uncertain();
-            let confirmed = replicator
-                .overwrite(&key, entry.meta.version, stored && uncertain)
-                .await;
-            if !confirmed {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "written to {} of {} owners; the others could not be reached or fenced in time and may serve the old value",
-                        done + usize::from(is_owner),
-                        asked + usize::from(is_owner)
-                    ),
-                );
-            }
+        // Overwrite is invalidation, on every node holding a dependent. An owner
+        // that did not confirm the write may still hold the old value; with a member
+        // suspected or down (writes skip it), or membership just changed (views
+        // still converging), the owners here may not be the ones another node reads
+        // from. Then the write is acknowledged only once every member dropped older
+        // copies or is fenced.
+        let stored = done > 0 || is_owner;
+        let uncertain = done < asked || self.replicator.owners_uncertain();
+        let confirmed = self
+            .replicator
+            .overwrite(&key, entry.meta.version, stored && uncertain)
+            .await;
+        if !confirmed {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "written to {} of {} owners; the others could not be reached or fenced in time and may serve the old value",
+                    done + usize::from(is_owner),
+                    asked + usize::from(is_owner)
+                ),
+            );
         }
         if !is_owner {
             // Written to the owners only: this node keeps no copy of keys it does
@@ -570,13 +559,7 @@ impl MainService {
         };
         // In a cluster a delete is a purge of the key on every node, acknowledged
         // by all of them (so no owner or hot copy answers with the old value).
-        let purged = match &self.replicator {
-            Some(replicator) => replicator
-                .purge(&targets, Wait::All)
-                .await
-                .map(|(outcome, report)| (outcome, Some(report))),
-            None => self.cache.purge(&targets).await.map(|o| (o, None)),
-        };
+        let purged = self.replicator.purge(&targets, Wait::All).await;
         match purged {
             Ok((outcome, report)) => {
                 let mut r = match report.filter(|r| !r.complete) {

@@ -10,7 +10,6 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cache::Cache;
 use crate::cluster::replication::{PurgeReport, Replicator, Wait};
 use crate::http::{json, text, Body};
 use crate::invalidation::{PurgeOutcome, PurgeTargets};
@@ -26,8 +25,7 @@ const REMEMBERED_IDS: usize = 5;
 /// few for the status page.
 #[derive(Debug)]
 pub struct Purger {
-    cache: Arc<Cache>,
-    replicator: Option<Arc<Replicator>>,
+    replicator: Arc<Replicator>,
     recent: Mutex<VecDeque<RecentPurge>>,
 }
 
@@ -61,10 +59,10 @@ pub struct RecentPurge {
 }
 
 impl Purger {
-    /// Purges through `replicator` when the node is in a cluster.
-    pub fn new(cache: Arc<Cache>, replicator: Option<Arc<Replicator>>) -> Self {
+    /// Purges through `replicator`: on every member, or here alone in a cluster of
+    /// one.
+    pub fn new(replicator: Arc<Replicator>) -> Self {
         Self {
-            cache,
             replicator,
             recent: Mutex::new(VecDeque::with_capacity(REMEMBERED_PURGES)),
         }
@@ -81,11 +79,9 @@ impl Purger {
             .rev()
             .cloned()
             .collect();
-        if let Some(replicator) = &self.replicator {
-            for purge in &mut list {
-                if let Some(id) = purge.cluster.as_ref().map(|c| c.id.clone()) {
-                    purge.cluster = replicator.report(&id).or(purge.cluster.take());
-                }
+        for purge in &mut list {
+            if let Some(id) = purge.cluster.as_ref().map(|c| c.id.clone()) {
+                purge.cluster = self.replicator.report(&id).or(purge.cluster.take());
             }
         }
         list
@@ -113,17 +109,7 @@ impl Purger {
     ) -> Response<Body> {
         let started = Instant::now();
         let at_ms = crate::clock::now_ms();
-        let done = match &self.replicator {
-            Some(r) => r
-                .purge(targets, wait)
-                .await
-                .map(|(outcome, report)| (outcome, Some(report))),
-            None => self
-                .cache
-                .purge(targets)
-                .await
-                .map(|outcome| (outcome, None)),
-        };
+        let done = self.replicator.purge(targets, wait).await;
         let show = |k: &fanz_protocol::CacheKey| String::from_utf8_lossy(k.user_key()).into_owned();
         let show_tag = |t: &bytes::Bytes| String::from_utf8_lossy(t).into_owned();
         let named = targets.keys.len() + targets.tags.len() + targets.prefixes.len();

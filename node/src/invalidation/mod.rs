@@ -80,8 +80,9 @@ pub struct Invalidator {
     last_compacted: AtomicU64,
     /// Records garbage-collected since the last compaction (still in the file).
     dropped_since_compaction: AtomicU64,
-    /// Where edges recorded on this node go to be replicated to the cluster.
-    edge_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<Record>>>,
+    /// Where edges recorded on this node go to be replicated to the cluster (a
+    /// cluster of one drops them: there is no one to send them to).
+    edge_sink: EdgeSink,
     /// Near caches that must confirm every invalidation before it is acknowledged.
     watchers: Arc<Watchers>,
     /// Where the state's floor is kept across restarts ([`FLOOR_FILE`]).
@@ -89,6 +90,16 @@ pub struct Invalidator {
     /// The cluster records kept for anti-entropy ([`Record::Kept`]): those the log
     /// replayed, until the cluster's replicator takes them and becomes their source.
     kept: Arc<Mutex<KeptRecords>>,
+}
+
+/// Where an [`Invalidator`] sends the dependency edges recorded on this node, for
+/// the cluster to replicate ([`edge_channel`]).
+pub type EdgeSink = tokio::sync::mpsc::UnboundedSender<Vec<Record>>;
+
+/// A channel for the edges recorded on this node: the sink for the invalidator, the
+/// receiver for the cluster's replicator.
+pub fn edge_channel() -> (EdgeSink, tokio::sync::mpsc::UnboundedReceiver<Vec<Record>>) {
+    tokio::sync::mpsc::unbounded_channel()
 }
 
 /// Where a compaction finds the kept cluster records to write.
@@ -134,6 +145,7 @@ impl Invalidator {
         clock: Arc<Clock>,
         retention: Duration,
         compact_threshold: u64,
+        edge_sink: EdgeSink,
     ) -> Result<Self, LogError> {
         let (log, replay) = log::InvalidationLog::open(dir)?;
         let state = Arc::new(InvalidationState::new());
@@ -160,7 +172,7 @@ impl Invalidator {
             compact_threshold,
             last_compacted: AtomicU64::new(0),
             dropped_since_compaction: AtomicU64::new(0),
-            edge_sink: std::sync::OnceLock::new(),
+            edge_sink,
             watchers: Arc::new(Watchers::new(WATCHER_ACK_TIMEOUT)),
             floor_file,
             kept: Arc::new(Mutex::new(KeptRecords::Replayed(kept))),
@@ -273,8 +285,8 @@ impl Invalidator {
             self.state.apply(record);
         }
         self.log.append(&edges, true).await?;
-        if let Some(sink) = self.edge_sink.get().filter(|_| !edges.is_empty()) {
-            let _ = sink.send(edges);
+        if !edges.is_empty() {
+            let _ = self.edge_sink.send(edges);
         }
         Ok(())
     }
@@ -299,16 +311,8 @@ impl Invalidator {
             self.state.apply(record);
         }
         self.log.append(&edges, true).await?;
-        if let Some(sink) = self.edge_sink.get() {
-            let _ = sink.send(edges);
-        }
+        let _ = self.edge_sink.send(edges);
         Ok(())
-    }
-
-    /// From now on, edges recorded on this node are also sent to `sink` (the
-    /// cluster replicates them, so every node can walk every dependency).
-    pub fn replicate_edges_to(&self, sink: tokio::sync::mpsc::UnboundedSender<Vec<Record>>) {
-        let _ = self.edge_sink.set(sink);
     }
 
     /// Applies edges recorded on another node; resolves once written (synced as
@@ -496,7 +500,9 @@ mod tests {
     const RETENTION: Duration = Duration::from_secs(3600);
 
     async fn engine(dir: &Path, clock: Arc<Clock>) -> Invalidator {
-        Invalidator::open(dir, clock, RETENTION, 0).await.unwrap()
+        Invalidator::open(dir, clock, RETENTION, 0, edge_channel().0)
+            .await
+            .unwrap()
     }
 
     fn tagged(version: Timestamp, tag: &'static [u8]) -> EntryMeta {
@@ -594,9 +600,15 @@ mod tests {
         engine.compact().await.unwrap();
         engine.close().await;
 
-        let longer = Invalidator::open(dir.path(), clock.clone(), RETENTION * 10, 0)
-            .await
-            .unwrap();
+        let longer = Invalidator::open(
+            dir.path(),
+            clock.clone(),
+            RETENTION * 10,
+            0,
+            edge_channel().0,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             longer.coverage(&key, &old_entry),
             Coverage::Invalid,

@@ -18,7 +18,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -69,10 +68,10 @@ pub struct Proxy {
     max_object_size: u64,
     uncacheable_ttl_ms: AtomicU64,
     total_timeout: Duration,
-    /// Owner routing, once the node has joined a cluster.
-    routing: OnceLock<Arc<Routing>>,
-    /// Cluster-wide purges, once the node has joined a cluster.
-    replicator: OnceLock<Arc<Replicator>>,
+    /// Owner routing (a cluster of one owns every key).
+    routing: Arc<Routing>,
+    /// Cluster-wide purges.
+    replicator: Arc<Replicator>,
     /// Keys a non-owner has missed once recently: a second miss admits a hot copy.
     seen_once: DashMap<CacheKey, u64>,
     /// Lifetime clamps (shared with the KV API; reloadable within their start-up values).
@@ -163,13 +162,16 @@ struct Ctx {
 
 impl Proxy {
     /// A proxy for the origins of `config`; `tls` is the client configuration for
-    /// https origins; `front_tls` whether clients reach this node over HTTPS.
+    /// https origins. Misses go through their owners by `routing`, and unsafe
+    /// requests purge through `replicator`.
     pub fn new(
         cache: Arc<Cache>,
         config: &Config,
         tls: &Arc<rustls::ClientConfig>,
         metrics: Arc<Metrics>,
         ttl: Arc<Live<TtlPolicy>>,
+        routing: Arc<Routing>,
+        replicator: Arc<Replicator>,
     ) -> Self {
         Self {
             cache,
@@ -185,8 +187,8 @@ impl Proxy {
             max_object_size: config.max_object_size,
             uncacheable_ttl_ms: AtomicU64::new(config.uncacheable_ttl.as_millis() as u64),
             total_timeout: config.origin_total_timeout,
-            routing: OnceLock::new(),
-            replicator: OnceLock::new(),
+            routing,
+            replicator,
             seen_once: DashMap::new(),
             ttl,
         }
@@ -200,14 +202,6 @@ impl Proxy {
             .set(Origins::from_config(config, &self.tls, &self.metrics));
         self.uncacheable_ttl_ms
             .store(config.uncacheable_ttl.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Routes misses through their owners, and makes the invalidations of unsafe
-    /// requests cluster-wide, from now on (set once, when the node has joined its
-    /// cluster).
-    pub fn attach_cluster(&self, routing: Arc<Routing>, replicator: Arc<Replicator>) {
-        let _ = self.routing.set(routing);
-        let _ = self.replicator.set(replicator);
     }
 
     /// The primary cache key of a request for the proxied URL space.

@@ -149,7 +149,7 @@ impl Origin {
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(config.origin_h2_only)
+            .http2_only(config.origin_protocol == crate::config::OriginProtocol::H2)
             .build(connector);
         Self {
             url,

@@ -11,6 +11,7 @@ use fanz_protocol::log::Record;
 use fanz_protocol::peer::Message;
 use fanz_protocol::replication::{Op, Replicated};
 use fanz_protocol::CacheKey;
+use tokio::sync::mpsc;
 
 use super::*;
 
@@ -38,20 +39,24 @@ impl Delivery {
 impl Replicator {
     /// Purges `targets` here and on every member. With `Wait::All`, returns once
     /// every alive member has applied it or the ack timeout passed (the report names
-    /// who has not acked).
+    /// who has not acked). A cluster of one has no report to give.
     pub async fn purge(
         self: &Arc<Self>,
         targets: &PurgeTargets,
         wait: Wait,
-    ) -> Result<(crate::invalidation::PurgeOutcome, PurgeReport), crate::cache::CacheError> {
+    ) -> Result<(crate::invalidation::PurgeOutcome, Option<PurgeReport>), crate::cache::CacheError>
+    {
         let outcome = self.cache.purge(targets).await?;
+        if self.alone {
+            return Ok((outcome, None));
+        }
         let record = self.make(purge_op(targets), outcome.at);
         let progress = self.fan_out(record, outcome.dependents.len() as u64, true);
         if wait == Wait::All {
             self.wait_complete(&progress).await;
         }
         let report = progress.report.lock().expect("report lock").clone();
-        Ok((outcome, report))
+        Ok((outcome, Some(report)))
     }
 
     /// Waits until `progress` is complete or the ack timeout passes; whether it is.
@@ -77,6 +82,9 @@ impl Replicator {
         version: fanz_protocol::Timestamp,
         wait: bool,
     ) -> bool {
+        if self.alone {
+            return true;
+        }
         let at = self.cache.invalidator().now();
         let record = self.make(
             Op::Overwrite {
@@ -89,10 +97,9 @@ impl Replicator {
         !wait || self.wait_complete(&progress).await
     }
 
-    /// Replicates edges recorded on this node, as they come.
-    pub fn replicate_edges(self: &Arc<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Record>>();
-        self.cache.invalidator().replicate_edges_to(tx);
+    /// Replicates the edges recorded on this node (sent by its
+    /// [`crate::invalidation::Invalidator`] to `rx`), as they come.
+    pub fn replicate_edges(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<Vec<Record>>) {
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(edges) = rx.recv().await {

@@ -161,6 +161,8 @@ struct Progress {
 /// Replicates this node's invalidations and applies everyone else's.
 #[derive(Debug)]
 pub struct Replicator {
+    /// A cluster of one: nothing is recorded for others ([`Replicator::alone`]).
+    alone: bool,
     node_id: String,
     origin: String,
     next_seq: AtomicU64,
@@ -243,26 +245,66 @@ impl Replicator {
             kept.resume(cache.invalidator().take_kept_records(Box::new(source)));
             Self {
                 resumed,
-                origin: format!("{node_id}@{generation}"),
-                node_id,
-                next_seq: AtomicU64::new(1),
-                cache,
-                transport,
-                view,
                 kept: Mutex::new(kept),
-                reports: DashMap::new(),
-                report_order: Mutex::new(VecDeque::new()),
-                gate,
-                metrics,
                 ack_timeout,
                 applied_file,
-                apply_lock: tokio::sync::Mutex::new(()),
                 piggyback,
-                down_since: Mutex::new(HashMap::new()),
                 fence_after_down,
                 purge_apply_delay,
+                ..Self::with(node_id, generation, cache, transport, view, gate, metrics)
             }
         })
+    }
+
+    /// The replicator of a cluster of one (no `cluster_dir`): a purge or overwrite
+    /// is applied here and has no one to go to, now or later, so no record is made
+    /// and no report kept.
+    pub fn alone(
+        node_id: String,
+        cache: Arc<Cache>,
+        view: watch::Receiver<Arc<View>>,
+        gate: Arc<SyncGate>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let transport = Arc::new(PeerTransport::none(node_id.clone(), metrics.clone()));
+        Arc::new(Self {
+            alone: true,
+            ..Self::with(node_id, 0, cache, transport, view, gate, metrics)
+        })
+    }
+
+    /// The parts every replicator has; the rest as a fresh node without peers.
+    fn with(
+        node_id: String,
+        generation: u64,
+        cache: Arc<Cache>,
+        transport: Arc<PeerTransport>,
+        view: watch::Receiver<Arc<View>>,
+        gate: Arc<SyncGate>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            alone: false,
+            resumed: false,
+            origin: format!("{node_id}@{generation}"),
+            node_id,
+            next_seq: AtomicU64::new(1),
+            cache,
+            transport,
+            view,
+            kept: Mutex::new(Kept::default()),
+            reports: DashMap::new(),
+            report_order: Mutex::new(VecDeque::new()),
+            gate,
+            metrics,
+            ack_timeout: Duration::ZERO,
+            applied_file: PathBuf::new(),
+            apply_lock: tokio::sync::Mutex::new(()),
+            piggyback: Broadcaster::none(),
+            down_since: Mutex::new(HashMap::new()),
+            fence_after_down: Duration::ZERO,
+            purge_apply_delay: Duration::ZERO,
+        }
     }
 
     /// Whether this node resumed state from an earlier run (it had applied
@@ -312,6 +354,12 @@ impl Replicator {
                 .members
                 .iter()
                 .any(|m| m.state != MemberState::Alive)
+    }
+
+    /// This node restarted with state from an earlier run: see
+    /// [`SyncGate::rejoining`].
+    pub fn rejoining(&self, settle: Duration) {
+        self.gate.rejoining(settle);
     }
 
     /// This node is leaving the cluster: it vouches for no hit from now on.

@@ -77,13 +77,11 @@ impl Proxy {
             };
             // Applied by every member before the answer returns, like any purge:
             // no node serves the old response once the client has the new one.
-            let purged = match self.replicator.get() {
-                Some(replicator) => replicator
-                    .purge(&targets, Wait::All)
-                    .await
-                    .map(|(_, report)| report.complete),
-                None => self.cache.purge(&targets).await.map(|_| true),
-            };
+            let purged = self
+                .replicator
+                .purge(&targets, Wait::All)
+                .await
+                .map(|(_, report)| report.is_none_or(|r| r.complete));
             invalidation = Some(match purged {
                 Ok(true) => "complete",
                 Ok(false) => "incomplete",

@@ -29,7 +29,8 @@ impl Proxy {
         Result<OriginResponse, crate::proxy::origin::OriginError>,
         Option<(String, fanz_protocol::Timestamp)>,
     ) {
-        if let Some(routing) = self.routing.get().filter(|_| !ctx.from_peer) {
+        if !ctx.from_peer {
+            let routing = &self.routing;
             let owners = routing.owners_ahead(&ctx.primary);
             if !owners.is_empty() {
                 let mut headers = ctx.headers.clone();
@@ -87,10 +88,7 @@ impl Proxy {
     /// Whether a node that does not own `key` keeps a copy of it: on its second
     /// miss within the admission window (one-hit wonders stay with the owners).
     pub(super) fn admit_copy(&self, key: &CacheKey) -> bool {
-        let Some(routing) = self.routing.get() else {
-            return true;
-        };
-        if routing.role(key) != Role::Other {
+        if self.routing.role(key) != Role::Other {
             return true;
         }
         let now = self.cache.now_ms();

@@ -10,10 +10,10 @@ use fanz_protocol::Entry;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
-use super::replication::Replicator;
-use super::transport::{PeerService, Responder};
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Lookup};
+use crate::cluster::replication::Replicator;
+use crate::cluster::transport::{PeerService, Responder};
 use crate::invalidation::PurgeTargets;
 use crate::proxy::Proxy;
 
@@ -26,22 +26,18 @@ const DATA_CHUNK: usize = 256 * 1024;
 pub struct NodePeerService {
     cache: Arc<Cache>,
     proxy: Option<Arc<Proxy>>,
-    replicator: std::sync::OnceLock<Arc<Replicator>>,
+    replicator: Arc<Replicator>,
 }
 
 impl NodePeerService {
-    /// Answers from `cache`, and fetches URLs through `proxy` when one is configured.
-    pub fn new(cache: Arc<Cache>, proxy: Option<Arc<Proxy>>) -> Self {
+    /// Answers from `cache`, fetches URLs through `proxy` when one is configured,
+    /// and applies replicated invalidations and answers pulls with `replicator`.
+    pub fn new(cache: Arc<Cache>, proxy: Option<Arc<Proxy>>, replicator: Arc<Replicator>) -> Self {
         Self {
             cache,
             proxy,
-            replicator: std::sync::OnceLock::new(),
+            replicator,
         }
-    }
-
-    /// Applies replicated invalidations and answers pulls with `replicator`.
-    pub fn attach_replicator(&self, replicator: Arc<Replicator>) {
-        let _ = self.replicator.set(replicator);
     }
 
     async fn fetch(
@@ -145,29 +141,17 @@ impl PeerService for NodePeerService {
                 url,
                 headers,
             } => return self.fetch(method, url, headers, respond).await,
-            Message::Replicate { record } => match self.replicator.get() {
-                Some(r) => match r.apply(record).await {
-                    Ok(invalidated) => Message::Applied { invalidated },
-                    Err(e) => Message::Error {
-                        code: e.code(),
-                        message: e.to_string(),
-                    },
-                },
-                None => Message::Error {
-                    code: ErrorCode::Unavailable,
-                    message: "starting".into(),
+            Message::Replicate { record } => match self.replicator.apply(record).await {
+                Ok(invalidated) => Message::Applied { invalidated },
+                Err(e) => Message::Error {
+                    code: e.code(),
+                    message: e.to_string(),
                 },
             },
-            Message::Pull { since } => match self.replicator.get() {
-                Some(r) => {
-                    let (records, gap) = r.answer_pull(&since);
-                    Message::Records { records, gap }
-                }
-                None => Message::Error {
-                    code: ErrorCode::Unavailable,
-                    message: "starting".into(),
-                },
-            },
+            Message::Pull { since } => {
+                let (records, gap) = self.replicator.answer_pull(&since);
+                Message::Records { records, gap }
+            }
             Message::Get { key } => match self.cache.get(&key).await {
                 // What this node cannot vouch for (stalled, rejoining, or without a
                 // sync lease in consistency mode), a hit or a miss alike, is a
