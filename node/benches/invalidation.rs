@@ -60,7 +60,7 @@ async fn node(memory: u64) -> Node {
             invalidator,
             clock,
             metrics.clone(),
-            fanz_node::cluster::sync::SyncGate::alone(metrics),
+            fanz_node::sync_gate::SyncGate::alone(metrics),
         )),
         _dir: dir,
     }

@@ -15,23 +15,13 @@ use fanz_protocol::key::{IdKind, Namespace};
 use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 
 use crate::clock::Clock;
-use crate::cluster::sync::SyncGate;
 use crate::invalidation::{
     Coverage, Durability, Invalidator, LogError, PurgeOutcome, PurgeTargets,
 };
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
 use crate::store::{Store, Tier};
-
-/// What a hit may do now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitPolicy {
-    /// In sync: serve.
-    Serve,
-    /// Out of sync, availability mode: serve, marked.
-    ServeUnsynced,
-    /// Out of sync, consistency mode: revalidate first.
-    Revalidate,
-}
+pub use crate::sync_gate::HitPolicy;
+use crate::sync_gate::SyncGate;
 
 /// How usable a found entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

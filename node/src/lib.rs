@@ -7,6 +7,8 @@
 //!   into [`live`] values.
 //! - [`store`]: memory and disk tiers (foyer) holding checksummed entries.
 //! - [`invalidation`]: tombstones, dependency index, purge engine and its durable log.
+//! - [`sync_gate`]: whether this node may vouch for its hits (in sync with the
+//!   cluster's invalidations), which the cache asks and the cluster feeds.
 //! - [`cache`]: lookups, sets and purges over the store and the engine; freshness.
 //! - [`proxy`]: pull-through caching of an origin's responses (RFC 9111).
 //! - [`cluster`]: membership, owner routing, replicated invalidation, anti-entropy.
@@ -43,4 +45,5 @@ pub mod otlp;
 pub mod proxy;
 pub mod reload;
 pub mod store;
+pub mod sync_gate;
 pub mod tls;

@@ -21,9 +21,9 @@ use crate::admin::{AdminParts, AdminService, KvFacts};
 use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::cluster::sync::SyncGate;
 use crate::cluster::{Cluster, ClusterParts};
 use crate::config::Config;
+use crate::config::TtlPolicy;
 use crate::front::kv::{KvLimits, MainService};
 use crate::front::peer::NodePeerService;
 use crate::front::purge::Purger;
@@ -33,8 +33,9 @@ use crate::invalidation::{edge_channel, Invalidator};
 use crate::live::Live;
 use crate::metrics::{Api, Metrics};
 use crate::proxy::Proxy;
-use crate::reload::{Reloader, TtlPolicy};
+use crate::reload::Reloader;
 use crate::store::{Store, StoreConfig, CORRUPT_ENTRIES};
+use crate::sync_gate::SyncGate;
 use crate::tls;
 
 /// Method, version and the rest of a request line besides its target.

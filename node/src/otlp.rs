@@ -10,7 +10,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::front::trace::TraceContext;
+use crate::http::traceparent::TraceContext;
 
 /// Flushes and stops the exporter when dropped (at the end of `main`).
 #[derive(Debug)]
@@ -54,7 +54,7 @@ where
     let tracer = provider.tracer("fanz-node");
     // From now on request spans are opened for every request, as the exporter
     // assigns their ids.
-    crate::front::trace::install_exporter(link);
+    crate::http::traceparent::install_exporter(link);
     Ok((
         tracing_opentelemetry::layer().with_tracer(tracer),
         Exporter(provider),

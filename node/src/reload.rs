@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::cli::{self, Invocation};
-use crate::config::Config;
+use crate::config::{Config, TtlPolicy};
 use crate::live::Live;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Proxy;
@@ -31,30 +31,6 @@ fn is_origin_setting(name: &str) -> bool {
         || name.starts_with("forward_")
         || name.starts_with("breaker_")
         || name == "uncacheable_ttl"
-}
-
-/// The TTL policy of KV writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TtlPolicy {
-    /// TTL without `max-age`.
-    pub default_ttl: Duration,
-    /// TTL clamp.
-    pub max_ttl: Duration,
-    /// Stale window clamp.
-    pub max_stale: Duration,
-}
-
-impl TtlPolicy {
-    /// The policy `config` sets, kept within `ceiling`: tombstones are kept for
-    /// the start-up `max_ttl + max_stale`, so no entry may outlive that, or a purged
-    /// entry could come back once its tombstone is collected.
-    pub fn of(config: &Config, ceiling: &TtlPolicy) -> TtlPolicy {
-        TtlPolicy {
-            default_ttl: config.default_ttl.min(ceiling.max_ttl),
-            max_ttl: config.max_ttl.min(ceiling.max_ttl),
-            max_stale: config.max_stale.min(ceiling.max_stale),
-        }
-    }
 }
 
 /// What a reload did.

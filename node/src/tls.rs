@@ -78,7 +78,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 ///
 /// With 0-RTT on, resumption tickets are single-use (rustls' stateful session cache
 /// hands each one out once), and the HTTP/3 front end serves only safe methods
-/// before the handshake completes (see [`crate::front::h3`]).
+/// before the handshake completes (see the HTTP/3 front end, `front::h3`).
 pub fn h3_server_config(
     cert: &Path,
     key: &Path,
@@ -169,7 +169,7 @@ pub fn origin_client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>
 /// ALPN of the peer protocol.
 pub const PEER_ALPN: &[u8] = b"fanz-peer";
 
-/// The files of a cluster's trust material (`crate::cluster::pki` names them).
+/// The files of a cluster's trust material (`cluster::pki` names them).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerFiles<'a> {
     /// The cluster CA's certificate.

@@ -3,8 +3,8 @@
 //! `fanz_protocol::ring`; [`routing`]), the trust material ([`pki`]), the peer
 //! protocol over QUIC with mutual TLS ([`transport`]; what a node answers on it is
 //! `front::peer`), cluster-wide invalidation and anti-entropy ([`replication`]),
-//! whether this node may vouch for its hits ([`sync`]), and the rules that make
-//! both safe, as pure functions ([`safety`]).
+//! which feeds whether this node may vouch for its hits (`crate::sync_gate`), and
+//! the rules that make both safe, as pure functions ([`safety`]).
 //!
 //! Every node has a [`Cluster`]. With `cluster_dir` set it joins the others; without
 //! it, it is a cluster of one: a fixed view of itself, owning every key, with no
@@ -18,7 +18,6 @@ pub mod pki;
 pub mod replication;
 pub mod routing;
 pub mod safety;
-pub mod sync;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -32,12 +31,12 @@ use tokio::sync::{mpsc, watch};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sync_gate::SyncGate;
 use fanz_protocol::log::Record;
 use gossip::{Gossip, GossipConfig};
 use membership::{Member, NodeIdentity, View};
 use replication::Replicator;
 use routing::Routing;
-use sync::SyncGate;
 use transport::{PeerService, PeerTransport};
 
 /// This node's cluster: a joined membership, or a cluster of one.

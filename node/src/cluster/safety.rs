@@ -11,24 +11,14 @@
 //!   majority acked (any later majority round includes an acker), or a lease after
 //!   it was last reachable, by a down verdict this node may trust.
 //!
-//! `SyncGate` and `Replicator::watch_fencing` keep the state and the timers; these
-//! functions decide.
+//! `SyncGate` (in `crate::sync_gate`, which the cache reads, so the lease rules are
+//! written there) and `Replicator::watch_fencing` keep the state and the timers;
+//! these functions decide.
 
 use std::ops::Add;
 use std::time::Duration;
 
-/// Whether a lease whose latest majority round started at `last_round_ms` still
-/// holds at `now_ms`.
-pub fn lease_holds(last_round_ms: u64, now_ms: u64, lease: Duration) -> bool {
-    now_ms.saturating_sub(last_round_ms) <= lease.as_millis() as u64
-}
-
-/// Whether the lease had lapsed when a round starting at `round_started_ms`
-/// renewed it (the previous round started at `previous_round_ms`): then it is held
-/// anew from that round on.
-pub fn lease_lapsed(previous_round_ms: u64, round_started_ms: u64, lease: Duration) -> bool {
-    !lease_holds(previous_round_ms, round_started_ms, lease)
-}
+pub use crate::sync_gate::{lease_holds, lease_lapsed};
 
 /// A down verdict about a member: when it was reached (`at`, on the clock the
 /// fencing timers use) and the wall-clock time of it (`wall_ms`, comparable with

@@ -334,6 +334,31 @@ impl Config {
     }
 }
 
+/// The lifetime clamps of every stored entry and the TTL of KV writes: the
+/// reloadable part of `default_ttl`, `max_ttl` and `max_stale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlPolicy {
+    /// TTL without `max-age`.
+    pub default_ttl: Duration,
+    /// TTL clamp.
+    pub max_ttl: Duration,
+    /// Stale window clamp.
+    pub max_stale: Duration,
+}
+
+impl TtlPolicy {
+    /// The policy `config` sets, kept within `ceiling`: tombstones are kept for
+    /// the start-up `max_ttl + max_stale`, so no entry may outlive that, or a purged
+    /// entry could come back once its tombstone is collected.
+    pub fn of(config: &Config, ceiling: &TtlPolicy) -> TtlPolicy {
+        TtlPolicy {
+            default_ttl: config.default_ttl.min(ceiling.max_ttl),
+            max_ttl: config.max_ttl.min(ceiling.max_ttl),
+            max_stale: config.max_stale.min(ceiling.max_stale),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests_support {
     use super::*;
@@ -413,7 +438,13 @@ mod tests {
     #[test]
     fn the_table_says_which_settings_a_reload_applies() {
         let reloadable = |name: &str| SETTINGS.iter().any(|s| s.name == name && s.reloadable);
-        for name in ["admin_token", "log_level", "origin", "default_ttl", "breaker_open"] {
+        for name in [
+            "admin_token",
+            "log_level",
+            "origin",
+            "default_ttl",
+            "breaker_open",
+        ] {
             assert!(reloadable(name), "{name}");
         }
         for name in ["http_addr", "data_dir", "cluster_dir", "memory_capacity"] {

@@ -19,13 +19,13 @@ use crate::cache::HitPolicy;
 use crate::cache::{Cache, Freshness, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
 use crate::cluster::routing::Routing;
+use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::headers::{self, HeaderError};
 use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::live::Live;
 use crate::proxy::Proxy;
-use crate::reload::TtlPolicy;
 use crate::store::Tier;
 
 /// Header that turns a `PURGE` into a soft purge.

@@ -1,12 +1,14 @@
 //! HTTP primitives every layer uses: body types and constructors (`full`, `text`,
 //! `json`, channel-fed and deadline-bounded bodies), bounded request reads, what a
 //! handler answers ([`Answer`]), header parsing ([`headers`]), `Cache-Control`
-//! directives ([`directives`]) and `Cache-Status` ([`cache_status`]). A leaf: it imports nothing of the node's. The
-//! listeners and the main port's service are in [`crate::front`].
+//! directives ([`directives`]), `Cache-Status` ([`cache_status`]) and the trace
+//! context ([`traceparent`]). A leaf: it imports nothing of the node's. The
+//! listeners and the main port's service are in the `front` module.
 
 pub mod cache_status;
 pub mod directives;
 pub mod headers;
+pub mod traceparent;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -36,12 +36,12 @@ use crate::cache::{Cache, Found};
 use crate::cluster::replication::Replicator;
 use crate::cluster::routing::Routing;
 use crate::config::Config;
+use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::directives::Directives;
 use crate::http::{text, Answer, Body, ReqBody};
 use crate::live::Live;
 use crate::metrics::{LookupResult, Metrics};
-use crate::reload::TtlPolicy;
 
 /// How often a request retries joining a flight whose leader went away.
 mod revalidate;

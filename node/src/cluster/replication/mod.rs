@@ -55,11 +55,11 @@ use tokio::sync::watch;
 use super::gossip::Broadcaster;
 use super::membership::{MemberState, View};
 use super::safety::{self, DownVerdict};
-use super::sync::SyncGate;
 use super::transport::PeerTransport;
 use crate::cache::Cache;
 use crate::invalidation::PurgeTargets;
 use crate::metrics::Metrics;
+use crate::sync_gate::SyncGate;
 
 mod anti_entropy;
 mod apply;

@@ -1,5 +1,7 @@
 //! Whether this node's invalidations are in sync with the cluster, and what a hit
-//! does when they may not be.
+//! does when they may not be ([`HitPolicy`]). The cluster's replicator reports its
+//! rounds here; the cache asks before every hit. It sits below both, so the cache
+//! needs nothing of the cluster (a cluster of one's gate is always in sync).
 //!
 //! Two things make a node unsure it has every purge:
 //! - **a stall**: the process did not run for a while (a pause, SIGSTOP, CPU
@@ -20,11 +22,33 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::safety;
-use crate::cache::HitPolicy;
 use crate::clock::now_ms;
 use crate::config::PartitionMode;
 use crate::metrics::Metrics;
+
+/// What a hit may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitPolicy {
+    /// In sync: serve.
+    Serve,
+    /// Out of sync, availability mode: serve, marked.
+    ServeUnsynced,
+    /// Out of sync, consistency mode: revalidate first.
+    Revalidate,
+}
+
+/// Whether a lease whose latest majority round started at `last_round_ms` still
+/// holds at `now_ms` (one of the rules in `cluster::safety`).
+pub fn lease_holds(last_round_ms: u64, now_ms: u64, lease: Duration) -> bool {
+    now_ms.saturating_sub(last_round_ms) <= lease.as_millis() as u64
+}
+
+/// Whether the lease had lapsed when a round starting at `round_started_ms`
+/// renewed it (the previous round started at `previous_round_ms`): then it is held
+/// anew from that round on.
+pub fn lease_lapsed(previous_round_ms: u64, round_started_ms: u64, lease: Duration) -> bool {
+    !lease_holds(previous_round_ms, round_started_ms, lease)
+}
 
 /// How often the ticker beats.
 const BEAT: Duration = Duration::from_millis(50);
@@ -233,7 +257,7 @@ impl SyncGate {
         let previous = self
             .last_sync_ms
             .fetch_max(round.started_ms, Ordering::AcqRel);
-        if safety::lease_lapsed(previous, round.started_ms, self.max_unsynced) {
+        if lease_lapsed(previous, round.started_ms, self.max_unsynced) {
             // The lease had lapsed: it is held again from this round on.
             self.lease_since_ms
                 .store(round.started_ms, Ordering::Release);
@@ -261,7 +285,7 @@ impl SyncGate {
 
     fn out_of_sync(&self, now: u64) -> bool {
         self.has_peers.load(Ordering::Acquire)
-            && !safety::lease_holds(
+            && !lease_holds(
                 self.last_sync_ms.load(Ordering::Acquire),
                 now,
                 self.max_unsynced,
