@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
+use crate::error::Result as ClientResult;
 use crate::options::Value;
 
 /// How long after the last heartbeat entries may still be served.
@@ -147,9 +148,29 @@ struct Line {
     all: bool,
 }
 
+/// What a watch needs of the client that owns the near cache: the nodes to watch
+/// and the two admin calls. The client implements it; this module knows nothing
+/// else of the client.
+pub(crate) trait WatchLink: Send + Sync + 'static {
+    /// Admin `host:port` of each seed.
+    fn seeds(&self) -> &[String];
+    /// Opens a watch on `seed` (`GET /invalidations`): its stream of lines.
+    fn open_watch(
+        &self,
+        seed: &str,
+    ) -> impl std::future::Future<Output = ClientResult<hyper::body::Incoming>> + Send;
+    /// Confirms to `seed` that watcher `id` applied every invalidation up to `seq`.
+    fn confirm(
+        &self,
+        seed: &str,
+        id: u64,
+        seq: u64,
+    ) -> impl std::future::Future<Output = ClientResult<()>> + Send;
+}
+
 /// Keeps a watch open on one of the seeds for as long as the client lives,
 /// applying and confirming every invalidation.
-pub(crate) async fn watch(inner: Weak<crate::client::Inner>, near: Arc<NearCache>) {
+pub(crate) async fn watch<L: WatchLink>(inner: Weak<L>, near: Arc<NearCache>) {
     let mut turn = 0usize;
     loop {
         let Some(client) = inner.upgrade() else {
@@ -174,8 +195,8 @@ pub(crate) async fn watch(inner: Weak<crate::client::Inner>, near: Arc<NearCache
 }
 
 /// Reads the watch stream until it ends.
-async fn follow(
-    inner: &Weak<crate::client::Inner>,
+async fn follow<L: WatchLink>(
+    inner: &Weak<L>,
     near: &NearCache,
     seed: &str,
     mut body: hyper::body::Incoming,

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use super::*;
 
-impl Inner {
-    pub(crate) fn seeds(&self) -> &[String] {
+impl crate::near::WatchLink for Inner {
+    fn seeds(&self) -> &[String] {
         &self.seeds
     }
 
     /// Opens a near-cache watch on `seed` (its own connection: the stream lasts).
-    pub(crate) async fn open_watch(&self, seed: &str) -> Result<hyper::body::Incoming> {
+    async fn open_watch(&self, seed: &str) -> Result<hyper::body::Incoming> {
         let mut request = Request::get("/invalidations").header(http::header::HOST, seed);
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -46,7 +46,7 @@ impl Inner {
     }
 
     /// Confirms to `seed` that watcher `id` applied every invalidation up to `seq`.
-    pub(crate) async fn confirm(&self, seed: &str, id: u64, seq: u64) -> Result<()> {
+    async fn confirm(&self, seed: &str, id: u64, seq: u64) -> Result<()> {
         let path = format!("/invalidations/{id}/ack?seq={seq}");
         let answer = self.admin_at(seed, Method::POST, &path, None).await?;
         if answer.status.is_success() {
@@ -55,7 +55,9 @@ impl Inner {
             Err(status_error(seed, &answer))
         }
     }
+}
 
+impl Inner {
     pub(super) fn install(&self, topology: Arc<Topology>) {
         self.max_answer.store(
             topology.report.max_value_size.saturating_add(ANSWER_SLACK),
