@@ -117,6 +117,9 @@ pub struct RequestLabels {
     pub api: Api,
     /// Status code.
     pub status: u16,
+    /// What the cache did (`http::cache_status::outcome_label`: `hit`, the `fwd`
+    /// reason, or `none`).
+    pub cache: &'static str,
 }
 
 label_enum! {
@@ -594,11 +597,18 @@ impl Metrics {
     }
 
     /// Records a finished request.
-    pub fn observe(&self, api: Api, started: std::time::Instant, status: http::StatusCode) {
+    pub fn observe(
+        &self,
+        api: Api,
+        started: std::time::Instant,
+        status: http::StatusCode,
+        cache: &'static str,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 api,
                 status: status.as_u16(),
+                cache,
             })
             .inc();
         self.request_seconds

@@ -10,8 +10,7 @@ use http::{Method, StatusCode};
 
 #[tokio::test]
 async fn put_get_head_conditional_and_replace() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let (_tmp, data) = data_dir();
         let node = TestNode::start(&data, &[]).with_proto(proto);
 
@@ -83,13 +82,13 @@ async fn put_get_head_conditional_and_replace() {
             r.header("cache-status").as_deref(),
             Some("fanz; fwd=uri-miss")
         );
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn tag_dependency_and_transitive_purges() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let (_tmp, data) = data_dir();
         let node = TestNode::start(&data, &[]).with_proto(proto);
         // C is tagged; B depends on C; A depends on B; D depends on the tag directly.
@@ -119,13 +118,13 @@ async fn tag_dependency_and_transitive_purges() {
             StatusCode::OK,
             "a different tag's entry was purged"
         );
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn overwrite_and_delete_invalidate_dependents() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let (_tmp, data) = data_dir();
         let node = TestNode::start(&data, &[]).with_proto(proto);
         put(&node, "profile", "v1", &[]).await;
@@ -161,13 +160,13 @@ async fn overwrite_and_delete_invalidate_dependents() {
             StatusCode::NOT_FOUND,
             "dependent survived a delete"
         );
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn purge_by_prefix_key_and_the_purge_method() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let (_tmp, data) = data_dir();
         let node = TestNode::start(&data, &[]).with_proto(proto);
         for key in ["user:1", "user:2", "userx", "team:1"] {
@@ -205,13 +204,13 @@ async fn purge_by_prefix_key_and_the_purge_method() {
         .await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(get(&node, "t2").await.status, StatusCode::NOT_FOUND);
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn soft_purge_serves_stale_only_inside_its_window() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let (_tmp, data) = data_dir();
         let node = TestNode::start(&data, &[]).with_proto(proto);
         put(
@@ -246,7 +245,8 @@ async fn soft_purge_serves_stale_only_inside_its_window() {
             r.header("cache-status").as_deref(),
             Some("fanz; fwd=miss; detail=invalidated")
         );
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

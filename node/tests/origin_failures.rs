@@ -76,7 +76,7 @@ fn site(req: &Seen, n: usize) -> http::Response<http_body_util::Full<bytes::Byte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_origins_500s_on_one_url_do_not_change_the_answers_for_others() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -133,7 +133,8 @@ async fn an_origins_500s_on_one_url_do_not_change_the_answers_for_others() {
             Some(0.0),
             "{proto:?}"
         );
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -177,8 +177,7 @@ fn site(
 // RFC 9111 §3: storing responses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_storable_responses_are_stored_and_others_are_not() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -215,7 +214,8 @@ async fn s3_storable_responses_are_stored_and_others_are_not() {
         // Requests with Authorization are not answered from the cache.
         let r = fetch(&node, "/fresh", &[("authorization", "Basic eDp5")]).await;
         assert!(status_of(&r).contains("fwd=bypass"), "{}", status_of(&r));
-    }
+    })
+    .await;
 }
 
 // RFC 9111 §4.2: freshness and age; RFC 9213 targeted fields.
@@ -255,8 +255,7 @@ async fn s4_2_freshness_age_and_cdn_cache_control() {
 // RFC 9111 §4.1: Vary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_1_vary_selects_variants() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -298,14 +297,14 @@ async fn s4_1_vary_selects_variants() {
                 .text(),
             "en #4"
         );
-    }
+    })
+    .await;
 }
 
 // RFC 9111 §4.3: validation, with the origin and with clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_3_validation() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -335,14 +334,14 @@ async fn s4_3_validation() {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.header("content-length").as_deref(), Some("8"));
         assert!(status_of(&r).starts_with("fanz; hit"));
-    }
+    })
+    .await;
 }
 
 // RFC 9111 §4.4: invalidation by unsafe methods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_4_unsafe_methods_invalidate_the_uri_and_location() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -358,14 +357,14 @@ async fn s4_4_unsafe_methods_invalidate_the_uri_and_location() {
         assert_eq!(fetch(&node, "/items/1", &[]).await.text(), "/items/1 #2");
         // RFC 9875: Cache-Group-Invalidation on the POST's response purged the group.
         assert_eq!(fetch(&node, "/grouped", &[]).await.text(), "grouped #2");
-    }
+    })
+    .await;
 }
 
 // RFC 9110 §14: ranges answered from a cached complete object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ranges_are_answered_from_the_cached_object() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -381,14 +380,14 @@ async fn ranges_are_answered_from_the_cached_object() {
         assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(r.header("content-range").as_deref(), Some("bytes */8"));
         assert_eq!(origin.count("/fresh"), 1);
-    }
+    })
+    .await;
 }
 
 // RFC 5861.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -410,7 +409,8 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         assert_eq!(origin.count("/swr"), 2, "background refresh");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fetch(&node, "/swr", &[]).await.text(), "swr #2");
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -496,8 +496,7 @@ async fn uncacheable_answers_release_the_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purge_by_surrogate_key_url_and_purge_method() {
-    for proto in PROTOCOLS {
-        eprintln!("protocol: {proto:?}");
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &[]);
         let node = node.with_proto(proto);
@@ -537,7 +536,8 @@ async fn purge_by_surrogate_key_url_and_purge_method() {
             request(&node, purge, "/fresh", &[], "").await.status,
             StatusCode::UNAUTHORIZED
         );
-    }
+    })
+    .await;
 }
 
 /// An origin that answers every request with the same raw bytes and closes: for
@@ -883,7 +883,7 @@ async fn http2_to_a_cleartext_origin_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_json_access_log_has_a_line_per_request() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(site()).await;
         let (_tmp, node) = node_for(&origin, &["--access-log", "json"]);
         let node = node.with_proto(proto);
@@ -914,7 +914,25 @@ async fn the_json_access_log_has_a_line_per_request() {
         assert!(lines[1]["request_id"]
             .as_str()
             .is_some_and(|id| !id.is_empty()));
-    }
+        // What the cache did, as a label: the same word in the log and the metrics.
+        assert_eq!(lines[0]["cache"], "uri-miss", "{proto:?}");
+        assert_eq!(lines[1]["cache"], "hit", "{proto:?}");
+        let metrics = send(
+            Method::GET,
+            &node.admin_url("/metrics"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await
+        .text();
+        for cache in ["uri-miss", "hit"] {
+            let sample = format!(
+                "fanz_http_requests_total{{api=\"main\",status=\"200\",cache=\"{cache}\"}} 1"
+            );
+            assert!(metrics.contains(&sample), "{proto:?}: no {sample}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -87,7 +87,7 @@ fn by_path(req: &Seen, n: usize) -> http::Response<http_body_util::Full<bytes::B
 // whatever its freshness lifetime says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_2_2_4_no_cache_is_revalidated_before_every_reuse() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -111,13 +111,14 @@ async fn s5_2_2_4_no_cache_is_revalidated_before_every_reuse() {
             "\"v1\"",
             "{proto:?}: revalidated with the stored validator"
         );
-    }
+    })
+    .await;
 }
 
 // §4.2.3: the Age received counts; the Age sent is the current age, on a fill too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_2_3_the_received_age_counts_and_fills_send_it() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -131,7 +132,8 @@ async fn s4_2_3_the_received_age_counts_and_fills_send_it() {
         let hit = request(&node, Method::GET, "/200/max-age=3600?age=40", &[], "").await;
         let age: u64 = hit.header("age").unwrap_or_default().parse().unwrap_or(0);
         assert!((40..45).contains(&age), "{proto:?}: a hit sent Age {age}");
-    }
+    })
+    .await;
 }
 
 // §5.1 and §1.2.2: an invalid Age is ignored; one too large to represent is 2^31.
@@ -161,7 +163,7 @@ async fn s5_1_invalid_age_values() {
 // only for the heuristically cacheable ones (RFC 9110 §15.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_final_statuses_with_explicit_freshness_are_stored() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -184,7 +186,8 @@ async fn s3_final_statuses_with_explicit_freshness_are_stored() {
             reused(&node, &origin, &format!("/404/{lm}")).await,
             "{proto:?}: 404 is heuristically cacheable"
         );
-    }
+    })
+    .await;
 }
 
 /// `t` as an RFC 9110 §5.6.7 date in each of its three forms.
@@ -212,7 +215,7 @@ fn date_forms(t: SystemTime) -> [String; 3] {
 // §5.3: Expires in all three date forms; an invalid date means already expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_3_expires_in_every_date_form_and_invalid_means_expired() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -234,7 +237,8 @@ async fn s5_3_expires_in_every_date_form_and_invalid_means_expired() {
                 "{proto:?}: Expires {bad:?} served fresh"
             );
         }
-    }
+    })
+    .await;
 }
 
 // §4.3.2 and §4.3.1: a client's own conditional reaches the origin on a miss (the
@@ -242,7 +246,7 @@ async fn s5_3_expires_in_every_date_form_and_invalid_means_expired() {
 // client, and a 200 (the condition was false) is stored as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_3_a_clients_conditional_reaches_the_origin_on_a_miss() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -281,13 +285,14 @@ async fn s4_3_a_clients_conditional_reaches_the_origin_on_a_miss() {
         let r = request(&node, Method::GET, path, &[("if-none-match", "\"v1\"")], "").await;
         assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{proto:?}");
         assert_eq!(origin.count(path), seen, "{proto:?}");
-    }
+    })
+    .await;
 }
 
 // §4.3.5 / RFC 9110 §9.3.2: a HEAD the cache cannot answer goes to the origin as HEAD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_head_miss_reaches_the_origin_as_head() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -306,14 +311,15 @@ async fn a_head_miss_reaches_the_origin_as_head() {
             seen,
             "{proto:?}: HEAD after GET is a hit"
         );
-    }
+    })
+    .await;
 }
 
 // §5.2.2.4 and §5.2.2.7: the fields named by `no-cache="..."` and `private="..."` are
 // not stored, so no later response carries them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_2_2_qualified_no_cache_and_private_drop_their_fields() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -333,14 +339,15 @@ async fn s5_2_2_qualified_no_cache_and_private_drop_their_fields() {
                 "{proto:?} {directive}"
             );
         }
-    }
+    })
+    .await;
 }
 
 // §5.2.2.3: must-understand lets a cache that understands the status ignore no-store;
 // with a status it does not understand, nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_2_2_3_must_understand() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -359,14 +366,15 @@ async fn s5_2_2_3_must_understand() {
             !reused(&node, &origin, plain).await,
             "{proto:?}: no-store stored"
         );
-    }
+    })
+    .await;
 }
 
 // §4.2.1, §5.2: directive names are case-insensitive; an invalid max-age is no
 // lifetime; of duplicates the first counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_2_cache_control_parsing() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -391,14 +399,15 @@ async fn s5_2_cache_control_parsing() {
                 "{proto:?}: {invalid}"
             );
         }
-    }
+    })
+    .await;
 }
 
 // §3.2 and §4.3.4: a 304 updates the stored fields, except those never stored
 // (hop-by-hop ones among them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s4_3_4_a_304_updates_stored_fields_but_not_hop_by_hop_ones() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -422,7 +431,8 @@ async fn s4_3_4_a_304_updates_stored_fields_but_not_hop_by_hop_ones() {
                 "{proto:?} {round}: hop-by-hop stored"
             );
         }
-    }
+    })
+    .await;
 }
 
 /// A GET of `path` with the request directives `cc`.
@@ -435,7 +445,7 @@ async fn get_with(node: &TestNode, path: &str, cc: &str) -> Reply {
 // is a 504, a hit is served).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_2_1_request_directives() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -471,7 +481,8 @@ async fn s5_2_1_request_directives() {
             StatusCode::OK,
             "{proto:?}: a hit with only-if-cached"
         );
-    }
+    })
+    .await;
 }
 
 // §3.5: a response to a request with Authorization is not shared, unless its
@@ -479,7 +490,7 @@ async fn s5_2_1_request_directives() {
 // then it answers later requests, with Authorization too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_5_authorization() {
-    for proto in PROTOCOLS {
+    for_each_protocol(async |proto| {
         let origin = TestOrigin::start(by_path).await;
         let (_tmp, node) = node_for(&origin);
         let node = node.with_proto(proto);
@@ -495,5 +506,6 @@ async fn s3_5_authorization() {
             let expected = if shared { 1 } else { 2 };
             assert_eq!(origin.count(&path), expected, "{proto:?}: {cc}");
         }
-    }
+    })
+    .await;
 }

@@ -7,9 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// `cache-status`.
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 use http::{Request, Response};
 
 use super::trace::{self, RequestTrace};
+use crate::http::cache_status::outcome_label;
 use crate::http::Body;
 use crate::metrics::{Api, Metrics};
 
@@ -60,14 +64,16 @@ impl RequestScope {
     /// The response exists: tag it, count it, log it.
     pub fn finish(self, response: &mut Response<Body>) {
         trace::finish(response, &self.trace);
+        let cache = outcome_label(response.headers().get(CACHE_STATUS));
         self.metrics
-            .observe(self.api, self.started, response.status());
+            .observe(self.api, self.started, response.status(), cache);
         if let Some(request_line) = &self.request_line {
             log_access(
                 self.api,
                 self.peer,
                 request_line,
                 response,
+                cache,
                 self.started,
                 &self.trace,
             );
@@ -81,6 +87,7 @@ fn log_access(
     peer: SocketAddr,
     (method, uri, version): &(http::Method, http::Uri, http::Version),
     response: &Response<Body>,
+    cache: &'static str,
     started: Instant,
     trace: &RequestTrace,
 ) {
@@ -103,6 +110,7 @@ fn log_access(
         "duration_us": started.elapsed().as_micros() as u64,
         "bytes": header("content-length").and_then(|v| v.parse::<u64>().ok()),
         "cache_status": header("cache-status"),
+        "cache": cache,
         "request_id": trace.request_id.to_str().unwrap_or_default(),
         "trace_id": format!("{:032x}", trace.context.trace_id),
     });

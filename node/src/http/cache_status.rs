@@ -39,6 +39,36 @@ impl Fwd {
     }
 }
 
+/// What a response's `Cache-Status` value (as [`CacheStatus::header_value`] writes
+/// it) says the cache did, as a metric label and access-log field: `hit`, the
+/// `fwd` reason (`uri-miss`, `vary-miss`, `stale`, `method`, `bypass`, `miss`), or
+/// `none` for a response that carries none (admin answers, KV writes). Reads only
+/// the first parameter, which `write_to` always puts first.
+pub fn outcome_label(value: Option<&HeaderValue>) -> &'static str {
+    let Some(rest) = value.and_then(|v| v.as_bytes().strip_prefix(b"fanz; ")) else {
+        return "none";
+    };
+    if rest.starts_with(b"hit") {
+        return "hit";
+    }
+    let Some(token) = rest.strip_prefix(b"fwd=") else {
+        return "none";
+    };
+    let token = token.split(|b| *b == b';').next().unwrap_or_default();
+    [
+        Fwd::UriMiss,
+        Fwd::VaryMiss,
+        Fwd::Stale,
+        Fwd::Method,
+        Fwd::Bypass,
+        Fwd::Miss,
+    ]
+    .into_iter()
+    .map(Fwd::as_str)
+    .find(|name| name.as_bytes() == token)
+    .unwrap_or("none")
+}
+
 /// The `ttl` parameter: freshness left, or how long it has been stale (written
 /// with a minus sign, `-0` included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +247,32 @@ impl fmt::Display for CacheStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outcome_label_is_read_back_from_the_header() {
+        let label = |status: CacheStatus| outcome_label(Some(&status.header_value()));
+        assert_eq!(label(CacheStatus::hit(42)), "hit");
+        assert_eq!(
+            label(CacheStatus::hit(-3).detail("stale-while-revalidate")),
+            "hit"
+        );
+        for fwd in [
+            Fwd::UriMiss,
+            Fwd::VaryMiss,
+            Fwd::Stale,
+            Fwd::Method,
+            Fwd::Bypass,
+            Fwd::Miss,
+        ] {
+            let status = CacheStatus::forward(fwd).fwd_status(200).via(Some("n1"));
+            assert_eq!(label(status), fwd.as_str());
+        }
+        assert_eq!(outcome_label(None), "none");
+        assert_eq!(
+            outcome_label(Some(&HeaderValue::from_static("other; hit"))),
+            "none"
+        );
+    }
 
     #[test]
     fn parameters_come_in_one_order() {

@@ -47,6 +47,15 @@ pub enum Proto {
 /// Every protocol the main port speaks.
 pub const PROTOCOLS: [Proto; 3] = [Proto::H1, Proto::H2, Proto::H3];
 
+/// Runs `test` once per protocol in [`PROTOCOLS`], naming each on stderr first (a
+/// failure's output then says which protocol it was).
+pub async fn for_each_protocol(test: impl AsyncFn(Proto)) {
+    for proto in PROTOCOLS {
+        eprintln!("protocol: {proto:?}");
+        test(proto).await;
+    }
+}
+
 /// A running `fanz-node` process. Killed when dropped.
 pub struct TestNode {
     /// The protocol [`request`] (and `put`, `get`) use.
