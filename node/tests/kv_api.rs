@@ -10,12 +10,9 @@ use http::{Method, StatusCode};
 
 #[tokio::test]
 async fn put_get_head_conditional_and_replace() {
-    for_each_protocol(async |proto| {
-        let (_tmp, data) = data_dir();
-        let node = TestNode::start(&data, &[]).with_proto(proto);
-
+    on_a_fresh_node_per_protocol(&[], async |node| {
         let r = put(
-            &node,
+            node,
             "user:1",
             "{\"name\":\"ada\"}",
             &[
@@ -27,7 +24,7 @@ async fn put_get_head_conditional_and_replace() {
         assert_eq!(r.status, StatusCode::CREATED);
         let etag = r.header("etag").expect("ETag on PUT");
 
-        let r = get(&node, "user:1").await;
+        let r = get(node, "user:1").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.text(), "{\"name\":\"ada\"}");
         assert_eq!(
@@ -39,13 +36,13 @@ async fn put_get_head_conditional_and_replace() {
         let status = r.header("cache-status").unwrap();
         assert!(status.starts_with("fanz; hit; ttl=29"), "{status}");
 
-        let r = request(&node, Method::HEAD, "/kv/user:1", &[], "").await;
+        let r = request(node, Method::HEAD, "/kv/user:1", &[], "").await;
         assert_eq!(r.status, StatusCode::OK);
         assert!(r.body.is_empty());
         assert_eq!(r.header("content-length").as_deref(), Some("14"));
 
         let r = request(
-            &node,
+            node,
             Method::GET,
             "/kv/user:1",
             &[("if-none-match", &etag)],
@@ -55,12 +52,12 @@ async fn put_get_head_conditional_and_replace() {
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
         assert!(r.body.is_empty());
 
-        let r = put(&node, "user:1", "v2", &[]).await;
+        let r = put(node, "user:1", "v2", &[]).await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "replacing answers 204");
         let new_etag = r.header("etag").unwrap();
         assert_ne!(new_etag, etag);
         let r = request(
-            &node,
+            node,
             Method::GET,
             "/kv/user:1",
             &[("if-none-match", &etag)],
@@ -72,11 +69,11 @@ async fn put_get_head_conditional_and_replace() {
 
         // Keys are percent-decoded; a missing key is a 404 with Cache-Status.
         assert_eq!(
-            put(&node, "a%2Fb", "slash", &[]).await.status,
+            put(node, "a%2Fb", "slash", &[]).await.status,
             StatusCode::CREATED
         );
-        assert_eq!(get(&node, "a/b").await.text(), "slash");
-        let r = get(&node, "nope").await;
+        assert_eq!(get(node, "a/b").await.text(), "slash");
+        let r = get(node, "nope").await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(
             r.header("cache-status").as_deref(),
@@ -88,17 +85,15 @@ async fn put_get_head_conditional_and_replace() {
 
 #[tokio::test]
 async fn tag_dependency_and_transitive_purges() {
-    for_each_protocol(async |proto| {
-        let (_tmp, data) = data_dir();
-        let node = TestNode::start(&data, &[]).with_proto(proto);
+    on_a_fresh_node_per_protocol(&[], async |node| {
         // C is tagged; B depends on C; A depends on B; D depends on the tag directly.
-        put(&node, "c", "c", &[("surrogate-key", "team-a shared")]).await;
-        put(&node, "b", "b", &[("fanz-depends-on", "c")]).await;
-        put(&node, "a", "a", &[("fanz-depends-on", "b")]).await;
-        put(&node, "d", "d", &[("fanz-depends-on", "tag:team-a")]).await;
-        put(&node, "other", "o", &[("surrogate-key", "shared")]).await;
+        put(node, "c", "c", &[("surrogate-key", "team-a shared")]).await;
+        put(node, "b", "b", &[("fanz-depends-on", "c")]).await;
+        put(node, "a", "a", &[("fanz-depends-on", "b")]).await;
+        put(node, "d", "d", &[("fanz-depends-on", "tag:team-a")]).await;
+        put(node, "other", "o", &[("surrogate-key", "shared")]).await;
 
-        let r = admin_purge(&node, r#"{"tags":["team-a"]}"#).await;
+        let r = admin_purge(node, r#"{"tags":["team-a"]}"#).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let report = r.json();
         assert_eq!(report["durable"], true);
@@ -108,13 +103,13 @@ async fn tag_dependency_and_transitive_purges() {
         );
         for key in ["a", "b", "c", "d"] {
             assert_eq!(
-                get(&node, key).await.status,
+                get(node, key).await.status,
                 StatusCode::NOT_FOUND,
                 "{key} survived the purge"
             );
         }
         assert_eq!(
-            get(&node, "other").await.status,
+            get(node, "other").await.status,
             StatusCode::OK,
             "a different tag's entry was purged"
         );
@@ -124,39 +119,37 @@ async fn tag_dependency_and_transitive_purges() {
 
 #[tokio::test]
 async fn overwrite_and_delete_invalidate_dependents() {
-    for_each_protocol(async |proto| {
-        let (_tmp, data) = data_dir();
-        let node = TestNode::start(&data, &[]).with_proto(proto);
-        put(&node, "profile", "v1", &[]).await;
+    on_a_fresh_node_per_protocol(&[], async |node| {
+        put(node, "profile", "v1", &[]).await;
         put(
-            &node,
+            node,
             "page",
             "rendered from v1",
             &[("fanz-depends-on", "profile")],
         )
         .await;
 
-        let r = put(&node, "profile", "v2", &[]).await;
+        let r = put(node, "profile", "v2", &[]).await;
         assert_eq!(r.header("fanz-invalidated").as_deref(), Some("1"));
         assert_eq!(
-            get(&node, "page").await.status,
+            get(node, "page").await.status,
             StatusCode::NOT_FOUND,
             "dependent survived an overwrite"
         );
-        assert_eq!(get(&node, "profile").await.text(), "v2");
+        assert_eq!(get(node, "profile").await.text(), "v2");
 
         put(
-            &node,
+            node,
             "page",
             "rendered from v2",
             &[("fanz-depends-on", "profile")],
         )
         .await;
-        let r = request(&node, Method::DELETE, "/kv/profile", &[], "").await;
+        let r = request(node, Method::DELETE, "/kv/profile", &[], "").await;
         assert_eq!(r.status, StatusCode::NO_CONTENT);
-        assert_eq!(get(&node, "profile").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(node, "profile").await.status, StatusCode::NOT_FOUND);
         assert_eq!(
-            get(&node, "page").await.status,
+            get(node, "page").await.status,
             StatusCode::NOT_FOUND,
             "dependent survived a delete"
         );
@@ -166,25 +159,23 @@ async fn overwrite_and_delete_invalidate_dependents() {
 
 #[tokio::test]
 async fn purge_by_prefix_key_and_the_purge_method() {
-    for_each_protocol(async |proto| {
-        let (_tmp, data) = data_dir();
-        let node = TestNode::start(&data, &[]).with_proto(proto);
+    on_a_fresh_node_per_protocol(&[], async |node| {
         for key in ["user:1", "user:2", "userx", "team:1"] {
-            put(&node, key, key, &[("surrogate-key", "all")]).await;
+            put(node, key, key, &[("surrogate-key", "all")]).await;
         }
-        let r = admin_purge(&node, r#"{"prefixes":["user:"],"keys":["team:1"]}"#).await;
+        let r = admin_purge(node, r#"{"prefixes":["user:"],"keys":["team:1"]}"#).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert_eq!(get(&node, "user:1").await.status, StatusCode::NOT_FOUND);
-        assert_eq!(get(&node, "user:2").await.status, StatusCode::NOT_FOUND);
-        assert_eq!(get(&node, "team:1").await.status, StatusCode::NOT_FOUND);
-        assert_eq!(get(&node, "userx").await.status, StatusCode::OK);
+        assert_eq!(get(node, "user:1").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(node, "user:2").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(node, "team:1").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(node, "userx").await.status, StatusCode::OK);
 
         // PURGE with Surrogate-Key purges tags; PURGE on a key purges the key.
         let bearer = format!("Bearer {TOKEN}");
-        put(&node, "t1", "x", &[("surrogate-key", "red")]).await;
-        put(&node, "t2", "x", &[("surrogate-key", "blue")]).await;
+        put(node, "t1", "x", &[("surrogate-key", "red")]).await;
+        put(node, "t2", "x", &[("surrogate-key", "blue")]).await;
         let r = request(
-            &node,
+            node,
             Method::from_bytes(b"PURGE").unwrap(),
             "/",
             &[("authorization", &bearer), ("surrogate-key", "red")],
@@ -192,10 +183,10 @@ async fn purge_by_prefix_key_and_the_purge_method() {
         )
         .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert_eq!(get(&node, "t1").await.status, StatusCode::NOT_FOUND);
-        assert_eq!(get(&node, "t2").await.status, StatusCode::OK);
+        assert_eq!(get(node, "t1").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(node, "t2").await.status, StatusCode::OK);
         let r = request(
-            &node,
+            node,
             Method::from_bytes(b"PURGE").unwrap(),
             "/kv/t2",
             &[("authorization", &bearer)],
@@ -203,18 +194,16 @@ async fn purge_by_prefix_key_and_the_purge_method() {
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(get(&node, "t2").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(node, "t2").await.status, StatusCode::NOT_FOUND);
     })
     .await;
 }
 
 #[tokio::test]
 async fn soft_purge_serves_stale_only_inside_its_window() {
-    for_each_protocol(async |proto| {
-        let (_tmp, data) = data_dir();
-        let node = TestNode::start(&data, &[]).with_proto(proto);
+    on_a_fresh_node_per_protocol(&[], async |node| {
         put(
-            &node,
+            node,
             "with-swr",
             "x",
             &[
@@ -224,22 +213,22 @@ async fn soft_purge_serves_stale_only_inside_its_window() {
         )
         .await;
         put(
-            &node,
+            node,
             "without-swr",
             "y",
             &[("cache-control", "max-age=600"), ("surrogate-key", "s")],
         )
         .await;
-        let r = admin_purge(&node, r#"{"tags":["s"],"soft":true}"#).await;
+        let r = admin_purge(node, r#"{"tags":["s"],"soft":true}"#).await;
         assert_eq!(r.status, StatusCode::OK);
-        let r = get(&node, "with-swr").await;
+        let r = get(node, "with-swr").await;
         assert_eq!(r.status, StatusCode::OK);
         let status = r.header("cache-status").unwrap();
         assert!(
             status.contains("detail=stale") && status.contains("ttl=-"),
             "{status}"
         );
-        let r = get(&node, "without-swr").await;
+        let r = get(node, "without-swr").await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(
             r.header("cache-status").as_deref(),

@@ -35,7 +35,7 @@ use crate::sync_gate::SyncGate;
 use fanz_protocol::log::Record;
 use gossip::{Gossip, GossipConfig};
 use membership::{Member, NodeIdentity, View};
-use replication::Replicator;
+use replication::{Replicator, ReplicatorBase};
 use routing::Routing;
 use transport::{PeerService, PeerTransport};
 
@@ -118,13 +118,15 @@ impl Cluster {
             transport.clone(),
             parts.fetch_timeout,
         ));
-        let replicator = Replicator::alone(
-            node_id.clone(),
-            parts.cache,
-            view.clone(),
-            parts.gate,
+        let replicator = Replicator::alone(ReplicatorBase {
+            node_id: node_id.clone(),
+            generation: 0,
+            cache: parts.cache,
+            transport: transport.clone(),
+            view: view.clone(),
+            gate: parts.gate,
             metrics,
-        );
+        });
         Self {
             node_id,
             transport,
@@ -198,13 +200,15 @@ impl Cluster {
         ));
         parts.gate.start_ticker();
         let replicator = Replicator::new(
-            node_id.clone(),
-            generation,
-            parts.cache,
-            transport.clone(),
-            gossip.view(),
-            parts.gate,
-            metrics,
+            ReplicatorBase {
+                node_id: node_id.clone(),
+                generation,
+                cache: parts.cache,
+                transport: transport.clone(),
+                view: gossip.view(),
+                gate: parts.gate,
+                metrics,
+            },
             settings.purge_ack_timeout,
             settings.gossip_suspicion,
             parts.data_dir,

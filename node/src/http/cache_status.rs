@@ -26,6 +26,16 @@ pub enum Fwd {
 }
 
 impl Fwd {
+    /// Every reason, in the order of the list above.
+    pub const ALL: [Fwd; 6] = [
+        Fwd::UriMiss,
+        Fwd::VaryMiss,
+        Fwd::Stale,
+        Fwd::Method,
+        Fwd::Bypass,
+        Fwd::Miss,
+    ];
+
     /// The RFC 9211 token.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,18 +65,11 @@ pub fn outcome_label(value: Option<&HeaderValue>) -> &'static str {
         return "none";
     };
     let token = token.split(|b| *b == b';').next().unwrap_or_default();
-    [
-        Fwd::UriMiss,
-        Fwd::VaryMiss,
-        Fwd::Stale,
-        Fwd::Method,
-        Fwd::Bypass,
-        Fwd::Miss,
-    ]
-    .into_iter()
-    .map(Fwd::as_str)
-    .find(|name| name.as_bytes() == token)
-    .unwrap_or("none")
+    Fwd::ALL
+        .into_iter()
+        .map(Fwd::as_str)
+        .find(|name| name.as_bytes() == token)
+        .unwrap_or("none")
 }
 
 /// The `ttl` parameter: freshness left, or how long it has been stale (written
@@ -256,14 +259,7 @@ mod tests {
             label(CacheStatus::hit(-3).detail("stale-while-revalidate")),
             "hit"
         );
-        for fwd in [
-            Fwd::UriMiss,
-            Fwd::VaryMiss,
-            Fwd::Stale,
-            Fwd::Method,
-            Fwd::Bypass,
-            Fwd::Miss,
-        ] {
+        for fwd in Fwd::ALL {
             let status = CacheStatus::forward(fwd).fwd_status(200).via(Some("n1"));
             assert_eq!(label(status), fwd.as_str());
         }

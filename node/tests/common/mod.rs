@@ -56,6 +56,17 @@ pub async fn for_each_protocol(test: impl AsyncFn(Proto)) {
     }
 }
 
+/// Runs `test` once per protocol, each time on a fresh node started with `extra`
+/// (as [`TestNode::start`]) and spoken to in that protocol.
+pub async fn on_a_fresh_node_per_protocol(extra: &[&str], test: impl AsyncFn(&TestNode)) {
+    for_each_protocol(async |proto| {
+        let (_tmp, data) = data_dir();
+        let node = TestNode::start(&data, extra).with_proto(proto);
+        test(&node).await;
+    })
+    .await;
+}
+
 /// A running `fanz-node` process. Killed when dropped.
 pub struct TestNode {
     /// The protocol [`request`] (and `put`, `get`) use.

@@ -158,6 +158,25 @@ struct Progress {
     is_purge: bool,
 }
 
+/// What every replicator is built on, joined or alone.
+#[derive(Debug)]
+pub struct ReplicatorBase {
+    /// This node's id.
+    pub node_id: String,
+    /// This run of it (records are named `node_id@generation`).
+    pub generation: u64,
+    /// The node's cache.
+    pub cache: Arc<Cache>,
+    /// The peer transport (none for a cluster of one).
+    pub transport: Arc<PeerTransport>,
+    /// The membership, as it changes.
+    pub view: watch::Receiver<Arc<View>>,
+    /// The sync state this replicator's rounds renew.
+    pub gate: Arc<SyncGate>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Replicates this node's invalidations and applies everyone else's.
 #[derive(Debug)]
 pub struct Replicator {
@@ -199,23 +218,15 @@ pub struct Replicator {
 pub const PURGE_APPLY_DELAY_ENV: &str = "FANZ_TEST_PURGE_APPLY_DELAY_MS";
 
 impl Replicator {
-    /// A replicator for node `node_id` of `generation`, keeping its applied set in
-    /// `data_dir`.
-    #[allow(clippy::too_many_arguments)]
+    /// A replicator on `base`, keeping its applied set in `data_dir`.
     pub fn new(
-        node_id: String,
-        generation: u64,
-        cache: Arc<Cache>,
-        transport: Arc<PeerTransport>,
-        view: watch::Receiver<Arc<View>>,
-        gate: Arc<SyncGate>,
-        metrics: Arc<Metrics>,
+        base: ReplicatorBase,
         ack_timeout: Duration,
         suspicion: Duration,
         data_dir: PathBuf,
         piggyback: Broadcaster,
     ) -> Arc<Self> {
-        let fence_after_down = (gate.lease() + FENCE_MARGIN).saturating_sub(suspicion);
+        let fence_after_down = (base.gate.lease() + FENCE_MARGIN).saturating_sub(suspicion);
         let applied_file = data_dir.join(APPLIED_FILE);
         let mut kept = Kept::default();
         if let Ok(text) = std::fs::read_to_string(&applied_file) {
@@ -242,7 +253,7 @@ impl Replicator {
         Arc::new_cyclic(|this: &std::sync::Weak<Self>| {
             let this = this.clone();
             let source = move || this.upgrade().map_or_else(Vec::new, |r| r.kept_records());
-            kept.resume(cache.invalidator().take_kept_records(Box::new(source)));
+            kept.resume(base.cache.invalidator().take_kept_records(Box::new(source)));
             Self {
                 resumed,
                 kept: Mutex::new(kept),
@@ -251,7 +262,7 @@ impl Replicator {
                 piggyback,
                 fence_after_down,
                 purge_apply_delay,
-                ..Self::with(node_id, generation, cache, transport, view, gate, metrics)
+                ..Self::with(base)
             }
         })
     }
@@ -259,30 +270,24 @@ impl Replicator {
     /// The replicator of a cluster of one (no `cluster_dir`): a purge or overwrite
     /// is applied here and has no one to go to, now or later, so no record is made
     /// and no report kept.
-    pub fn alone(
-        node_id: String,
-        cache: Arc<Cache>,
-        view: watch::Receiver<Arc<View>>,
-        gate: Arc<SyncGate>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
-        let transport = Arc::new(PeerTransport::none(node_id.clone(), metrics.clone()));
+    pub fn alone(base: ReplicatorBase) -> Arc<Self> {
         Arc::new(Self {
             alone: true,
-            ..Self::with(node_id, 0, cache, transport, view, gate, metrics)
+            ..Self::with(base)
         })
     }
 
-    /// The parts every replicator has; the rest as a fresh node without peers.
-    fn with(
-        node_id: String,
-        generation: u64,
-        cache: Arc<Cache>,
-        transport: Arc<PeerTransport>,
-        view: watch::Receiver<Arc<View>>,
-        gate: Arc<SyncGate>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A replicator on `base`, the rest as a fresh node without peers.
+    fn with(base: ReplicatorBase) -> Self {
+        let ReplicatorBase {
+            node_id,
+            generation,
+            cache,
+            transport,
+            view,
+            gate,
+            metrics,
+        } = base;
         Self {
             alone: false,
             resumed: false,
