@@ -7,6 +7,8 @@
 use std::fmt::Write as _;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+use crate::http::cache_status::Outcome;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -117,9 +119,14 @@ pub struct RequestLabels {
     pub api: Api,
     /// Status code.
     pub status: u16,
-    /// What the cache did (`http::cache_status::outcome_label`: `hit`, the `fwd`
-    /// reason, or `none`).
-    pub cache: &'static str,
+    /// What the cache did (`hit`, the `fwd` reason, or `none`).
+    pub cache: Outcome,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 label_enum! {
@@ -602,7 +609,7 @@ impl Metrics {
         api: Api,
         started: std::time::Instant,
         status: http::StatusCode,
-        cache: &'static str,
+        cache: Outcome,
     ) {
         self.requests
             .get_or_create(&RequestLabels {

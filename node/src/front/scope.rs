@@ -13,7 +13,7 @@ const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-stat
 use http::{Request, Response};
 
 use super::trace::{self, RequestTrace};
-use crate::http::cache_status::outcome_label;
+use crate::http::cache_status::Outcome;
 use crate::http::Body;
 use crate::metrics::{Api, Metrics};
 
@@ -64,7 +64,7 @@ impl RequestScope {
     /// The response exists: tag it, count it, log it.
     pub fn finish(self, response: &mut Response<Body>) {
         trace::finish(response, &self.trace);
-        let cache = outcome_label(response.headers().get(CACHE_STATUS));
+        let cache = Outcome::of(response.headers().get(CACHE_STATUS));
         self.metrics
             .observe(self.api, self.started, response.status(), cache);
         if let Some(request_line) = &self.request_line {
@@ -87,7 +87,7 @@ fn log_access(
     peer: SocketAddr,
     (method, uri, version): &(http::Method, http::Uri, http::Version),
     response: &Response<Body>,
-    cache: &'static str,
+    cache: Outcome,
     started: Instant,
     trace: &RequestTrace,
 ) {
@@ -110,7 +110,7 @@ fn log_access(
         "duration_us": started.elapsed().as_micros() as u64,
         "bytes": header("content-length").and_then(|v| v.parse::<u64>().ok()),
         "cache_status": header("cache-status"),
-        "cache": cache,
+        "cache": cache.as_str(),
         "request_id": trace.request_id.to_str().unwrap_or_default(),
         "trace_id": format!("{:032x}", trace.context.trace_id),
     });

@@ -9,7 +9,7 @@ use std::fmt;
 use http::HeaderValue;
 
 /// Why a request went forward (RFC 9211 §2.2 `fwd`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fwd {
     /// Nothing was stored for the URL.
     UriMiss,
@@ -49,27 +49,47 @@ impl Fwd {
     }
 }
 
-/// What a response's `Cache-Status` value (as [`CacheStatus::header_value`] writes
-/// it) says the cache did, as a metric label and access-log field: `hit`, the
-/// `fwd` reason (`uri-miss`, `vary-miss`, `stale`, `method`, `bypass`, `miss`), or
-/// `none` for a response that carries none (admin answers, KV writes). Reads only
-/// the first parameter, which `write_to` always puts first.
-pub fn outcome_label(value: Option<&HeaderValue>) -> &'static str {
-    let Some(rest) = value.and_then(|v| v.as_bytes().strip_prefix(b"fanz; ")) else {
-        return "none";
-    };
-    if rest.starts_with(b"hit") {
-        return "hit";
+/// What the cache did for a request, as its `Cache-Status` says: a hit, a forward
+/// for a reason, or nothing said (admin answers, KV writes). The metric label and
+/// the access-log word ([`Outcome::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// `hit`.
+    Hit,
+    /// The `fwd` reason.
+    Forward(Fwd),
+    /// No `Cache-Status`.
+    None,
+}
+
+impl Outcome {
+    /// `hit`, the `fwd` token (`uri-miss`, `stale`...), or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Forward(fwd) => fwd.as_str(),
+            Outcome::None => "none",
+        }
     }
-    let Some(token) = rest.strip_prefix(b"fwd=") else {
-        return "none";
-    };
-    let token = token.split(|b| *b == b';').next().unwrap_or_default();
-    Fwd::ALL
-        .into_iter()
-        .map(Fwd::as_str)
-        .find(|name| name.as_bytes() == token)
-        .unwrap_or("none")
+
+    /// Reads back a `Cache-Status` value as [`CacheStatus::header_value`] writes
+    /// it: only its first parameter, which `write_to` always puts first.
+    pub fn of(value: Option<&HeaderValue>) -> Outcome {
+        let Some(rest) = value.and_then(|v| v.as_bytes().strip_prefix(b"fanz; ")) else {
+            return Outcome::None;
+        };
+        if rest.starts_with(b"hit") {
+            return Outcome::Hit;
+        }
+        let Some(token) = rest.strip_prefix(b"fwd=") else {
+            return Outcome::None;
+        };
+        let token = token.split(|b| *b == b';').next().unwrap_or_default();
+        Fwd::ALL
+            .into_iter()
+            .find(|fwd| fwd.as_str().as_bytes() == token)
+            .map_or(Outcome::None, Outcome::Forward)
+    }
 }
 
 /// The `ttl` parameter: freshness left, or how long it has been stale (written
@@ -253,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_outcome_label_is_read_back_from_the_header() {
-        let label = |status: CacheStatus| outcome_label(Some(&status.header_value()));
+        let label = |status: CacheStatus| Outcome::of(Some(&status.header_value())).as_str();
         assert_eq!(label(CacheStatus::hit(42)), "hit");
         assert_eq!(
             label(CacheStatus::hit(-3).detail("stale-while-revalidate")),
@@ -263,10 +283,10 @@ mod tests {
             let status = CacheStatus::forward(fwd).fwd_status(200).via(Some("n1"));
             assert_eq!(label(status), fwd.as_str());
         }
-        assert_eq!(outcome_label(None), "none");
+        assert_eq!(Outcome::of(None), Outcome::None);
         assert_eq!(
-            outcome_label(Some(&HeaderValue::from_static("other; hit"))),
-            "none"
+            Outcome::of(Some(&HeaderValue::from_static("other; hit"))),
+            Outcome::None
         );
     }
 
