@@ -98,6 +98,10 @@ pub struct SyncGate {
     /// owners' copies (see [`Self::settled`]).
     unsettled_since_ms: AtomicU64,
     synced: Notify,
+    /// Hits are checked (from [`Self::guard`] on: once a joined node has caught up
+    /// at start). Before, only peers' reads reach a starting node, and they are
+    /// answered unchecked, as before a lone node was a cluster of one.
+    guarding: AtomicBool,
     /// Woken to run an anti-entropy round at once.
     pub wake_sync: Notify,
     metrics: Arc<Metrics>,
@@ -121,6 +125,7 @@ impl SyncGate {
             left: AtomicBool::new(false),
             unsettled_since_ms: AtomicU64::new(0),
             synced: Notify::new(),
+            guarding: AtomicBool::new(false),
             wake_sync: Notify::new(),
             metrics,
         })
@@ -134,6 +139,12 @@ impl SyncGate {
             Duration::from_secs(3600),
             metrics,
         )
+    }
+
+    /// From now on every hit is checked: the node has caught up at start (a
+    /// cluster of one never needs to).
+    pub fn guard(&self) {
+        self.guarding.store(true, Ordering::Release);
     }
 
     /// The sync lease: how long a round that reached a majority keeps this node in
@@ -234,7 +245,8 @@ impl SyncGate {
     /// hit here is then as new as any other owner's copy. Otherwise the KV API reads
     /// the other owners too and serves the newest.
     pub fn settled(&self) -> bool {
-        self.unsettled_since_ms.load(Ordering::Acquire) == 0
+        !self.guarding.load(Ordering::Acquire)
+            || self.unsettled_since_ms.load(Ordering::Acquire) == 0
     }
 
     /// Since when this node has held its sync lease without a lapse, if it holds it
@@ -295,11 +307,11 @@ impl SyncGate {
     /// [`SyncGate::before_hit`] when it needs no wait and notices no stall (which it
     /// reports): `None` then, and the async call must decide.
     pub fn before_hit_now(&self) -> Option<HitPolicy> {
-        if self.left.load(Ordering::Acquire) {
-            return Some(HitPolicy::Revalidate);
-        }
         if self.alone_and_quiet() {
             return Some(HitPolicy::Serve);
+        }
+        if self.left.load(Ordering::Acquire) {
+            return Some(HitPolicy::Revalidate);
         }
         let stall_to_report =
             self.has_peers.load(Ordering::Acquire) && self.heartbeat_late(now_ms());
@@ -309,14 +321,16 @@ impl SyncGate {
         Some(self.policy_in_sync())
     }
 
-    /// No peer known and nothing pending (no stall, rejoin or post-stall window):
-    /// the hit is served without reading the clock. Always so in a cluster of one,
-    /// whose gate has no ticker.
+    /// Not guarding yet, or no peer known and nothing pending (not leaving, no
+    /// stall, rejoin or post-stall window): the hit is served without reading the clock. Always so
+    /// in a cluster of one, whose gate has no ticker.
     fn alone_and_quiet(&self) -> bool {
-        !self.has_peers.load(Ordering::Acquire)
-            && !self.stalled.load(Ordering::Acquire)
-            && self.revalidate_until_ms.load(Ordering::Acquire) == 0
-            && self.rejoin_round_after_ms.load(Ordering::Acquire) == 0
+        !self.guarding.load(Ordering::Acquire)
+            || (!self.has_peers.load(Ordering::Acquire)
+                && !self.left.load(Ordering::Acquire)
+                && !self.stalled.load(Ordering::Acquire)
+                && self.revalidate_until_ms.load(Ordering::Acquire) == 0
+                && self.rejoin_round_after_ms.load(Ordering::Acquire) == 0)
     }
 
     fn heartbeat_late(&self, now: u64) -> bool {
@@ -342,11 +356,11 @@ impl SyncGate {
     /// Asked before serving a hit. After a stall it first waits (bounded) for the
     /// catch-up round.
     pub async fn before_hit(&self) -> HitPolicy {
-        if self.left.load(Ordering::Acquire) {
-            return HitPolicy::Revalidate;
-        }
         if self.alone_and_quiet() {
             return HitPolicy::Serve;
+        }
+        if self.left.load(Ordering::Acquire) {
+            return HitPolicy::Revalidate;
         }
         if self.heartbeat_late(now_ms()) {
             self.stall_detected();
@@ -373,11 +387,28 @@ mod tests {
     use super::*;
 
     fn gate(mode: PartitionMode) -> Arc<SyncGate> {
-        SyncGate::new(
+        let g = SyncGate::new(
             mode,
             Duration::from_millis(50),
             Arc::new(Metrics::new(Default::default())),
-        )
+        );
+        g.guard();
+        g
+    }
+
+    #[test]
+    fn a_gate_checks_nothing_until_it_guards() {
+        let g = SyncGate::new(
+            PartitionMode::Consistency,
+            Duration::from_millis(50),
+            Arc::new(Metrics::new(Default::default())),
+        );
+        g.set_has_peers(true);
+        g.leaving();
+        assert_eq!(g.before_hit_now(), Some(HitPolicy::Serve));
+        assert!(g.settled());
+        g.guard();
+        assert_eq!(g.before_hit_now(), Some(HitPolicy::Revalidate));
     }
 
     #[tokio::test]
@@ -387,6 +418,7 @@ mod tests {
             Duration::from_secs(60),
             Arc::new(Metrics::new(Default::default())),
         );
+        g.guard();
         g.set_has_peers(true);
         g.rejoining(Duration::from_millis(100));
         assert_eq!(g.before_hit().await, HitPolicy::Revalidate);

@@ -254,6 +254,9 @@ impl Cluster {
             // The others see it alive within a few probe periods of its announce.
             replicator.rejoining(settings.gossip_probe_period * 4 + Duration::from_millis(500));
         }
+        // From now on every hit asks the gate (peers' reads during the catch-up
+        // above were answered unchecked, as before issue 19).
+        replicator.guard_hits();
         replicator.start_anti_entropy(settings.sync_interval);
     }
 

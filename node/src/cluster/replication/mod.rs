@@ -367,6 +367,11 @@ impl Replicator {
         self.gate.rejoining(settle);
     }
 
+    /// From now on every hit asks the sync gate: see [`SyncGate::guard`].
+    pub fn guard_hits(&self) {
+        self.gate.guard();
+    }
+
     /// This node is leaving the cluster: it vouches for no hit from now on.
     pub fn leaving(&self) {
         self.gate.leaving();
