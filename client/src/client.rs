@@ -282,10 +282,17 @@ impl Client {
         for key in purge.keys.iter().chain(&purge.prefixes) {
             self.inner.check_key(key.as_bytes())?;
         }
+        if purge.is_empty() {
+            return Err(Error::Invalid("a purge must name something".into()));
+        }
         let body = serde_json::json!({
             "keys": purge.keys,
             "tags": purge.tags,
             "prefixes": purge.prefixes,
+            "urls": purge.urls,
+            "hosts": purge.hosts,
+            "url_prefixes": purge.url_prefixes,
+            "all": purge.all,
             "soft": purge.soft,
         });
         let (path, limit) = if purge.wait {

@@ -55,15 +55,24 @@ pub enum Dependency {
     Tag(String),
 }
 
-/// A purge: keys, tags and key prefixes, all invalidated as one operation.
+/// A purge: keys, tags and key prefixes, cached HTTP objects by URL, host or URL
+/// prefix, or every HTTP object, all invalidated as one operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Purge {
     /// Tags to purge.
     pub tags: Vec<String>,
     /// Keys to purge.
     pub keys: Vec<String>,
-    /// Key prefixes to purge.
+    /// Key prefixes to purge (`""`: every key).
     pub prefixes: Vec<String>,
+    /// Absolute URLs of cached HTTP objects (every variant of each).
+    pub urls: Vec<String>,
+    /// Hosts whose every cached HTTP object is purged (`a.example`, either scheme).
+    pub hosts: Vec<String>,
+    /// Absolute URL prefixes (`https://a.example/img/`): every object under each.
+    pub url_prefixes: Vec<String>,
+    /// Every cached HTTP object (nothing else may be named with it).
+    pub all: bool,
     /// Mark stale (served while refreshed) instead of removing.
     pub soft: bool,
     /// Wait until every member applied it (`wait=all`, the default) or return once
@@ -88,6 +97,26 @@ impl Purge {
             wait: true,
             ..Self::default()
         }
+    }
+
+    /// A purge of every cached HTTP object of `host`, waiting for every member.
+    pub fn host(host: impl Into<String>) -> Self {
+        Self {
+            hosts: vec![host.into()],
+            wait: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether it names nothing to purge.
+    pub fn is_empty(&self) -> bool {
+        !self.all
+            && self.tags.is_empty()
+            && self.keys.is_empty()
+            && self.prefixes.is_empty()
+            && self.urls.is_empty()
+            && self.hosts.is_empty()
+            && self.url_prefixes.is_empty()
     }
 }
 

@@ -149,6 +149,31 @@ fn put_get_purge_and_del_with_exit_codes_scripts_can_rely_on() {
     assert_eq!(fanzctl(&with(&["del", "k"]), &[]).status.code(), Some(0));
     assert_eq!(fanzctl(&with(&["get", "k"]), &[]).status.code(), Some(1));
 
+    // Cached HTTP objects: by host, by URL prefix, all of them (issue 20).
+    let purged = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json", "purge"];
+        all.extend(args);
+        let out = fanzctl(&with(&all), &[]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["purged"].clone()
+    };
+    assert_eq!(
+        purged(&["--host", "a.example"])["url_prefixes"],
+        serde_json::json!(["http://a.example/", "https://a.example/"])
+    );
+    assert_eq!(
+        purged(&["--url-prefix", "https://a.example/img/"])["url_prefixes"],
+        serde_json::json!(["https://a.example/img/"])
+    );
+    assert_eq!(purged(&["--all"])["all"], true);
+    // A URL prefix without a scheme: the node refuses it as bad input (exit 2).
+    let refused = fanzctl(&with(&["purge", "--url-prefix", "a.example/img/"]), &[]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("scheme"),
+        "{refused:?}"
+    );
+
     // Bad input is exit 2, before anything is sent.
     assert_eq!(fanzctl(&with(&["purge"]), &[]).status.code(), Some(2));
     assert_eq!(

@@ -289,6 +289,71 @@ async fn wait_none_answers_at_once_and_the_purge_id_reports_progress() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
+/// What every node answers for each of `paths` (Host `cdn.test`).
+async fn answers(nodes: &[ClusterNode], paths: &[&str]) -> Vec<String> {
+    let mut all = Vec::new();
+    for n in nodes {
+        for path in paths {
+            let r = get_site(&n.node, path).await;
+            assert_eq!(r.status, StatusCode::OK, "{}{path}: {}", n.id, r.text());
+            all.push(r.text());
+        }
+    }
+    all
+}
+
+// Issue 20, part 1: purges of a URL prefix, a host and every HTTP object are
+// cluster-wide like any purge: once acknowledged, no node answers with what they
+// covered, and what they did not cover is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_url_prefix_and_all_purges_reach_every_node() {
+    let origin = TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await;
+    let (_tmp, nodes) = cluster_in_front_of(&origin).await;
+    let (img, css) = (["/img/1", "/img/2"], ["/css/1"]);
+    // Twice: non-owners keep a copy from their second miss on.
+    answers(&nodes, &["/img/1", "/img/2", "/css/1"]).await;
+    let img_before = answers(&nodes, &img).await;
+    let css_before = answers(&nodes, &css).await;
+
+    let answer = purge_at(
+        &nodes[0].node,
+        r#"{"url_prefixes":["http://cdn.test/img/"]}"#,
+    )
+    .await;
+    assert_eq!(answer["cluster"]["complete"], true, "{answer}");
+    let img_after = answers(&nodes, &img).await;
+    for (before, after) in img_before.iter().zip(&img_after) {
+        assert_ne!(before, after, "a node answered with a purged object");
+    }
+    assert_eq!(
+        answers(&nodes, &css).await,
+        css_before,
+        "outside the prefix"
+    );
+
+    let answer = purge_at(&nodes[2].node, r#"{"hosts":["cdn.test"]}"#).await;
+    assert_eq!(answer["cluster"]["complete"], true, "{answer}");
+    let css_after = answers(&nodes, &css).await;
+    for (before, after) in css_before.iter().zip(&css_after) {
+        assert_ne!(before, after, "a node answered with a purged object");
+    }
+
+    let before = answers(&nodes, &["/img/1", "/css/1"]).await;
+    let answer = purge_at(&nodes[1].node, r#"{"all":true}"#).await;
+    assert_eq!(answer["cluster"]["complete"], true, "{answer}");
+    let after = answers(&nodes, &["/img/1", "/css/1"]).await;
+    for (before, after) in before.iter().zip(&after) {
+        assert_ne!(before, after, "a node answered with a purged object");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fetch_in_flight_during_a_purge_on_another_node_is_not_kept() {
     // The origin answers /slow/* after 600 ms; a purge lands on another node while

@@ -54,10 +54,39 @@ fn cli() -> Command {
         .subcommand_required(true)
         .subcommand(
             Command::new("purge")
-                .about("Purge tags, keys and key prefixes")
+                .about("Purge tags, keys, key prefixes, and cached HTTP objects by URL, host, URL prefix or all")
                 .arg(Arg::new("tag").long("tag").action(ArgAction::Append))
                 .arg(Arg::new("key").long("key").action(ArgAction::Append))
-                .arg(Arg::new("prefix").long("prefix").action(ArgAction::Append))
+                .arg(
+                    Arg::new("prefix")
+                        .long("prefix")
+                        .action(ArgAction::Append)
+                        .help("Key prefix (\"\": every KV key)"),
+                )
+                .arg(
+                    Arg::new("url")
+                        .long("url")
+                        .action(ArgAction::Append)
+                        .help("Absolute URL of a cached HTTP object"),
+                )
+                .arg(
+                    Arg::new("host")
+                        .long("host")
+                        .action(ArgAction::Append)
+                        .help("Every cached HTTP object of this host"),
+                )
+                .arg(
+                    Arg::new("url-prefix")
+                        .long("url-prefix")
+                        .action(ArgAction::Append)
+                        .help("Every cached HTTP object under this absolute URL prefix"),
+                )
+                .arg(
+                    Arg::new("all")
+                        .long("all")
+                        .action(ArgAction::SetTrue)
+                        .help("Every cached HTTP object"),
+                )
                 .arg(
                     Arg::new("soft")
                         .long("soft")
@@ -208,12 +237,17 @@ async fn run(client: &Client, m: &ArgMatches, json: bool) -> Result<u8, Error> {
                 tags: strings(p, "tag"),
                 keys: strings(p, "key"),
                 prefixes: strings(p, "prefix"),
+                urls: strings(p, "url"),
+                hosts: strings(p, "host"),
+                url_prefixes: strings(p, "url-prefix"),
+                all: p.get_flag("all"),
                 soft: p.get_flag("soft"),
                 wait: !p.get_flag("no-wait"),
             };
-            if purge.tags.is_empty() && purge.keys.is_empty() && purge.prefixes.is_empty() {
+            if purge.is_empty() {
                 return Err(Error::Invalid(
-                    "nothing to purge: give --tag, --key or --prefix".into(),
+                    "nothing to purge: give --tag, --key, --prefix, --url, --host, --url-prefix or --all"
+                        .into(),
                 ));
             }
             let report = client.purge(&purge).await?;

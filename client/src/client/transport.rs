@@ -323,7 +323,10 @@ pub(super) fn status_error(node: &str, answer: &Answer) -> Error {
     let message = String::from_utf8_lossy(&answer.body).trim().to_string();
     match answer.status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Auth(message),
-        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG => Error::Invalid(message),
+        // The node says the request itself is bad: sending it again cannot help.
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG => {
+            Error::Invalid(message)
+        }
         status => Error::Server {
             node: node.to_string(),
             status: status.as_u16(),

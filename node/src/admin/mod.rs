@@ -24,7 +24,7 @@ use crate::http::headers::validate_tag;
 use crate::http::{full, json, read_body, text, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::metrics::{set_gauge, Metrics, TierLabel, TierLabels};
-use crate::proxy::key::url_key;
+use crate::proxy::key::{all_objects, host_prefixes, url_key, url_prefix};
 use crate::proxy::Proxy;
 
 /// Largest purge request body.
@@ -46,6 +46,15 @@ struct PurgeRequest {
     /// Absolute URLs of proxied responses (every variant of each).
     #[serde(default)]
     urls: Vec<String>,
+    /// Hosts: every HTTP object of each, on either scheme.
+    #[serde(default)]
+    hosts: Vec<String>,
+    /// Absolute URL prefixes: every HTTP object under each.
+    #[serde(default)]
+    url_prefixes: Vec<String>,
+    /// Every HTTP object (alone: nothing else may be named with it).
+    #[serde(default)]
+    all: bool,
     #[serde(default)]
     soft: bool,
 }
@@ -309,10 +318,22 @@ impl AdminService {
     }
 
     fn targets(&self, request: PurgeRequest) -> Result<PurgeTargets, String> {
-        let count =
-            request.keys.len() + request.tags.len() + request.prefixes.len() + request.urls.len();
-        if count == 0 {
-            return Err("name at least one key, tag, prefix or URL".into());
+        let count = request.keys.len()
+            + request.tags.len()
+            + request.prefixes.len()
+            + request.urls.len()
+            + request.hosts.len()
+            + request.url_prefixes.len();
+        if request.all && count > 0 {
+            return Err(
+                "`all` purges every HTTP object: name nothing else with it (send two purges)"
+                    .into(),
+            );
+        }
+        if count == 0 && !request.all {
+            return Err(
+                "name at least one key, tag, prefix, URL, host or URL prefix, or `all`".into(),
+            );
         }
         if count > MAX_PURGE_IDS {
             return Err(format!("{count} ids; at most {MAX_PURGE_IDS} per request"));
@@ -330,6 +351,16 @@ impl AdminService {
         let mut keys: Vec<CacheKey> = request.keys.iter().map(key).collect::<Result<_, _>>()?;
         for url in &request.urls {
             keys.push(url_key(url).map_err(|reason| format!("url {url:?}: {reason}"))?);
+        }
+        let mut http_prefixes = Vec::new();
+        for host in &request.hosts {
+            http_prefixes.extend(host_prefixes(host)?);
+        }
+        for prefix in &request.url_prefixes {
+            http_prefixes.push(url_prefix(prefix)?);
+        }
+        if request.all {
+            http_prefixes.push(all_objects());
         }
         Ok(PurgeTargets {
             keys,
@@ -349,7 +380,8 @@ impl AdminService {
                         Ok(CacheKey::kv(p.as_bytes()))
                     }
                 })
-                .collect::<Result<_, _>>()?,
+                .chain(http_prefixes.into_iter().map(Ok))
+                .collect::<Result<_, String>>()?,
             soft: request.soft,
         })
     }

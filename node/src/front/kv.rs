@@ -25,7 +25,7 @@ use crate::http::headers::{self, HeaderError};
 use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::live::Live;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, PurgeTarget};
 use crate::store::Tier;
 
 /// Header that turns a `PURGE` into a soft purge.
@@ -166,11 +166,18 @@ impl MainService {
 
     /// The key of `/kv/{key}`: percent-decoded, not empty, within the limit.
     fn parse_key(&self, raw: &str) -> Result<CacheKey, Box<Response<Body>>> {
-        let key = fanz_protocol::percent::decode(raw)
-            .map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
-        if key.is_empty() {
+        let key = self.parse_key_prefix(raw)?;
+        if key.user_key().is_empty() {
             return Err(Box::new(text(StatusCode::BAD_REQUEST, "empty key")));
         }
+        Ok(key)
+    }
+
+    /// A key prefix (`/kv/{prefix}*`): percent-decoded, within the key limit, empty
+    /// for every key.
+    fn parse_key_prefix(&self, raw: &str) -> Result<CacheKey, Box<Response<Body>>> {
+        let key = fanz_protocol::percent::decode(raw)
+            .map_err(|e| Box::new(text(StatusCode::BAD_REQUEST, e)))?;
         if key.len() > self.limits.max_key_size {
             return Err(Box::new(text(
                 StatusCode::URI_TOO_LONG,
@@ -607,14 +614,22 @@ impl MainService {
                 Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
             }
         } else if let Some(raw) = req.uri.path().strip_prefix(self.limits.prefix.as_str()) {
-            match self.parse_key(raw) {
-                Ok(key) => targets.keys.push(key),
-                Err(response) => return *response,
+            // `/kv/user:*`: every key starting with `user:`; `/kv/*`: every key.
+            let named = match raw.strip_suffix('*') {
+                Some(prefix) => self
+                    .parse_key_prefix(prefix)
+                    .map(|p| targets.prefixes.push(p)),
+                None => self.parse_key(raw).map(|key| targets.keys.push(key)),
+            };
+            if let Err(response) = named {
+                return *response;
             }
         } else if let Some(proxy) = &self.proxy {
-            // A proxied URL: purge its cached response (every variant of it).
-            match proxy.key_of(req) {
-                Ok(key) => targets.keys.push(key),
+            // A proxied URL: its cached response (every variant of it); a path
+            // ending in `*`: every URL of the host under the rest.
+            match proxy.purge_target_of(req) {
+                Ok(PurgeTarget::Key(key)) => targets.keys.push(key),
+                Ok(PurgeTarget::Prefix(prefix)) => targets.prefixes.push(prefix),
                 Err(reason) => return text(StatusCode::BAD_REQUEST, reason),
             }
         }
@@ -622,8 +637,8 @@ impl MainService {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "PURGE needs a Surrogate-Key header, a {}{{key}} path or a proxied URL",
-                    self.limits.prefix
+                    "PURGE needs a Surrogate-Key header, a {}{{key}} path (or {}{{prefix}}*), or a proxied URL (or a path ending in *)",
+                    self.limits.prefix, self.limits.prefix
                 ),
             );
         }

@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::cluster::replication::{PurgeReport, Replicator, Wait};
 use crate::http::{json, text, Body};
 use crate::invalidation::{PurgeOutcome, PurgeTargets};
+use fanz_protocol::Namespace;
 
 /// Most dependent keys listed by name in a purge answer (all are counted).
 const LISTED_DEPENDENTS: usize = 1000;
@@ -153,6 +154,35 @@ impl Purger {
     }
 }
 
+/// What a purge named, as its answer lists it: KV keys and prefixes, HTTP URLs
+/// among the keys, HTTP URL prefixes apart (hosts as one per scheme), and `all`
+/// when every HTTP object was purged.
+fn purged_json(targets: &PurgeTargets) -> serde_json::Value {
+    let show = |k: &fanz_protocol::CacheKey| String::from_utf8_lossy(k.user_key()).into_owned();
+    let (http, kv): (Vec<_>, Vec<_>) = targets
+        .prefixes
+        .iter()
+        .partition(|p| p.namespace() == Namespace::Http);
+    let all = http.iter().any(|p| p.user_key().is_empty());
+    let mut purged = json!({
+        "keys": targets.keys.iter().map(show).collect::<Vec<_>>(),
+        "tags": targets.tags.iter().map(|t| String::from_utf8_lossy(t).into_owned()).collect::<Vec<_>>(),
+        "prefixes": kv.into_iter().map(show).collect::<Vec<_>>(),
+    });
+    let url_prefixes: Vec<String> = http
+        .into_iter()
+        .filter(|p| !p.user_key().is_empty())
+        .map(show)
+        .collect();
+    if !url_prefixes.is_empty() {
+        purged["url_prefixes"] = json!(url_prefixes);
+    }
+    if all {
+        purged["all"] = json!(true);
+    }
+    purged
+}
+
 fn answer(
     targets: &PurgeTargets,
     wait: Wait,
@@ -181,11 +211,7 @@ fn answer(
             let mut body = json!({
                     "status": if incomplete { "incomplete" } else { "ok" },
                     "soft": targets.soft,
-                    "purged": {
-                        "keys": targets.keys.iter().map(show).collect::<Vec<_>>(),
-                        "tags": targets.tags.iter().map(|t| String::from_utf8_lossy(t).into_owned()).collect::<Vec<_>>(),
-                        "prefixes": targets.prefixes.iter().map(show).collect::<Vec<_>>(),
-                    },
+                    "purged": purged_json(targets),
                     "dependents_invalidated": outcome.dependents.len(),
                     "dependents": listed,
                     "tombstones": outcome.tombstones,

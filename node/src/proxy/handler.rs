@@ -146,6 +146,15 @@ enum Conditionals {
     Client,
 }
 
+/// What a `PURGE` request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// One URL (every variant of it).
+    Key(CacheKey),
+    /// Every URL under a prefix (a path ending in `*`).
+    Prefix(CacheKey),
+}
+
 /// One request's facts, gathered once.
 #[derive(Debug, Clone)]
 struct Ctx {
@@ -207,6 +216,16 @@ impl Proxy {
     /// The primary cache key of a request for the proxied URL space.
     pub fn key_of(&self, req: &http::request::Parts) -> Result<CacheKey, &'static str> {
         Target::of(req, self.front_tls).map(|t| t.primary_key())
+    }
+
+    /// What a `PURGE` of this request names: the key prefix of its wildcard path
+    /// (`/img/*`), or its primary key.
+    pub fn purge_target_of(&self, req: &http::request::Parts) -> Result<PurgeTarget, &'static str> {
+        let target = Target::of(req, self.front_tls)?;
+        Ok(match target.wildcard_prefix() {
+            Some(prefix) => PurgeTarget::Prefix(prefix),
+            None => PurgeTarget::Key(target.primary_key()),
+        })
     }
 
     /// How many origins have their breaker open (for the metrics).

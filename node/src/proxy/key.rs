@@ -83,6 +83,21 @@ impl Target {
         })
     }
 
+    /// With a path ending in `*` (the `PURGE` wildcard): the key prefix of every
+    /// object of this origin whose path starts with the rest (`/img/*`: under
+    /// `/img/`; `/*`: every object of the host on this scheme). The query is ignored.
+    pub fn wildcard_prefix(&self) -> Option<CacheKey> {
+        let path = self
+            .path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(path, _)| path);
+        let prefix = path.strip_suffix('*')?;
+        Some(CacheKey::new_joined(
+            Namespace::Http,
+            &[self.origin_part.as_bytes(), prefix.as_bytes()],
+        ))
+    }
+
     /// The primary cache key.
     pub fn primary_key(&self) -> CacheKey {
         CacheKey::new_joined(
@@ -117,6 +132,41 @@ pub fn url_key(url: &str) -> Result<CacheKey, &'static str> {
         .body(())
         .map_err(|_| "not a URL")?;
     Target::of(&req.into_parts().0, false).map(|t| t.primary_key())
+}
+
+/// The key prefix of every HTTP object: what `{"all": true}` purges.
+pub fn all_objects() -> CacheKey {
+    CacheKey::new(Namespace::Http, b"")
+}
+
+/// The key prefixes of every object of `host` (`a.example`, or `a.example:8080`),
+/// one per scheme: `http://a.example/` and `https://a.example/`.
+pub fn host_prefixes(host: &str) -> Result<[CacheKey; 2], String> {
+    if host.is_empty() {
+        return Err("a host is empty".into());
+    }
+    if host.contains(['/', '@', ' ', '?', '#', '*']) {
+        return Err(format!(
+            "host {host:?} is not a host name (like a.example or a.example:8080)"
+        ));
+    }
+    let prefix = |scheme: &str| {
+        url_key(&format!("{scheme}://{host}/")).map_err(|reason| format!("host {host:?}: {reason}"))
+    };
+    Ok([prefix("http")?, prefix("https")?])
+}
+
+/// The key prefix of every object whose URL starts with `prefix`, an absolute
+/// `http://` or `https://` URL (`https://a.example/img/`); host lower-cased and
+/// default port dropped as in every key.
+pub fn url_prefix(prefix: &str) -> Result<CacheKey, String> {
+    let lower = prefix.get(..8).unwrap_or(prefix).to_ascii_lowercase();
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
+        return Err(format!(
+            "url prefix {prefix:?} needs a scheme: http:// or https://"
+        ));
+    }
+    url_key(prefix).map_err(|reason| format!("url prefix {prefix:?}: {reason}"))
 }
 
 /// The secondary key of the variant a request selects, given the varying fields.

@@ -21,4 +21,4 @@ pub mod policy;
 pub mod range;
 pub mod respond;
 
-pub use handler::Proxy;
+pub use handler::{Proxy, PurgeTarget};
