@@ -996,3 +996,44 @@ async fn oversized_metadata_is_refused_not_panicked_on() {
         StatusCode::OK
     );
 }
+
+// Issue 20, part 3: browsers' many Accept-Encoding strings make at most three
+// variants (br, gzip, identity), and the origin is asked with the normalised value,
+// so what it answers matches the variant it is stored under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accept_encoding_is_normalised_so_browsers_share_variants() {
+    for_each_protocol(async |proto| {
+        let origin = TestOrigin::start(|req, n| {
+            let asked = req
+                .headers
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+                .to_string();
+            respond(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")],
+                format!("asked {asked} #{n}"),
+            )
+        })
+        .await;
+        let (_tmp, node) = node_for(&origin, &[]);
+        let node = node.with_proto(proto);
+        for browser in [
+            "gzip, deflate, br",
+            "gzip, deflate, br, zstd",
+            "br;q=1.0, gzip;q=0.8, *;q=0.1",
+        ] {
+            let r = fetch(&node, "/page", &[("accept-encoding", browser)]).await;
+            assert_eq!(r.text(), "asked br #1", "{proto:?} {browser}");
+        }
+        for browser in ["gzip, deflate", "deflate, gzip"] {
+            let r = fetch(&node, "/page", &[("accept-encoding", browser)]).await;
+            assert_eq!(r.text(), "asked gzip #2", "{proto:?} {browser}");
+        }
+        let r = fetch(&node, "/page", &[("accept-encoding", "deflate")]).await;
+        assert_eq!(r.text(), "asked identity #3", "{proto:?}");
+        assert_eq!(origin.count("/page"), 3, "{proto:?}");
+    })
+    .await;
+}

@@ -169,6 +169,46 @@ pub fn url_prefix(prefix: &str) -> Result<CacheKey, String> {
     url_key(prefix).map_err(|reason| format!("url prefix {prefix:?}: {reason}"))
 }
 
+/// A request's `Accept-Encoding` reduced to the coding this cache keys on, as
+/// Varnish and Fastly do: `br` if accepted, else `gzip` (or `x-gzip`), else
+/// `identity`; `None` without the header (any coding is then acceptable, RFC 9110
+/// §12.5.3, so it stays a variant of its own). A coding with `q=0` is refused.
+/// Both the variant key and the request to the origin use it, so what the origin
+/// answers matches the variant it is stored under.
+pub fn accept_encoding(headers: &HeaderMap) -> Option<&'static str> {
+    let mut values = headers.get_all(header::ACCEPT_ENCODING).iter().peekable();
+    values.peek()?;
+    let (mut br, mut gzip) = (false, false);
+    for value in values {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            if refused {
+                continue;
+            }
+            if coding.eq_ignore_ascii_case("br") {
+                br = true;
+            } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = true;
+            }
+        }
+    }
+    Some(if br {
+        "br"
+    } else if gzip {
+        "gzip"
+    } else {
+        "identity"
+    })
+}
+
 /// The secondary key of the variant a request selects, given the varying fields.
 pub fn variant_key(primary: &CacheKey, fields: &[String], headers: &HeaderMap) -> CacheKey {
     let mut raw = primary.user_key().to_vec();
@@ -176,6 +216,11 @@ pub fn variant_key(primary: &CacheKey, fields: &[String], headers: &HeaderMap) -
     for field in fields {
         raw.extend_from_slice(field.as_bytes());
         raw.push(b':');
+        if field == "accept-encoding" {
+            raw.extend_from_slice(accept_encoding(headers).unwrap_or_default().as_bytes());
+            raw.push(b'\n');
+            continue;
+        }
         let values: Vec<String> = headers
             .get_all(field.as_str())
             .iter()
@@ -287,6 +332,47 @@ mod tests {
             variant_key(&primary, &fields, &br)
         );
         assert_ne!(variant_key(&primary, &fields, &gzip), primary);
+    }
+
+    // Issue 20, part 3: Accept-Encoding enters the key as br, gzip or identity
+    // (absent stays its own variant: any coding is acceptable to such a client).
+    #[test]
+    fn accept_encoding_is_normalised_before_it_enters_the_key() {
+        let primary = target("/", Some("h")).unwrap().primary_key();
+        let fields = vec!["accept-encoding".to_string()];
+        let key = |value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert("accept-encoding", v.parse().unwrap());
+            }
+            variant_key(&primary, &fields, &h)
+        };
+        let br = key(Some("br"));
+        for browser in [
+            "gzip, deflate, br",
+            "gzip, deflate, br, zstd",
+            "br;q=1.0, gzip;q=0.8, *;q=0.1",
+            "BR",
+        ] {
+            assert_eq!(key(Some(browser)), br, "{browser}");
+        }
+        let gzip = key(Some("gzip"));
+        for browser in [
+            "gzip, deflate",
+            "deflate, gzip;q=0.5",
+            "x-gzip",
+            "br;q=0, gzip",
+        ] {
+            assert_eq!(key(Some(browser)), gzip, "{browser}");
+        }
+        let identity = key(Some("identity"));
+        for browser in ["deflate", "gzip;q=0", "", "compress"] {
+            assert_eq!(key(Some(browser)), identity, "{browser}");
+        }
+        assert_ne!(br, gzip);
+        assert_ne!(gzip, identity);
+        assert_ne!(key(None), identity, "no header: any coding is acceptable");
+        assert_eq!(accept_encoding(&HeaderMap::new()), None);
     }
 
     #[test]

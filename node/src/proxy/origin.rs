@@ -431,6 +431,10 @@ impl Origins {
     ) -> HeaderMap {
         let mut out = headers.clone();
         strip_hop_by_hop(&mut out);
+        // The coding the variant key uses (see `key::accept_encoding`).
+        if let Some(coding) = super::key::accept_encoding(&out) {
+            out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(coding));
+        }
         for name in UNKEYED {
             if !self.forward_headers.iter().any(|f| f == name) {
                 out.remove(*name);
