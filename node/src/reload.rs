@@ -31,6 +31,7 @@ fn is_origin_setting(name: &str) -> bool {
         || name.starts_with("forward_")
         || name.starts_with("breaker_")
         || name == "uncacheable_ttl"
+        || name == "rules"
 }
 
 /// What a reload did.

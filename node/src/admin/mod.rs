@@ -350,7 +350,11 @@ impl AdminService {
         };
         let mut keys: Vec<CacheKey> = request.keys.iter().map(key).collect::<Result<_, _>>()?;
         for url in &request.urls {
-            keys.push(url_key(url).map_err(|reason| format!("url {url:?}: {reason}"))?);
+            let key = match &self.proxy {
+                Some(proxy) => proxy.url_key(url),
+                None => url_key(url),
+            };
+            keys.push(key.map_err(|reason| format!("url {url:?}: {reason}"))?);
         }
         let mut http_prefixes = Vec::new();
         for host in &request.hosts {

@@ -16,6 +16,7 @@
 
 mod origin;
 mod parse;
+pub mod rules;
 mod spec;
 mod units;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 pub use origin::{ForwardHost, OriginUrl};
 pub use parse::read_file;
+pub use rules::Rules;
 pub use spec::{ConfigError, Origin, Spec};
 pub use units::{parse_duration, parse_size};
 
@@ -242,6 +244,8 @@ spec::settings! {
         "How often to check the config file (--config) for changes and reload it; 0s: only on SIGHUP. Reloads apply origins, the TTL policy, the admin token and the log level; other settings need a restart.";
     maintenance_interval: Duration = Some("60s"), required(positive_duration), shown::ms, fixed,
         "How often expired tombstones and edges are collected.";
+    rules: Rules = None, or_empty(rules::parse), rules::show, reloadable,
+        "Per host and path rules, first match wins: the config file's [[rules]] tables (here, as a TOML inline array). Each may set host and path globs, query (keep, sort or ignore), drop_params (globs of query parameters left out of the cache key and the origin request) and bypass (never cache). See `config::rules`.";
 }
 
 impl Config {

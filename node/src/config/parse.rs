@@ -33,6 +33,8 @@ pub fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
             });
         };
         let text = match value {
+            // `[[rules]]` tables: read as the inline array the `rules` setting takes.
+            array @ toml::Value::Array(_) if spec.name == "rules" => array.to_string(),
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),

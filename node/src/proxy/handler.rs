@@ -167,6 +167,8 @@ struct Ctx {
     /// Asked by another node over the peer protocol: never routed on to a peer
     /// again, and tag headers kept (the asking node indexes them).
     from_peer: bool,
+    /// An operator's rule says never to cache it.
+    bypass: bool,
 }
 
 impl Proxy {
@@ -213,15 +215,21 @@ impl Proxy {
             .store(config.uncacheable_ttl.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// The primary cache key of a request for the proxied URL space.
-    pub fn key_of(&self, req: &http::request::Parts) -> Result<CacheKey, &'static str> {
-        Target::of(req, self.front_tls).map(|t| t.primary_key())
+    /// The primary cache key of an absolute URL, as the operator's rules make it
+    /// (what purging the URL must purge).
+    pub fn url_key(&self, url: &str) -> Result<CacheKey, &'static str> {
+        let mut target = crate::proxy::key::url_target(url)?;
+        target.apply_rules(self.origins.get().rules());
+        Ok(target.primary_key())
     }
 
     /// What a `PURGE` of this request names: the key prefix of its wildcard path
     /// (`/img/*`), or its primary key.
     pub fn purge_target_of(&self, req: &http::request::Parts) -> Result<PurgeTarget, &'static str> {
-        let target = Target::of(req, self.front_tls)?;
+        let mut target = Target::of(req, self.front_tls)?;
+        if target.wildcard_prefix().is_none() {
+            target.apply_rules(self.origins.get().rules());
+        }
         Ok(match target.wildcard_prefix() {
             Some(prefix) => PurgeTarget::Prefix(prefix),
             None => PurgeTarget::Key(target.primary_key()),
@@ -247,7 +255,7 @@ impl Proxy {
             Ok(ctx) => ctx,
             Err(refusal) => return Answer::Now(*refusal),
         };
-        if matches!(ctx.method, Method::GET | Method::HEAD) {
+        if matches!(ctx.method, Method::GET | Method::HEAD) && !ctx.bypass {
             if let Some(response) = self.answer_from_memory(&ctx) {
                 return Answer::Now(response);
             }
@@ -289,16 +297,18 @@ impl Proxy {
         from_peer: bool,
     ) -> Result<Ctx, Box<Response<Body>>> {
         // A peer's request carries an absolute URL: its scheme is the key's.
-        let target = match Target::of(&parts, self.front_tls && !from_peer) {
+        let mut target = match Target::of(&parts, self.front_tls && !from_peer) {
             Ok(t) => t,
             Err(reason) => return Err(Box::new(text(StatusCode::BAD_REQUEST, reason))),
         };
-        let Some(origin) = self.origins.get().for_host(&target.host).cloned() else {
+        let origins = self.origins.get();
+        let Some(origin) = origins.for_host(&target.host).cloned() else {
             return Err(Box::new(text(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("no origin serves host {:?}", target.host),
             )));
         };
+        let rule = target.apply_rules(origins.rules());
         Ok(Ctx {
             method: parts.method,
             headers: parts.headers,
@@ -307,6 +317,7 @@ impl Proxy {
             origin,
             client,
             from_peer,
+            bypass: rule.is_some_and(|r| r.bypass),
         })
     }
 
@@ -342,6 +353,10 @@ impl Proxy {
     }
 
     async fn cacheable(self: Arc<Self>, ctx: Ctx) -> Response<Body> {
+        if ctx.bypass {
+            let status = CacheStatus::forward(Fwd::Bypass).detail("rule");
+            return Box::pin(self.direct(&ctx, status)).await;
+        }
         let asks = RequestDirectives::of(&ctx.headers);
         let facts = asks.facts;
         let mut key = ctx.primary.clone();

@@ -7,9 +7,13 @@
 //! lists the varying fields; each variant is stored under its secondary key and
 //! depends on the primary key, so purging the URL purges every variant.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use fanz_protocol::{CacheKey, Entry, EntryMeta, InvalidationId, Namespace, Timestamp};
 use http::{header, HeaderMap, Method, Request};
+
+use crate::config::rules::{Rule, Rules};
 
 /// Status of a Vary marker entry (never a real HTTP status).
 const MARKER_STATUS: u16 = 0;
@@ -87,15 +91,28 @@ impl Target {
     /// object of this origin whose path starts with the rest (`/img/*`: under
     /// `/img/`; `/*`: every object of the host on this scheme). The query is ignored.
     pub fn wildcard_prefix(&self) -> Option<CacheKey> {
-        let path = self
-            .path_and_query
-            .split_once('?')
-            .map_or(self.path_and_query.as_str(), |(path, _)| path);
-        let prefix = path.strip_suffix('*')?;
+        let prefix = self.path().strip_suffix('*')?;
         Some(CacheKey::new_joined(
             Namespace::Http,
             &[self.origin_part.as_bytes(), prefix.as_bytes()],
         ))
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(path, _)| path)
+    }
+
+    /// The first of `rules` that applies, with its query handling applied to the
+    /// target (the cache key and the origin request both use the result).
+    pub fn apply_rules(&mut self, rules: &Rules) -> Option<Arc<Rule>> {
+        let rule = rules.matching(&self.host, self.path())?.clone();
+        if rule.rewrites_query() {
+            self.path_and_query = rule.normalise(&self.path_and_query);
+        }
+        Some(rule)
     }
 
     /// The primary cache key.
@@ -121,8 +138,8 @@ impl Target {
     }
 }
 
-/// The cache key of an absolute URL given to the admin API.
-pub fn url_key(url: &str) -> Result<CacheKey, &'static str> {
+/// The target of an absolute URL given to the admin API.
+pub fn url_target(url: &str) -> Result<Target, &'static str> {
     let uri: http::Uri = url.parse().map_err(|_| "not a URL")?;
     if uri.authority().is_none() {
         return Err("not an absolute URL");
@@ -131,7 +148,12 @@ pub fn url_key(url: &str) -> Result<CacheKey, &'static str> {
         .uri(uri)
         .body(())
         .map_err(|_| "not a URL")?;
-    Target::of(&req.into_parts().0, false).map(|t| t.primary_key())
+    Target::of(&req.into_parts().0, false)
+}
+
+/// The cache key of an absolute URL given to the admin API, as no rule changes it.
+pub fn url_key(url: &str) -> Result<CacheKey, &'static str> {
+    url_target(url).map(|t| t.primary_key())
 }
 
 /// The key prefix of every HTTP object: what `{"all": true}` purges.

@@ -30,6 +30,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::breaker::Breaker;
+use crate::config::Rules;
 use crate::config::{Config, ForwardHost, OriginUrl};
 use crate::http::{full, Body, BoxError};
 use crate::metrics::{Metrics, OriginOutcome};
@@ -374,6 +375,8 @@ pub struct Origins {
     routes: HashMap<String, Arc<Origin>>,
     forward_host: ForwardHost,
     forward_headers: Vec<String>,
+    /// The operator's `[[rules]]`, replaced with the origins on a reload.
+    rules: Rules,
 }
 
 impl Origins {
@@ -400,7 +403,13 @@ impl Origins {
                 .collect(),
             forward_host: config.forward_host,
             forward_headers: config.forward_headers.clone(),
+            rules: config.rules.clone(),
         }
+    }
+
+    /// The operator's rules.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// How many origins have their breaker open.

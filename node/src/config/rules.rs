@@ -1,0 +1,425 @@
+//! `[[rules]]`: what an operator changes per host and path, read from the config
+//! file (or `FANZ_RULES` / `--rules` as a TOML inline array), validated when read,
+//! and applied by the proxy, first match wins. A rule is chosen by `host` and
+//! `path` globs (`*` stands for any run of characters; a missing one matches
+//! everything) and may set:
+//!
+//! - the cache key: `query = "keep" | "sort" | "ignore"` and `drop_params`, globs of
+//!   query parameters left out (`["utm_*", "fbclid"]`). The normalised URL is also
+//!   what the origin is asked for, so what it answers is what is stored under it;
+//! - `bypass = true`: never stored, always passed to the origin.
+//!
+//! Every error names the rule by its index and the field (`rules[2].path: ...`).
+//! A rule that can never match, because an earlier one matches every request it
+//! would, is an error too.
+
+use std::fmt::Write as _;
+
+/// A glob: `*` matches any run of characters, everything else itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    /// `text` as a glob; `what` names it in errors.
+    fn parse(text: &str, what: &str) -> Result<Glob, String> {
+        if text.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{what} {text:?} holds {c:?}: a glob has no spaces"));
+        }
+        if text.contains("**") {
+            return Err(format!("{what} {text:?}: `**` means nothing more than `*`"));
+        }
+        Ok(Glob(text.to_string()))
+    }
+
+    /// Whether `text` matches.
+    pub fn matches(&self, text: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or_default();
+        let Some(mut rest) = text.strip_prefix(first) else {
+            return false;
+        };
+        let parts: Vec<&str> = parts.collect();
+        let Some((last, middle)) = parts.split_last() else {
+            return rest.is_empty();
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
+
+    /// Whether every text `other` matches, this matches too (checked only for the
+    /// forms where it is simple: `*`, the same glob, and `prefix*` against anything
+    /// starting with that prefix). `false` when unsure.
+    fn covers(&self, other: &Glob) -> bool {
+        if self.0 == "*" || self == other {
+            return true;
+        }
+        match self.0.strip_suffix('*') {
+            Some(prefix) if !prefix.contains('*') => {
+                let literal = other.0.split('*').next().unwrap_or_default();
+                literal.starts_with(prefix)
+            }
+            _ => false,
+        }
+    }
+
+    /// The glob as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a rule does with the query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryMode {
+    /// As the client sent it (less `drop_params`).
+    #[default]
+    Keep,
+    /// Parameters sorted by name (then value), so their order does not split the cache.
+    Sort,
+    /// Dropped entirely.
+    Ignore,
+}
+
+const QUERY_MODES: &[(&str, QueryMode)] = &[
+    ("keep", QueryMode::Keep),
+    ("sort", QueryMode::Sort),
+    ("ignore", QueryMode::Ignore),
+];
+
+/// One `[[rules]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Its position in the file, from 0 (as errors and the status page name it).
+    pub index: usize,
+    /// Hosts it applies to (lower-case, without port); `None`: every host.
+    pub host: Option<Glob>,
+    /// Paths it applies to (without the query); `None`: every path.
+    pub path: Option<Glob>,
+    /// What happens to the query string.
+    pub query: QueryMode,
+    /// Query parameters left out of the URL.
+    pub drop_params: Vec<Glob>,
+    /// Never stored.
+    pub bypass: bool,
+}
+
+/// The fields a rule may have.
+const FIELDS: &[&str] = &["host", "path", "query", "drop_params", "bypass"];
+
+impl Rule {
+    /// Whether it applies to a request for `path` on `host`.
+    pub fn applies(&self, host: &str, path: &str) -> bool {
+        self.host.as_ref().is_none_or(|g| g.matches(host))
+            && self.path.as_ref().is_none_or(|g| g.matches(path))
+    }
+
+    /// `path_and_query` with the rule's query handling: the same text when it
+    /// changes nothing.
+    pub fn normalise(&self, path_and_query: &str) -> String {
+        let Some((path, query)) = path_and_query.split_once('?') else {
+            return path_and_query.to_string();
+        };
+        if self.query == QueryMode::Ignore {
+            return path.to_string();
+        }
+        let name = |param: &str| param.split_once('=').map_or(param, |(n, _)| n).to_string();
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| !self.drop_params.iter().any(|g| g.matches(&name(p))))
+            .collect();
+        if self.query == QueryMode::Sort {
+            params.sort_by_key(|p| (name(p), *p));
+        }
+        if params.is_empty() {
+            return path.to_string();
+        }
+        format!("{path}?{}", params.join("&"))
+    }
+
+    /// Whether its query handling changes anything.
+    pub fn rewrites_query(&self) -> bool {
+        self.query != QueryMode::Keep || !self.drop_params.is_empty()
+    }
+
+    /// The rule as an inline TOML table, as `print-config` shows it.
+    fn show(&self) -> String {
+        let mut out = String::from("{ ");
+        let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+        if let Some(host) = &self.host {
+            let _ = write!(out, "host = {}, ", quoted(host.as_str()));
+        }
+        if let Some(path) = &self.path {
+            let _ = write!(out, "path = {}, ", quoted(path.as_str()));
+        }
+        let query = QUERY_MODES
+            .iter()
+            .find(|(_, m)| *m == self.query)
+            .map_or("keep", |(w, _)| w);
+        let _ = write!(out, "query = {}", quoted(query));
+        if !self.drop_params.is_empty() {
+            let list: Vec<String> = self
+                .drop_params
+                .iter()
+                .map(|g| quoted(g.as_str()))
+                .collect();
+            let _ = write!(out, ", drop_params = [{}]", list.join(", "));
+        }
+        if self.bypass {
+            out.push_str(", bypass = true");
+        }
+        out.push_str(" }");
+        out
+    }
+}
+
+/// Every rule, in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules(Vec<std::sync::Arc<Rule>>);
+
+impl Rules {
+    /// The first rule that applies to a request for `path` on `host`.
+    pub fn matching(&self, host: &str, path: &str) -> Option<&std::sync::Arc<Rule>> {
+        self.0.iter().find(|r| r.applies(host, path))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every rule, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &std::sync::Arc<Rule>> {
+        self.0.iter()
+    }
+}
+
+/// Reads the rules from a TOML inline array of tables (`[{ host = "a.example" }]`),
+/// the form the config file's `[[rules]]` is turned into.
+pub fn parse(text: &str) -> Result<Rules, String> {
+    let document: toml::Table = format!("rules = {text}")
+        .parse()
+        .map_err(|e: toml::de::Error| format!("not a TOML array of tables: {}", e.message()))?;
+    let Some(toml::Value::Array(list)) = document.get("rules") else {
+        return Err("expected an array of tables".into());
+    };
+    let mut rules: Vec<std::sync::Arc<Rule>> = Vec::with_capacity(list.len());
+    for (index, item) in list.iter().enumerate() {
+        let rule = parse_rule(index, item).map_err(|e| format!("rules[{index}].{e}"))?;
+        if let Some(earlier) = rules.iter().find(|r| shadows(r, &rule)) {
+            return Err(format!(
+                "rules[{index}] can never match: rules[{}] matches every request it would (put the narrower rule first)",
+                earlier.index
+            ));
+        }
+        rules.push(std::sync::Arc::new(rule));
+    }
+    Ok(Rules(rules))
+}
+
+/// Whether `earlier` matches every request `later` would.
+fn shadows(earlier: &Rule, later: &Rule) -> bool {
+    let covers = |a: &Option<Glob>, b: &Option<Glob>| match (a, b) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a.covers(b),
+    };
+    covers(&earlier.host, &later.host) && covers(&earlier.path, &later.path)
+}
+
+/// One rule; errors start with the field's name.
+fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
+    let toml::Value::Table(table) = item else {
+        return Err(format!("{}: a rule is a table", "(rule)"));
+    };
+    if let Some(unknown) = table.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "{unknown}: unknown field (a rule has {})",
+            FIELDS.join(", ")
+        ));
+    }
+    let text = |field: &str| -> Result<Option<&str>, String> {
+        match table.get(field) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(format!(
+                "{field}: expected a string, got {}",
+                other.type_str()
+            )),
+        }
+    };
+    let host = text("host")?
+        .map(|h| Glob::parse(&h.to_ascii_lowercase(), "host"))
+        .transpose()
+        .map_err(|e| format!("host: {e}"))?;
+    let path = text("path")?
+        .map(|p| {
+            if !p.starts_with(['/', '*']) {
+                return Err(format!("path {p:?} must start with / (or *)"));
+            }
+            Glob::parse(p, "path")
+        })
+        .transpose()
+        .map_err(|e| format!("path: {e}"))?;
+    let query = match text("query")? {
+        None => QueryMode::Keep,
+        Some(word) => QUERY_MODES
+            .iter()
+            .find(|(w, _)| *w == word)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| format!("query: expected `keep`, `sort` or `ignore`, got {word:?}"))?,
+    };
+    let drop_params = match table.get("drop_params") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Glob::parse(s, "parameter"),
+                other => Err(format!("expected strings, got {}", other.type_str())),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("drop_params: {e}"))?,
+        Some(other) => {
+            return Err(format!(
+                "drop_params: expected an array of globs, got {}",
+                other.type_str()
+            ))
+        }
+    };
+    let bypass = match table.get("bypass") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "bypass: expected true or false, got {}",
+                other.type_str()
+            ))
+        }
+    };
+    Ok(Rule {
+        index,
+        host,
+        path,
+        query,
+        drop_params,
+        bypass,
+    })
+}
+
+/// The rules as an inline TOML array, as `print-config` shows them (and reads back).
+pub fn show(rules: &Rules) -> String {
+    let items: Vec<String> = rules.0.iter().map(|r| r.show()).collect();
+    format!("[{}]", items.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glob(s: &str) -> Glob {
+        Glob::parse(s, "glob").unwrap()
+    }
+
+    #[test]
+    fn globs_match_runs_of_anything() {
+        assert!(glob("utm_*").matches("utm_source"));
+        assert!(glob("utm_*").matches("utm_"));
+        assert!(!glob("utm_*").matches("xutm_source"));
+        assert!(glob("*.example.com").matches("a.example.com"));
+        assert!(!glob("*.example.com").matches("example.com"));
+        assert!(glob("/img/*.png").matches("/img/a/b.png"));
+        assert!(!glob("/img/*.png").matches("/img/a.jpg"));
+        assert!(glob("fbclid").matches("fbclid"));
+        assert!(!glob("fbclid").matches("fbclid2"));
+        assert!(glob("*").matches(""));
+        assert!(glob("a*b*c").matches("abc") && glob("a*b*c").matches("a-b-b-c"));
+        assert!(!glob("a*b*c").matches("acb"));
+    }
+
+    #[test]
+    fn queries_are_sorted_stripped_or_dropped() {
+        let rule = |query, drop: &[&str]| Rule {
+            index: 0,
+            host: None,
+            path: None,
+            query,
+            drop_params: drop.iter().map(|g| glob(g)).collect(),
+            bypass: false,
+        };
+        let strip = rule(QueryMode::Keep, &["utm_*", "fbclid"]);
+        assert_eq!(
+            strip.normalise("/p?b=2&utm_source=x&a=1&fbclid=z"),
+            "/p?b=2&a=1"
+        );
+        assert_eq!(strip.normalise("/p?utm_medium=y"), "/p");
+        assert_eq!(strip.normalise("/p"), "/p");
+        let sort = rule(QueryMode::Sort, &["utm_*"]);
+        assert_eq!(sort.normalise("/p?b=2&a=1&utm_x=1&a=0"), "/p?a=0&a=1&b=2");
+        assert_eq!(rule(QueryMode::Ignore, &[]).normalise("/p?a=1"), "/p");
+    }
+
+    #[test]
+    fn rules_read_back_what_they_show_and_the_first_match_wins() {
+        let rules = parse(
+            r#"[{ host = "Shop.example", path = "/img/*", query = "ignore" },
+                { host = "shop.example", drop_params = ["utm_*", "fbclid"], query = "sort" },
+                { path = "/api/*", bypass = true }]"#,
+        )
+        .unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules.matching("shop.example", "/img/a").unwrap().index, 0);
+        assert_eq!(rules.matching("shop.example", "/x").unwrap().index, 1);
+        assert_eq!(rules.matching("other", "/api/v1").unwrap().index, 2);
+        assert!(rules.matching("other", "/x").is_none());
+        assert_eq!(parse(&show(&rules)).unwrap(), rules);
+        assert_eq!(parse("[]").unwrap(), Rules::default());
+    }
+
+    #[test]
+    fn a_bad_rule_is_named_by_its_index_and_field() {
+        for (text, expected) in [
+            (r#"[{ hots = "a" }]"#, "rules[0].hots: unknown field"),
+            (r#"[{ host = "a" }, { path = "img/*" }]"#, "rules[1].path: "),
+            (r#"[{ path = "/a b" }]"#, "rules[0].path: "),
+            (r#"[{ query = "shuffle" }]"#, "rules[0].query: "),
+            (r#"[{ drop_params = "utm_*" }]"#, "rules[0].drop_params: "),
+            (r#"[{ drop_params = [""] }]"#, "rules[0].drop_params: "),
+            (r#"[{ bypass = "yes" }]"#, "rules[0].bypass: "),
+            (r#"[{ host = 3 }]"#, "rules[0].host: "),
+            (r#"[{ path = "/**" }]"#, "rules[0].path: "),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with(expected), "{text}: {err}");
+        }
+        assert!(parse("not toml").is_err());
+    }
+
+    #[test]
+    fn a_rule_an_earlier_one_always_wins_over_is_refused() {
+        for text in [
+            r#"[{ bypass = true }, { path = "/img/*" }]"#,
+            r#"[{ path = "/img/*" }, { path = "/img/a/*" }]"#,
+            r#"[{ host = "*" }, { host = "a.example", path = "/x" }]"#,
+            r#"[{ host = "a", path = "/x" }, { host = "a", path = "/x" }]"#,
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains("can never match"), "{text}: {err}");
+        }
+        // Narrower first is fine.
+        parse(r#"[{ path = "/img/a/*" }, { path = "/img/*" }, { bypass = true }]"#).unwrap();
+        parse(r#"[{ host = "a", path = "/x" }, { host = "b", path = "/x" }]"#).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! The operator's `[[rules]]` (issue 20, part 2) against a real node: query
+//! normalisation in the cache key and the origin request, bypass, purging a URL
+//! through the key its rule makes, validation at start-up, and live reloads that
+//! keep the old rules when the new ones are bad.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::origin::{respond, TestOrigin};
+use common::*;
+use http::{Method, StatusCode};
+
+const RULES: &str = r#"
+[[rules]]
+path = "/api/*"
+bypass = true
+
+[[rules]]
+host = "shop.example"
+query = "sort"
+drop_params = ["utm_*", "fbclid"]
+"#;
+
+fn write_config(path: &Path, origin: &TestOrigin, rules: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "admin_token = \"{TOKEN}\"\norigin = \"{}\"\n{rules}",
+            origin.url()
+        ),
+    )
+    .unwrap();
+}
+
+/// An origin that says which path and query it was asked for.
+async fn origin() -> TestOrigin {
+    TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await
+}
+
+async fn get_at(node: &TestNode, host: &str, path: &str) -> Reply {
+    let r = request(node, Method::GET, path, &[("host", host)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{host}{path}: {}", r.text());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_normalise_the_query_bypass_and_purge_through_the_key_they_make() {
+    let (tmp, data) = data_dir();
+    let origin = origin().await;
+    let file = tmp.path().join("fanz.toml");
+    write_config(&file, &origin, RULES);
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+
+    // Parameter order and tracking parameters no longer split the cache, and the
+    // origin is asked for the normalised URL.
+    let first = get_at(&node, "shop.example", "/p?b=2&utm_source=x&a=1").await;
+    assert_eq!(first.text(), "/p?a=1&b=2 #1");
+    for variant in [
+        "/p?a=1&b=2&fbclid=z",
+        "/p?utm_medium=y&b=2&a=1",
+        "/p?a=1&b=2",
+    ] {
+        let r = get_at(&node, "shop.example", variant).await;
+        assert_eq!(r.text(), "/p?a=1&b=2 #1", "{variant}");
+        assert!(
+            r.header("cache-status").unwrap().starts_with("fanz; hit"),
+            "{variant}"
+        );
+    }
+    // Another host has no such rule: the query is the client's.
+    assert_eq!(
+        get_at(&node, "other.example", "/p?b=2&a=1").await.text(),
+        "/p?b=2&a=1 #1"
+    );
+    assert_eq!(
+        get_at(&node, "other.example", "/p?a=1&b=2").await.text(),
+        "/p?a=1&b=2 #2"
+    );
+
+    // Bypass: never stored, and says why.
+    for n in 1..=2 {
+        let r = get_at(&node, "shop.example", "/api/x").await;
+        assert_eq!(r.text(), format!("/api/x #{n}"));
+        assert_eq!(
+            r.header("cache-status").unwrap(),
+            "fanz; fwd=bypass; detail=rule"
+        );
+    }
+
+    // Purging a URL purges the key its rule maps it to.
+    let r = admin_purge(
+        &node,
+        r#"{"urls":["http://shop.example/p?utm_source=q&b=2&a=1"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        get_at(&node, "shop.example", "/p?a=1&b=2").await.text(),
+        "/p?a=1&b=2 #3",
+        "still the purged copy"
+    );
+
+    // print-config shows the rules as resolved.
+    let out = std::process::Command::new(binary())
+        .args(["print-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            r#"{ host = "shop.example", query = "sort", drop_params = ["utm_*", "fbclid"] }"#
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_rule_stops_start_up_naming_the_rule_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("fanz.toml");
+    for (rules, named) in [
+        ("[[rules]]\nhots = \"a.example\"\n", "rules[0].hots"),
+        (
+            "[[rules]]\npath = \"/a\"\n[[rules]]\nquery = \"shuffle\"\n",
+            "rules[1].query",
+        ),
+        (
+            "[[rules]]\ndrop_params = [\"utm_ *\"]\n",
+            "rules[0].drop_params",
+        ),
+        (
+            "[[rules]]\npath = \"/img/*\"\n[[rules]]\npath = \"/img/a/*\"\n",
+            "rules[1] can never match",
+        ),
+    ] {
+        std::fs::write(&file, rules).unwrap();
+        let out = std::process::Command::new(binary())
+            .args(["--config"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{rules}: {stderr}");
+        assert!(stderr.contains(named), "{rules}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_applies_new_rules_and_keeps_the_old_ones_when_a_rule_is_bad() {
+    let (tmp, data) = data_dir();
+    let origin = origin().await;
+    let file = tmp.path().join("fanz.toml");
+    write_config(&file, &origin, "");
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    assert_eq!(
+        get_at(&node, "a", "/q?x=1&utm_id=2").await.text(),
+        "/q?x=1&utm_id=2 #1"
+    );
+
+    write_config(&file, &origin, "[[rules]]\ndrop_params = [\"utm_*\"]\n");
+    signal(node.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get_at(&node, "a", "/q?x=1&utm_id=3").await;
+        if r.text().starts_with("/q?x=1 #") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new rule never applied: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A bad rule: the reload is rejected and the running rules stay.
+    write_config(&file, &origin, "[[rules]]\nquery = \"shuffle\"\n");
+    signal(node.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log_text().contains("rules[0].query") {
+        assert!(
+            Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get_at(&node, "a", "/q?x=1&utm_id=4").await;
+    assert!(
+        r.text().starts_with("/q?x=1 #"),
+        "the old rule was dropped: {}",
+        r.text()
+    );
+}
