@@ -130,14 +130,16 @@ impl Rule {
         if self.query == QueryMode::Ignore {
             return path.to_string();
         }
-        let name = |param: &str| param.split_once('=').map_or(param, |(n, _)| n).to_string();
+        fn name(param: &str) -> &str {
+            param.split_once('=').map_or(param, |(n, _)| n)
+        }
         let mut params: Vec<&str> = query
             .split('&')
             .filter(|p| !p.is_empty())
-            .filter(|p| !self.drop_params.iter().any(|g| g.matches(&name(p))))
+            .filter(|p| !self.drop_params.iter().any(|g| g.matches(name(p))))
             .collect();
         if self.query == QueryMode::Sort {
-            params.sort_by_key(|p| (name(p), *p));
+            params.sort_by(|a, b| (name(a), *a).cmp(&(name(b), *b)));
         }
         if params.is_empty() {
             return path.to_string();
@@ -181,29 +183,72 @@ impl Rule {
     }
 }
 
-/// Every rule, in file order.
+/// Every rule, in file order, indexed by host: a request is checked only against
+/// the rules naming its host exactly and those whose host is a glob or unset, in
+/// file order, so a thousand rules for other hosts cost one hash lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rules(Vec<std::sync::Arc<Rule>>);
+pub struct Rules {
+    list: Vec<std::sync::Arc<Rule>>,
+    /// Positions in `list` of the rules naming each exact host, ascending.
+    by_host: std::collections::HashMap<String, Vec<usize>>,
+    /// Positions of the rules for any host (a glob, or no host), ascending.
+    any_host: Vec<usize>,
+}
 
 impl Rules {
-    /// The first rule that applies to a request for `path` on `host`.
+    fn new(list: Vec<std::sync::Arc<Rule>>) -> Self {
+        let mut by_host: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        let mut any_host = Vec::new();
+        for (i, rule) in list.iter().enumerate() {
+            match &rule.host {
+                Some(glob) if !glob.as_str().contains('*') => by_host
+                    .entry(glob.as_str().to_string())
+                    .or_default()
+                    .push(i),
+                _ => any_host.push(i),
+            }
+        }
+        Self {
+            list,
+            by_host,
+            any_host,
+        }
+    }
+
+    /// The first rule (in file order) that applies to a request for `path` on `host`.
     pub fn matching(&self, host: &str, path: &str) -> Option<&std::sync::Arc<Rule>> {
-        self.0.iter().find(|r| r.applies(host, path))
+        if self.list.is_empty() {
+            return None;
+        }
+        let exact = self.by_host.get(host).map_or(&[][..], Vec::as_slice);
+        let (mut a, mut b) = (exact.iter().peekable(), self.any_host.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => return None,
+            };
+            let rule = &self.list[*next?];
+            if rule.applies(host, path) {
+                return Some(rule);
+            }
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list.is_empty()
     }
 
     /// How many.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.list.len()
     }
 
     /// Every rule, in order.
     pub fn iter(&self) -> impl Iterator<Item = &std::sync::Arc<Rule>> {
-        self.0.iter()
+        self.list.iter()
     }
 }
 
@@ -227,7 +272,7 @@ pub fn parse(text: &str) -> Result<Rules, String> {
         }
         rules.push(std::sync::Arc::new(rule));
     }
-    Ok(Rules(rules))
+    Ok(Rules::new(rules))
 }
 
 /// Whether `earlier` matches every request `later` would.
@@ -321,7 +366,7 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
 
 /// The rules as an inline TOML array, as `print-config` shows them (and reads back).
 pub fn show(rules: &Rules) -> String {
-    let items: Vec<String> = rules.0.iter().map(|r| r.show()).collect();
+    let items: Vec<String> = rules.list.iter().map(|r| r.show()).collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -386,6 +431,24 @@ mod tests {
         assert!(rules.matching("other", "/x").is_none());
         assert_eq!(parse(&show(&rules)).unwrap(), rules);
         assert_eq!(parse("[]").unwrap(), Rules::default());
+    }
+
+    #[test]
+    fn the_host_index_keeps_file_order_between_exact_and_glob_hosts() {
+        let rules = parse(
+            r#"[{ host = "*.example", path = "/a/*" },
+                { host = "x.example", path = "/b/*" },
+                { path = "/c/*" },
+                { host = "x.example" }]"#,
+        )
+        .unwrap();
+        let first = |host: &str, path: &str| rules.matching(host, path).map(|r| r.index);
+        assert_eq!(first("x.example", "/a/1"), Some(0));
+        assert_eq!(first("x.example", "/b/1"), Some(1));
+        assert_eq!(first("x.example", "/c/1"), Some(2));
+        assert_eq!(first("x.example", "/d"), Some(3));
+        assert_eq!(first("y.example", "/b/1"), None);
+        assert_eq!(first("y.example", "/a/1"), Some(0));
     }
 
     #[test]
