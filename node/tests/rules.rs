@@ -204,3 +204,64 @@ async fn a_reload_applies_new_rules_and_keeps_the_old_ones_when_a_rule_is_bad() 
         r.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rule_lifetimes_replace_the_origins_and_keep_errors_briefly() {
+    let (tmp, data) = data_dir();
+    let origin = TestOrigin::start(|req, n| {
+        let body = format!("{} #{n}", req.path);
+        match req.path.as_str() {
+            "/no-store" => respond(200, &[("cache-control", "no-store")], body),
+            "/short" => respond(200, &[("cache-control", "max-age=1")], body),
+            "/private" => respond(200, &[("cache-control", "private")], body),
+            "/missing" => respond(404, &[], body),
+            "/broken" => respond(500, &[], body),
+            _ => respond(200, &[], body),
+        }
+    })
+    .await;
+    let file = tmp.path().join("fanz.toml");
+    write_config(
+        &file,
+        &origin,
+        r#"
+[[rules]]
+ttl = "90s"
+ttl_by_status = { 404 = "30s", "5xx" = "5s" }
+"#,
+    );
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    let twice = async |path: &str| {
+        let first = request(&node, Method::GET, path, &[("host", "a")], "").await;
+        let second = request(&node, Method::GET, path, &[("host", "a")], "").await;
+        (first, second)
+    };
+    let ttl_of = |r: &Reply| -> i64 {
+        let status = r.header("cache-status").unwrap_or_default();
+        assert!(status.starts_with("fanz; hit"), "{status}");
+        status
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ttl in {status}"))
+    };
+    // The rule's ttl replaces the origin's no-store and max-age.
+    for path in ["/no-store", "/short"] {
+        let (first, second) = twice(path).await;
+        assert_eq!(first.text(), second.text(), "{path}");
+        assert!((85..=90).contains(&ttl_of(&second)), "{path}");
+    }
+    // Negative caching by status: an exact code, and a class.
+    let (first, second) = twice("/missing").await;
+    assert_eq!(second.status, StatusCode::NOT_FOUND);
+    assert_eq!(first.text(), second.text());
+    assert!((25..=30).contains(&ttl_of(&second)));
+    let (first, second) = twice("/broken").await;
+    assert_eq!(second.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first.text(), second.text());
+    assert!((0..=5).contains(&ttl_of(&second)));
+    // A private response stays private whatever the rule.
+    let (first, second) = twice("/private").await;
+    assert_ne!(first.text(), second.text(), "a private response was shared");
+}

@@ -7,13 +7,21 @@
 //! - the cache key: `query = "keep" | "sort" | "ignore"` and `drop_params`, globs of
 //!   query parameters left out (`["utm_*", "fbclid"]`). The normalised URL is also
 //!   what the origin is asked for, so what it answers is what is stored under it;
-//! - `bypass = true`: never stored, always passed to the origin.
+//! - `bypass = true`: never stored, always passed to the origin;
+//! - lifetimes: `ttl` replaces the origin's freshness lifetime, and
+//!   `ttl_by_status = { 404 = "30s", "5xx" = "5s" }` sets one per status (an exact
+//!   code wins over its class, both over `ttl`), storing statuses this cache would
+//!   not store by default (negative caching, as nginx's `proxy_cache_valid`). They
+//!   override `no-store`, `no-cache`, `max-age` and missing freshness, never
+//!   `private`, `Set-Cookie` or `Authorization` (whose content it is, not how long
+//!   it lasts); 206, 304 and 1xx are never stored.
 //!
 //! Every error names the rule by its index and the field (`rules[2].path: ...`).
 //! A rule that can never match, because an earlier one matches every request it
 //! would, is an error too.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// A glob: `*` matches any run of characters, everything else itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,10 +117,68 @@ pub struct Rule {
     pub drop_params: Vec<Glob>,
     /// Never stored.
     pub bypass: bool,
+    /// Freshness lifetime replacing the origin's.
+    pub ttl: Option<Duration>,
+    /// Lifetimes by status: exact codes, then classes (`5` for `5xx`).
+    pub ttl_by_status: Vec<(StatusMatch, Duration)>,
+}
+
+/// A status or a class of them, in `ttl_by_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// One code (`404`).
+    Code(u16),
+    /// A class (`5xx`: 5).
+    Class(u16),
+}
+
+impl StatusMatch {
+    fn parse(key: &str) -> Result<StatusMatch, String> {
+        let never = |code: u16| code < 200 || code == 206 || code == 304;
+        if let Some(class) = key.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()) {
+            if (2..=5).contains(&class) {
+                return Ok(StatusMatch::Class(class));
+            }
+        } else if let Ok(code) = key.parse::<u16>() {
+            if (100..=599).contains(&code) && !never(code) {
+                return Ok(StatusMatch::Code(code));
+            }
+            if never(code) && (100..=599).contains(&code) {
+                return Err(format!(
+                    "{key}: never stored (1xx, 206 and 304 are not responses to keep)"
+                ));
+            }
+        }
+        Err(format!(
+            "{key:?}: expected a status (404) or a class (2xx to 5xx)"
+        ))
+    }
+
+    fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(code) => code == status,
+            StatusMatch::Class(class) => status / 100 == class,
+        }
+    }
+
+    fn show(self) -> String {
+        match self {
+            StatusMatch::Code(code) => code.to_string(),
+            StatusMatch::Class(class) => format!("{class}xx"),
+        }
+    }
 }
 
 /// The fields a rule may have.
-const FIELDS: &[&str] = &["host", "path", "query", "drop_params", "bypass"];
+const FIELDS: &[&str] = &[
+    "host",
+    "path",
+    "query",
+    "drop_params",
+    "bypass",
+    "ttl",
+    "ttl_by_status",
+];
 
 impl Rule {
     /// Whether it applies to a request for `path` on `host`.
@@ -147,6 +213,18 @@ impl Rule {
         format!("{path}?{}", params.join("&"))
     }
 
+    /// The lifetime it sets for a response with `status`: an exact code's, else its
+    /// class's, else `ttl`.
+    pub fn ttl_for(&self, status: u16) -> Option<Duration> {
+        let of = |exact: bool| {
+            self.ttl_by_status
+                .iter()
+                .find(|(m, _)| matches!(m, StatusMatch::Code(_)) == exact && m.matches(status))
+                .map(|(_, ttl)| *ttl)
+        };
+        of(true).or_else(|| of(false)).or(self.ttl)
+    }
+
     /// Whether its query handling changes anything.
     pub fn rewrites_query(&self) -> bool {
         self.query != QueryMode::Keep || !self.drop_params.is_empty()
@@ -177,6 +255,17 @@ impl Rule {
         }
         if self.bypass {
             out.push_str(", bypass = true");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(out, ", ttl = \"{}ms\"", ttl.as_millis());
+        }
+        if !self.ttl_by_status.is_empty() {
+            let list: Vec<String> = self
+                .ttl_by_status
+                .iter()
+                .map(|(m, ttl)| format!("\"{}\" = \"{}ms\"", m.show(), ttl.as_millis()))
+                .collect();
+            let _ = write!(out, ", ttl_by_status = {{ {} }}", list.join(", "));
         }
         out.push_str(" }");
         out
@@ -354,6 +443,34 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
             ))
         }
     };
+    let ttl = text("ttl")?
+        .map(|t| super::units::parse_duration(t).map_err(|e| format!("ttl: {e}")))
+        .transpose()?;
+    let ttl_by_status = match table.get("ttl_by_status") {
+        None => Vec::new(),
+        Some(toml::Value::Table(statuses)) => {
+            let mut list = Vec::with_capacity(statuses.len());
+            for (key, value) in statuses {
+                let status = StatusMatch::parse(key).map_err(|e| format!("ttl_by_status: {e}"))?;
+                let toml::Value::String(value) = value else {
+                    return Err(format!(
+                        "ttl_by_status: {key}: expected a duration like \"30s\", got {}",
+                        value.type_str()
+                    ));
+                };
+                let ttl = super::units::parse_duration(value)
+                    .map_err(|e| format!("ttl_by_status: {key}: {e}"))?;
+                list.push((status, ttl));
+            }
+            list
+        }
+        Some(other) => {
+            return Err(format!(
+            "ttl_by_status: expected a table like {{ 404 = \"30s\", \"5xx\" = \"5s\" }}, got {}",
+            other.type_str()
+        ))
+        }
+    };
     Ok(Rule {
         index,
         host,
@@ -361,6 +478,8 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         query,
         drop_params,
         bypass,
+        ttl,
+        ttl_by_status,
     })
 }
 
@@ -403,6 +522,8 @@ mod tests {
             query,
             drop_params: drop.iter().map(|g| glob(g)).collect(),
             bypass: false,
+            ttl: None,
+            ttl_by_status: Vec::new(),
         };
         let strip = rule(QueryMode::Keep, &["utm_*", "fbclid"]);
         assert_eq!(
@@ -431,6 +552,23 @@ mod tests {
         assert!(rules.matching("other", "/x").is_none());
         assert_eq!(parse(&show(&rules)).unwrap(), rules);
         assert_eq!(parse("[]").unwrap(), Rules::default());
+    }
+
+    #[test]
+    fn an_exact_status_wins_over_its_class_and_both_over_ttl() {
+        let rules = parse(
+            r#"[{ ttl = "1h", ttl_by_status = { 404 = "30s", "4xx" = "10s", "5xx" = "5s" } }]"#,
+        )
+        .unwrap();
+        let rule = rules.matching("h", "/").unwrap();
+        let secs = |status| rule.ttl_for(status).map(|d| d.as_secs());
+        assert_eq!(secs(404), Some(30));
+        assert_eq!(secs(410), Some(10));
+        assert_eq!(secs(503), Some(5));
+        assert_eq!(secs(200), Some(3600));
+        assert_eq!(parse(&show(&rules)).unwrap(), rules);
+        let none = parse(r#"[{ path = "/x" }]"#).unwrap();
+        assert_eq!(none.matching("h", "/x").unwrap().ttl_for(200), None);
     }
 
     #[test]
@@ -463,6 +601,20 @@ mod tests {
             (r#"[{ bypass = "yes" }]"#, "rules[0].bypass: "),
             (r#"[{ host = 3 }]"#, "rules[0].host: "),
             (r#"[{ path = "/**" }]"#, "rules[0].path: "),
+            (r#"[{ ttl = "soon" }]"#, "rules[0].ttl: "),
+            (
+                r#"[{ ttl_by_status = { 404 = "a while" } }]"#,
+                "rules[0].ttl_by_status: 404",
+            ),
+            (
+                r#"[{ ttl_by_status = { 304 = "1m" } }]"#,
+                "rules[0].ttl_by_status: 304",
+            ),
+            (
+                r#"[{ ttl_by_status = { "6xx" = "1m" } }]"#,
+                "rules[0].ttl_by_status: ",
+            ),
+            (r#"[{ ttl_by_status = "1m" }]"#, "rules[0].ttl_by_status: "),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with(expected), "{text}: {err}");

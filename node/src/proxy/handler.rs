@@ -29,12 +29,13 @@ use super::fill::{self, add_validators, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, 
 use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
 use super::key::{marker_fields, variant_key, Target};
 use super::origin::{Origin, OriginResponse, Origins};
-use super::policy::{self, Heuristics, RequestFacts};
+use super::policy::{self, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Found};
 use crate::cluster::replication::Replicator;
 use crate::cluster::routing::Routing;
+use crate::config::rules::Rule;
 use crate::config::Config;
 use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
@@ -45,6 +46,7 @@ use crate::metrics::{LookupResult, Metrics};
 
 /// How often a request retries joining a flight whose leader went away.
 mod revalidate;
+mod storing;
 mod unsafe_methods;
 mod upstream;
 
@@ -167,8 +169,15 @@ struct Ctx {
     /// Asked by another node over the peer protocol: never routed on to a peer
     /// again, and tag headers kept (the asking node indexes them).
     from_peer: bool,
+    /// The operator's rule that applies, if one does.
+    rule: Option<Arc<Rule>>,
+}
+
+impl Ctx {
     /// An operator's rule says never to cache it.
-    bypass: bool,
+    fn bypass(&self) -> bool {
+        self.rule.as_ref().is_some_and(|r| r.bypass)
+    }
 }
 
 impl Proxy {
@@ -255,7 +264,7 @@ impl Proxy {
             Ok(ctx) => ctx,
             Err(refusal) => return Answer::Now(*refusal),
         };
-        if matches!(ctx.method, Method::GET | Method::HEAD) && !ctx.bypass {
+        if matches!(ctx.method, Method::GET | Method::HEAD) && !ctx.bypass() {
             if let Some(response) = self.answer_from_memory(&ctx) {
                 return Answer::Now(response);
             }
@@ -317,7 +326,7 @@ impl Proxy {
             origin,
             client,
             from_peer,
-            bypass: rule.is_some_and(|r| r.bypass),
+            rule,
         })
     }
 
@@ -353,7 +362,7 @@ impl Proxy {
     }
 
     async fn cacheable(self: Arc<Self>, ctx: Ctx) -> Response<Body> {
-        if ctx.bypass {
+        if ctx.bypass() {
             let status = CacheStatus::forward(Fwd::Bypass).detail("rule");
             return Box::pin(self.direct(&ctx, status)).await;
         }
@@ -411,35 +420,6 @@ impl Proxy {
             .iter()
             .any(|name| ctx.headers.contains_key(name));
         Box::pin(self.fetch(ctx, Some(key), None, collapse, facts, fwd)).await
-    }
-
-    /// Whether a response to a GET may be stored and for how long
-    /// ([`policy::evaluate`]), its lifetime and stale windows clamped to `max_ttl` and
-    /// `max_stale` (the retention of the tombstones that may cover it).
-    fn evaluate(
-        &self,
-        facts: RequestFacts,
-        status: StatusCode,
-        headers: &HeaderMap,
-        request_ms: u64,
-        response_ms: u64,
-    ) -> Result<policy::Storable, policy::NotStored> {
-        let limits = self.ttl.get();
-        policy::evaluate(
-            &Method::GET,
-            facts,
-            status,
-            headers,
-            request_ms,
-            response_ms,
-            Heuristics::default(),
-        )
-        .map(|s| {
-            s.within(
-                limits.max_ttl.as_millis() as u64,
-                limits.max_stale.as_millis() as u64,
-            )
-        })
     }
 
     /// A response from stored entry `found` (under `key`), if it may be reused as
@@ -667,7 +647,13 @@ impl Proxy {
             leader.complete();
             return self.failure_or_stale(ctx, stale.as_ref(), &failure);
         }
-        let decision = self.evaluate(facts, status, response.headers(), request_ms, response_ms);
+        let decision = self.evaluate(
+            ctx,
+            facts,
+            status,
+            response.headers(),
+            (request_ms, response_ms),
+        );
         let declared = response
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -78,7 +78,23 @@ pub enum NotStored {
     Malformed,
 }
 
+/// Whether an operator's rule may have a response with `status` stored: any final
+/// status but a partial response (206) and a not-modified one (304).
+pub fn storable_by_rule(status: u16) -> bool {
+    (200..=599).contains(&status) && status != 206 && status != 304
+}
+
 impl NotStored {
+    /// Whether an operator's lifetime may store the response anyway: the reason is
+    /// about how long it may be kept (or its status), not whose it is (`private`,
+    /// `Set-Cookie`, `Authorization`) or whether it can be matched (`Vary: *`).
+    pub fn overridable(self) -> bool {
+        matches!(
+            self,
+            NotStored::Status | NotStored::NoStore | NotStored::NoFreshness | NotStored::Malformed
+        )
+    }
+
     /// Short name, for logs and `Cache-Status` details.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +131,29 @@ pub struct Storable {
 }
 
 impl Storable {
+    /// The same response with an operator's lifetime (a rule's `ttl`) in place of
+    /// its own: fresh for `lifetime_ms` from its birth, revalidated only once stale.
+    pub fn with_lifetime(mut self, lifetime_ms: u64) -> Self {
+        self.lifetime_ms = lifetime_ms;
+        self.heuristic = false;
+        self.no_cache = false;
+        self
+    }
+
+    /// A response the origin's headers would not have this cache store, stored for
+    /// `lifetime_ms` because an operator's rule says so (born when it arrived).
+    pub fn forced(lifetime_ms: u64, response_ms: u64) -> Self {
+        Self {
+            lifetime_ms,
+            heuristic: false,
+            born_ms: response_ms,
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
+            no_cache: false,
+            strip_fields: Vec::new(),
+        }
+    }
+
     /// The same response with its lifetime no longer than `max_ttl_ms` and its stale
     /// windows no longer than `max_stale_ms`: tombstones are kept only that long, so
     /// an origin's year-long `max-age` must not outlive the purge that covers it.

@@ -48,7 +48,7 @@ impl Proxy {
         };
         let cache_status;
         let revalidated = CacheStatus::forward(Fwd::Stale).fwd_status(304);
-        match self.evaluate(facts, status, &merged, request_ms, response_ms) {
+        match self.evaluate(ctx, facts, status, &merged, (request_ms, response_ms)) {
             Ok(storable) => {
                 let plan = fill::plan(
                     &self.shaping_for(ctx),
