@@ -108,6 +108,9 @@ impl Target {
     /// The first of `rules` that applies, with its query handling applied to the
     /// target (the cache key and the origin request both use the result).
     pub fn apply_rules(&mut self, rules: &Rules) -> Option<Arc<Rule>> {
+        if rules.is_empty() {
+            return None;
+        }
         let rule = rules.matching(&self.host, self.path())?.clone();
         if rule.rewrites_query() {
             self.path_and_query = rule.normalise(&self.path_and_query);
