@@ -139,6 +139,10 @@ fn a_bad_rule_stops_start_up_naming_the_rule_and_field() {
             "rules[0].drop_params",
         ),
         (
+            "[[rules]]\nremove_response_headers = [\"Content-Length\"]\n",
+            "rules[0].remove_response_headers: Content-Length cannot be edited",
+        ),
+        (
             "[[rules]]\npath = \"/img/*\"\n[[rules]]\npath = \"/img/a/*\"\n",
             "rules[1] can never match",
         ),
@@ -264,4 +268,70 @@ ttl_by_status = { 404 = "30s", "5xx" = "5s" }
     // A private response stays private whatever the rule.
     let (first, second) = twice("/private").await;
     assert_ne!(first.text(), second.text(), "a private response was shared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_edit_the_headers_clients_get_and_the_origin_is_asked_with() {
+    let (tmp, data) = data_dir();
+    let origin = TestOrigin::start(|req, n| {
+        let seen = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        respond(
+            200,
+            &[
+                ("cache-control", "public, max-age=60"),
+                ("set-cookie", "session=abc"),
+                ("x-powered-by", "php"),
+            ],
+            format!("cookie={} x-edge={} #{n}", seen("cookie"), seen("x-edge")),
+        )
+    })
+    .await;
+    let file = tmp.path().join("fanz.toml");
+    write_config(
+        &file,
+        &origin,
+        r#"
+[[rules]]
+path = "/static/*"
+set_response_headers = { "Access-Control-Allow-Origin" = "*" }
+remove_response_headers = ["Set-Cookie", "X-Powered-By"]
+set_request_headers = { "X-Edge" = "fanz" }
+remove_request_headers = ["Cookie"]
+"#,
+    );
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    for round in 0..2 {
+        let r = request(
+            &node,
+            Method::GET,
+            "/static/app.js",
+            &[("host", "a"), ("cookie", "user=1")],
+            "",
+        )
+        .await;
+        assert_eq!(r.text(), "cookie=- x-edge=fanz #1", "round {round}");
+        assert_eq!(
+            r.header("access-control-allow-origin").as_deref(),
+            Some("*")
+        );
+        assert_eq!(r.header("set-cookie"), None, "round {round}");
+        assert_eq!(r.header("x-powered-by"), None, "round {round}");
+    }
+    // Outside the rule: as the origin sent it.
+    let r = request(
+        &node,
+        Method::GET,
+        "/other",
+        &[("host", "a"), ("cookie", "user=1")],
+        "",
+    )
+    .await;
+    assert_eq!(r.text(), "cookie=user=1 x-edge=- #1");
+    assert_eq!(r.header("x-powered-by").as_deref(), Some("php"));
 }

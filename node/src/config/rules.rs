@@ -14,7 +14,13 @@
 //!   not store by default (negative caching, as nginx's `proxy_cache_valid`). They
 //!   override `no-store`, `no-cache`, `max-age` and missing freshness, never
 //!   `private`, `Set-Cookie` or `Authorization` (whose content it is, not how long
-//!   it lasts); 206, 304 and 1xx are never stored.
+//!   it lasts); 206, 304 and 1xx are never stored;
+//! - headers: `set_response_headers = { "Access-Control-Allow-Origin" = "*" }` and
+//!   `remove_response_headers = ["Set-Cookie"]` edit what clients get (hits and
+//!   misses alike; what is stored is the origin's), `set_request_headers` and
+//!   `remove_request_headers` what the origin is asked with. Fields that frame the
+//!   message or belong to this cache (`Content-Length`, `Transfer-Encoding`,
+//!   `Connection`, `Host`, `Age`, `Cache-Status`, ...) cannot be edited.
 //!
 //! Every error names the rule by its index and the field (`rules[2].path: ...`).
 //! A rule that can never match, because an earlier one matches every request it
@@ -22,6 +28,8 @@
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// A glob: `*` matches any run of characters, everything else itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +129,53 @@ pub struct Rule {
     pub ttl: Option<Duration>,
     /// Lifetimes by status: exact codes, then classes (`5` for `5xx`).
     pub ttl_by_status: Vec<(StatusMatch, Duration)>,
+    /// Header edits of the responses clients get.
+    pub response_edits: HeaderEdits,
+    /// Header edits of the requests the origin gets.
+    pub request_edits: HeaderEdits,
 }
+
+/// Fields set (replacing any value) and fields removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Set, in order.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Removed.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the edits: removals first, then the fields set.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Fields no rule may set or remove: they frame the message, are hop-by-hop, or
+/// say what this cache did.
+const UNEDITABLE: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+    "age",
+    "cache-status",
+];
 
 /// A status or a class of them, in `ttl_by_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +232,10 @@ const FIELDS: &[&str] = &[
     "bypass",
     "ttl",
     "ttl_by_status",
+    "set_response_headers",
+    "remove_response_headers",
+    "set_request_headers",
+    "remove_request_headers",
 ];
 
 impl Rule {
@@ -266,6 +324,37 @@ impl Rule {
                 .map(|(m, ttl)| format!("\"{}\" = \"{}ms\"", m.show(), ttl.as_millis()))
                 .collect();
             let _ = write!(out, ", ttl_by_status = {{ {} }}", list.join(", "));
+        }
+        for (edits, set, remove) in [
+            (
+                &self.response_edits,
+                "set_response_headers",
+                "remove_response_headers",
+            ),
+            (
+                &self.request_edits,
+                "set_request_headers",
+                "remove_request_headers",
+            ),
+        ] {
+            if !edits.set.is_empty() {
+                let list: Vec<String> = edits
+                    .set
+                    .iter()
+                    .map(|(n, v)| {
+                        format!(
+                            "{} = {}",
+                            quoted(n.as_str()),
+                            quoted(v.to_str().unwrap_or_default())
+                        )
+                    })
+                    .collect();
+                let _ = write!(out, ", {set} = {{ {} }}", list.join(", "));
+            }
+            if !edits.remove.is_empty() {
+                let list: Vec<String> = edits.remove.iter().map(|n| quoted(n.as_str())).collect();
+                let _ = write!(out, ", {remove} = [{}]", list.join(", "));
+            }
         }
         out.push_str(" }");
         out
@@ -471,6 +560,8 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         ))
         }
     };
+    let response_edits = header_edits(table, "set_response_headers", "remove_response_headers")?;
+    let request_edits = header_edits(table, "set_request_headers", "remove_request_headers")?;
     Ok(Rule {
         index,
         host,
@@ -480,7 +571,64 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         bypass,
         ttl,
         ttl_by_status,
+        response_edits,
+        request_edits,
     })
+}
+
+/// A field name a rule may edit; errors start with `field`.
+fn editable(field: &str, name: &str) -> Result<HeaderName, String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{field}: {name:?} is not a header name"))?;
+    if UNEDITABLE.contains(&parsed.as_str()) {
+        return Err(format!(
+            "{field}: {name} cannot be edited (it frames the message or says what this cache did)"
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The `set` table and `remove` list of one direction.
+fn header_edits(table: &toml::Table, set: &str, remove: &str) -> Result<HeaderEdits, String> {
+    let mut edits = HeaderEdits::default();
+    match table.get(set) {
+        None => {}
+        Some(toml::Value::Table(fields)) => {
+            for (name, value) in fields {
+                let name = editable(set, name)?;
+                let toml::Value::String(value) = value else {
+                    return Err(format!("{set}: {name}: expected a string value"));
+                };
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| format!("{set}: {name}: {value:?} is not a header value"))?;
+                edits.set.push((name, value));
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "{set}: expected a table like {{ \"X-Frame-Options\" = \"DENY\" }}, got {}",
+                other.type_str()
+            ))
+        }
+    }
+    match table.get(remove) {
+        None => {}
+        Some(toml::Value::Array(names)) => {
+            for name in names {
+                let toml::Value::String(name) = name else {
+                    return Err(format!("{remove}: expected header names"));
+                };
+                edits.remove.push(editable(remove, name)?);
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "{remove}: expected a list of header names, got {}",
+                other.type_str()
+            ))
+        }
+    }
+    Ok(edits)
 }
 
 /// The rules as an inline TOML array, as `print-config` shows them (and reads back).
@@ -524,6 +672,8 @@ mod tests {
             bypass: false,
             ttl: None,
             ttl_by_status: Vec::new(),
+            response_edits: HeaderEdits::default(),
+            request_edits: HeaderEdits::default(),
         };
         let strip = rule(QueryMode::Keep, &["utm_*", "fbclid"]);
         assert_eq!(
@@ -572,6 +722,25 @@ mod tests {
     }
 
     #[test]
+    fn header_edits_remove_then_set_and_read_back() {
+        let rules = parse(
+            r#"[{ set_response_headers = { "Access-Control-Allow-Origin" = "*", "X-Frame-Options" = "DENY" },
+                  remove_response_headers = ["Set-Cookie", "X-Frame-Options"],
+                  set_request_headers = { "X-Edge" = "fanz" }, remove_request_headers = ["Cookie"] }]"#,
+        )
+        .unwrap();
+        let rule = rules.matching("h", "/").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("set-cookie", "a=1".parse().unwrap());
+        h.insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
+        rule.response_edits.apply(&mut h);
+        assert!(h.get("set-cookie").is_none());
+        assert_eq!(h["x-frame-options"], "DENY", "set after remove");
+        assert_eq!(h["access-control-allow-origin"], "*");
+        assert_eq!(parse(&show(&rules)).unwrap(), rules);
+    }
+
+    #[test]
     fn the_host_index_keeps_file_order_between_exact_and_glob_hosts() {
         let rules = parse(
             r#"[{ host = "*.example", path = "/a/*" },
@@ -615,6 +784,26 @@ mod tests {
                 "rules[0].ttl_by_status: ",
             ),
             (r#"[{ ttl_by_status = "1m" }]"#, "rules[0].ttl_by_status: "),
+            (
+                r#"[{ remove_response_headers = ["Content-Length"] }]"#,
+                "rules[0].remove_response_headers: Content-Length cannot be edited",
+            ),
+            (
+                r#"[{ set_request_headers = { Host = "x" } }]"#,
+                "rules[0].set_request_headers: Host cannot be edited",
+            ),
+            (
+                r#"[{ set_response_headers = { "bad name" = "x" } }]"#,
+                "rules[0].set_response_headers: ",
+            ),
+            (
+                r#"[{ set_response_headers = { "X-A" = "bell\u0007" } }]"#,
+                "rules[0].set_response_headers: ",
+            ),
+            (
+                r#"[{ remove_request_headers = "Cookie" }]"#,
+                "rules[0].remove_request_headers: ",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with(expected), "{text}: {err}");

@@ -232,6 +232,19 @@ impl Proxy {
         Ok(target.primary_key())
     }
 
+    /// The headers the origin is asked with: the client's, less what must not be
+    /// forwarded ([`Origins::forward_headers`]), edited by the operator's rule.
+    fn origin_request_headers(&self, ctx: &Ctx) -> HeaderMap {
+        let mut headers = self
+            .origins
+            .get()
+            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        if let Some(rule) = &ctx.rule {
+            rule.request_edits.apply(&mut headers);
+        }
+        headers
+    }
+
     /// What a `PURGE` of this request names: the key prefix of its wildcard path
     /// (`/img/*`), or its primary key.
     pub fn purge_target_of(&self, req: &http::request::Parts) -> Result<PurgeTarget, &'static str> {
@@ -264,13 +277,28 @@ impl Proxy {
             Ok(ctx) => ctx,
             Err(refusal) => return Answer::Now(*refusal),
         };
+        // What the operator's rule does to the response clients get.
+        let edits = ctx
+            .rule
+            .as_ref()
+            .filter(|r| !r.response_edits.is_empty())
+            .cloned();
         if matches!(ctx.method, Method::GET | Method::HEAD) && !ctx.bypass() {
-            if let Some(response) = self.answer_from_memory(&ctx) {
+            if let Some(mut response) = self.answer_from_memory(&ctx) {
+                if let Some(rule) = &edits {
+                    rule.response_edits.apply(response.headers_mut());
+                }
                 return Answer::Now(response);
             }
         }
         let this = self.clone();
-        Answer::later(async move { this.dispatch(ctx, body).await })
+        Answer::later(async move {
+            let mut response = this.dispatch(ctx, body).await;
+            if let Some(rule) = &edits {
+                rule.response_edits.apply(response.headers_mut());
+            }
+            response
+        })
     }
 
     /// Answers a GET or HEAD another node sent over the peer protocol because this
@@ -584,10 +612,7 @@ impl Proxy {
     ) -> Response<Body> {
         let version = self.cache.begin_fill();
         let request_ms = self.cache.now_ms();
-        let mut headers = self
-            .origins
-            .get()
-            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        let mut headers = self.origin_request_headers(ctx);
         let strip = match conditionals {
             Conditionals::Stored => CLIENT_CONDITIONALS,
             Conditionals::Client => PARTIAL,
@@ -739,10 +764,7 @@ impl Proxy {
 
     /// An uncached fetch straight to the origin, streamed through.
     async fn direct(&self, ctx: &Ctx, cache_status: CacheStatus) -> Response<Body> {
-        let mut headers = self
-            .origins
-            .get()
-            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        let mut headers = self.origin_request_headers(ctx);
         headers.remove(header::RANGE);
         match self.upstream(ctx, &ctx.method, &headers, None).await.0 {
             Ok(OriginResponse { response, permit }) => {

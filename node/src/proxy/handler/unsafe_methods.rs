@@ -22,10 +22,7 @@ impl Proxy {
     /// Unsafe and other methods: forwarded; a success invalidates the target URI and
     /// the same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
     pub(super) async fn forward_unsafe(&self, ctx: Ctx, body: ReqBody) -> Response<Body> {
-        let headers = self
-            .origins
-            .get()
-            .forward_headers(&ctx.origin, &ctx.headers, ctx.client);
+        let headers = self.origin_request_headers(&ctx);
         // Through a channel: the client's body type need not be Sync, the origin client's must.
         let deadline = tokio::time::Instant::now() + self.total_timeout;
         let body = crate::http::with_deadline(body, deadline, ());
