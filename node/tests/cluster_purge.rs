@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::*;
-use common::origin::{respond, TestOrigin};
+use common::origin::{numbered_origin, respond, TestOrigin};
 use common::*;
 use fanz_protocol::ring::{Ring, RingMember};
 use fanz_protocol::CacheKey;
@@ -307,14 +307,7 @@ async fn answers(nodes: &[ClusterNode], paths: &[&str]) -> Vec<String> {
 // covered, and what they did not cover is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_url_prefix_and_all_purges_reach_every_node() {
-    let origin = TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await;
+    let origin = numbered_origin().await;
     let (_tmp, nodes) = cluster_in_front_of(&origin).await;
     let (img, css) = (["/img/1", "/img/2"], ["/css/1"]);
     // Twice: non-owners keep a copy from their second miss on.

@@ -6,22 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::*;
-use common::origin::{respond, TestOrigin};
+use common::origin::{numbered_origin, respond, TestOrigin};
 use common::*;
 use http::Method;
-
-/// An origin answering every path, cacheable for 5 minutes, numbered per path (so a
-/// refetch is visible).
-async fn numbered_origin() -> TestOrigin {
-    TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await
-}
 
 /// Three nodes with `--origin`, converged.
 async fn three_nodes(origin: &TestOrigin, extra: &[&str]) -> (tempfile::TempDir, Vec<ClusterNode>) {

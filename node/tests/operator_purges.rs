@@ -5,23 +5,16 @@
 
 mod common;
 
-use common::origin::{respond, TestOrigin};
+use common::origin::{numbered_origin, TestOrigin};
 use common::*;
 use http::{Method, StatusCode};
 
 const HOSTS: [&str; 2] = ["a.example", "b.example"];
 const PATHS: [&str; 3] = ["/img/1", "/img/2", "/css/1"];
 
-/// An origin whose every answer may be cached for five minutes.
+/// An origin that says which path and query it was asked for, and how often.
 async fn origin() -> TestOrigin {
-    TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await
+    numbered_origin().await
 }
 
 fn node_for(origin: &TestOrigin) -> (tempfile::TempDir, TestNode) {

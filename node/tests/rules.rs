@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::origin::{respond, TestOrigin};
+use common::origin::{numbered_origin, respond, TestOrigin};
 use common::*;
 use http::{Method, StatusCode};
 
@@ -34,16 +34,9 @@ fn write_config(path: &Path, origin: &TestOrigin, rules: &str) {
     .unwrap();
 }
 
-/// An origin that says which path and query it was asked for.
+/// An origin that says which path and query it was asked for, and how often.
 async fn origin() -> TestOrigin {
-    TestOrigin::start(|req, n| {
-        respond(
-            200,
-            &[("cache-control", "max-age=300")],
-            format!("{} #{n}", req.path),
-        )
-    })
-    .await
+    numbered_origin().await
 }
 
 async fn get_at(node: &TestNode, host: &str, path: &str) -> Reply {

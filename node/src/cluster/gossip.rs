@@ -582,6 +582,8 @@ async fn announce_to_seeds(
         return;
     }
     let mut backoff = Duration::from_millis(500);
+    // The most members known lately, and when: fewer than that is degraded.
+    let mut peak = (view.borrow().members.len(), tokio::time::Instant::now());
     loop {
         let mut addrs = Vec::new();
         let mut failed = false;
@@ -609,15 +611,24 @@ async fn announce_to_seeds(
         // Until everyone answers, retry every second; then settle, but look again
         // every second: a partition that begins mid-wait must not wait it out. A
         // member down for good costs one datagram per seed a second until foca
-        // forgets it.
+        // forgets it. Fewer members than this node knew within the last interval is
+        // degraded too: members that renewed their identities at once (each told it
+        // had been declared down) can forget each other without holding anyone
+        // down, and used to wait for the 30 s announce (RELIABILITY, finding 9).
         let settled_until = tokio::time::Instant::now() + SEED_INTERVAL;
         loop {
             tokio::time::sleep(SEED_INTERVAL_DEGRADED).await;
-            let degraded = {
+            let (members, any_down) = {
                 let view = view.borrow();
-                view.members.len() == 1 || view.members.iter().any(|m| m.state == MemberState::Down)
+                let down = view.members.iter().any(|m| m.state == MemberState::Down);
+                (view.members.len(), down)
             };
-            if degraded || tokio::time::Instant::now() >= settled_until {
+            let now = tokio::time::Instant::now();
+            if members >= peak.0 || now.duration_since(peak.1) > SEED_INTERVAL {
+                peak = (members, now);
+            }
+            let degraded = members == 1 || any_down || members < peak.0;
+            if degraded || now >= settled_until {
                 break;
             }
         }

@@ -134,3 +134,17 @@ pub fn respond(
     }
     r.body(Full::new(body.into())).unwrap()
 }
+
+/// An origin answering every path, cacheable for 5 minutes, numbered per path
+/// (`/p?a=1 #2`: the path and query it was asked for, and how many times), so a
+/// refetch is visible.
+pub async fn numbered_origin() -> TestOrigin {
+    TestOrigin::start(|req, n| {
+        respond(
+            200,
+            &[("cache-control", "max-age=300")],
+            format!("{} #{n}", req.path),
+        )
+    })
+    .await
+}
