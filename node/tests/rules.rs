@@ -328,3 +328,41 @@ remove_request_headers = ["Cookie"]
     assert_eq!(r.text(), "cookie=user=1 x-edge=- #1");
     assert_eq!(r.header("x-powered-by").as_deref(), Some("php"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rule_sends_its_requests_to_its_own_origin() {
+    let (tmp, data) = data_dir();
+    let main = TestOrigin::start(|req, _| {
+        respond(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("main {}", req.path),
+        )
+    })
+    .await;
+    let blog = TestOrigin::start(|req, _| {
+        respond(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("blog {}", req.path),
+        )
+    })
+    .await;
+    let file = tmp.path().join("fanz.toml");
+    write_config(
+        &file,
+        &main,
+        &format!(
+            "[[rules]]\npath = \"/blog/*\"\norigin = \"{}\"\n",
+            blog.url()
+        ),
+    );
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    assert_eq!(
+        get_at(&node, "a", "/blog/post").await.text(),
+        "blog /blog/post"
+    );
+    assert_eq!(get_at(&node, "a", "/shop").await.text(), "main /shop");
+    assert_eq!(blog.count("/blog/post"), 1);
+    assert_eq!(main.count("/blog/post"), 0);
+}

@@ -20,7 +20,9 @@
 //!   misses alike; what is stored is the origin's), `set_request_headers` and
 //!   `remove_request_headers` what the origin is asked with. Fields that frame the
 //!   message or belong to this cache (`Content-Length`, `Transfer-Encoding`,
-//!   `Connection`, `Host`, `Age`, `Cache-Status`, ...) cannot be edited.
+//!   `Connection`, `Host`, `Age`, `Cache-Status`, ...) cannot be edited;
+//! - `origin = "http://10.0.0.5:8080"`: the origin that serves its requests, in place
+//!   of the one `origin`/`origin_routes` give the host.
 //!
 //! Every error names the rule by its index and the field (`rules[2].path: ...`).
 //! A rule that can never match, because an earlier one matches every request it
@@ -133,6 +135,8 @@ pub struct Rule {
     pub response_edits: HeaderEdits,
     /// Header edits of the requests the origin gets.
     pub request_edits: HeaderEdits,
+    /// The origin that serves its requests, in place of the host's.
+    pub origin: Option<super::OriginUrl>,
 }
 
 /// Fields set (replacing any value) and fields removed.
@@ -236,6 +240,7 @@ const FIELDS: &[&str] = &[
     "remove_response_headers",
     "set_request_headers",
     "remove_request_headers",
+    "origin",
 ];
 
 impl Rule {
@@ -355,6 +360,9 @@ impl Rule {
                 let list: Vec<String> = edits.remove.iter().map(|n| quoted(n.as_str())).collect();
                 let _ = write!(out, ", {remove} = [{}]", list.join(", "));
             }
+        }
+        if let Some(origin) = &self.origin {
+            let _ = write!(out, ", origin = {}", quoted(&origin.to_string()));
         }
         out.push_str(" }");
         out
@@ -562,6 +570,9 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
     };
     let response_edits = header_edits(table, "set_response_headers", "remove_response_headers")?;
     let request_edits = header_edits(table, "set_request_headers", "remove_request_headers")?;
+    let origin = text("origin")?
+        .map(|url| super::OriginUrl::parse(url).map_err(|e| format!("origin: {e}")))
+        .transpose()?;
     Ok(Rule {
         index,
         host,
@@ -573,6 +584,7 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         ttl_by_status,
         response_edits,
         request_edits,
+        origin,
     })
 }
 
@@ -674,6 +686,7 @@ mod tests {
             ttl_by_status: Vec::new(),
             response_edits: HeaderEdits::default(),
             request_edits: HeaderEdits::default(),
+            origin: None,
         };
         let strip = rule(QueryMode::Keep, &["utm_*", "fbclid"]);
         assert_eq!(

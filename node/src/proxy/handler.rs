@@ -339,13 +339,18 @@ impl Proxy {
             Err(reason) => return Err(Box::new(text(StatusCode::BAD_REQUEST, reason))),
         };
         let origins = self.origins.get();
-        let Some(origin) = origins.for_host(&target.host).cloned() else {
+        let rule = target.apply_rules(origins.rules());
+        let origin = rule
+            .as_ref()
+            .and_then(|r| origins.for_rule(r.index))
+            .or_else(|| origins.for_host(&target.host))
+            .cloned();
+        let Some(origin) = origin else {
             return Err(Box::new(text(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("no origin serves host {:?}", target.host),
             )));
         };
-        let rule = target.apply_rules(origins.rules());
         Ok(Ctx {
             method: parts.method,
             headers: parts.headers,

@@ -377,6 +377,8 @@ pub struct Origins {
     forward_headers: Vec<String>,
     /// The operator's `[[rules]]`, replaced with the origins on a reload.
     rules: Rules,
+    /// The origins rules name, by rule index.
+    rule_origins: HashMap<usize, Arc<Origin>>,
 }
 
 impl Origins {
@@ -404,7 +406,20 @@ impl Origins {
             forward_host: config.forward_host,
             forward_headers: config.forward_headers.clone(),
             rules: config.rules.clone(),
+            rule_origins: config
+                .rules
+                .iter()
+                .filter_map(|rule| {
+                    let url = rule.origin.clone()?;
+                    Some((rule.index, Arc::new(Origin::new(url, config, tls, metrics))))
+                })
+                .collect(),
         }
+    }
+
+    /// The origin rule number `index` names, if it names one.
+    pub fn for_rule(&self, index: usize) -> Option<&Arc<Origin>> {
+        self.rule_origins.get(&index)
     }
 
     /// The operator's rules.
@@ -417,13 +432,14 @@ impl Origins {
         self.default
             .iter()
             .chain(self.routes.values())
+            .chain(self.rule_origins.values())
             .filter(|o| o.breaker_open())
             .count()
     }
 
     /// Whether any origin is configured.
     pub fn any(&self) -> bool {
-        self.default.is_some() || !self.routes.is_empty()
+        self.default.is_some() || !self.routes.is_empty() || !self.rule_origins.is_empty()
     }
 
     /// The origin for `host` (lower-case, without port): a route, else the default.
