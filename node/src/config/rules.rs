@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::parse::{one_of, word};
+
 /// A glob: `*` matches any run of characters, everything else itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob(String);
@@ -303,11 +305,7 @@ impl Rule {
         if let Some(path) = &self.path {
             let _ = write!(out, "path = {}, ", quoted(path.as_str()));
         }
-        let query = QUERY_MODES
-            .iter()
-            .find(|(_, m)| *m == self.query)
-            .map_or("keep", |(w, _)| w);
-        let _ = write!(out, "query = {}", quoted(query));
+        let _ = write!(out, "query = {}", quoted(&word(QUERY_MODES, &self.query)));
         if !self.drop_params.is_empty() {
             let list: Vec<String> = self
                 .drop_params
@@ -474,7 +472,7 @@ fn shadows(earlier: &Rule, later: &Rule) -> bool {
 /// One rule; errors start with the field's name.
 fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
     let toml::Value::Table(table) = item else {
-        return Err(format!("{}: a rule is a table", "(rule)"));
+        return Err("(rule): a rule is a table".into());
     };
     if let Some(unknown) = table.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!(
@@ -507,11 +505,7 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         .map_err(|e| format!("path: {e}"))?;
     let query = match text("query")? {
         None => QueryMode::Keep,
-        Some(word) => QUERY_MODES
-            .iter()
-            .find(|(w, _)| *w == word)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| format!("query: expected `keep`, `sort` or `ignore`, got {word:?}"))?,
+        Some(text) => one_of(QUERY_MODES)(text).map_err(|e| format!("query: {e}"))?,
     };
     let drop_params = match table.get("drop_params") {
         None => Vec::new(),

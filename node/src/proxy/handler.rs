@@ -249,13 +249,11 @@ impl Proxy {
     /// (`/img/*`), or its primary key.
     pub fn purge_target_of(&self, req: &http::request::Parts) -> Result<PurgeTarget, &'static str> {
         let mut target = Target::of(req, self.front_tls)?;
-        if target.wildcard_prefix().is_none() {
-            target.apply_rules(self.origins.get().rules());
+        if let Some(prefix) = target.wildcard_prefix() {
+            return Ok(PurgeTarget::Prefix(prefix));
         }
-        Ok(match target.wildcard_prefix() {
-            Some(prefix) => PurgeTarget::Prefix(prefix),
-            None => PurgeTarget::Key(target.primary_key()),
-        })
+        target.apply_rules(self.origins.get().rules());
+        Ok(PurgeTarget::Key(target.primary_key()))
     }
 
     /// How many origins have their breaker open (for the metrics).
