@@ -12,7 +12,7 @@
 //!
 //! The phases that stand alone live beside it: `upstream` (owner or origin),
 //! `revalidate` (a 304 merged into the stored response) and `unsafe_methods`. What
-//! stays here (just over 800 lines) is the decision flow of a GET or HEAD from lookup
+//! stays here (about 860 lines) is the decision flow of a GET or HEAD from lookup
 //! to answer, kept in one file so it reads top to bottom.
 
 use std::net::{IpAddr, SocketAddr};
