@@ -15,10 +15,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::codec::{put_bytes16, put_bytes32, DecodeError, Reader};
 use crate::key::CacheKey;
 
-/// The version this build speaks.
-pub const VERSION: u16 = 1;
+/// The version this build speaks. Version 2 added [`Message::Unvouched`], sent only
+/// to peers that agreed on 2 or later.
+pub const VERSION: u16 = 2;
 /// The oldest version this build still accepts.
 pub const MIN_VERSION: u16 = 1;
+/// The first version that may be sent [`Message::Unvouched`].
+pub const UNVOUCHED_SINCE: u16 = 2;
 /// Bytes before a frame's body: length and checksum.
 pub const FRAME_HEADER: usize = 8;
 
@@ -157,6 +160,14 @@ pub enum Message {
     },
     /// Response: no usable entry.
     NotFound,
+    /// Response to [`Message::Get`] from a node that cannot vouch for what it holds
+    /// (it is catching up with the cluster): its copy, if it has one, which a purge
+    /// it has not applied yet may cover; `None` says only that it holds none (it may
+    /// have missed writes). Since version 2.
+    Unvouched {
+        /// The encoded entry it holds, if any.
+        entry: Option<Bytes>,
+    },
     /// Response: the request was carried out.
     Done,
     /// Response: the request failed.
@@ -184,6 +195,7 @@ const DATA: u8 = 21;
 const END: u8 = 22;
 const APPLIED: u8 = 23;
 const RECORDS: u8 = 24;
+const UNVOUCHED: u8 = 25;
 
 impl Message {
     /// Appends this message as one frame to `out`.
@@ -259,6 +271,13 @@ impl Message {
                 put_bytes32(out, entry);
             }
             Message::NotFound => out.put_u8(NOT_FOUND),
+            Message::Unvouched { entry } => {
+                out.put_u8(UNVOUCHED);
+                out.put_u8(u8::from(entry.is_some()));
+                if let Some(entry) = entry {
+                    put_bytes32(out, entry);
+                }
+            }
             Message::Done => out.put_u8(DONE),
             Message::Error { code, message } => {
                 out.put_u8(ERROR);
@@ -376,6 +395,13 @@ impl Message {
                 entry: r.bytes32()?,
             },
             NOT_FOUND => Message::NotFound,
+            UNVOUCHED => Message::Unvouched {
+                entry: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.bytes32()?),
+                    _ => return Err(DecodeError::Format("unvouched flag").into()),
+                },
+            },
             DONE => Message::Done,
             ERROR => Message::Error {
                 code: ErrorCode::from_u16(r.u16()?).ok_or(DecodeError::Format("error code"))?,
@@ -476,6 +502,7 @@ mod tests {
             (key.clone(), blob.clone()).prop_map(|(key, entry)| Message::Put { key, entry }),
             key.prop_map(|key| Message::Delete { key }),
             blob.clone().prop_map(|entry| Message::Found { entry }),
+            proptest::option::of(blob.clone()).prop_map(|entry| Message::Unvouched { entry }),
             (
                 "[A-Z]{1,8}",
                 "\\PC{0,60}",

@@ -226,6 +226,7 @@ impl Cluster {
             });
         }
         replicator.track_down_members();
+        close_connections_to_departed(gossip.view(), transport.clone());
         replicator.replicate_edges(parts.edges);
         Ok(Self {
             node_id,
@@ -369,4 +370,95 @@ fn host_name() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_string())
+}
+
+/// Closes the peer connection to every member that goes down or comes back as a
+/// new run (another generation), as the view changes: requests then reconnect at
+/// once instead of waiting out a dead connection's idle timeout.
+fn close_connections_to_departed(
+    mut view: watch::Receiver<Arc<View>>,
+    transport: Arc<PeerTransport>,
+) {
+    tokio::spawn(async move {
+        // Each member's run and peer address, as last seen alive.
+        let mut runs: std::collections::HashMap<String, (u64, SocketAddr)> = Default::default();
+        loop {
+            let departed = departed_peers(&view.borrow_and_update(), &mut runs);
+            for peer in departed {
+                transport.forget(peer).await;
+            }
+            if view.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The peer addresses of the runs in `runs` that `view` shows down or replaced;
+/// `runs` is brought up to date.
+fn departed_peers(
+    view: &View,
+    runs: &mut std::collections::HashMap<String, (u64, SocketAddr)>,
+) -> Vec<SocketAddr> {
+    let mut departed = Vec::new();
+    for member in view.members.iter().filter(|m| !m.local) {
+        let id = &member.identity;
+        let run = (id.generation, id.peer);
+        if member.state == membership::MemberState::Down {
+            departed.extend(runs.remove(&id.id).map(|(_, peer)| peer));
+        } else if let Some(old) = runs.insert(id.id.clone(), run) {
+            if old != run {
+                departed.push(old.1);
+            }
+        }
+    }
+    departed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membership::MemberState;
+
+    fn member(id: &str, generation: u64, state: MemberState, local: bool) -> Member {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let n: u16 = id[1..].parse().unwrap();
+        Member {
+            identity: NodeIdentity {
+                id: id.into(),
+                gossip: addr(7000 + n),
+                peer: addr(8000 + n),
+                http: addr(9000 + n),
+                zone: String::new(),
+                weight: 1,
+                generation,
+            },
+            state,
+            incarnation: 0,
+            local,
+        }
+    }
+
+    #[test]
+    fn connections_close_when_a_member_goes_down_or_comes_back_as_a_new_run() {
+        use MemberState::*;
+        let mut runs = Default::default();
+        let view = |members| View::new(members, 2);
+        let n2 = SocketAddr::from(([127, 0, 0, 1], 8002));
+        let me = || member("n1", 1, Alive, true);
+        let seen = view(vec![me(), member("n2", 5, Alive, false)]);
+        assert!(departed_peers(&seen, &mut runs).is_empty());
+        // Suspected is not gone: its connection may still carry answers.
+        let suspect = view(vec![me(), member("n2", 5, Suspect, false)]);
+        assert!(departed_peers(&suspect, &mut runs).is_empty());
+        // Restarted before anyone noticed: a new generation at the same address.
+        let restarted = view(vec![me(), member("n2", 9, Alive, false)]);
+        assert_eq!(departed_peers(&restarted, &mut runs), vec![n2]);
+        assert!(departed_peers(&restarted, &mut runs).is_empty());
+        let down = view(vec![me(), member("n2", 9, Down, false)]);
+        assert_eq!(departed_peers(&down, &mut runs), vec![n2]);
+        assert!(departed_peers(&down, &mut runs).is_empty(), "once");
+        // This node's own entry is never a peer.
+        assert!(departed_peers(&view(vec![member("n1", 2, Alive, true)]), &mut runs).is_empty());
+    }
 }

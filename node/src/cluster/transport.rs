@@ -70,9 +70,16 @@ pub trait PeerService: Send + Sync + 'static {
 /// The sending half of a request's stream, for the answer.
 pub struct Responder {
     send: quinn::SendStream,
+    version: u16,
 }
 
 impl Responder {
+    /// The protocol version agreed with the asker: an answer kind newer than it
+    /// must not be sent.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
     /// Writes one frame; `false` if the peer went away.
     pub async fn send(&mut self, message: &Message) -> bool {
         self.send.write_chunk(message.to_frame()).await.is_ok()
@@ -274,9 +281,10 @@ impl PeerTransport {
             };
             send.write_chunk(reply.to_frame()).await.ok()?;
             let _ = send.finish();
-            Some(node_id)
+            Some((node_id, agreed))
         };
-        let Ok(Some(peer_id)) = tokio::time::timeout(CONNECT_TIMEOUT, hello).await else {
+        let Ok(Some((peer_id, version))) = tokio::time::timeout(CONNECT_TIMEOUT, hello).await
+        else {
             connection.close(1u32.into(), b"no valid hello");
             return;
         };
@@ -297,7 +305,7 @@ impl PeerTransport {
                     }
                     _ => return,
                 };
-                service.handle(request, Responder { send }).await;
+                service.handle(request, Responder { send, version }).await;
             });
         }
     }
@@ -330,6 +338,23 @@ impl PeerTransport {
     fn slot(&self, to: SocketAddr) -> Arc<Mutex<Option<quinn::Connection>>> {
         let mut slots = self.connections.lock().expect("connection map lock");
         slots.entry(to).or_default().clone()
+    }
+
+    /// Closes the connection to `to`, if there is one: its peer left or restarted.
+    /// A restarted peer cannot tell the old connection's packets from noise, so
+    /// without this every request on it would wait out the idle timeout.
+    pub async fn forget(&self, to: SocketAddr) {
+        let slot = self
+            .connections
+            .lock()
+            .expect("connection map lock")
+            .get(&to)
+            .cloned();
+        let Some(slot) = slot else { return };
+        let connection = slot.lock().await.take();
+        if let Some(connection) = connection {
+            connection.close(0u32.into(), b"peer left");
+        }
     }
 
     /// A one-frame request and its one-frame answer within `timeout`; an `Error`

@@ -298,33 +298,55 @@ impl MainService {
             let (routing, request) = (routing.clone(), request.clone());
             asks.spawn(async move { (owner, routing.call(addr, &request).await) });
         }
+        // A copy an owner cannot vouch for (it is catching up) is judged here, by
+        // the purges this node applied: only when this node is in sync itself.
+        let judge_unvouched = self.cache.hit_policy().await == HitPolicy::Serve;
         let mut newest: Option<(Entry, String)> = None;
-        let mut answers = 0;
+        // Owners that answered for their copies, and those that only said what they
+        // hold (none, or a copy judged here): either way nothing newer hides there.
+        let (mut answers, mut spoke) = (0, 0);
         while let Some(joined) = asks.join_next().await {
             let Ok((owner, answer)) = joined else {
                 continue;
             };
-            match answer {
-                Ok(Message::Found { entry }) => match Entry::decode(entry) {
-                    Ok(entry) => {
+            let (entry, vouched) = match answer {
+                Ok(Message::Found { entry }) => (entry, true),
+                Ok(Message::Unvouched { entry: None }) => {
+                    spoke += 1;
+                    continue;
+                }
+                Ok(Message::Unvouched { entry: Some(entry) }) if judge_unvouched => (entry, false),
+                Ok(Message::Unvouched { .. }) => continue,
+                Ok(_) => {
+                    answers += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%owner, error = %e, "owner read failed");
+                    continue;
+                }
+            };
+            match Entry::decode(entry) {
+                Ok(entry) => {
+                    if vouched {
                         answers += 1;
-                        if self.cache.covered(key, &entry.meta) {
-                            continue;
-                        }
-                        if newest
-                            .as_ref()
-                            .is_none_or(|(n, _)| n.meta.version < entry.meta.version)
-                        {
-                            newest = Some((entry, owner));
-                        }
+                    } else {
+                        spoke += 1;
                     }
-                    Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
-                },
-                Ok(_) => answers += 1,
-                Err(e) => tracing::debug!(%owner, error = %e, "owner read failed"),
+                    if self.cache.covered(key, &entry.meta) {
+                        continue;
+                    }
+                    if newest
+                        .as_ref()
+                        .is_none_or(|(n, _)| n.meta.version < entry.meta.version)
+                    {
+                        newest = Some((entry, owner));
+                    }
+                }
+                Err(e) => tracing::warn!(%owner, error = %e, "owner sent a damaged entry"),
             }
         }
-        let every = answers == asked;
+        let every = answers + spoke == asked;
         let read = match newest {
             Some((entry, owner)) => {
                 if is_owner {

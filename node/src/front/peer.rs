@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use fanz_protocol::peer::{ErrorCode, Message};
+use fanz_protocol::peer::{ErrorCode, Message, UNVOUCHED_SINCE};
 use fanz_protocol::Entry;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
@@ -123,6 +123,25 @@ impl NodePeerService {
     }
 }
 
+/// The answer to a Get this node cannot vouch for: its copy (or none) to an asker
+/// that speaks [`Message::Unvouched`], which can check the copy against the purges
+/// it applied itself and knows a returning owner holds nothing newer than it says;
+/// a refusal to an older one, which then asks the next owner.
+fn unvouched(lookup: Lookup, version: u16) -> Message {
+    if version < UNVOUCHED_SINCE {
+        return Message::Error {
+            code: ErrorCode::Unavailable,
+            message: "catching up with the cluster; ask another owner".into(),
+        };
+    }
+    Message::Unvouched {
+        entry: match lookup {
+            Lookup::Hit(hit) => Some(hit.entry().encode()),
+            Lookup::Miss(_) => None,
+        },
+    }
+}
+
 async fn refuse(mut respond: Responder, code: ErrorCode, message: &str) {
     let error = Message::Error {
         code,
@@ -152,20 +171,23 @@ impl PeerService for NodePeerService {
                 let (records, gap) = self.replicator.answer_pull(&since);
                 Message::Records { records, gap }
             }
-            Message::Get { key } => match self.cache.get(&key).await {
-                // What this node cannot vouch for (stalled, rejoining, or without a
-                // sync lease in consistency mode), a hit or a miss alike, is a
-                // failure to the asker, which then asks the next owner; "not found"
-                // would be taken as the answer.
-                _ if self.cache.hit_policy().await == HitPolicy::Revalidate => Message::Error {
-                    code: ErrorCode::Unavailable,
-                    message: "catching up with the cluster; ask another owner".into(),
-                },
-                Lookup::Hit(hit) => Message::Found {
-                    entry: hit.entry().encode(),
-                },
-                Lookup::Miss(_) => Message::NotFound,
-            },
+            Message::Get { key } => {
+                let lookup = self.cache.get(&key).await;
+                if self.cache.hit_policy().await == HitPolicy::Revalidate {
+                    // What this node cannot vouch for (stalled, rejoining, or without
+                    // a sync lease in consistency mode) is said to be so: "not found"
+                    // would be taken as the answer. What it holds is still worth
+                    // saying to an asker that can judge it.
+                    unvouched(lookup, respond.version())
+                } else {
+                    match lookup {
+                        Lookup::Hit(hit) => Message::Found {
+                            entry: hit.entry().encode(),
+                        },
+                        Lookup::Miss(_) => Message::NotFound,
+                    }
+                }
+            }
             Message::Put { key, entry } => match Entry::decode(entry) {
                 Ok(entry) => match self.cache.set_replica(key, entry).await {
                     Ok(_) => Message::Done,
