@@ -81,7 +81,7 @@ pub fn command() -> Command {
                 .env(spec.env())
                 .value_name(spec.name.to_ascii_uppercase())
                 .global(true)
-                .hide_env_values(spec.name == "admin_token")
+                .hide_env_values(matches!(spec.name, "admin_token" | "purge_token"))
                 .help(help),
         );
     }

@@ -202,6 +202,13 @@ impl From<&fanz_protocol::peer::FrameError> for PeerRefusal {
     }
 }
 
+/// Labels of `fanz_admin_refusals_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRefusalLabels {
+    /// Why: `address`, `unauthorized`, `scope` or `rate_limited` (`auth::Refusal`).
+    pub reason: &'static str,
+}
+
 /// Labels of `fanz_peer_refusals_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerRefusalLabels {
@@ -309,6 +316,8 @@ pub struct Metrics {
     pub local_health: Gauge,
     /// Peer connections and streams refused, by reason.
     pub peer_refusals: Family<PeerRefusalLabels, Counter>,
+    /// Admin and purge requests refused, by reason.
+    pub admin_refusals: Family<AdminRefusalLabels, Counter>,
     /// Misses fetched from an owner over the peer protocol.
     pub peer_fetches: Counter,
     /// Peer fetches that failed (the next owner or the origin was tried).
@@ -474,6 +483,12 @@ impl Metrics {
             "Peer connections and streams refused, by reason",
             peer_refusals.clone(),
         );
+        let admin_refusals = Family::<AdminRefusalLabels, Counter>::default();
+        registry.register(
+            "admin_refusals",
+            "Admin API and purge requests refused: address outside admin_allow, no valid token, a token of too small a scope, or past its rate limit",
+            admin_refusals.clone(),
+        );
         let peer_fetches = Counter::default();
         registry.register(
             "peer_fetches",
@@ -537,6 +552,7 @@ impl Metrics {
             anti_entropy_pulls,
             unsynced_seconds,
             peer_refusals,
+            admin_refusals,
             peer_fetches,
             peer_fetch_failures,
             gossip_datagrams,
@@ -575,6 +591,13 @@ impl Metrics {
     pub fn count_peer_refusal(&self, reason: PeerRefusal) {
         self.peer_refusals
             .get_or_create(&PeerRefusalLabels { reason })
+            .inc();
+    }
+
+    /// Counts a refused admin or purge request (`reason`: an `auth::Refusal`).
+    pub fn count_admin_refusal(&self, reason: &'static str) {
+        self.admin_refusals
+            .get_or_create(&AdminRefusalLabels { reason })
             .inc();
     }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{AdminParts, AdminService, KvFacts};
-use crate::auth::Auth;
+use crate::auth::{AccessRules, Auth};
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterParts};
@@ -150,7 +150,11 @@ pub async fn run(
         metrics.clone(),
         gate.clone(),
     ));
-    let auth = Auth::new(config.admin_token.clone());
+    let auth = {
+        let metrics = metrics.clone();
+        Auth::new(AccessRules::of(&config))
+            .counting(move |refusal| metrics.count_admin_refusal(refusal.as_str()))
+    };
     if config.admin_token.is_none() {
         tracing::warn!(
             "no admin token configured: purges and the admin API are open to loopback clients only"
@@ -202,9 +206,14 @@ pub async fn run(
         replicator.clone(),
     )))
     .filter(|p| p.enabled());
-    let front_tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(tls_error)?),
-        _ => None,
+    // The certificates both TLS listeners present, reloaded while the node runs.
+    let certs = match tls::cert_sources(&config) {
+        sources if sources.is_empty() => None,
+        sources => Some(tls::CertStore::open(sources).map_err(tls_error)?),
+    };
+    let front_tls = match &certs {
+        Some(certs) => Some(tls::server_config(certs.clone()).map_err(tls_error)?),
+        None => None,
     };
     if let Some(origin) = &config.origin {
         tracing::info!(%origin, routes = config.origin_routes.len(), "pull-through caching enabled");
@@ -236,6 +245,7 @@ pub async fn run(
         auth.clone(),
         ttl,
         proxy.clone(),
+        certs.clone(),
         metrics.clone(),
     ));
     let admin_service = Arc::new(AdminService::new(AdminParts {
@@ -270,7 +280,7 @@ pub async fn run(
     };
 
     let h3 = match config.h3_addr {
-        Some(addr) => Some(open_h3(&config, addr)?),
+        Some(addr) => Some(open_h3(&config, addr, certs)?),
         None => None,
     };
     let alt_svc = h3
@@ -394,11 +404,15 @@ fn h3_limits(config: &Config) -> crate::front::h3::H3Limits {
     }
 }
 
-/// Opens the HTTP/3 endpoint: the configured certificate, or the development one.
-fn open_h3(config: &Config, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, StartError> {
-    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-        _ => {
+/// Opens the HTTP/3 endpoint: the configured certificates, or the development one.
+fn open_h3(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    certs: Option<Arc<tls::CertStore>>,
+) -> Result<quinn::Endpoint, StartError> {
+    let certs = match certs {
+        Some(certs) => certs,
+        None => {
             let (cert, key) = tls::dev_certificate(&config.data_dir).map_err(tls_error)?;
             let fingerprint = tls::fingerprint(&cert).map_err(tls_error)?;
             tracing::warn!(
@@ -406,10 +420,16 @@ fn open_h3(config: &Config, addr: std::net::SocketAddr) -> Result<quinn::Endpoin
                 sha256 = %fingerprint,
                 "HTTP/3 uses a self-signed development certificate; set tls_cert and tls_key for production"
             );
-            (cert, key)
+            tls::CertStore::open(vec![tls::CertSource {
+                names: Vec::new(),
+                cert,
+                key,
+                index: None,
+            }])
+            .map_err(tls_error)?
         }
     };
-    let tls_config = tls::h3_server_config(&cert, &key, config.h3_early_data).map_err(tls_error)?;
+    let tls_config = tls::h3_server_config(certs, config.h3_early_data).map_err(tls_error)?;
     let endpoint =
         crate::front::h3::endpoint(addr, tls_config, &h3_limits(config)).map_err(|message| {
             StartError::Setting {

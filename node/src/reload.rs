@@ -1,8 +1,9 @@
 //! Hot reload: on SIGHUP, or when the config file changes (`config_watch`), the
 //! settings are read again (file, environment, flags, as at start) and the ones
 //! that can change in a running node are applied without dropping a connection:
-//! origins and their client settings, the TTL policy, the admin token and the log
-//! level. A file that does not parse or resolve is rejected with a log line and a
+//! origins and their client settings, the TTL policy, the admin and purge tokens
+//! and their limits, the log level, and the TLS certificates (also read again when
+//! their files change, every `tls_watch`). A file that does not parse or resolve is rejected with a log line and a
 //! counted `rejected` reload; the running settings stay. Other changed settings are
 //! named in a warning: they need a restart.
 
@@ -11,12 +12,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::auth::Auth;
+use crate::auth::{AccessRules, Auth};
 use crate::cli::{self, Invocation};
 use crate::config::{Config, TtlPolicy};
 use crate::live::Live;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Proxy;
+use crate::tls::CertStore;
 
 /// Whether a reload applies a change of setting `name` (the settings table says).
 fn is_reloadable(name: &str) -> bool {
@@ -52,6 +54,8 @@ pub struct Reloader {
     auth: Auth,
     ttl: Arc<Live<TtlPolicy>>,
     proxy: Option<Arc<Proxy>>,
+    /// The certificates the TLS listeners present, if they were configured.
+    certs: Option<Arc<CertStore>>,
     metrics: Arc<Metrics>,
 }
 
@@ -62,6 +66,7 @@ impl Reloader {
         auth: Auth,
         ttl: Arc<Live<TtlPolicy>>,
         proxy: Option<Arc<Proxy>>,
+        certs: Option<Arc<CertStore>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let ceiling = *ttl.get();
@@ -71,6 +76,7 @@ impl Reloader {
             auth,
             ttl,
             proxy,
+            certs,
             metrics,
         }
     }
@@ -102,16 +108,27 @@ impl Reloader {
         if new.admin_token != current.admin_token {
             changed.push("admin_token");
         }
+        if new.purge_token != current.purge_token {
+            changed.push("purge_token");
+        }
         let (mut applied, need_restart): (Vec<_>, Vec<_>) =
             changed.into_iter().partition(|name| is_reloadable(name));
+        // Certificate files are read again on every reload, changed or not (a
+        // renewal keeps the names): one that does not load rejects the reload.
+        if let Some(certs) = &self.certs {
+            certs
+                .reload(Some(crate::tls::cert_sources(&new)))
+                .map_err(|e| format!("certificates not reloaded: {e}"))?;
+        }
         if applied.contains(&"log_level") {
             match crate::logging::set_level(&new.log_level) {
                 Some(set) => set?,
                 None => applied.retain(|n| *n != "log_level"),
             }
         }
-        if applied.contains(&"admin_token") {
-            self.auth.set_token(new.admin_token.clone());
+        let access = AccessRules::of(&new);
+        if access != AccessRules::of(&current) {
+            self.auth.set_rules(access);
         }
         if new.max_ttl > self.ceiling.max_ttl || new.max_stale > self.ceiling.max_stale {
             tracing::warn!(
@@ -154,10 +171,12 @@ impl Reloader {
                 None
             }
         };
-        let (file, period) = {
+        let (file, period, tls_period) = {
             let c = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            (c.config_file.clone(), c.config_watch)
+            (c.config_file.clone(), c.config_watch, c.tls_watch)
         };
+        let certs = self.certs.clone().filter(|_| !tls_period.is_zero());
+        let mut tls_tick = tokio::time::interval(tls_period.max(Duration::from_millis(10)));
         tokio::spawn(async move {
             let watched = file.filter(|_| !period.is_zero());
             let stamp = |path: &std::path::Path| {
@@ -172,6 +191,7 @@ impl Reloader {
                 period
             });
             tick.tick().await;
+            tls_tick.tick().await;
             loop {
                 tokio::select! {
                     Some(_) = async { hup.as_mut()?.recv().await } => {
@@ -184,6 +204,19 @@ impl Reloader {
                             last = now;
                             tracing::info!("config file changed: reloading it");
                             let _ = self.reload_from_process_args();
+                        }
+                    }
+                    _ = tls_tick.tick(), if certs.is_some() => {
+                        match certs.as_deref().and_then(CertStore::reload_if_changed) {
+                            Some(Ok(())) => {
+                                tracing::info!("certificate files changed: the next handshakes get the new ones");
+                                self.metrics.count_reload(ReloadResult::Applied);
+                            }
+                            Some(Err(e)) => {
+                                tracing::error!(error = %e, "certificate files changed but do not load; the running certificates stay");
+                                self.metrics.count_reload(ReloadResult::Rejected);
+                            }
+                            None => {}
                         }
                     }
                     _ = stop.changed() => break,

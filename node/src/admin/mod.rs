@@ -15,7 +15,7 @@ use fanz_protocol::CacheKey;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Scope};
 use crate::cache::Cache;
 use crate::cluster::replication::Wait;
 use crate::cluster::Cluster;
@@ -141,6 +141,12 @@ impl AdminService {
     ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        // Health checks come from load balancers and kubelets wherever they are.
+        if !matches!(path.as_str(), "/healthz" | "/readyz") {
+            if let Err(denied) = self.auth.check_address(peer) {
+                return denied.response;
+            }
+        }
         match (path.as_str(), method) {
             ("/healthz", Method::GET | Method::HEAD) => text(StatusCode::OK, "ok"),
             // Browsers ask for it beside the status page; there is none.
@@ -156,8 +162,8 @@ impl AdminService {
                 }
             }
             ("/metrics", Method::GET) => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Admin) {
+                    return refusal;
                 }
                 self.refresh_gauges();
                 let mut r = Response::new(full(self.metrics.encode()));
@@ -168,14 +174,14 @@ impl AdminService {
                 r
             }
             ("/purge", Method::POST) => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Purge) {
+                    return refusal;
                 }
                 self.purge(req).await
             }
             (p, Method::GET) if p.starts_with("/purge/") => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Purge) {
+                    return refusal;
                 }
                 let id = &p["/purge/".len()..];
                 match self.cluster.replicator().report(id) {
@@ -190,26 +196,26 @@ impl AdminService {
                 }
             }
             ("/drain", Method::POST) => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Admin) {
+                    return refusal;
                 }
                 self.drain().await
             }
             ("/cluster", Method::GET) => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Admin) {
+                    return refusal;
                 }
                 json(StatusCode::OK, &self.cluster_report())
             }
             ("/invalidations", Method::GET) => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Admin) {
+                    return refusal;
                 }
                 self.watch()
             }
             (p, Method::POST) if p.starts_with("/invalidations/") && p.ends_with("/ack") => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Admin) {
+                    return refusal;
                 }
                 let id = p["/invalidations/".len()..p.len() - "/ack".len()].parse::<u64>();
                 let seq = req
@@ -232,8 +238,8 @@ impl AdminService {
                 }
             }
             (p, Method::GET) if status::PATHS.contains(&p) => {
-                if let Err(denied) = self.auth.check(req.headers(), peer) {
-                    return *denied;
+                if let Some(refusal) = self.refusal(req.headers(), peer, Scope::Admin) {
+                    return refusal;
                 }
                 self.status_resource(p)
             }
@@ -246,6 +252,19 @@ impl AdminService {
                 "no such admin resource (try / for the status page, /purge, /cluster, /invalidations, /metrics, /healthz, /readyz)",
             ),
         }
+    }
+
+    /// The refusal, if the request may not do what `scope` covers.
+    fn refusal(
+        &self,
+        headers: &http::HeaderMap,
+        peer: SocketAddr,
+        scope: Scope,
+    ) -> Option<Response<Body>> {
+        self.auth
+            .check(headers, peer, scope)
+            .err()
+            .map(|denied| denied.response)
     }
 
     /// `POST /drain`, a Kubernetes `preStop` hook's first step: readiness goes

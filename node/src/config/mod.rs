@@ -14,10 +14,12 @@
 //! Here: the table, the types it uses and the checks across settings. [`spec`]: what a
 //! setting is, and the macro. [`parse`]: the file, the parser and the value parsers.
 
+mod cidr;
 mod origin;
 mod parse;
 pub mod rules;
 mod spec;
+mod tls_certs;
 mod units;
 
 use std::collections::BTreeMap;
@@ -25,15 +27,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cidr::Cidr;
 pub use origin::{ForwardHost, OriginUrl};
 pub use parse::read_file;
 pub use rules::Rules;
 pub use spec::{ConfigError, Origin, Spec};
+pub use tls_certs::CertEntry;
 pub use units::{parse_duration, parse_size};
 
 use origin::{parse_routes, parse_statuses};
 use parse::{
-    addr, duration, list, one_of, path, positive_duration, shown, size, switch, text, whole, word,
+    addr, duration, list, one_of, path, positive_duration, shown, size, switch, text, tokens,
+    whole, word,
 };
 
 /// Raw setting values with their origins, before parsing.
@@ -160,8 +165,14 @@ spec::settings! {
         "How long a `wait=all` purge waits for every member's acknowledgement; members that have not acked by then are named in the answer.";
     admin_addr: SocketAddr = Some("127.0.0.1:9090"), required(addr), shown::text, fixed,
         "Address of the admin API (purge, health, metrics). Without an admin token it must be a loopback address.";
-    admin_token: Option<String> = None, optional(text), shown::redacted, reloadable,
-        "Bearer token required by the admin API and by PURGE. Unset: only loopback clients may purge.";
+    admin_token: Option<Vec<String>> = None, optional(tokens), shown::redacted, reloadable,
+        "Bearer token required by the admin API and by PURGE; several, comma-separated, are all valid (rotate a token by a reload that adds the new one, then one that drops the old). Unset: only loopback clients may use them.";
+    purge_token: Option<Vec<String>> = None, optional(tokens), shown::redacted, reloadable,
+        "Bearer tokens (comma-separated) that may purge (POST /purge, GET /purge/{id}, PURGE) and do nothing else on the admin API, for the tools and people that only purge.";
+    admin_allow: Vec<Cidr> = None, or_empty(|s| list(s)?.iter().map(|c| Cidr::parse(c)).collect()), |v: &Vec<Cidr>| shown::list(v), reloadable,
+        "Comma-separated CIDR blocks (`10.0.0.0/8,::1`) that may use the admin API and PURGE; others get 403 before their token is looked at. /healthz and /readyz stay open to all. Empty: any address (tokens still apply).";
+    admin_rate_limit: u32 = Some("2000"), required(whole(0, 10_000_000)), shown::text, reloadable,
+        "Admin and purge requests per second per token (bursts of twice that); past it, 429 with Retry-After. 0: no limit.";
     data_dir: PathBuf = Some("./fanz-data"), required(|s| if s.is_empty() { Err("must not be empty".into()) } else { path(s) }), shown::path, fixed,
         "Directory for the disk tier and the invalidation log. Created if missing.";
     memory_capacity: u64 = Some("256MiB"), required(size(MIB, NO_LIMIT)), shown::text, fixed,
@@ -200,6 +211,10 @@ spec::settings! {
         "PEM certificate chain: the main listener speaks HTTPS (ALPN h2 and http/1.1). Needs tls_key.";
     tls_key: Option<PathBuf> = None, optional(path), shown::unset_path, fixed,
         "PEM private key for tls_cert.";
+    tls_certs: Vec<CertEntry> = None, or_empty(tls_certs::parse), |v: &Vec<CertEntry>| tls_certs::show(v), reloadable,
+        "More certificates, chosen by the server name a client asks for (SNI), on the main listener and HTTP/3: `[[tls.certs]]` tables in the config file, each with `names` (host names, or `*.` wildcards for one label), `cert` and `key`. A name none of them serves gets tls_cert (or the first of these). Certificate files are read again on SIGHUP and when they change (tls_watch), without dropping connections.";
+    tls_watch: Duration = Some("10s"), required(duration), shown::ms, fixed,
+        "How often the certificate and key files are checked for changes (a renewal by certbot or cert-manager) and read again; 0s: on SIGHUP only.";
     origin_ca_file: Option<PathBuf> = None, optional(path), shown::unset_path, fixed,
         "PEM file of CA certificates trusted for https:// origins, besides the system's.";
     origin: Option<OriginUrl> = None, optional(OriginUrl::parse), shown::unset, reloadable,
@@ -312,6 +327,14 @@ impl Config {
                         format!("{addr} is advertised to the other members as this node's address: bind the address they reach it at (in Kubernetes, $(POD_IP) from the downward API)"),
                     ));
                 }
+            }
+        }
+        if let (Some(admin), Some(purge)) = (&config.admin_token, &config.purge_token) {
+            if purge.iter().any(|t| admin.contains(t)) {
+                return Err(p.invalid(
+                    "purge_token",
+                    "a purge token is also an admin token: one token, one scope".into(),
+                ));
             }
         }
         if config.admin_token.is_none() && !config.admin_addr.ip().is_loopback() {

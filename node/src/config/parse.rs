@@ -26,6 +26,21 @@ pub fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
         .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
     let mut raw = RawSettings::new();
     for (key, value) in table {
+        // `[[tls.certs]]`: the `tls_certs` setting.
+        let (key, value) = match (key.as_str(), value) {
+            ("tls", toml::Value::Table(mut tls)) => {
+                match (tls.remove("certs"), tls.keys().next()) {
+                    (Some(certs), None) => ("tls_certs".to_string(), certs),
+                    (_, Some(other)) => {
+                        return Err(file_err(format!(
+                            "tls.{other}: unknown setting (the [tls] table holds `certs` only)"
+                        )))
+                    }
+                    (None, None) => continue,
+                }
+            }
+            (_, value) => (key, value),
+        };
         let Some(spec) = SETTINGS.iter().find(|s| s.name == key) else {
             return Err(ConfigError::Unknown {
                 key,
@@ -34,7 +49,9 @@ pub fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
         };
         let text = match value {
             // `[[rules]]` tables: read as the inline array the `rules` setting takes.
-            array @ toml::Value::Array(_) if spec.name == "rules" => array.to_string(),
+            array @ toml::Value::Array(_) if matches!(spec.name, "rules" | "tls_certs") => {
+                array.to_string()
+            }
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
@@ -225,6 +242,19 @@ pub(super) fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A comma-separated list, items trimmed, empty ones dropped.
+/// Secrets, comma-separated: at least one, none empty or holding spaces (a stray
+/// space would make a token nobody can present).
+pub(super) fn tokens(s: &str) -> Result<Vec<String>, String> {
+    let tokens: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
+    if tokens.iter().any(|t| t.is_empty()) {
+        return Err("a token is empty (a stray comma?)".into());
+    }
+    if tokens.iter().any(|t| t.contains(char::is_whitespace)) {
+        return Err("a token holds whitespace".into());
+    }
+    Ok(tokens)
+}
+
 pub(super) fn list(s: &str) -> Result<Vec<String>, String> {
     Ok(s.split(',')
         .map(|item| item.trim().to_string())
@@ -274,7 +304,7 @@ pub(super) mod shown {
     }
 
     /// `(redacted)` when set: a secret.
-    pub(in crate::config) fn redacted(v: &Option<String>) -> String {
+    pub(in crate::config) fn redacted<T>(v: &Option<T>) -> String {
         v.as_ref().map_or("(unset)".into(), |_| "(redacted)".into())
     }
 }

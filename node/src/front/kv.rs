@@ -14,7 +14,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::purge::Purger;
-use crate::auth::Auth;
+use crate::auth::{Auth, Scope};
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Freshness, Lookup, MissReason};
 use crate::cluster::replication::{Replicator, Wait};
@@ -619,8 +619,8 @@ impl MainService {
     /// `PURGE /kv/{key}` purges the key; `PURGE` with `Surrogate-Key: a b` purges those
     /// tags. `Fanz-Soft-Purge: 1` makes it soft.
     async fn purge(&self, req: &Parts, peer: SocketAddr) -> Response<Body> {
-        if let Err(denied) = self.auth.check(&req.headers, peer) {
-            return *denied;
+        if let Err(denied) = self.auth.check(&req.headers, peer, Scope::Purge) {
+            return denied.response;
         }
         let soft = req
             .headers

@@ -1,10 +1,16 @@
-//! TLS: the server configuration for terminating TLS on the main listener (ALPN `h2`
-//! and `http/1.1`), and the client configuration for HTTPS origins (the system's
+//! TLS: the server configurations for terminating TLS on the main listener (ALPN
+//! `h2` and `http/1.1`) and HTTP/3, both presenting the certificates of one
+//! [`CertStore`] (chosen by SNI, reloaded while the node runs: `certs`), and the
+//! client configuration for HTTPS origins (the system's
 //! roots plus an optional CA file). Both use the ring provider, passed explicitly, so
 //! no process-wide provider has to be installed.
 
+mod certs;
+
 use std::path::Path;
 use std::sync::Arc;
+
+pub use certs::{CertSource, CertStore};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,32 +51,29 @@ fn certificates(
     Ok(certs)
 }
 
-/// A server configuration from a certificate chain and a private key (PEM files),
-/// for the given protocol versions and ALPN protocols.
+/// A server configuration presenting `certs`' certificates, for the given protocol
+/// versions and ALPN protocols.
 fn server_with(
-    cert: &Path,
-    key: &Path,
+    certs: Arc<CertStore>,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
-    let chain = certificates("tls_cert", cert)?;
-    let key_err = |message: String| TlsError {
-        setting: "tls_key",
-        path: key.display().to_string(),
-        message,
-    };
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
-        .map_err(|e| key_err(e.to_string()))?;
+        .map_err(|e| TlsError {
+            setting: "tls_cert",
+            path: String::new(),
+            message: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
 /// The main listener's configuration: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    server_with(cert, key, rustls::DEFAULT_VERSIONS, &[b"h2", b"http/1.1"]).map(Arc::new)
+pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    server_with(certs, rustls::DEFAULT_VERSIONS, &[b"h2", b"http/1.1"]).map(Arc::new)
 }
 
 /// The QUIC (HTTP/3) server configuration: TLS 1.3 only, ALPN `h3`; 0-RTT only when
@@ -80,15 +83,42 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 /// hands each one out once), and the HTTP/3 front end serves only safe methods
 /// before the handshake completes (see the HTTP/3 front end, `front::h3`).
 pub fn h3_server_config(
-    cert: &Path,
-    key: &Path,
+    certs: Arc<CertStore>,
     early_data: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = server_with(cert, key, &[&rustls::version::TLS13], &[b"h3"])?;
+    let mut config = server_with(certs, &[&rustls::version::TLS13], &[b"h3"])?;
     // QUIC allows only "none" or "unlimited" here: the transport's flow control bounds
     // early data instead (RFC 9001 §4.6.1).
     config.max_early_data_size = if early_data { u32::MAX } else { 0 };
     Ok(Arc::new(config))
+}
+
+/// The certificate files the TLS listeners present: `tls_cert`/`tls_key` (the
+/// default), then `tls_certs` by server name.
+pub fn cert_sources(config: &crate::config::Config) -> Vec<CertSource> {
+    let main = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(CertSource {
+            names: Vec::new(),
+            cert: cert.clone(),
+            key: key.clone(),
+            index: None,
+        }),
+        _ => None,
+    };
+    main.into_iter()
+        .chain(
+            config
+                .tls_certs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| CertSource {
+                    names: e.names.clone(),
+                    cert: e.cert.clone(),
+                    key: e.key.clone(),
+                    index: Some(i),
+                }),
+        )
+        .collect()
 }
 
 /// File names of the development certificate in the data directory.
