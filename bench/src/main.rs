@@ -52,6 +52,7 @@ fn command() -> Command {
         .arg(Arg::new("keys").long("keys").default_value("1").help("Distinct keys substituted for {key}"))
         .arg(Arg::new("zipf").long("zipf").default_value("0").help("Zipf exponent of the key popularity (0: uniform)"))
         .arg(Arg::new("writes").long("writes").default_value("0").help("Fraction of requests that are PUTs (KV writes), 0 to 1"))
+        .arg(Arg::new("tracking-params").long("tracking-params").default_value("0").help("Fraction of reads, 0 to 1, with random utm_source/utm_campaign parameters (query normalisation workloads)"))
         .arg(Arg::new("sequential").long("sequential").num_args(0).help("Keys in order (k0, k1, ...) instead of drawn: with --writes 1, a fill"))
         .arg(Arg::new("value-size").long("value-size").default_value("1024").help("Bytes per written value"))
         .arg(Arg::new("seed").long("seed").default_value("1").help("Seed of the request sequence"))
@@ -170,6 +171,10 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
             writes,
             value: Bytes::from(vec![b'v'; value_size]),
             sequential: m.get_flag("sequential").then(Default::default),
+            tracking: match number::<f64>(m, "tracking-params")? {
+                f if (0.0..=1.0).contains(&f) => f,
+                _ => return Err("--tracking-params must be from 0 to 1".into()),
+            },
         },
         rate: positive("rate")?,
         seed: number(m, "seed")?,

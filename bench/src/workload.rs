@@ -60,6 +60,10 @@ pub struct Workload {
     /// Keys in order (0, 1, 2, ... shared by every connection, wrapping at `keys`)
     /// instead of drawn: a fill that writes every key once.
     pub sequential: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Fraction of reads that carry random `utm_source`/`utm_campaign` parameters,
+    /// as links shared from newsletters and ads do: without query normalisation
+    /// each one is a key of its own.
+    pub tracking: f64,
 }
 
 impl Workload {
@@ -72,6 +76,7 @@ impl Workload {
             writes: 0.0,
             value: Bytes::new(),
             sequential: None,
+            tracking: 0.0,
         }
     }
 
@@ -87,6 +92,13 @@ impl Workload {
             self.path.clone()
         };
         let write = self.writes > 0.0 && rng.unit() < self.writes;
+        let path = if !write && self.tracking > 0.0 && rng.unit() < self.tracking {
+            let (source, campaign) = (rng.next_u64() % 1_000_000, rng.next_u64() % 1_000_000);
+            let joint = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{joint}utm_source=s{source}&utm_campaign=c{campaign}")
+        } else {
+            path
+        };
         let (method, body) = if write {
             (Method::PUT, self.value.clone())
         } else {
@@ -170,6 +182,7 @@ mod tests {
             writes: 0.25,
             value: Bytes::from_static(b"value"),
             sequential: None,
+            tracking: 0.0,
         };
         let mut rng = Rng::new(3);
         let mut puts = 0;
@@ -194,12 +207,35 @@ mod tests {
             writes: 1.0,
             value: Bytes::from_static(b"v"),
             sequential: Some(Default::default()),
+            tracking: 0.0,
         };
         let mut rng = Rng::new(1);
         let paths: Vec<String> = (0..6).map(|_| w.next(&mut rng).uri().to_string()).collect();
         assert_eq!(
             paths,
             ["/kv/k0", "/kv/k1", "/kv/k2", "/kv/k3", "/kv/k4", "/kv/k0"]
+        );
+    }
+
+    #[test]
+    fn tracking_parameters_go_on_the_asked_share_of_reads_each_one_new() {
+        let w = Workload {
+            tracking: 0.3,
+            ..Workload::fixed("/obj/x")
+        };
+        let mut rng = Rng::new(7);
+        let tracked: Vec<String> = (0..10_000)
+            .map(|_| w.next(&mut rng).uri().to_string())
+            .filter(|u| u.contains("?utm_source=s"))
+            .collect();
+        assert!((2_800..3_200).contains(&tracked.len()), "{}", tracked.len());
+        assert!(tracked
+            .iter()
+            .all(|u| u.starts_with("/obj/x?") && u.contains("&utm_campaign=c")));
+        let distinct: std::collections::HashSet<_> = tracked.iter().collect();
+        assert!(
+            distinct.len() > tracked.len() * 99 / 100,
+            "random, not repeated"
         );
     }
 }

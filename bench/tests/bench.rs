@@ -207,6 +207,7 @@ async fn keys_writes_and_purges_reach_the_server() {
             writes: 0.5,
             value: Bytes::from_static(b"value"),
             sequential: None,
+            tracking: 0.0,
         },
         rate: None,
         seed: 9,

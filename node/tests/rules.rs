@@ -362,3 +362,74 @@ async fn a_rule_sends_its_requests_to_its_own_origin() {
     assert_eq!(blog.count("/blog/post"), 1);
     assert_eq!(main.count("/blog/post"), 0);
 }
+
+/// `grace` (Varnish's grace): a copy past its freshness is served while the origin
+/// answers 5xx, for as long as the rule says; without a rule the failure reaches the
+/// client. (An unreachable or timed-out origin takes the same path: the copy's
+/// stale-if-error window, which grace lengthens; `origin_failures.rs` covers it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grace_serves_a_stale_copy_while_the_origin_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (tmp, data) = data_dir();
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let origin = {
+        let failing = failing.clone();
+        TestOrigin::start(move |req, n| {
+            if failing.load(Ordering::SeqCst) {
+                respond(503, &[], "down".to_string())
+            } else {
+                respond(
+                    200,
+                    &[("cache-control", "max-age=1")],
+                    format!("{} #{n}", req.path),
+                )
+            }
+        })
+        .await
+    };
+    let file = tmp.path().join("fanz.toml");
+    write_config(
+        &file,
+        &origin,
+        r#"
+[[rules]]
+host = "graced.example"
+grace = "1h"
+"#,
+    );
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    let graced = get_at(&node, "graced.example", "/page").await.text();
+    let plain = get_at(&node, "plain.example", "/page").await.text();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    failing.store(true, Ordering::SeqCst);
+
+    // 5xx: the graced copy is served, marked; the other gets the 503.
+    let r = request(
+        &node,
+        Method::GET,
+        "/page",
+        &[("host", "graced.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), graced);
+    let status = r.header("cache-status").unwrap_or_default();
+    assert!(
+        status.contains("fwd-status=503") && status.contains("stale-if-error"),
+        "{status}"
+    );
+    let r = request(
+        &node,
+        Method::GET,
+        "/page",
+        &[("host", "plain.example")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{plain} without grace"
+    );
+}

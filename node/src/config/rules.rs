@@ -133,6 +133,10 @@ pub struct Rule {
     pub ttl: Option<Duration>,
     /// Lifetimes by status: exact codes, then classes (`5` for `5xx`).
     pub ttl_by_status: Vec<(StatusMatch, Duration)>,
+    /// How long past its freshness a stored copy is still served when the origin
+    /// is unreachable, times out or answers 5xx (Varnish's grace): the copy's
+    /// `stale-if-error` window is at least this long.
+    pub grace: Option<Duration>,
     /// Header edits of the responses clients get.
     pub response_edits: HeaderEdits,
     /// Header edits of the requests the origin gets.
@@ -238,6 +242,7 @@ const FIELDS: &[&str] = &[
     "bypass",
     "ttl",
     "ttl_by_status",
+    "grace",
     "set_response_headers",
     "remove_response_headers",
     "set_request_headers",
@@ -319,6 +324,9 @@ impl Rule {
         }
         if let Some(ttl) = self.ttl {
             let _ = write!(out, ", ttl = \"{}ms\"", ttl.as_millis());
+        }
+        if let Some(grace) = self.grace {
+            let _ = write!(out, ", grace = \"{}ms\"", grace.as_millis());
         }
         if !self.ttl_by_status.is_empty() {
             let list: Vec<String> = self
@@ -537,6 +545,9 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
     let ttl = text("ttl")?
         .map(|t| super::units::parse_duration(t).map_err(|e| format!("ttl: {e}")))
         .transpose()?;
+    let grace = text("grace")?
+        .map(|t| super::units::parse_duration(t).map_err(|e| format!("grace: {e}")))
+        .transpose()?;
     let ttl_by_status = match table.get("ttl_by_status") {
         None => Vec::new(),
         Some(toml::Value::Table(statuses)) => {
@@ -576,6 +587,7 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         bypass,
         ttl,
         ttl_by_status,
+        grace,
         response_edits,
         request_edits,
         origin,
@@ -678,6 +690,7 @@ mod tests {
             bypass: false,
             ttl: None,
             ttl_by_status: Vec::new(),
+            grace: None,
             response_edits: HeaderEdits::default(),
             request_edits: HeaderEdits::default(),
             origin: None,

@@ -140,6 +140,15 @@ impl Storable {
         self
     }
 
+    /// The same response served stale for at least `grace_ms` when the origin fails
+    /// (a rule's `grace`), unless its `headers` forbid serving it stale.
+    pub fn with_grace(mut self, grace_ms: u64, headers: &HeaderMap) -> Self {
+        if !forbids_stale(headers) {
+            self.stale_if_error_ms = self.stale_if_error_ms.max(grace_ms);
+        }
+        self
+    }
+
     /// A response the origin's headers would not have this cache store, stored for
     /// `lifetime_ms` because an operator's rule says so (born when it arrived).
     pub fn forced(lifetime_ms: u64, response_ms: u64) -> Self {

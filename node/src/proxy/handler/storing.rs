@@ -1,5 +1,5 @@
 //! Whether a response is stored, and for how long: RFC 9111's answer
-//! ([`policy::evaluate`]), then an operator's rule (`ttl`, `ttl_by_status`), then
+//! ([`policy::evaluate`]), then an operator's rule (`ttl`, `ttl_by_status`, `grace`), then
 //! the clamps that keep every entry inside its tombstones' retention.
 
 use http::{HeaderMap, Method, StatusCode};
@@ -46,7 +46,12 @@ impl Proxy {
             }
             (decided, _) => decided,
         };
+        let grace = ctx.rule.as_ref().and_then(|r| r.grace);
         decided.map(|s| {
+            let s = match grace {
+                Some(grace) => s.with_grace(grace.as_millis() as u64, headers),
+                None => s,
+            };
             s.within(
                 limits.max_ttl.as_millis() as u64,
                 limits.max_stale.as_millis() as u64,
