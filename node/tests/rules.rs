@@ -433,3 +433,73 @@ grace = "1h"
         "{plain} without grace"
     );
 }
+
+/// `key_headers` and `key_cookies`: a request header's or a cookie's value splits
+/// the cache as `Vary` would (other cookies do not), and a purge of the URL covers
+/// every copy it maps to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_headers_and_cookies_split_the_cache_and_a_url_purge_covers_every_copy() {
+    let (tmp, data) = data_dir();
+    let origin = origin().await;
+    let file = tmp.path().join("fanz.toml");
+    write_config(
+        &file,
+        &origin,
+        r#"
+[[rules]]
+host = "shop.example"
+key_headers = ["X-Device"]
+key_cookies = ["lang"]
+"#,
+    );
+    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    let fetch = async |device: &str, cookie: &str| {
+        let r = request(
+            &node,
+            Method::GET,
+            "/p",
+            &[
+                ("host", "shop.example"),
+                ("x-device", device),
+                ("cookie", cookie),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.text()
+    };
+    assert_eq!(fetch("mobile", "lang=en; sid=1").await, "/p #1");
+    assert_eq!(
+        fetch("mobile", "sid=2; lang=en").await,
+        "/p #1",
+        "other cookies do not count"
+    );
+    assert_eq!(fetch("desktop", "lang=en").await, "/p #2");
+    assert_eq!(fetch("mobile", "lang=fr").await, "/p #3");
+    assert_eq!(fetch("desktop", "lang=en; sid=9").await, "/p #2");
+    assert_eq!(fetch("mobile", "lang=fr").await, "/p #3");
+
+    let r = admin_purge(&node, r#"{"urls":["http://shop.example/p"]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let mut after = vec![
+        fetch("mobile", "lang=en").await,
+        fetch("desktop", "lang=en").await,
+        fetch("mobile", "lang=fr").await,
+    ];
+    after.sort();
+    assert_eq!(after, ["/p #4", "/p #5", "/p #6"], "every copy was purged");
+
+    // The status page counts the requests each rule matched.
+    let bearer = format!("Bearer {TOKEN}");
+    let status = send(
+        Method::GET,
+        &node.admin_url("/status.json"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(status["rules"][0]["host"], "shop.example");
+    assert_eq!(status["rules"][0]["hits"], 9, "{}", status["rules"]);
+}

@@ -135,6 +135,16 @@ function renderPurges(status) {
   ])));
 }
 
+function renderRules(status) {
+  document.getElementById("no-rules").hidden = status.rules.length > 0;
+  fill("rules", status.rules.map((r) => row([
+    r.index,
+    r.host === null ? "any" : r.host,
+    r.path === null ? "any" : r.path,
+    r.hits,
+  ])));
+}
+
 function render(status) {
   document.getElementById("node-id").textContent = status.node.id;
   document.getElementById("summary").textContent =
@@ -143,6 +153,7 @@ function render(status) {
       status.node.replicas + " replicas per key") + " · " + (status.node.ready ? "ready" : "NOT READY");
   renderMembers(status);
   renderHits(status);
+  renderRules(status);
   renderUsage(status);
   renderPurges(status);
   previous = status;

@@ -99,6 +99,7 @@ impl AdminService {
                 "breakers_open": self.proxy.as_ref().map_or(0, |p| p.breakers_open()),
             },
             "purges": self.purger.recent(),
+            "rules": self.proxy.as_ref().map_or_else(Vec::new, |p| p.rules_report()),
         })
     }
 }

@@ -29,6 +29,7 @@
 //! would, is an error too.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -137,6 +138,10 @@ pub struct Rule {
     /// is unreachable, times out or answers 5xx (Varnish's grace): the copy's
     /// `stale-if-error` window is at least this long.
     pub grace: Option<Duration>,
+    /// What besides the URL tells its stored copies apart: request headers
+    /// (lowercase) and cookies (`cookie=NAME`), as the variant fields of a
+    /// response's `Vary` do. A purge of the URL covers every one of them.
+    pub key_fields: Vec<String>,
     /// Header edits of the responses clients get.
     pub response_edits: HeaderEdits,
     /// Header edits of the requests the origin gets.
@@ -243,6 +248,8 @@ const FIELDS: &[&str] = &[
     "ttl",
     "ttl_by_status",
     "grace",
+    "key_headers",
+    "key_cookies",
     "set_response_headers",
     "remove_response_headers",
     "set_request_headers",
@@ -328,6 +335,21 @@ impl Rule {
         if let Some(grace) = self.grace {
             let _ = write!(out, ", grace = \"{}ms\"", grace.as_millis());
         }
+        let (headers, cookies): (Vec<&String>, Vec<&String>) = self
+            .key_fields
+            .iter()
+            .partition(|f| !f.starts_with(COOKIE_FIELD));
+        if !headers.is_empty() {
+            let list: Vec<String> = headers.iter().map(|h| quoted(h)).collect();
+            let _ = write!(out, ", key_headers = [{}]", list.join(", "));
+        }
+        if !cookies.is_empty() {
+            let list: Vec<String> = cookies
+                .iter()
+                .map(|c| quoted(&c[COOKIE_FIELD.len()..]))
+                .collect();
+            let _ = write!(out, ", key_cookies = [{}]", list.join(", "));
+        }
         if !self.ttl_by_status.is_empty() {
             let list: Vec<String> = self
                 .ttl_by_status
@@ -381,6 +403,8 @@ impl Rule {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     list: Vec<std::sync::Arc<Rule>>,
+    /// Requests each rule matched since these rules were read.
+    hits: Hits,
     /// Positions in `list` of the rules naming each exact host, ascending.
     by_host: std::collections::HashMap<String, Vec<usize>>,
     /// Positions of the rules for any host (a glob, or no host), ascending.
@@ -401,10 +425,32 @@ impl Rules {
             }
         }
         Self {
+            hits: Hits((0..list.len()).map(|_| AtomicU64::new(0)).collect()),
             list,
             by_host,
             any_host,
         }
+    }
+
+    /// Counts a client request rule `index` matched (the status page shows them).
+    pub fn count_match(&self, index: usize) {
+        if let Some(hits) = self.hits.0.get(index) {
+            hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Each rule with how many client requests it matched since it was read.
+    pub fn report(&self) -> Vec<RuleReport> {
+        self.list
+            .iter()
+            .zip(self.hits.0.iter())
+            .map(|(rule, hits)| RuleReport {
+                index: rule.index,
+                host: rule.host.as_ref().map(|g| g.as_str().to_string()),
+                path: rule.path.as_ref().map(|g| g.as_str().to_string()),
+                hits: hits.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// The first rule (in file order) that applies to a request for `path` on `host`.
@@ -442,6 +488,32 @@ impl Rules {
     pub fn iter(&self) -> impl Iterator<Item = &std::sync::Arc<Rule>> {
         self.list.iter()
     }
+}
+
+/// Per-rule match counts, shared by clones; not part of what the rules are, so
+/// two sets of rules compare equal whatever they counted.
+#[derive(Debug, Clone, Default)]
+struct Hits(std::sync::Arc<[AtomicU64]>);
+
+impl PartialEq for Hits {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Hits {}
+
+/// One rule as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleReport {
+    /// Its place in the file.
+    pub index: usize,
+    /// Its host glob, if it has one.
+    pub host: Option<String>,
+    /// Its path glob, if it has one.
+    pub path: Option<String>,
+    /// Client requests it matched since the rules were read.
+    pub hits: u64,
 }
 
 /// Reads the rules from a TOML inline array of tables (`[{ host = "a.example" }]`),
@@ -548,6 +620,7 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
     let grace = text("grace")?
         .map(|t| super::units::parse_duration(t).map_err(|e| format!("grace: {e}")))
         .transpose()?;
+    let key_fields = key_fields(table)?;
     let ttl_by_status = match table.get("ttl_by_status") {
         None => Vec::new(),
         Some(toml::Value::Table(statuses)) => {
@@ -588,10 +661,57 @@ fn parse_rule(index: usize, item: &toml::Value) -> Result<Rule, String> {
         ttl,
         ttl_by_status,
         grace,
+        key_fields,
         response_edits,
         request_edits,
         origin,
     })
+}
+
+/// The prefix of a variant field that names a cookie rather than a header (no
+/// header name holds `=`).
+pub const COOKIE_FIELD: &str = "cookie=";
+
+/// `key_headers` and `key_cookies` as variant fields, sorted as `Vary`'s are.
+fn key_fields(table: &toml::Table) -> Result<Vec<String>, String> {
+    let names = |field: &str| -> Result<Vec<String>, String> {
+        match table.get(field) {
+            None => Ok(Vec::new()),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Err(format!(
+                        "{field}: expected strings, got {}",
+                        other.type_str()
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(format!(
+                "{field}: expected an array of names, got {}",
+                other.type_str()
+            )),
+        }
+    };
+    let mut fields = Vec::new();
+    for name in names("key_headers")? {
+        let parsed = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("key_headers: {name:?} is not a header name"))?;
+        fields.push(parsed.as_str().to_string());
+    }
+    for name in names("key_cookies")? {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !token {
+            return Err(format!("key_cookies: {name:?} is not a cookie name"));
+        }
+        fields.push(format!("{COOKIE_FIELD}{name}"));
+    }
+    fields.sort();
+    fields.dedup();
+    Ok(fields)
 }
 
 /// A field name a rule may edit; errors start with `field`.
@@ -691,6 +811,7 @@ mod tests {
             ttl: None,
             ttl_by_status: Vec::new(),
             grace: None,
+            key_fields: Vec::new(),
             response_edits: HeaderEdits::default(),
             request_edits: HeaderEdits::default(),
             origin: None,
@@ -742,6 +863,21 @@ mod tests {
     }
 
     #[test]
+    fn key_fields_and_grace_read_back() {
+        let rules = parse(
+            r#"[{ key_headers = ["X-Device", "accept-language"], key_cookies = ["lang"], grace = "1h" }]"#,
+        )
+        .unwrap();
+        let rule = rules.matching("h", "/").unwrap();
+        assert_eq!(
+            rule.key_fields,
+            ["accept-language", "cookie=lang", "x-device"]
+        );
+        assert_eq!(rule.grace, Some(Duration::from_secs(3600)));
+        assert_eq!(parse(&show(&rules)).unwrap(), rules);
+    }
+
+    #[test]
     fn header_edits_remove_then_set_and_read_back() {
         let rules = parse(
             r#"[{ set_response_headers = { "Access-Control-Allow-Origin" = "*", "X-Frame-Options" = "DENY" },
@@ -782,6 +918,13 @@ mod tests {
     fn a_bad_rule_is_named_by_its_index_and_field() {
         for (text, expected) in [
             (r#"[{ hots = "a" }]"#, "rules[0].hots: unknown field"),
+            (r#"[{ key_headers = ["a b"] }]"#, "rules[0].key_headers: "),
+            (r#"[{ key_cookies = ["a;b"] }]"#, "rules[0].key_cookies: "),
+            (
+                r#"[{ key_cookies = "lang" }]"#,
+                "rules[0].key_cookies: expected an array",
+            ),
+            (r#"[{ grace = "soon" }]"#, "rules[0].grace: "),
             (r#"[{ host = "a" }, { path = "img/*" }]"#, "rules[1].path: "),
             (r#"[{ path = "/a b" }]"#, "rules[0].path: "),
             (r#"[{ query = "shuffle" }]"#, "rules[0].query: "),

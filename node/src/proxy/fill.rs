@@ -157,12 +157,13 @@ pub fn take_peer_version(response: &mut HeaderMap) -> Option<Timestamp> {
 /// `version`: an owner that had not applied the purge yet answered from its old copy.
 pub fn covered_here(
     cache: &Cache,
-    primary: &CacheKey,
+    (primary, key_fields): (&CacheKey, &[String]),
     request: &HeaderMap,
     response: &HeaderMap,
     version: Timestamp,
 ) -> bool {
-    let (key, depends_on) = placement(primary, request, response, &vary_fields(response));
+    let fields = variant_fields(response, key_fields);
+    let (key, depends_on) = placement(primary, request, response, &fields);
     let meta = EntryMeta {
         version,
         tags: response_tags(response),
@@ -170,6 +171,18 @@ pub fn covered_here(
         ..EntryMeta::default()
     };
     cache.covered(&key, &meta)
+}
+
+/// What tells a URL's stored copies apart: the response's `Vary` fields and a
+/// rule's `key_headers`/`key_cookies` (`key_fields`), sorted, once each.
+fn variant_fields(response: &HeaderMap, key_fields: &[String]) -> Vec<String> {
+    let mut fields = vary_fields(response);
+    if !key_fields.is_empty() {
+        fields.extend(key_fields.iter().cloned());
+        fields.sort();
+        fields.dedup();
+    }
+    fields
 }
 
 /// What to store for a storable response.
@@ -189,7 +202,7 @@ pub struct Plan {
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     shaping: &Shaping,
-    primary: &CacheKey,
+    (primary, key_fields): (&CacheKey, &[String]),
     request: &HeaderMap,
     status: StatusCode,
     response: &HeaderMap,
@@ -198,7 +211,7 @@ pub fn plan(
     now_ms: u64,
 ) -> Plan {
     let stored = shaping.storable_headers(response, &storable.strip_fields);
-    let fields = vary_fields(response);
+    let fields = variant_fields(response, key_fields);
     let usable_ms = storable.lifetime_ms
         + storable
             .stale_while_revalidate_ms

@@ -178,6 +178,11 @@ impl Ctx {
     fn bypass(&self) -> bool {
         self.rule.as_ref().is_some_and(|r| r.bypass)
     }
+
+    /// What besides the URL its rule adds to the cache key (none without a rule).
+    fn key_fields(&self) -> &[String] {
+        self.rule.as_ref().map_or(&[], |r| &r.key_fields)
+    }
 }
 
 impl Proxy {
@@ -254,6 +259,11 @@ impl Proxy {
         }
         target.apply_rules(self.origins.get().rules());
         Ok(PurgeTarget::Key(target.primary_key()))
+    }
+
+    /// The operator's rules with the requests each matched (the status page).
+    pub fn rules_report(&self) -> Vec<crate::config::rules::RuleReport> {
+        self.origins.get().rules().report()
     }
 
     /// How many origins have their breaker open (for the metrics).
@@ -338,6 +348,10 @@ impl Proxy {
         };
         let origins = self.origins.get();
         let rule = target.apply_rules(origins.rules());
+        if let (Some(rule), false) = (&rule, from_peer) {
+            // Counted where the client's request arrived, once per request.
+            origins.rules().count_match(rule.index);
+        }
         let origin = rule
             .as_ref()
             .and_then(|r| origins.for_rule(r.index))
@@ -696,7 +710,7 @@ impl Proxy {
             Ok(storable) if !too_large && admitted => {
                 let plan = fill::plan(
                     &self.shaping_for(ctx),
-                    &ctx.primary,
+                    (&ctx.primary, ctx.key_fields()),
                     &ctx.headers,
                     status,
                     response.headers(),

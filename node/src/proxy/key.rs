@@ -13,7 +13,7 @@ use bytes::Bytes;
 use fanz_protocol::{CacheKey, Entry, EntryMeta, InvalidationId, Namespace, Timestamp};
 use http::{header, HeaderMap, Method, Request};
 
-use crate::config::rules::{Rule, Rules};
+use crate::config::rules::{Rule, Rules, COOKIE_FIELD};
 
 /// Status of a Vary marker entry (never a real HTTP status).
 const MARKER_STATUS: u16 = 0;
@@ -246,6 +246,11 @@ pub fn variant_key(primary: &CacheKey, fields: &[String], headers: &HeaderMap) -
             raw.push(b'\n');
             continue;
         }
+        if let Some(name) = field.strip_prefix(COOKIE_FIELD) {
+            raw.extend_from_slice(cookie(headers, name).unwrap_or_default().as_bytes());
+            raw.push(b'\n');
+            continue;
+        }
         let values: Vec<String> = headers
             .get_all(field.as_str())
             .iter()
@@ -256,6 +261,19 @@ pub fn variant_key(primary: &CacheKey, fields: &[String], headers: &HeaderMap) -
         raw.push(b'\n');
     }
     CacheKey::new(Namespace::Http, &raw)
+}
+
+/// The value of cookie `name` in a request's `Cookie` fields, if it has one.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name).then(|| value.trim())
+        })
 }
 
 /// A marker entry listing the varying fields of a URL.

@@ -52,7 +52,7 @@ impl Proxy {
             Ok(storable) => {
                 let plan = fill::plan(
                     &self.shaping_for(ctx),
-                    &ctx.primary,
+                    (&ctx.primary, ctx.key_fields()),
                     &ctx.headers,
                     status,
                     &merged,

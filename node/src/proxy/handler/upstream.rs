@@ -54,7 +54,7 @@ impl Proxy {
                                 .unwrap_or_else(|| self.cache.begin_fill());
                             if fill::covered_here(
                                 &self.cache,
-                                &ctx.primary,
+                                (&ctx.primary, ctx.key_fields()),
                                 &ctx.headers,
                                 answered,
                                 version,
