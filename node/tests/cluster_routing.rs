@@ -580,3 +580,68 @@ async fn an_unsafe_request_through_one_node_invalidates_on_every_node() {
         }
     }
 }
+
+/// Issue 20's levers across a cluster: every node applies the same rules, so a
+/// normalised URL (tracking parameters dropped, query sorted) and its cookie variant
+/// are one key cluster-wide, fetched from the origin once by its owner; a purge
+/// token's URL purge through any node reaches every copy on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_and_purge_tokens_apply_alike_on_every_node() {
+    let origin = numbered_origin().await;
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("fanz.toml");
+    std::fs::write(
+        &file,
+        "purge_token = \"purger\"\n\n[[rules]]\nhost = \"cdn.test\"\nquery = \"sort\"\ndrop_params = [\"utm_*\"]\nkey_cookies = [\"lang\"]\n",
+    )
+    .unwrap();
+    let (_tmp, nodes) = three_nodes(&origin, &["--config", file.to_str().unwrap()]).await;
+    let fetch = async |node: &ClusterNode, query: &str, lang: &str| {
+        let cookie = format!("lang={lang}");
+        let r = send(
+            Method::GET,
+            &node.node.url(&format!("/p?{query}")),
+            &[("host", "cdn.test"), ("cookie", &cookie)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+        r.text()
+    };
+    let normalised = "/p?a=1&b=2";
+    for (i, node) in nodes.iter().enumerate() {
+        for query in [format!("b=2&utm_source=n{i}&a=1"), "a=1&b=2&utm_medium=x".into()] {
+            assert_eq!(fetch(node, &query, "en").await, format!("{normalised} #1"));
+        }
+    }
+    assert_eq!(origin.count(normalised), 1, "one key cluster-wide");
+    for node in &nodes {
+        assert_eq!(fetch(node, "a=1&b=2", "fr").await, format!("{normalised} #2"));
+    }
+    assert_eq!(origin.count(normalised), 2, "one more for the other cookie");
+
+    // The purge token, through the third node, for the URL as a client wrote it.
+    let r = send(
+        Method::POST,
+        &nodes[2].node.admin_url("/purge"),
+        &[("authorization", "Bearer purger")],
+        r#"{"urls":["http://cdn.test/p?utm_source=mail&b=2&a=1"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["cluster"]["complete"], true, "{}", r.text());
+    for node in &nodes {
+        let en = fetch(node, "a=1&b=2", "en").await;
+        let fr = fetch(node, "a=1&b=2", "fr").await;
+        assert!(!en.ends_with("#1") && !fr.ends_with("#2"), "{} kept a purged copy: {en}, {fr}", node.id);
+    }
+    // Not an admin token: the cluster's membership stays closed to it.
+    let r = send(
+        Method::GET,
+        &nodes[0].node.admin_url("/cluster"),
+        &[("authorization", "Bearer purger")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, http::StatusCode::FORBIDDEN);
+}
