@@ -701,15 +701,7 @@ async fn the_client_speaks_tls_to_nodes_it_trusts_and_to_no_others() {
     // reports.
     let (cert, key, _) = self_signed_certificate(tmp.path(), "node", "127.0.0.1");
     let (other, _, _) = self_signed_certificate(tmp.path(), "other", "127.0.0.1");
-    let node = TestNode::start(
-        &data,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let node = TestNode::start_tls(&data, &cert, &key, &[]);
     let client = Client::builder()
         .seeds([admin_seed(&node)])
         .token(TOKEN)

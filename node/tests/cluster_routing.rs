@@ -610,13 +610,19 @@ async fn rules_and_purge_tokens_apply_alike_on_every_node() {
     };
     let normalised = "/p?a=1&b=2";
     for (i, node) in nodes.iter().enumerate() {
-        for query in [format!("b=2&utm_source=n{i}&a=1"), "a=1&b=2&utm_medium=x".into()] {
+        for query in [
+            format!("b=2&utm_source=n{i}&a=1"),
+            "a=1&b=2&utm_medium=x".into(),
+        ] {
             assert_eq!(fetch(node, &query, "en").await, format!("{normalised} #1"));
         }
     }
     assert_eq!(origin.count(normalised), 1, "one key cluster-wide");
     for node in &nodes {
-        assert_eq!(fetch(node, "a=1&b=2", "fr").await, format!("{normalised} #2"));
+        assert_eq!(
+            fetch(node, "a=1&b=2", "fr").await,
+            format!("{normalised} #2")
+        );
     }
     assert_eq!(origin.count(normalised), 2, "one more for the other cookie");
 
@@ -633,7 +639,11 @@ async fn rules_and_purge_tokens_apply_alike_on_every_node() {
     for node in &nodes {
         let en = fetch(node, "a=1&b=2", "en").await;
         let fr = fetch(node, "a=1&b=2", "fr").await;
-        assert!(!en.ends_with("#1") && !fr.ends_with("#2"), "{} kept a purged copy: {en}, {fr}", node.id);
+        assert!(
+            !en.ends_with("#1") && !fr.ends_with("#2"),
+            "{} kept a purged copy: {en}, {fr}",
+            node.id
+        );
     }
     // Not an admin token: the cluster's membership stays closed to it.
     let r = send(

@@ -404,14 +404,8 @@ grace = "1h"
     failing.store(true, Ordering::SeqCst);
 
     // 5xx: the graced copy is served, marked; the other gets the 503.
-    let r = request(
-        &node,
-        Method::GET,
-        "/page",
-        &[("host", "graced.example")],
-        "",
-    )
-    .await;
+    let page = async |host: &str| request(&node, Method::GET, "/page", &[("host", host)], "").await;
+    let r = page("graced.example").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), graced);
     let status = r.header("cache-status").unwrap_or_default();
@@ -419,14 +413,7 @@ grace = "1h"
         status.contains("fwd-status=503") && status.contains("stale-if-error"),
         "{status}"
     );
-    let r = request(
-        &node,
-        Method::GET,
-        "/page",
-        &[("host", "plain.example")],
-        "",
-    )
-    .await;
+    let r = page("plain.example").await;
     assert_eq!(
         r.status,
         StatusCode::SERVICE_UNAVAILABLE,

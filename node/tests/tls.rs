@@ -50,15 +50,7 @@ fn https_client(
 async fn the_main_listener_terminates_tls_and_negotiates_h2() {
     let (_tmp, data) = data_dir();
     let (cert, key, der) = certificate(_tmp.path());
-    let node = TestNode::start(
-        &data,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let node = TestNode::start_tls(&data, &cert, &key, &[]);
     let client = https_client(der);
     let base = format!("https://localhost:{}", node.http.port());
     let put = Request::put(format!("{base}/kv/secret"))
@@ -307,17 +299,7 @@ async fn a_renewed_certificate_is_served_without_dropping_connections() {
     let (tmp, data) = data_dir();
     let dir = tmp.path();
     let (cert, key, first) = certificate(dir);
-    let node = TestNode::start(
-        &data,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-watch",
-            "100ms",
-        ],
-    );
+    let node = TestNode::start_tls(&data, &cert, &key, &["--tls-watch", "100ms"]);
     // A keep-alive connection made with the first certificate.
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(
         std::slice::from_ref(&first),

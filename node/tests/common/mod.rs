@@ -94,6 +94,18 @@ impl TestNode {
         Self::start_with(data_dir, args)
     }
 
+    /// [`Self::start`] with the main listener speaking TLS with `cert` and `key`.
+    pub fn start_tls(data_dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> TestNode {
+        let mut args = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        Self::start(data_dir, &args)
+    }
+
     pub fn start_with(data_dir: &Path, args: Vec<String>) -> TestNode {
         // Ports are picked free but not held, so another test can take one first;
         // then the node exits at once and we try again with fresh ports.
