@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# KV writes against Redis SET, in one run (issue 21, part 5): fanz-node at its
+# defaults (disk tier on) and Redis without persistence, each pinned to core 1, the
+# load on core 0, 32 connections, 1 KiB values over 100 000 keys, rounds alternating
+# fanz then Redis; the median of each is compared. fanz-bench sends HTTP PUTs to
+# /kv/{key} (the client library's SET costs the same, see docs/PERFORMANCE.md);
+# redis-benchmark sends as many SETs as fanz-node served in its round.
+#
+# Usage: bench/peers/kv_writes.sh   (DURATION=6 ROUNDS=3 CONNS=32 KEYS=100000 to
+#        change; NODE=path/to/fanz-node to measure another build; EXTRA="--disk-capacity 0"
+#        to pass node settings). Runs as root; everything on 127.0.0.1, stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-6}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-32}; KEYS=${KEYS:-100000}
+for n in "$DURATION" "$ROUNDS" "$CONNS" "$KEYS"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "DURATION, ROUNDS, CONNS and KEYS must be positive whole numbers" >&2; exit 2; }
+done
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+cargo build --release -q -p fanz-node -p fanz-bench
+NODE=${NODE:-target/release/fanz-node}
+work=$(mktemp -d /tmp/fanz-writes-XXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+REDIS=18490; FANZ=127.0.0.1:18491; FANZ_ADMIN=127.0.0.1:18492
+taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$work" --logfile "$work/redis.log" & pids+=($!)
+# shellcheck disable=SC2086
+taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
+  --data-dir "$work/fanz-data" --log-level warn ${EXTRA:-} & pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\1/"; }
+med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+echo "node: $NODE ${EXTRA:-}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
+fz=(); rd=()
+for r in $(seq "$ROUNDS"); do
+  out=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --keys "$KEYS" --writes 1 \
+    --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label fanz-set)
+  f=$(field "$out" req_per_s)
+  n=$(awk "BEGIN{printf \"%d\", $f * $DURATION}")
+  x=$(taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1 \
+    | tr -d '"' | cut -d, -f2)
+  fz+=("$f"); rd+=("$x")
+  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(awk -v a="$f" -v b="$x" 'BEGIN {printf "%.2f", a / b}')"
+done
+mf=$(med "${fz[@]}"); mr=$(med "${rd[@]}")
+echo "median of $ROUNDS: fanz-node $mf, redis $mr, ratio $(awk -v a="$mf" -v b="$mr" 'BEGIN {printf "%.2f", a / b}')"
