@@ -370,8 +370,16 @@ async fn a_fetch_in_flight_during_a_purge_on_another_node_is_not_kept() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let answer = purge_at(&nodes[0].node, r#"{"tags":["slow"]}"#).await;
     assert_eq!(answer["cluster"]["complete"], true);
+    // The client asked before the purge, so the fill begun then is a right answer;
+    // so is a fresh one: a node that is not the key's owner (membership can blip
+    // under load with the tests' 1 s suspicion) finds the owner's fill covered by the
+    // purge it applied and asks the origin again (RELIABILITY finding 12b).
     let first = fetch.await.unwrap();
-    assert_eq!(first.text(), "/slow/x #1");
+    assert!(
+        ["/slow/x #1", "/slow/x #2"].contains(&first.text().as_str()),
+        "{}",
+        first.text()
+    );
     for n in &nodes {
         let r = get_site(&n.node, "/slow/x").await;
         assert_ne!(
