@@ -34,6 +34,20 @@ fn write_config(path: &Path, origin: &TestOrigin, rules: &str) {
     .unwrap();
 }
 
+/// A node started from a config file holding the admin token, `origin` and `rules`;
+/// the file's path too, for reloads.
+fn node_with_rules(
+    tmp: &tempfile::TempDir,
+    data: &Path,
+    origin: &TestOrigin,
+    rules: &str,
+) -> (std::path::PathBuf, TestNode) {
+    let file = tmp.path().join("fanz.toml");
+    write_config(&file, origin, rules);
+    let node = TestNode::start_with(data, vec!["--config".into(), file.display().to_string()]);
+    (file, node)
+}
+
 /// An origin that says which path and query it was asked for, and how often.
 async fn origin() -> TestOrigin {
     numbered_origin().await
@@ -49,9 +63,7 @@ async fn get_at(node: &TestNode, host: &str, path: &str) -> Reply {
 async fn rules_normalise_the_query_bypass_and_purge_through_the_key_they_make() {
     let (tmp, data) = data_dir();
     let origin = origin().await;
-    let file = tmp.path().join("fanz.toml");
-    write_config(&file, &origin, RULES);
-    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    let (file, node) = node_with_rules(&tmp, &data, &origin, RULES);
 
     // Parameter order and tracking parameters no longer split the cache, and the
     // origin is asked for the normalised URL.
@@ -158,9 +170,7 @@ fn a_bad_rule_stops_start_up_naming_the_rule_and_field() {
 async fn a_reload_applies_new_rules_and_keeps_the_old_ones_when_a_rule_is_bad() {
     let (tmp, data) = data_dir();
     let origin = origin().await;
-    let file = tmp.path().join("fanz.toml");
-    write_config(&file, &origin, "");
-    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
+    let (file, node) = node_with_rules(&tmp, &data, &origin, "");
     assert_eq!(
         get_at(&node, "a", "/q?x=1&utm_id=2").await.text(),
         "/q?x=1&utm_id=2 #1"
@@ -217,9 +227,9 @@ async fn rule_lifetimes_replace_the_origins_and_keep_errors_briefly() {
         }
     })
     .await;
-    let file = tmp.path().join("fanz.toml");
-    write_config(
-        &file,
+    let (_, node) = node_with_rules(
+        &tmp,
+        &data,
         &origin,
         r#"
 [[rules]]
@@ -227,7 +237,6 @@ ttl = "90s"
 ttl_by_status = { 404 = "30s", "5xx" = "5s" }
 "#,
     );
-    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
     let twice = async |path: &str| {
         let first = request(&node, Method::GET, path, &[("host", "a")], "").await;
         let second = request(&node, Method::GET, path, &[("host", "a")], "").await;
@@ -285,9 +294,9 @@ async fn rules_edit_the_headers_clients_get_and_the_origin_is_asked_with() {
         )
     })
     .await;
-    let file = tmp.path().join("fanz.toml");
-    write_config(
-        &file,
+    let (_, node) = node_with_rules(
+        &tmp,
+        &data,
         &origin,
         r#"
 [[rules]]
@@ -298,7 +307,6 @@ set_request_headers = { "X-Edge" = "fanz" }
 remove_request_headers = ["Cookie"]
 "#,
     );
-    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
     let with_cookie = async |path: &str| {
         request(
             &node,
@@ -387,9 +395,9 @@ async fn grace_serves_a_stale_copy_while_the_origin_fails() {
         })
         .await
     };
-    let file = tmp.path().join("fanz.toml");
-    write_config(
-        &file,
+    let (_, node) = node_with_rules(
+        &tmp,
+        &data,
         &origin,
         r#"
 [[rules]]
@@ -397,7 +405,6 @@ host = "graced.example"
 grace = "1h"
 "#,
     );
-    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
     let graced = get_at(&node, "graced.example", "/page").await.text();
     let plain = get_at(&node, "plain.example", "/page").await.text();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -428,9 +435,9 @@ grace = "1h"
 async fn key_headers_and_cookies_split_the_cache_and_a_url_purge_covers_every_copy() {
     let (tmp, data) = data_dir();
     let origin = origin().await;
-    let file = tmp.path().join("fanz.toml");
-    write_config(
-        &file,
+    let (_, node) = node_with_rules(
+        &tmp,
+        &data,
         &origin,
         r#"
 [[rules]]
@@ -439,7 +446,6 @@ key_headers = ["X-Device"]
 key_cookies = ["lang"]
 "#,
     );
-    let node = TestNode::start_with(&data, vec!["--config".into(), file.display().to_string()]);
     let fetch = async |device: &str, cookie: &str| {
         let r = request(
             &node,
