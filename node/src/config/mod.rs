@@ -171,8 +171,8 @@ spec::settings! {
         "Bearer tokens (comma-separated) that may purge (POST /purge, GET /purge/{id}, PURGE) and do nothing else on the admin API, for the tools and people that only purge.";
     admin_allow: Vec<Cidr> = None, or_empty(|s| list(s)?.iter().map(|c| Cidr::parse(c)).collect()), |v: &Vec<Cidr>| shown::list(v), reloadable,
         "Comma-separated CIDR blocks (`10.0.0.0/8,::1`) that may use the admin API and PURGE; others get 403 before their token is looked at. /healthz and /readyz stay open to all. Empty: any address (tokens still apply).";
-    admin_rate_limit: u32 = Some("2000"), required(whole(0, 10_000_000)), shown::text, reloadable,
-        "Admin and purge requests per second per token (bursts of twice that); past it, 429 with Retry-After. 0: no limit.";
+    admin_rate_limit: u32 = Some("10000"), required(whole(0, 10_000_000)), shown::text, reloadable,
+        "Admin and purge requests per second per token (bursts of twice that); past it, 429 with Retry-After. The default stops a runaway script without slowing the heaviest legitimate purger (a node makes fewer durable purges a second than that); set a lower one per your tools. 0: no limit.";
     data_dir: PathBuf = Some("./fanz-data"), required(|s| if s.is_empty() { Err("must not be empty".into()) } else { path(s) }), shown::path, fixed,
         "Directory for the disk tier and the invalidation log. Created if missing.";
     memory_capacity: u64 = Some("256MiB"), required(size(MIB, NO_LIMIT)), shown::text, fixed,
