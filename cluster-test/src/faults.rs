@@ -119,22 +119,47 @@ async fn states(seed: &str) -> anyhow::Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// Waits until every node sees `n` alive members.
-pub async fn wait_all_alive(cluster: &Cluster, n: usize, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
+/// How long a convergence may take before [`wait_all_alive`] says what held it up.
+const SLOW_CONVERGENCE: Duration = Duration::from_secs(5);
+
+/// Waits until every node sees `n` alive members. When that took longer than
+/// [`SLOW_CONVERGENCE`], returns what the node that held it up last reported (its
+/// members and their states, or its error), for the report (RELIABILITY finding 9).
+pub async fn wait_all_alive(
+    cluster: &Cluster,
+    n: usize,
+    limit: Duration,
+) -> anyhow::Result<Option<String>> {
+    let began = Instant::now();
+    let deadline = began + limit;
+    let mut holding_up = String::new();
     'poll: while Instant::now() < deadline {
         for node in &cluster.nodes {
-            match states(&node.seed()).await {
+            let seen = states(&node.seed()).await;
+            match &seen {
                 Ok(s) if s.iter().filter(|(_, st)| st == "alive").count() == n => {}
                 _ => {
+                    let seen = match seen {
+                        Ok(s) => s
+                            .iter()
+                            .map(|(id, st)| format!("{id} {st}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        Err(e) => format!("no answer: {e:#}"),
+                    };
+                    holding_up = format!(
+                        "{} saw [{seen}] {} ms after the wait began",
+                        node.id,
+                        began.elapsed().as_millis()
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue 'poll;
                 }
             }
         }
-        return Ok(());
+        return Ok((began.elapsed() > SLOW_CONVERGENCE).then_some(holding_up));
     }
-    bail!("the cluster did not converge on {n} alive members within {limit:?}")
+    bail!("the cluster did not converge on {n} alive members within {limit:?}: {holding_up}")
 }
 
 /// Waits until every node outside `victims` sees every victim down; `None` if not
@@ -256,7 +281,7 @@ pub async fn inject(
                 .await
                 .map(|()| ms_since(restarted));
             let healed = Instant::now();
-            wait_all_alive(cluster, n, Duration::from_secs(20)).await?;
+            window.slow_convergence = wait_all_alive(cluster, n, Duration::from_secs(20)).await?;
             window.converged_ms = Some(ms_since(healed));
         }
         Fault::Pause { victim } => {
@@ -275,7 +300,8 @@ pub async fn inject(
                     cluster.nodes[i].terminate(Duration::from_secs(15))
                 })?;
                 tokio::task::block_in_place(|| cluster.nodes[i].start())?;
-                wait_all_alive(cluster, n, Duration::from_secs(20)).await?;
+                window.slow_convergence =
+                    wait_all_alive(cluster, n, Duration::from_secs(20)).await?;
             }
         }
         Fault::Isolate { victim, hold } => {
@@ -331,7 +357,8 @@ async fn network_fault(
     tokio::time::sleep(hold.saturating_sub(began.elapsed())).await;
     fabric.heal()?;
     let healed = Instant::now();
-    wait_all_alive(cluster, cluster.nodes.len(), Duration::from_secs(30)).await?;
+    window.slow_convergence =
+        wait_all_alive(cluster, cluster.nodes.len(), Duration::from_secs(30)).await?;
     window.converged_ms = Some(ms_since(healed));
     window.caught_up_ms = wait_purges_reach_everyone(cluster, Duration::from_secs(20))
         .await

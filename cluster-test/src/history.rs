@@ -79,6 +79,9 @@ pub struct FaultWindow {
     pub caught_up_ms: Option<u64>,
     /// For a pause: whether any node declared the paused node down.
     pub false_positive: Option<bool>,
+    /// When converging took more than a few seconds: what the node that held it up
+    /// last reported.
+    pub slow_convergence: Option<String>,
 }
 
 impl FaultWindow {
@@ -93,6 +96,7 @@ impl FaultWindow {
             converged_ms: None,
             caught_up_ms: None,
             false_positive: None,
+            slow_convergence: None,
         }
     }
 }

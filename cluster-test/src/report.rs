@@ -67,6 +67,17 @@ pub fn markdown(outcome: &Outcome) -> String {
                 .map_or("-", |b| if b { "**yes**" } else { "no" }),
         ));
     }
+    for f in outcome
+        .faults
+        .iter()
+        .filter(|f| f.slow_convergence.is_some())
+    {
+        out.push_str(&format!(
+            "\nSlow convergence after \"{}\": {}\n",
+            f.fault,
+            f.slow_convergence.as_deref().unwrap_or_default()
+        ));
+    }
     out.push_str("\n## Checkers\n\n| checker | rule | judged | result |\n|---|---|---|---|\n");
     for v in &outcome.verdicts {
         out.push_str(&format!(

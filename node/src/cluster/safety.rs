@@ -45,11 +45,15 @@ pub struct FenceRules {
 /// `after_majority` past the time a majority acked (`majority_at`), or
 /// `after_down` past a down verdict, whichever is sooner. A verdict counts only if
 /// this node has held its own lease since before it (`lease_held_since_ms`): a node
-/// that was itself cut off holds everyone else down.
+/// that was itself cut off holds everyone else down. And it fences no sooner than
+/// `after_majority` past the member's last request to this node (`last_contact`):
+/// a member declared down by gossip from a node that had been cut off (finding 14)
+/// is alive, renewing its lease with the rest, and must not be fenced on a verdict.
 pub fn member_fenced_at<T>(
     majority_at: Option<T>,
     down: Option<DownVerdict<T>>,
     lease_held_since_ms: Option<u64>,
+    last_contact: Option<T>,
     rules: FenceRules,
 ) -> Option<T>
 where
@@ -58,7 +62,11 @@ where
     let by_majority = majority_at.map(|at| at + rules.after_majority);
     let by_down = down
         .filter(|d| lease_held_since_ms.is_some_and(|since| since <= d.wall_ms))
-        .map(|d| d.at + rules.after_down);
+        .map(|d| d.at + rules.after_down)
+        .map(|at| match last_contact {
+            Some(contact) => at.max(contact + rules.after_majority),
+            None => at,
+        });
     match (by_majority, by_down) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -250,7 +258,7 @@ mod tests {
                         wall_ms: (v + 10_000) as u64,
                     });
                     let since = self.purger_lease_since.map(|s| (s + 10_000) as u64);
-                    member_fenced_at(majority_at, down, since, rules())
+                    member_fenced_at(majority_at, down, since, None, rules())
                 })
                 .collect();
             (0..=20_000i64).step_by(50).find(|&t| {
@@ -323,15 +331,26 @@ mod tests {
         });
         let r = rules();
         assert_eq!(
-            member_fenced_at(None, verdict, Some(900), r),
+            member_fenced_at(None, verdict, Some(900), None, r),
             Some(Ms(2500))
         );
-        assert_eq!(member_fenced_at(None, verdict, Some(1100), r), None);
-        assert_eq!(member_fenced_at(None, verdict, None, r), None);
+        assert_eq!(member_fenced_at(None, verdict, Some(1100), None, r), None);
+        assert_eq!(member_fenced_at(None, verdict, None, None, r), None);
         assert_eq!(
-            member_fenced_at(Some(Ms(0)), verdict, Some(900), r),
+            member_fenced_at(Some(Ms(0)), verdict, Some(900), None, r),
             Some(Ms(2500)),
             "the sooner of the two"
+        );
+        // Finding 14: declared down while it was talking to this node: a verdict
+        // fences it no sooner than a lease after its last request.
+        assert_eq!(
+            member_fenced_at(None, verdict, Some(900), Some(Ms(1800)), r),
+            Some(Ms(1800) + r.after_majority)
+        );
+        assert_eq!(
+            member_fenced_at(None, verdict, Some(900), Some(Ms(0)), r),
+            Some(Ms(2500)),
+            "contact long before the verdict changes nothing"
         );
         assert_eq!(purge_fenced_at(Ms(0), None, [Some(Ms(5))]), None);
         assert_eq!(

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fanz_protocol::peer::{negotiate, ErrorCode, FrameError, Message, VERSION};
@@ -154,6 +154,9 @@ pub struct PeerTransport {
     /// One slot per peer: connecting to one peer (up to the connect timeout when it
     /// is dead) never holds up requests to the others.
     connections: std::sync::Mutex<HashMap<SocketAddr, Arc<Mutex<Option<quinn::Connection>>>>>,
+    /// When each peer (by node id) last sent this node a request: proof that it was
+    /// alive then, whatever gossip says (fencing reads it).
+    contacts: std::sync::Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -205,6 +208,7 @@ impl PeerTransport {
             node_id,
             max_frame,
             connections: std::sync::Mutex::new(HashMap::new()),
+            contacts: std::sync::Mutex::new(HashMap::new()),
             metrics,
         })
     }
@@ -217,6 +221,7 @@ impl PeerTransport {
             node_id,
             max_frame: 0,
             connections: std::sync::Mutex::new(HashMap::new()),
+            contacts: std::sync::Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -290,6 +295,10 @@ impl PeerTransport {
         };
         tracing::debug!(peer = %remote, %peer_id, "peer connected");
         while let Ok((send, recv)) = connection.accept_bi().await {
+            self.contacts
+                .lock()
+                .expect("contacts lock")
+                .insert(peer_id.clone(), Instant::now());
             let service = service.clone();
             let (max_frame, metrics) = (self.max_frame, self.metrics.clone());
             tokio::spawn(async move {
@@ -338,6 +347,15 @@ impl PeerTransport {
     fn slot(&self, to: SocketAddr) -> Arc<Mutex<Option<quinn::Connection>>> {
         let mut slots = self.connections.lock().expect("connection map lock");
         slots.entry(to).or_default().clone()
+    }
+
+    /// When the peer `node_id` last sent this node a request, if it has.
+    pub fn last_contact(&self, node_id: &str) -> Option<Instant> {
+        self.contacts
+            .lock()
+            .expect("contacts lock")
+            .get(node_id)
+            .copied()
     }
 
     /// Closes the connection to `to`, if there is one: its peer left or restarted.

@@ -230,7 +230,8 @@ impl Replicator {
 
     /// Completes a purge that a majority applied once every member that has not is
     /// fenced: a lease (plus [`FENCE_MARGIN`]) after the majority acked, or after
-    /// SWIM declared the member down, whichever is sooner. Gives up with the
+    /// SWIM declared the member down (but never sooner than a lease after it last
+    /// sent this node a request), whichever is sooner. Gives up with the
     /// fan-out ([`RETRY_FOR`]): a purger without a majority never completes one.
     fn watch_fencing(self: &Arc<Self>, progress: Arc<Progress>) {
         let this = self.clone();
@@ -257,6 +258,7 @@ impl Replicator {
                             majority_at,
                             down.get(m).copied(),
                             lease_since,
+                            this.transport.last_contact(m),
                             rules,
                         )
                     });
