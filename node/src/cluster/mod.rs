@@ -225,7 +225,7 @@ impl Cluster {
                 }
             });
         }
-        replicator.track_down_members();
+        replicator.track_down_members(rejoin_settle(settings));
         close_connections_to_departed(gossip.view(), transport.clone());
         replicator.replicate_edges(parts.edges);
         Ok(Self {
@@ -253,7 +253,7 @@ impl Cluster {
         // others made while it was away or not yet seen back.
         if replicator.resumed() {
             // The others see it alive within a few probe periods of its announce.
-            replicator.rejoining(settings.gossip_probe_period * 4 + Duration::from_millis(500));
+            replicator.rejoining(rejoin_settle(settings));
         }
         // From now on every hit asks the gate (peers' reads during the catch-up
         // above were answered unchecked, as before issue 19).
@@ -361,6 +361,13 @@ pub struct MemberReport {
     pub member: Member,
     /// Expected fraction of keys it owns as primary (0 when down).
     pub share: f64,
+}
+
+/// How long after a node comes back (restarted, or rejoined after being declared
+/// down) the others take to see it alive: its first catch-up round that counts
+/// begins after it.
+fn rejoin_settle(settings: &Config) -> Duration {
+    settings.gossip_probe_period * 4 + Duration::from_millis(500)
 }
 
 fn host_name() -> String {

@@ -378,15 +378,25 @@ impl Replicator {
     }
 
     /// Keeps [`Self::down_since`] current as the view changes, and tells the gate
-    /// when the members not down change (ownership moved).
-    pub fn track_down_members(self: &Arc<Self>) {
+    /// when the members not down change (ownership moved), and when this node was
+    /// declared down and rejoined: others may have fenced it meanwhile and completed
+    /// purges and writes without it, so it revalidates its hits until a round that
+    /// begins `settle` later (RELIABILITY finding 14).
+    pub fn track_down_members(self: &Arc<Self>, settle: Duration) {
         let this = self.clone();
         let mut view = self.view.clone();
         tokio::spawn(async move {
             let mut serving: Vec<String> = Vec::new();
+            let mut generation = None;
             loop {
                 {
                     let current = view.borrow_and_update().clone();
+                    let own = current.members.iter().find(|m| m.local);
+                    let now = own.map(|m| m.identity.generation);
+                    if generation.is_some() && now != generation {
+                        this.gate.rejoining(settle);
+                    }
+                    generation = now;
                     let mut now_serving: Vec<String> = current
                         .members
                         .iter()
