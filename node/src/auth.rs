@@ -201,10 +201,21 @@ impl Auth {
     ) -> Result<(), Box<Denied>> {
         self.check_address(peer)?;
         self.check_credentials(headers, peer, scope)
+    }
+
+    /// [`Self::check`] without the address check, for a listener that made it
+    /// once for every request (the admin port).
+    pub fn check_credentials(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        scope: Scope,
+    ) -> Result<(), Box<Denied>> {
+        self.credentials(headers, peer, scope)
             .map_err(|denied| self.refused(denied))
     }
 
-    fn check_credentials(
+    fn credentials(
         &self,
         headers: &HeaderMap,
         peer: SocketAddr,

@@ -8,7 +8,7 @@
 //! named in a warning: they need a restart.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -179,11 +179,7 @@ impl Reloader {
         let mut tls_tick = tokio::time::interval(tls_period.max(Duration::from_millis(10)));
         tokio::spawn(async move {
             let watched = file.filter(|_| !period.is_zero());
-            let stamp = |path: &std::path::Path| {
-                std::fs::metadata(path)
-                    .ok()
-                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-            };
+            let stamp = crate::tls::file_stamp;
             let mut last = watched.as_deref().and_then(stamp);
             let mut tick = tokio::time::interval(if period.is_zero() {
                 Duration::from_secs(3600)

@@ -336,22 +336,17 @@ remove_request_headers = ["Cookie"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rule_sends_its_requests_to_its_own_origin() {
     let (tmp, data) = data_dir();
-    let main = TestOrigin::start(|req, _| {
-        respond(
-            200,
-            &[("cache-control", "max-age=60")],
-            format!("main {}", req.path),
-        )
-    })
-    .await;
-    let blog = TestOrigin::start(|req, _| {
-        respond(
-            200,
-            &[("cache-control", "max-age=60")],
-            format!("blog {}", req.path),
-        )
-    })
-    .await;
+    // Two origins that say who answered.
+    let named = |name: &'static str| {
+        TestOrigin::start(move |req, _| {
+            respond(
+                200,
+                &[("cache-control", "max-age=60")],
+                format!("{name} {}", req.path),
+            )
+        })
+    };
+    let (main, blog) = (named("main").await, named("blog").await);
     let file = tmp.path().join("fanz.toml");
     write_config(
         &file,

@@ -261,8 +261,9 @@ impl AdminService {
         peer: SocketAddr,
         scope: Scope,
     ) -> Option<Response<Body>> {
+        // The address was checked for every request on the way in (`handle`).
         self.auth
-            .check(headers, peer, scope)
+            .check_credentials(headers, peer, scope)
             .err()
             .map(|denied| denied.response)
     }

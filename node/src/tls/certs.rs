@@ -42,7 +42,15 @@ struct Loaded {
 }
 
 /// A file's modification time and length: changed when either is.
-type Stamp = Option<(SystemTime, u64)>;
+pub type Stamp = Option<(SystemTime, u64)>;
+
+/// `path`'s [`Stamp`] now (`None` if it cannot be read): how the watched config file
+/// and certificate files are seen to change.
+pub fn file_stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+}
 
 /// The certificates the node presents, by server name; replaceable while it runs.
 #[derive(Debug)]
@@ -112,14 +120,9 @@ impl ResolvesServerCert for CertStore {
 }
 
 fn stamps(sources: &[CertSource]) -> Vec<Stamp> {
-    let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-    };
     sources
         .iter()
-        .flat_map(|s| [stamp(&s.cert), stamp(&s.key)])
+        .flat_map(|s| [file_stamp(&s.cert), file_stamp(&s.key)])
         .collect()
 }
 

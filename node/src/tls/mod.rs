@@ -10,7 +10,7 @@ mod certs;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use certs::{CertSource, CertStore};
+pub use certs::{file_stamp, CertSource, CertStore, Stamp};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
