@@ -257,11 +257,6 @@ pub async fn run(
         cluster: cluster.clone(),
         purger,
         kv: KvFacts {
-            http: http_listener.local_addr().unwrap_or(config.http_addr),
-            node_id: config
-                .node_id
-                .clone()
-                .unwrap_or_else(|| "local".to_string()),
             kv_prefix: config.kv_prefix.clone(),
             max_key_size: config.max_key_size,
             max_value_size: config.max_value_size,

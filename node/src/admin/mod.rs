@@ -63,12 +63,6 @@ struct PurgeRequest {
 /// where it lives and the limits a client checks before sending.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KvFacts {
-    /// The main listener's address (a lone node's only member entry).
-    #[serde(skip)]
-    pub http: SocketAddr,
-    /// This node's id (for a lone node: its configured id or "local").
-    #[serde(skip)]
-    pub node_id: String,
     /// Path prefix of the KV API.
     pub kv_prefix: String,
     /// Longest key accepted.

@@ -10,10 +10,11 @@
 //!   other methods: forward; on success invalidate the URL, Location and Content-Location
 //! ```
 //!
-//! The phases that stand alone live beside it: `upstream` (owner or origin),
-//! `revalidate` (a 304 merged into the stored response) and `unsafe_methods`. What
-//! stays here (about 860 lines) is the decision flow of a GET or HEAD from lookup
-//! to answer, kept in one file so it reads top to bottom.
+//! The phases that stand alone live beside it: `request` (one request's facts and
+//! its own directives), `upstream` (owner or origin), `revalidate` (a 304 merged
+//! into the stored response), `storing` and `unsafe_methods`. What stays here is the
+//! decision flow of a GET or HEAD from lookup to answer, kept in one file so it
+//! reads top to bottom.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,28 +29,29 @@ use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use super::fill::{self, add_validators, CLIENT_CONDITIONALS, CLIENT_VALIDATORS, PARTIAL};
 use super::flight::{Failure, Flights, Joined, Leader, Outcome, SharedHead};
 use super::key::{marker_fields, variant_key, Target};
-use super::origin::{Origin, OriginResponse, Origins};
+use super::origin::{OriginResponse, Origins};
 use super::policy::{self, RequestFacts};
 use super::respond::{origin_failure, stored_headers, Shaping};
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Found};
 use crate::cluster::replication::Replicator;
 use crate::cluster::routing::Routing;
-use crate::config::rules::Rule;
 use crate::config::Config;
 use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
-use crate::http::directives::Directives;
 use crate::http::{text, Answer, Body, ReqBody};
 use crate::live::Live;
 use crate::metrics::{LookupResult, Metrics};
 
-/// How often a request retries joining a flight whose leader went away.
+mod request;
 mod revalidate;
 mod storing;
 mod unsafe_methods;
 mod upstream;
 
+use request::{tell_peer_version, Conditionals, Ctx, RequestDirectives};
+
+/// How often a request retries joining a flight whose leader went away.
 const MAX_REJOINS: usize = 3;
 
 /// The pull-through cache in front of the configured origins.
@@ -85,69 +87,6 @@ const ADMISSION_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Bound on remembered first misses; the map is cleared when it is exceeded.
 const ADMISSION_MEMORY: usize = 100_000;
 
-/// Tells a peer that fetched through this node the version of the entry it is
-/// answered from ([`fill::PEER_VERSION`]).
-fn tell_peer_version(ctx: &Ctx, headers: &mut HeaderMap, version: fanz_protocol::Timestamp) {
-    if ctx.from_peer {
-        headers.insert(
-            fill::PEER_VERSION,
-            http::HeaderValue::from(version.as_u64()),
-        );
-    }
-}
-
-/// What a GET or HEAD asks of the cache in its own `Cache-Control` (and `Pragma`).
-#[derive(Debug, Clone, Copy)]
-struct RequestDirectives {
-    facts: RequestFacts,
-    /// `no-cache`: a stored response must be revalidated before it is used.
-    must_revalidate: bool,
-    /// `max-age`: a stored response older than this (seconds) is revalidated.
-    max_age: Option<u64>,
-    /// `min-fresh`: a stored response fresh for less than this (seconds) is revalidated.
-    min_fresh: Option<u64>,
-    /// `only-if-cached`: answered from the cache or with 504, never from the origin.
-    only_if_cached: bool,
-}
-
-impl RequestDirectives {
-    fn of(headers: &HeaderMap) -> RequestDirectives {
-        let cc = Directives::parse(
-            headers
-                .get_all(header::CACHE_CONTROL)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        )
-        .unwrap_or_default();
-        let must_revalidate = cc.has("no-cache")
-            || (cc.is_empty()
-                && headers
-                    .get(header::PRAGMA)
-                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")));
-        RequestDirectives {
-            facts: RequestFacts {
-                authorization: headers.contains_key(header::AUTHORIZATION),
-                no_store: cc.has("no-store"),
-            },
-            must_revalidate,
-            // An invalid value is ignored, as an unknown directive would be.
-            max_age: cc.seconds("max-age").ok().flatten(),
-            min_fresh: cc.seconds("min-fresh").ok().flatten(),
-            only_if_cached: cc.has("only-if-cached"),
-        }
-    }
-}
-
-/// Whose validators a fill sends to the origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Conditionals {
-    /// The stored entry's, if any; the client's are removed (the fill is shared, or
-    /// revalidates what is stored).
-    Stored,
-    /// The client's own (a fetch alone, with nothing stored).
-    Client,
-}
-
 /// What a `PURGE` request names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurgeTarget {
@@ -155,34 +94,6 @@ pub enum PurgeTarget {
     Key(CacheKey),
     /// Every URL under a prefix (a path ending in `*`).
     Prefix(CacheKey),
-}
-
-/// One request's facts, gathered once.
-#[derive(Debug, Clone)]
-struct Ctx {
-    method: Method,
-    headers: HeaderMap,
-    target: Target,
-    origin: Arc<Origin>,
-    client: IpAddr,
-    primary: CacheKey,
-    /// Asked by another node over the peer protocol: never routed on to a peer
-    /// again, and tag headers kept (the asking node indexes them).
-    from_peer: bool,
-    /// The operator's rule that applies, if one does.
-    rule: Option<Arc<Rule>>,
-}
-
-impl Ctx {
-    /// An operator's rule says never to cache it.
-    fn bypass(&self) -> bool {
-        self.rule.as_ref().is_some_and(|r| r.bypass)
-    }
-
-    /// What besides the URL its rule adds to the cache key (none without a rule).
-    fn key_fields(&self) -> &[String] {
-        self.rule.as_ref().map_or(&[], |r| &r.key_fields)
-    }
 }
 
 impl Proxy {
