@@ -43,13 +43,6 @@ pub fn lease_holds(last_round_ms: u64, now_ms: u64, lease: Duration) -> bool {
     now_ms.saturating_sub(last_round_ms) <= lease.as_millis() as u64
 }
 
-/// Whether the lease had lapsed when a round starting at `round_started_ms`
-/// renewed it (the previous round started at `previous_round_ms`): then it is held
-/// anew from that round on.
-pub fn lease_lapsed(previous_round_ms: u64, round_started_ms: u64, lease: Duration) -> bool {
-    !lease_holds(previous_round_ms, round_started_ms, lease)
-}
-
 /// How often the ticker beats.
 const BEAT: Duration = Duration::from_millis(50);
 /// A heartbeat older than this means the process stalled.
@@ -73,8 +66,6 @@ pub struct SyncGate {
     mode: PartitionMode,
     max_unsynced: Duration,
     last_sync_ms: AtomicU64,
-    /// Since when the sync lease has been held without a lapse (ms).
-    lease_since_ms: AtomicU64,
     heartbeat_ms: AtomicU64,
     stalled: AtomicBool,
     /// Whether this node has ever known another member (alone, it is in sync).
@@ -115,7 +106,6 @@ impl SyncGate {
             mode,
             max_unsynced,
             last_sync_ms: AtomicU64::new(now),
-            lease_since_ms: AtomicU64::new(now),
             heartbeat_ms: AtomicU64::new(now),
             stalled: AtomicBool::new(false),
             has_peers: AtomicBool::new(false),
@@ -249,15 +239,6 @@ impl SyncGate {
             || self.unsettled_since_ms.load(Ordering::Acquire) == 0
     }
 
-    /// Since when this node has held its sync lease without a lapse, if it holds it
-    /// now (ms since the epoch).
-    pub fn lease_held_since_ms(&self) -> Option<u64> {
-        if self.out_of_sync(now_ms()) || self.left.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(self.lease_since_ms.load(Ordering::Acquire))
-    }
-
     /// This node now knows other members.
     pub fn set_has_peers(&self, yes: bool) {
         self.has_peers.store(yes, Ordering::Release);
@@ -266,14 +247,8 @@ impl SyncGate {
     /// An anti-entropy round that began at `round` completed: everything a peer
     /// had then is applied. It ends a stall only if it began after it.
     pub fn synced(&self, round: RoundToken) {
-        let previous = self
-            .last_sync_ms
+        self.last_sync_ms
             .fetch_max(round.started_ms, Ordering::AcqRel);
-        if lease_lapsed(previous, round.started_ms, self.max_unsynced) {
-            // The lease had lapsed: it is held again from this round on.
-            self.lease_since_ms
-                .store(round.started_ms, Ordering::Release);
-        }
         let after = self.rejoin_round_after_ms.load(Ordering::Acquire);
         if after != 0 && round.started_ms >= after {
             self.rejoin_round_after_ms.store(0, Ordering::Release);
@@ -455,23 +430,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         g.synced(g.round_started());
         assert!(g.settled());
-    }
-
-    #[tokio::test]
-    async fn the_lease_is_held_since_the_first_round_after_a_lapse() {
-        let g = gate(PartitionMode::Consistency);
-        g.set_has_peers(true);
-        g.synced(g.round_started());
-        let first = g.lease_held_since_ms().expect("held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        g.synced(g.round_started());
-        assert_eq!(g.lease_held_since_ms(), Some(first), "no lapse: unbroken");
-        // Past the lease (50 ms here) without a round: not held.
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(g.lease_held_since_ms(), None);
-        let round = g.round_started();
-        g.synced(round);
-        assert_eq!(g.lease_held_since_ms(), Some(round.started_ms));
     }
 
     #[tokio::test]

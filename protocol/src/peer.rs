@@ -15,13 +15,16 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::codec::{put_bytes16, put_bytes32, DecodeError, Reader};
 use crate::key::CacheKey;
 
-/// The version this build speaks. Version 2 added [`Message::Unvouched`], sent only
-/// to peers that agreed on 2 or later.
-pub const VERSION: u16 = 2;
+/// The version this build speaks. Version 2 added [`Message::Unvouched`], version 3
+/// the [`Contacts`] of [`Message::Applied`]; each is sent only to peers that agreed
+/// on that version or later.
+pub const VERSION: u16 = 3;
 /// The oldest version this build still accepts.
 pub const MIN_VERSION: u16 = 1;
 /// The first version that may be sent [`Message::Unvouched`].
 pub const UNVOUCHED_SINCE: u16 = 2;
+/// The first version whose [`Message::Applied`] may carry [`Contacts`].
+pub const CONTACTS_SINCE: u16 = 3;
 /// Bytes before a frame's body: length and checksum.
 pub const FRAME_HEADER: usize = 8;
 
@@ -138,6 +141,9 @@ pub enum Message {
     Applied {
         /// Dependents invalidated there.
         invalidated: u64,
+        /// When each member last sent the answering node a request, as of the
+        /// answer (since version 3; `None` from older peers).
+        contacts: Option<Contacts>,
     },
     /// Request (anti-entropy): the replicated records the asker has not applied,
     /// given the highest sequence it has applied without a gap, per origin.
@@ -177,6 +183,19 @@ pub enum Message {
         /// For people.
         message: String,
     },
+}
+
+/// What a node that applied a record tells the sender about the other members'
+/// requests to it, as of its answer: the sender uses it to bound the leases those
+/// members may still hold without the record (`cluster::safety`). Ages, not
+/// timestamps, so the two nodes' clocks need not agree.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Contacts {
+    /// How long the answering node's peer listener has been up, ms: a member not
+    /// listed has sent it no request for at least that long.
+    pub uptime_ms: u64,
+    /// (member id, ms since its last request).
+    pub ages_ms: Vec<(String, u64)>,
 }
 
 const HELLO: u8 = 1;
@@ -246,9 +265,21 @@ impl Message {
                 out.put_u8(REPLICATE);
                 put_bytes32(out, record);
             }
-            Message::Applied { invalidated } => {
+            Message::Applied {
+                invalidated,
+                contacts,
+            } => {
                 out.put_u8(APPLIED);
                 out.put_u64_le(*invalidated);
+                // Older peers read no further: only sent to version 3 or later.
+                if let Some(c) = contacts {
+                    out.put_u64_le(c.uptime_ms);
+                    out.put_u16_le(u16::try_from(c.ages_ms.len()).unwrap_or(u16::MAX));
+                    for (member, age) in c.ages_ms.iter().take(usize::from(u16::MAX)) {
+                        put_bytes16(out, member.as_bytes());
+                        out.put_u64_le(*age);
+                    }
+                }
             }
             Message::Pull { since } => {
                 out.put_u8(PULL);
@@ -367,6 +398,20 @@ impl Message {
             },
             APPLIED => Message::Applied {
                 invalidated: r.u64()?,
+                contacts: if r.remaining() == 0 {
+                    None
+                } else {
+                    let uptime_ms = r.u64()?;
+                    let n = usize::from(r.u16()?);
+                    if n * 10 > r.remaining() {
+                        return Err(DecodeError::Format("count exceeds the frame").into());
+                    }
+                    let mut ages_ms = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        ages_ms.push((utf8(r.bytes16()?)?, r.u64()?));
+                    }
+                    Some(Contacts { uptime_ms, ages_ms })
+                },
             },
             PULL => {
                 let n = r.u32()? as usize;
@@ -522,7 +567,17 @@ mod tests {
             Just(Message::End),
             blob.clone()
                 .prop_map(|record| Message::Replicate { record }),
-            any::<u64>().prop_map(|invalidated| Message::Applied { invalidated }),
+            (
+                any::<u64>(),
+                proptest::option::of((
+                    any::<u64>(),
+                    proptest::collection::vec(("\\PC{0,20}", any::<u64>()), 0..6)
+                ))
+            )
+                .prop_map(|(invalidated, contacts)| Message::Applied {
+                    invalidated,
+                    contacts: contacts.map(|(uptime_ms, ages_ms)| Contacts { uptime_ms, ages_ms }),
+                }),
             proptest::collection::vec(("\\PC{0,20}", any::<u64>()), 0..5)
                 .prop_map(|since| Message::Pull { since }),
             (proptest::collection::vec(blob.clone(), 0..4), any::<bool>())

@@ -210,7 +210,6 @@ impl Cluster {
                 metrics,
             },
             settings.purge_ack_timeout,
-            settings.gossip_suspicion,
             parts.data_dir,
             gossip.broadcaster(),
         );

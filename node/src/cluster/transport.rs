@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use fanz_protocol::peer::{negotiate, ErrorCode, FrameError, Message, VERSION};
+use fanz_protocol::peer::{negotiate, Contacts, ErrorCode, FrameError, Message, VERSION};
 use tokio::sync::Mutex;
 
 use crate::metrics::{Metrics, PeerRefusal};
@@ -154,9 +154,12 @@ pub struct PeerTransport {
     /// One slot per peer: connecting to one peer (up to the connect timeout when it
     /// is dead) never holds up requests to the others.
     connections: std::sync::Mutex<HashMap<SocketAddr, Arc<Mutex<Option<quinn::Connection>>>>>,
-    /// When each peer (by node id) last sent this node a request: proof that it was
-    /// alive then, whatever gossip says (fencing reads it).
+    /// When each peer (by node id) last sent this node a request. A member's
+    /// anti-entropy round reaches this node no later than that, so fencing bounds
+    /// the leases a member may hold by it ([`Contacts`], `cluster::safety`).
     contacts: std::sync::Mutex<HashMap<String, Instant>>,
+    /// When this transport started: no peer not in `contacts` asked anything since.
+    started: Instant,
     metrics: Arc<Metrics>,
 }
 
@@ -209,6 +212,7 @@ impl PeerTransport {
             max_frame,
             connections: std::sync::Mutex::new(HashMap::new()),
             contacts: std::sync::Mutex::new(HashMap::new()),
+            started: Instant::now(),
             metrics,
         })
     }
@@ -222,6 +226,7 @@ impl PeerTransport {
             max_frame: 0,
             connections: std::sync::Mutex::new(HashMap::new()),
             contacts: std::sync::Mutex::new(HashMap::new()),
+            started: Instant::now(),
             metrics,
         }
     }
@@ -349,13 +354,32 @@ impl PeerTransport {
         slots.entry(to).or_default().clone()
     }
 
-    /// When the peer `node_id` last sent this node a request, if it has.
-    pub fn last_contact(&self, node_id: &str) -> Option<Instant> {
+    /// The latest moment the peer `node_id` may have sent this node a request: its
+    /// last one, or this transport's start if it sent none since.
+    pub fn contact_bound(&self, node_id: &str) -> Instant {
         self.contacts
             .lock()
             .expect("contacts lock")
             .get(node_id)
             .copied()
+            .unwrap_or(self.started)
+    }
+
+    /// How long ago each peer last sent this node a request, and how long this
+    /// transport has been up: what an ack tells the record's sender.
+    pub fn contacts(&self) -> Contacts {
+        let now = Instant::now();
+        let ms = |since: Instant| now.saturating_duration_since(since).as_millis() as u64;
+        Contacts {
+            uptime_ms: ms(self.started),
+            ages_ms: self
+                .contacts
+                .lock()
+                .expect("contacts lock")
+                .iter()
+                .map(|(id, at)| (id.clone(), ms(*at)))
+                .collect(),
+        }
     }
 
     /// Closes the connection to `to`, if there is one: its peer left or restarted.

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use fanz_protocol::peer::{ErrorCode, Message, UNVOUCHED_SINCE};
+use fanz_protocol::peer::{ErrorCode, Message, CONTACTS_SINCE, UNVOUCHED_SINCE};
 use fanz_protocol::Entry;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
@@ -161,7 +161,13 @@ impl PeerService for NodePeerService {
                 headers,
             } => return self.fetch(method, url, headers, respond).await,
             Message::Replicate { record } => match self.replicator.apply(record).await {
-                Ok(invalidated) => Message::Applied { invalidated },
+                // Whom this node heard from, as of now (after applying): the
+                // sender fences members by it.
+                Ok(invalidated) => Message::Applied {
+                    invalidated,
+                    contacts: (respond.version() >= CONTACTS_SINCE)
+                        .then(|| self.replicator.contacts()),
+                },
                 Err(e) => Message::Error {
                     code: e.code(),
                     message: e.to_string(),

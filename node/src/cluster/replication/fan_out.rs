@@ -1,14 +1,15 @@
 //! Fan-out: a record made here is kept, piggybacked on SWIM and sent to every member
 //! not down, retried until each applies it; purge reports (`GET /purge/{id}`) and
 //! the fencing watch that completes a purge without a member that can no longer
-//! vouch for hits.
+//! vouch for hits, judged by what the nodes that applied it say of that member's
+//! requests to them (`Reported`, `safety::member_fenced_at`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanz_protocol::log::Record;
-use fanz_protocol::peer::Message;
+use fanz_protocol::peer::{Contacts, Message};
 use fanz_protocol::replication::{Op, Replicated};
 use fanz_protocol::CacheKey;
 use tokio::sync::mpsc;
@@ -16,10 +17,11 @@ use tokio::sync::mpsc;
 use super::*;
 
 /// What fan-out does after one attempt to deliver a record to a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Delivery {
-    /// The member applied it.
-    Acked(u64),
+    /// The member applied it: the dependents it invalidated, and when the others
+    /// last asked it something (from peers of protocol 3 on).
+    Acked(u64, Option<Contacts>),
     /// Try again after [`RETRY_EVERY`] (unreachable, timed out, busy).
     Retry,
     /// The member rejected the record as bad: retrying cannot help.
@@ -29,10 +31,67 @@ pub(super) enum Delivery {
 impl Delivery {
     pub(super) fn of(answer: &Result<Message, crate::cluster::transport::PeerError>) -> Self {
         match answer {
-            Ok(Message::Applied { invalidated }) => Delivery::Acked(*invalidated),
+            Ok(Message::Applied {
+                invalidated,
+                contacts,
+            }) => Delivery::Acked(*invalidated, contacts.clone()),
             Err(e) if !e.is_retryable() => Delivery::GiveUp,
             _ => Delivery::Retry,
         }
+    }
+}
+
+/// What one node that applied a record said about the other members' requests to
+/// it, on this node's clock: for each member, the latest moment it may have asked
+/// that node something before the ack.
+#[derive(Debug, Clone)]
+pub(super) struct Reported {
+    /// Each member's last request, as of the ack.
+    last_request: HashMap<String, Instant>,
+    /// For a member not listed: the node heard nothing from it since then (its
+    /// start; or the ack itself, from a node that did not say).
+    otherwise: Instant,
+}
+
+impl Reported {
+    /// This node's own word, as it applies a record it makes.
+    fn own(transport: &PeerTransport, members: &[(String, SocketAddr, MemberState)]) -> Self {
+        Self {
+            last_request: members
+                .iter()
+                .map(|(id, ..)| (id.clone(), transport.contact_bound(id)))
+                .collect(),
+            otherwise: Instant::now(),
+        }
+    }
+
+    /// A member's ack, received at `at`. Ages are subtracted from the receipt, so
+    /// the moments are never earlier than the truth (the ack spent time in flight).
+    fn ack(contacts: Option<&Contacts>, at: Instant) -> Self {
+        let before = |ms: u64| at.checked_sub(Duration::from_millis(ms)).unwrap_or(at);
+        match contacts {
+            Some(c) => Self {
+                last_request: c
+                    .ages_ms
+                    .iter()
+                    .map(|(id, age)| (id.clone(), before(*age)))
+                    .collect(),
+                otherwise: before(c.uptime_ms),
+            },
+            None => Self {
+                last_request: HashMap::new(),
+                otherwise: at,
+            },
+        }
+    }
+
+    /// The latest moment `member` may have asked this node something before it
+    /// applied the record.
+    fn bound(&self, member: &str) -> Instant {
+        self.last_request
+            .get(member)
+            .copied()
+            .unwrap_or(self.otherwise)
     }
 }
 
@@ -140,7 +199,7 @@ impl Replicator {
         self.piggyback.broadcast(encoded.clone());
         let id = format!("{}/{}", record.origin, record.seq);
         let others = self.others();
-        let majority = self.majority_of_peers();
+        let own = Reported::own(&self.transport, &others);
         let progress = Arc::new(Progress {
             report: Mutex::new(PurgeReport {
                 id: id.clone(),
@@ -154,8 +213,8 @@ impl Replicator {
             }),
             done: tokio::sync::Notify::new(),
             started: Instant::now(),
-            majority,
-            majority_at: Mutex::new((majority == 0).then(Instant::now)),
+            quorum: safety::fencing_quorum(others.len() + 1),
+            reported: Mutex::new(HashMap::from([(self.node_id.clone(), own)])),
             acked: tokio::sync::Notify::new(),
             is_purge: matches!(record.op, Op::Purge { .. }),
         });
@@ -182,8 +241,9 @@ impl Replicator {
                 loop {
                     let answer = this.transport.call(addr, &message, CALL_TIMEOUT).await;
                     match Delivery::of(&answer) {
-                        Delivery::Acked(invalidated) => {
-                            this.acked(&progress, &member, invalidated);
+                        Delivery::Acked(invalidated, contacts) => {
+                            let reported = Reported::ack(contacts.as_ref(), Instant::now());
+                            this.acked(&progress, &member, invalidated, reported);
                             return;
                         }
                         Delivery::GiveUp => {
@@ -205,18 +265,19 @@ impl Replicator {
         progress
     }
 
-    fn acked(&self, progress: &Progress, member: &str, invalidated: u64) {
+    fn acked(&self, progress: &Progress, member: &str, invalidated: u64, reported: Reported) {
         let took_ms = progress.started.elapsed().as_secs_f64() * 1000.0;
+        progress
+            .reported
+            .lock()
+            .expect("reported lock")
+            .insert(member.to_string(), reported);
         let mut report = progress.report.lock().expect("report lock");
         report.pending.retain(|m| m != member);
         report.fenced.retain(|m| m != member);
         report.acked.insert(member.to_string(), took_ms);
         report.slowest_ms = report.slowest_ms.max(took_ms);
         report.dependents_invalidated += invalidated;
-        if report.acked.len() >= progress.majority {
-            let mut at = progress.majority_at.lock().expect("majority lock");
-            at.get_or_insert_with(Instant::now);
-        }
         if report.pending.is_empty() && !report.complete {
             report.complete = true;
             if progress.is_purge {
@@ -228,41 +289,35 @@ impl Replicator {
         progress.acked.notify_waiters();
     }
 
-    /// Completes a purge that a majority applied once every member that has not is
-    /// fenced: a lease (plus [`FENCE_MARGIN`]) after the majority acked, or after
-    /// SWIM declared the member down (but never sooner than a lease after it last
-    /// sent this node a request), whichever is sooner. Gives up with the
-    /// fan-out ([`RETRY_FOR`]): a purger without a majority never completes one.
+    /// Completes a record once every member that has not applied it is fenced: a
+    /// lease (plus [`FENCE_MARGIN`]) after its last request to enough of the nodes
+    /// that did ([`safety::member_fenced_at`]). A member that is down stopped asking
+    /// when it went down; one that is alive keeps asking and is not fenced on
+    /// anyone's verdict. Gives up with the fan-out ([`RETRY_FOR`]): a purger cut off
+    /// from a quorum never completes one.
     fn watch_fencing(self: &Arc<Self>, progress: Arc<Progress>) {
         let this = self.clone();
-        let rules = safety::FenceRules {
-            after_majority: self.gate.lease() + FENCE_MARGIN,
-            after_down: self.fence_after_down,
-        };
+        let after = self.gate.lease() + FENCE_MARGIN;
         tokio::spawn(async move {
             loop {
                 let acked = progress.acked.notified();
                 tokio::pin!(acked);
                 acked.as_mut().enable();
                 let now = Instant::now();
-                let majority_at = *progress.majority_at.lock().expect("majority lock");
                 let fenced_at = {
                     let report = progress.report.lock().expect("report lock");
                     if report.complete {
                         return;
                     }
-                    let down = this.down_since.lock().expect("down lock");
-                    let lease_since = this.gate.lease_held_since_ms();
+                    let reported = progress.reported.lock().expect("reported lock");
                     let pending = report.pending.iter().map(|m| {
-                        safety::member_fenced_at(
-                            majority_at,
-                            down.get(m).copied(),
-                            lease_since,
-                            this.transport.last_contact(m),
-                            rules,
-                        )
+                        let bounds = reported
+                            .iter()
+                            .filter(|(node, _)| *node != m)
+                            .map(|(_, r)| r.bound(m));
+                        safety::member_fenced_at(bounds, progress.quorum, after)
                     });
-                    safety::purge_fenced_at(now, majority_at, pending)
+                    safety::purge_fenced_at(now, pending)
                 };
                 if fenced_at.is_some_and(|at| at <= now) {
                     this.complete_fenced(&progress);

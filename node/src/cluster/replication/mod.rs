@@ -54,7 +54,7 @@ use tokio::sync::watch;
 
 use super::gossip::Broadcaster;
 use super::membership::{MemberState, View};
-use super::safety::{self, DownVerdict};
+use super::safety;
 use super::transport::PeerTransport;
 use crate::cache::Cache;
 use crate::invalidation::PurgeTargets;
@@ -66,6 +66,7 @@ mod apply;
 mod fan_out;
 
 use apply::{Applied, Kept};
+use fan_out::Reported;
 
 /// Records kept for anti-entropy, across all origins.
 pub const KEPT_RECORDS: usize = 200_000;
@@ -148,10 +149,12 @@ struct Progress {
     report: Mutex<PurgeReport>,
     done: tokio::sync::Notify,
     started: Instant,
-    /// Acks needed (this node's own apply excluded) for a majority of the members.
-    majority: usize,
-    /// When the majority had acked.
-    majority_at: Mutex<Option<Instant>>,
+    /// How many nodes that applied it (this one included) must report a pending
+    /// member's requests before it can be fenced ([`safety::fencing_quorum`]).
+    quorum: usize,
+    /// What each node that applied it (this one included) said about the others'
+    /// requests to it, by node id.
+    reported: Mutex<HashMap<String, Reported>>,
     /// Woken on every ack (the fencing watcher waits on it).
     acked: tokio::sync::Notify,
     /// A purge (counted in the purge metrics).
@@ -201,12 +204,6 @@ pub struct Replicator {
     apply_lock: tokio::sync::Mutex<()>,
     /// Small records also ride on SWIM packets (the backstop).
     piggyback: Broadcaster,
-    /// Since when each member has been down in this node's view.
-    down_since: Mutex<HashMap<String, DownVerdict<Instant>>>,
-    /// How long after SWIM declares a member down it counts as fenced: a lease
-    /// (plus margin) after it was first found unreachable, which was at least one
-    /// suspicion timeout before. A member that left gracefully fenced itself.
-    fence_after_down: Duration,
     /// Test hook: how long applying another node's purge waits first
     /// ([`PURGE_APPLY_DELAY_ENV`]), so tests can hold a member behind a purge.
     purge_apply_delay: Duration,
@@ -222,11 +219,9 @@ impl Replicator {
     pub fn new(
         base: ReplicatorBase,
         ack_timeout: Duration,
-        suspicion: Duration,
         data_dir: PathBuf,
         piggyback: Broadcaster,
     ) -> Arc<Self> {
-        let fence_after_down = (base.gate.lease() + FENCE_MARGIN).saturating_sub(suspicion);
         let applied_file = data_dir.join(APPLIED_FILE);
         let mut kept = Kept::default();
         if let Ok(text) = std::fs::read_to_string(&applied_file) {
@@ -260,7 +255,6 @@ impl Replicator {
                 ack_timeout,
                 applied_file,
                 piggyback,
-                fence_after_down,
                 purge_apply_delay,
                 ..Self::with(base)
             }
@@ -306,10 +300,14 @@ impl Replicator {
             applied_file: PathBuf::new(),
             apply_lock: tokio::sync::Mutex::new(()),
             piggyback: Broadcaster::none(),
-            down_since: Mutex::new(HashMap::new()),
-            fence_after_down: Duration::ZERO,
             purge_apply_delay: Duration::ZERO,
         }
+    }
+
+    /// How long ago each member last sent this node a request: what an ack of a
+    /// record tells its sender, for fencing.
+    pub fn contacts(&self) -> fanz_protocol::peer::Contacts {
+        self.transport.contacts()
     }
 
     /// Whether this node resumed state from an earlier run (it had applied
@@ -377,8 +375,7 @@ impl Replicator {
         self.gate.leaving();
     }
 
-    /// Keeps [`Self::down_since`] current as the view changes, and tells the gate
-    /// when the members not down change (ownership moved), and when this node was
+    /// Tells the gate, as the view changes, when the members not down change (ownership moved), and when this node was
     /// declared down and rejoined: others may have fenced it meanwhile and completed
     /// purges and writes without it, so it revalidates its hits until a round that
     /// begins `settle` later (RELIABILITY finding 14).
@@ -407,24 +404,6 @@ impl Replicator {
                     if now_serving != serving {
                         serving = now_serving;
                         this.gate.membership_changed();
-                    }
-                    let mut down = this.down_since.lock().expect("down lock");
-                    down.retain(|id, _| {
-                        current
-                            .members
-                            .iter()
-                            .any(|m| m.identity.id == *id && m.state == MemberState::Down)
-                    });
-                    for m in current
-                        .members
-                        .iter()
-                        .filter(|m| m.state == MemberState::Down)
-                    {
-                        down.entry(m.identity.id.clone())
-                            .or_insert_with(|| DownVerdict {
-                                at: Instant::now(),
-                                wall_ms: crate::clock::now_ms(),
-                            });
                     }
                 }
                 if view.changed().await.is_err() {
@@ -531,8 +510,11 @@ mod tests {
         use crate::cluster::transport::PeerError;
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(
-            Delivery::of(&Ok(Message::Applied { invalidated: 3 })),
-            Delivery::Acked(3)
+            Delivery::of(&Ok(Message::Applied {
+                invalidated: 3,
+                contacts: None
+            })),
+            Delivery::Acked(3, None)
         );
         assert_eq!(
             Delivery::of(&Err(PeerError::Rejected(addr, "bad record".into()))),
