@@ -71,6 +71,43 @@ pub struct LogStats {
     pub fsync_micros: AtomicU64,
 }
 
+/// A failure the writer thread reported.
+fn io_error(message: String) -> LogError {
+    LogError::Io {
+        path: PathBuf::from(LOG_FILE),
+        source: io::Error::other(message),
+    }
+}
+
+/// An append or sync queued on the log: resolves once it is written (and, if it
+/// asked, synced).
+#[derive(Debug)]
+#[must_use = "the append is durable only once this resolves"]
+pub(crate) struct Durable {
+    wait: Option<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl Durable {
+    /// Nothing to wait for.
+    pub(crate) fn done() -> Self {
+        Self { wait: None }
+    }
+}
+
+impl std::future::IntoFuture for Durable {
+    type Output = Result<(), LogError>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Some(wait) = self.wait else {
+                return Ok(());
+            };
+            wait.await.map_err(|_| LogError::Closed)?.map_err(io_error)
+        })
+    }
+}
+
 /// Handle to the log writer thread. [`InvalidationLog::close`] (or dropping the
 /// handle) stops the thread after it has written and synced what was queued.
 #[derive(Debug)]
@@ -131,6 +168,8 @@ impl InvalidationLog {
             path: path.clone(),
             file,
             stats: stats.clone(),
+            // What an earlier run wrote may not be synced yet (its process died).
+            unsynced: true,
         };
         std::thread::Builder::new()
             .name("fanz-inval-log".into())
@@ -142,46 +181,48 @@ impl InvalidationLog {
     /// Appends `records`. With `durable`, resolves once they are on disk (fsync);
     /// otherwise once they are handed to the writer.
     /// Resolves once everything appended before it is synced.
-    pub(crate) async fn sync(&self) -> Result<(), LogError> {
-        let (done, wait) = oneshot::channel();
-        let command = Command::Append {
-            frames: Bytes::new(),
-            durable: true,
-            done: Some(done),
-        };
-        self.tx.send(command).await.map_err(|_| LogError::Closed)?;
-        wait.await
-            .map_err(|_| LogError::Closed)?
-            .map_err(|e| self.io_error(e))
+    /// Queues a sync of everything queued before it; the returned future resolves
+    /// once it is done. The queue's order is fixed when this returns, so a caller
+    /// may queue under a lock and wait outside it.
+    pub(crate) async fn enqueue_sync(&self) -> Result<Durable, LogError> {
+        self.enqueue_frames(Bytes::new(), true).await
     }
 
     pub(crate) async fn append(&self, records: &[Record], durable: bool) -> Result<(), LogError> {
+        self.enqueue(records, durable).await?.await
+    }
+
+    /// Queues `records` (and, if `durable`, a sync after them); the returned future
+    /// resolves once they are written (and synced). See [`Self::enqueue_sync`].
+    pub(crate) async fn enqueue(
+        &self,
+        records: &[Record],
+        durable: bool,
+    ) -> Result<Durable, LogError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Durable::done());
         }
         let mut frames = BytesMut::new();
         for record in records {
             record.encode_frame(&mut frames);
         }
-        let tx = &self.tx;
-        if !durable {
-            let command = Command::Append {
-                frames: frames.freeze(),
-                durable,
-                done: None,
-            };
-            return tx.send(command).await.map_err(|_| LogError::Closed);
-        }
-        let (done, wait) = oneshot::channel();
-        let command = Command::Append {
-            frames: frames.freeze(),
-            durable,
-            done: Some(done),
+        self.enqueue_frames(frames.freeze(), durable).await
+    }
+
+    async fn enqueue_frames(&self, frames: Bytes, durable: bool) -> Result<Durable, LogError> {
+        let (done, wait) = if durable {
+            let (done, wait) = oneshot::channel();
+            (Some(done), Some(wait))
+        } else {
+            (None, None)
         };
-        tx.send(command).await.map_err(|_| LogError::Closed)?;
-        wait.await
-            .map_err(|_| LogError::Closed)?
-            .map_err(|e| self.io_error(e))
+        let command = Command::Append {
+            frames,
+            durable,
+            done,
+        };
+        self.tx.send(command).await.map_err(|_| LogError::Closed)?;
+        Ok(Durable { wait })
     }
 
     /// Rewrites the log as `snapshot()` (taken on the writer thread, after everything
@@ -198,16 +239,7 @@ impl InvalidationLog {
             })
             .await
             .map_err(|_| LogError::Closed)?;
-        wait.await
-            .map_err(|_| LogError::Closed)?
-            .map_err(|e| self.io_error(e))
-    }
-
-    fn io_error(&self, message: String) -> LogError {
-        LogError::Io {
-            path: PathBuf::from(LOG_FILE),
-            source: io::Error::other(message),
-        }
+        wait.await.map_err(|_| LogError::Closed)?.map_err(io_error)
     }
 
     /// Counters for metrics.
@@ -230,6 +262,9 @@ struct Writer {
     path: PathBuf,
     file: File,
     stats: Arc<LogStats>,
+    /// Bytes were written since the last sync: a sync with nothing new to write
+    /// (a barrier behind appends already synced) skips the fsync.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -306,10 +341,12 @@ impl Writer {
             self.stats
                 .bytes
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            if durable {
+            self.unsynced |= !buf.is_empty();
+            if durable && self.unsynced {
                 let started = Instant::now();
                 result = self.file.sync_data();
                 self.record_fsync(started.elapsed());
+                self.unsynced = result.is_err();
             }
         }
         if let Err(e) = &result {
@@ -383,6 +420,24 @@ mod tests {
         log.append(&[tombstone("a", 1), tombstone("b", 2)], true)
             .await
             .unwrap();
+        log.close().await;
+        let (_log, replay) = InvalidationLog::open(dir.path()).unwrap();
+        assert_eq!(replay.records, vec![tombstone("a", 1), tombstone("b", 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_sync_behind_appends_already_synced_costs_no_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = InvalidationLog::open(dir.path()).unwrap();
+        let fsyncs = || log.stats().fsyncs.load(Ordering::Relaxed);
+        log.append(&[tombstone("a", 1)], true).await.unwrap();
+        assert_eq!(fsyncs(), 1);
+        // A barrier (what a repeated delivery of an applied record waits on).
+        log.enqueue_sync().await.unwrap().await.unwrap();
+        assert_eq!(fsyncs(), 1, "nothing new to make durable");
+        log.append(&[tombstone("b", 2)], false).await.unwrap();
+        log.enqueue_sync().await.unwrap().await.unwrap();
+        assert_eq!(fsyncs(), 2, "an unsynced write is synced by the barrier");
         log.close().await;
         let (_log, replay) = InvalidationLog::open(dir.path()).unwrap();
         assert_eq!(replay.records, vec![tombstone("a", 1), tombstone("b", 2)]);

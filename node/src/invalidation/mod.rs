@@ -28,6 +28,7 @@ use fanz_protocol::log::Record;
 use fanz_protocol::{CacheKey, EntryMeta, Timestamp};
 
 use crate::clock::Clock;
+pub(crate) use log::Durable;
 pub use log::{LogError, LogStats, LOG_FILE};
 pub use state::{Coverage, InvalidationState, PurgePlan, PurgeTargets};
 pub use watchers::{WatchEvent, Watchers};
@@ -210,6 +211,18 @@ impl Invalidator {
     /// too large for a log frame is not kept (a restarted node then reports a gap
     /// for it rather than vouch for it).
     pub async fn keep_record(&self, record: Bytes, durable: bool) -> Result<(), LogError> {
+        self.enqueue_kept_record(record, durable).await?.await
+    }
+
+    /// [`Self::keep_record`], queued: the log's order is fixed when this returns,
+    /// and the returned [`Durable`] resolves once it is written (and synced). A
+    /// caller that orders records under a lock waits for the disk outside it, so
+    /// concurrent records share an fsync.
+    pub(crate) async fn enqueue_kept_record(
+        &self,
+        record: Bytes,
+        durable: bool,
+    ) -> Result<Durable, LogError> {
         if let KeptRecords::Replayed(list) =
             &mut *self.kept.lock().unwrap_or_else(|e| e.into_inner())
         {
@@ -220,14 +233,20 @@ impl Invalidator {
         if !record.fits() {
             // Not kept, but what was written before it must still be synced.
             return if durable {
-                self.log.sync().await
+                self.log.enqueue_sync().await
             } else {
-                Ok(())
+                Ok(Durable::done())
             };
         }
         self.log
-            .append(std::slice::from_ref(&record), durable)
+            .enqueue(std::slice::from_ref(&record), durable)
             .await
+    }
+
+    /// A sync of everything queued on the log so far, queued now: resolves once it
+    /// is durable (at once if it already is).
+    pub(crate) async fn enqueue_sync(&self) -> Result<Durable, LogError> {
+        self.log.enqueue_sync().await
     }
 
     /// How purges cover an entry.

@@ -90,7 +90,7 @@ impl Replicator {
     /// (its sender must not retry it).
     pub async fn apply(&self, encoded: Bytes) -> Result<u64, ApplyError> {
         let record = decode_record(encoded.clone())?;
-        let _serial = self.apply_lock.lock().await;
+        let serial = self.apply_lock.lock().await;
         let seen = {
             let kept = self.kept.lock().expect("kept lock");
             kept.applied
@@ -98,6 +98,16 @@ impl Replicator {
                 .is_some_and(|a| a.has(record.seq))
         };
         if seen {
+            // Applied by an earlier delivery, whose durable write was queued before
+            // this: answer once it is synced (at once if it already is).
+            let durable = self
+                .cache
+                .invalidator()
+                .enqueue_sync()
+                .await
+                .map_err(ApplyError::failed)?;
+            drop(serial);
+            durable.await.map_err(ApplyError::failed)?;
             return Ok(0);
         }
         if matches!(record.op, Op::Purge { .. }) && !self.purge_apply_delay.is_zero() {
@@ -143,11 +153,14 @@ impl Replicator {
         self.keep(&record, encoded.clone());
         // Durable before the ack, with the effects written before it (one fsync for
         // both): this node may then vouch for it to a peer that missed it, after a
-        // restart too.
-        invalidator
-            .keep_record(encoded, true)
+        // restart too. Queued in order under the lock, waited for outside it, so
+        // records applied concurrently share an fsync (group commit).
+        let durable = invalidator
+            .enqueue_kept_record(encoded, true)
             .await
             .map_err(ApplyError::failed)?;
+        drop(serial);
+        durable.await.map_err(ApplyError::failed)?;
         Ok(invalidated)
     }
 
