@@ -28,7 +28,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,11 @@ type Swim = Foca<NodeIdentity, PostcardCodec, rand::rngs::StdRng, InvalidationBr
 pub const MAX_PIGGYBACK: usize = 512;
 /// Piggybacked records remembered, to tell new ones from repeats.
 const SEEN_BROADCASTS: usize = 100_000;
+/// Records waiting to ride on SWIM packets past which new ones do not (they still
+/// travel by direct fan-out and anti-entropy). A packet carries a few, a few times
+/// a second, so under sustained purges an unbounded queue only grows, and foca's
+/// queue costs O(n) per record added.
+const MAX_PIGGYBACK_BACKLOG: usize = 256;
 
 /// The name of a piggybacked record: (origin, sequence).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +121,8 @@ impl foca::Invalidates for BroadcastKey {
 pub struct InvalidationBroadcasts {
     seen: std::collections::HashSet<(String, u64)>,
     deliver: mpsc::UnboundedSender<Bytes>,
+    /// foca's queue of records to piggyback, as the agent last saw it.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl foca::BroadcastHandler<NodeIdentity> for InvalidationBroadcasts {
@@ -141,6 +148,9 @@ impl foca::BroadcastHandler<NodeIdentity> for InvalidationBroadcasts {
         if sender.is_some() {
             // Ours (sender None) is applied already.
             let _ = self.deliver.send(bytes);
+        }
+        if self.backlog.load(Ordering::Relaxed) >= MAX_PIGGYBACK_BACKLOG {
+            return Ok(None);
         }
         Ok(Some(BroadcastKey(name.0, name.1)))
     }
@@ -186,9 +196,11 @@ impl Gossip {
         // Forget down members after a while, so a cluster that churns (rolling
         // restarts) does not accumulate them forever.
         swim_config.remove_down_after = Some(Duration::from_secs(15 * 60));
+        let piggyback_backlog = Arc::new(AtomicUsize::new(0));
         let handler = InvalidationBroadcasts {
             seen: std::collections::HashSet::new(),
             deliver,
+            backlog: piggyback_backlog.clone(),
         };
         let swim = Foca::with_custom_broadcast(
             identity.clone(),
@@ -220,6 +232,7 @@ impl Gossip {
                 local_health: local_health.clone(),
                 failed_this_period: None,
                 failed_last_period: None,
+                piggyback_backlog,
             }
             .run(inputs_rx),
         );
@@ -284,6 +297,8 @@ struct Agent {
     /// The member whose probe failed in this probe period, and in the previous one.
     failed_this_period: Option<SocketAddr>,
     failed_last_period: Option<SocketAddr>,
+    /// What [`InvalidationBroadcasts`] reads to bound the piggyback queue.
+    piggyback_backlog: Arc<AtomicUsize>,
 }
 
 impl Agent {
@@ -333,6 +348,8 @@ impl Agent {
                 // foca is tolerant of bad input; nothing here needs more than a log.
                 tracing::debug!(error = %e, "gossip input ignored");
             }
+            self.piggyback_backlog
+                .store(self.swim.custom_broadcast_backlog(), Ordering::Relaxed);
             self.drain(&mut runtime).await;
         }
     }
@@ -647,6 +664,52 @@ mod tests {
         assert_eq!(stretch(second, &probe, 3), 4 * second);
         let gossip = Timer::<NodeIdentity>::PeriodicGossip(1);
         assert_eq!(stretch(second, &gossip, 3), second);
+    }
+
+    // Issue 21, part 6: under sustained purges the piggyback queue only grew
+    // (a packet carries a few records, a few times a second), and foca's queue
+    // costs O(n) per record added. Past the bound a record is delivered here but
+    // not queued to ride on.
+    #[test]
+    fn the_piggyback_queue_is_bounded_and_records_past_it_are_still_delivered() {
+        use foca::BroadcastHandler;
+        let (deliver, mut delivered) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let mut handler = InvalidationBroadcasts {
+            seen: std::collections::HashSet::new(),
+            deliver,
+            backlog: backlog.clone(),
+        };
+        let record = |seq| {
+            fanz_protocol::replication::Replicated {
+                origin: "n1@1".into(),
+                seq,
+                at: fanz_protocol::Timestamp::from_u64(seq),
+                op: fanz_protocol::replication::Op::Purge {
+                    tags: vec![Bytes::from_static(b"t")],
+                    keys: vec![],
+                    soft: false,
+                    prefixes: vec![],
+                },
+            }
+            .encode()
+        };
+        let sender = placeholder("127.0.0.1:7946".parse().unwrap());
+        let queued = handler.receive_item(&record(1), Some(&sender)).unwrap();
+        assert_eq!(queued, Some(BroadcastKey("n1@1".into(), 1)));
+        backlog.store(MAX_PIGGYBACK_BACKLOG, Ordering::Relaxed);
+        let queued = handler.receive_item(&record(2), Some(&sender)).unwrap();
+        assert_eq!(queued, None, "past the bound: not queued");
+        assert_eq!(delivered.try_recv().unwrap(), record(1));
+        assert_eq!(delivered.try_recv().unwrap(), record(2), "but delivered");
+        assert_eq!(
+            handler.receive_item(&record(2), Some(&sender)).unwrap(),
+            None
+        );
+        assert!(
+            delivered.try_recv().is_err(),
+            "a repeat is not delivered twice"
+        );
     }
 
     #[test]
