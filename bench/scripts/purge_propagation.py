@@ -5,7 +5,10 @@
    distinct tags from random nodes; the time until every member applied each one
    (the node's own `slowest_ms`) and the client's wait=all latency, p50 and p99;
 2. sustained purges per second (wait=all, --clients concurrent clients, for
-   --seconds) in a 3-node cluster holding --entries tagged KV entries;
+   --seconds) in a 3-node cluster holding --entries tagged KV entries; with
+   --bench target/release/fanz-bench the clients are fanz-bench's closed-loop
+   purgers (a third of them at each node) instead of Python threads, which cannot
+   keep more than a few thousand purges a second in flight;
 3. catch-up: SIGSTOP one node of 3, make --missed purges at another (wait=none),
    SIGCONT it, and time until the last of them is applied everywhere.
 
@@ -38,6 +41,29 @@ def purges_applied(node):
     raise SystemExit(f"no fanz_purges_total on {node.name}")
 
 
+def bench_purges(a, nodes, tags):
+    """Closed-loop purgers from fanz-bench, a share at each node, for a.seconds:
+    (successful purges per second in all, purges that failed or were incomplete)."""
+    import subprocess
+    shares = [a.clients // len(nodes) + (1 if k < a.clients % len(nodes) else 0) for k in range(len(nodes))]
+    procs = []
+    for node, share in zip(nodes, shares):
+        if share == 0:
+            continue
+        procs.append(subprocess.Popen(
+            [a.bench, "--url", f"http://127.0.0.1:{node.admin}/", "--connections", "0",
+             "--purge-connections", str(share), "--admin", f"127.0.0.1:{node.admin}",
+             "--purge-tags", str(tags), "--duration", str(int(a.seconds)), "--warmup", "1", "--json"],
+            stdout=subprocess.PIPE, text=True))
+    rate, failed = 0.0, 0
+    for p in procs:
+        out, _ = p.communicate(timeout=a.seconds + 60)
+        purge = json.loads(out.strip().splitlines()[-1])["purge"]
+        rate += purge["per_s"]
+        failed += purge["failed"]
+    return rate, failed
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/fanz-node")
@@ -47,6 +73,8 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--missed", type=int, default=10_000)
+    ap.add_argument("--bench", help="fanz-bench binary: drive the sustained phase with it")
+    ap.add_argument("--skip-propagation", action="store_true", help="only the sustained and catch-up phases")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     if any(s < 2 or s > 32 for s in sizes) or a.purges < 1 or a.entries < 0 or a.missed < 1:
@@ -56,7 +84,7 @@ def main():
     results = {}
     rng = random.Random(7)
     try:
-        for n in sizes:
+        for n in ([] if a.skip_propagation else sizes):
             nodes = cluster(a.binary, work, n, [], f"p{n}")
             everyone += nodes
             for x in nodes:
@@ -112,21 +140,29 @@ def main():
         print(f"filled {a.entries} tagged entries ({tags} tags) in {time.monotonic() - fill_started:.1f} s")
         done = [0] * a.clients
         stop_at = time.monotonic() + a.seconds
+        if a.bench:
+            rate, failed = bench_purges(a, nodes, tags)
+            results["sustained"] = {"entries": a.entries, "tags": tags, "clients": a.clients,
+                                    "driver": "fanz-bench", "purges_per_s": rate, "failed": failed}
+            print(f"sustained: {rate:.0f} purges/s (wait=all, {a.clients} fanz-bench purgers, "
+                  f"{a.entries} tagged entries in the cluster; {failed} failed or incomplete)")
+            a.clients = 0
 
         def purger(k):
             r = random.Random(k)
             while time.monotonic() < stop_at:
                 purge(nodes[r.randrange(3)], json.dumps({"tags": [f"t{r.randrange(tags)}"]}))
                 done[k] += 1
-        threads = [threading.Thread(target=purger, args=(k,)) for k in range(a.clients)]
-        began = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        rate = sum(done) / (time.monotonic() - began)
-        results["sustained"] = {"entries": a.entries, "tags": tags, "clients": a.clients, "purges_per_s": rate}
-        print(f"sustained: {rate:.0f} purges/s (wait=all, {a.clients} clients, {a.entries} tagged entries in the cluster)")
+        if a.clients:
+            threads = [threading.Thread(target=purger, args=(k,)) for k in range(a.clients)]
+            began = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            rate = sum(done) / (time.monotonic() - began)
+            results["sustained"] = {"entries": a.entries, "tags": tags, "clients": a.clients, "purges_per_s": rate}
+            print(f"sustained: {rate:.0f} purges/s (wait=all, {a.clients} clients, {a.entries} tagged entries in the cluster)")
 
         paused, origin = nodes[2], nodes[0]
         baseline = purges_applied(paused)

@@ -57,6 +57,7 @@ fn command() -> Command {
         .arg(Arg::new("value-size").long("value-size").default_value("1024").help("Bytes per written value"))
         .arg(Arg::new("seed").long("seed").default_value("1").help("Seed of the request sequence"))
         .arg(Arg::new("purge-rate").long("purge-rate").help("Also POST tag purges to --admin at this many per second"))
+        .arg(Arg::new("purge-connections").long("purge-connections").help("Concurrent purgers (with --admin): without --purge-rate each posts its next purge as soon as the last is answered, the sustained purge rate; --connections 0 runs only them"))
         .arg(Arg::new("admin").long("admin").help("host:port of the node's admin API (for --purge-rate)"))
         .arg(Arg::new("token").long("token").env("FANZ_ADMIN_TOKEN").hide_env_values(true).help("Admin token for purges"))
         .arg(Arg::new("purge-tags").long("purge-tags").default_value("100").help("Purged tags are drawn from t0..tN"))
@@ -120,10 +121,23 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
     if value_size > 64 << 20 {
         return Err("--value-size must be at most 64 MiB".into());
     }
-    let purges = match positive("purge-rate")? {
+    let purge_connections = match get("purge-connections") {
         None => None,
-        Some(rate) => {
-            let admin = get("admin").ok_or("--purge-rate needs --admin host:port")?;
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Some(n),
+            _ => {
+                return Err(format!(
+                    "--purge-connections must be from 1 to 1024, got {v:?}"
+                ))
+            }
+        },
+    };
+    let purge_rate = positive("purge-rate")?;
+    let purges = match (purge_rate, purge_connections) {
+        (None, None) => None,
+        (rate, connections) => {
+            let admin = get("admin")
+                .ok_or("--purge-rate and --purge-connections need --admin host:port")?;
             let admin: SocketAddr = admin
                 .to_socket_addrs()
                 .map_err(|e| format!("--admin {admin}: {e}"))?
@@ -133,6 +147,7 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
                 admin,
                 token: get("token"),
                 rate,
+                connections: connections.unwrap_or(1),
                 tags: whole("purge-tags")?,
             })
         }
@@ -148,7 +163,18 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
             host: authority.host().to_string(),
             path: path.clone(),
         },
-        connections: whole("connections")? as usize,
+        connections: match get("connections").unwrap_or_default().parse::<usize>() {
+            Ok(0) if purges.is_none() => {
+                return Err("--connections 0 leaves nothing to run without purgers".into())
+            }
+            Ok(n) if n <= 100_000 => n,
+            _ => {
+                return Err(
+                    "--connections must be a whole number up to 100000 (0: only the purgers)"
+                        .into(),
+                )
+            }
+        },
         duration: Duration::from_secs(whole("duration")?),
         warmup: Duration::from_secs(
             get("warmup")
@@ -184,9 +210,12 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
 }
 
 fn report(plan: &Plan, o: &Outcome, label: Option<&String>, json: bool) {
-    let purges = o.purges.as_ref().map(|(n, h)| {
+    let purges = o.purges.as_ref().map(|p| {
+        let h = &p.latency_us;
         serde_json::json!({
-            "purges": n, "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "purges": p.done, "failed": p.failed,
+            "per_s": p.done as f64 / o.elapsed.as_secs_f64(),
+            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
             "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0, "max_ms": h.max() as f64 / 1000.0,
         })
     });

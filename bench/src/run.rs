@@ -7,8 +7,10 @@
 //!   stalls is charged for every request that should have been sent meanwhile (the
 //!   coordinated-omission correction of wrk2). Measures latency at a given load.
 //!
-//! Optionally a purger posts tag purges to an admin API at its own fixed rate, with its
-//! own latency histogram. Latencies go into one hdrhistogram per task, merged at the end.
+//! Optionally purgers post tag purges (`wait=all`, the default) to an admin API, at
+//! their own fixed rate or each as fast as it is answered (closed loop: the sustained
+//! purge rate), with their own latency histogram; `connections = 0` leaves only them.
+//! Latencies go into one hdrhistogram per task, merged at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,8 +55,11 @@ pub struct PurgePlan {
     pub admin: std::net::SocketAddr,
     /// Bearer token, if the node has one.
     pub token: Option<String>,
-    /// Purges per second.
-    pub rate: f64,
+    /// Purges per second in total, split over the purgers; `None`: each purger
+    /// sends its next purge as soon as the last is answered.
+    pub rate: Option<f64>,
+    /// Concurrent purgers, one connection and one purge in flight each.
+    pub connections: usize,
     /// Tags drawn from `t0..t{tags}`.
     pub tags: u64,
 }
@@ -72,8 +77,9 @@ pub struct Outcome {
     pub latency_us: Histogram<u64>,
     /// Measured time.
     pub elapsed: Duration,
-    /// Purges answered in the measured time, and their latencies (µs).
-    pub purges: Option<(u64, Histogram<u64>)>,
+    /// Purges answered with a success in the measured time, those that were not,
+    /// and the latencies of the answered ones (µs).
+    pub purges: Option<PurgeOutcome>,
 }
 
 impl Outcome {
@@ -161,10 +167,26 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             (hist, requests, errors, bytes)
         }));
     }
-    let purger = plan
+    let purgers: Vec<_> = plan
         .purges
-        .clone()
-        .map(|p| tokio::spawn(purge_loop(p, start, measure_from, end, plan.seed)));
+        .iter()
+        .flat_map(|p| {
+            (0..p.connections.max(1)).map(move |i| {
+                let window = Window {
+                    start: start
+                        + p.rate
+                            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / r)),
+                    measure_from,
+                    end,
+                };
+                tokio::spawn(purge_loop(
+                    p.clone(),
+                    window,
+                    plan.seed.wrapping_add(i as u64),
+                ))
+            })
+        })
+        .collect();
     let progress = plan.progress.then(|| {
         let answered = answered.clone();
         tokio::spawn(async move {
@@ -208,8 +230,19 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         outcome.errors += errors;
         outcome.bytes += bytes;
     }
-    if let Some(p) = purger {
-        outcome.purges = Some(p.await??);
+    if !purgers.is_empty() {
+        let mut total = PurgeOutcome {
+            done: 0,
+            failed: 0,
+            latency_us: histogram(),
+        };
+        for p in purgers {
+            let one = p.await??;
+            total.done += one.done;
+            total.failed += one.failed;
+            total.latency_us.add(&one.latency_us)?;
+        }
+        outcome.purges = Some(total);
     }
     if let Some(p) = progress {
         let _ = p.await;
@@ -217,28 +250,54 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// Posts `POST /purge {"tags":["t<n>"]}` on a fixed schedule; latency from the
-/// intended time, like the open loop.
-async fn purge_loop(
-    plan: PurgePlan,
+/// What the purgers saw in the measured time.
+#[derive(Debug)]
+pub struct PurgeOutcome {
+    /// Purges answered with a success (applied or fenced everywhere).
+    pub done: u64,
+    /// Purges that failed or were not complete (504) in time.
+    pub failed: u64,
+    /// Latencies of the successful ones, µs.
+    pub latency_us: Histogram<u64>,
+}
+
+/// When one loop runs and from when it counts.
+#[derive(Debug, Clone, Copy)]
+struct Window {
     start: Instant,
     measure_from: Instant,
     end: Instant,
-    seed: u64,
-) -> anyhow::Result<(u64, Histogram<u64>)> {
+}
+
+/// One purger: posts `POST /purge {"tags":["t<n>"]}` on its share of a fixed
+/// schedule (latency from the intended time, like the open loop), or back to back.
+async fn purge_loop(plan: PurgePlan, window: Window, seed: u64) -> anyhow::Result<PurgeOutcome> {
+    let Window {
+        start,
+        measure_from,
+        end,
+    } = window;
     let target = Target {
         addr: plan.admin,
         host: plan.admin.to_string(),
         path: "/purge".into(),
     };
     let mut conn = Connection::open(Protocol::H1, &target, &DriverOptions::none()).await?;
-    let interval = Duration::from_secs_f64(1.0 / plan.rate);
+    let interval = plan
+        .rate
+        .map(|r| Duration::from_secs_f64(plan.connections.max(1) as f64 / r));
     let mut rng = Rng::new(seed ^ 0x0070_7572_6765); // "purge": its own sequence
-    let mut hist = histogram();
-    let mut done = 0;
+    let mut out = PurgeOutcome {
+        done: 0,
+        failed: 0,
+        latency_us: histogram(),
+    };
     let mut due = start;
     while due < end {
-        tokio::time::sleep_until(due.into()).await;
+        match interval {
+            Some(_) => tokio::time::sleep_until(due.into()).await,
+            None => due = Instant::now(),
+        }
         let tag = rng.next_u64() % plan.tags.max(1);
         let mut request = http::Request::post("/purge")
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -251,11 +310,27 @@ async fn purge_loop(
         }
         let answered =
             tokio::time::timeout(Duration::from_secs(10), conn.send(&target, request)).await;
-        if due >= measure_from && matches!(answered, Ok(Ok(_))) {
-            done += 1;
-            let _ = hist.record(due.elapsed().as_micros().max(1) as u64);
+        let ok = matches!(answered, Ok(Ok(_)));
+        if !ok {
+            // A failed exchange may leave the connection unusable: start afresh.
+            if let Ok(fresh) = Connection::open(Protocol::H1, &target, &DriverOptions::none()).await
+            {
+                conn = fresh;
+            }
         }
-        due += interval;
+        if due >= measure_from && Instant::now() <= end {
+            if ok {
+                out.done += 1;
+                let _ = out
+                    .latency_us
+                    .record(due.elapsed().as_micros().max(1) as u64);
+            } else {
+                out.failed += 1;
+            }
+        }
+        if let Some(step) = interval {
+            due += step;
+        }
     }
-    Ok((done, hist))
+    Ok(out)
 }
