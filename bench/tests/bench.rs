@@ -214,7 +214,8 @@ async fn keys_writes_and_purges_reach_the_server() {
         purges: Some(fanz_bench::run::PurgePlan {
             admin: addr,
             token: Some("t".into()),
-            rate: 20.0,
+            rate: Some(20.0),
+            connections: 1,
             tags: 5,
         }),
         progress: false,
@@ -237,12 +238,62 @@ async fn keys_writes_and_purges_reach_the_server() {
         seen.get("GET /kv/k0") > seen.get("GET /kv/k40"),
         "Zipf: k0 is the hottest"
     );
-    let (purges, _) = outcome.purges.unwrap();
+    let purges = outcome.purges.unwrap();
     assert!(
-        (5..=12).contains(&purges),
-        "{purges} purges at 20/s for 0.5 s"
+        (5..=12).contains(&purges.done),
+        "{} purges at 20/s for 0.5 s",
+        purges.done
     );
-    assert_eq!(seen.get("POST /purge").copied().unwrap_or(0), purges);
+    assert_eq!(purges.failed, 0);
+    assert_eq!(seen.get("POST /purge").copied().unwrap_or(0), purges.done);
+}
+
+// The sustained purge rate: closed-loop purgers alone (no other load), each posting
+// its next purge when the last is answered; every purge sent is counted.
+#[tokio::test]
+async fn closed_loop_purgers_alone_post_back_to_back() {
+    let (addr, seen) = stalling_server(u64::MAX, Duration::ZERO).await;
+    let plan = Plan {
+        protocol: Protocol::H1,
+        target: Target {
+            addr,
+            host: addr.to_string(),
+            path: "/".into(),
+        },
+        connections: 0,
+        duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
+        driver: DriverOptions::none(),
+        workload: Workload {
+            path: "/".into(),
+            keys: 1,
+            distribution: KeyDistribution::zipf(1, 0.0),
+            writes: 0.0,
+            value: Bytes::new(),
+            sequential: None,
+            tracking: 0.0,
+        },
+        rate: None,
+        seed: 3,
+        purges: Some(fanz_bench::run::PurgePlan {
+            admin: addr,
+            token: None,
+            rate: None,
+            connections: 3,
+            tags: 5,
+        }),
+        progress: false,
+    };
+    let outcome = run(&plan).await.unwrap();
+    assert_eq!(outcome.requests, 0, "no load but the purgers");
+    let purges = outcome.purges.unwrap();
+    assert_eq!(purges.failed, 0);
+    // Far more than an open loop at any modest rate would send in 0.3 s.
+    assert!(purges.done > 50, "{} purges in 0.3 s", purges.done);
+    assert_eq!(
+        seen.lock().unwrap().get("POST /purge").copied(),
+        Some(purges.done)
+    );
 }
 
 #[tokio::test]
