@@ -42,10 +42,16 @@ run() {
   target/release/fanz-bench --protocol h1 --url "http://127.0.0.1:1861$1/kv/bench" \
     --connections "$CONNS" --duration "$DURATION" --warmup 1 --json
 }
-local_hit=$(run "$owner"); peer=$(run "$other")
+# CPU time of the three nodes together (clock ticks), around each run: what a
+# request costs the cluster, whatever the machine's noise does to throughput.
+node_ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+tick=$(getconf CLK_TCK)
+t0=$(node_ticks); local_hit=$(run "$owner"); t1=$(node_ticks); peer=$(run "$other"); t2=$(node_ticks)
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\\1/"; }
 echo "local hit (n$owner):  $local_hit"
 echo "peer fetch (n$other): $peer"
-printf '%-12s %10s %8s %8s\n' path req_per_s p50_ms p99_ms
-printf '%-12s %10.0f %8.3f %8.3f\n' "local hit" "$(field "$local_hit" req_per_s)" "$(field "$local_hit" p50_ms)" "$(field "$local_hit" p99_ms)"
-printf '%-12s %10.0f %8.3f %8.3f\n' "peer fetch" "$(field "$peer" req_per_s)" "$(field "$peer" p50_ms)" "$(field "$peer" p99_ms)"
+# Requests in the warm-up second are counted at the measured rate.
+cpu_us() { echo "$1 $2 $tick $DURATION" | awk '{printf "%.1f", $1 / $3 * 1e6 / ($2 * ($4 + 1))}'; }
+printf '%-12s %10s %8s %8s %22s\n' path req_per_s p50_ms p99_ms "node CPU us/request"
+printf '%-12s %10.0f %8.3f %8.3f %22s\n' "local hit" "$(field "$local_hit" req_per_s)" "$(field "$local_hit" p50_ms)" "$(field "$local_hit" p99_ms)" "$(cpu_us $((t1 - t0)) "$(field "$local_hit" req_per_s)")"
+printf '%-12s %10.0f %8.3f %8.3f %22s\n' "peer fetch" "$(field "$peer" req_per_s)" "$(field "$peer" p50_ms)" "$(field "$peer" p99_ms)" "$(cpu_us $((t2 - t1)) "$(field "$peer" req_per_s)")"
