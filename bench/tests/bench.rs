@@ -264,15 +264,7 @@ async fn closed_loop_purgers_alone_post_back_to_back() {
         duration: Duration::from_millis(300),
         warmup: Duration::ZERO,
         driver: DriverOptions::none(),
-        workload: Workload {
-            path: "/".into(),
-            keys: 1,
-            distribution: KeyDistribution::zipf(1, 0.0),
-            writes: 0.0,
-            value: Bytes::new(),
-            sequential: None,
-            tracking: 0.0,
-        },
+        workload: Workload::fixed("/"),
         rate: None,
         seed: 3,
         purges: Some(fanz_bench::run::PurgePlan {

@@ -224,7 +224,7 @@ impl Cluster {
                 }
             });
         }
-        replicator.track_down_members(rejoin_settle(settings));
+        replicator.track_membership(rejoin_settle(settings));
         close_connections_to_departed(gossip.view(), transport.clone());
         replicator.replicate_edges(parts.edges);
         Ok(Self {

@@ -300,10 +300,7 @@ impl PeerTransport {
         };
         tracing::debug!(peer = %remote, %peer_id, "peer connected");
         while let Ok((send, recv)) = connection.accept_bi().await {
-            self.contacts
-                .lock()
-                .expect("contacts lock")
-                .insert(peer_id.clone(), Instant::now());
+            self.note_contact(&peer_id);
             let service = service.clone();
             let (max_frame, metrics) = (self.max_frame, self.metrics.clone());
             tokio::spawn(async move {
@@ -354,15 +351,17 @@ impl PeerTransport {
         slots.entry(to).or_default().clone()
     }
 
-    /// The latest moment the peer `node_id` may have sent this node a request: its
-    /// last one, or this transport's start if it sent none since.
-    pub fn contact_bound(&self, node_id: &str) -> Instant {
-        self.contacts
-            .lock()
-            .expect("contacts lock")
-            .get(node_id)
-            .copied()
-            .unwrap_or(self.started)
+    /// `node_id` sent this node a request just now (allocates only for a new peer:
+    /// this runs for every request).
+    fn note_contact(&self, node_id: &str) {
+        let now = Instant::now();
+        let mut contacts = self.contacts.lock().expect("contacts lock");
+        match contacts.get_mut(node_id) {
+            Some(at) => *at = now,
+            None => {
+                contacts.insert(node_id.to_string(), now);
+            }
+        }
     }
 
     /// How long ago each peer last sent this node a request, and how long this

@@ -94,17 +94,19 @@ impl Durable {
     }
 }
 
-impl std::future::IntoFuture for Durable {
+impl std::future::Future for Durable {
     type Output = Result<(), LogError>;
-    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let Some(wait) = self.wait else {
-                return Ok(());
-            };
-            wait.await.map_err(|_| LogError::Closed)?.map_err(io_error)
-        })
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(wait) = self.wait.as_mut() else {
+            return std::task::Poll::Ready(Ok(()));
+        };
+        std::pin::Pin::new(wait)
+            .poll(cx)
+            .map(|done| done.map_err(|_| LogError::Closed)?.map_err(io_error))
     }
 }
 
@@ -178,16 +180,15 @@ impl InvalidationLog {
         Ok((Self { tx, stats }, replay))
     }
 
-    /// Appends `records`. With `durable`, resolves once they are on disk (fsync);
-    /// otherwise once they are handed to the writer.
-    /// Resolves once everything appended before it is synced.
-    /// Queues a sync of everything queued before it; the returned future resolves
-    /// once it is done. The queue's order is fixed when this returns, so a caller
-    /// may queue under a lock and wait outside it.
+    /// Queues a sync of everything queued before it; the returned [`Durable`]
+    /// resolves once it is done. The queue's order is fixed when this returns, so a
+    /// caller may queue under a lock and wait outside it.
     pub(crate) async fn enqueue_sync(&self) -> Result<Durable, LogError> {
         self.enqueue_frames(Bytes::new(), true).await
     }
 
+    /// Appends `records`. With `durable`, resolves once they are on disk (fsync);
+    /// otherwise once they are handed to the writer.
     pub(crate) async fn append(&self, records: &[Record], durable: bool) -> Result<(), LogError> {
         self.enqueue(records, durable).await?.await
     }

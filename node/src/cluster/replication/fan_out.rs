@@ -54,18 +54,7 @@ pub(super) struct Reported {
 }
 
 impl Reported {
-    /// This node's own word, as it applies a record it makes.
-    fn own(transport: &PeerTransport, members: &[(String, SocketAddr, MemberState)]) -> Self {
-        Self {
-            last_request: members
-                .iter()
-                .map(|(id, ..)| (id.clone(), transport.contact_bound(id)))
-                .collect(),
-            otherwise: Instant::now(),
-        }
-    }
-
-    /// A member's ack, received at `at`. Ages are subtracted from the receipt, so
+    /// A member's ack (or this node's own word, as it applies a record it makes), received at `at`. Ages are subtracted from the receipt, so
     /// the moments are never earlier than the truth (the ack spent time in flight).
     fn ack(contacts: Option<&Contacts>, at: Instant) -> Self {
         let before = |ms: u64| at.checked_sub(Duration::from_millis(ms)).unwrap_or(at);
@@ -199,7 +188,7 @@ impl Replicator {
         self.piggyback.broadcast(encoded.clone());
         let id = format!("{}/{}", record.origin, record.seq);
         let others = self.others();
-        let own = Reported::own(&self.transport, &others);
+        let own = Reported::ack(Some(&self.transport.contacts()), Instant::now());
         let progress = Arc::new(Progress {
             report: Mutex::new(PurgeReport {
                 id: id.clone(),

@@ -375,11 +375,12 @@ impl Replicator {
         self.gate.leaving();
     }
 
-    /// Tells the gate, as the view changes, when the members not down change (ownership moved), and when this node was
-    /// declared down and rejoined: others may have fenced it meanwhile and completed
-    /// purges and writes without it, so it revalidates its hits until a round that
-    /// begins `settle` later (RELIABILITY finding 14).
-    pub fn track_down_members(self: &Arc<Self>, settle: Duration) {
+    /// Tells the gate, as the view changes, when the members not down change
+    /// (ownership moved), and when this node was declared down and rejoined: others
+    /// may have fenced it meanwhile and completed purges and writes without it, so
+    /// it revalidates its hits until a round that begins `settle` later (RELIABILITY
+    /// finding 14).
+    pub fn track_membership(self: &Arc<Self>, settle: Duration) {
         let this = self.clone();
         let mut view = self.view.clone();
         tokio::spawn(async move {
