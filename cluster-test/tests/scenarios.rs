@@ -29,7 +29,12 @@ fn short(scenario: &str, seed: u64) -> Settings {
         seed,
         workers: 4,
         node_args: Vec::new(),
-        log_dir: None,
+        // Kept after the run (the last run of each scenario and seed), so a failure
+        // seen in CI can be read from the node logs (RELIABILITY finding 15).
+        log_dir: Some(
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("scenario-{scenario}-{seed}")),
+        ),
     }
 }
 
