@@ -14,22 +14,11 @@ fi
 cargo build --release -q -p fanz-node -p fanz-bench
 work=$(mktemp -d /tmp/fanz-peer-XXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+source bench/scripts/cluster_lib.sh
+cleanup() { cluster_stop; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
-target/release/fanz-node cluster-init "$work/pki" --nodes 3 >/dev/null
-for i in 1 2 3; do
-  target/release/fanz-node --cluster-dir "$work/pki/node-$i" --node-id "n$i" \
-    --http-addr "127.0.0.1:1861$i" --admin-addr "127.0.0.1:1862$i" --h3-addr off \
-    --gossip-addr "127.0.0.1:1863$i" --peer-addr "127.0.0.1:1864$i" --seeds 127.0.0.1:18631 \
-    --data-dir "$work/d$i" --log-level warn 2>>"$work/n$i.log" & pids+=($!)
-done
-for i in 1 2 3; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:1862$i/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-done
-for _ in $(seq 100); do
-  [ "$(curl -s http://127.0.0.1:18621/cluster | grep -o '"alive"' | wc -l)" = 3 ] && break; sleep 0.1
-done
+cluster_start target/release/fanz-node "$work" 186
 head -c 1024 /dev/urandom > "$work/value"
 curl -sf -X PUT --data-binary @"$work/value" http://127.0.0.1:18611/kv/bench >/dev/null
 owner=""; other=""

@@ -839,7 +839,8 @@ async fn a_fill_through_an_owner_behind_a_purge_does_not_launder_the_old_copy() 
     let url = origin.url();
     let mut args = vec!["--origin", url.as_str()];
     args.extend(FAST);
-    let delay = [("FANZ_TEST_PURGE_APPLY_DELAY_MS", "1500")];
+    args.extend(SLOW_ANTI_ENTROPY);
+    let delay = [("FANZ_TEST_APPLY_DELAY_MS", "1500")];
     let (_tmp, nodes) = start_cluster_with_env(3, &args, &delay).await;
     // The primary fills from the origin; the others fetch through an owner.
     let path = "/race/page";
@@ -898,8 +899,9 @@ async fn a_fill_through_an_owner_behind_a_purge_does_not_launder_the_old_copy() 
 // for HTTP: KV reads never took a version of their own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kv_read_from_an_owner_behind_a_delete_does_not_bring_the_value_back() {
-    let delay = [("FANZ_TEST_PURGE_APPLY_DELAY_MS", "1500")];
-    let (_tmp, nodes) = start_cluster_with_env(3, FAST, &delay).await;
+    let delay = [("FANZ_TEST_APPLY_DELAY_MS", "1500")];
+    let args = [FAST, SLOW_ANTI_ENTROPY].concat();
+    let (_tmp, nodes) = start_cluster_with_env(3, &args, &delay).await;
     let ring = Ring::new(
         (1..=3).map(|i| RingMember {
             id: format!("n{i}"),

@@ -8,6 +8,8 @@ use std::time::Duration;
 use common::cluster::*;
 use common::origin::{numbered_origin, respond, TestOrigin};
 use common::*;
+use fanz_protocol::ring::{Ring, RingMember};
+use fanz_protocol::CacheKey;
 use http::Method;
 
 /// Three nodes with `--origin`, converged.
@@ -510,6 +512,115 @@ async fn reads_of_moved_keys_keep_answering_while_a_restarted_owner_catches_up()
         unavailable.len(),
         &unavailable[..unavailable.len().min(3)]
     );
+}
+
+/// RELIABILITY finding 15: membership views converge at different speeds, so the
+/// owners a writer sees are not always the ones another node reads from. Here n2
+/// sees n3 join seconds after n1 does, and overwrites pushed to it arrive late (test
+/// hooks; its anti-entropy rounds far apart, so they do not bring them sooner). n1
+/// writes every key again once it sees n3 and has settled; for a key the three-node
+/// ring gives to n1 and n3, n2 still thinks it owns the key and holds the old value.
+/// A write must not be acknowledged while such a node may still serve the value it
+/// replaced. (Before: n1 judged its write certain, every owner in its view having
+/// confirmed, and answered at once; n2 served the old value from memory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_is_not_acknowledged_while_a_node_whose_view_lags_may_serve_the_old_value() {
+    let three = Ring::new(
+        (1..=3).map(|i| RingMember {
+            id: format!("n{i}"),
+            weight: 1,
+        }),
+        2,
+    );
+    let moved_off_n2: Vec<String> = (0..)
+        .map(|i| format!("w{i}"))
+        .filter(|key| {
+            let owners = three.owners(CacheKey::kv(key.as_bytes()).encoded());
+            owners.iter().all(|m| m.id != "n2")
+        })
+        .take(4)
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = cluster_init(tmp.path(), 3);
+    let n1 = ClusterNode::start("n1", &dirs[0], &[], FAST);
+    let lagging = [
+        ("FANZ_TEST_VIEW_DELAY_MS", "7000"),
+        ("FANZ_TEST_APPLY_DELAY_MS", "1500"),
+    ];
+    let slow = [FAST, SLOW_ANTI_ENTROPY].concat();
+    let n2 = ClusterNode::start_with_env("n2", &dirs[1], &[n1.gossip], &slow, &lagging);
+    for n in [&n1, &n2] {
+        wait_until(&n.node, Duration::from_secs(20), "n1 and n2 alive", |s| {
+            has(s, "n1", "alive") && has(s, "n2", "alive")
+        })
+        .await;
+    }
+    let write_all = |value: &'static str| {
+        let tasks: Vec<_> = moved_off_n2
+            .iter()
+            .map(|key| {
+                let url = n1.node.url(&format!("/kv/{key}"));
+                tokio::spawn(async move { send(Method::PUT, &url, &[], value.to_string()).await })
+            })
+            .collect();
+        futures_join(tasks.into_iter())
+    };
+    // Two members: both own every key, so both hold every value.
+    for r in write_all("old").await {
+        assert!(r.status.is_success(), "{}: {}", r.status, r.text());
+    }
+    for key in &moved_off_n2 {
+        let r = get(&n2.node, key).await;
+        assert_eq!(r.text(), "old", "{key} at n2: {}", cache_status(&r));
+    }
+    // n2 settles after its view of n1 changed (its rounds are 5 s apart), then
+    // serves its copies as an owner.
+    settled(&n2.node, &moved_off_n2[0], Duration::from_secs(12)).await;
+    let _n3 = ClusterNode::start("n3", &dirs[2], &[n1.gossip], FAST);
+    wait_until(&n1.node, Duration::from_secs(10), "n1 sees n3", |s| {
+        has(s, "n3", "alive")
+    })
+    .await;
+    // n1 settles (a catch-up round after the change), long before n2's view catches
+    // up.
+    settled(&n1.node, &moved_off_n2[0], Duration::from_secs(4)).await;
+    for r in write_all("new").await {
+        assert!(r.status.is_success(), "{}: {}", r.status, r.text());
+    }
+    let mut stale = Vec::new();
+    for key in &moved_off_n2 {
+        let r = get(&n2.node, key).await;
+        if r.status == http::StatusCode::OK && r.text() != "new" {
+            stale.push(format!("{key}: {:?} ({})", r.text(), cache_status(&r)));
+        }
+    }
+    assert!(
+        !has(&states(&n2.node).await, "n3", "alive"),
+        "n2's view caught up before the reads: the test did not test the lag"
+    );
+    assert!(
+        stale.is_empty(),
+        "{} of {} keys that moved off n2 read stale there: {stale:?}",
+        stale.len(),
+        moved_off_n2.len()
+    );
+}
+
+/// Waits until `node`'s hits of `key` (which it owns and holds) no longer say
+/// `settling`: membership has been stable there since a catch-up round began.
+async fn settled(node: &TestNode, key: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let status = cache_status(&get(node, key).await);
+        if status.starts_with("fanz; hit") && !status.contains("settling") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key}: not a settled hit within {limit:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs a future to completion from synchronous code inside the test runtime.

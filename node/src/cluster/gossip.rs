@@ -212,7 +212,8 @@ impl Gossip {
 
         let (inputs_tx, inputs_rx) = mpsc::channel(1024);
         let initial = View::new(vec![local_member(&identity)], config.replicas);
-        let (view_tx, view_rx) = watch::channel(Arc::new(initial));
+        let initial = Arc::new(initial);
+        let (view_tx, view_rx) = watch::channel(initial.clone());
         let local_health = Arc::new(AtomicU32::new(0));
         let scheduler = Scheduler::start(inputs_tx.clone(), local_health.clone());
         tokio::spawn(announce_to_seeds(
@@ -226,7 +227,8 @@ impl Gossip {
                 socket,
                 keyring: config.keyring,
                 replicas: config.replicas,
-                view: view_tx,
+                view: initial,
+                sink: ViewSink::new(view_tx),
                 scheduler,
                 metrics,
                 local_health: local_health.clone(),
@@ -285,12 +287,61 @@ fn local_member(identity: &NodeIdentity) -> Member {
     }
 }
 
+/// Environment variable (milliseconds) that makes a node see every membership change
+/// that long after its SWIM instance does. For tests that need one node's view to lag
+/// the others' deterministically (RELIABILITY finding 15); never set it in production.
+pub const VIEW_DELAY_ENV: &str = "FANZ_TEST_VIEW_DELAY_MS";
+
+/// Where the agent's views go: to the watch at once, or, under the test hook
+/// [`VIEW_DELAY_ENV`], through a task that hands each one over late, in order.
+enum ViewSink {
+    Now(watch::Sender<Arc<View>>),
+    Late(mpsc::UnboundedSender<(Instant, Arc<View>)>),
+}
+
+impl ViewSink {
+    fn new(view: watch::Sender<Arc<View>>) -> Self {
+        let delay = std::env::var(VIEW_DELAY_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        if delay.is_zero() {
+            return Self::Now(view);
+        }
+        tracing::warn!(
+            ?delay,
+            "{VIEW_DELAY_ENV} is set: membership changes are seen late (a test hook)"
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Arc<View>)>();
+        tokio::spawn(async move {
+            while let Some((made, next)) = rx.recv().await {
+                tokio::time::sleep_until((made + delay).into()).await;
+                view.send_replace(next);
+            }
+        });
+        Self::Late(tx)
+    }
+
+    fn publish(&self, next: Arc<View>) {
+        match self {
+            Self::Now(view) => {
+                view.send_replace(next);
+            }
+            Self::Late(queue) => {
+                let _ = queue.send((Instant::now(), next));
+            }
+        }
+    }
+}
+
 struct Agent {
     swim: Swim,
     socket: UdpSocket,
     keyring: Arc<Keyring>,
     replicas: usize,
-    view: watch::Sender<Arc<View>>,
+    /// The view last made (what changes are judged against).
+    view: Arc<View>,
+    sink: ViewSink,
     scheduler: mpsc::UnboundedSender<(Duration, Timer<NodeIdentity>)>,
     metrics: Arc<Metrics>,
     local_health: Arc<AtomicU32>,
@@ -429,7 +480,7 @@ impl Agent {
         }
         // Suspicion does not raise a notification; compare states instead.
         let states_changed = {
-            let current = self.view.borrow();
+            let current = &self.view;
             let known: Vec<_> = self
                 .swim
                 .iter_membership_state()
@@ -447,7 +498,7 @@ impl Agent {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let mut members: Vec<Member> = self
             .swim
             .iter_membership_state()
@@ -467,7 +518,8 @@ impl Agent {
             count(MemberState::Suspect),
             count(MemberState::Down),
         );
-        self.view.send_replace(Arc::new(view));
+        self.view = Arc::new(view);
+        self.sink.publish(self.view.clone());
     }
 
     fn end_of_probe_period(&mut self) {

@@ -481,17 +481,18 @@ impl MainService {
             entry: entry.encode(),
         };
         let (is_owner, done, asked) = self.write_to_owners(&key, replicate).await;
-        // Overwrite is invalidation, on every node holding a dependent. An owner
-        // that did not confirm the write may still hold the old value; with a member
-        // suspected or down (writes skip it), or membership just changed (views
-        // still converging), the owners here may not be the ones another node reads
-        // from. Then the write is acknowledged only once every member dropped older
-        // copies or is fenced.
+        // Overwrite is invalidation, on every node holding a dependent, and it
+        // drops older copies of the key itself. The write is acknowledged only once
+        // every member applied it or is fenced: an owner that did not confirm the
+        // write may still hold the old value, and the owners seen here are not
+        // always the ones another node reads from. Views converge at different
+        // speeds; a node that has not yet seen a member come back still believes
+        // it owns the key and serves its copy (RELIABILITY finding 15). No view
+        // here can tell that no such node exists, so it is never taken as certain.
         let stored = done > 0 || is_owner;
-        let uncertain = done < asked || self.replicator.owners_uncertain();
         let confirmed = self
             .replicator
-            .overwrite(&key, entry.meta.version, stored && uncertain)
+            .overwrite(&key, entry.meta.version, stored)
             .await;
         if !confirmed {
             return text(

@@ -160,7 +160,7 @@ impl PeerService for NodePeerService {
                 url,
                 headers,
             } => return self.fetch(method, url, headers, respond).await,
-            Message::Replicate { record } => match self.replicator.apply(record).await {
+            Message::Replicate { record } => match self.replicator.apply_pushed(record).await {
                 // Whom this node heard from, as of now (after applying): the
                 // sender fences members by it.
                 Ok(invalidated) => Message::Applied {

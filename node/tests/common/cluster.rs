@@ -37,6 +37,11 @@ pub fn cluster_init(dir: &Path, nodes: usize) -> Vec<PathBuf> {
 /// Gossip timings for tests: fast enough to detect a failure in about 1.5 s.
 pub const FAST: &[&str] = &["--gossip-probe-period", "200ms", "--gossip-suspicion", "1s"];
 
+/// Anti-entropy rounds far apart (leases long enough for them): with the test
+/// hook `FANZ_TEST_APPLY_DELAY_MS`, which holds back only pushed records, a member
+/// then stays behind for the whole delay instead of pulling the record sooner.
+pub const SLOW_ANTI_ENTROPY: &[&str] = &["--sync-interval", "5s", "--max-unsynced", "10s"];
+
 /// One member of a test cluster.
 pub struct ClusterNode {
     pub node: TestNode,

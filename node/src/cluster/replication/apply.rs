@@ -85,6 +85,21 @@ impl Kept {
 }
 
 impl Replicator {
+    /// [`Self::apply`] for a record pushed to this node (sent by its origin, or
+    /// piggybacked on SWIM), which the test hook [`super::APPLY_DELAY_ENV`] holds
+    /// back when it is a purge or an overwrite: as if it were slow to arrive, while
+    /// anti-entropy pulls still apply what they bring at once.
+    pub async fn apply_pushed(&self, encoded: Bytes) -> Result<u64, ApplyError> {
+        if !self.apply_delay.is_zero() {
+            let held = decode_record(encoded.clone())
+                .is_ok_and(|r| matches!(r.op, Op::Purge { .. } | Op::Overwrite { .. }));
+            if held {
+                tokio::time::sleep(self.apply_delay).await;
+            }
+        }
+        self.apply(encoded).await
+    }
+
     /// Applies a record made on another node, once. Returns the dependents it
     /// invalidated here; a record that does not decode is [`ApplyError::BadRecord`]
     /// (its sender must not retry it).
@@ -109,9 +124,6 @@ impl Replicator {
             drop(serial);
             durable.await.map_err(ApplyError::failed)?;
             return Ok(0);
-        }
-        if matches!(record.op, Op::Purge { .. }) && !self.purge_apply_delay.is_zero() {
-            tokio::time::sleep(self.purge_apply_delay).await;
         }
         let invalidator = self.cache.invalidator().clone();
         // Every later local fill is ordered after the origin's purge; this purge is

@@ -119,11 +119,11 @@ impl Replicator {
     }
 
     /// `key` was overwritten here with a value of `version`: its dependents are
-    /// invalidated everywhere, and older copies of it on owners that missed the write
-    /// are dropped. With `wait` (an owner did not confirm the write), returns only
-    /// once every member applied the record or is fenced (or the ack timeout passed):
-    /// whether it did. Until then the owner that missed the write may still serve
-    /// the old value.
+    /// invalidated everywhere, and older copies of it are dropped on every node (an
+    /// owner that missed the write, a node that still believes it owns the key).
+    /// With `wait` (the value was stored somewhere), returns only once every member
+    /// applied the record or is fenced (or the ack timeout passed): whether it did.
+    /// Until then some node may still serve the old value.
     pub async fn overwrite(
         self: &Arc<Self>,
         key: &CacheKey,

@@ -204,15 +204,15 @@ pub struct Replicator {
     apply_lock: tokio::sync::Mutex<()>,
     /// Small records also ride on SWIM packets (the backstop).
     piggyback: Broadcaster,
-    /// Test hook: how long applying another node's purge waits first
-    /// ([`PURGE_APPLY_DELAY_ENV`]), so tests can hold a member behind a purge.
-    purge_apply_delay: Duration,
+    /// Test hook: how long applying another node's purge or overwrite waits first
+    /// ([`APPLY_DELAY_ENV`]), so tests can hold a member behind one.
+    apply_delay: Duration,
 }
 
 /// Environment variable (milliseconds) that makes a node wait that long before
-/// applying each purge made on another node. For tests that need a member to lag
-/// behind a purge deterministically; never set it in production.
-pub const PURGE_APPLY_DELAY_ENV: &str = "FANZ_TEST_PURGE_APPLY_DELAY_MS";
+/// applying each purge or overwrite made on another node. For tests that need a
+/// member to lag behind one deterministically; never set it in production.
+pub const APPLY_DELAY_ENV: &str = "FANZ_TEST_APPLY_DELAY_MS";
 
 impl Replicator {
     /// A replicator on `base`, keeping its applied set in `data_dir`.
@@ -238,12 +238,12 @@ impl Replicator {
             }
         }
         let resumed = !kept.applied.is_empty();
-        let purge_apply_delay = std::env::var(PURGE_APPLY_DELAY_ENV)
+        let apply_delay = std::env::var(APPLY_DELAY_ENV)
             .ok()
             .and_then(|ms| ms.parse().ok())
             .map_or(Duration::ZERO, Duration::from_millis);
-        if !purge_apply_delay.is_zero() {
-            tracing::warn!(delay = ?purge_apply_delay, "{PURGE_APPLY_DELAY_ENV} is set: purges from other nodes are applied late (a test hook)");
+        if !apply_delay.is_zero() {
+            tracing::warn!(delay = ?apply_delay, "{APPLY_DELAY_ENV} is set: purges and overwrites from other nodes are applied late (a test hook)");
         }
         Arc::new_cyclic(|this: &std::sync::Weak<Self>| {
             let this = this.clone();
@@ -255,7 +255,7 @@ impl Replicator {
                 ack_timeout,
                 applied_file,
                 piggyback,
-                purge_apply_delay,
+                apply_delay,
                 ..Self::with(base)
             }
         })
@@ -300,7 +300,7 @@ impl Replicator {
             applied_file: PathBuf::new(),
             apply_lock: tokio::sync::Mutex::new(()),
             piggyback: Broadcaster::none(),
-            purge_apply_delay: Duration::ZERO,
+            apply_delay: Duration::ZERO,
         }
     }
 
@@ -344,19 +344,6 @@ impl Replicator {
     /// ones included: a partition must not shrink the count).
     fn majority_of_peers(&self) -> usize {
         self.view.borrow().members.len() / 2
-    }
-
-    /// Whether the owners this node writes to may not be the ones another node
-    /// reads from: a member is suspected or down (writes skip it), or membership
-    /// just changed and views are still converging.
-    pub fn owners_uncertain(&self) -> bool {
-        !self.gate.settled()
-            || self
-                .view
-                .borrow()
-                .members
-                .iter()
-                .any(|m| m.state != MemberState::Alive)
     }
 
     /// This node restarted with state from an earlier run: see
