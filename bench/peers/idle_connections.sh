@@ -3,7 +3,8 @@
 # hits: open-loop hit latency without them and with them, the node's resident memory
 # per idle connection, and how many of the idle connections are still open at the end.
 #
-# Usage: bench/peers/idle_connections.sh   (IDLE=20000 RATE=10000 DURATION=10 ROUNDS=3 to change)
+# Usage: bench/peers/idle_connections.sh   (IDLE=20000 RATE=10000 DURATION=10 ROUNDS=3 to change;
+#        NODE_BIN=path to measure another fanz-node build than this tree's)
 # Each round measures without, then with the idle connections; the median ratio is
 # the figure (this machine is shared: single runs swing).
 # Raises the open-file limit for itself and the node. Node pinned to core 1, clients
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IDLE=${IDLE:-20000}; RATE=${RATE:-10000}; DURATION=${DURATION:-10}; ROUNDS=${ROUNDS:-3}
+NODE_BIN=${NODE_BIN:-target/release/fanz-node}
 if ! [[ "$IDLE" =~ ^[1-9][0-9]*$ && "$RATE" =~ ^[1-9][0-9]*$ && "$DURATION" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   echo "IDLE, RATE, DURATION and ROUNDS must be positive whole numbers" >&2; exit 2
 fi
@@ -31,7 +33,7 @@ trap cleanup EXIT INT TERM
 
 ORIGIN=127.0.0.1:18480; FANZ=127.0.0.1:18481; FANZ_ADMIN=127.0.0.1:18482
 target/release/fanz-bench origin --addr "$ORIGIN" 2>"$work/origin.log" & pids+=($!)
-taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
+taskset -c 1 "$NODE_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
   --h3-addr off --data-dir "$work/fanz-data" --max-connections $((IDLE + 1000)) --log-level warn & node=$!
 pids+=($node)
 for _ in $(seq 100); do curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -82,6 +84,7 @@ for round in $(seq "$ROUNDS"); do
   taskset -c 0 python3 "$work/idle.py" 127.0.0.1 "${FANZ##*:}" "$IDLE" "$hold" > "$work/idle.out" & idle=$!
   pids+=($idle)
   for _ in $(seq 600); do grep -q open "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
+  sleep 1 # idle: the last ones opened have been parked too (front::conn::PARK_AFTER)
   rss_idle=$(rss_kib)
   with=$(measure with-idle)
   wait "$idle" || true

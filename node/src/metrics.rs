@@ -326,6 +326,8 @@ pub struct Metrics {
     pub purge_propagation: Histogram,
     /// Purges made here that some member has not acked yet.
     pub purges_pending_ack: Gauge,
+    /// HTTP/1.1 connections parked while idle (no HTTP state held: `front::conn`).
+    pub http_connections_parked: Gauge,
     /// Anti-entropy rounds (pulls from a peer).
     pub anti_entropy_pulls: Counter,
     /// Seconds since the last successful anti-entropy round, once past max_unsynced.
@@ -513,6 +515,12 @@ impl Metrics {
             "Purges made on this node that some member has not acknowledged yet",
             purges_pending_ack.clone(),
         );
+        let http_connections_parked = Gauge::default();
+        registry.register(
+            "http_connections_parked",
+            "Idle HTTP/1.1 keep-alive connections holding no HTTP state (parked until their next request)",
+            http_connections_parked.clone(),
+        );
         let anti_entropy_pulls = Counter::default();
         registry.register(
             "anti_entropy_pulls",
@@ -549,6 +557,7 @@ impl Metrics {
             reloads,
             purge_propagation,
             purges_pending_ack,
+            http_connections_parked,
             anti_entropy_pulls,
             unsynced_seconds,
             peer_refusals,

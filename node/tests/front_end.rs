@@ -180,3 +180,111 @@ fn idle_keep_alive_connections_outlive_the_header_timeout_but_stalled_heads_do_n
         "a connection that never sent a byte lasted {closed_after:?}, header timeout 1 s"
     );
 }
+
+/// How many HTTP/1.1 connections the node holds parked, once that settles at
+/// `want` (at most 3 s).
+async fn parked_becomes(node: &TestNode, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let parked = metric_value(&node.metrics().await, "fanz_http_connections_parked");
+        if parked == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parked connections: {parked:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 21, part 4: an idle HTTP/1.1 keep-alive connection is parked (hyper's state
+/// and buffers dropped, the socket kept) and carries on as the same connection: the
+/// next request after a park, pipelined requests, a head that began before the park
+/// check and finished after it, and a large response the client was slow to read
+/// all come through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_parked_and_carry_on() {
+    use std::io::{Read, Write};
+    let (_tmp, node) = node();
+    let big: Vec<u8> = (0..24 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let r = send_over(
+        false,
+        http::Method::PUT,
+        &node.url("/kv/big"),
+        &[],
+        big.clone(),
+    )
+    .await;
+    assert!(r.status.is_success(), "{}", r.status);
+    assert!(put(&node, "a", "hello", &[]).await.status.is_success());
+    parked_becomes(&node, 0.0).await;
+
+    let mut stream = std::net::TcpStream::connect(node.http).unwrap();
+    let get_a = b"GET /kv/a HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(get_a).unwrap();
+    assert!(read_one_response(&mut stream).ends_with("hello"));
+    parked_becomes(&node, 1.0).await;
+
+    // Woken by two pipelined requests at once: both answered (the two responses
+    // may arrive in one read).
+    stream
+        .write_all(&[&get_a[..], &get_a[..]].concat())
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut both = String::new();
+    let mut buf = [0u8; 4096];
+    while both.matches("hello").count() < 2 {
+        let n = stream.read(&mut buf).expect("both pipelined responses");
+        assert!(n > 0, "closed before both pipelined responses: {both}");
+        both.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+    parked_becomes(&node, 1.0).await;
+
+    // A head begun and stalled for several park checks: not parked mid-head.
+    stream.write_all(&get_a[..10]).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    parked_becomes(&node, 0.0).await;
+    stream.write_all(&get_a[10..]).unwrap();
+    assert!(read_one_response(&mut stream).ends_with("hello"));
+
+    // A large answer the client does not read for a while: nothing is lost when
+    // the connection goes quiet with bytes still to send.
+    stream
+        .write_all(b"GET /kv/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let body_start = loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed mid-response after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    while got.len() < body_start + big.len() {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed mid-body after {} bytes",
+            got.len() - body_start
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got[body_start..] == big[..], "the body came back damaged");
+    parked_becomes(&node, 1.0).await;
+    // Still the same keep-alive connection.
+    stream.write_all(get_a).unwrap();
+    assert!(read_one_response(&mut stream).ends_with("hello"));
+
+    drop(stream);
+    parked_becomes(&node, 0.0).await;
+}

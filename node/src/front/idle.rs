@@ -44,6 +44,8 @@ pub struct Activity {
     requests: AtomicU64,
     responses: AtomicU64,
     http2: AtomicBool,
+    /// A request head has begun arriving and has not been handed to the service.
+    head: AtomicBool,
     /// The connection's task while it waits with a request in flight: hyper does
     /// not read again after writing a response until bytes arrive, so without this
     /// wake-up the idle timer would not start.
@@ -70,6 +72,22 @@ impl Activity {
 
     fn in_flight(&self) -> bool {
         self.responses.load(Ordering::Acquire) < self.requests.load(Ordering::Acquire)
+    }
+
+    /// Requests begun on this connection so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Whether an HTTP/1.1 connection is between requests: it has served a request,
+    /// no response is in flight and no next head has begun. Its HTTP state can then
+    /// be dropped and rebuilt when bytes arrive (`front::conn` parks it; hyper
+    /// closes it only once the last response is flushed).
+    pub fn between_requests(&self) -> bool {
+        self.requests() > 0
+            && !self.in_flight()
+            && !self.head.load(Ordering::Acquire)
+            && !self.http2.load(Ordering::Relaxed)
     }
 }
 
@@ -129,6 +147,9 @@ enum Phase {
 /// one expires, the read fails with `TimedOut` and hyper closes the connection.
 pub struct TimedIo<T> {
     inner: T,
+    /// Bytes read from `inner` earlier and given back ([`TimedIo::give_back`]):
+    /// read again before anything new.
+    unread: Bytes,
     activity: Arc<Activity>,
     timeouts: ConnTimeouts,
     phase: Phase,
@@ -142,6 +163,7 @@ impl<T> TimedIo<T> {
         let now = Instant::now();
         Self {
             inner,
+            unread: Bytes::new(),
             activity,
             timeouts,
             phase: Phase::Idle {
@@ -158,14 +180,36 @@ impl<T> TimedIo<T> {
     fn observe(&mut self) {
         let requests = self.activity.requests.load(Ordering::Acquire);
         if self.activity.in_flight() {
-            self.phase = Phase::Busy;
+            self.set_phase(Phase::Busy);
         } else if self.phase == Phase::Busy || requests != self.requests_seen {
-            self.phase = Phase::Idle {
+            self.set_phase(Phase::Idle {
                 since: Instant::now(),
                 first: false,
-            };
+            });
         }
         self.requests_seen = requests;
+    }
+
+    /// Puts `bytes` back in front of what is still unread: a reader that took them
+    /// but did not use them (the protocol sniff, a hyper connection being parked)
+    /// hands them to the next one.
+    pub fn give_back(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.unread = if self.unread.is_empty() {
+                bytes
+            } else {
+                [bytes, std::mem::take(&mut self.unread)].concat().into()
+            };
+        }
+    }
+
+    /// Moves to `phase`, telling [`Activity`] whether a head is arriving.
+    fn set_phase(&mut self, phase: Phase) {
+        let head = matches!(phase, Phase::Head { .. });
+        if head != matches!(self.phase, Phase::Head { .. }) {
+            self.activity.head.store(head, Ordering::Release);
+        }
+        self.phase = phase;
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -186,14 +230,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
     ) -> Poll<io::Result<()>> {
         self.observe();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = if self.unread.is_empty() {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        } else {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            bytes::Buf::advance(&mut self.unread, n);
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(result) = polled {
             let got_bytes = buf.filled().len() > before;
             if got_bytes && !self.activity.http2.load(Ordering::Relaxed) {
                 if let Phase::Idle { .. } = self.phase {
-                    self.phase = Phase::Head {
+                    self.set_phase(Phase::Head {
                         since: Instant::now(),
-                    };
+                    });
                 }
             }
             return Poll::Ready(result);
@@ -278,6 +329,19 @@ mod tests {
                 Err(e) => return e,
             }
         }
+    }
+
+    #[tokio::test]
+    async fn bytes_given_back_are_read_again_first_in_order() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut io = TimedIo::new(server, Arc::default(), TIMEOUTS);
+        io.give_back(Bytes::from_static(b"lo"));
+        io.give_back(Bytes::from_static(b"hel"));
+        let mut out = Vec::new();
+        io.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello world");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,7 @@
-//! The connection loop shared by every TCP listener: accepts under a connection
-//! limit, optionally terminates TLS (ALPN picks h2 or http/1.1), serves HTTP/1.1 and
-//! HTTP/2 (h2c prior knowledge in cleartext) through hyper, and on shutdown stops
-//! accepting and lets in-flight requests finish within a grace period.
+//! The accept loop shared by every TCP listener: accepts under a connection limit,
+//! optionally terminates TLS (ALPN offers h2 and http/1.1), hands each connection
+//! to [`super::conn`] (HTTP/1.1, parked while idle, or HTTP/2), and on shutdown
+//! stops accepting and lets in-flight requests finish within a grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,14 +14,14 @@ use std::time::Duration;
 use http::{header, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
+use super::conn::{Io, Protocols};
 use super::idle::{Activity, ConnTimeouts, TimedIo, TrackedBody};
 use super::scope::RequestScope;
 use crate::http::{Answer, Body, BoxError, ReqBody};
@@ -48,10 +48,6 @@ pub struct ServeLimits {
     /// `Alt-Svc` value added to every response (HTTP/3 advertisement).
     pub alt_svc: Option<HeaderValue>,
 }
-
-/// A connection's byte stream: plain TCP or TLS over it.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// What is left to do for a request once its response exists: the shared
 /// bookkeeping ([`RequestScope`]), the `Alt-Svc` advertisement, and tracking its
@@ -113,24 +109,25 @@ pub async fn serve<H>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<ReqBody>, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
+    H: Fn(Request<ReqBody>, SocketAddr) -> Answer + Clone + Send + Sync + Unpin + 'static,
 {
     let local = listener.local_addr().ok();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // Every connection watches this; it changes once, when the listener stops.
+    let (stopping, stop_watch) = watch::channel(false);
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // TimedIo keeps the header and idle timers apart; hyper's runs both as one.
         .header_read_timeout(None)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_head_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let protocols = Arc::new(Protocols { http1, http2 });
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -154,6 +151,7 @@ pub async fn serve<H>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let conn_metrics = metrics.clone();
         let metrics = metrics.clone();
         let access_log = limits.access_log;
         let alt_svc = limits.alt_svc.clone();
@@ -186,7 +184,7 @@ pub async fn serve<H>(
                 },
             }
         });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (protocols, stop_watch) = (protocols.clone(), stop_watch.clone());
         let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let handshake_timeout = limits.header_read_timeout;
         let timeouts = ConnTimeouts {
@@ -197,7 +195,10 @@ pub async fn serve<H>(
             let io: Box<dyn Io> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    // Boxed: the handshake's state would otherwise stay in every
+                    // connection's task for its whole life.
+                    let handshake = Box::pin(acceptor.accept(stream));
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
                         Ok(Ok(tls_stream)) => Box::new(tls_stream),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -210,13 +211,16 @@ pub async fn serve<H>(
                     }
                 }
             };
-            let connection = builder
-                .serve_connection(
-                    TokioIo::new(TimedIo::new(io, conn_activity, timeouts)),
-                    service,
-                )
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
+            let io = TimedIo::new(io, conn_activity.clone(), timeouts);
+            let served = super::conn::serve(
+                io,
+                conn_activity,
+                service,
+                protocols,
+                conn_metrics,
+                stop_watch,
+            );
+            if let Err(e) = served.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -224,7 +228,10 @@ pub async fn serve<H>(
     }
     drop(listener);
     tracing::info!(?local, "stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    let _ = stopping.send(true);
+    // Every connection holds a permit until it is closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_grace, permits.acquire_many(all))
         .await
         .is_err()
     {
