@@ -195,8 +195,7 @@ impl MainService {
         let hit = match self.cache.get(key).await {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
-                let purged_here = matches!(reason, MissReason::Invalidated);
-                match Box::pin(self.read_from_owners(key, purged_here)).await {
+                match Box::pin(self.read_from_owners(key)).await {
                     OwnerRead::Found(entry, owner) => {
                         let status = CacheStatus::forward(Fwd::UriMiss).via(Some(&owner));
                         return self.owners_copy(&entry, &status, req);
@@ -259,7 +258,7 @@ impl MainService {
         req: &Parts,
         detail: &'static str,
     ) -> Response<Body> {
-        match self.read_from_owners(key, false).await {
+        match self.read_from_owners(key).await {
             OwnerRead::Found(entry, owner) => {
                 let status = CacheStatus::forward(Fwd::UriMiss)
                     .via(Some(&owner))
@@ -278,19 +277,20 @@ impl MainService {
     ///
     /// An owner asks too: it may have become an owner after the key was written
     /// (another owner left), and then keeps what it reads (read repair).
-    async fn read_from_owners(&self, key: &CacheKey, purged_here: bool) -> OwnerRead {
-        self.read_from_every_owner(key, purged_here).await.0
+    async fn read_from_owners(&self, key: &CacheKey) -> OwnerRead {
+        self.read_from_every_owner(key).await.0
     }
 
     /// [`Self::read_from_owners`], and whether every owner asked answered.
-    async fn read_from_every_owner(&self, key: &CacheKey, purged_here: bool) -> (OwnerRead, bool) {
+    ///
+    /// A copy this node's purges, deletes and overwrites cover is never taken: an
+    /// owner that missed a delete does not bring the value back. This holds when
+    /// this node found a covered copy of its own too; that says nothing of what the
+    /// others hold (the copy an overwrite covers, not yet dropped, hides a newer
+    /// value elsewhere).
+    async fn read_from_every_owner(&self, key: &CacheKey) -> (OwnerRead, bool) {
         let routing = &self.routing;
         let (is_owner, others) = routing.other_owners(key);
-        if is_owner && purged_here {
-            // This owner saw the delete; another owner that missed it must not
-            // bring the value back.
-            return (OwnerRead::NotFound, true);
-        }
         let asked = others.len();
         let request = Arc::new(Message::Get { key: key.clone() });
         let mut asks = tokio::task::JoinSet::new();
@@ -376,7 +376,7 @@ impl MainService {
         detail: &'static str,
         req: &Parts,
     ) -> Response<Body> {
-        let (read, every) = self.read_from_every_owner(key, false).await;
+        let (read, every) = self.read_from_every_owner(key).await;
         if let OwnerRead::Found(entry, owner) = read {
             if entry.meta.version > hit.entry().meta.version {
                 let status = CacheStatus::forward(Fwd::UriMiss)
@@ -402,7 +402,7 @@ impl MainService {
 enum OwnerRead {
     /// One had it.
     Found(Entry, String),
-    /// The first to answer did not (or this owner saw it deleted).
+    /// An owner answered and none had a copy that no purge here covers.
     NotFound,
     /// None answered (or there is no other owner, or no cluster).
     NoAnswer,

@@ -366,35 +366,62 @@ impl Invalidator {
     /// Invalidates everything that depends on `key`, whose new value has just been
     /// stored (overwrite is invalidation). Resolves once durable; returns the dependents.
     pub async fn invalidate_dependents(&self, key: &CacheKey) -> Result<Vec<CacheKey>, LogError> {
-        self.invalidate_dependents_at(key, self.clock.now(), Durability::Synced)
+        self.overwrite(key, None, self.clock.now(), Durability::Synced)
             .await
     }
 
-    /// [`Self::invalidate_dependents`] for an overwrite made at `at`, possibly on
-    /// another node: dependents stored after it (newer versions) stay valid.
-    pub async fn invalidate_dependents_at(
+    /// An overwrite of `key` made on another node at `at`, with a value of
+    /// `version`: its dependents are invalidated at `at` (those stored after it read
+    /// the new value and stay valid), and `key` gets a tombstone at `version`, so
+    /// every older value of it is covered here from now on. Dropping this node's
+    /// older copy is not enough: an older value may still be on its way (a
+    /// replicated write delayed in the network, a read repair answered before the
+    /// overwrite), and would be kept and served after the write was acknowledged
+    /// (RELIABILITY finding 15). The new value, and newer ones, stay valid.
+    pub async fn apply_remote_overwrite(
         &self,
         key: &CacheKey,
+        version: Timestamp,
         at: Timestamp,
         durability: Durability,
     ) -> Result<Vec<CacheKey>, LogError> {
-        let dependents = if self.state.has_dependents(key) {
-            let plan = self.state.plan_overwrite(key, at, self.clock.wall_ms());
+        self.overwrite(key, Some(version), at, durability).await
+    }
+
+    /// Tombstones at `at` for what depends on `key`, and one for `key` itself at
+    /// `older_than` when given; applied, then logged in one append.
+    async fn overwrite(
+        &self,
+        key: &CacheKey,
+        older_than: Option<Timestamp>,
+        at: Timestamp,
+        durability: Durability,
+    ) -> Result<Vec<CacheKey>, LogError> {
+        let mut plan = if self.state.has_dependents(key) {
+            self.state.plan_overwrite(key, at, self.clock.wall_ms())
+        } else {
+            PurgePlan::default()
+        };
+        if let Some(version) = older_than {
+            plan.records.push(Record::Tombstone {
+                id: fanz_protocol::InvalidationId::key(key),
+                at: version,
+                soft: false,
+            });
+        }
+        if !plan.records.is_empty() {
             for record in &plan.records {
                 self.state.apply(record);
             }
             self.log.append(&plan.records, durability.synced()).await?;
-            plan.dependents
-        } else {
-            Vec::new()
-        };
+        }
         // The overwritten key itself leaves near caches too.
         if self.watchers.count() > 0 {
-            if let Some(event) = WatchEvent::of_overwrite(key, &dependents) {
+            if let Some(event) = WatchEvent::of_overwrite(key, &plan.dependents) {
                 self.watchers.publish(&event).await;
             }
         }
-        Ok(dependents)
+        Ok(plan.dependents)
     }
 
     /// Drops tombstones and edges that can no longer matter. Returns how many.

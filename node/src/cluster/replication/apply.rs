@@ -141,18 +141,12 @@ impl Replicator {
             }
             // At the overwrite's own time: a dependent written after the overwrite
             // (but before this record arrived) read the new value and stays valid.
-            Op::Overwrite { key, version } => {
-                // An owner that missed this write (down, or not yet seen back) holds
-                // an older value: dropped, so a read asks the other owners.
-                if self.cache.drop_if_older(key, *version).await {
-                    tracing::debug!(?key, "dropped a copy older than a replicated overwrite");
-                }
-                invalidator
-                    .invalidate_dependents_at(key, record.at, Durability::WithNextSync)
-                    .await
-                    .map_err(ApplyError::failed)?
-                    .len() as u64
-            }
+            Op::Overwrite { key, version } => self
+                .cache
+                .apply_overwrite(key, *version, record.at, Durability::WithNextSync)
+                .await
+                .map_err(ApplyError::failed)?
+                .len() as u64,
             Op::Edges { edges } => {
                 invalidator
                     .apply_remote_edges(edges, Durability::WithNextSync)
