@@ -248,11 +248,31 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     };
     let mut cluster =
         tokio::task::block_in_place(|| Cluster::start(&binaries, settings.nodes, &options))?;
+    let outcome = drive(settings, &mut cluster, &mut rng, small_disk).await;
+    // Kept whether or not the run could finish: a cluster that did not converge is
+    // what the logs are most wanted for.
+    if let Some(dir) = &settings.log_dir {
+        std::fs::create_dir_all(dir)?;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            std::fs::write(dir.join(format!("{}.log", node.id)), cluster.log(i))?;
+        }
+    }
+    outcome
+}
+
+/// Runs the workload and the faults of one scenario on `cluster`, and judges the
+/// history.
+async fn drive(
+    settings: &Settings,
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    small_disk: usize,
+) -> anyhow::Result<Outcome> {
     let mut skipped = Vec::new();
     if let Some(note) = &cluster.placement_note {
         eprintln!("fanz-cluster-test: {note}");
     }
-    faults::wait_all_alive(&cluster, settings.nodes, Duration::from_secs(20)).await?;
+    faults::wait_all_alive(cluster, settings.nodes, Duration::from_secs(20)).await?;
     let client = Client::builder()
         .seeds(cluster.seeds())
         .token(TOKEN)
@@ -284,16 +304,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Leave the last 3 s of the run fault-free, so the history ends whole.
         while Instant::now() + Duration::from_secs(3) < end {
-            let fault = random_fault(settings.nodes, small_disk, &mut rng);
-            do_fault(fault, &mut cluster).await?;
+            let fault = random_fault(settings.nodes, small_disk, rng);
+            do_fault(fault, cluster).await?;
             tokio::time::sleep(Duration::from_millis(500 + rng.next() % 1_500)).await;
         }
     } else {
         tokio::time::sleep(settings.duration / 3).await;
-        let Some(fault) = single_fault(&settings.scenario, settings.nodes, &mut rng) else {
+        let Some(fault) = single_fault(&settings.scenario, settings.nodes, rng) else {
             bail!("unknown scenario {}", settings.scenario);
         };
-        do_fault(fault, &mut cluster).await?;
+        do_fault(fault, cluster).await?;
     }
 
     let mut history = History {
@@ -325,12 +345,6 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         skipped,
         node_args: settings.node_args.clone(),
     };
-    if let Some(dir) = &settings.log_dir {
-        std::fs::create_dir_all(dir)?;
-        for (i, node) in cluster.nodes.iter().enumerate() {
-            std::fs::write(dir.join(format!("{}.log", node.id)), cluster.log(i))?;
-        }
-    }
     Ok(outcome)
 }
 
