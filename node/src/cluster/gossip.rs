@@ -24,6 +24,14 @@
 //! accuse others, and gives suspected members more time to refute. foca does not
 //! allow changing the probe timings on a live instance, so the stretching is done
 //! where we deliver its timers.
+//!
+//! # Every suspicion is timed
+//!
+//! foca times a suspicion only on the node whose probe failed, and forgets that
+//! timer when the node itself rejoins under a new identity. [`SuspicionWatch`]
+//! times every suspect in this node's view, so one whose suspicion never reached it
+//! (and so could not refute) is declared down after the suspicion timeout instead of
+//! staying suspect until the next seed announce (RELIABILITY finding 9).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -235,6 +243,8 @@ impl Gossip {
                 failed_this_period: None,
                 failed_last_period: None,
                 piggyback_backlog,
+                suspicion: config.suspicion,
+                suspicions: SuspicionWatch::default(),
             }
             .run(inputs_rx),
         );
@@ -350,6 +360,9 @@ struct Agent {
     failed_last_period: Option<SocketAddr>,
     /// What [`InvalidationBroadcasts`] reads to bound the piggyback queue.
     piggyback_backlog: Arc<AtomicUsize>,
+    /// How long a suspect has to refute (before Lifeguard stretching).
+    suspicion: Duration,
+    suspicions: SuspicionWatch,
 }
 
 impl Agent {
@@ -369,6 +382,7 @@ impl Agent {
                     Some(Input::Timer(timer)) => {
                         if matches!(timer, Timer::ProbeRandomMember(_)) {
                             self.end_of_probe_period();
+                            self.declare_unrefuted_suspects_down(&mut runtime);
                         }
                         self.swim.handle_timer(timer, &mut runtime)
                     }
@@ -522,6 +536,26 @@ impl Agent {
         self.sink.publish(self.view.clone());
     }
 
+    /// Declares down every member suspect for longer than the suspicion timeout
+    /// (stretched as foca's own timer is) without refuting: see [`SuspicionWatch`].
+    fn declare_unrefuted_suspects_down(&mut self, runtime: &mut AccumulatingRuntime<NodeIdentity>) {
+        let lhm = self.local_health.load(Ordering::Relaxed);
+        let due = self.suspicions.due(
+            self.swim.iter_membership_state(),
+            Instant::now(),
+            self.suspicion,
+            lhm,
+        );
+        for member in &due {
+            tracing::warn!(member = %member.id().id, "suspected member did not refute in time; declared down");
+        }
+        if !due.is_empty() {
+            if let Err(e) = self.swim.apply_many(due.into_iter(), true, runtime) {
+                tracing::debug!(error = %e, "declaring suspects down failed");
+            }
+        }
+    }
+
     fn end_of_probe_period(&mut self) {
         if self.failed_this_period.is_none() {
             self.adjust_health(-1);
@@ -536,6 +570,80 @@ impl Agent {
             self.local_health.store(new, Ordering::Relaxed);
             tracing::debug!(lhm = new, "local health multiplier changed");
         }
+    }
+}
+
+/// Members held `suspect` in this node's view, and when each must have refuted by.
+///
+/// foca arms the timer that turns a suspect down only on the node whose probe
+/// failed, and discards it when that node changes identity (rejoining after it was
+/// itself declared down drops every pending timer). A member it suspected then stays
+/// suspect, in its view and in every view that heard of it, until the member
+/// refutes, which it cannot do when the suspicion never reached it (lost with the
+/// very packets that caused it): the cluster waited for the next seed announce, up
+/// to 30 s (RELIABILITY finding 9). SWIM has every member that learns of a
+/// suspicion time it; this does, for every suspect in this node's view.
+#[derive(Debug, Default)]
+struct SuspicionWatch {
+    /// (member id, generation) -> since when it is suspect at which incarnation.
+    suspects: std::collections::HashMap<(String, u64), Suspected>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Suspected {
+    incarnation: foca::Incarnation,
+    since: Instant,
+    /// The local health multiplier then: the timeout is stretched by the higher of
+    /// it and the one now, as foca stretches its own timer when it arms it.
+    lhm: u32,
+    /// Past its deadline at the previous check already. A member is declared down
+    /// only at the second check past it: after this process stalled, the first
+    /// check comes before the refutations waiting in the socket are read.
+    overdue: bool,
+}
+
+impl SuspicionWatch {
+    /// The members to declare down now: suspect at the same incarnation for
+    /// `suspicion` (stretched by `1 + lhm`) since this watch first saw them so, at
+    /// this check and the one before. A member that refuted (a new incarnation) is
+    /// timed afresh; one no longer suspect is forgotten.
+    fn due<'a>(
+        &mut self,
+        members: impl Iterator<Item = &'a foca::Member<NodeIdentity>>,
+        now: Instant,
+        suspicion: Duration,
+        lhm: u32,
+    ) -> Vec<foca::Member<NodeIdentity>> {
+        let mut suspects = std::collections::HashMap::new();
+        let mut due = Vec::new();
+        for member in members.filter(|m| m.state() == foca::State::Suspect) {
+            let name = (member.id().id.clone(), member.id().generation);
+            let mut suspected = match self.suspects.get(&name) {
+                Some(s) if s.incarnation == member.incarnation() => *s,
+                _ => Suspected {
+                    incarnation: member.incarnation(),
+                    since: now,
+                    lhm,
+                    overdue: false,
+                },
+            };
+            let deadline = suspected.since + suspicion * (1 + suspected.lhm.max(lhm));
+            if now < deadline {
+                suspected.overdue = false;
+            } else if suspected.overdue {
+                due.push(foca::Member::new(
+                    member.id().clone(),
+                    suspected.incarnation,
+                    foca::State::Down,
+                ));
+                continue;
+            } else {
+                suspected.overdue = true;
+            }
+            suspects.insert(name, suspected);
+        }
+        self.suspects = suspects;
+        due
     }
 }
 
@@ -762,6 +870,90 @@ mod tests {
             delivered.try_recv().is_err(),
             "a repeat is not delivered twice"
         );
+    }
+
+    // RELIABILITY finding 9 (soak seed 3005, 31% packet loss): n1 suspected n3, then
+    // was itself declared down and rejoined under a new identity, which discards
+    // every timer foca had armed, the one that would have turned n3 down included.
+    // The suspicion had never reached n3 (lost with the packets), so n3 could not
+    // refute, and n1 held it suspect until the seed announce 23 s later. A suspicion
+    // learnt from another member's probe has no timer here either: that is the state
+    // this test starts from.
+    #[test]
+    fn a_suspect_that_never_refutes_is_declared_down_without_foca_s_own_timer() {
+        use foca::{Member, State};
+        use rand::SeedableRng;
+        let identity = |id: &str, port: u16| NodeIdentity {
+            id: id.into(),
+            generation: 1,
+            ..placeholder(SocketAddr::from(([127, 0, 0, 1], port)))
+        };
+        let (n1, n2, n3) = (
+            identity("n1", 7001),
+            identity("n2", 7002),
+            identity("n3", 7003),
+        );
+        let mut swim = Foca::new(
+            n1,
+            Config::new_lan(std::num::NonZeroU32::new(3).unwrap()),
+            rand::rngs::StdRng::seed_from_u64(7),
+            PostcardCodec,
+        );
+        let mut runtime = AccumulatingRuntime::new();
+        let members = [Member::alive(n2.clone()), Member::alive(n3.clone())];
+        swim.apply_many(members.into_iter(), false, &mut runtime)
+            .unwrap();
+        swim.apply_many(
+            std::iter::once(Member::new(n3.clone(), 0, State::Suspect)),
+            false,
+            &mut runtime,
+        )
+        .unwrap();
+        let state_of = |swim: &Foca<_, _, _, _>, id: &NodeIdentity| {
+            swim.iter_membership_state()
+                .find(|m: &&Member<NodeIdentity>| m.id() == id)
+                .map(|m| m.state())
+        };
+
+        let mut watch = SuspicionWatch::default();
+        let (start, suspicion) = (Instant::now(), Duration::from_secs(4));
+        // One check per probe period (1 s here), at local health `lhm`.
+        let mut check = |swim: &mut Foca<_, _, _, _>, at_ms: u64, lhm: u32| {
+            let now = start + Duration::from_millis(at_ms);
+            let due = watch.due(swim.iter_membership_state(), now, suspicion, lhm);
+            swim.apply_many(due.into_iter(), true, AccumulatingRuntime::new())
+                .unwrap();
+        };
+        for at_ms in [0, 1_000, 2_000, 3_000, 4_000] {
+            check(&mut swim, at_ms, 0);
+            assert_eq!(state_of(&swim, &n3), Some(State::Suspect), "not yet");
+        }
+        check(&mut swim, 5_000, 0);
+        assert_eq!(
+            state_of(&swim, &n3),
+            Some(State::Down),
+            "a suspect that never refuted stayed suspect past its timeout"
+        );
+        assert_eq!(state_of(&swim, &n2), Some(State::Alive));
+
+        // A member that refutes is timed afresh from its new suspicion; an
+        // unhealthy node (local health 1) gives it twice as long.
+        let n2_suspect = |incarnation| Member::new(n2.clone(), incarnation, State::Suspect);
+        swim.apply_many(std::iter::once(n2_suspect(0)), false, &mut runtime)
+            .unwrap();
+        check(&mut swim, 6_000, 0);
+        swim.apply_many(std::iter::once(n2_suspect(1)), false, &mut runtime)
+            .unwrap();
+        for at_ms in [7_000, 9_000, 11_000, 13_000, 15_000] {
+            check(&mut swim, at_ms, 1);
+            assert_eq!(
+                state_of(&swim, &n2),
+                Some(State::Suspect),
+                "refuted at 6.5 s"
+            );
+        }
+        check(&mut swim, 16_000, 0);
+        assert_eq!(state_of(&swim, &n2), Some(State::Down));
     }
 
     #[test]

@@ -494,6 +494,7 @@ impl MainService {
             .replicator
             .overwrite(&key, entry.meta.version, stored)
             .await;
+        tracing::debug!(?key, version = %entry.meta.version.as_u64(), is_owner, done, asked, confirmed, "kv write");
         if !confirmed {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -141,12 +141,14 @@ impl Replicator {
             }
             // At the overwrite's own time: a dependent written after the overwrite
             // (but before this record arrived) read the new value and stays valid.
-            Op::Overwrite { key, version } => self
-                .cache
-                .apply_overwrite(key, *version, record.at, Durability::WithNextSync)
-                .await
-                .map_err(ApplyError::failed)?
-                .len() as u64,
+            Op::Overwrite { key, version } => {
+                tracing::debug!(?key, version = %version.as_u64(), origin = %record.origin, seq = record.seq, "applying an overwrite");
+                self.cache
+                    .apply_overwrite(key, *version, record.at, Durability::WithNextSync)
+                    .await
+                    .map_err(ApplyError::failed)?
+                    .len() as u64
+            }
             Op::Edges { edges } => {
                 invalidator
                     .apply_remote_edges(edges, Durability::WithNextSync)
