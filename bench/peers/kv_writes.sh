@@ -4,7 +4,9 @@
 # load on core 0, 32 connections, 1 KiB values over 100 000 keys, rounds alternating
 # fanz then Redis; the median of each is compared. fanz-bench sends HTTP PUTs to
 # /kv/{key} (the client library's SET costs the same, see docs/PERFORMANCE.md);
-# redis-benchmark sends as many SETs as fanz-node served in its round.
+# redis-benchmark sends as many SETs as fanz-node served in its round. Beside them, the
+# HTTP floor: the same PUTs to a hyper server that reads each and answers 204, storing
+# nothing (`fanz-bench origin`), which no HTTP/1.1 KV write can beat.
 #
 # Usage: bench/peers/kv_writes.sh   (DURATION=6 ROUNDS=3 CONNS=32 KEYS=100000 to
 #        change; NODE=path/to/fanz-node to measure another build; EXTRA="--disk-capacity 0"
@@ -23,12 +25,15 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
-REDIS=18490; FANZ=127.0.0.1:18491; FANZ_ADMIN=127.0.0.1:18492
+REDIS=18490; FANZ=127.0.0.1:18491; FANZ_ADMIN=127.0.0.1:18492; FLOOR=127.0.0.1:18493
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" & pids+=($!)
 # shellcheck disable=SC2086
 taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
   --data-dir "$work/fanz-data" --log-level warn ${EXTRA:-} & pids+=($!)
+# The floor: hyper reading each PUT and answering 204, nothing stored (fanz-bench's
+# origin, one thread), on the same core: what HTTP/1.1 alone costs here.
+taskset -c 1 target/release/fanz-bench origin --addr "$FLOOR" 2>/dev/null & pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break
   sleep 0.1
@@ -37,7 +42,7 @@ done
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\1/"; }
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "node: $NODE ${EXTRA:-}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
-fz=(); rd=()
+fz=(); rd=(); fo=()
 for r in $(seq "$ROUNDS"); do
   out=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --keys "$KEYS" --writes 1 \
     --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label fanz-set)
@@ -45,8 +50,11 @@ for r in $(seq "$ROUNDS"); do
   n=$(awk "BEGIN{printf \"%d\", $f * $DURATION}")
   x=$(taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1 \
     | tr -d '"' | cut -d, -f2)
-  fz+=("$f"); rd+=("$x")
-  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(awk -v a="$f" -v b="$x" 'BEGIN {printf "%.2f", a / b}')"
+  floor=$(taskset -c 0 target/release/fanz-bench --url "http://$FLOOR/kv/{key}" --keys "$KEYS" --writes 1 \
+    --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label floor)
+  fl=$(field "$floor" req_per_s)
+  fz+=("$f"); rd+=("$x"); fo+=("$fl")
+  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(awk -v a="$f" -v b="$x" 'BEGIN {printf "%.2f", a / b}'); HTTP floor $fl PUT/s ($(awk -v a="$fl" -v b="$x" 'BEGIN {printf "%.2f", a / b}')x redis)"
 done
-mf=$(med "${fz[@]}"); mr=$(med "${rd[@]}")
-echo "median of $ROUNDS: fanz-node $mf, redis $mr, ratio $(awk -v a="$mf" -v b="$mr" 'BEGIN {printf "%.2f", a / b}')"
+mf=$(med "${fz[@]}"); mr=$(med "${rd[@]}"); mo=$(med "${fo[@]}")
+echo "median of $ROUNDS: fanz-node $mf, redis $mr, ratio $(awk -v a="$mf" -v b="$mr" 'BEGIN {printf "%.2f", a / b}'); HTTP floor $mo ($(awk -v a="$mo" -v b="$mr" 'BEGIN {printf "%.2f", a / b}')x redis, fanz-node at $(awk -v a="$mf" -v b="$mo" 'BEGIN {printf "%.2f", a / b}') of it)"

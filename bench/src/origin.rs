@@ -6,7 +6,8 @@
 //! `Cache-Control: max-age=…`, an `ETag` (a conditional request that matches gets
 //! 304), `Last-Modified`, and `Surrogate-Key: t<n> all`, where `n` is a hash of the
 //! path modulo `tags`. Bodies come from one shared buffer: serving costs no copy.
-//! `GET /_stats` counts the object requests served (for hit ratios).
+//! `GET /_stats` counts the object requests served (for hit ratios). A `PUT` is read
+//! and answered 204 with nothing kept: the floor of an HTTP/1.1 write.
 //!
 //! Versioned (`--versioned`, for the fault harness): each path has a generation,
 //! 0 at first; `POST /_publish/{path}` makes the next one and answers its number.
@@ -150,6 +151,19 @@ pub fn answer(
     response
 }
 
+/// A `PUT`: the body is read and dropped, and the answer is an empty 204. What an
+/// HTTP/1.1 write costs with nothing stored: the floor under the node's KV `PUT`
+/// (`bench/peers/kv_writes.sh` measures it beside Redis).
+async fn sink(req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = match req.into_body().collect().await {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    response
+}
+
 /// Serves on `listener` until the task is dropped (HTTP/1.1 and HTTP/2).
 /// `GET /_stats` answers `{"requests": N}`: the object requests served so far, so a
 /// script can tell how many of a proxy's requests missed.
@@ -166,17 +180,26 @@ pub async fn serve(listener: tokio::net::TcpListener, options: OriginOptions) {
         let generations = generations.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = if req.uri().path() == "/_stats" {
+                let response = if req.method() == http::Method::PUT {
+                    None
+                } else if req.uri().path() == "/_stats" {
                     let n = served.load(std::sync::atomic::Ordering::Relaxed);
-                    Response::new(Full::new(Bytes::from(format!("{{\"requests\":{n}}}"))))
+                    Some(Response::new(Full::new(Bytes::from(format!(
+                        "{{\"requests\":{n}}}"
+                    )))))
                 } else if options.versioned {
                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    versioned_answer(req.uri().path(), &generations, &options)
+                    Some(versioned_answer(req.uri().path(), &generations, &options))
                 } else {
                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    answer(&req, &buffer, &options)
+                    Some(answer(&req, &buffer, &options))
                 };
-                async move { Ok::<_, Infallible>(response) }
+                async move {
+                    Ok::<_, Infallible>(match response {
+                        Some(response) => response,
+                        None => sink(req).await,
+                    })
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
