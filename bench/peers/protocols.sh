@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cache-hit throughput and latency of one fanz-node over HTTP/1.1, HTTP/2 and HTTP/3,
 # in one run, with fanz-bench (closed loop), for 1 KiB and 64 KiB objects proxied from
-# an nginx origin serving static files.
+# an nginx origin serving static files. Beside them, the floor: fanz-bench's own origin
+# answering the same sizes over HTTP/1.1 and HTTP/3 (same h3/quinn glue) with nothing
+# else to do; its floor-h3 row is compared with floor-h1.
 #
 # Usage: bench/peers/protocols.sh      (DURATION=10 CONNS=32 ROUNDS=2 to change;
 #        QUIC_MTU=8952 lets QUIC use jumbo-frame-sized datagrams on both ends)
@@ -43,11 +45,26 @@ CONF
 nginx -e "$work/origin.early.log" -c "$work/origin.conf" & pids+=($!)
 taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$HTTP" --admin-addr "$ADMIN" \
   --h3-addr "$H3" --h3-max-udp-payload "$QUIC_MTU" --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+# The floor: fanz-bench's origin serving the same sizes over HTTP/1.1 and over HTTP/3
+# through the same h3 and h3-quinn glue, one thread, same core, nothing cached or
+# logged: what no server on these stacks can beat here.
+FLOOR=127.0.0.1:18384; FLOOR_H3=127.0.0.1:18385
+taskset -c 1 target/release/fanz-bench origin --addr "$FLOOR" --h3-addr "$FLOOR_H3" \
+  --cert-out "$work/floor.pem" 2>/dev/null & pids+=($!)
+for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null 2>&1 && [ -s "$work/floor.pem" ] && break; sleep 0.1; done
 
 bench() { # $1 protocol, $2 object -> JSON
   local url args=()
-  if [ "$1" = h3 ]; then
+  if [ "$1" = floor-h1 ]; then
+    taskset -c 0 target/release/fanz-bench --protocol h1 --url "http://$FLOOR/$2/x" \
+      --connections "$CONNS" --duration "$DURATION" --warmup 2 --json
+    return
+  elif [ "$1" = floor-h3 ]; then
+    taskset -c 0 target/release/fanz-bench --protocol h3 --url "https://localhost:${FLOOR_H3##*:}/$2/x" \
+      --connect "$FLOOR_H3" --ca-cert "$work/floor.pem" --quic-mtu "$QUIC_MTU" \
+      --connections "$CONNS" --duration "$DURATION" --warmup 2 --json
+    return
+  elif [ "$1" = h3 ]; then
     url="https://localhost:${H3##*:}/$2.bin"; args=(--connect "$H3" --ca-cert "$work/fanz-data/dev-cert.pem" --quic-mtu "$QUIC_MTU")
   else
     url="http://$HTTP/$2.bin"
@@ -62,7 +79,7 @@ done; done
 
 declare -A best
 for round in $(seq "$ROUNDS"); do
-  for f in 1k 64k; do for p in h1 h2 h3; do
+  for f in 1k 64k; do for p in h1 h2 h3 floor-h1 floor-h3; do
     out=$(bench "$p" "$f")
     rps=$(echo "$out" | sed -E 's/.*"req_per_s":([0-9.]+).*/\1/')
     echo "round $round  $f  $p  $out"
@@ -73,12 +90,14 @@ for round in $(seq "$ROUNDS"); do
 done
 echo
 echo "best of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, QUIC max UDP payload $QUIC_MTU, node core 1, fanz-bench core 0:"
-printf '%-5s %-4s %10s %8s %8s %8s %10s\n' size proto req_per_s p50_ms p99_ms errors vs_h1
+printf '%-5s %-8s %10s %8s %8s %8s %10s\n' size proto req_per_s p50_ms p99_ms errors vs_h1
 for f in 1k 64k; do
   h1=$(echo "${best[$f-h1]}" | sed -E 's/.*"req_per_s":([0-9.]+).*/\1/')
-  for p in h1 h2 h3; do
+  for p in h1 h2 h3 floor-h1 floor-h3; do
+    # The floor's HTTP/3 is compared with the floor's HTTP/1.1.
+    [ "$p" = floor-h3 ] && h1=$(echo "${best[$f-floor-h1]}" | sed -E 's/.*"req_per_s":([0-9.]+).*/\1/')
     o=${best[$f-$p]}
     field() { echo "$o" | sed -E "s/.*\"$1\":([0-9.]+).*/\\1/"; }
-    printf '%-5s %-4s %10.0f %8.3f %8.3f %8s %10.2f\n' "$f" "$p" "$(field req_per_s)" "$(field p50_ms)" "$(field p99_ms)" "$(field errors)" "$(awk "BEGIN{print $(field req_per_s)/$h1}")"
+    printf '%-5s %-8s %10.0f %8.3f %8.3f %8s %10.2f\n' "$f" "$p" "$(field req_per_s)" "$(field p50_ms)" "$(field p99_ms)" "$(field errors)" "$(awk "BEGIN{print $(field req_per_s)/$h1}")"
   done
 done

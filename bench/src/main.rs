@@ -32,6 +32,8 @@ fn command() -> Command {
                 .arg(Arg::new("max-age").long("max-age").default_value("3600").help("Cache-Control max-age, seconds"))
                 .arg(Arg::new("default-size").long("default-size").default_value("1024").help("Bytes when the path names no size"))
                 .arg(Arg::new("tags").long("tags").default_value("100").help("Distinct Surrogate-Key tags (t0..tN)"))
+                .arg(Arg::new("h3-addr").long("h3-addr").help("Also serve HTTP/3 here (UDP), with a self-signed certificate written to --cert-out"))
+                .arg(Arg::new("cert-out").long("cert-out").default_value("fanz-bench-origin.pem").help("Where the HTTP/3 certificate goes (PEM), for --ca-cert"))
                 .arg(Arg::new("versioned").long("versioned").num_args(0).action(clap::ArgAction::SetTrue).help("Pages with generations: POST /_publish/{path} makes the next; GET answers '{path} g{N}' tagged with the path's last segment")),
         )
         .subcommand(
@@ -322,7 +324,34 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            return match rt.block_on(fanz_bench::origin::run(addr, options)) {
+            let h3 = match m
+                .get_one::<String>("h3-addr")
+                .map(|a| a.parse::<SocketAddr>())
+            {
+                None => None,
+                Some(Ok(a)) => Some((
+                    a,
+                    PathBuf::from(m.get_one::<String>("cert-out").expect("default")),
+                )),
+                Some(Err(e)) => {
+                    eprintln!("fanz-bench origin: --h3-addr: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let served = rt.block_on(async move {
+                if let Some((h3_addr, cert_out)) = h3 {
+                    let options = options.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            fanz_bench::origin::serve_h3(h3_addr, &cert_out, options).await
+                        {
+                            eprintln!("fanz-bench origin: HTTP/3: {e:#}");
+                        }
+                    });
+                }
+                fanz_bench::origin::run(addr, options).await
+            });
+            return match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("fanz-bench origin: {e:#}");

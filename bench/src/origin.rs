@@ -107,17 +107,16 @@ fn versioned_answer(
 
 /// The answer to one request.
 pub fn answer(
-    req: &Request<hyper::body::Incoming>,
+    path: &str,
+    request_headers: &http::HeaderMap,
     buffer: &Bytes,
     options: &OriginOptions,
 ) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let size = size_of(first, options);
     let hash = fnv(path.as_bytes());
     let etag = format!("\"{hash:x}-{size}\"");
-    let matches = req
-        .headers()
+    let matches = request_headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
@@ -192,7 +191,7 @@ pub async fn serve(listener: tokio::net::TcpListener, options: OriginOptions) {
                     Some(versioned_answer(req.uri().path(), &generations, &options))
                 } else {
                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Some(answer(&req, &buffer, &options))
+                    Some(answer(req.uri().path(), req.headers(), &buffer, &options))
                 };
                 async move {
                     Ok::<_, Infallible>(match response {
@@ -206,6 +205,78 @@ pub async fn serve(listener: tokio::net::TcpListener, options: OriginOptions) {
                 .await;
         });
     }
+}
+
+/// Serves HTTP/3 on `addr` with a self-signed certificate for `localhost` and
+/// 127.0.0.1, written as PEM to `cert_out` for the client to trust, until the task is
+/// dropped. `GET`s are answered as over HTTP/1.1 ([`answer`]), through the same h3 and
+/// h3-quinn glue as the node: beside the HTTP/1.1 origin this is the floor of
+/// HTTP/3 on this machine, what no HTTP/3 server built on them can beat.
+pub async fn serve_h3(
+    addr: SocketAddr,
+    cert_out: &std::path::Path,
+    options: OriginOptions,
+) -> anyhow::Result<()> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(names)?;
+    std::fs::write(cert_out, cert.pem())?;
+    let key = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)?;
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
+        addr,
+    )?;
+    eprintln!("fanz-bench origin serving HTTP/3 on {addr}");
+    let buffer = Bytes::from(vec![b'x'; options.max_size]);
+    while let Some(incoming) = endpoint.accept().await {
+        let (buffer, options) = (buffer.clone(), options.clone());
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            let Ok(mut h3) = h3::server::builder()
+                .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+                .await
+            else {
+                return;
+            };
+            while let Ok(Some(resolver)) = h3.accept().await {
+                let (buffer, options) = (buffer.clone(), options.clone());
+                tokio::spawn(async move {
+                    let Ok((request, mut stream)) = resolver.resolve_request().await else {
+                        return;
+                    };
+                    let (parts, body) =
+                        answer(request.uri().path(), request.headers(), &buffer, &options)
+                            .into_parts();
+                    let body = http_body_util::BodyExt::collect(body)
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    if stream
+                        .send_response(Response::from_parts(parts, ()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if !body.is_empty() && stream.send_data(body).await.is_err() {
+                        return;
+                    }
+                    let _ = stream.finish().await;
+                });
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Binds `addr` and serves forever.
