@@ -608,24 +608,24 @@ async fn a_near_cache_never_serves_a_value_after_an_acknowledged_purge() {
     }
     // The watched node dies: the near cache empties and serves nothing. (A read
     // that raced an invalidation is not kept: read until one is.)
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while reader.near_cache_len() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the near cache never kept a value"
-        );
+    let (limit, every) = (Duration::from_secs(5), Duration::from_millis(20));
+    eventually(limit, every, "the near cache keeps a value", || async {
         reader.get("fresh").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        match reader.near_cache_len() {
+            0 => Err("an empty near cache"),
+            _ => Ok(()),
+        }
+    })
+    .await;
     nodes[0].node.kill();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while reader.near_cache_len() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the near cache outlived its watch"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (limit, every) = (Duration::from_secs(3), Duration::from_millis(50));
+    eventually(limit, every, "the near cache dropped", || async {
+        match reader.near_cache_len() {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
 }
 
 /// The near cache's process stalls (its runtime's only thread is blocked) just

@@ -609,18 +609,16 @@ async fn a_write_is_not_acknowledged_while_a_node_whose_view_lags_may_serve_the_
 /// Waits until `node`'s hits of `key` (which it owns and holds) no longer say
 /// `settling`: membership has been stable there since a catch-up round began.
 async fn settled(node: &TestNode, key: &str, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
+    let every = Duration::from_millis(50);
+    eventually(limit, every, &format!("{key}: a settled hit"), || async {
         let status = cache_status(&get(node, key).await);
         if status.starts_with("fanz; hit") && !status.contains("settling") {
-            return;
+            Ok(())
+        } else {
+            Err(status)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{key}: not a settled hit within {limit:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Runs a future to completion from synchronous code inside the test runtime.

@@ -184,18 +184,17 @@ fn idle_keep_alive_connections_outlive_the_header_timeout_but_stalled_heads_do_n
 /// How many HTTP/1.1 connections the node holds parked, once that settles at
 /// `want` (at most 3 s).
 async fn parked_becomes(node: &TestNode, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
+    let (limit, every) = (Duration::from_secs(3), Duration::from_millis(50));
+    let what = format!("{want} parked connections");
+    eventually(limit, every, &what, || async {
         let parked = metric_value(&node.metrics().await, "fanz_http_connections_parked");
         if parked == Some(want) {
-            return;
+            Ok(())
+        } else {
+            Err(parked)
         }
-        assert!(
-            Instant::now() < deadline,
-            "parked connections: {parked:?}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Issue 21, part 4: an idle HTTP/1.1 keep-alive connection is parked (hyper's state

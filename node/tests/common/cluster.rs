@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
 
@@ -158,18 +158,17 @@ pub async fn wait_until(
     what: &str,
     check: impl Fn(&[(String, String)]) -> bool,
 ) -> Duration {
-    let start = Instant::now();
-    loop {
+    let every = Duration::from_millis(50);
+    super::eventually(limit, every, what, || async {
         let seen = states(node).await;
         if check(&seen) {
-            return start.elapsed();
+            Ok(())
+        } else {
+            Err(seen)
         }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not within {limit:?}; the node sees {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .1
 }
 
 /// Whether `id` has `state` in `seen`.

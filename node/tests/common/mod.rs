@@ -514,3 +514,30 @@ pub fn self_signed_certificate(
     std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
     (cert_path, key_path, cert.der().clone())
 }
+
+/// Polls `probe` every `every` until it answers `Ok`, for at most `limit`: returns
+/// the value and how long it took, or panics naming `what` and the last `Err` (what
+/// was seen instead). The one shape of every "wait until the cluster, the node or a
+/// client shows X" in these tests.
+pub async fn eventually<T, E: std::fmt::Debug, Fut>(
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Fut,
+) -> (T, Duration)
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    loop {
+        let seen = match probe().await {
+            Ok(value) => return (value, start.elapsed()),
+            Err(seen) => seen,
+        };
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; saw {seen:?}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
