@@ -258,6 +258,16 @@ impl Cache {
         Some(hit)
     }
 
+    /// Whether `key` holds a value that may be served (a KV PUT's 201 or 204): the
+    /// memory tier's copy is judged as it is, without the hybrid cache's fetch; the
+    /// disk tier is read only for a key its index may hold.
+    async fn holds_usable(&self, key: &CacheKey) -> bool {
+        if let Some(entry) = self.store.get_in_memory(key) {
+            return matches!(self.usable(key, entry, Tier::Memory), Lookup::Hit(_));
+        }
+        self.store.may_hold(key) && matches!(self.lookup(key).await, Lookup::Hit(_))
+    }
+
     /// Whether a stored entry may be served: purges and freshness.
     fn usable(&self, key: &CacheKey, entry: Entry, tier: Tier) -> Lookup {
         let meta = &entry.meta;
@@ -315,10 +325,15 @@ impl Cache {
         self.invalidator
             .record_edges(&key, &entry.meta, &dependency_tags)
             .await?;
-        let created = !matches!(self.lookup(&key).await, Lookup::Hit(_));
+        let created = !self.holds_usable(&key).await;
         if self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid {
-            // A purge arrived while the value was being received: it wins.
-            tracing::debug!(?key, "set overtaken by a purge; not stored");
+            // A purge arrived while the value was being received, or a newer write
+            // of the key was applied here meanwhile (its overwrite's tombstone): it
+            // wins.
+            tracing::debug!(
+                ?key,
+                "set overtaken by a purge or a newer write; not stored"
+            );
         } else {
             self.store.insert(&key, &entry);
         }

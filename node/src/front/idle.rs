@@ -84,10 +84,7 @@ impl Activity {
     /// be dropped and rebuilt when bytes arrive (`front::conn` parks it; hyper
     /// closes it only once the last response is flushed).
     pub fn between_requests(&self) -> bool {
-        self.requests() > 0
-            && !self.in_flight()
-            && !self.head.load(Ordering::Acquire)
-            && !self.http2.load(Ordering::Relaxed)
+        self.requests() > 0 && !self.in_flight() && !self.head.load(Ordering::Acquire)
     }
 }
 

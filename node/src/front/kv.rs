@@ -418,13 +418,21 @@ fn out_of_sync() -> Response<Body> {
 }
 
 impl MainService {
-    /// Sends `request` (a Put or Delete) to the other owners of `key` at once;
-    /// returns how many carried it out and how many were asked.
-    async fn write_to_owners(&self, key: &CacheKey, request: Message) -> (bool, usize, usize) {
+    /// Sends the request `make` builds (a Put) to the other owners of `key` at once;
+    /// returns whether this node owns it, how many carried it out and how many were
+    /// asked. Built only when there is another owner to send it to.
+    async fn write_to_owners(
+        &self,
+        key: &CacheKey,
+        make: impl FnOnce() -> Message,
+    ) -> (bool, usize, usize) {
         let routing = &self.routing;
         let (is_owner, others) = routing.other_owners(key);
         let asked = others.len();
-        let request = Arc::new(request);
+        if others.is_empty() {
+            return (is_owner, 0, 0);
+        }
+        let request = Arc::new(make());
         let mut calls = tokio::task::JoinSet::new();
         for (owner, addr) in others {
             let (routing, request) = (routing.clone(), request.clone());
@@ -476,7 +484,7 @@ impl MainService {
         };
         let etag = etag(&meta);
         let entry = Entry { meta, body };
-        let replicate = Message::Put {
+        let replicate = || Message::Put {
             key: key.clone(),
             entry: entry.encode(),
         };

@@ -195,6 +195,12 @@ impl Store {
         self.cache.memory().get(key)?.value().entry().ok()
     }
 
+    /// Whether either tier may hold `key` (the memory tier's index, the disk tier's):
+    /// `false` is certain, `true` may need a read to confirm.
+    pub fn may_hold(&self, key: &CacheKey) -> bool {
+        self.cache.contains(&StoreKey(key.clone()))
+    }
+
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
     ///
     /// Both are copied into allocations of exactly their size (the entry encoded):
