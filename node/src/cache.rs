@@ -152,8 +152,6 @@ const MAX_ID_LEN: usize = 65_000;
 /// What a set did.
 #[derive(Debug, Clone)]
 pub struct SetOutcome {
-    /// No usable entry was stored under the key before.
-    pub created: bool,
     /// Keys invalidated because they depend on the overwritten one.
     pub dependents: Vec<CacheKey>,
 }
@@ -261,7 +259,7 @@ impl Cache {
     /// Whether `key` holds a value that may be served (a KV PUT's 201 or 204): the
     /// memory tier's copy is judged as it is, without the hybrid cache's fetch; the
     /// disk tier is read only for a key its index may hold.
-    async fn holds_usable(&self, key: &CacheKey) -> bool {
+    pub async fn holds_usable(&self, key: &CacheKey) -> bool {
         if let Some(entry) = self.store.get_in_memory(key) {
             return matches!(self.usable(key, entry, Tier::Memory), Lookup::Hit(_));
         }
@@ -325,7 +323,6 @@ impl Cache {
         self.invalidator
             .record_edges(&key, &entry.meta, &dependency_tags)
             .await?;
-        let created = !self.holds_usable(&key).await;
         if self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid {
             // A purge arrived while the value was being received, or a newer write
             // of the key was applied here meanwhile (its overwrite's tombstone): it
@@ -339,10 +336,7 @@ impl Cache {
         }
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
-        Ok(SetOutcome {
-            created,
-            dependents,
-        })
+        Ok(SetOutcome { dependents })
     }
 
     /// Stores a value another node wrote (a replicated `Put`) as [`Cache::set`]

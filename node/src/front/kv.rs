@@ -518,9 +518,12 @@ impl MainService {
             // not own, so reads here always see the owners' latest value.
             return written_response(done, asked, &etag);
         }
+        // Asked here, not by every set: only a PUT's answer tells 201 from 204, and
+        // replicated writes would pay for it for nothing.
+        let created = !self.cache.holds_usable(&key).await;
         match self.cache.set(key, entry).await {
             Ok(outcome) => {
-                let status = if outcome.created {
+                let status = if created {
                     StatusCode::CREATED
                 } else {
                     StatusCode::NO_CONTENT
