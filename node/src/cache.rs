@@ -192,6 +192,11 @@ impl Cache {
         self.sync_gate.before_hit().await
     }
 
+    /// Why [`Cache::hit_policy`] says revalidate: see [`SyncGate::unsure_because`].
+    pub fn unsure_because(&self) -> &'static str {
+        self.sync_gate.unsure_because()
+    }
+
     /// [`Cache::hit_policy`] when it is known without waiting or logging; `None`
     /// when only the async call can tell (the node just stalled or is catching up).
     pub fn hit_policy_now(&self) -> Option<HitPolicy> {

@@ -312,6 +312,25 @@ impl SyncGate {
         now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire)) > STALL.as_millis() as u64
     }
 
+    /// Why hits are revalidated now, for the reason a refusal gives (the most
+    /// specific cause first).
+    pub fn unsure_because(&self) -> &'static str {
+        let now = now_ms();
+        if self.left.load(Ordering::Acquire) {
+            "it is leaving the cluster"
+        } else if self.stalled.load(Ordering::Acquire)
+            || now < self.revalidate_until_ms.load(Ordering::Acquire)
+        {
+            "it stalled and is catching up on invalidations"
+        } else if self.rejoin_round_after_ms.load(Ordering::Acquire) != 0 {
+            "it restarted and is catching up after the others see it"
+        } else if self.out_of_sync(now) {
+            "no sync lease: no round reached a majority of the members lately"
+        } else {
+            "it was briefly out of sync"
+        }
+    }
+
     /// The policy once no stall is pending.
     fn policy_in_sync(&self) -> HitPolicy {
         if now_ms() < self.revalidate_until_ms.load(Ordering::Acquire)
@@ -443,6 +462,23 @@ mod tests {
             g.synced(g.round_started());
             assert_eq!(g.before_hit().await, HitPolicy::Revalidate);
         }
+    }
+
+    // A refusal names its cause: the CI failure this came with said "no sync
+    // lease" for a node that may as well have stalled.
+    #[tokio::test]
+    async fn a_refusal_says_which_of_the_causes_holds() {
+        let g = gate(PartitionMode::Consistency);
+        g.set_has_peers(true);
+        g.synced(g.round_started());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        g.heartbeat_ms.store(now_ms(), Ordering::Release);
+        assert_eq!(g.before_hit().await, HitPolicy::Revalidate);
+        assert!(g.unsure_because().starts_with("no sync lease"));
+        g.stall_detected();
+        assert!(g.unsure_because().contains("stalled"));
+        g.leaving();
+        assert!(g.unsure_because().contains("leaving"));
     }
 
     #[tokio::test]

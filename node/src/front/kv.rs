@@ -205,7 +205,7 @@ impl MainService {
                         // Only this node's word: not enough while it may have missed
                         // the write (no sync lease).
                         if self.cache.hit_policy().await == HitPolicy::Revalidate {
-                            return out_of_sync();
+                            return out_of_sync(self.cache.unsure_because());
                         }
                     }
                 }
@@ -266,7 +266,7 @@ impl MainService {
                 self.owners_copy(&entry, &status, req)
             }
             OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
-            OwnerRead::NoAnswer => out_of_sync(),
+            OwnerRead::NoAnswer => out_of_sync(self.cache.unsure_because()),
         }
     }
 
@@ -410,10 +410,10 @@ enum OwnerRead {
 
 /// The answer of a node that cannot vouch for what it holds and reached no owner
 /// that can.
-fn out_of_sync() -> Response<Body> {
+fn out_of_sync(because: &str) -> Response<Body> {
     text(
         StatusCode::SERVICE_UNAVAILABLE,
-        "this node is out of sync with the cluster (no sync lease; partition_mode = consistency) and no other owner of the key answers",
+        format!("this node cannot vouch for its copies ({because}; partition_mode = consistency) and no other owner of the key answers"),
     )
 }
 
@@ -458,7 +458,10 @@ impl MainService {
             // may not be the ones the rest of the cluster reads from.
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "this node is not in sync with a majority of the cluster (no sync lease): write through another node",
+                format!(
+                    "this node may not be in sync with the cluster ({}): write through another node",
+                    self.cache.unsure_because()
+                ),
             );
         }
         // The version is taken before anything of the value is read: a purge that
