@@ -8,7 +8,8 @@
 # Usage: bench/peers/hit_ratio.sh   (OBJECTS=100000 SIZE=1024 CACHE_MB=10 ZIPF=0.99
 #                                    DURATION=30 RATE=10000 to change; default cache
 #                                    = ~10% of the working set). The open loop sends
-#                                    every target the same requests (same seed, rate).
+#                                    every target the same requests (same seed, rate);
+#                                    NODE=path/to/fanz-node to measure another build).
 # Needs nginx and varnish (installs them if missing); runs as root. Everything on
 # 127.0.0.1, stopped and removed on exit (the tmpfs too).
 set -euo pipefail
@@ -22,6 +23,7 @@ if ! command -v nginx >/dev/null || ! command -v varnishd >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light varnish >/dev/null
 fi
 cargo build --release -q -p fanz-node -p fanz-bench
+NODE=${NODE:-target/release/fanz-node}
 work=$(mktemp -d /tmp/fanz-ratio-XXXX); chmod 755 "$work"
 pids=()
 cleanup() {
@@ -38,7 +40,7 @@ FANZ=127.0.0.1:18684; FANZ_ADMIN=127.0.0.1:18685; VARNISH=127.0.0.1:18686; NGINX
 for o in "$O_FANZ" "$O_VARNISH" "$O_NGINX"; do
   target/release/fanz-bench origin --addr "$o" --default-size "$SIZE" 2>>"$work/origin.log" & pids+=($!)
 done
-taskset -c 1 target/release/fanz-node --origin "http://$O_FANZ" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
+taskset -c 1 "$NODE" --origin "http://$O_FANZ" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
   --h3-addr off --memory-capacity "${CACHE_MB}MiB" --disk-capacity 0 --data-dir "$work/fanz-data" \
   --log-level warn & pids+=($!)
 cat > "$work/default.vcl" <<VCL
@@ -104,7 +106,7 @@ if [ "$nginx_mib" -gt "$CACHE_MB" ]; then
   # The same node again, cold, with the memory nginx really used.
   O_FANZ2=127.0.0.1:18688; FANZ2=127.0.0.1:18689; FANZ2_ADMIN=127.0.0.1:18690
   target/release/fanz-bench origin --addr "$O_FANZ2" --default-size "$SIZE" 2>>"$work/origin.log" & pids+=($!)
-  taskset -c 1 target/release/fanz-node --origin "http://$O_FANZ2" --http-addr "$FANZ2" --admin-addr "$FANZ2_ADMIN" \
+  taskset -c 1 "$NODE" --origin "http://$O_FANZ2" --http-addr "$FANZ2" --admin-addr "$FANZ2_ADMIN" \
     --h3-addr off --memory-capacity "${nginx_mib}MiB" --disk-capacity 0 --data-dir "$work/fanz-data2" \
     --log-level warn & pids+=($!)
   for _ in $(seq 100); do curl -sf "http://$FANZ2_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -85,6 +85,16 @@ impl StoredEntry {
         Self(entry.encode())
     }
 
+    /// An encoding made elsewhere (the small-entry tier's allocation).
+    pub fn from_encoded(encoded: Bytes) -> Self {
+        Self(encoded)
+    }
+
+    /// The encoding.
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
+    }
+
     /// The entry; its body and fields are slices of the stored encoding.
     pub fn entry(&self) -> Result<Entry, DecodeError> {
         Entry::decode_unverified(self.0.clone())

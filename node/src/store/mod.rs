@@ -1,5 +1,9 @@
-//! Storage tiers: a foyer hybrid cache with a memory tier (S3-FIFO, weighed in bytes)
-//! and a disk tier (block engine on a directory), holding checksummed entries.
+//! Storage tiers: memory and disk, holding checksummed entries. Small entries (up
+//! to 16 KiB encoded) live in memory in [`small::SmallTier`], one allocation each;
+//! larger ones in foyer's memory tier (S3-FIFO, weighed in bytes); the disk tier is
+//! foyer's (block engine on a directory) for both. The two memory tiers share
+//! `memory_capacity`: foyer's is resized to what the small tier leaves (at least
+//! an eighth of it).
 //!
 //! Entries are written to disk when inserted (not only on eviction), gathered every
 //! 2 ms into one write (`DiskQueue`), so a restart, SIGKILL included, keeps the cache
@@ -8,6 +12,7 @@
 //! *served* is decided by the invalidation engine, whose log is durable.
 
 mod codec;
+mod small;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use foyer::{
 use prometheus_client::metrics::counter::Counter;
 
 pub use codec::{CorruptionLayer, StoreKey, StoredEntry, CORRUPT_ENTRIES};
+use small::SmallTier;
 
 /// Largest block of the disk tier; also the largest entry it can hold.
 const MAX_BLOCK_SIZE: u64 = 16 << 20;
@@ -77,6 +83,11 @@ impl EventListener for EvictionCounter {
 /// The memory and disk tiers.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Small entries in memory.
+    small: Arc<SmallTier>,
+    /// Entries evicted from memory (both memory tiers).
+    evictions: Counter,
+    /// Large entries in memory, and every entry on disk.
     cache: HybridCache<StoreKey, StoredEntry>,
     config: StoreConfig,
     /// Inserted entries on their way to the disk tier (none without one).
@@ -123,11 +134,16 @@ impl Store {
         let builder = HybridCacheBuilder::new()
             .with_name("fanz")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
-            .with_event_listener(Arc::new(EvictionCounter(evictions)))
+            .with_event_listener(Arc::new(EvictionCounter(evictions.clone())))
             .memory(config.memory_capacity as usize)
             .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|key: &StoreKey, value: &StoredEntry| {
                 key.0.encoded().len() + value.weight()
+            })
+            // Small entries pass through foyer's memory tier only on their way to
+            // or from the disk tier, as records it does not keep.
+            .with_filter(|_: &StoreKey, value: &StoredEntry| {
+                value.weight() > small::SMALL_ENTRY_MAX
             });
         let cache = if config.disk_capacity == 0 {
             builder.storage().build().await
@@ -149,12 +165,23 @@ impl Store {
                 .await
         }
         .map_err(|e| err(&config.dir, e))?;
-        let to_disk = (config.disk_capacity > 0).then(|| {
-            let queue = Arc::new(DiskQueue::default());
-            tokio::spawn(hand_to_disk(Arc::downgrade(&queue), cache.clone()));
-            queue
-        });
+        let to_disk = (config.disk_capacity > 0).then(|| Arc::new(DiskQueue::default()));
+        let small = Arc::new(SmallTier::new(config.memory_capacity as usize));
+        if let Some(queue) = &to_disk {
+            tokio::spawn(hand_to_disk(
+                Arc::downgrade(queue),
+                Arc::downgrade(&small),
+                cache.clone(),
+            ));
+        }
+        tokio::spawn(share_memory(
+            Arc::downgrade(&small),
+            cache.clone(),
+            config.memory_capacity as usize,
+        ));
         Ok(Self {
+            small,
+            evictions,
             cache,
             config,
             to_disk,
@@ -165,13 +192,22 @@ impl Store {
     /// answered as a miss; a corrupt disk entry is dropped, counted, and a miss. The
     /// entry's body and fields share the stored bytes.
     pub async fn get(&self, key: &CacheKey) -> Option<(Entry, Tier)> {
+        if let Some(encoded) = self.small.get(key) {
+            return self.parsed_small(key, encoded).map(|e| (e, Tier::Memory));
+        }
         match self.cache.get(&StoreKey(key.clone())).await {
             Ok(Some(handle)) => {
                 let tier = match handle.source() {
                     Source::Disk => Tier::Disk,
                     Source::Memory | Source::Outer => Tier::Memory,
                 };
-                match handle.value().entry() {
+                let value = handle.value();
+                if tier == Tier::Disk && value.weight() <= small::SMALL_ENTRY_MAX {
+                    // Read back: kept in memory again, where foyer keeps no small one.
+                    let evicted = self.small.insert_encoded(key, value.encoded());
+                    self.evictions.inc_by(evicted as u64);
+                }
+                match value.entry() {
                     Ok(entry) => Some((entry, tier)),
                     Err(e) => {
                         // Only this process's encoder wrote it: a bug, not bad input.
@@ -192,13 +228,29 @@ impl Store {
     /// Looks `key` up in memory only, without waiting: the hit path's first try. An
     /// entry that does not parse is left for [`Store::get`] to drop and report.
     pub fn get_in_memory(&self, key: &CacheKey) -> Option<Entry> {
+        if let Some(encoded) = self.small.get(key) {
+            return Entry::decode_unverified(encoded).ok();
+        }
         self.cache.memory().get(key)?.value().entry().ok()
+    }
+
+    /// A small entry parsed; one that does not parse is dropped and reported.
+    fn parsed_small(&self, key: &CacheKey, encoded: bytes::Bytes) -> Option<Entry> {
+        match Entry::decode_unverified(encoded) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                // Only this process's encoder wrote it: a bug, not bad input.
+                tracing::error!(?key, error = %e, "a stored entry does not parse; dropping it");
+                self.remove(key);
+                None
+            }
+        }
     }
 
     /// Whether either tier may hold `key` (the memory tier's index, the disk tier's):
     /// `false` is certain, `true` may need a read to confirm.
     pub fn may_hold(&self, key: &CacheKey) -> bool {
-        self.cache.contains(&StoreKey(key.clone()))
+        self.small.contains(key) || self.cache.contains(&StoreKey(key.clone()))
     }
 
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
@@ -209,17 +261,35 @@ impl Store {
     /// block alive, so a 100-byte value could hold 4 KiB or more while the memory
     /// tier counts 100.
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
+        let small = SmallTier::takes(entry);
+        let value = if small {
+            // A larger value of this key may be in foyer's memory tier.
+            self.cache.memory().remove(key);
+            let Some(_) = &self.to_disk else {
+                let evicted = self.small.insert(key, entry);
+                self.evictions.inc_by(evicted as u64);
+                return;
+            };
+            let (stored, evicted) = self.small.insert_shared(key, entry);
+            self.evictions.inc_by(evicted as u64);
+            StoredEntry::from_encoded(stored)
+        } else {
+            // A smaller value of this key would be found first.
+            self.small.remove(key);
+            StoredEntry::new(entry)
+        };
         let key = CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded()))
             .unwrap_or_else(|| key.clone());
         let Some(queue) = &self.to_disk else {
-            self.cache.insert(StoreKey(key), StoredEntry::new(entry));
+            self.cache.insert(StoreKey(key), value);
             return;
         };
-        // In memory now; to disk with the next batch (see `DiskQueue`).
+        // In memory now; to disk with the next batch (see `DiskQueue`). A small
+        // entry's record is one foyer does not keep (see the filter in `open`).
         let in_memory = HybridCacheProperties::default().with_location(Location::InMem);
-        let inserted =
-            self.cache
-                .insert_with_properties(StoreKey(key), StoredEntry::new(entry), in_memory);
+        let inserted = self
+            .cache
+            .insert_with_properties(StoreKey(key), value, in_memory);
         let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.push(inserted);
         if pending.len() == 1 {
@@ -229,6 +299,7 @@ impl Store {
 
     /// Removes `key` from both tiers (and from the way to the disk tier).
     pub fn remove(&self, key: &CacheKey) {
+        self.small.remove(key);
         let key = StoreKey(key.clone());
         let Some(queue) = &self.to_disk else {
             self.cache.remove(&key);
@@ -241,7 +312,7 @@ impl Store {
 
     /// Bytes held by the memory tier.
     pub fn memory_usage(&self) -> u64 {
-        self.cache.memory().usage() as u64
+        (self.small.usage() + self.cache.memory().usage()) as u64
     }
 
     /// Bytes written to / read from the disk tier since start.
@@ -261,7 +332,7 @@ impl Store {
     /// Waits for queued disk writes, then closes the tiers.
     pub async fn close(&self) {
         if let Some(queue) = &self.to_disk {
-            hand_over(queue, &self.cache);
+            hand_over(queue, &self.cache, &self.small);
         }
         if let Err(e) = self.cache.close().await {
             tracing::error!(error = %e, "closing the storage tiers failed");
@@ -273,6 +344,7 @@ impl Store {
 /// any, until the store is dropped.
 async fn hand_to_disk(
     queue: std::sync::Weak<DiskQueue>,
+    small: std::sync::Weak<SmallTier>,
     cache: HybridCache<StoreKey, StoredEntry>,
 ) {
     loop {
@@ -287,22 +359,52 @@ async fn hand_to_disk(
             continue;
         }
         tokio::time::sleep(DISK_BATCH).await;
-        let Some(current) = queue.upgrade() else {
+        let (Some(current), Some(small)) = (queue.upgrade(), small.upgrade()) else {
             return;
         };
-        hand_over(&current, &cache);
+        hand_over(&current, &cache, &small);
+    }
+}
+
+/// Keeps foyer's memory tier to what the small-entry tier leaves of the memory
+/// capacity (at least an eighth of it, for large entries), until the store is
+/// dropped.
+async fn share_memory(
+    small: std::sync::Weak<SmallTier>,
+    cache: HybridCache<StoreKey, StoredEntry>,
+    capacity: usize,
+) {
+    let mut current = capacity;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(small) = small.upgrade() else {
+            return;
+        };
+        let target = capacity.saturating_sub(small.usage()).max(capacity / 8);
+        // Resizing evicts (when smaller): only for a change worth it.
+        if target.abs_diff(current) > capacity / 64 {
+            if let Err(e) = cache.memory().resize(target) {
+                tracing::warn!(error = %e, "resizing the large-entry memory tier failed");
+            }
+            current = target;
+        }
     }
 }
 
 /// Enqueues every queued entry for the disk tier, except one that is no longer the
 /// one memory holds for its key (replaced or removed meanwhile).
-fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) {
+fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>, small: &SmallTier) {
     let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
     for entry in pending.drain(..) {
-        let still_held = cache
-            .memory()
-            .get(entry.key())
-            .is_some_and(|held| std::ptr::eq(held.value(), entry.value()));
+        let value = entry.value();
+        let still_held = if value.weight() <= small::SMALL_ENTRY_MAX {
+            small.holds_this(&entry.key().0, value.encoded())
+        } else {
+            cache
+                .memory()
+                .get(entry.key())
+                .is_some_and(|held| std::ptr::eq(held.value(), value))
+        };
         if still_held {
             cache.storage().enqueue(entry.piece(), false);
         }
