@@ -73,8 +73,10 @@ struct EvictionCounter(Counter);
 impl EventListener for EvictionCounter {
     type Key = StoreKey;
     type Value = StoredEntry;
-    fn on_leave(&self, reason: Event, _key: &StoreKey, _value: &StoredEntry) {
-        if reason == Event::Evict {
+    fn on_leave(&self, reason: Event, _key: &StoreKey, value: &StoredEntry) {
+        // A small entry never lives in foyer's memory tier: its "eviction" is the
+        // release of a record foyer did not keep (on the way to or from the disk).
+        if reason == Event::Evict && value.weight() > small::SMALL_ENTRY_MAX {
             self.0.inc();
         }
     }
@@ -263,9 +265,10 @@ impl Store {
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
         let small = SmallTier::takes(entry);
         let value = if small {
-            // A larger value of this key may be in foyer's memory tier.
-            self.cache.memory().remove(key);
             let Some(_) = &self.to_disk else {
+                // A larger value of this key may be in foyer's memory tier. (With a
+                // disk tier, inserting the record below replaces it there.)
+                self.cache.memory().remove(key);
                 let evicted = self.small.insert(key, entry);
                 self.evictions.inc_by(evicted as u64);
                 return;
@@ -474,6 +477,73 @@ mod tests {
         assert_eq!(body(&kept).await.as_deref(), Some(&b"kept"[..]));
         assert_eq!(body(&removed).await, None, "a removal came back");
         assert_eq!(body(&replaced).await.as_deref(), Some(&b"new"[..]));
+    }
+
+    // Small entries reach the disk tier as records foyer's memory tier does not
+    // keep; when such a record is let go, foyer reports an eviction. None of them is
+    // one: nothing left memory.
+    #[tokio::test]
+    async fn small_entries_on_their_way_to_disk_are_not_counted_as_evictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let evictions = Counter::default();
+        let store = Store::open(
+            StoreConfig {
+                memory_capacity: 1 << 20,
+                disk_capacity: 16 << 20,
+                dir: dir.path().to_path_buf(),
+            },
+            evictions.clone(),
+        )
+        .await
+        .unwrap();
+        for i in 0..50 {
+            store.insert(&CacheKey::kv(format!("k{i}").as_bytes()), &entry(b"small"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.disk_io().0 == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing reached the disk"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.close().await;
+        assert_eq!(evictions.get(), 0);
+        assert!(store.get_in_memory(&CacheKey::kv(b"k7")).is_some());
+    }
+
+    // A key whose value changes size moves between the memory tiers; a read never
+    // finds the value it replaced in the other one.
+    #[tokio::test]
+    async fn a_value_that_changes_size_is_read_back_as_written() {
+        for disk_capacity in [0, 16 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(
+                StoreConfig {
+                    memory_capacity: 8 << 20,
+                    disk_capacity,
+                    dir: dir.path().to_path_buf(),
+                },
+                Counter::default(),
+            )
+            .await
+            .unwrap();
+            let key = CacheKey::kv(b"k");
+            let large = Bytes::from(vec![1u8; 2 * small::SMALL_ENTRY_MAX]);
+            let with = |body: &Bytes| Entry {
+                meta: fanz_protocol::EntryMeta::default(),
+                body: body.clone(),
+            };
+            for body in [large.clone(), Bytes::from_static(b"small"), large.clone()] {
+                store.insert(&key, &with(&body));
+                let (read, _) = store.get(&key).await.unwrap();
+                assert_eq!(read.body, body, "disk capacity {disk_capacity}");
+                assert_eq!(store.get_in_memory(&key).unwrap().body, body);
+            }
+            store.remove(&key);
+            assert!(store.get(&key).await.is_none());
+            store.close().await;
+        }
     }
 
     #[tokio::test]

@@ -98,8 +98,9 @@ struct Shard {
     len: usize,
 }
 
+/// A ghost's 32 bits of a key's hash (the low half: the shard is chosen by others).
 fn fingerprint(hash: u64) -> u32 {
-    (hash >> 32) as u32
+    hash as u32
 }
 
 /// What an entry counts against the capacity: its key and encoding, as foyer's
@@ -133,8 +134,11 @@ impl SmallTier {
         self.usage.load(Ordering::Relaxed)
     }
 
+    /// The shard of `hash`, chosen by bits 32-37: hashbrown takes its buckets from
+    /// the low bits and its control bytes from the top seven, which must still
+    /// differ between the keys of one shard.
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(hash >> 58) as usize % SHARDS]
+        self.shards[(hash >> 32) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -179,9 +183,9 @@ impl SmallTier {
         )
     }
 
-    /// [`SmallTier::insert`], also returning the stored encoding (a slice of the
-    /// entry's allocation, for the disk tier's queue). Only when needed: the first
-    /// slice of an allocation costs a shared header (32 bytes) for its lifetime.
+    /// [`SmallTier::insert`], also returning the stored encoding (a `Bytes` over
+    /// the entry's allocation, for the disk tier's queue: a small handle while it
+    /// waits there).
     pub(super) fn insert_shared(&self, key: &CacheKey, entry: &Entry) -> (Bytes, usize) {
         let blob = Self::blob(key, entry.encoded_len(), |b| entry.encode_into(b));
         let stored = Bytes::from_owner(blob.clone()).slice(KEY_AT + key.encoded().len()..);
