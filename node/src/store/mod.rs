@@ -432,6 +432,17 @@ mod tests {
         .unwrap()
     }
 
+    async fn wait_for_a_disk_write(store: &Store) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.disk_io().0 == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing reached the disk"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn entry(body: &'static [u8]) -> Entry {
         Entry {
             meta: fanz_protocol::EntryMeta::default(),
@@ -457,14 +468,7 @@ mod tests {
         // Before the batch goes: one removed, one replaced.
         store.remove(&removed);
         store.insert(&replaced, &entry(b"new"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while store.disk_io().0 == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nothing reached the disk"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_a_disk_write(&store).await;
         store.close().await;
         drop(store);
 
@@ -499,14 +503,7 @@ mod tests {
         for i in 0..50 {
             store.insert(&CacheKey::kv(format!("k{i}").as_bytes()), &entry(b"small"));
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while store.disk_io().0 == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nothing reached the disk"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_a_disk_write(&store).await;
         store.close().await;
         assert_eq!(evictions.get(), 0);
         assert!(store.get_in_memory(&CacheKey::kv(b"k7")).is_some());

@@ -159,13 +159,18 @@ impl SmallTier {
 
     /// Whether `key` is held (not counted as a read).
     pub(super) fn contains(&self, key: &CacheKey) -> bool {
+        self.with_slot(key, |slot| slot.is_some())
+    }
+
+    /// Runs `f` on the slot holding `key`, if any, under its shard's lock.
+    fn with_slot<R>(&self, key: &CacheKey, f: impl FnOnce(Option<&Slot>) -> R) -> R {
         let raw = key.encoded();
         let hash = self.hasher.hash_one(raw);
         let shard = self.shard(hash);
-        shard
+        let found = shard
             .index
-            .find(hash, |&id| shard.slots[id as usize].key() == raw)
-            .is_some()
+            .find(hash, |&id| shard.slots[id as usize].key() == raw);
+        f(found.map(|&id| &shard.slots[id as usize]))
     }
 
     /// Whether `entry` belongs here: its encoding is at most [`SMALL_ENTRY_MAX`].
@@ -238,16 +243,10 @@ impl SmallTier {
     /// Whether `key` holds exactly `encoded` (the same allocation): a queued disk
     /// write of it is still current.
     pub(super) fn holds_this(&self, key: &CacheKey, encoded: &Bytes) -> bool {
-        let raw = key.encoded();
-        let hash = self.hasher.hash_one(raw);
-        let shard = self.shard(hash);
-        shard
-            .index
-            .find(hash, |&id| shard.slots[id as usize].key() == raw)
-            .is_some_and(|&id| {
-                let blob = shard.slots[id as usize].blob();
-                blob[KEY_AT + raw.len()..].as_ptr() == encoded.as_ptr()
-            })
+        let at = KEY_AT + key.encoded().len();
+        self.with_slot(key, |slot| {
+            slot.is_some_and(|slot| slot.blob()[at..].as_ptr() == encoded.as_ptr())
+        })
     }
 
     fn account(&self, before: usize, after: usize) {
