@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanz_protocol::{CacheKey, Entry};
+use fanz_protocol::{CacheKey, DecodeError, Entry};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
     HybridCacheBuilder, HybridCacheEntry, HybridCachePolicy, HybridCacheProperties, Location,
@@ -195,7 +195,9 @@ impl Store {
     /// entry's body and fields share the stored bytes.
     pub async fn get(&self, key: &CacheKey) -> Option<(Entry, Tier)> {
         if let Some(encoded) = self.small.get(key) {
-            return self.parsed_small(key, encoded).map(|e| (e, Tier::Memory));
+            return self
+                .parsed(key, Entry::decode_unverified(encoded))
+                .map(|e| (e, Tier::Memory));
         }
         match self.cache.get(&StoreKey(key.clone())).await {
             Ok(Some(handle)) => {
@@ -204,20 +206,13 @@ impl Store {
                     Source::Memory | Source::Outer => Tier::Memory,
                 };
                 let value = handle.value();
+                let entry = self.parsed(key, value.entry())?;
                 if tier == Tier::Disk && value.weight() <= small::SMALL_ENTRY_MAX {
                     // Read back: kept in memory again, where foyer keeps no small one.
                     let evicted = self.small.insert_encoded(key, value.encoded());
                     self.evictions.inc_by(evicted as u64);
                 }
-                match value.entry() {
-                    Ok(entry) => Some((entry, tier)),
-                    Err(e) => {
-                        // Only this process's encoder wrote it: a bug, not bad input.
-                        tracing::error!(?key, error = %e, "a stored entry does not parse; dropping it");
-                        self.cache.remove(&StoreKey(key.clone()));
-                        None
-                    }
-                }
+                Some((entry, tier))
             }
             Ok(None) => None,
             Err(e) => {
@@ -236,9 +231,10 @@ impl Store {
         self.cache.memory().get(key)?.value().entry().ok()
     }
 
-    /// A small entry parsed; one that does not parse is dropped and reported.
-    fn parsed_small(&self, key: &CacheKey, encoded: bytes::Bytes) -> Option<Entry> {
-        match Entry::decode_unverified(encoded) {
+    /// A stored entry parsed; one that does not parse is dropped from every tier
+    /// and reported.
+    fn parsed(&self, key: &CacheKey, decoded: Result<Entry, DecodeError>) -> Option<Entry> {
+        match decoded {
             Ok(entry) => Some(entry),
             Err(e) => {
                 // Only this process's encoder wrote it: a bug, not bad input.
@@ -265,14 +261,14 @@ impl Store {
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
         let small = SmallTier::takes(entry);
         let value = if small {
-            let Some(_) = &self.to_disk else {
+            if self.to_disk.is_none() {
                 // A larger value of this key may be in foyer's memory tier. (With a
                 // disk tier, inserting the record below replaces it there.)
                 self.cache.memory().remove(key);
                 let evicted = self.small.insert(key, entry);
                 self.evictions.inc_by(evicted as u64);
                 return;
-            };
+            }
             let (stored, evicted) = self.small.insert_shared(key, entry);
             self.evictions.inc_by(evicted as u64);
             StoredEntry::from_encoded(stored)

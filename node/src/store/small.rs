@@ -94,8 +94,6 @@ struct Shard {
     small_weight: usize,
     weight: usize,
     capacity: usize,
-    /// Number of live entries (for the ghost's length).
-    len: usize,
 }
 
 /// A ghost's 32 bits of a key's hash (the low half: the shard is chosen by others).
@@ -306,11 +304,10 @@ impl Shard {
                 self.main.push_back(place);
             }
             self.weight += weight;
-            self.len += 1;
             self.compact_queues();
         }
         let mut evicted = 0;
-        while self.weight > self.capacity && self.len > 0 {
+        while self.weight > self.capacity && !self.index.is_empty() {
             if self.evict_one(hasher) {
                 evicted += 1;
             }
@@ -321,7 +318,7 @@ impl Shard {
     /// Drops the queue places of freed slots once they outnumber the live ones
     /// (removals leave them behind, and without eviction nothing pops them).
     fn compact_queues(&mut self) {
-        if self.small.len() + self.main.len() <= 2 * self.len + 64 {
+        if self.small.len() + self.main.len() <= 2 * self.index.len() + 64 {
             return;
         }
         let slots = &self.slots;
@@ -377,7 +374,7 @@ impl Shard {
         self.ghost.push_back(print);
         let count = self.ghost_counts.entry(print).or_default();
         *count = count.saturating_add(1);
-        while self.ghost.len() > self.len.max(16) {
+        while self.ghost.len() > self.index.len().max(16) {
             let Some(old) = self.ghost.pop_front() else {
                 break;
             };
@@ -417,7 +414,6 @@ impl Shard {
         slot.in_small = false;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id);
-        self.len -= 1;
     }
 }
 

@@ -56,11 +56,7 @@ impl Replicator {
             self.gate.synced(round);
             return Ok(true);
         }
-        let mut candidates: Vec<_> = self
-            .others()
-            .into_iter()
-            .filter(|(_, _, state)| *state != MemberState::Down)
-            .collect();
+        let mut candidates = self.peers();
         for i in (1..candidates.len()).rev() {
             candidates.swap(i, rand_index(i + 1));
         }

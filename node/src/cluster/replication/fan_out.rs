@@ -240,7 +240,7 @@ impl Replicator {
                             return;
                         }
                         Delivery::Retry => {
-                            let still_member = this.peers().iter().any(|(id, _)| *id == member);
+                            let still_member = this.peers().iter().any(|(id, _, _)| *id == member);
                             if !still_member || Instant::now() > deadline {
                                 tracing::warn!(%member, answer = ?answer.err(), "member did not apply a replicated invalidation; anti-entropy will");
                                 return;

@@ -317,14 +317,14 @@ impl Replicator {
     }
 
     /// Members other than this node that are not down (alive or suspected):
-    /// (id, peer address).
-    fn peers(&self) -> Vec<(String, SocketAddr)> {
+    /// (id, peer address, state).
+    fn peers(&self) -> Vec<(String, SocketAddr, MemberState)> {
         self.view
             .borrow()
             .members
             .iter()
             .filter(|m| !m.local && m.state != MemberState::Down)
-            .map(|m| (m.identity.id.clone(), m.identity.peer))
+            .map(|m| (m.identity.id.clone(), m.identity.peer, m.state))
             .collect()
     }
 
