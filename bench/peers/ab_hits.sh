@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of cache-hit throughput: two fanz-node builds in front of the same origin, in
 # interleaved rounds (A B A B ...), so a change to the hit path is measured against
-# the build before it in the same run. Run it before committing such a change: a
+# the build before it in the same run, by throughput and by the node's CPU time per
+# request (steadier on a shared machine). Run it before committing such a change: a
 # regression then shows up when it is made.
 #
 # Usage: bench/peers/ab_hits.sh [--against REF]     A = REF (default HEAD), B = this tree
@@ -61,12 +62,14 @@ start() {
   local http="127.0.0.1:$((18191 + 2 * $2))" admin="127.0.0.1:$((18192 + 2 * $2))"
   taskset -c 1 "$1" --origin "http://$ORIGIN" --http-addr "$http" --admin-addr "$admin" \
     --h3-addr off --data-dir "$work/data-$2" "${level[@]}" >>"$work/node-$2.log" 2>&1 & pids+=($!)
+  node_pid[$2]=$!
   for _ in $(seq 100); do curl -sf "http://$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -sf "http://$admin/readyz" >/dev/null || { echo "node $2 ($1) did not start:" >&2; tail "$work/node-$2.log" >&2; exit 1; }
   for size in $SIZES; do for i in $(seq "$OBJECTS"); do
     curl -sf -o /dev/null "http://$http/$size/obj$i"
   done; done
 }
+declare -A node_pid
 start "$A" 0; start "$B" 1
 a=127.0.0.1:18191; b=127.0.0.1:18193
 for size in $SIZES; do
@@ -77,16 +80,32 @@ for size in $SIZES; do
   done
 done
 
-rps() { taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s bench/peers/objects.lua "http://$1/$2/obj" -- "$OBJECTS" | awk '/^Requests\/sec/ {print $2}'; }
+# "req/s node-CPU-us-per-request" of node $3 (0 or 1) at $1, objects of size $2.
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/${node_pid[$1]}/stat"; }
+rps() {
+  local t0 t1 out
+  t0=$(cpu "$3")
+  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s bench/peers/objects.lua "http://$1/$2/obj" -- "$OBJECTS")
+  t1=$(cpu "$3")
+  echo "$out" | awk -v t=$((t1 - t0)) -v hz="$ticks" '/requests in/ {n = $1} /^Requests\/sec/ {r = $2}
+    END {printf "%s %.1f\n", r, t * 1e6 / hz / n}'
+}
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "A = $A"; echo "B = $B"
 echo "log level: ${LOG_LEVEL:-default}; ${DURATION}s, $CONNS connections, $OBJECTS objects per size, nodes on core 1, wrk on core 0"
 for size in $SIZES; do
-  sa=(); sb=()
+  sa=(); sb=(); ca=(); cb=()
   for r in $(seq "$ROUNDS"); do
-    x=$(rps "$a" "$size"); y=$(rps "$b" "$size"); sa+=("$x"); sb+=("$y")
-    echo "$size B round $r: A $x req/s, B $y req/s, B/A $(awk -v a="$x" -v b="$y" 'BEGIN {printf "%.3f", b / a}')"
+    # The build measured first in a pair tends to do better here: alternate.
+    if [ $((r % 2)) = 1 ]; then
+      read -r x xc < <(rps "$a" "$size" 0); read -r y yc < <(rps "$b" "$size" 1)
+    else
+      read -r y yc < <(rps "$b" "$size" 1); read -r x xc < <(rps "$a" "$size" 0)
+    fi
+    sa+=("$x"); sb+=("$y"); ca+=("$xc"); cb+=("$yc")
+    echo "$size B round $r: A $x req/s ($xc us CPU/req), B $y req/s ($yc us CPU/req), B/A $(awk -v a="$x" -v b="$y" 'BEGIN {printf "%.3f", b / a}')"
   done
-  ma=$(med "${sa[@]}"); mb=$(med "${sb[@]}")
-  echo "$size B median of $ROUNDS: A $ma, B $mb, B/A $(awk -v a="$ma" -v b="$mb" 'BEGIN {printf "%.3f", b / a}')"
+  ma=$(med "${sa[@]}"); mb=$(med "${sb[@]}"); mca=$(med "${ca[@]}"); mcb=$(med "${cb[@]}")
+  echo "$size B median of $ROUNDS: A $ma, B $mb, B/A $(awk -v a="$ma" -v b="$mb" 'BEGIN {printf "%.3f", b / a}'); node CPU per request A $mca us, B $mcb us, B/A $(awk -v a="$mca" -v b="$mcb" 'BEGIN {printf "%.3f", b / a}')"
 done

@@ -5,9 +5,11 @@
 # practical ceiling for an HTTP server here).
 #
 # Usage: bench/peers/http_hits.sh  (DURATION=6 CONNS=32 ROUNDS=3 OBJECTS=100 to change;
-#        OPEN_LOOP=0 skips the open loop; CHART=file.svg draws its percentiles;
-#        FANZ_BIN=path measures another fanz-node build, FANZ_ARGS="--log-level warn"
-#        passes it flags)
+#        SIZES="1k 64k 1m" the object sizes; OPEN_LOOP=0 skips the open loop;
+#        CHART=file.svg draws its percentiles; FANZ_BIN=path measures another
+#        fanz-node build, FANZ_ARGS="--log-level warn" passes it flags; BASE_BIN=path
+#        adds a second fanz-node build, "base", to every round: the A/B of a change
+#        with the peers beside it)
 # fanz-node runs at its default settings (log level info), as a new user runs it.
 # wrk requests OBJECTS distinct URLs of each size in turn.
 # Runs as root (nginx workers too, to read the temporary directory).
@@ -20,6 +22,7 @@ DURATION=${DURATION:-6}
 CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-3}
 OBJECTS=${OBJECTS:-100}
+read -r -a sizes <<< "${SIZES:-1k 64k 1m}"
 if ! [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$CONNS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ && "$OBJECTS" =~ ^[1-9][0-9]*$ ]]; then
   echo "DURATION, CONNS, ROUNDS and OBJECTS must be positive whole numbers" >&2; exit 2
 fi
@@ -38,12 +41,14 @@ trap cleanup EXIT INT TERM
 
 ORIGIN=127.0.0.1:18180; NGINX=127.0.0.1:18181; FANZ=127.0.0.1:18182; FANZ_ADMIN=127.0.0.1:18183
 VARNISH=127.0.0.1:18184; STATIC=127.0.0.1:18185
-mkdir -p "$work/www/1k" "$work/www/64k" "$work/nginx-cache" "$work/tmp" "$work/varnish"
+BASE=127.0.0.1:18186; BASE_ADMIN=127.0.0.1:18187
+mkdir -p "$work/nginx-cache" "$work/tmp" "$work/varnish"
 # The static server holds the same bytes the origin serves ('x' repeated).
-head -c 1024 /dev/zero | tr '\0' x > "$work/www/1k/obj"
-head -c 65536 /dev/zero | tr '\0' x > "$work/www/64k/obj"
-for i in $(seq "$OBJECTS"); do
-  ln "$work/www/1k/obj" "$work/www/1k/obj$i"; ln "$work/www/64k/obj" "$work/www/64k/obj$i"
+bytes_of() { case "$1" in *k) echo $(( ${1%k} << 10 ));; *m) echo $(( ${1%m} << 20 ));; *) echo "$1";; esac; }
+for f in "${sizes[@]}"; do
+  mkdir -p "$work/www/$f"
+  head -c "$(bytes_of "$f")" /dev/zero | tr '\0' x > "$work/www/$f/obj"
+  for i in $(seq "$OBJECTS"); do ln "$work/www/$f/obj" "$work/www/$f/obj$i"; done
 done
 
 nginx_conf() { # $1 name, $2 server block
@@ -81,13 +86,20 @@ taskset -c 1 varnishd -F -j none -n "$work/varnish" -a "$VARNISH" -f "$work/defa
   -s malloc,256m -p default_ttl=0 -p default_grace=0 >"$work/varnish.log" 2>&1 & pids+=($!)
 taskset -c 1 "$FANZ_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
   --h3-addr off --data-dir "$work/fanz-data" "${fanz_args[@]}" >"$work/fanz.log" 2>&1 & pids+=($!)
+fanz_targets=("fanz $FANZ")
+if [ -n "${BASE_BIN:-}" ]; then
+  taskset -c 1 "$BASE_BIN" --origin "http://$ORIGIN" --http-addr "$BASE" --admin-addr "$BASE_ADMIN" \
+    --h3-addr off --data-dir "$work/base-data" "${fanz_args[@]}" >"$work/base.log" 2>&1 & pids+=($!)
+  fanz_targets=("base $BASE" "fanz $FANZ")
+fi
 
 for _ in $(seq 100); do
   curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && curl -sf "http://$NGINX/1k/obj" >/dev/null 2>&1 \
+    && { [ -z "${BASE_BIN:-}" ] || curl -sf "http://$BASE_ADMIN/readyz" >/dev/null 2>&1; } \
     && curl -sf "http://$VARNISH/1k/obj" >/dev/null 2>&1 && break
   sleep 0.1
 done
-for target in "$NGINX" "$FANZ" "$VARNISH"; do for f in 1k 64k; do for i in $(seq "$OBJECTS"); do
+for target in "$NGINX" "$FANZ" "$VARNISH" ${BASE_BIN:+"$BASE"}; do for f in "${sizes[@]}"; do for i in $(seq "$OBJECTS"); do
   curl -sf -o /dev/null "http://$target/$f/obj$i"; curl -sf -o /dev/null "http://$target/$f/obj$i"
 done; done; done
 echo "check: nginx $(curl -sI "http://$NGINX/1k/obj1" | grep -i x-cache | tr -d '\r'), fanz $(curl -sI "http://$FANZ/1k/obj1" | grep -i cache-status | tr -d '\r'), varnish $(curl -sI "http://$VARNISH/1k/obj1" | grep -i '^age' | tr -d '\r')"
@@ -103,8 +115,8 @@ run() { # $1 url prefix -> "req_per_s p99_ms"
 printf '\n%-6s %-8s %12s %10s\n' size target req_per_s p99_ms
 declare -A all_rps all_p99
 for round in $(seq "$ROUNDS"); do
-  for f in 1k 64k; do
-    for pair in "nginx $NGINX" "varnish $VARNISH" "static $STATIC" "fanz $FANZ"; do
+  for f in "${sizes[@]}"; do
+    for pair in "nginx $NGINX" "varnish $VARNISH" "static $STATIC" "${fanz_targets[@]}"; do
       set -- $pair
       read -r rps p99 < <(run "http://$2/$f/obj")
       printf '%-6s %-8s %12s %10s   (round %s)\n' "$f" "$1" "$rps" "$p99" "$round"
@@ -117,14 +129,15 @@ declare -A med_rps
 echo
 echo "median of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $OBJECTS objects, servers core 1, wrk core 0:"
 printf '%-6s %-8s %12s %10s %16s\n' size target req_per_s p99_ms fanz_vs_target
-for f in 1k 64k; do
-  for t in nginx varnish static fanz; do med_rps[$f-$t]=$(med "${all_rps[$f-$t]}"); done
-  for t in nginx varnish static fanz; do
+names=(nginx varnish static ${BASE_BIN:+base} fanz)
+for f in "${sizes[@]}"; do
+  for t in "${names[@]}"; do med_rps[$f-$t]=$(med "${all_rps[$f-$t]}"); done
+  for t in "${names[@]}"; do
     printf '%-6s %-8s %12s %10s %16s\n' "$f" "$t" "${med_rps[$f-$t]}" "$(med "${all_p99[$f-$t]}")" \
       "$(awk -v z="${med_rps[$f-fanz]}" -v t="${med_rps[$f-$t]}" 'BEGIN {printf "%.2f", z / t}')"
   done
 done
-[ "${OPEN_LOOP:-1}" = 0 ] && exit 0
+{ [ "${OPEN_LOOP:-1}" = 0 ] || [ -z "${med_rps[1k-nginx]:-}" ]; } && exit 0
 
 # Open loop at half of nginx's peak 1 KiB rate: latency from the intended send time
 # (fanz-bench corrects coordinated omission), the same schedule for every target.

@@ -27,7 +27,7 @@ fn command() -> Command {
         .about("Load over HTTP/1.1, HTTP/2 or HTTP/3 (closed loop, or open loop with --rate); prints throughput and latency quantiles")
         .subcommand(
             Command::new("origin")
-                .about("Serve test objects: GET /{size}/{name} answers size bytes (1024, 64k) with Cache-Control, ETag and Surrogate-Key")
+                .about("Serve test objects: GET /{size}/{name} answers size bytes (1024, 64k, 1m) with Cache-Control, ETag and Surrogate-Key")
                 .arg(Arg::new("addr").long("addr").default_value("127.0.0.1:8000").help("Address to listen on"))
                 .arg(Arg::new("max-age").long("max-age").default_value("3600").help("Cache-Control max-age, seconds"))
                 .arg(Arg::new("default-size").long("default-size").default_value("1024").help("Bytes when the path names no size"))

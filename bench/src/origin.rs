@@ -2,7 +2,7 @@
 //! they all fetch the same objects.
 //!
 //! `GET /{size}/{anything}` answers `size` bytes (a plain number, or with a `k`
-//! suffix for KiB; any other first segment gets `default_size`), with
+//! suffix for KiB, `m` for MiB; any other first segment gets `default_size`), with
 //! `Cache-Control: max-age=…`, an `ETag` (a conditional request that matches gets
 //! 304), `Last-Modified`, and `Surrogate-Key: t<n> all`, where `n` is a hash of the
 //! path modulo `tags`. Bodies come from one shared buffer: serving costs no copy.
@@ -50,12 +50,19 @@ impl Default for OriginOptions {
     }
 }
 
-/// Parses the size segment: `1024`, `64k`.
+/// Parses the size segment: `1024`, `64k`, `1m`.
 fn size_of(segment: &str, options: &OriginOptions) -> usize {
-    let parsed = match segment.strip_suffix(['k', 'K']) {
-        Some(kib) => kib.parse::<usize>().ok().map(|n| n * 1024),
-        None => segment.parse::<usize>().ok(),
+    let (digits, unit) = if let Some(kib) = segment.strip_suffix(['k', 'K']) {
+        (kib, 1 << 10)
+    } else if let Some(mib) = segment.strip_suffix(['m', 'M']) {
+        (mib, 1 << 20)
+    } else {
+        (segment, 1)
     };
+    let parsed = digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit));
     parsed.unwrap_or(options.default_size).min(options.max_size)
 }
 
@@ -299,6 +306,7 @@ mod tests {
         let o = OriginOptions::default();
         assert_eq!(size_of("2048", &o), 2048);
         assert_eq!(size_of("64k", &o), 65536);
+        assert_eq!(size_of("1m", &o), 1 << 20);
         assert_eq!(size_of("page", &o), 1024);
         assert_eq!(size_of("999999999999", &o), o.max_size);
     }

@@ -49,6 +49,7 @@ async fn node(memory: u64) -> Node {
             memory_capacity: memory,
             disk_capacity: 0,
             dir: dir.path().join("cache"),
+            sendfile_min_size: None,
         },
         metrics.evictions.clone(),
     )

@@ -637,6 +637,7 @@ mod replica_tests {
                 memory_capacity: 1 << 20,
                 disk_capacity: 0,
                 dir: dir.join("cache"),
+                sendfile_min_size: None,
             },
             metrics.evictions.clone(),
         )

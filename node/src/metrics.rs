@@ -328,6 +328,8 @@ pub struct Metrics {
     pub purges_pending_ack: Gauge,
     /// HTTP/1.1 connections parked while idle (no HTTP state held: `front::conn`).
     pub http_connections_parked: Gauge,
+    /// Body bytes sent straight from a stored entry's file (`sendfile`, no copy).
+    pub http_body_bytes_sendfile: Counter,
     /// Anti-entropy rounds (pulls from a peer).
     pub anti_entropy_pulls: Counter,
     /// Seconds since the last successful anti-entropy round, once past max_unsynced.
@@ -521,6 +523,12 @@ impl Metrics {
             "Idle HTTP/1.1 keep-alive connections holding no HTTP state (parked until their next request)",
             http_connections_parked.clone(),
         );
+        let http_body_bytes_sendfile = Counter::default();
+        registry.register(
+            "http_body_bytes_sendfile",
+            "Response body bytes sent with sendfile from a cached entry's pages, without a copy (plain-TCP HTTP/1.1 and HTTP/2)",
+            http_body_bytes_sendfile.clone(),
+        );
         let anti_entropy_pulls = Counter::default();
         registry.register(
             "anti_entropy_pulls",
@@ -558,6 +566,7 @@ impl Metrics {
             purge_propagation,
             purges_pending_ack,
             http_connections_parked,
+            http_body_bytes_sendfile,
             anti_entropy_pulls,
             unsynced_seconds,
             peer_refusals,

@@ -137,6 +137,7 @@ pub async fn run(
             memory_capacity: config.memory_capacity,
             disk_capacity: config.disk_capacity,
             dir: config.data_dir.join("cache"),
+            sendfile_min_size: config.sendfile_min_size,
         },
         metrics.evictions.clone(),
     )

@@ -384,6 +384,144 @@ async fn ranges_are_answered_from_the_cached_object() {
     .await;
 }
 
+/// A body whose every byte depends on its place: a byte sent from the wrong offset
+/// or the wrong entry shows.
+fn patterned(len: usize, seed: u8) -> bytes::Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 12) as u8 ^ seed)
+        .collect()
+}
+
+/// With `sendfile_min_size` set, large hits go out with sendfile from the entry's own
+/// file over plain TCP (issue 21, part 1). Whatever the path (HTTP/1.1 and HTTP/2 from the file, HTTP/3 by
+/// copy, whole or in ranges, read back from the disk tier after a restart), the
+/// bytes are the origin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_hits_are_sent_from_their_files_whole_and_in_ranges() {
+    const SIZES: [(&str, usize); 3] =
+        [("/40k", 40 << 10), ("/1m", (1 << 20) + 3), ("/3m", 3 << 20)];
+    let origin = TestOrigin::start(|req, _| {
+        let (_, len) = SIZES
+            .iter()
+            .find(|(path, _)| *path == req.path)
+            .copied()
+            .unwrap_or(("", 0));
+        respond(
+            200,
+            &[("cache-control", "max-age=600")],
+            patterned(len, len as u8),
+        )
+    })
+    .await;
+    let (_tmp, mut node) = node_for(&origin, &["--sendfile-min-size", "32KiB"]);
+    let sendfile_bytes = async |node: &TestNode| {
+        metric_value(&node.metrics().await, "fanz_http_body_bytes_sendfile_total").unwrap_or(0.0)
+    };
+    // The bytes sent from files since `before`, once they reach `expected` (or 2 s
+    // pass): over loopback the client can have read a body before the node's
+    // sendfile call has returned and been counted.
+    let sent_since = async |node: &TestNode, before: f64, expected: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let sent = sendfile_bytes(node).await - before;
+            if sent == expected as f64 || std::time::Instant::now() > deadline {
+                return sent;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut checked = 0;
+    for restarted in [false, true] {
+        // (The test client remembers a node's HTTP/3 port, which a restart changes.)
+        let protocols: &[Proto] = if restarted {
+            &[Proto::H1, Proto::H2]
+        } else {
+            &PROTOCOLS
+        };
+        for &proto in protocols {
+            node.proto = proto;
+            let node = &node;
+            for (path, len) in SIZES {
+                let whole = patterned(len, len as u8);
+                let before = sendfile_bytes(node).await;
+                let r = fetch(node, path, &[]).await;
+                assert_eq!(r.status, StatusCode::OK, "{proto:?} {path}");
+                assert!(
+                    r.body == whole,
+                    "{proto:?} {path}: the body differs from the origin's"
+                );
+                let status = status_of(&r);
+                if status.contains("hit") && proto == Proto::H1 {
+                    checked += 1;
+                    let sent = sent_since(node, before, len).await;
+                    assert_eq!(sent, len as f64, "{path} ({status}): sent from its file");
+                }
+                let (from, to) = (len / 3, len - 17);
+                let range = format!("bytes={from}-{to}");
+                let before = sendfile_bytes(node).await;
+                let r = fetch(node, path, &[("range", range.as_str())]).await;
+                assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{proto:?} {path}");
+                if proto == Proto::H1 && status_of(&r).contains("hit") {
+                    checked += 1;
+                    let sent = sent_since(node, before, to + 1 - from).await;
+                    assert_eq!(
+                        sent,
+                        (to + 1 - from) as f64,
+                        "{path}: the range from its file"
+                    );
+                }
+                assert!(
+                    r.body == whole.slice(from..=to),
+                    "{proto:?} {path}: the range differs"
+                );
+            }
+        }
+        if !restarted {
+            // Read back from the disk tier: into files of their own again.
+            node.wait_disk_written((1 << 20) * 4).await;
+            node.terminate();
+            node.restart();
+        }
+    }
+    // One fetch per authority: HTTP/3's URLs are https://localhost's.
+    assert!(
+        checked >= 6,
+        "only {checked} hits over HTTP/1.1 were checked"
+    );
+    assert_eq!(
+        origin.count("/1m"),
+        2,
+        "every request after the first was a hit"
+    );
+    assert_eq!(origin.count("/3m"), 2);
+}
+
+/// At the default settings bodies are copied: nothing is sent from a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_default_large_hits_are_copied_not_sent_from_files() {
+    let origin = TestOrigin::start(|_, _| {
+        respond(
+            200,
+            &[("cache-control", "max-age=600")],
+            patterned(1 << 20, 1),
+        )
+    })
+    .await;
+    let (_tmp, node) = node_for(&origin, &[]);
+    for _ in 0..2 {
+        let r = fetch(&node, "/big", &[]).await;
+        assert!(r.body == patterned(1 << 20, 1));
+    }
+    assert!(status_of(&fetch(&node, "/big", &[]).await).contains("hit"));
+    let metrics = node.metrics().await;
+    let sent = metric_value(&metrics, "fanz_http_body_bytes_sendfile_total");
+    assert_eq!(
+        sent,
+        Some(0.0),
+        "the counter is there, and nothing went by sendfile"
+    );
+}
+
 // RFC 5861.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once() {

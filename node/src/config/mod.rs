@@ -177,6 +177,8 @@ spec::settings! {
         "Directory for the disk tier and the invalidation log. Created if missing.";
     memory_capacity: u64 = Some("256MiB"), required(size(MIB, NO_LIMIT)), shown::text, fixed,
         "Memory tier capacity (bytes of keys and encoded entries).";
+    sendfile_min_size: Option<u64> = None, optional(size(32 * KIB, GIB)), shown::unset, fixed,
+        "Keep cached entries at least this large (at least 32KiB) in memory files and send their bodies with sendfile over plain-TCP HTTP/1.1 and HTTP/2, without a copy. Unset (the default): bodies are copied. Each such entry holds a file descriptor (at most a quarter of the open-file limit at once). Measured here over loopback it made hits slower (see docs/PERFORMANCE.md, \"Large bodies and sendfile\"); measure it on your own network cards before turning it on.";
     disk_capacity: u64 = Some("1GiB"), required(|s| match parse_size(s)? { n if n != 0 && n < 16 * MIB => Err("must be 0 (no disk tier) or at least 16MiB".into()), n => Ok(n) }), shown::text, fixed,
         "Disk tier capacity; 0 disables the disk tier. Entries larger than 1/16 of it (at most 16 MiB) stay in memory only.";
     default_ttl: Duration = Some("1h"), required(duration), shown::ms, reloadable,

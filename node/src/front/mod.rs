@@ -12,5 +12,6 @@ pub mod kv;
 pub mod peer;
 pub mod purge;
 pub mod scope;
+pub mod sendfile;
 pub mod server;
 pub mod trace;

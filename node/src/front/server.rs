@@ -24,8 +24,10 @@ use tokio::sync::{watch, Semaphore};
 use super::conn::{Io, Protocols};
 use super::idle::{Activity, ConnTimeouts, TimedIo, TrackedBody};
 use super::scope::RequestScope;
+use super::sendfile::SendfileTcp;
 use crate::http::{Answer, Body, BoxError, ReqBody};
 use crate::metrics::{Api, Metrics};
+use crate::store::mapped;
 
 /// Limits every connection of a listener gets.
 #[derive(Debug, Clone)]
@@ -193,6 +195,12 @@ pub async fn serve<H>(
         };
         tokio::spawn(async move {
             let io: Box<dyn Io> = match tls {
+                // Only when entries are kept in files (`sendfile_min_size`): there is
+                // nothing to look for otherwise.
+                None if mapped::in_use() => Box::new(SendfileTcp::new(
+                    stream,
+                    conn_metrics.http_body_bytes_sendfile.clone(),
+                )),
                 None => Box::new(stream),
                 Some(acceptor) => {
                     // Boxed: the handshake's state would otherwise stay in every

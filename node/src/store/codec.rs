@@ -11,6 +11,7 @@
 use std::io::{Read, Write};
 use std::sync::LazyLock;
 
+use super::mapped;
 use bytes::Bytes;
 use fanz_protocol::{CacheKey, DecodeError, Entry};
 use foyer::{Code, Error as FoyerError, ErrorKind};
@@ -80,9 +81,15 @@ impl Code for StoreKey {
 pub struct StoredEntry(Bytes);
 
 impl StoredEntry {
-    /// Encodes `entry`.
+    /// Encodes `entry`; a large one may then be kept in a file of its own, whose body
+    /// a connection can send without a copy (see [`super::mapped`]).
     pub fn new(entry: &Entry) -> Self {
-        Self(entry.encode())
+        Self::kept(entry.encode())
+    }
+
+    /// `encoded` where it will stay (see [`mapped::kept`]).
+    fn kept(encoded: Bytes) -> Self {
+        Self(mapped::kept(encoded))
     }
 
     /// An encoding made elsewhere (the small-entry tier's allocation).
@@ -100,9 +107,9 @@ impl StoredEntry {
         Entry::decode_unverified(self.0.clone())
     }
 
-    /// Bytes held, as the memory tier weighs them.
+    /// Bytes held, as the memory tier weighs them (whole pages for a large entry).
     pub fn weight(&self) -> usize {
-        self.0.len()
+        mapped::footprint(self.0.len())
     }
 }
 
@@ -116,7 +123,7 @@ impl Code for StoredEntry {
         reader.read_to_end(&mut raw).map_err(FoyerError::io_error)?;
         let raw = Bytes::from(raw);
         Entry::decode(raw.clone())
-            .map(|_| StoredEntry(raw))
+            .map(|_| StoredEntry::kept(raw))
             .map_err(|e| {
                 // ChecksumMismatch makes foyer drop the entry, answer a miss and log the
                 // warning CorruptionLayer counts.

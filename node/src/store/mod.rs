@@ -3,7 +3,8 @@
 //! larger ones in foyer's memory tier (S3-FIFO, weighed in bytes); the disk tier is
 //! foyer's (block engine on a directory) for both. The two memory tiers share
 //! `memory_capacity`: foyer's is resized to what the small tier leaves (at least
-//! an eighth of it).
+//! an eighth of it). With `sendfile_min_size` set, entries that large are held in
+//! files of their own ([`mapped`]), so their bodies go out with `sendfile`.
 //!
 //! Entries are written to disk when inserted (not only on eviction), gathered every
 //! 2 ms into one write (`DiskQueue`), so a restart, SIGKILL included, keeps the cache
@@ -12,6 +13,7 @@
 //! *served* is decided by the invalidation engine, whose log is durable.
 
 mod codec;
+pub mod mapped;
 mod small;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +53,9 @@ pub struct StoreConfig {
     pub disk_capacity: u64,
     /// Directory of the disk tier.
     pub dir: PathBuf,
+    /// Entries this large or larger are kept in memory files and sent with
+    /// `sendfile` ([`mapped`]); `None`: none are.
+    pub sendfile_min_size: Option<u64>,
 }
 
 impl StoreConfig {
@@ -133,6 +138,7 @@ impl Store {
             dir: dir.to_path_buf(),
             message: e.to_string(),
         };
+        mapped::keep_entries_in_files(config.sendfile_min_size);
         let builder = HybridCacheBuilder::new()
             .with_name("fanz")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
@@ -421,6 +427,7 @@ mod tests {
                 memory_capacity: 1 << 20,
                 disk_capacity: 16 << 20,
                 dir: dir.to_path_buf(),
+                sendfile_min_size: None,
             },
             Counter::default(),
         )
@@ -491,6 +498,7 @@ mod tests {
                 memory_capacity: 1 << 20,
                 disk_capacity: 16 << 20,
                 dir: dir.path().to_path_buf(),
+                sendfile_min_size: None,
             },
             evictions.clone(),
         )
@@ -516,6 +524,7 @@ mod tests {
                     memory_capacity: 8 << 20,
                     disk_capacity,
                     dir: dir.path().to_path_buf(),
+                    sendfile_min_size: None,
                 },
                 Counter::default(),
             )
@@ -547,6 +556,7 @@ mod tests {
                 memory_capacity: 1 << 20,
                 disk_capacity: 0,
                 dir: dir.path().to_path_buf(),
+                sendfile_min_size: None,
             },
             Counter::default(),
         )
