@@ -9,7 +9,9 @@
 #        CHART=file.svg draws its percentiles; FANZ_BIN=path measures another
 #        fanz-node build, FANZ_ARGS="--log-level warn" passes it flags; BASE_BIN=path
 #        adds a second fanz-node build, "base", to every round: the A/B of a change
-#        with the peers beside it)
+#        with the peers beside it; BASE_ARGS passes that one flags instead of
+#        FANZ_ARGS, so BASE_BIN=target/release/fanz-node BASE_ARGS="--sendfile-min-size
+#        32KiB" puts a setting beside the defaults)
 # fanz-node runs at its default settings (log level info), as a new user runs it.
 # wrk requests OBJECTS distinct URLs of each size in turn.
 # Runs as root (nginx workers too, to read the temporary directory).
@@ -32,6 +34,7 @@ fi
 cargo build --release -q -p fanz-node -p fanz-bench
 FANZ_BIN=${FANZ_BIN:-target/release/fanz-node}
 read -r -a fanz_args <<< "${FANZ_ARGS:-}"
+read -r -a base_args <<< "${BASE_ARGS:-${FANZ_ARGS:-}}"
 
 work=$(mktemp -d /tmp/fanz-bench-XXXX)
 chmod 755 "$work"   # varnishd's working directory lives inside
@@ -89,7 +92,7 @@ taskset -c 1 "$FANZ_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-a
 fanz_targets=("fanz $FANZ")
 if [ -n "${BASE_BIN:-}" ]; then
   taskset -c 1 "$BASE_BIN" --origin "http://$ORIGIN" --http-addr "$BASE" --admin-addr "$BASE_ADMIN" \
-    --h3-addr off --data-dir "$work/base-data" "${fanz_args[@]}" >"$work/base.log" 2>&1 & pids+=($!)
+    --h3-addr off --data-dir "$work/base-data" "${base_args[@]}" >"$work/base.log" 2>&1 & pids+=($!)
   fanz_targets=("base $BASE" "fanz $FANZ")
 fi
 
