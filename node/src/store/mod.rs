@@ -205,6 +205,7 @@ impl Store {
                 .parsed(key, Entry::decode_unverified(encoded))
                 .map(|e| (e, Tier::Memory));
         }
+        let small_changes = self.small.changes(key);
         match self.cache.get(&StoreKey(key.clone())).await {
             Ok(Some(handle)) => {
                 let tier = match handle.source() {
@@ -214,9 +215,10 @@ impl Store {
                 let value = handle.value();
                 let entry = self.parsed(key, value.entry())?;
                 if tier == Tier::Disk && value.weight() <= small::SMALL_ENTRY_MAX {
-                    // Read back: kept in memory again, where foyer keeps no small one.
-                    let evicted = self.small.insert_encoded(key, value.encoded());
-                    self.evictions.inc_by(evicted as u64);
+                    // Read back: kept in memory again, where foyer keeps no small one,
+                    // unless the key was written or removed during the read.
+                    let promoted = self.small.promote(key, value.encoded(), small_changes);
+                    self.evictions.inc_by(promoted.unwrap_or(0) as u64);
                 }
                 Some((entry, tier))
             }
@@ -484,6 +486,59 @@ mod tests {
         assert_eq!(body(&kept).await.as_deref(), Some(&b"kept"[..]));
         assert_eq!(body(&removed).await, None, "a removal came back");
         assert_eq!(body(&replaced).await.as_deref(), Some(&b"new"[..]));
+    }
+
+    /// A read that goes to the disk tier keeps what it read in memory again. A write
+    /// or a removal of the key made while that read was under way is newer: the
+    /// read must not put the older value back over it.
+    #[tokio::test]
+    async fn a_disk_read_does_not_bring_back_a_value_replaced_or_removed_meanwhile() {
+        let small = |tag: u8| Bytes::from(vec![tag; 100]);
+        let large = |tag: u8| Bytes::from(vec![tag; 20 << 10]);
+        // The value on disk, and the change made while it is read: values small
+        // (the small-entry tier) and large (foyer's memory tier), or a removal.
+        let cases = [
+            (small(1), Some(small(2))),
+            (small(1), Some(large(2))),
+            (large(1), Some(small(2))),
+            (small(1), None),
+            (large(1), None),
+        ];
+        for (old, new) in cases {
+            let what = format!("{} B then {:?} B", old.len(), new.as_ref().map(|n| n.len()));
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_with_disk(dir.path()).await;
+            let key = CacheKey::kv(b"k");
+            let entry = |body: &Bytes| Entry {
+                meta: fanz_protocol::EntryMeta::default(),
+                body: body.clone(),
+            };
+            store.insert(&key, &entry(&old));
+            wait_for_a_disk_write(&store).await;
+            // Evicted from memory: only the disk tier holds it now.
+            store.small.remove(&key);
+            store.cache.memory().remove(&StoreKey(key.clone()));
+            let mut read = Box::pin(store.get(&key));
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
+            })
+            .await;
+            assert!(
+                first.is_pending(),
+                "{what}: the disk read did not have to wait"
+            );
+            // The read completes on foyer's side before the change; this task has
+            // yet to see it and keep what it read.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match &new {
+                Some(new) => store.insert(&key, &entry(new)),
+                None => store.remove(&key),
+            }
+            // Concurrent with the change, the read may answer either value.
+            let _ = read.await;
+            let now = store.get_in_memory(&key).map(|e| e.body);
+            assert!(now == new, "{what}: memory holds the older value");
+        }
     }
 
     // Small entries reach the disk tier as records foyer's memory tier does not

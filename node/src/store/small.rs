@@ -86,14 +86,18 @@ struct Shard {
     free: Vec<u32>,
     small: VecDeque<Place>,
     main: VecDeque<Place>,
-    /// Hashes of keys recently evicted from the small FIFO, oldest first.
-    /// Fingerprints (the hash's high half) of keys recently evicted from the
-    /// small FIFO, oldest first, and how many times each is in it.
+    /// Fingerprints (the hash's low half) of keys recently evicted from the small
+    /// FIFO, oldest first, and how many times each is in it.
     ghost: VecDeque<u32>,
     ghost_counts: HashMap<u32, u8>,
     small_weight: usize,
     weight: usize,
     capacity: usize,
+    /// Inserts and removals made here so far, of any key (a removal of a key not
+    /// held counts too: its value may have moved to the other memory tier). A read
+    /// from disk notes it before and keeps what it read only if it has not moved
+    /// ([`SmallTier::promote`]).
+    changes: u64,
 }
 
 /// A ghost's 32 bits of a key's hash (the low half: the shard is chosen by others).
@@ -195,12 +199,25 @@ impl SmallTier {
         (stored, self.insert_blob(key, blob))
     }
 
-    /// Stores an entry's encoding read back from the disk tier (promoted to memory).
-    pub(super) fn insert_encoded(&self, key: &CacheKey, encoded: &[u8]) -> usize {
-        self.insert_blob(
-            key,
-            Self::blob(key, encoded.len(), |b| b.put_slice(encoded)),
-        )
+    /// Where `key`'s shard stands ([`Shard::changes`]): taken before a disk read
+    /// whose result [`SmallTier::promote`] may keep.
+    pub(super) fn changes(&self, key: &CacheKey) -> u64 {
+        self.shard(self.hasher.hash_one(key.encoded())).changes
+    }
+
+    /// Keeps an entry's encoding read back from the disk tier, unless its shard
+    /// changed since `changes_before` (taken before the read): the key may have
+    /// been written or removed meanwhile, and the read's value is then older than
+    /// what memory holds or the removal. Returns how many entries were evicted to
+    /// make room, or `None` when it was not kept (the next read goes to disk again).
+    pub(super) fn promote(
+        &self,
+        key: &CacheKey,
+        encoded: &[u8],
+        changes_before: u64,
+    ) -> Option<usize> {
+        let blob = Self::blob(key, encoded.len(), |b| b.put_slice(encoded));
+        self.insert_blob_if(key, blob, |shard| shard.changes == changes_before)
     }
 
     fn blob(key: &CacheKey, encoded_len: usize, encode: impl FnOnce(&mut BytesMut)) -> Arc<[u8]> {
@@ -213,16 +230,31 @@ impl SmallTier {
     }
 
     fn insert_blob(&self, key: &CacheKey, blob: Arc<[u8]>) -> usize {
+        self.insert_blob_if(key, blob, |_| true)
+            .expect("an unconditional insert")
+    }
+
+    /// Inserts `blob` under `key` if `allowed` says so of the shard, under its lock.
+    fn insert_blob_if(
+        &self,
+        key: &CacheKey,
+        blob: Arc<[u8]>,
+        allowed: impl FnOnce(&Shard) -> bool,
+    ) -> Option<usize> {
         let raw = key.encoded();
         let hash = self.hasher.hash_one(raw);
         let mut shard = self.shard(hash);
+        if !allowed(&shard) {
+            return None;
+        }
+        shard.changes = shard.changes.wrapping_add(1);
         let added = weigh(&blob);
         let before = shard.weight;
         let evicted = shard.insert(hash, raw, blob, added, &self.hasher);
         let after = shard.weight;
         drop(shard);
         self.account(before, after);
-        evicted
+        Some(evicted)
     }
 
     /// Removes `key`; whether it was held.
@@ -230,6 +262,7 @@ impl SmallTier {
         let raw = key.encoded();
         let hash = self.hasher.hash_one(raw);
         let mut shard = self.shard(hash);
+        shard.changes = shard.changes.wrapping_add(1);
         let before = shard.weight;
         let removed = shard.remove(hash, raw);
         let after = shard.weight;
