@@ -176,7 +176,7 @@ spec::settings! {
     data_dir: PathBuf = Some("./fanz-data"), required(|s| if s.is_empty() { Err("must not be empty".into()) } else { path(s) }), shown::path, fixed,
         "Directory for the disk tier and the invalidation log. Created if missing.";
     memory_capacity: u64 = Some("256MiB"), required(size(MIB, NO_LIMIT)), shown::text, fixed,
-        "Memory tier capacity (bytes of keys and encoded entries).";
+        "Memory tier capacity (bytes of keys and encoded entries). Entries over 16 KiB encoded always have at least an eighth of it, so when small entries fill the rest the two memory tiers together may hold up to an eighth more.";
     sendfile_min_size: Option<u64> = None, optional(size(32 * KIB, GIB)), shown::unset, fixed,
         "Keep cached entries at least this large (at least 32KiB) in memory files and send their bodies with sendfile over plain-TCP HTTP/1.1 and HTTP/2, without a copy. Unset (the default): bodies are copied. Each such entry holds a file descriptor (at most a quarter of the open-file limit at once). Measured here over loopback it made hits slower (see docs/PERFORMANCE.md, \"Large bodies and sendfile\"); measure it on your own network cards before turning it on.";
     disk_capacity: u64 = Some("1GiB"), required(|s| match parse_size(s)? { n if n != 0 && n < 16 * MIB => Err("must be 0 (no disk tier) or at least 16MiB".into()), n => Ok(n) }), shown::text, fixed,
