@@ -603,6 +603,46 @@ mod tests {
         }
     }
 
+    /// A large value replaced by a small one is gone from foyer's memory tier: when
+    /// the small one is evicted later, a read finds it on disk (or nothing), never
+    /// the large value it replaced.
+    #[tokio::test]
+    async fn an_evicted_small_value_does_not_uncover_the_large_value_it_replaced() {
+        for disk_capacity in [0, 16 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(
+                StoreConfig {
+                    memory_capacity: 8 << 20,
+                    disk_capacity,
+                    dir: dir.path().to_path_buf(),
+                    sendfile_min_size: None,
+                },
+                Counter::default(),
+            )
+            .await
+            .unwrap();
+            let key = CacheKey::kv(b"k");
+            let large = Bytes::from(vec![1u8; 2 * small::SMALL_ENTRY_MAX]);
+            let with = |body: &Bytes| Entry {
+                meta: fanz_protocol::EntryMeta::default(),
+                body: body.clone(),
+            };
+            store.insert(&key, &with(&large));
+            store.insert(&key, &with(&Bytes::from_static(b"small")));
+            if disk_capacity > 0 {
+                wait_for_a_disk_write(&store).await;
+            }
+            // Evicted from the small tier (as memory pressure would).
+            store.small.remove(&key);
+            let read = store.get(&key).await.map(|(e, _)| e.body);
+            assert!(
+                read.as_deref() != Some(&large[..]),
+                "disk capacity {disk_capacity}: the replaced value came back"
+            );
+            store.close().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_stored_value_does_not_keep_the_buffer_it_was_sliced_from() {
         let dir = tempfile::tempdir().unwrap();
