@@ -99,7 +99,19 @@ pub struct Store {
     config: StoreConfig,
     /// Inserted entries on their way to the disk tier (none without one).
     to_disk: Option<Arc<DiskQueue>>,
+    /// One write or removal of a key at a time (striped by the key's hash). A value
+    /// goes to one memory tier and out of the other, in two steps: two writes of a
+    /// key in different size classes, interleaved, could each take the other's
+    /// value out, leaving memory with neither and the disk tier with the value
+    /// before both.
+    key_locks: Arc<[std::sync::Mutex<()>]>,
+    /// Run by an insert between its two memory tiers (tests only).
+    #[cfg(test)]
+    between_tiers: tests::Hook,
 }
+
+/// Stripes of `Store::key_locks`: enough that writes of different keys rarely wait.
+const KEY_LOCKS: usize = 64;
 
 /// How long inserted entries gather before they go to the disk tier together.
 const DISK_BATCH: Duration = Duration::from_millis(2);
@@ -193,6 +205,9 @@ impl Store {
             cache,
             config,
             to_disk,
+            key_locks: (0..KEY_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
+            #[cfg(test)]
+            between_tiers: tests::Hook::default(),
         })
     }
 
@@ -267,6 +282,7 @@ impl Store {
     /// block alive, so a 100-byte value could hold 4 KiB or more while the memory
     /// tier counts 100.
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
+        let _only_change = self.key_lock(key);
         let small = SmallTier::takes(entry);
         let value = if small {
             if self.to_disk.is_none() {
@@ -287,6 +303,8 @@ impl Store {
         };
         let key = CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded()))
             .unwrap_or_else(|| key.clone());
+        #[cfg(test)]
+        self.between_tiers.run();
         let Some(queue) = &self.to_disk else {
             self.cache.insert(StoreKey(key), value);
             return;
@@ -306,6 +324,7 @@ impl Store {
 
     /// Removes `key` from both tiers (and from the way to the disk tier).
     pub fn remove(&self, key: &CacheKey) {
+        let _only_change = self.key_lock(key);
         self.small.remove(key);
         let key = StoreKey(key.clone());
         let Some(queue) = &self.to_disk else {
@@ -315,6 +334,14 @@ impl Store {
         let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|e| e.key() != &key);
         self.cache.remove(&key);
+    }
+
+    /// The lock of `key`'s writes and removals (see `key_locks`).
+    fn key_lock(&self, key: &CacheKey) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = self.small.hash(key) as usize % self.key_locks.len();
+        self.key_locks[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes held by the memory tier.
@@ -422,6 +449,86 @@ fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>, smal
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// Something to run in the middle of a store operation, to place another one
+    /// exactly there.
+    #[derive(Clone, Default)]
+    pub(super) struct Hook(Arc<std::sync::Mutex<Option<HookFn>>>);
+
+    type HookFn = Box<dyn FnMut() + Send>;
+
+    impl std::fmt::Debug for Hook {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Hook")
+        }
+    }
+
+    impl Hook {
+        fn set(&self, f: impl FnMut() + Send + 'static) {
+            *self.0.lock().unwrap() = Some(Box::new(f));
+        }
+
+        /// Runs the hook once (taken out first: what it runs may pass here too).
+        pub(super) fn run(&self) {
+            let taken = self.0.lock().unwrap().take();
+            if let Some(mut f) = taken {
+                f();
+            }
+        }
+    }
+
+    /// Two writes of one key at once, one small and one large, go to different
+    /// memory tiers. Placed exactly between the small write's two tiers, the large
+    /// one used to be displaced by it while it displaced the small one: memory held
+    /// neither, nothing went to disk, and a read found the value before both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_of_one_key_into_both_memory_tiers_at_once_leave_one_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_disk(dir.path()).await;
+        let key = CacheKey::kv(b"k");
+        let large = Bytes::from(vec![2u8; 2 * small::SMALL_ENTRY_MAX]);
+        store.insert(&key, &entry(b"before both"));
+        wait_for_a_disk_write(&store).await;
+        let (other, other_key, other_value) = (store.clone(), key.clone(), large.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        store.between_tiers.set(move || {
+            let (other, key, value, runtime) = (
+                other.clone(),
+                other_key.clone(),
+                other_value.clone(),
+                runtime.clone(),
+            );
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                let _in_runtime = runtime.enter();
+                let large = Entry {
+                    meta: fanz_protocol::EntryMeta::default(),
+                    body: value,
+                };
+                other.insert(&key, &large);
+                let _ = done_tx.send(());
+            });
+            // Let it run to its end if it can (it must wait, once writes of a key
+            // are serialised).
+            let _ = done_rx.recv_timeout(Duration::from_millis(300));
+        });
+        store.insert(&key, &entry(b"small"));
+        // Both writes are done once the large one's thread ends (at most the
+        // hook's wait after this one).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let held = store.get_in_memory(&key).map(|e| e.body);
+        assert!(
+            held.as_deref() == Some(&b"small"[..]) || held.as_deref() == Some(&large[..]),
+            "memory holds neither write"
+        );
+        let read = store.get(&key).await.map(|(e, _)| e.body);
+        assert_ne!(
+            read.as_deref(),
+            Some(&b"before both"[..]),
+            "the value before both writes came back"
+        );
+    }
 
     async fn open_with_disk(dir: &Path) -> Store {
         Store::open(

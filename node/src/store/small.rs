@@ -159,6 +159,11 @@ impl SmallTier {
         Some(Bytes::from_owner(blob).slice(KEY_AT + raw.len()..))
     }
 
+    /// `key`'s hash, as this tier computes it.
+    pub(super) fn hash(&self, key: &CacheKey) -> u64 {
+        self.hasher.hash_one(key.encoded())
+    }
+
     /// Whether `key` is held (not counted as a read).
     pub(super) fn contains(&self, key: &CacheKey) -> bool {
         self.with_slot(key, |slot| slot.is_some())
