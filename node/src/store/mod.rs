@@ -625,7 +625,7 @@ mod tests {
                 meta: fanz_protocol::EntryMeta::default(),
                 body: body.clone(),
             };
-            store.insert(&key, &entry(&old));
+            store.insert(&key, &entry(old));
             wait_for_a_disk_write(&store).await;
             // Evicted from memory: only the disk tier holds it now.
             store.small.remove(&key);
