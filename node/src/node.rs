@@ -110,6 +110,46 @@ pub fn prepare_data_dir(dir: &Path) -> Result<File, StartError> {
     Ok(lock)
 }
 
+/// Descriptors kept for everything but client connections: the disk tier, the
+/// invalidation log, peer and origin connections, QUIC sockets.
+const OTHER_FILES: u64 = 1024;
+
+/// Raises the soft open-file limit to the hard one. Every connection is a file
+/// descriptor, and systemd services and recent Docker start processes with a soft
+/// limit of 1024 (the hard one far higher), which would cap the node at about a
+/// thousand connections whatever `max_connections` says. Warns when even the hard
+/// limit leaves less than `max_connections` per listener.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current != before.maximum {
+        let raised = Rlimit {
+            current: before.maximum,
+            maximum: before.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                let shown = |l: Option<u64>| l.map_or("unlimited".into(), |l| l.to_string());
+                tracing::info!(
+                    from = %shown(before.current),
+                    to = %shown(before.maximum),
+                    "raised the open-file limit to its hard value"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+    let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let wanted = (max_connections as u64).saturating_add(OTHER_FILES);
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below max_connections plus {OTHER_FILES}: connections past it wait to be accepted; raise the hard limit (LimitNOFILE, ulimit -Hn, --ulimit nofile)"
+        );
+    }
+}
+
 /// Runs a node on the given listeners until `shutdown` resolves, then shuts down
 /// cleanly. The binary binds real ports; tests bind port 0.
 pub async fn run(
@@ -119,6 +159,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let _lock = prepare_data_dir(&config.data_dir)?;
+    raise_open_file_limit(config.max_connections);
     let clock = Arc::new(Clock::system());
     let metrics = Arc::new(Metrics::new(CORRUPT_ENTRIES.clone()));
     let (edge_sink, edges) = edge_channel();

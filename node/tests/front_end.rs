@@ -287,3 +287,60 @@ async fn idle_keep_alive_connections_are_parked_and_carry_on() {
     drop(stream);
     parked_becomes(&node, 0.0).await;
 }
+
+/// The open-file limit's soft and hard values, from /proc/PID/limits.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("an open-file limit");
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    (fields[0].to_string(), fields[1].to_string())
+}
+
+/// Every connection is a file descriptor. systemd services and recent Docker start
+/// processes with a soft open-file limit of 1024 (hard limit far higher), which
+/// would cap a node at about a thousand connections against `max_connections`
+/// 25 000: the node raises the soft limit to the hard one at start-up.
+#[test]
+fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let (_tmp, data) = data_dir();
+    let admin = free_addr();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -S -n 256 && exec \"$0\" \"$@\"")
+        .arg(binary())
+        .args(["--http-addr", &free_addr().to_string()])
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--h3-addr", "off", "--disk-capacity", "0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn fanz-node under sh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                break true;
+            }
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let limits = ready.then(|| open_file_limits(child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let (soft, hard) = limits.expect("the node started");
+    assert_ne!(soft, "256", "the soft limit was left as it was");
+    assert_eq!(soft, hard);
+}

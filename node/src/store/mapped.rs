@@ -99,16 +99,10 @@ struct Region {
 pub fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct it is given.
-        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-        if got != 0 {
-            return 0;
-        }
-        usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX)
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        limit.current.map_or(usize::MAX, |soft| {
+            usize::try_from(soft / 4).unwrap_or(usize::MAX)
+        })
     })
 }
 
