@@ -562,6 +562,35 @@ mod tests {
         }
     }
 
+    /// What `disk_capacity`'s help tells operators: however small, an entry takes
+    /// a page of the disk tier (foyer's block engine aligns each one), so the tier
+    /// is sized by entries. Should foyer ever pack them, this fails and the help
+    /// (and the write cost in docs/PERFORMANCE.md) must change with it.
+    #[tokio::test]
+    async fn a_small_entry_takes_a_whole_page_of_the_disk_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_disk(dir.path()).await;
+        let entries = 64;
+        for i in 0..entries {
+            store.insert(&CacheKey::kv(format!("k{i}").as_bytes()), &entry(&[7; 100]));
+        }
+        let at_least = entries * PAGE;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.disk_io().0 < at_least {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{entries} entries of 100 bytes took {} bytes of the disk tier, under a page each",
+                store.disk_io().0
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let written = store.disk_io().0;
+        assert!(
+            written < at_least + at_least / 8,
+            "{written} bytes for {entries} entries: more than a page each"
+        );
+    }
+
     /// Written behind in batches: what was inserted reaches the disk tier (and
     /// survives a restart); what was removed or replaced while queued does not come
     /// back after one.
