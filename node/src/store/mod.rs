@@ -188,11 +188,7 @@ impl Store {
         let to_disk = (config.disk_capacity > 0).then(|| Arc::new(DiskQueue::default()));
         let small = Arc::new(SmallTier::new(config.memory_capacity as usize));
         if let Some(queue) = &to_disk {
-            tokio::spawn(hand_to_disk(
-                Arc::downgrade(queue),
-                Arc::downgrade(&small),
-                cache.clone(),
-            ));
+            tokio::spawn(hand_to_disk(Arc::downgrade(queue), cache.clone()));
         }
         tokio::spawn(share_memory(
             Arc::downgrade(&small),
@@ -366,7 +362,7 @@ impl Store {
     /// Waits for queued disk writes, then closes the tiers.
     pub async fn close(&self) {
         if let Some(queue) = &self.to_disk {
-            hand_over(queue, &self.cache, &self.small);
+            hand_over(queue, &self.cache);
         }
         if let Err(e) = self.cache.close().await {
             tracing::error!(error = %e, "closing the storage tiers failed");
@@ -378,7 +374,6 @@ impl Store {
 /// any, until the store is dropped.
 async fn hand_to_disk(
     queue: std::sync::Weak<DiskQueue>,
-    small: std::sync::Weak<SmallTier>,
     cache: HybridCache<StoreKey, StoredEntry>,
 ) {
     loop {
@@ -393,10 +388,10 @@ async fn hand_to_disk(
             continue;
         }
         tokio::time::sleep(DISK_BATCH).await;
-        let (Some(current), Some(small)) = (queue.upgrade(), small.upgrade()) else {
+        let Some(current) = queue.upgrade() else {
             return;
         };
-        hand_over(&current, &cache, &small);
+        hand_over(&current, &cache);
     }
 }
 
@@ -425,21 +420,21 @@ async fn share_memory(
     }
 }
 
-/// Enqueues every queued entry for the disk tier, except one that is no longer the
-/// one memory holds for its key (replaced or removed meanwhile).
-fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>, small: &SmallTier) {
+/// Enqueues the queued entries for the disk tier, each key's newest only: an entry
+/// a later one of its key replaced in the same batch is not written. (A removed one
+/// is no longer queued.) One evicted from memory meanwhile is written all the same:
+/// it is still its key's newest value, and the disk tier may hold an older one.
+fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) {
     let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
-    for entry in pending.drain(..) {
-        let value = entry.value();
-        let still_held = if value.weight() <= small::SMALL_ENTRY_MAX {
-            small.holds_this(&entry.key().0, value.encoded())
-        } else {
-            cache
-                .memory()
-                .get(entry.key())
-                .is_some_and(|held| std::ptr::eq(held.value(), value))
-        };
-        if still_held {
+    let mut newer = std::collections::HashSet::with_capacity(pending.len());
+    let newest: Vec<bool> = pending
+        .iter()
+        .rev()
+        .map(|e| newer.insert(e.key()))
+        .collect();
+    drop(newer);
+    for (entry, newest) in pending.drain(..).zip(newest.into_iter().rev()) {
+        if newest {
             cache.storage().enqueue(entry.piece(), false);
         }
     }
@@ -622,6 +617,53 @@ mod tests {
         assert_eq!(body(&kept).await.as_deref(), Some(&b"kept"[..]));
         assert_eq!(body(&removed).await, None, "a removal came back");
         assert_eq!(body(&replaced).await.as_deref(), Some(&b"new"[..]));
+    }
+
+    /// A value evicted from memory before its batch goes to disk is still the
+    /// newest one of its key: it goes to disk all the same. (It used to be skipped
+    /// as if replaced, and the disk tier's older value came back on the next read.)
+    #[tokio::test]
+    async fn a_value_evicted_before_its_disk_write_does_not_uncover_an_older_one() {
+        let small = |tag: u8| Bytes::from(vec![tag; 100]);
+        let large = |tag: u8| Bytes::from(vec![tag; 20 << 10]);
+        for (old, new) in [(small(1), small(2)), (large(1), large(2))] {
+            let what = format!("{} B values", old.len());
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_with_disk(dir.path()).await;
+            let key = CacheKey::kv(b"k");
+            let entry = |body: &Bytes| Entry {
+                meta: fanz_protocol::EntryMeta::default(),
+                body: body.clone(),
+            };
+            store.insert(&key, &entry(&old));
+            wait_for_a_disk_write(&store).await;
+            // The new value, then (before this task lets the batch go) enough
+            // values, each read once so that they are kept past the first queue, to
+            // push it out of memory (1 MiB here).
+            store.insert(&key, &entry(&new));
+            for i in 0..512 {
+                let filler = Bytes::from(vec![9; new.len().max(8 << 10)]);
+                let filler_key = CacheKey::kv(format!("f{i}").as_bytes());
+                store.insert(&filler_key, &entry(&filler));
+                store.get_in_memory(&filler_key);
+            }
+            assert!(
+                store.get_in_memory(&key).is_none(),
+                "{what}: the new value was not evicted; the test needs more filler"
+            );
+            let written = store.disk_io().0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while store.disk_io().0 == written {
+                assert!(std::time::Instant::now() < deadline, "{what}: no batch");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let read = store.get(&key).await.map(|(e, _)| e.body);
+            assert!(
+                read.as_ref() != Some(&old),
+                "{what}: the value replaced came back from the disk tier"
+            );
+        }
     }
 
     /// A read that goes to the disk tier keeps what it read in memory again. A write

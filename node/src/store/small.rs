@@ -276,15 +276,6 @@ impl SmallTier {
         removed
     }
 
-    /// Whether `key` holds exactly `encoded` (the same allocation): a queued disk
-    /// write of it is still current.
-    pub(super) fn holds_this(&self, key: &CacheKey, encoded: &Bytes) -> bool {
-        let at = KEY_AT + key.encoded().len();
-        self.with_slot(key, |slot| {
-            slot.is_some_and(|slot| slot.blob()[at..].as_ptr() == encoded.as_ptr())
-        })
-    }
-
     fn account(&self, before: usize, after: usize) {
         if after >= before {
             self.usage.fetch_add(after - before, Ordering::Relaxed);
