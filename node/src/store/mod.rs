@@ -216,6 +216,10 @@ impl Store {
                 .parsed(key, Entry::decode_unverified(encoded))
                 .map(|e| (e, Tier::Memory));
         }
+        if let Some(queued) = self.queued(key) {
+            // Newer than anything the disk tier holds for the key.
+            return self.parsed(key, queued.entry()).map(|e| (e, Tier::Memory));
+        }
         let small_changes = self.small.changes(key);
         match self.cache.get(&StoreKey(key.clone())).await {
             Ok(Some(handle)) => {
@@ -267,7 +271,25 @@ impl Store {
     /// Whether either tier may hold `key` (the memory tier's index, the disk tier's):
     /// `false` is certain, `true` may need a read to confirm.
     pub fn may_hold(&self, key: &CacheKey) -> bool {
-        self.small.contains(key) || self.cache.contains(&StoreKey(key.clone()))
+        self.small.contains(key)
+            || self.queued(key).is_some()
+            || self.cache.contains(&StoreKey(key.clone()))
+    }
+
+    /// The newest entry of `key` waiting for the disk tier. Memory may have evicted
+    /// it already: until its batch is written, the disk tier holds an older one.
+    fn queued(&self, key: &CacheKey) -> Option<StoredEntry> {
+        let pending = self
+            .to_disk
+            .as_ref()?
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .rev()
+            .find(|e| e.key().0 == *key)
+            .map(|e| e.value().clone())
     }
 
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
@@ -620,8 +642,10 @@ mod tests {
     }
 
     /// A value evicted from memory before its batch goes to disk is still the
-    /// newest one of its key: it goes to disk all the same. (It used to be skipped
-    /// as if replaced, and the disk tier's older value came back on the next read.)
+    /// newest one of its key: a read finds it in the queue, and it goes to disk all
+    /// the same. (It used to be skipped as if replaced, and the disk tier's older
+    /// value came back on the next read; a read before the batch found the older
+    /// value and kept it in memory.)
     #[tokio::test]
     async fn a_value_evicted_before_its_disk_write_does_not_uncover_an_older_one() {
         let small = |tag: u8| Bytes::from(vec![tag; 100]);
@@ -651,7 +675,14 @@ mod tests {
                 store.get_in_memory(&key).is_none(),
                 "{what}: the new value was not evicted; the test needs more filler"
             );
+            // Read before the batch goes: the disk tier holds only the old value.
             let written = store.disk_io().0;
+            let read = store.get(&key).await.map(|(e, _)| e.body);
+            assert_eq!(store.disk_io().0, written, "{what}: the batch went first");
+            assert!(
+                read.as_ref() != Some(&old),
+                "{what}: a read before the disk write found the value replaced"
+            );
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while store.disk_io().0 == written {
                 assert!(std::time::Instant::now() < deadline, "{what}: no batch");
