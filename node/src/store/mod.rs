@@ -573,10 +573,24 @@ mod tests {
     }
 
     fn entry(body: &'static [u8]) -> Entry {
+        body_entry(&Bytes::from_static(body))
+    }
+
+    fn body_entry(body: &Bytes) -> Entry {
         Entry {
             meta: fanz_protocol::EntryMeta::default(),
-            body: Bytes::from_static(body),
+            body: body.clone(),
         }
+    }
+
+    /// A value the small-entry tier takes, and one it does not (foyer's memory
+    /// tier), filled with `tag`.
+    fn small_value(tag: u8) -> Bytes {
+        Bytes::from(vec![tag; 100])
+    }
+
+    fn large_value(tag: u8) -> Bytes {
+        Bytes::from(vec![tag; 20 << 10])
     }
 
     /// What `disk_capacity`'s help tells operators: however small, an entry takes
@@ -648,27 +662,25 @@ mod tests {
     /// value and kept it in memory.)
     #[tokio::test]
     async fn a_value_evicted_before_its_disk_write_does_not_uncover_an_older_one() {
-        let small = |tag: u8| Bytes::from(vec![tag; 100]);
-        let large = |tag: u8| Bytes::from(vec![tag; 20 << 10]);
-        for (old, new) in [(small(1), small(2)), (large(1), large(2))] {
+        let cases = [
+            (small_value(1), small_value(2)),
+            (large_value(1), large_value(2)),
+        ];
+        for (old, new) in cases {
             let what = format!("{} B values", old.len());
             let dir = tempfile::tempdir().unwrap();
             let store = open_with_disk(dir.path()).await;
             let key = CacheKey::kv(b"k");
-            let entry = |body: &Bytes| Entry {
-                meta: fanz_protocol::EntryMeta::default(),
-                body: body.clone(),
-            };
-            store.insert(&key, &entry(&old));
+            store.insert(&key, &body_entry(&old));
             wait_for_a_disk_write(&store).await;
             // The new value, then (before this task lets the batch go) enough
             // values, each read once so that they are kept past the first queue, to
             // push it out of memory (1 MiB here).
-            store.insert(&key, &entry(&new));
+            store.insert(&key, &body_entry(&new));
             for i in 0..512 {
                 let filler = Bytes::from(vec![9; new.len().max(8 << 10)]);
                 let filler_key = CacheKey::kv(format!("f{i}").as_bytes());
-                store.insert(&filler_key, &entry(&filler));
+                store.insert(&filler_key, &body_entry(&filler));
                 store.get_in_memory(&filler_key);
             }
             assert!(
@@ -702,14 +714,14 @@ mod tests {
     /// read must not put the older value back over it.
     #[tokio::test]
     async fn a_disk_read_does_not_bring_back_a_value_replaced_or_removed_meanwhile() {
-        let small = |tag: u8| Bytes::from(vec![tag; 100]);
-        let large = |tag: u8| Bytes::from(vec![tag; 20 << 10]);
+        let (small, large) = (small_value, large_value);
         // The value on disk, and the change made while it is read: values small
         // (the small-entry tier) and large (foyer's memory tier), or a removal.
         let cases = [
             (small(1), Some(small(2))),
             (small(1), Some(large(2))),
             (large(1), Some(small(2))),
+            (large(1), Some(large(2))),
             (small(1), None),
             (large(1), None),
         ];
@@ -723,11 +735,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = open_with_disk(dir.path()).await;
             let key = CacheKey::kv(b"k");
-            let entry = |body: &Bytes| Entry {
-                meta: fanz_protocol::EntryMeta::default(),
-                body: body.clone(),
-            };
-            store.insert(&key, &entry(old));
+            store.insert(&key, &body_entry(old));
             wait_for_a_disk_write(&store).await;
             // Evicted from memory: only the disk tier holds it now.
             store.small.remove(&key);
@@ -747,7 +755,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             match new {
-                Some(new) => store.insert(&key, &entry(new)),
+                Some(new) => store.insert(&key, &body_entry(new)),
                 None => store.remove(&key),
             }
             // Concurrent with the change, the read may answer either value.
