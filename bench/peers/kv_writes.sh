@@ -6,11 +6,13 @@
 # /kv/{key} (the client library's SET costs the same, see docs/PERFORMANCE.md);
 # redis-benchmark sends as many SETs as fanz-node served in its round. Beside them, the
 # HTTP floor: the same PUTs to a hyper server that reads each and answers 204, storing
-# nothing (`fanz-bench origin`), which no HTTP/1.1 KV write can beat.
+# nothing (`fanz-bench origin`), which no HTTP/1.1 KV write can beat; and the same
+# build with `--disk-capacity 0`, which shows what the disk tier costs a write.
 #
 # Usage: bench/peers/kv_writes.sh   (DURATION=6 ROUNDS=3 CONNS=32 KEYS=100000 to
-#        change; NODE=path/to/fanz-node to measure another build; EXTRA="--disk-capacity 0"
-#        to pass node settings). Runs as root; everything on 127.0.0.1, stopped on exit.
+#        change; NODE=path/to/fanz-node to measure another build; EXTRA="..." to pass
+#        node settings; NODISK=0 to leave out the no-disk side). Runs as root;
+#        everything on 127.0.0.1, stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-6}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-32}; KEYS=${KEYS:-100000}
@@ -26,23 +28,33 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 
 REDIS=18490; FANZ=127.0.0.1:18491; FANZ_ADMIN=127.0.0.1:18492; FLOOR=127.0.0.1:18493
+FANZ_NODISK=127.0.0.1:18494; FANZ_NODISK_ADMIN=127.0.0.1:18495
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" & pids+=($!)
 # shellcheck disable=SC2086
 taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
   --data-dir "$work/fanz-data" --log-level warn ${EXTRA:-} & pids+=($!)
+# The same build without its disk tier, on the same core: the disk tier's share of
+# a write in every run (NODISK=0 leaves it out).
+if [ "${NODISK:-1}" != 0 ]; then
+  # shellcheck disable=SC2086
+  taskset -c 1 "$NODE" --http-addr "$FANZ_NODISK" --admin-addr "$FANZ_NODISK_ADMIN" --h3-addr off \
+    --data-dir "$work/fanz-nodisk" --log-level warn ${EXTRA:-} --disk-capacity 0 & pids+=($!)
+fi
 # The floor: hyper reading each PUT and answering 204, nothing stored (fanz-bench's
 # origin, one thread), on the same core: what HTTP/1.1 alone costs here.
 taskset -c 1 target/release/fanz-bench origin --addr "$FLOOR" 2>/dev/null & pids+=($!)
 for _ in $(seq 100); do
-  curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break
+  curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 \
+    && { [ "${NODISK:-1}" = 0 ] || curl -sf "http://$FANZ_NODISK_ADMIN/readyz" >/dev/null 2>&1; } && break
   sleep 0.1
 done
 
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\1/"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "node: $NODE ${EXTRA:-}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
-fz=(); rd=(); fo=()
+fz=(); rd=(); fo=(); nd=()
 for r in $(seq "$ROUNDS"); do
   out=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --keys "$KEYS" --writes 1 \
     --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label fanz-set)
@@ -54,7 +66,18 @@ for r in $(seq "$ROUNDS"); do
     --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label floor)
   fl=$(field "$floor" req_per_s)
   fz+=("$f"); rd+=("$x"); fo+=("$fl")
-  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(awk -v a="$f" -v b="$x" 'BEGIN {printf "%.2f", a / b}'); HTTP floor $fl PUT/s ($(awk -v a="$fl" -v b="$x" 'BEGIN {printf "%.2f", a / b}')x redis)"
+  no_disk=""
+  if [ "${NODISK:-1}" != 0 ]; then
+    nodisk=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ_NODISK/kv/{key}" --keys "$KEYS" --writes 1 \
+      --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label fanz-nodisk)
+    nl=$(field "$nodisk" req_per_s); nd+=("$nl")
+    no_disk="; without its disk tier $nl SET/s ($(ratio "$nl" "$x")x redis)"
+  fi
+  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(ratio "$f" "$x"); HTTP floor $fl PUT/s ($(ratio "$fl" "$x")x redis)$no_disk"
 done
 mf=$(med "${fz[@]}"); mr=$(med "${rd[@]}"); mo=$(med "${fo[@]}")
-echo "median of $ROUNDS: fanz-node $mf, redis $mr, ratio $(awk -v a="$mf" -v b="$mr" 'BEGIN {printf "%.2f", a / b}'); HTTP floor $mo ($(awk -v a="$mo" -v b="$mr" 'BEGIN {printf "%.2f", a / b}')x redis, fanz-node at $(awk -v a="$mf" -v b="$mo" 'BEGIN {printf "%.2f", a / b}') of it)"
+echo "median of $ROUNDS: fanz-node $mf, redis $mr, ratio $(ratio "$mf" "$mr"); HTTP floor $mo ($(ratio "$mo" "$mr")x redis, fanz-node at $(ratio "$mf" "$mo") of it)"
+if [ "${NODISK:-1}" != 0 ]; then
+  mn=$(med "${nd[@]}")
+  echo "without its disk tier: $mn ($(ratio "$mn" "$mr")x redis): the disk tier costs a write $(awk -v a="$mf" -v b="$mn" 'BEGIN {printf "%.0f", (1 - a / b) * 100}')% of its rate"
+fi
