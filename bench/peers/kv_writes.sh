@@ -51,25 +51,28 @@ for _ in $(seq 100); do
 done
 
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\1/"; }
+# One round of PUTs (1 KiB values over $KEYS keys, $CONNS connections) to URL's
+# /kv/{key}, from core 0: fanz-bench's JSON summary.
+puts() {
+  taskset -c 0 target/release/fanz-bench --url "http://$1/kv/{key}" --keys "$KEYS" --writes 1 \
+    --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$2" --json --label "$3"
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "node: $NODE ${EXTRA:-}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
 fz=(); rd=(); fo=(); nd=()
 for r in $(seq "$ROUNDS"); do
-  out=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ/kv/{key}" --keys "$KEYS" --writes 1 \
-    --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label fanz-set)
+  out=$(puts "$FANZ" "$r" fanz-set)
   f=$(field "$out" req_per_s)
   n=$(awk "BEGIN{printf \"%d\", $f * $DURATION}")
   x=$(taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1 \
     | tr -d '"' | cut -d, -f2)
-  floor=$(taskset -c 0 target/release/fanz-bench --url "http://$FLOOR/kv/{key}" --keys "$KEYS" --writes 1 \
-    --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label floor)
+  floor=$(puts "$FLOOR" "$r" floor)
   fl=$(field "$floor" req_per_s)
   fz+=("$f"); rd+=("$x"); fo+=("$fl")
   no_disk=""
   if [ "${NODISK:-1}" != 0 ]; then
-    nodisk=$(taskset -c 0 target/release/fanz-bench --url "http://$FANZ_NODISK/kv/{key}" --keys "$KEYS" --writes 1 \
-      --value-size 1024 --connections "$CONNS" --duration "$DURATION" --warmup 1 --seed "$r" --json --label fanz-nodisk)
+    nodisk=$(puts "$FANZ_NODISK" "$r" fanz-nodisk)
     nl=$(field "$nodisk" req_per_s); nd+=("$nl")
     no_disk="; without its disk tier $nl SET/s ($(ratio "$nl" "$x")x redis)"
   fi

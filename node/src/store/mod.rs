@@ -519,11 +519,7 @@ mod tests {
             let done_tx = done_tx.clone();
             std::thread::spawn(move || {
                 let _in_runtime = runtime.enter();
-                let large = Entry {
-                    meta: fanz_protocol::EntryMeta::default(),
-                    body: value,
-                };
-                other.insert(&key, &large);
+                other.insert(&key, &body_entry(&value));
                 let _ = done_tx.send(());
             });
             // Let it run to its end if it can (it must wait, once writes of a key
@@ -548,17 +544,22 @@ mod tests {
     }
 
     async fn open_with_disk(dir: &Path) -> Store {
-        Store::open(
-            StoreConfig {
-                memory_capacity: 1 << 20,
-                disk_capacity: 16 << 20,
-                dir: dir.to_path_buf(),
-                sendfile_min_size: None,
-            },
-            Counter::default(),
-        )
-        .await
-        .unwrap()
+        open_store(dir, 1 << 20, 16 << 20, Counter::default()).await
+    }
+
+    async fn open_store(
+        dir: &Path,
+        memory_capacity: u64,
+        disk_capacity: u64,
+        evictions: Counter,
+    ) -> Store {
+        let config = StoreConfig {
+            memory_capacity,
+            disk_capacity,
+            dir: dir.to_path_buf(),
+            sendfile_min_size: None,
+        };
+        Store::open(config, evictions).await.unwrap()
     }
 
     async fn wait_for_a_disk_write(store: &Store) {
@@ -778,17 +779,7 @@ mod tests {
     async fn small_entries_on_their_way_to_disk_are_not_counted_as_evictions() {
         let dir = tempfile::tempdir().unwrap();
         let evictions = Counter::default();
-        let store = Store::open(
-            StoreConfig {
-                memory_capacity: 1 << 20,
-                disk_capacity: 16 << 20,
-                dir: dir.path().to_path_buf(),
-                sendfile_min_size: None,
-            },
-            evictions.clone(),
-        )
-        .await
-        .unwrap();
+        let store = open_store(dir.path(), 1 << 20, 16 << 20, evictions.clone()).await;
         for i in 0..50 {
             store.insert(&CacheKey::kv(format!("k{i}").as_bytes()), &entry(b"small"));
         }
@@ -804,25 +795,11 @@ mod tests {
     async fn a_value_that_changes_size_is_read_back_as_written() {
         for disk_capacity in [0, 16 << 20] {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(
-                StoreConfig {
-                    memory_capacity: 8 << 20,
-                    disk_capacity,
-                    dir: dir.path().to_path_buf(),
-                    sendfile_min_size: None,
-                },
-                Counter::default(),
-            )
-            .await
-            .unwrap();
+            let store = open_store(dir.path(), 8 << 20, disk_capacity, Counter::default()).await;
             let key = CacheKey::kv(b"k");
             let large = Bytes::from(vec![1u8; 2 * small::SMALL_ENTRY_MAX]);
-            let with = |body: &Bytes| Entry {
-                meta: fanz_protocol::EntryMeta::default(),
-                body: body.clone(),
-            };
             for body in [large.clone(), Bytes::from_static(b"small"), large.clone()] {
-                store.insert(&key, &with(&body));
+                store.insert(&key, &body_entry(&body));
                 let (read, _) = store.get(&key).await.unwrap();
                 assert_eq!(read.body, body, "disk capacity {disk_capacity}");
                 assert_eq!(store.get_in_memory(&key).unwrap().body, body);
@@ -840,25 +817,11 @@ mod tests {
     async fn an_evicted_small_value_does_not_uncover_the_large_value_it_replaced() {
         for disk_capacity in [0, 16 << 20] {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(
-                StoreConfig {
-                    memory_capacity: 8 << 20,
-                    disk_capacity,
-                    dir: dir.path().to_path_buf(),
-                    sendfile_min_size: None,
-                },
-                Counter::default(),
-            )
-            .await
-            .unwrap();
+            let store = open_store(dir.path(), 8 << 20, disk_capacity, Counter::default()).await;
             let key = CacheKey::kv(b"k");
             let large = Bytes::from(vec![1u8; 2 * small::SMALL_ENTRY_MAX]);
-            let with = |body: &Bytes| Entry {
-                meta: fanz_protocol::EntryMeta::default(),
-                body: body.clone(),
-            };
-            store.insert(&key, &with(&large));
-            store.insert(&key, &with(&Bytes::from_static(b"small")));
+            store.insert(&key, &body_entry(&large));
+            store.insert(&key, &body_entry(&Bytes::from_static(b"small")));
             if disk_capacity > 0 {
                 wait_for_a_disk_write(&store).await;
             }
@@ -876,28 +839,12 @@ mod tests {
     #[tokio::test]
     async fn a_stored_value_does_not_keep_the_buffer_it_was_sliced_from() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            StoreConfig {
-                memory_capacity: 1 << 20,
-                disk_capacity: 0,
-                dir: dir.path().to_path_buf(),
-                sendfile_min_size: None,
-            },
-            Counter::default(),
-        )
-        .await
-        .unwrap();
+        let store = open_store(dir.path(), 1 << 20, 0, Counter::default()).await;
         // As a request body arrives: 100 bytes inside a 64 KiB network buffer.
         let network = Bytes::from(vec![7u8; 64 * 1024]);
         let body = network.slice(1000..1100);
         let key = CacheKey::kv(b"k");
-        store.insert(
-            &key,
-            &Entry {
-                meta: fanz_protocol::EntryMeta::default(),
-                body,
-            },
-        );
+        store.insert(&key, &body_entry(&body));
         let (stored, _) = store.get(&key).await.unwrap();
         let kept = &stored.body;
         assert_eq!(&kept[..], &[7u8; 100][..]);

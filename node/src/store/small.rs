@@ -207,7 +207,7 @@ impl SmallTier {
     /// Where `key`'s shard stands ([`Shard::changes`]): taken before a disk read
     /// whose result [`SmallTier::promote`] may keep.
     pub(super) fn changes(&self, key: &CacheKey) -> u64 {
-        self.shard(self.hasher.hash_one(key.encoded())).changes
+        self.shard(self.hash(key)).changes
     }
 
     /// Keeps an entry's encoding read back from the disk tier, unless its shard
