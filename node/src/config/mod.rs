@@ -180,7 +180,7 @@ spec::settings! {
     sendfile_min_size: Option<u64> = None, optional(size(32 * KIB, GIB)), shown::unset, fixed,
         "Keep cached entries at least this large (at least 32KiB) in memory files and send their bodies with sendfile over plain-TCP HTTP/1.1 and HTTP/2, without a copy. Unset (the default): bodies are copied. Each such entry holds a file descriptor (at most a quarter of the open-file limit at once). Measured here over loopback it made hits slower (see docs/PERFORMANCE.md, \"Large bodies and sendfile\"); measure it on your own network cards before turning it on.";
     disk_capacity: u64 = Some("1GiB"), required(|s| match parse_size(s)? { n if n != 0 && n < 16 * MIB => Err("must be 0 (no disk tier) or at least 16MiB".into()), n => Ok(n) }), shown::text, fixed,
-        "Disk tier capacity; 0 disables the disk tier. Entries larger than 1/16 of it (at most 16 MiB) stay in memory only. Every entry takes at least 4 KiB of it, however small (the disk tier aligns each entry to a page), so 1GiB holds at most about 260 000 entries: size it by entries, not by bytes, when values are small.";
+        "Disk tier capacity; 0 disables the disk tier. Half of it holds entries of up to 16 KiB encoded, packed back to back (a 1 KiB value takes about 1.1 KiB; their index, about 30 bytes an entry, is held in memory beside memory_capacity); the other half larger ones, each rounded up to 4 KiB pages. Entries larger than 1/16 of it (at most 16 MiB) stay in memory only.";
     default_ttl: Duration = Some("1h"), required(duration), shown::ms, reloadable,
         "TTL of a KV value stored without Cache-Control: max-age.";
     max_ttl: Duration = Some("7d"), required(duration), shown::ms, reloadable,

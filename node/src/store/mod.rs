@@ -1,19 +1,27 @@
 //! Storage tiers: memory and disk, holding checksummed entries. Small entries (up
 //! to 16 KiB encoded) live in memory in [`small::SmallTier`], one allocation each;
-//! larger ones in foyer's memory tier (S3-FIFO, weighed in bytes); the disk tier is
-//! foyer's (block engine on a directory) for both. The two memory tiers share
+//! larger ones in foyer's memory tier (S3-FIFO, weighed in bytes). On disk, half of
+//! the tier's capacity is a log of small entries packed back to back ([`packed`]),
+//! the other half foyer's block engine for larger ones (which aligns every entry to
+//! a page, four times a 1 KiB entry's size). The two memory tiers share
 //! `memory_capacity`: foyer's is resized to what the small tier leaves (at least
 //! an eighth of it). With `sendfile_min_size` set, entries that large are held in
 //! files of their own ([`mapped`]), so their bodies go out with `sendfile`.
 //!
 //! Entries are written to disk when inserted (not only on eviction), gathered every
 //! 2 ms into one write (`DiskQueue`), so a restart, SIGKILL included, keeps the cache
-//! warm. foyer's own tombstone log is on, so a
-//! removed entry does not come back after recovery; whether a recovered entry may be
-//! *served* is decided by the invalidation engine, whose log is durable.
+//! warm. Removals reach the disk as tombstones (foyer's tombstone log, the packed
+//! log's tombstone records), so a removed entry does not come back after recovery;
+//! whether a recovered entry may be *served* is decided by the invalidation engine,
+//! whose log is durable.
+//!
+//! A key's newest value on disk is in one of the two: a write of one size class
+//! removes the key from the other (under the key's lock), and reads look in the
+//! packed log before foyer.
 
 mod codec;
 pub mod mapped;
+mod packed;
 mod small;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +37,7 @@ use foyer::{
 use prometheus_client::metrics::counter::Counter;
 
 pub use codec::{CorruptionLayer, StoreKey, StoredEntry, CORRUPT_ENTRIES};
+use packed::{Found, PackedLog};
 use small::SmallTier;
 
 /// Largest block of the disk tier; also the largest entry it can hold.
@@ -59,9 +68,15 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Block size of the disk tier: 1/16 of its capacity, at most 16 MiB, page-aligned.
+    /// Block size of foyer's disk tier: 1/16 of the whole disk tier's capacity, at
+    /// most 16 MiB, page-aligned.
     pub fn disk_block_size(&self) -> u64 {
         ((self.disk_capacity / 16).min(MAX_BLOCK_SIZE) / PAGE * PAGE).max(PAGE)
+    }
+
+    /// The share of the disk tier for small entries ([`packed`]): half.
+    fn packed_capacity(&self) -> u64 {
+        self.disk_capacity / 2
     }
 }
 
@@ -108,6 +123,9 @@ pub struct Store {
     /// Run by an insert between its two memory tiers (tests only).
     #[cfg(test)]
     between_tiers: tests::Hook,
+    /// Run by a read of the packed log before it reads (tests only).
+    #[cfg(test)]
+    before_packed_read: tests::Hook,
 }
 
 /// Stripes of `Store::key_locks`: enough that writes of different keys rarely wait.
@@ -116,7 +134,8 @@ const KEY_LOCKS: usize = 64;
 /// How long inserted entries gather before they go to the disk tier together.
 const DISK_BATCH: Duration = Duration::from_millis(2);
 
-/// Entries inserted in memory and not yet handed to the disk tier.
+/// Entries inserted in memory and not yet handed to the disk tier, and the small
+/// entries' disk tier.
 ///
 /// foyer's flusher writes whatever it holds as soon as its last write is done, so
 /// entries handed over one by one make one small (page-padded) write each, through a
@@ -130,10 +149,45 @@ const DISK_BATCH: Duration = Duration::from_millis(2);
 /// A removal and a hand-over hold the same lock, so an entry removed (purged,
 /// deleted, replaced) while queued never reaches the disk after its removal, where a
 /// restart would bring it back.
-#[derive(Default)]
 struct DiskQueue {
-    pending: std::sync::Mutex<Vec<HybridCacheEntry<StoreKey, StoredEntry>>>,
+    pending: std::sync::Mutex<Vec<Queued>>,
     wake: tokio::sync::Notify,
+    log: PackedLog,
+}
+
+/// An entry waiting for the disk tier.
+enum Queued {
+    /// For the packed log: the key's hash, the key, the encoded entry.
+    Small(u64, CacheKey, bytes::Bytes),
+    /// For foyer's block engine.
+    Large(HybridCacheEntry<StoreKey, StoredEntry>),
+}
+
+impl Queued {
+    fn key(&self) -> &CacheKey {
+        match self {
+            Queued::Small(_, key, _) => key,
+            Queued::Large(entry) => &entry.key().0,
+        }
+    }
+
+    fn value(&self) -> StoredEntry {
+        match self {
+            Queued::Small(_, _, value) => StoredEntry::from_encoded(value.clone()),
+            Queued::Large(entry) => entry.value().clone(),
+        }
+    }
+}
+
+impl DiskQueue {
+    /// Queues `entry`, waking the hand-over task for the first of a batch.
+    fn push(&self, entry: Queued) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push(entry);
+        if pending.len() == 1 {
+            self.wake.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for DiskQueue {
@@ -169,7 +223,7 @@ impl Store {
             builder.storage().build().await
         } else {
             let device = FsDeviceBuilder::new(&config.dir)
-                .with_capacity(config.disk_capacity as usize)
+                .with_capacity((config.disk_capacity - config.packed_capacity()) as usize)
                 .build()
                 .map_err(|e| err(&config.dir, e))?;
             builder
@@ -185,8 +239,21 @@ impl Store {
                 .await
         }
         .map_err(|e| err(&config.dir, e))?;
-        let to_disk = (config.disk_capacity > 0).then(|| Arc::new(DiskQueue::default()));
         let small = Arc::new(SmallTier::new(config.memory_capacity as usize));
+        let to_disk = if config.disk_capacity == 0 {
+            None
+        } else {
+            let log = PackedLog::open(&config.dir, config.packed_capacity(), |key| small.hash(key))
+                .map_err(|e| StoreError {
+                    dir: config.dir.clone(),
+                    message: format!("small-entry log: {e}"),
+                })?;
+            Some(Arc::new(DiskQueue {
+                pending: Default::default(),
+                wake: Default::default(),
+                log,
+            }))
+        };
         if let Some(queue) = &to_disk {
             tokio::spawn(hand_to_disk(Arc::downgrade(queue), cache.clone()));
         }
@@ -204,6 +271,8 @@ impl Store {
             key_locks: (0..KEY_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             #[cfg(test)]
             between_tiers: tests::Hook::default(),
+            #[cfg(test)]
+            before_packed_read: tests::Hook::default(),
         })
     }
 
@@ -221,6 +290,49 @@ impl Store {
             return self.parsed(key, queued.entry()).map(|e| (e, Tier::Memory));
         }
         let small_changes = self.small.changes(key);
+        if let Some(queue) = &self.to_disk {
+            let hash = self.small.hash(key);
+            let encoded = match queue.log.find(hash, key) {
+                Found::Absent => None,
+                Found::Writing(value) => {
+                    let entry = StoredEntry::from_encoded(value).entry();
+                    return self.parsed(key, entry).map(|e| (e, Tier::Memory));
+                }
+                Found::At(loc, seq) => {
+                    // The key's newest value on disk is this one (see the module's
+                    // doc): a record gone since the lookup is a miss.
+                    let (queue, read_key) = (queue.clone(), key.clone());
+                    #[cfg(test)]
+                    let hook = self.before_packed_read.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        #[cfg(test)]
+                        hook.run();
+                        queue.log.read(hash, &read_key, (loc, seq))
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(Some(encoded))) => Some(encoded),
+                        Ok(Ok(None)) => return None,
+                        Ok(Err(e)) => {
+                            tracing::error!(?key, error = %e, "small-entry disk read failed; answering a miss");
+                            return None;
+                        }
+                        Err(e) => {
+                            tracing::error!(?key, error = %e, "small-entry disk read did not finish; answering a miss");
+                            return None;
+                        }
+                    }
+                }
+            };
+            if let Some(encoded) = encoded {
+                let entry = self.parsed(key, Entry::decode(encoded.clone()))?;
+                // Read back: kept in memory again, unless the key was written or
+                // removed during the read.
+                let promoted = self.small.promote(key, &encoded, small_changes);
+                self.evictions.inc_by(promoted.unwrap_or(0) as u64);
+                return Some((entry, Tier::Disk));
+            }
+        }
         match self.cache.get(&StoreKey(key.clone())).await {
             Ok(Some(handle)) => {
                 let tier = match handle.source() {
@@ -273,6 +385,10 @@ impl Store {
     pub fn may_hold(&self, key: &CacheKey) -> bool {
         self.small.contains(key)
             || self.queued(key).is_some()
+            || self
+                .to_disk
+                .as_ref()
+                .is_some_and(|queue| queue.log.may_hold(self.small.hash(key)))
             || self.cache.contains(&StoreKey(key.clone()))
     }
 
@@ -288,8 +404,8 @@ impl Store {
         pending
             .iter()
             .rev()
-            .find(|e| e.key().0 == *key)
-            .map(|e| e.value().clone())
+            .find(|e| e.key() == key)
+            .map(Queued::value)
     }
 
     /// Stores `entry` under `key` in memory and queues it for the disk tier.
@@ -302,56 +418,65 @@ impl Store {
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
         let _only_change = self.key_lock(key);
         let small = SmallTier::takes(entry);
-        let value = if small {
-            if self.to_disk.is_none() {
-                // A larger value of this key may be in foyer's memory tier. (With a
-                // disk tier, inserting the record below replaces it there.)
+        let Some(queue) = &self.to_disk else {
+            if small {
+                // A larger value of this key may be in foyer's memory tier.
                 self.cache.memory().remove(key);
                 let evicted = self.small.insert(key, entry);
                 self.evictions.inc_by(evicted as u64);
-                return;
+            } else {
+                // A smaller value of this key would be found first.
+                self.small.remove(key);
+                #[cfg(test)]
+                self.between_tiers.run();
+                self.cache
+                    .insert(StoreKey(owned(key)), StoredEntry::new(entry));
             }
-            let (stored, evicted) = self.small.insert_shared(key, entry);
-            self.evictions.inc_by(evicted as u64);
-            StoredEntry::from_encoded(stored)
-        } else {
-            // A smaller value of this key would be found first.
-            self.small.remove(key);
-            StoredEntry::new(entry)
-        };
-        let key = CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded()))
-            .unwrap_or_else(|| key.clone());
-        #[cfg(test)]
-        self.between_tiers.run();
-        let Some(queue) = &self.to_disk else {
-            self.cache.insert(StoreKey(key), value);
             return;
         };
-        // In memory now; to disk with the next batch (see `DiskQueue`). A small
-        // entry's record is one foyer does not keep (see the filter in `open`).
-        let in_memory = HybridCacheProperties::default().with_location(Location::InMem);
-        let inserted = self
-            .cache
-            .insert_with_properties(StoreKey(key), value, in_memory);
-        let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.push(inserted);
-        if pending.len() == 1 {
-            queue.wake.notify_one();
+        let hash = self.small.hash(key);
+        if small {
+            let (stored, evicted) = self.small.insert_shared(key, entry);
+            self.evictions.inc_by(evicted as u64);
+            #[cfg(test)]
+            self.between_tiers.run();
+            queue.push(Queued::Small(hash, owned(key), stored));
+            // A larger value of this key goes from foyer's tiers, memory and disk.
+            // (`contains` sees one on its way to the disk too: foyer's keeper holds
+            // it until it is written and indexed.)
+            let key = StoreKey(key.clone());
+            if self.cache.contains(&key) {
+                self.cache.remove(&key);
+            }
+        } else {
+            // A smaller value of this key would be found first, in memory or in
+            // the packed log.
+            self.small.remove(key);
+            queue.log.remove(hash, key);
+            #[cfg(test)]
+            self.between_tiers.run();
+            // In memory now; to disk with the next batch (see `DiskQueue`).
+            let in_memory = HybridCacheProperties::default().with_location(Location::InMem);
+            let inserted = self.cache.insert_with_properties(
+                StoreKey(owned(key)),
+                StoredEntry::new(entry),
+                in_memory,
+            );
+            queue.push(Queued::Large(inserted));
         }
     }
 
-    /// Removes `key` from both tiers (and from the way to the disk tier).
+    /// Removes `key` from every tier (and from the way to the disk tier).
     pub fn remove(&self, key: &CacheKey) {
         let _only_change = self.key_lock(key);
         self.small.remove(key);
-        let key = StoreKey(key.clone());
-        let Some(queue) = &self.to_disk else {
-            self.cache.remove(&key);
-            return;
-        };
-        let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.retain(|e| e.key() != &key);
-        self.cache.remove(&key);
+        if let Some(queue) = &self.to_disk {
+            let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|e| e.key() != key);
+            drop(pending);
+            queue.log.remove(self.small.hash(key), key);
+        }
+        self.cache.remove(&StoreKey(key.clone()));
     }
 
     /// The lock of `key`'s writes and removals (see `key_locks`).
@@ -370,9 +495,11 @@ impl Store {
     /// Bytes written to / read from the disk tier since start.
     pub fn disk_io(&self) -> (u64, u64) {
         let stats = self.cache.statistics();
+        let (packed_written, packed_read) =
+            self.to_disk.as_ref().map_or((0, 0), |queue| queue.log.io());
         (
-            stats.disk_write_bytes() as u64,
-            stats.disk_read_bytes() as u64,
+            stats.disk_write_bytes() as u64 + packed_written,
+            stats.disk_read_bytes() as u64 + packed_read,
         )
     }
 
@@ -384,7 +511,7 @@ impl Store {
     /// Waits for queued disk writes, then closes the tiers.
     pub async fn close(&self) {
         if let Some(queue) = &self.to_disk {
-            hand_over(queue, &self.cache);
+            queue.log.write(hand_over(queue, &self.cache));
         }
         if let Err(e) = self.cache.close().await {
             tracing::error!(error = %e, "closing the storage tiers failed");
@@ -413,7 +540,12 @@ async fn hand_to_disk(
         let Some(current) = queue.upgrade() else {
             return;
         };
-        hand_over(&current, &cache);
+        let batch = hand_over(&current, &cache);
+        // The packed log's write, a `pwrite` or a few, on a blocking thread.
+        let written = tokio::task::spawn_blocking(move || current.log.write(batch)).await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "writing small entries to disk did not finish");
+        }
     }
 }
 
@@ -442,11 +574,13 @@ async fn share_memory(
     }
 }
 
-/// Enqueues the queued entries for the disk tier, each key's newest only: an entry
-/// a later one of its key replaced in the same batch is not written. (A removed one
-/// is no longer queued.) One evicted from memory meanwhile is written all the same:
-/// it is still its key's newest value, and the disk tier may hold an older one.
-fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) {
+/// Hands the queued entries to the disk tiers, each key's newest only: large ones
+/// enqueued to foyer's, small ones returned as the packed log's next batch. An
+/// entry a later one of its key replaced in the same batch is not written. (A
+/// removed one is no longer queued.) One evicted from memory meanwhile is written
+/// all the same: it is still its key's newest value, and the disk tier may hold an
+/// older one.
+fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) -> packed::Batch {
     let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
     let mut newer = std::collections::HashSet::with_capacity(pending.len());
     let newest: Vec<bool> = pending
@@ -455,11 +589,23 @@ fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) {
         .map(|e| newer.insert(e.key()))
         .collect();
     drop(newer);
+    let mut small = Vec::new();
     for (entry, newest) in pending.drain(..).zip(newest.into_iter().rev()) {
-        if newest {
-            cache.storage().enqueue(entry.piece(), false);
+        match entry {
+            _ if !newest => {}
+            Queued::Small(hash, key, value) => small.push((hash, key, value)),
+            Queued::Large(entry) => cache.storage().enqueue(entry.piece(), false),
         }
     }
+    // Taken under the queue's lock: a removal of one of these keys, which takes it
+    // first, then finds it in the log's batch.
+    queue.log.take(small)
+}
+
+/// `key` in an allocation of its own (see [`Store::insert`]).
+fn owned(key: &CacheKey) -> CacheKey {
+    CacheKey::from_encoded(bytes::Bytes::copy_from_slice(key.encoded()))
+        .unwrap_or_else(|| key.clone())
 }
 
 #[cfg(test)]
@@ -594,33 +740,37 @@ mod tests {
         Bytes::from(vec![tag; 20 << 10])
     }
 
-    /// What `disk_capacity`'s help tells operators: however small, an entry takes
-    /// a page of the disk tier (foyer's block engine aligns each one), so the tier
-    /// is sized by entries. Should foyer ever pack them, this fails and the help
-    /// (and the write cost in docs/PERFORMANCE.md) must change with it.
+    /// Small entries are packed on disk: 100-byte values take about their size
+    /// (foyer's block engine, which kept them before, took a 4 KiB page each), and
+    /// come back from there after a restart.
     #[tokio::test]
-    async fn a_small_entry_takes_a_whole_page_of_the_disk_tier() {
+    async fn small_entries_are_packed_on_disk_and_read_back_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_with_disk(dir.path()).await;
         let entries = 64;
+        let key = |i| CacheKey::kv(format!("k{i}").as_bytes());
         for i in 0..entries {
-            store.insert(&CacheKey::kv(format!("k{i}").as_bytes()), &entry(&[7; 100]));
+            store.insert(&key(i), &body_entry(&small_value(i as u8)));
         }
-        let at_least = entries * PAGE;
+        let encoded = entry(&[0; 100]).encoded_len() as u64;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while store.disk_io().0 < at_least {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{entries} entries of 100 bytes took {} bytes of the disk tier, under a page each",
-                store.disk_io().0
-            );
+        while store.disk_io().0 < entries * encoded {
+            assert!(std::time::Instant::now() < deadline, "not all written");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let written = store.disk_io().0;
         assert!(
-            written < at_least + at_least / 8,
-            "{written} bytes for {entries} entries: more than a page each"
+            written < entries * (encoded + 64),
+            "{written} bytes for {entries} entries of {encoded} bytes encoded"
         );
+        store.close().await;
+        drop(store);
+        let reopened = open_with_disk(dir.path()).await;
+        for i in 0..entries {
+            let (read, tier) = reopened.get(&key(i)).await.expect("kept on disk");
+            assert_eq!(read.body, small_value(i as u8));
+            assert_eq!(tier, Tier::Disk);
+        }
     }
 
     /// Written behind in batches: what was inserted reaches the disk tier (and
@@ -741,6 +891,11 @@ mod tests {
             // Evicted from memory: only the disk tier holds it now.
             store.small.remove(&key);
             store.cache.memory().remove(&StoreKey(key.clone()));
+            // A read of the packed log, fast from the page cache, could be done
+            // before this task first polls it.
+            store
+                .before_packed_read
+                .set(|| std::thread::sleep(Duration::from_millis(20)));
             let mut read = Box::pin(store.get(&key));
             let first = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
@@ -808,6 +963,46 @@ mod tests {
             assert!(store.get(&key).await.is_none());
             store.close().await;
         }
+    }
+
+    /// A small value written just after a large one of its key, which foyer's
+    /// memory tier no longer holds and its disk tier has yet to write (and index):
+    /// foyer must still drop it. Once the
+    /// small value has left memory and the packed log has reused its segment, a
+    /// read finds nothing, never the large value it replaced.
+    #[tokio::test]
+    async fn a_large_value_on_its_way_to_disk_does_not_outlive_the_small_one_replacing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_disk(dir.path()).await;
+        let key = CacheKey::kv(b"k");
+        let large = large_value(1);
+        store.insert(&key, &body_entry(&large));
+        // Evicted from foyer's memory tier already (as memory pressure would), and
+        // handed to foyer's disk tier, whose flusher (a task of this thread's
+        // runtime) has not run yet.
+        store.cache.memory().remove(&StoreKey(key.clone()));
+        let queue = store.to_disk.as_ref().unwrap();
+        queue.log.write(hand_over(queue, &store.cache));
+        store.insert(&key, &body_entry(&small_value(2)));
+        // More than the packed log holds (half of 16 MiB) and memory (1 MiB).
+        let filler = Bytes::from(vec![9u8; 10_000]);
+        for i in 0..1000 {
+            store.insert(
+                &CacheKey::kv(format!("f{i}").as_bytes()),
+                &body_entry(&filler),
+            );
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(store.get_in_memory(&key).is_none(), "needs more filler");
+        let read = store.get(&key).await.map(|(e, _)| e.body);
+        assert!(
+            read.as_ref() != Some(&large),
+            "the large value replaced came back from foyer's disk tier"
+        );
+        store.close().await;
     }
 
     /// A large value replaced by a small one is gone from foyer's memory tier: when

@@ -305,7 +305,7 @@ impl TestNode {
             let written =
                 metric_value(&metrics, "fanz_cache_tier_bytes{tier=\"disk\"}").unwrap_or(0.0);
             if written >= bytes as f64 {
-                // foyer writes whole pages; give the write a moment to reach the file.
+                // Counted once written; give it a moment all the same.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return;
             }

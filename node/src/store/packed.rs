@@ -1,0 +1,898 @@
+//! The disk tier of small entries (those [`super::small::SmallTier`] takes): records
+//! packed back to back in the segments of one file, written a batch at a time, found
+//! through an index in memory. foyer's block engine, which keeps the larger entries,
+//! aligns each entry to a 4 KiB page and writes it through its own per-entry path;
+//! here a 1 KiB entry takes about 1 KiB of disk and a batch one `pwrite`
+//! (docs/PERFORMANCE.md, "KV writes: the disk tier writes a page per entry").
+//!
+//! **Layout.** The file is `segments` regions of `segment_size` bytes, used as a
+//! ring, oldest reused first. A segment starts with a header (magic, its sequence
+//! number, its size, the length written into the segment before it, crc) and holds
+//! records: `head crc | body crc | kind | key length | value length | key | value`.
+//! The head crc covers the segment's sequence number and the key, so that the
+//! records a reused segment held before stop parsing once its new header is
+//! written; the body crc covers the value.
+//!
+//! **Removals.** A removal drops the key's index entry and writes a tombstone with
+//! the next batch. A removal of a key in the batch being written marks it there, so
+//! that the batch does not index it afterwards. A tombstone is always newer than
+//! the records it removes, and segments are reused oldest first, so it outlives
+//! them.
+//!
+//! **Recovery** reads the segments in sequence order: a key's newest record wins, a
+//! tombstone removes it. A record whose head is whole but whose value fails its crc
+//! removes its key (an older value must not come back) and is counted as corrupt.
+//! A segment whose records stop short of the length its successor's header gives
+//! for it was damaged in the middle: what it held after the damage is unknown (a
+//! newer value, a tombstone), so everything recovered up to there is dropped. In
+//! the newest segment, records end where the last write before a stop ended; new
+//! writes start in a fresh segment.
+//!
+//! A collision of two keys' 64-bit hashes only ever costs a miss: the index keeps
+//! one location per hash, removals and tombstones act on the hash, and a read
+//! checks the key.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::{BufMut, Bytes};
+use fanz_protocol::CacheKey;
+
+use super::codec::CORRUPT_ENTRIES;
+
+/// The file's name in the disk tier's directory (beside foyer's files).
+pub(super) const FILE_NAME: &str = "small-entries.log";
+const MAGIC: u32 = u32::from_le_bytes(*b"FZLG");
+/// Bytes before a segment's first record: magic, sequence, segment size, length of
+/// the previous segment, crc; padded.
+const HEADER: usize = 32;
+/// Bytes before a record's key: head crc, body crc, kind, key and value lengths.
+const HEAD: usize = 17;
+const PUT: u8 = 1;
+const TOMBSTONE: u8 = 2;
+/// Largest and smallest segment.
+const MAX_SEGMENT: u64 = 16 << 20;
+const MIN_SEGMENT: u64 = 64 << 10;
+/// Segments the log is cut into, when its capacity allows.
+const SEGMENTS: u64 = 32;
+/// A batch takes at most this share of the log (1/n): a larger one would wrap
+/// round the ring onto its own records.
+const MAX_BATCH_SHARE: u64 = 4;
+
+/// Where a record is: its segment (24 bits), its offset there (24: segments are at
+/// most 16 MiB) and its length (16), in one word, so that an index entry takes 16
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Loc(u64);
+
+/// Longest record [`Loc`] can name.
+const MAX_RECORD: usize = u16::MAX as usize;
+
+impl Loc {
+    fn new(segment: u32, offset: u32, len: usize) -> Self {
+        debug_assert!(segment < 1 << 24 && offset < 1 << 24 && len <= MAX_RECORD);
+        Self((segment as u64) << 40 | (offset as u64) << 16 | len as u64)
+    }
+
+    fn segment(self) -> u32 {
+        (self.0 >> 40) as u32
+    }
+
+    fn offset(self) -> u32 {
+        (self.0 >> 16) as u32 & 0xff_ffff
+    }
+
+    fn len(self) -> usize {
+        self.0 as u16 as usize
+    }
+}
+
+/// Hashes are already [`super::small::SmallTier::hash`]es: used as they are.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 hashes are indexed")
+    }
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
+type Index = HashMap<u64, Loc, BuildHasherDefault<PassThrough>>;
+
+/// What the log holds of a key, as [`PackedLog::find`] answers.
+#[derive(Debug)]
+pub(super) enum Found {
+    /// Its value, in the batch being written.
+    Writing(Bytes),
+    /// Its record, read with [`PackedLog::read`].
+    At(Loc, u64),
+    /// Nothing.
+    Absent,
+}
+
+/// Entries taken for one write ([`PackedLog::take`]), then written
+/// ([`PackedLog::write`]).
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    tombstones: Vec<CacheKey>,
+    puts: Vec<(u64, CacheKey, Bytes)>,
+}
+
+/// The log. Reads and the batch writer use the file at once (`pread`, `pwrite`).
+pub(super) struct PackedLog {
+    file: File,
+    segment_size: u64,
+    segments: u32,
+    state: Mutex<State>,
+    written: AtomicU64,
+    read: AtomicU64,
+}
+
+impl std::fmt::Debug for PackedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLog")
+            .field("segment_size", &self.segment_size)
+            .field("segments", &self.segments)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    index: Index,
+    /// Per segment: its sequence number (0: never written) and the hashes of the
+    /// puts it holds (to drop their index entries when it is reused).
+    seqs: Vec<u64>,
+    hashes: Vec<Vec<u64>>,
+    /// The segment written to, and where its next record goes.
+    current: u32,
+    end: u32,
+    /// Whether the next record starts a segment (after a recovery).
+    fresh: bool,
+    next_seq: u64,
+    /// Removals to write with the next batch.
+    tombstones: Vec<CacheKey>,
+    /// The batch being written: each key's value, `None` once removed meanwhile.
+    writing: HashMap<u64, Option<(CacheKey, Bytes)>>,
+}
+
+impl PackedLog {
+    /// Opens (creating) the log at `dir` with `capacity` bytes, recovering its
+    /// index; `hash` is the hash the index is keyed by.
+    pub(super) fn open(
+        dir: &Path,
+        capacity: u64,
+        hash: impl Fn(&CacheKey) -> u64,
+    ) -> io::Result<Self> {
+        let segment_size = (capacity / SEGMENTS).clamp(MIN_SEGMENT, MAX_SEGMENT) / 4096 * 4096;
+        let segments = (capacity / segment_size).min(1 << 24) as u32;
+        if segments < 4 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{capacity} bytes are too few for the small-entry log"),
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(FILE_NAME))?;
+        let size = segment_size * segments as u64;
+        if file.metadata()?.len() != size {
+            file.set_len(size)?;
+        }
+        let log = Self {
+            file,
+            segment_size,
+            segments,
+            state: Mutex::new(State {
+                index: Index::default(),
+                seqs: vec![0; segments as usize],
+                hashes: vec![Vec::new(); segments as usize],
+                current: segments - 1,
+                end: 0,
+                fresh: true,
+                next_seq: 1,
+                tombstones: Vec::new(),
+                writing: HashMap::new(),
+            }),
+            written: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+        };
+        log.recover(&hash)?;
+        Ok(log)
+    }
+
+    /// Bytes written to and read from the log since it was opened.
+    pub(super) fn io(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.read.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Entries indexed.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().index.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn segment_start(&self, segment: u32) -> u64 {
+        segment as u64 * self.segment_size
+    }
+
+    /// Where `key` (of `hash`) is, if anywhere.
+    pub(super) fn find(&self, hash: u64, key: &CacheKey) -> Found {
+        let state = self.lock();
+        if let Some(writing) = state.writing.get(&hash) {
+            return match writing {
+                Some((k, value)) if k == key => Found::Writing(value.clone()),
+                // Removed while being written, or another key of the same hash.
+                _ => Found::Absent,
+            };
+        }
+        match state.index.get(&hash) {
+            Some(&loc) => Found::At(loc, state.seqs[loc.segment() as usize]),
+            None => Found::Absent,
+        }
+    }
+
+    /// Whether the log may hold `hash` (`false` is certain).
+    pub(super) fn may_hold(&self, hash: u64) -> bool {
+        let state = self.lock();
+        state.index.contains_key(&hash) || matches!(state.writing.get(&hash), Some(Some(_)))
+    }
+
+    /// Reads `key`'s value at `at` (from [`PackedLog::find`]); `None` when the
+    /// record is no longer there (its segment reused) or failed its crc (then
+    /// dropped and counted). Blocking.
+    pub(super) fn read(
+        &self,
+        hash: u64,
+        key: &CacheKey,
+        at: (Loc, u64),
+    ) -> io::Result<Option<Bytes>> {
+        let (loc, seq) = at;
+        let mut buf = vec![0; loc.len()];
+        self.file.read_exact_at(
+            &mut buf,
+            self.segment_start(loc.segment()) + loc.offset() as u64,
+        )?;
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let buf = Bytes::from(buf);
+        match parse(&buf, seq).map(|(record, _)| record) {
+            Some(Record::Put { key: k, value }) if k == key.encoded() => Ok(Some(value)),
+            Some(Record::Damaged { key: k }) if k == key.encoded() => {
+                tracing::error!(?key, "a small entry on disk failed its crc; dropping it");
+                CORRUPT_ENTRIES.inc();
+                let mut state = self.lock();
+                if state.index.get(&hash) == Some(&loc) {
+                    state.index.remove(&hash);
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Removes `key` (of `hash`): from the index, and with a tombstone from the
+    /// disk, where the log may hold it.
+    pub(super) fn remove(&self, hash: u64, key: &CacheKey) {
+        let mut state = self.lock();
+        let indexed = state.index.remove(&hash).is_some();
+        let writing = match state.writing.get_mut(&hash) {
+            Some(value @ Some(_)) => {
+                *value = None;
+                true
+            }
+            _ => false,
+        };
+        if indexed || writing {
+            state.tombstones.push(key.clone());
+        }
+    }
+
+    /// Takes `puts` (hash, key, value; each key once) and the removals made since
+    /// the last batch for one write. Until it is written, reads find its values
+    /// with [`PackedLog::find`] and removals mark them.
+    pub(super) fn take(&self, puts: Vec<(u64, CacheKey, Bytes)>) -> Batch {
+        let mut state = self.lock();
+        let limit = self.segment_size * self.segments as u64 / MAX_BATCH_SHARE;
+        let mut bytes = 0;
+        let mut batch = Batch {
+            tombstones: std::mem::take(&mut state.tombstones),
+            puts: Vec::with_capacity(puts.len()),
+        };
+        for (hash, key, value) in puts {
+            bytes += (HEAD + key.encoded().len() + value.len()) as u64;
+            let longest = MAX_RECORD.min(self.segment_size as usize - HEADER);
+            if bytes > limit || record_len(&key, &value) > longest {
+                // Not written: what the log holds of the key is older, so it goes.
+                if state.index.remove(&hash).is_some() {
+                    batch.tombstones.push(key);
+                }
+                continue;
+            }
+            state
+                .writing
+                .insert(hash, Some((key.clone(), value.clone())));
+            batch.puts.push((hash, key, value));
+        }
+        batch
+    }
+
+    /// Writes `batch` (tombstones, then puts) and indexes its puts not removed
+    /// meanwhile. On a failed write its puts are not indexed (and what the index
+    /// held of their keys is dropped: it is older) and its tombstones go with the
+    /// next batch. Blocking.
+    pub(super) fn write(&self, batch: Batch) {
+        if batch.tombstones.is_empty() && batch.puts.is_empty() {
+            return;
+        }
+        let records = batch
+            .tombstones
+            .iter()
+            .map(|key| (key, None))
+            .chain(batch.puts.iter().map(|(_, key, value)| (key, Some(value))));
+        // Places the records (starting segments as needed) under the lock; encodes
+        // and writes them outside it.
+        let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut locs = Vec::with_capacity(batch.puts.len());
+        {
+            let mut state = self.lock();
+            let sizes: Vec<usize> = batch
+                .tombstones
+                .iter()
+                .map(|k| HEAD + k.encoded().len())
+                .chain(batch.puts.iter().map(|(_, k, v)| record_len(k, v)))
+                .collect();
+            let mut placed = Vec::with_capacity(sizes.len());
+            for size in sizes {
+                if state.fresh || state.end as usize + size > self.segment_size as usize {
+                    let header = self.start_segment(&mut state);
+                    chunks.push((self.segment_start(state.current), header));
+                }
+                placed.push((state.current, state.end, state.seqs[state.current as usize]));
+                state.end += size as u32;
+            }
+            drop(state);
+            for (((segment, offset, seq), (key, value)), index) in
+                placed.into_iter().zip(records).zip(0..)
+            {
+                let at = self.segment_start(segment) + offset as u64;
+                let continues = chunks
+                    .last()
+                    .is_some_and(|(start, bytes)| start + bytes.len() as u64 == at);
+                if !continues {
+                    chunks.push((at, Vec::new()));
+                }
+                let chunk = &mut chunks.last_mut().expect("a chunk").1;
+                let before = chunk.len();
+                encode(chunk, seq, key, value);
+                if index >= batch.tombstones.len() {
+                    locs.push(Loc::new(segment, offset, chunk.len() - before));
+                }
+            }
+        }
+        let mut failed = None;
+        let mut written = 0;
+        for (at, bytes) in &chunks {
+            match self.file.write_all_at(bytes, *at) {
+                Ok(()) => written += bytes.len() as u64,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // Counted once indexed (below): a batch counted as written is found there.
+        let _counted = CountOnDrop(&self.written, written);
+        let mut state = self.lock();
+        let writing = std::mem::take(&mut state.writing);
+        if let Some(e) = failed {
+            tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only");
+            // What the index held of these keys is older than the values not
+            // written: dropped here, and from the disk by the tombstones below.
+            for (hash, _, _) in &batch.puts {
+                state.index.remove(hash);
+            }
+            let mut tombstones = batch.tombstones;
+            tombstones.extend(batch.puts.into_iter().map(|(_, key, _)| key));
+            tombstones.append(&mut state.tombstones);
+            state.tombstones = tombstones;
+            return;
+        }
+        for ((hash, key, _), loc) in batch.puts.iter().zip(locs) {
+            let still = matches!(writing.get(hash), Some(Some((k, _))) if k == key);
+            if still {
+                state.index.insert(*hash, loc);
+                state.hashes[loc.segment() as usize].push(*hash);
+            }
+        }
+    }
+
+    /// Starts the next segment of the ring: drops what the index held in it, gives
+    /// it the next sequence number, and returns its header.
+    fn start_segment(&self, state: &mut State) -> Vec<u8> {
+        let previous_len = if state.seqs[state.current as usize] == 0 {
+            0
+        } else {
+            state.end
+        };
+        let next = (state.current + 1) % self.segments;
+        let dropped = std::mem::take(&mut state.hashes[next as usize]);
+        for hash in dropped {
+            if state
+                .index
+                .get(&hash)
+                .is_some_and(|loc| loc.segment() == next)
+            {
+                state.index.remove(&hash);
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.seqs[next as usize] = seq;
+        state.current = next;
+        state.end = HEADER as u32;
+        state.fresh = false;
+        header(seq, self.segment_size as u32, previous_len)
+    }
+
+    /// Rebuilds the index from the segments, oldest first (see the module's doc).
+    fn recover(&self, hash: &impl Fn(&CacheKey) -> u64) -> io::Result<()> {
+        let mut headers = Vec::new();
+        let mut raw = [0u8; HEADER];
+        for segment in 0..self.segments {
+            self.file
+                .read_exact_at(&mut raw, self.segment_start(segment))?;
+            if let Some((seq, previous_len)) = parse_header(&raw, self.segment_size as u32) {
+                headers.push((seq, segment, previous_len));
+            }
+        }
+        headers.sort_unstable();
+        let mut state = self.lock();
+        for (at, &(seq, segment, _)) in headers.iter().enumerate() {
+            let mut buf = vec![0u8; self.segment_size as usize];
+            self.file
+                .read_exact_at(&mut buf, self.segment_start(segment))?;
+            let buf = Bytes::from(buf);
+            let mut offset = HEADER;
+            while let Some((record, len)) = parse(&buf.slice(offset..), seq) {
+                let key_of = |raw: &Bytes| CacheKey::from_encoded(raw.clone());
+                match record {
+                    Record::Put { key, .. } => {
+                        if let Some(key) = key_of(&key) {
+                            let hash = hash(&key);
+                            let loc = Loc::new(segment, offset as u32, len);
+                            state.index.insert(hash, loc);
+                            state.hashes[segment as usize].push(hash);
+                        }
+                    }
+                    Record::Tombstone { key } => {
+                        if let Some(key) = key_of(&key) {
+                            state.index.remove(&hash(&key));
+                        }
+                    }
+                    Record::Damaged { key } => {
+                        CORRUPT_ENTRIES.inc();
+                        tracing::error!(
+                            segment,
+                            offset,
+                            "a small entry on disk failed its crc; dropping it"
+                        );
+                        if let Some(key) = key_of(&key) {
+                            state.index.remove(&hash(&key));
+                        }
+                    }
+                }
+                offset += len;
+            }
+            state.seqs[segment as usize] = seq;
+            let successor = headers.get(at + 1).filter(|next| next.0 == seq + 1);
+            if let Some(&(_, _, expected)) = successor {
+                if expected != offset as u32 {
+                    // Damaged in the middle: see the module's doc.
+                    CORRUPT_ENTRIES.inc();
+                    tracing::error!(
+                        segment,
+                        offset,
+                        expected,
+                        "the small-entry log is damaged in the middle of a segment; dropping what it held up to there"
+                    );
+                    state.index.clear();
+                    state.hashes.iter_mut().for_each(Vec::clear);
+                }
+            }
+            state.current = segment;
+            state.end = offset as u32;
+            state.next_seq = seq + 1;
+        }
+        state.fresh = true;
+        if !headers.is_empty() {
+            tracing::info!(
+                entries = state.index.len(),
+                segments = headers.len(),
+                "recovered the small-entry log"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Adds to a counter when dropped.
+struct CountOnDrop<'a>(&'a AtomicU64, u64);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1, Ordering::Relaxed);
+    }
+}
+
+/// A record's length on disk.
+fn record_len(key: &CacheKey, value: &Bytes) -> usize {
+    HEAD + key.encoded().len() + value.len()
+}
+
+fn header(seq: u64, segment_size: u32, previous_len: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER);
+    h.put_u32_le(MAGIC);
+    h.put_u64_le(seq);
+    h.put_u32_le(segment_size);
+    h.put_u32_le(previous_len);
+    let crc = crc32fast::hash(&h);
+    h.put_u32_le(crc);
+    h.resize(HEADER, 0);
+    h
+}
+
+/// A segment's sequence number and its predecessor's length, if its header is
+/// whole and of a segment this size.
+fn parse_header(raw: &[u8; HEADER], segment_size: u32) -> Option<(u64, u32)> {
+    let word = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
+    let seq = u64::from_le_bytes(raw[4..12].try_into().expect("8 bytes"));
+    let whole = word(0) == MAGIC && word(20) == crc32fast::hash(&raw[..20]) && seq > 0;
+    (whole && word(12) == segment_size).then_some((seq, word(16)))
+}
+
+/// Appends a record of `key` (a put of `value`, or a tombstone) in a segment of
+/// sequence `seq`.
+fn encode(out: &mut Vec<u8>, seq: u64, key: &CacheKey, value: Option<&Bytes>) {
+    let key = key.encoded();
+    let (kind, value) = match value {
+        Some(value) => (PUT, &value[..]),
+        None => (TOMBSTONE, &[][..]),
+    };
+    let start = out.len();
+    out.put_u32_le(0);
+    out.put_u32_le(crc32fast::hash(value));
+    out.put_u8(kind);
+    out.put_u32_le(key.len() as u32);
+    out.put_u32_le(value.len() as u32);
+    out.put_slice(key);
+    let mut head = crc32fast::Hasher::new();
+    head.update(&seq.to_le_bytes());
+    head.update(&out[start + 4..]);
+    let crc = head.finalize();
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    out.put_slice(value);
+}
+
+/// A record read back.
+#[derive(Debug)]
+enum Record {
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Tombstone {
+        key: Bytes,
+    },
+    /// Whole up to its key; its value failed its crc.
+    Damaged {
+        key: Bytes,
+    },
+}
+
+/// The record at the start of `buf` in a segment of sequence `seq`, and its
+/// length (a damaged one's from its head, which its crc vouches for); `None` where
+/// no whole record starts (the end of what the segment holds).
+fn parse(buf: &Bytes, seq: u64) -> Option<(Record, usize)> {
+    let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+    if buf.len() < HEAD {
+        return None;
+    }
+    let (head_crc, body_crc, kind) = (word(0), word(4), buf[8]);
+    let (key_len, value_len) = (word(9) as usize, word(13) as usize);
+    let key_end = HEAD.checked_add(key_len)?;
+    let end = key_end.checked_add(value_len)?;
+    if end > buf.len() || !matches!(kind, PUT | TOMBSTONE) || (kind == TOMBSTONE && value_len > 0) {
+        return None;
+    }
+    let mut head = crc32fast::Hasher::new();
+    head.update(&seq.to_le_bytes());
+    head.update(&buf[4..key_end]);
+    if head.finalize() != head_crc {
+        return None;
+    }
+    let key = buf.slice(HEAD..key_end);
+    let value = buf.slice(key_end..end);
+    let record = if crc32fast::hash(&value) != body_crc {
+        Record::Damaged { key }
+    } else if kind == PUT {
+        Record::Put { key, value }
+    } else {
+        Record::Tombstone { key }
+    };
+    Some((record, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CAPACITY: u64 = 4 * MIN_SEGMENT;
+
+    fn hash(key: &CacheKey) -> u64 {
+        use std::hash::BuildHasher;
+        // Deterministic, so that a reopened log indexes keys as the first did.
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key.encoded())
+    }
+
+    fn open(dir: &Path) -> PackedLog {
+        PackedLog::open(dir, CAPACITY, hash).unwrap()
+    }
+
+    fn key(name: &str) -> CacheKey {
+        CacheKey::kv(name.as_bytes())
+    }
+
+    /// Writes one batch of `puts` (and the removals made since the last one).
+    fn write(log: &PackedLog, puts: &[(&CacheKey, &[u8])]) {
+        let puts = puts
+            .iter()
+            .map(|(k, v)| (hash(k), (*k).clone(), Bytes::copy_from_slice(v)))
+            .collect();
+        log.write(log.take(puts));
+    }
+
+    fn remove(log: &PackedLog, key: &CacheKey) {
+        log.remove(hash(key), key);
+    }
+
+    fn read(log: &PackedLog, key: &CacheKey) -> Option<Bytes> {
+        match log.find(hash(key), key) {
+            Found::Absent => None,
+            Found::Writing(value) => Some(value),
+            Found::At(loc, seq) => log.read(hash(key), key, (loc, seq)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_newest_record_of_a_key_wins_and_tombstones_hold_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (key("a"), key("b"), key("c"));
+        {
+            let log = open(dir.path());
+            write(&log, &[(&a, b"a1"), (&b, b"b1"), (&c, b"c1")]);
+            write(&log, &[(&a, b"a2")]);
+            remove(&log, &b);
+            write(&log, &[]);
+            assert_eq!(read(&log, &a).as_deref(), Some(&b"a2"[..]));
+            assert_eq!(read(&log, &b), None);
+        }
+        let log = open(dir.path());
+        assert_eq!(read(&log, &a).as_deref(), Some(&b"a2"[..]));
+        assert_eq!(read(&log, &b), None, "a removal came back");
+        assert_eq!(read(&log, &c).as_deref(), Some(&b"c1"[..]));
+        // New writes go on after what was recovered.
+        write(&log, &[(&c, b"c2")]);
+        drop(log);
+        assert_eq!(read(&open(dir.path()), &c).as_deref(), Some(&b"c2"[..]));
+    }
+
+    /// A key removed while its batch is being written: the batch does not index it,
+    /// and its tombstone (with the next batch) keeps it out after a reopen.
+    #[test]
+    fn a_removal_during_a_batch_write_is_not_undone_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("k");
+        {
+            let log = open(dir.path());
+            write(&log, &[(&k, b"old")]);
+            let batch = log.take(vec![(hash(&k), k.clone(), Bytes::from_static(b"new"))]);
+            assert_eq!(read(&log, &k).as_deref(), Some(&b"new"[..]));
+            remove(&log, &k);
+            assert_eq!(read(&log, &k), None);
+            log.write(batch);
+            assert_eq!(read(&log, &k), None, "the batch indexed a removed key");
+            write(&log, &[]);
+        }
+        assert_eq!(
+            read(&open(dir.path()), &k),
+            None,
+            "came back after a reopen"
+        );
+    }
+
+    /// Past its capacity the log reuses its oldest segment: what it held there is
+    /// gone (a miss), now and after a reopen, and never read as another record.
+    #[test]
+    fn a_reused_segment_forgets_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = vec![5u8; 1000];
+        let keys: Vec<CacheKey> = (0..2 * CAPACITY / 1000)
+            .map(|i| key(&format!("k{i}")))
+            .collect();
+        let log = open(dir.path());
+        for key in &keys {
+            write(&log, &[(key, &value)]);
+        }
+        assert_eq!(read(&log, &keys[0]), None);
+        let last = keys.last().unwrap();
+        assert_eq!(read(&log, last).as_deref(), Some(&value[..]));
+        let held = log.len();
+        assert!(
+            held > keys.len() / 4 && held < keys.len() / 2,
+            "{held} held"
+        );
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(log.len(), held);
+        assert_eq!(read(&log, &keys[0]), None);
+        assert_eq!(read(&log, last).as_deref(), Some(&value[..]));
+    }
+
+    /// Flips one byte of the file where `marker` is.
+    fn corrupt(dir: &Path, marker: &[u8], at: usize) {
+        let path = dir.join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let found = bytes
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .unwrap();
+        bytes[found + at] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
+    /// A value that fails its crc is a miss, counted; after a reopen its key is
+    /// gone, and an older value of it does not come back in its place.
+    #[test]
+    fn a_damaged_value_is_dropped_and_does_not_uncover_an_older_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, other) = (key("k"), key("other"));
+        let log = open(dir.path());
+        write(&log, &[(&k, b"older value")]);
+        write(&log, &[(&k, b"NEWER-VALUE"), (&other, b"fine")]);
+        corrupt(dir.path(), b"NEWER-VALUE", 3);
+        let before = CORRUPT_ENTRIES.get();
+        assert_eq!(read(&log, &k), None);
+        assert!(CORRUPT_ENTRIES.get() > before);
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(read(&log, &k), None, "the older value came back");
+        assert_eq!(read(&log, &other).as_deref(), Some(&b"fine"[..]));
+    }
+
+    /// A record's head damaged in a segment that is not the newest: what came
+    /// after it there is unknown (here a tombstone), so nothing up to there is
+    /// recovered; later segments are.
+    #[test]
+    fn damage_in_the_middle_of_a_segment_drops_everything_up_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, removed, damaged, later) = (key("k"), key("removed"), key("DAMAGED"), key("later"));
+        let log = open(dir.path());
+        write(
+            &log,
+            &[(&removed, b"removed value"), (&damaged, b"x"), (&k, b"v")],
+        );
+        remove(&log, &removed);
+        write(&log, &[]);
+        // Fill the rest of the segment, so that `later` starts the next one.
+        let filler = vec![0u8; 1000];
+        for i in 0..(MIN_SEGMENT / 1000) {
+            write(&log, &[(&key(&format!("f{i}")), &filler)]);
+        }
+        write(&log, &[(&later, b"later value")]);
+        drop(log);
+        corrupt(dir.path(), b"DAMAGED", 2);
+        let log = open(dir.path());
+        assert_eq!(read(&log, &removed), None, "a removal came back");
+        assert_eq!(read(&log, &k), None);
+        assert_eq!(read(&log, &later).as_deref(), Some(&b"later value"[..]));
+    }
+
+    /// The records of a segment's earlier use do not parse once it is reused,
+    /// even where the new records have not overwritten them yet.
+    #[test]
+    fn records_of_a_segments_earlier_use_stop_parsing() {
+        let mut out = Vec::new();
+        encode(&mut out, 7, &key("k"), Some(&Bytes::from_static(b"v")));
+        let out = Bytes::from(out);
+        assert!(matches!(parse(&out, 7), Some((Record::Put { .. }, _))));
+        assert!(parse(&out, 8).is_none());
+        assert!(parse(&Bytes::from(vec![0u8; 64]), 7).is_none());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8, u8),
+        Remove(u8),
+        /// Take a batch, remove a key, then write the batch.
+        RemoveWhileWriting(u8, u8, u8),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u8..12, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            2 => (0u8..12).prop_map(Op::Remove),
+            1 => (0u8..12, any::<u8>(), 0u8..12).prop_map(|(k, v, r)| Op::RemoveWhileWriting(k, v, r)),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the writes, removals and reopens (with the ring reused many
+        /// times over), a read finds a key's newest value or nothing: never an
+        /// older or a removed one.
+        #[test]
+        fn a_read_finds_the_newest_value_or_nothing(ops in proptest::collection::vec(op(), 1..120)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = open(dir.path());
+            let mut newest: HashMap<u8, Option<Vec<u8>>> = HashMap::new();
+            // Values of several KiB: a run goes round the ring a few times.
+            let value = |k: u8, v: u8| [vec![v; 4000], vec![k]].concat();
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        write(&log, &[(&key(&k.to_string()), &value(k, v))]);
+                        newest.insert(k, Some(value(k, v)));
+                    }
+                    Op::Remove(k) => {
+                        remove(&log, &key(&k.to_string()));
+                        write(&log, &[]);
+                        newest.insert(k, None);
+                    }
+                    Op::RemoveWhileWriting(k, v, r) => {
+                        let batch = log.take(vec![(hash(&key(&k.to_string())), key(&k.to_string()), Bytes::from(value(k, v)))]);
+                        newest.insert(k, Some(value(k, v)));
+                        remove(&log, &key(&r.to_string()));
+                        newest.insert(r, None);
+                        log.write(batch);
+                    }
+                    Op::Reopen => {
+                        write(&log, &[]);
+                        drop(log);
+                        log = open(dir.path());
+                    }
+                }
+                for k in 0..12u8 {
+                    let read = read(&log, &key(&k.to_string())).map(|v| v.to_vec());
+                    let expected = newest.get(&k).cloned().flatten();
+                    prop_assert!(read.is_none() || read == expected, "key {}: read {:?}, newest {:?}", k, read.map(|v| (v.len(), v[0])), expected.map(|v| (v.len(), v[0])));
+                }
+            }
+        }
+    }
+}
