@@ -126,8 +126,23 @@ pub(super) enum Found {
 /// ([`PackedLog::write`]).
 #[derive(Debug, Default)]
 pub(super) struct Batch {
-    tombstones: Vec<CacheKey>,
-    puts: Vec<(u64, CacheKey, Bytes)>,
+    id: u64,
+    records: Vec<Placed>,
+}
+
+/// A record of a batch and its place in the log.
+#[derive(Debug)]
+struct Placed {
+    segment: u32,
+    offset: u32,
+    /// The segment's sequence number.
+    seq: u64,
+    /// The segment's header, for its first record.
+    header: Option<[u8; HEADER]>,
+    /// The key's hash (puts only), the key, the value (`None`: a tombstone).
+    hash: u64,
+    key: CacheKey,
+    value: Option<Bytes>,
 }
 
 /// The log. Reads and the batch writer use the file at once (`pread`, `pwrite`).
@@ -136,6 +151,9 @@ pub(super) struct PackedLog {
     segment_size: u64,
     segments: u32,
     state: Mutex<State>,
+    /// The writer's buffer, kept from batch to batch (a fresh one each time cost
+    /// page faults on every write).
+    buffer: Mutex<Vec<u8>>,
     written: AtomicU64,
     read: AtomicU64,
 }
@@ -163,8 +181,11 @@ struct State {
     next_seq: u64,
     /// Removals to write with the next batch.
     tombstones: Vec<CacheKey>,
-    /// The batch being written: each key's value, `None` once removed meanwhile.
-    writing: HashMap<u64, Option<(CacheKey, Bytes)>>,
+    /// The batches taken and not yet indexed: each key's newest value and its
+    /// batch, the value `None` once removed meanwhile.
+    writing: HashMap<u64, (u64, Option<(CacheKey, Bytes)>)>,
+    /// The number of the next batch taken.
+    next_batch: u64,
 }
 
 impl PackedLog {
@@ -207,7 +228,9 @@ impl PackedLog {
                 next_seq: 1,
                 tombstones: Vec::new(),
                 writing: HashMap::new(),
+                next_batch: 0,
             }),
+            buffer: Mutex::new(Vec::new()),
             written: AtomicU64::new(0),
             read: AtomicU64::new(0),
         };
@@ -240,7 +263,7 @@ impl PackedLog {
     /// Where `key` (of `hash`) is, if anywhere.
     pub(super) fn find(&self, hash: u64, key: &CacheKey) -> Found {
         let state = self.lock();
-        if let Some(writing) = state.writing.get(&hash) {
+        if let Some((_, writing)) = state.writing.get(&hash) {
             return match writing {
                 Some((k, value)) if k == key => Found::Writing(value.clone()),
                 // Removed while being written, or another key of the same hash.
@@ -256,7 +279,7 @@ impl PackedLog {
     /// Whether the log may hold `hash` (`false` is certain).
     pub(super) fn may_hold(&self, hash: u64) -> bool {
         let state = self.lock();
-        state.index.contains_key(&hash) || matches!(state.writing.get(&hash), Some(Some(_)))
+        state.index.contains_key(&hash) || matches!(state.writing.get(&hash), Some((_, Some(_))))
     }
 
     /// Reads `key`'s value at `at` (from [`PackedLog::find`]); `None` when the
@@ -294,142 +317,150 @@ impl PackedLog {
     /// Removes `key` (of `hash`): from the index, and with a tombstone from the
     /// disk, where the log may hold it.
     pub(super) fn remove(&self, hash: u64, key: &CacheKey) {
-        let mut state = self.lock();
-        let indexed = state.index.remove(&hash).is_some();
-        let writing = match state.writing.get_mut(&hash) {
-            Some(value @ Some(_)) => {
-                *value = None;
-                true
-            }
-            _ => false,
-        };
-        if indexed || writing {
-            state.tombstones.push(key.clone());
-        }
+        forget(&mut self.lock(), hash, key);
     }
 
     /// Takes `puts` (hash, key, value; each key once) and the removals made since
-    /// the last batch for one write. Until it is written, reads find its values
-    /// with [`PackedLog::find`] and removals mark them.
+    /// the last batch for one write, and places them in the log (tombstones
+    /// first): batches are placed in the order they are taken, under the queue's
+    /// lock, whatever order they are written in. Until it is written, reads find
+    /// its values with [`PackedLog::find`] and removals mark them.
     pub(super) fn take(&self, puts: Vec<(u64, CacheKey, Bytes)>) -> Batch {
         let mut state = self.lock();
         let limit = self.segment_size * self.segments as u64 / MAX_BATCH_SHARE;
+        let longest = MAX_RECORD.min(self.segment_size as usize - HEADER);
+        let id = state.next_batch;
+        state.next_batch += 1;
         let mut bytes = 0;
-        let mut batch = Batch {
-            tombstones: std::mem::take(&mut state.tombstones),
-            puts: Vec::with_capacity(puts.len()),
-        };
+        let mut taken = Vec::with_capacity(puts.len());
         for (hash, key, value) in puts {
-            bytes += (HEAD + key.encoded().len() + value.len()) as u64;
-            let longest = MAX_RECORD.min(self.segment_size as usize - HEADER);
-            if bytes > limit || record_len(&key, &value) > longest {
+            let len = record_len(&key, &value);
+            bytes += len as u64;
+            if bytes > limit || len > longest {
                 // Not written: what the log holds of the key is older, so it goes.
-                if state.index.remove(&hash).is_some() {
-                    batch.tombstones.push(key);
-                }
+                forget(&mut state, hash, &key);
                 continue;
             }
             state
                 .writing
-                .insert(hash, Some((key.clone(), value.clone())));
-            batch.puts.push((hash, key, value));
+                .insert(hash, (id, Some((key.clone(), value.clone()))));
+            taken.push((hash, key, Some(value)));
+        }
+        let tombstones = std::mem::take(&mut state.tombstones);
+        let mut batch = Batch {
+            id,
+            records: Vec::with_capacity(tombstones.len() + taken.len()),
+        };
+        let records = tombstones.into_iter().map(|key| (0, key, None));
+        let records = records.chain(taken);
+        for (hash, key, value) in records {
+            let size = HEAD + key.encoded().len() + value.as_ref().map_or(0, Bytes::len);
+            let full = state.end as usize + size > self.segment_size as usize;
+            let header = (state.fresh || full).then(|| self.start_segment(&mut state));
+            batch.records.push(Placed {
+                segment: state.current,
+                offset: state.end,
+                seq: state.seqs[state.current as usize],
+                header,
+                hash,
+                key,
+                value,
+            });
+            state.end += size as u32;
         }
         batch
     }
 
-    /// Writes `batch` (tombstones, then puts) and indexes its puts not removed
-    /// meanwhile. On a failed write its puts are not indexed (and what the index
-    /// held of their keys is dropped: it is older) and its tombstones go with the
-    /// next batch. Blocking.
+    /// Writes `batch` where it was placed and indexes its puts not removed
+    /// meanwhile, one `pwrite` for each run of records in a segment. On a failed
+    /// write its puts are not indexed (and what the index held of their keys is
+    /// dropped: it is older) and its tombstones go with the next batch. Blocking.
     pub(super) fn write(&self, batch: Batch) {
-        if batch.tombstones.is_empty() && batch.puts.is_empty() {
+        if batch.records.is_empty() {
             return;
         }
-        let records = batch
-            .tombstones
-            .iter()
-            .map(|key| (key, None))
-            .chain(batch.puts.iter().map(|(_, key, value)| (key, Some(value))));
-        // Places the records (starting segments as needed) under the lock; encodes
-        // and writes them outside it.
-        let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut locs = Vec::with_capacity(batch.puts.len());
-        {
-            let mut state = self.lock();
-            let sizes: Vec<usize> = batch
-                .tombstones
-                .iter()
-                .map(|k| HEAD + k.encoded().len())
-                .chain(batch.puts.iter().map(|(_, k, v)| record_len(k, v)))
-                .collect();
-            let mut placed = Vec::with_capacity(sizes.len());
-            for size in sizes {
-                if state.fresh || state.end as usize + size > self.segment_size as usize {
-                    let header = self.start_segment(&mut state);
-                    chunks.push((self.segment_start(state.current), header));
-                }
-                placed.push((state.current, state.end, state.seqs[state.current as usize]));
-                state.end += size as u32;
-            }
-            drop(state);
-            for (((segment, offset, seq), (key, value)), index) in
-                placed.into_iter().zip(records).zip(0..)
+        // Encoded into the writer's reused buffer, each run of consecutive records
+        // into one range of it: (file offset, buffer range).
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        buffer.clear();
+        let mut runs: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+        let mut locs = Vec::with_capacity(batch.records.len());
+        for record in &batch.records {
+            let at = self.segment_start(record.segment) + record.offset as u64;
+            if let Some(header) = &record.header {
+                runs.push((
+                    self.segment_start(record.segment),
+                    buffer.len()..buffer.len(),
+                ));
+                buffer.extend_from_slice(header);
+            } else if runs
+                .last()
+                .is_none_or(|(start, range)| start + range.len() as u64 != at)
             {
-                let at = self.segment_start(segment) + offset as u64;
-                let continues = chunks
-                    .last()
-                    .is_some_and(|(start, bytes)| start + bytes.len() as u64 == at);
-                if !continues {
-                    chunks.push((at, Vec::new()));
-                }
-                let chunk = &mut chunks.last_mut().expect("a chunk").1;
-                let before = chunk.len();
-                encode(chunk, seq, key, value);
-                if index >= batch.tombstones.len() {
-                    locs.push(Loc::new(segment, offset, chunk.len() - before));
-                }
+                runs.push((at, buffer.len()..buffer.len()));
             }
+            let before = buffer.len();
+            encode(&mut buffer, record.seq, &record.key, record.value.as_ref());
+            runs.last_mut().expect("a run").1.end = buffer.len();
+            locs.push(Loc::new(
+                record.segment,
+                record.offset,
+                buffer.len() - before,
+            ));
         }
         let mut failed = None;
         let mut written = 0;
-        for (at, bytes) in &chunks {
-            match self.file.write_all_at(bytes, *at) {
-                Ok(()) => written += bytes.len() as u64,
+        for (at, range) in &runs {
+            match self.file.write_all_at(&buffer[range.clone()], *at) {
+                Ok(()) => written += range.len() as u64,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             }
         }
+        drop(buffer);
         // Counted once indexed (below): a batch counted as written is found there.
         let _counted = CountOnDrop(&self.written, written);
         let mut state = self.lock();
-        let writing = std::mem::take(&mut state.writing);
+        let puts = batch
+            .records
+            .iter()
+            .zip(locs)
+            .filter(|(r, _)| r.value.is_some());
+        for (record, loc) in puts {
+            let hash = record.hash;
+            let still =
+                matches!(state.writing.get(&hash), Some((_, Some((k, _)))) if *k == record.key);
+            if state
+                .writing
+                .get(&hash)
+                .is_some_and(|(id, _)| *id == batch.id)
+            {
+                state.writing.remove(&hash);
+            }
+            if failed.is_some() {
+                // What the index held of the key is older than the value not
+                // written: dropped here, and from the disk by a tombstone.
+                state.index.remove(&hash);
+                state.tombstones.push(record.key.clone());
+            } else if still {
+                // Not removed since taken. (A later batch may hold a newer value
+                // of the key: it is found there until that batch indexes it.)
+                state.index.insert(hash, loc);
+                state.hashes[loc.segment() as usize].push(hash);
+            }
+        }
         if let Some(e) = failed {
             tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only");
-            // What the index held of these keys is older than the values not
-            // written: dropped here, and from the disk by the tombstones below.
-            for (hash, _, _) in &batch.puts {
-                state.index.remove(hash);
-            }
-            let mut tombstones = batch.tombstones;
-            tombstones.extend(batch.puts.into_iter().map(|(_, key, _)| key));
-            tombstones.append(&mut state.tombstones);
-            state.tombstones = tombstones;
-            return;
-        }
-        for ((hash, key, _), loc) in batch.puts.iter().zip(locs) {
-            let still = matches!(writing.get(hash), Some(Some((k, _))) if k == key);
-            if still {
-                state.index.insert(*hash, loc);
-                state.hashes[loc.segment() as usize].push(*hash);
-            }
+            let tombstones = batch.records.into_iter().filter(|r| r.value.is_none());
+            state.tombstones.extend(tombstones.map(|r| r.key));
         }
     }
 
     /// Starts the next segment of the ring: drops what the index held in it, gives
     /// it the next sequence number, and returns its header.
-    fn start_segment(&self, state: &mut State) -> Vec<u8> {
+    fn start_segment(&self, state: &mut State) -> [u8; HEADER] {
         let previous_len = if state.seqs[state.current as usize] == 0 {
             0
         } else {
@@ -536,6 +567,22 @@ impl PackedLog {
     }
 }
 
+/// Drops `key` (of `hash`) from the index and from the batches being written,
+/// queueing a tombstone where the log may hold it.
+fn forget(state: &mut State, hash: u64, key: &CacheKey) {
+    let indexed = state.index.remove(&hash).is_some();
+    let writing = match state.writing.get_mut(&hash) {
+        Some((_, value @ Some(_))) => {
+            *value = None;
+            true
+        }
+        _ => false,
+    };
+    if indexed || writing {
+        state.tombstones.push(key.clone());
+    }
+}
+
 /// Adds to a counter when dropped.
 struct CountOnDrop<'a>(&'a AtomicU64, u64);
 
@@ -550,15 +597,15 @@ fn record_len(key: &CacheKey, value: &Bytes) -> usize {
     HEAD + key.encoded().len() + value.len()
 }
 
-fn header(seq: u64, segment_size: u32, previous_len: u32) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER);
-    h.put_u32_le(MAGIC);
-    h.put_u64_le(seq);
-    h.put_u32_le(segment_size);
-    h.put_u32_le(previous_len);
-    let crc = crc32fast::hash(&h);
-    h.put_u32_le(crc);
-    h.resize(HEADER, 0);
+fn header(seq: u64, segment_size: u32, previous_len: u32) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    let mut at = &mut h[..];
+    at.put_u32_le(MAGIC);
+    at.put_u64_le(seq);
+    at.put_u32_le(segment_size);
+    at.put_u32_le(previous_len);
+    let crc = crc32fast::hash(&h[..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -731,6 +778,34 @@ mod tests {
             None,
             "came back after a reopen"
         );
+    }
+
+    /// Two batches written in the other order than they were taken (a store
+    /// closing while its last batch is on its way): reads and a reopen see the
+    /// second batch's value and removal, not the first's.
+    #[test]
+    fn batches_written_out_of_order_count_in_the_order_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, gone) = (key("k"), key("gone"));
+        {
+            let log = open(dir.path());
+            write(&log, &[(&gone, b"here")]);
+            let put = |value: &'static [u8]| (hash(&k), k.clone(), Bytes::from_static(value));
+            let first = log.take(vec![
+                put(b"first"),
+                (hash(&gone), gone.clone(), Bytes::from_static(b"again")),
+            ]);
+            remove(&log, &gone);
+            let second = log.take(vec![put(b"second")]);
+            assert_eq!(read(&log, &k).as_deref(), Some(&b"second"[..]));
+            log.write(second);
+            log.write(first);
+            assert_eq!(read(&log, &k).as_deref(), Some(&b"second"[..]));
+            assert_eq!(read(&log, &gone), None);
+        }
+        let log = open(dir.path());
+        assert_eq!(read(&log, &k).as_deref(), Some(&b"second"[..]));
+        assert_eq!(read(&log, &gone), None, "a removal came back");
     }
 
     /// Past its capacity the log reuses its oldest segment: what it held there is
