@@ -826,9 +826,15 @@ mod tests {
             wait_for_a_disk_write(&store).await;
             // The new value, then (before this task lets the batch go) enough
             // values, each read once so that they are kept past the first queue, to
-            // push it out of memory (1 MiB here).
+            // push it out of memory (1 MiB here; the small tier evicts by shard, a
+            // 64th of it each, so as many as it takes for the key's shard).
             store.insert(&key, &body_entry(&new));
-            for i in 0..512 {
+            let held =
+                |store: &Store| store.small.contains(&key) || store.cache.memory().contains(&key);
+            for i in 0..4096 {
+                if !held(&store) {
+                    break;
+                }
                 let filler = Bytes::from(vec![9; new.len().max(8 << 10)]);
                 let filler_key = CacheKey::kv(format!("f{i}").as_bytes());
                 store.insert(&filler_key, &body_entry(&filler));
