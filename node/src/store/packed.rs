@@ -38,7 +38,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::{BufMut, Bytes};
@@ -61,6 +61,8 @@ const MAX_SEGMENT: u64 = 16 << 20;
 const MIN_SEGMENT: u64 = 64 << 10;
 /// Segments the log is cut into, when its capacity allows.
 const SEGMENTS: u64 = 32;
+/// A segment's length as its successor's header gives it after a failed write.
+const UNKNOWN_LEN: u32 = u32::MAX;
 /// A batch takes at most this share of the log (1/n): a larger one would wrap
 /// round the ring onto its own records.
 const MAX_BATCH_SHARE: u64 = 4;
@@ -145,6 +147,13 @@ struct Placed {
     value: Option<Bytes>,
 }
 
+impl Placed {
+    /// The record's length on disk.
+    fn len(&self) -> usize {
+        HEAD + self.key.encoded().len() + self.value.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 /// The log. Reads and the batch writer use the file at once (`pread`, `pwrite`).
 pub(super) struct PackedLog {
     file: File,
@@ -156,6 +165,14 @@ pub(super) struct PackedLog {
     buffer: Mutex<Vec<u8>>,
     written: AtomicU64,
     read: AtomicU64,
+    /// Whether the last write failed (so that a disk that stays full is logged
+    /// once, not at every batch).
+    failing: AtomicBool,
+    /// Makes writes fail (tests only), and counts them.
+    #[cfg(test)]
+    fail_writes: AtomicBool,
+    #[cfg(test)]
+    failed_writes: AtomicU64,
 }
 
 impl std::fmt::Debug for PackedLog {
@@ -179,8 +196,8 @@ struct State {
     /// Whether the next record starts a segment (after a recovery).
     fresh: bool,
     next_seq: u64,
-    /// Removals to write with the next batch.
-    tombstones: Vec<CacheKey>,
+    /// Removals to write with the next batch (each key once).
+    tombstones: std::collections::HashSet<CacheKey>,
     /// The batches taken and not yet indexed: each key's newest value and its
     /// batch, the value `None` once removed meanwhile.
     writing: HashMap<u64, (u64, Option<(CacheKey, Bytes)>)>,
@@ -226,16 +243,27 @@ impl PackedLog {
                 end: 0,
                 fresh: true,
                 next_seq: 1,
-                tombstones: Vec::new(),
+                tombstones: Default::default(),
                 writing: HashMap::new(),
                 next_batch: 0,
             }),
             buffer: Mutex::new(Vec::new()),
             written: AtomicU64::new(0),
             read: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_writes: AtomicBool::new(false),
+            #[cfg(test)]
+            failed_writes: AtomicU64::new(0),
         };
         log.recover(&hash)?;
         Ok(log)
+    }
+
+    /// Removals waiting for the next batch.
+    #[cfg(test)]
+    pub(super) fn tombstones_waiting(&self) -> usize {
+        self.lock().tombstones.len()
     }
 
     /// Bytes written to and read from the log since it was opened.
@@ -409,6 +437,18 @@ impl PackedLog {
             ));
         }
         let mut failed = None;
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            // A write that fails at once, then one that stops part way (the first
+            // half of the batch's bytes reach the disk), in turn.
+            failed = Some(io::Error::other("a write failed (test)"));
+            if self.failed_writes.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+                let (at, range) = runs.last().expect("a run").clone();
+                let half = range.start..range.start + range.len() / 2;
+                let _ = self.file.write_all_at(&buffer[half], at);
+            }
+            runs.clear();
+        }
         let mut written = 0;
         for (at, range) in &runs {
             match self.file.write_all_at(&buffer[range.clone()], *at) {
@@ -440,10 +480,12 @@ impl PackedLog {
                 state.writing.remove(&hash);
             }
             if failed.is_some() {
-                // What the index held of the key is older than the value not
-                // written: dropped here, and from the disk by a tombstone.
+                // The value may be on disk or not (a write can fail part way), and
+                // what the index held of the key is older: both go, from the index
+                // here and from the disk by a tombstone. (One per key: a disk that
+                // stays full does not grow the list past the keys written.)
                 state.index.remove(&hash);
-                state.tombstones.push(record.key.clone());
+                state.tombstones.insert(record.key.clone());
             } else if still {
                 // Not removed since taken. (A later batch may hold a newer value
                 // of the key: it is found there until that batch indexes it.)
@@ -452,10 +494,38 @@ impl PackedLog {
             }
         }
         if let Some(e) = failed {
-            tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only");
+            self.after_a_failed_write(&mut state, &batch);
+            if !self.failing.swap(true, Ordering::Relaxed) {
+                tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only until writes succeed again");
+            }
             let tombstones = batch.records.into_iter().filter(|r| r.value.is_none());
             state.tombstones.extend(tombstones.map(|r| r.key));
+        } else if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!("writing small entries to disk works again");
         }
+    }
+
+    /// Where the next batch goes after `batch` failed to be written. What it was
+    /// to write may be on disk in part, followed by a hole where recovery stops;
+    /// the tombstones of its keys must come after it: so the next batch starts a
+    /// fresh segment, whose header gives the length of this one as unknown. A
+    /// segment the batch started may still hold its earlier use, its new header
+    /// unwritten: the ring goes back to start it again before any later one is
+    /// reused (else its old records, no longer shadowed, would come back on
+    /// recovery). Unless another batch was placed after this one meanwhile.
+    fn after_a_failed_write(&self, state: &mut State, batch: &Batch) {
+        let last = batch.records.last().expect("a record");
+        let placed_since = state.current != last.segment
+            || state.end as usize != last.offset as usize + last.len();
+        if placed_since {
+            state.fresh = true;
+            return;
+        }
+        if let Some(first) = batch.records.iter().find(|r| r.header.is_some()) {
+            state.current = (first.segment + self.segments - 1) % self.segments;
+        }
+        state.end = UNKNOWN_LEN;
+        state.fresh = true;
     }
 
     /// Starts the next segment of the ring: drops what the index held in it, gives
@@ -538,7 +608,7 @@ impl PackedLog {
             state.seqs[segment as usize] = seq;
             let successor = headers.get(at + 1).filter(|next| next.0 == seq + 1);
             if let Some(&(_, _, expected)) = successor {
-                if expected != offset as u32 {
+                if expected != UNKNOWN_LEN && expected != offset as u32 {
                     // Damaged in the middle: see the module's doc.
                     CORRUPT_ENTRIES.inc();
                     tracing::error!(
@@ -579,7 +649,7 @@ fn forget(state: &mut State, hash: u64, key: &CacheKey) {
         _ => false,
     };
     if indexed || writing {
-        state.tombstones.push(key.clone());
+        state.tombstones.insert(key.clone());
     }
 }
 
@@ -808,6 +878,34 @@ mod tests {
         assert_eq!(read(&log, &gone), None, "a removal came back");
     }
 
+    /// A failed write (a full disk, say): the batch's values are not indexed, and
+    /// what the log held of their keys is older, so it is neither read nor
+    /// recovered after the next write succeeds. One tombstone per key, so failures
+    /// that go on do not grow the waiting list past the keys written.
+    #[test]
+    fn a_failed_write_neither_serves_nor_later_recovers_an_older_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, other) = (key("k"), key("other"));
+        {
+            let log = open(dir.path());
+            write(&log, &[(&k, b"older")]);
+            log.fail_writes.store(true, Ordering::Relaxed);
+            write(&log, &[(&k, b"newer"), (&other, b"not held before")]);
+            assert_eq!(read(&log, &k), None, "the older value was served");
+            assert_eq!(log.tombstones_waiting(), 2);
+            write(&log, &[(&other, b"again")]);
+            assert_eq!(log.tombstones_waiting(), 2, "failures grow the list");
+            log.fail_writes.store(false, Ordering::Relaxed);
+            write(&log, &[]);
+            assert_eq!(log.tombstones_waiting(), 0);
+        }
+        assert_eq!(
+            read(&open(dir.path()), &k),
+            None,
+            "the older value came back"
+        );
+    }
+
     /// Past its capacity the log reuses its oldest segment: what it held there is
     /// gone (a miss), now and after a reopen, and never read as another record.
     #[test]
@@ -913,6 +1011,8 @@ mod tests {
         Remove(u8),
         /// Take a batch, remove a key, then write the batch.
         RemoveWhileWriting(u8, u8, u8),
+        /// A put whose write fails.
+        FailedPut(u8, u8),
         Reopen,
     }
 
@@ -921,12 +1021,13 @@ mod tests {
             6 => (0u8..12, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
             2 => (0u8..12).prop_map(Op::Remove),
             1 => (0u8..12, any::<u8>(), 0u8..12).prop_map(|(k, v, r)| Op::RemoveWhileWriting(k, v, r)),
+            1 => (0u8..12, any::<u8>()).prop_map(|(k, v)| Op::FailedPut(k, v)),
             1 => Just(Op::Reopen),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(96))]
 
         /// Whatever the writes, removals and reopens (with the ring reused many
         /// times over), a read finds a key's newest value or nothing: never an
@@ -955,6 +1056,18 @@ mod tests {
                         remove(&log, &key(&r.to_string()));
                         newest.insert(r, None);
                         log.write(batch);
+                    }
+                    Op::FailedPut(k, v) => {
+                        // Two keys, so that the half of the batch that reaches the
+                        // disk may hold the first one whole.
+                        let j = (k + 1) % 12;
+                        log.fail_writes.store(true, Ordering::Relaxed);
+                        let (kk, jk) = (key(&k.to_string()), key(&j.to_string()));
+                        write(&log, &[(&kk, &value(k, v)), (&jk, &value(j, v))]);
+                        log.fail_writes.store(false, Ordering::Relaxed);
+                        // Memory (not modelled here) holds them.
+                        newest.insert(k, Some(value(k, v)));
+                        newest.insert(j, Some(value(j, v)));
                     }
                     Op::Reopen => {
                         write(&log, &[]);
