@@ -5,7 +5,8 @@
 # and SET), and memcached (memcaslap, its default 90% get mix). Different protocols:
 # the figure is what a client gets per second from each, on the same cores.
 #
-# Usage: bench/peers/kv_reads.sh        (DURATION=10 CONNS=32 KEYS=1000 ROUNDS=3 to change)
+# Usage: bench/peers/kv_reads.sh        (DURATION=10 CONNS=32 KEYS=1000 ROUNDS=3 to change;
+#        NODE=path/to/fanz-node to measure another build)
 # The client-library GETs and Redis GETs run ROUNDS times, alternating; the best of
 # each is compared (as http_hits.sh does: this machine is shared and noisy).
 # Installs redis-server, redis-tools, memcached and libmemcached-tools if missing.
@@ -23,6 +24,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     redis-server redis-tools memcached libmemcached-tools >/dev/null
 fi
 cargo build --release -q -p fanz-node -p fanz-bench
+NODE=${NODE:-target/release/fanz-node}
 work=$(mktemp -d /tmp/fanz-kv-XXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -32,7 +34,7 @@ REDIS=18390; MEMCACHED=18391; FANZ=127.0.0.1:18392; FANZ_ADMIN=127.0.0.1:18393
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" & pids+=($!)
 taskset -c 1 memcached -l 127.0.0.1 -p "$MEMCACHED" -U 0 -t 1 -m 1024 -u root & pids+=($!)
-taskset -c 1 target/release/fanz-node --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
+taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
   --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break
