@@ -95,7 +95,8 @@ impl EventListener for EvictionCounter {
     type Value = StoredEntry;
     fn on_leave(&self, reason: Event, _key: &StoreKey, value: &StoredEntry) {
         // A small entry never lives in foyer's memory tier: its "eviction" is the
-        // release of a record foyer did not keep (on the way to or from the disk).
+        // release of a record foyer did not keep (one read back from a disk tier
+        // written before small entries had the packed log).
         if reason == Event::Evict && value.weight() > small::SMALL_ENTRY_MAX {
             self.0.inc();
         }
@@ -214,8 +215,8 @@ impl Store {
             .with_weighter(|key: &StoreKey, value: &StoredEntry| {
                 key.0.encoded().len() + value.weight()
             })
-            // Small entries pass through foyer's memory tier only on their way to
-            // or from the disk tier, as records it does not keep.
+            // Small entries reach foyer only read back from a disk tier written
+            // before they had the packed log: records it does not keep in memory.
             .with_filter(|_: &StoreKey, value: &StoredEntry| {
                 value.weight() > small::SMALL_ENTRY_MAX
             });
@@ -309,16 +310,13 @@ impl Store {
                         hook.run();
                         queue.log.read(hash, &read_key, (loc, seq))
                     })
-                    .await;
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                     match read {
-                        Ok(Ok(Some(encoded))) => Some(encoded),
-                        Ok(Ok(None)) => return None,
-                        Ok(Err(e)) => {
-                            tracing::error!(?key, error = %e, "small-entry disk read failed; answering a miss");
-                            return None;
-                        }
+                        Ok(Some(encoded)) => Some(encoded),
+                        Ok(None) => return None,
                         Err(e) => {
-                            tracing::error!(?key, error = %e, "small-entry disk read did not finish; answering a miss");
+                            tracing::error!(?key, error = %e, "small-entry disk read failed; answering a miss");
                             return None;
                         }
                     }
@@ -416,7 +414,8 @@ impl Store {
     /// block alive, so a 100-byte value could hold 4 KiB or more while the memory
     /// tier counts 100.
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
-        let _only_change = self.key_lock(key);
+        let hash = self.small.hash(key);
+        let _only_change = self.key_lock(hash);
         let small = SmallTier::takes(entry);
         let Some(queue) = &self.to_disk else {
             if small {
@@ -434,7 +433,6 @@ impl Store {
             }
             return;
         };
-        let hash = self.small.hash(key);
         if small {
             let (stored, evicted) = self.small.insert_shared(key, entry);
             self.evictions.inc_by(evicted as u64);
@@ -468,20 +466,21 @@ impl Store {
 
     /// Removes `key` from every tier (and from the way to the disk tier).
     pub fn remove(&self, key: &CacheKey) {
-        let _only_change = self.key_lock(key);
+        let hash = self.small.hash(key);
+        let _only_change = self.key_lock(hash);
         self.small.remove(key);
         if let Some(queue) = &self.to_disk {
             let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.retain(|e| e.key() != key);
             drop(pending);
-            queue.log.remove(self.small.hash(key), key);
+            queue.log.remove(hash, key);
         }
         self.cache.remove(&StoreKey(key.clone()));
     }
 
     /// The lock of `key`'s writes and removals (see `key_locks`).
-    fn key_lock(&self, key: &CacheKey) -> std::sync::MutexGuard<'_, ()> {
-        let stripe = self.small.hash(key) as usize % self.key_locks.len();
+    fn key_lock(&self, hash: u64) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = hash as usize % self.key_locks.len();
         self.key_locks[stripe]
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -150,7 +150,7 @@ struct Placed {
 impl Placed {
     /// The record's length on disk.
     fn len(&self) -> usize {
-        HEAD + self.key.encoded().len() + self.value.as_ref().map_or(0, Bytes::len)
+        record_len(&self.key, self.value.as_ref())
     }
 }
 
@@ -362,7 +362,7 @@ impl PackedLog {
         let mut bytes = 0;
         let mut taken = Vec::with_capacity(puts.len());
         for (hash, key, value) in puts {
-            let len = record_len(&key, &value);
+            let len = record_len(&key, Some(&value));
             bytes += len as u64;
             if bytes > limit || len > longest {
                 // Not written: what the log holds of the key is older, so it goes.
@@ -382,7 +382,7 @@ impl PackedLog {
         let records = tombstones.into_iter().map(|key| (0, key, None));
         let records = records.chain(taken);
         for (hash, key, value) in records {
-            let size = HEAD + key.encoded().len() + value.as_ref().map_or(0, Bytes::len);
+            let size = record_len(&key, value.as_ref());
             let full = state.end as usize + size > self.segment_size as usize;
             let header = (state.fresh || full).then(|| self.start_segment(&mut state));
             batch.records.push(Placed {
@@ -427,14 +427,9 @@ impl PackedLog {
             {
                 runs.push((at, buffer.len()..buffer.len()));
             }
-            let before = buffer.len();
             encode(&mut buffer, record.seq, &record.key, record.value.as_ref());
             runs.last_mut().expect("a run").1.end = buffer.len();
-            locs.push(Loc::new(
-                record.segment,
-                record.offset,
-                buffer.len() - before,
-            ));
+            locs.push(Loc::new(record.segment, record.offset, record.len()));
         }
         let mut failed = None;
         #[cfg(test)]
@@ -586,19 +581,16 @@ impl PackedLog {
                             state.hashes[segment as usize].push(hash);
                         }
                     }
-                    Record::Tombstone { key } => {
-                        if let Some(key) = key_of(&key) {
-                            state.index.remove(&hash(&key));
+                    Record::Tombstone { ref key } | Record::Damaged { ref key } => {
+                        if matches!(record, Record::Damaged { .. }) {
+                            CORRUPT_ENTRIES.inc();
+                            tracing::error!(
+                                segment,
+                                offset,
+                                "a small entry on disk failed its crc; dropping it"
+                            );
                         }
-                    }
-                    Record::Damaged { key } => {
-                        CORRUPT_ENTRIES.inc();
-                        tracing::error!(
-                            segment,
-                            offset,
-                            "a small entry on disk failed its crc; dropping it"
-                        );
-                        if let Some(key) = key_of(&key) {
+                        if let Some(key) = key_of(key) {
                             state.index.remove(&hash(&key));
                         }
                     }
@@ -662,9 +654,9 @@ impl Drop for CountOnDrop<'_> {
     }
 }
 
-/// A record's length on disk.
-fn record_len(key: &CacheKey, value: &Bytes) -> usize {
-    HEAD + key.encoded().len() + value.len()
+/// The length on disk of a record of `key` (a put of `value`, or a tombstone).
+fn record_len(key: &CacheKey, value: Option<&Bytes>) -> usize {
+    HEAD + key.encoded().len() + value.map_or(0, Bytes::len)
 }
 
 fn header(seq: u64, segment_size: u32, previous_len: u32) -> [u8; HEADER] {
