@@ -19,7 +19,7 @@ use crate::invalidation::{
     Coverage, Durability, Invalidator, LogError, PurgeOutcome, PurgeTargets,
 };
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
-use crate::store::{Store, Tier};
+use crate::store::{Replaced, Store, Tier};
 pub use crate::sync_gate::HitPolicy;
 use crate::sync_gate::SyncGate;
 
@@ -154,6 +154,9 @@ const MAX_ID_LEN: usize = 65_000;
 pub struct SetOutcome {
     /// Keys invalidated because they depend on the overwritten one.
     pub dependents: Vec<CacheKey>,
+    /// Whether the key held a value that may be served, which the write replaced
+    /// (asked by [`Cache::set_reporting`] only; `false` otherwise).
+    pub replaced_usable: bool,
 }
 
 /// Store, engine, clock and metrics of one node.
@@ -321,6 +324,27 @@ impl Cache {
     /// old value's dependents are invalidated at a time after the store, so a
     /// dependent fill that starts later can only have read the new value.
     pub async fn set(&self, key: CacheKey, entry: Entry) -> Result<SetOutcome, CacheError> {
+        self.write(key, entry, false).await
+    }
+
+    /// [`Cache::set`] for a client's write, which also tells whether `key` held a
+    /// value that may be served before it ([`SetOutcome::replaced_usable`]: a KV
+    /// PUT's 204 rather than 201). Asked here, not by every set: replicated writes
+    /// would pay for it for nothing.
+    pub async fn set_reporting(
+        &self,
+        key: CacheKey,
+        entry: Entry,
+    ) -> Result<SetOutcome, CacheError> {
+        self.write(key, entry, true).await
+    }
+
+    async fn write(
+        &self,
+        key: CacheKey,
+        entry: Entry,
+        report: bool,
+    ) -> Result<SetOutcome, CacheError> {
         if !entry.fits_encoding() {
             return Err(CacheError::TooLong("entry metadata too large to store"));
         }
@@ -328,7 +352,9 @@ impl Cache {
         self.invalidator
             .record_edges(&key, &entry.meta, &dependency_tags)
             .await?;
-        if self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid {
+        let overtaken = || self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid;
+        let mut replaced_usable = false;
+        if overtaken() {
             // A purge arrived while the value was being received, or a newer write
             // of the key was applied here meanwhile (its overwrite's tombstone): it
             // wins.
@@ -336,12 +362,33 @@ impl Cache {
                 ?key,
                 "set overtaken by a purge or a newer write; not stored"
             );
-        } else {
+            replaced_usable = report && self.holds_usable(&key).await;
+        } else if !report {
             self.store.insert(&key, &entry);
+        } else {
+            // Judged in the same step as the insert where the memory tier can tell
+            // (one lookup, not two); else the disk tier is read first, and the
+            // check above made again after that wait.
+            replaced_usable = match self.store.insert_reporting(&key, &entry) {
+                Replaced::Value(old) => Entry::decode_unverified(old).is_ok_and(|old| {
+                    matches!(self.usable(&key, old, Tier::Memory), Lookup::Hit(_))
+                }),
+                Replaced::Nothing => false,
+                Replaced::Unknown => {
+                    let usable = self.holds_usable(&key).await;
+                    if !overtaken() {
+                        self.store.insert(&key, &entry);
+                    }
+                    usable
+                }
+            };
         }
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
-        Ok(SetOutcome { dependents })
+        Ok(SetOutcome {
+            dependents,
+            replaced_usable,
+        })
     }
 
     /// Stores a value another node wrote (a replicated `Put`) as [`Cache::set`]
@@ -619,7 +666,11 @@ mod replica_tests {
     use std::time::Duration;
 
     async fn cache(dir: &std::path::Path) -> Cache {
-        let clock = Arc::new(Clock::manual(1_000_000));
+        cache_with(dir, 0, Arc::new(Clock::manual(1_000_000))).await
+    }
+
+    /// A cache on `dir` with a disk tier of `disk_capacity` bytes (none: 0).
+    async fn cache_with(dir: &std::path::Path, disk_capacity: u64, clock: Arc<Clock>) -> Cache {
         let metrics = Arc::new(Metrics::new(crate::store::CORRUPT_ENTRIES.clone()));
         let invalidator = Arc::new(
             Invalidator::open(
@@ -635,7 +686,7 @@ mod replica_tests {
         let store = Store::open(
             StoreConfig {
                 memory_capacity: 1 << 20,
-                disk_capacity: 0,
+                disk_capacity,
                 dir: dir.join("cache"),
                 sendfile_min_size: None,
             },
@@ -735,5 +786,71 @@ mod replica_tests {
             panic!("the overwrite's value was not stored");
         };
         assert_eq!(hit.entry().body, Bytes::from_static(b"w0-385"));
+    }
+
+    /// A client's write of `body` under `key`: whether it replaced a usable value.
+    async fn write(cache: &Cache, key: &[u8], body: Bytes) -> bool {
+        let entry = Entry {
+            body,
+            ..value(cache.begin_fill(), "")
+        };
+        let outcome = cache.set_reporting(CacheKey::kv(key), entry).await;
+        outcome.unwrap().replaced_usable
+    }
+
+    /// What a client's write reports (a KV PUT's 201 or 204) wherever the value it
+    /// replaces is: none, in memory, expired, only on disk, large, purged.
+    #[tokio::test]
+    async fn a_write_tells_whether_it_replaced_a_value_that_may_be_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(Clock::manual(1_000_000));
+        let cache = cache_with(dir.path(), 16 << 20, clock.clone()).await;
+        let small = || Bytes::from_static(b"small");
+        let large = || Bytes::from(vec![7u8; 40 << 10]);
+        assert!(!write(&cache, b"a", small()).await, "a new key");
+        assert!(write(&cache, b"a", small()).await, "over a value in memory");
+        assert!(!write(&cache, b"b", large()).await, "a new key, large");
+        assert!(write(&cache, b"b", large()).await, "large over large");
+        assert!(write(&cache, b"b", small()).await, "small over large");
+        assert!(write(&cache, b"a", large()).await, "large over small");
+        assert!(
+            write(&cache, b"a", small()).await,
+            "small over large, again"
+        );
+        let Lookup::Hit(hit) = cache.get(&CacheKey::kv(b"a")).await else {
+            panic!("the last write was not stored");
+        };
+        assert_eq!(hit.entry().body, small());
+
+        // Expired: a value that may no longer be served does not count.
+        write(&cache, b"c", small()).await;
+        clock.advance(61_000);
+        assert!(!write(&cache, b"c", small()).await, "over an expired value");
+        // Purged.
+        write(&cache, b"d", small()).await;
+        let purge = PurgeTargets {
+            keys: vec![CacheKey::kv(b"d")],
+            ..PurgeTargets::default()
+        };
+        cache.purge(&purge).await.unwrap();
+        assert!(!write(&cache, b"d", small()).await, "over a purged key");
+
+        // Only on disk: after a restart, memory holds nothing.
+        write(&cache, b"e", small()).await;
+        cache.store().close().await;
+        drop(cache);
+        let cache = cache_with(dir.path(), 16 << 20, clock.clone()).await;
+        assert!(
+            write(&cache, b"e", small()).await,
+            "over a value on disk only"
+        );
+        assert!(
+            !write(&cache, b"f", small()).await,
+            "a new key, after a restart"
+        );
+        let Lookup::Hit(hit) = cache.get(&CacheKey::kv(b"e")).await else {
+            panic!("the write over a value on disk was not stored");
+        };
+        assert_eq!(hit.tier, Tier::Memory);
     }
 }

@@ -139,6 +139,27 @@ impl Entry {
     /// Encodes into `out` (see [`Entry::encode`]).
     pub fn encode_into(&self, out: &mut BytesMut) {
         let start = out.len();
+        self.put_fields(out);
+        let crc = crc32fast::hash(&out[start..]);
+        out.put_u32_le(crc);
+    }
+
+    /// Encodes into `out`, which is exactly [`Entry::encoded_len`] bytes long: a
+    /// caller that owns the allocation writes the entry straight into it.
+    ///
+    /// # Panics
+    /// As [`Entry::encode`], and if `out` is not [`Entry::encoded_len`] long.
+    pub fn encode_to_slice(&self, out: &mut [u8]) {
+        let covered = out.len().checked_sub(CRC_LEN).expect("room for the crc");
+        let mut fields = &mut out[..covered];
+        self.put_fields(&mut fields);
+        assert!(fields.is_empty(), "the slice is the encoding's length");
+        let crc = crc32fast::hash(&out[..covered]);
+        out[covered..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Everything the crc covers.
+    fn put_fields(&self, out: &mut impl BufMut) {
         let m = &self.meta;
         out.put_slice(MAGIC);
         out.put_u64_le(m.version.as_u64());
@@ -161,8 +182,6 @@ impl Entry {
             put_bytes16(out, dep.encoded());
         }
         put_bytes32(out, &self.body);
-        let crc = crc32fast::hash(&out[start..]);
-        out.put_u32_le(crc);
     }
 
     /// Decodes and verifies an encoded entry. The body is a zero-copy slice of `buf`.
@@ -234,7 +253,7 @@ impl Entry {
     }
 }
 
-fn put_count(out: &mut BytesMut, n: usize) {
+fn put_count(out: &mut impl BufMut, n: usize) {
     out.put_u16_le(u16::try_from(n).expect("caller enforces at most 65535 items per list"));
 }
 
@@ -306,6 +325,9 @@ mod tests {
         fn round_trip(entry in arb_entry()) {
             let encoded = entry.encode();
             prop_assert_eq!(encoded.len(), entry.encoded_len());
+            let mut in_place = vec![0u8; entry.encoded_len()];
+            entry.encode_to_slice(&mut in_place);
+            prop_assert_eq!(&in_place[..], &encoded[..]);
             prop_assert_eq!(Entry::decode_unverified(encoded.clone()).unwrap(), entry.clone());
             prop_assert_eq!(Entry::decode(encoded).unwrap(), entry);
         }

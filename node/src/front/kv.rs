@@ -11,7 +11,7 @@ use bytes::Bytes;
 use fanz_protocol::peer::Message;
 use fanz_protocol::{CacheKey, Entry, EntryMeta};
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::purge::Purger;
 use crate::auth::{Auth, Scope};
@@ -27,6 +27,11 @@ use crate::invalidation::PurgeTargets;
 use crate::live::Live;
 use crate::proxy::{Proxy, PurgeTarget};
 use crate::store::Tier;
+
+/// How many dependents a write invalidated.
+const FANZ_INVALIDATED: HeaderName = HeaderName::from_static("fanz-invalidated");
+/// How many of a key's owners a write reached (`done/asked`), in a cluster.
+const FANZ_WRITTEN: HeaderName = HeaderName::from_static("fanz-written");
 
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
@@ -521,27 +526,24 @@ impl MainService {
             // not own, so reads here always see the owners' latest value.
             return written_response(done, asked, &etag);
         }
-        // Asked here, not by every set: only a PUT's answer tells 201 from 204, and
-        // replicated writes would pay for it for nothing.
-        let created = !self.cache.holds_usable(&key).await;
-        match self.cache.set(key, entry).await {
+        match self.cache.set_reporting(key, entry).await {
             Ok(outcome) => {
-                let status = if created {
-                    StatusCode::CREATED
-                } else {
+                let status = if outcome.replaced_usable {
                     StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::CREATED
                 };
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = status;
                 insert_str(r.headers_mut(), header::ETAG, &etag);
                 r.headers_mut().insert(
-                    "fanz-invalidated",
+                    FANZ_INVALIDATED,
                     HeaderValue::from(outcome.dependents.len()),
                 );
                 if asked > 0 {
                     insert_str(
                         r.headers_mut(),
-                        "fanz-written",
+                        FANZ_WRITTEN,
                         &format!("{}/{}", done + 1, asked + 1),
                     );
                 }
@@ -620,7 +622,7 @@ impl MainService {
                     }
                 };
                 r.headers_mut().insert(
-                    "fanz-invalidated",
+                    FANZ_INVALIDATED,
                     HeaderValue::from(outcome.dependents.len()),
                 );
                 r
@@ -783,7 +785,7 @@ fn written_response(done: usize, asked: usize, etag: &str) -> Response<Body> {
         }
         r
     };
-    insert_str(r.headers_mut(), "fanz-written", &format!("{done}/{asked}"));
+    insert_str(r.headers_mut(), FANZ_WRITTEN, &format!("{done}/{asked}"));
     r
 }
 

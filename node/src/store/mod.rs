@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fanz_protocol::{CacheKey, DecodeError, Entry};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
@@ -38,7 +39,7 @@ use prometheus_client::metrics::counter::Counter;
 
 pub use codec::{CorruptionLayer, StoreKey, StoredEntry, CORRUPT_ENTRIES};
 use packed::{Found, PackedLog};
-use small::SmallTier;
+use small::{Put, SmallTier};
 
 /// Largest block of the disk tier; also the largest entry it can hold.
 const MAX_BLOCK_SIZE: u64 = 16 << 20;
@@ -51,6 +52,18 @@ pub enum Tier {
     Memory,
     /// Read back from disk.
     Disk,
+}
+
+/// What [`Store::insert_reporting`] replaced.
+#[derive(Debug)]
+pub enum Replaced {
+    /// A value the memory tier held (its encoding).
+    Value(Bytes),
+    /// Nothing: no tier held the key.
+    Nothing,
+    /// Not known without reading the disk tier (or the value is large): nothing
+    /// was stored.
+    Unknown,
 }
 
 /// Sizes and place of the tiers.
@@ -381,12 +394,17 @@ impl Store {
     /// Whether either tier may hold `key` (the memory tier's index, the disk tier's):
     /// `false` is certain, `true` may need a read to confirm.
     pub fn may_hold(&self, key: &CacheKey) -> bool {
-        self.small.contains(key)
-            || self.queued(key).is_some()
+        self.small.contains(key) || self.may_hold_beyond_small(self.small.hash(key), key)
+    }
+
+    /// [`Store::may_hold`] but for the small memory tier (`hash` is its hash of
+    /// `key`).
+    fn may_hold_beyond_small(&self, hash: u64, key: &CacheKey) -> bool {
+        self.queued(key).is_some()
             || self
                 .to_disk
                 .as_ref()
-                .is_some_and(|queue| queue.log.may_hold(self.small.hash(key)))
+                .is_some_and(|queue| queue.log.may_hold(hash))
             || self.cache.contains(&StoreKey(key.clone()))
     }
 
@@ -414,54 +432,85 @@ impl Store {
     /// block alive, so a 100-byte value could hold 4 KiB or more while the memory
     /// tier counts 100.
     pub fn insert(&self, key: &CacheKey, entry: &Entry) {
+        self.write(key, entry, false);
+    }
+
+    /// [`Store::insert`], telling what it replaced, when that is known without
+    /// reading the disk tier: a value the small memory tier held (the write is then
+    /// counted as a use of the key), or nothing anywhere. Otherwise
+    /// ([`Replaced::Unknown`]) nothing is stored: the caller reads what is there
+    /// and then inserts.
+    pub fn insert_reporting(&self, key: &CacheKey, entry: &Entry) -> Replaced {
+        self.write(key, entry, true)
+    }
+
+    fn write(&self, key: &CacheKey, entry: &Entry, report: bool) -> Replaced {
         let hash = self.small.hash(key);
         let _only_change = self.key_lock(hash);
-        let small = SmallTier::takes(entry);
-        let Some(queue) = &self.to_disk else {
-            if small {
-                // A larger value of this key may be in foyer's memory tier.
-                self.cache.memory().remove(key);
-                let evicted = self.small.insert(key, entry);
-                self.evictions.inc_by(evicted as u64);
+        if SmallTier::takes(entry) {
+            let encoded = SmallTier::encode(key, entry);
+            // The handle the disk tier's queue keeps (taken before `encoded` moves).
+            let queued = self.to_disk.is_some().then(|| encoded.encoding());
+            let put = |encoded, how| self.small.put(hash, key, encoded, how);
+            let stored = if report {
+                match put(encoded, Put::Replace) {
+                    Ok(stored) => stored,
+                    Err(_) if self.may_hold_beyond_small(hash, key) => return Replaced::Unknown,
+                    Err(encoded) => put(encoded, Put::Always).expect("an unconditional put"),
+                }
             } else {
-                // A smaller value of this key would be found first.
-                self.small.remove(key);
-                #[cfg(test)]
-                self.between_tiers.run();
-                self.cache
-                    .insert(StoreKey(owned(key)), StoredEntry::new(entry));
+                put(encoded, Put::Always).expect("an unconditional put")
+            };
+            self.evictions.inc_by(stored.evicted as u64);
+            match (&self.to_disk, queued) {
+                (Some(queue), Some(queued)) => {
+                    #[cfg(test)]
+                    self.between_tiers.run();
+                    queue.push(Queued::Small(hash, owned(key), queued));
+                    // A larger value of this key goes from foyer's tiers, memory and
+                    // disk. (`contains` sees one on its way to the disk too: foyer's
+                    // keeper holds it until it is written and indexed.)
+                    let key = StoreKey(key.clone());
+                    if self.cache.contains(&key) {
+                        self.cache.remove(&key);
+                    }
+                }
+                // A larger value of this key may be in foyer's memory tier.
+                _ => {
+                    self.cache.memory().remove(key);
+                }
             }
-            return;
-        };
-        if small {
-            let (stored, evicted) = self.small.insert_shared(key, entry);
-            self.evictions.inc_by(evicted as u64);
-            #[cfg(test)]
-            self.between_tiers.run();
-            queue.push(Queued::Small(hash, owned(key), stored));
-            // A larger value of this key goes from foyer's tiers, memory and disk.
-            // (`contains` sees one on its way to the disk too: foyer's keeper holds
-            // it until it is written and indexed.)
-            let key = StoreKey(key.clone());
-            if self.cache.contains(&key) {
-                self.cache.remove(&key);
-            }
-        } else {
-            // A smaller value of this key would be found first, in memory or in
-            // the packed log.
-            self.small.remove(key);
-            queue.log.remove(hash, key);
-            #[cfg(test)]
-            self.between_tiers.run();
-            // In memory now; to disk with the next batch (see `DiskQueue`).
-            let in_memory = HybridCacheProperties::default().with_location(Location::InMem);
-            let inserted = self.cache.insert_with_properties(
-                StoreKey(owned(key)),
-                StoredEntry::new(entry),
-                in_memory,
-            );
-            queue.push(Queued::Large(inserted));
+            return match stored.replaced {
+                Some(old) => Replaced::Value(old.encoding()),
+                None => Replaced::Nothing,
+            };
         }
+        if report {
+            // Large values are not asked about: the caller reads what is there.
+            return Replaced::Unknown;
+        }
+        // A smaller value of this key would be found first, in memory or in the
+        // packed log.
+        self.small.remove(key);
+        let Some(queue) = &self.to_disk else {
+            #[cfg(test)]
+            self.between_tiers.run();
+            self.cache
+                .insert(StoreKey(owned(key)), StoredEntry::new(entry));
+            return Replaced::Unknown;
+        };
+        queue.log.remove(hash, key);
+        #[cfg(test)]
+        self.between_tiers.run();
+        // In memory now; to disk with the next batch (see `DiskQueue`).
+        let in_memory = HybridCacheProperties::default().with_location(Location::InMem);
+        let inserted = self.cache.insert_with_properties(
+            StoreKey(owned(key)),
+            StoredEntry::new(entry),
+            in_memory,
+        );
+        queue.push(Queued::Large(inserted));
+        Replaced::Unknown
     }
 
     /// Removes `key` from every tier (and from the way to the disk tier).

@@ -532,14 +532,12 @@ impl PackedLog {
             state.end
         };
         let next = (state.current + 1) % self.segments;
-        let dropped = std::mem::take(&mut state.hashes[next as usize]);
-        for hash in dropped {
-            if state
-                .index
-                .get(&hash)
-                .is_some_and(|loc| loc.segment() == next)
-            {
-                state.index.remove(&hash);
+        // Drained, not taken: the list keeps its capacity for the segment's next
+        // use (growing it again cost page faults on the writer's path).
+        let State { index, hashes, .. } = &mut *state;
+        for hash in hashes[next as usize].drain(..) {
+            if index.get(&hash).is_some_and(|loc| loc.segment() == next) {
+                index.remove(&hash);
             }
         }
         let seq = state.next_seq;

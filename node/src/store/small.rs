@@ -20,7 +20,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use fanz_protocol::{CacheKey, Entry};
 use hashbrown::HashTable;
 
@@ -74,6 +74,40 @@ impl Slot {
 fn key_of(blob: &[u8]) -> &[u8] {
     let len = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]);
     &blob[KEY_AT..KEY_AT + len as usize]
+}
+
+/// An entry encoded for this tier ([`SmallTier::encode`]): its key and its
+/// encoding in the one allocation it lives in.
+#[derive(Debug)]
+pub(super) struct Encoded(Arc<[u8]>);
+
+impl Encoded {
+    /// The entry's encoding: a `Bytes` over the allocation (a small handle, for the
+    /// disk tier's queue or a read).
+    pub(super) fn encoding(&self) -> Bytes {
+        let key_len = key_of(&self.0).len();
+        Bytes::from_owner(self.0.clone()).slice(KEY_AT + key_len..)
+    }
+}
+
+/// When [`SmallTier::put`] stores.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Put {
+    /// Always.
+    Always,
+    /// Only over a value held under the key; counted as a use of it, as a read is
+    /// (a client's write of a key is one: Redis's LRU counts writes too).
+    Replace,
+    /// Unless the key's shard changed since it stood at this ([`SmallTier::changes`]).
+    Unchanged(u64),
+}
+
+/// What [`SmallTier::put`] did.
+pub(super) struct Stored {
+    /// Entries evicted to make room.
+    pub(super) evicted: usize,
+    /// The value it replaced.
+    pub(super) replaced: Option<Encoded>,
 }
 
 /// A queue place: slot number and the generation it was queued with.
@@ -186,22 +220,49 @@ impl SmallTier {
     }
 
     /// Stores `entry` (one [`SmallTier::takes`]) under `key`, replacing what it
-    /// held: encoded once, into the entry's one allocation. Returns how many
-    /// entries were evicted to make room.
+    /// held. Returns how many entries were evicted to make room.
+    #[cfg(test)]
     pub(super) fn insert(&self, key: &CacheKey, entry: &Entry) -> usize {
-        self.insert_blob(
-            key,
-            Self::blob(key, entry.encoded_len(), |b| entry.encode_into(b)),
-        )
+        let stored = self.put(self.hash(key), key, Self::encode(key, entry), Put::Always);
+        stored.expect("an unconditional put").evicted
     }
 
-    /// [`SmallTier::insert`], also returning the stored encoding (a `Bytes` over
-    /// the entry's allocation, for the disk tier's queue: a small handle while it
-    /// waits there).
-    pub(super) fn insert_shared(&self, key: &CacheKey, entry: &Entry) -> (Bytes, usize) {
-        let blob = Self::blob(key, entry.encoded_len(), |b| entry.encode_into(b));
-        let stored = Bytes::from_owner(blob.clone()).slice(KEY_AT + key.encoded().len()..);
-        (stored, self.insert_blob(key, blob))
+    /// `entry` (one [`SmallTier::takes`]) encoded for `key`, once, into the
+    /// allocation it will live in.
+    pub(super) fn encode(key: &CacheKey, entry: &Entry) -> Encoded {
+        Encoded(Self::blob(key, entry.encoded_len(), |b| {
+            entry.encode_to_slice(b)
+        }))
+    }
+
+    /// Stores `encoded` under `key` (of `hash`), replacing what it held, as `how`
+    /// says; hands `encoded` back when it is not stored.
+    pub(super) fn put(
+        &self,
+        hash: u64,
+        key: &CacheKey,
+        encoded: Encoded,
+        how: Put,
+    ) -> Result<Stored, Encoded> {
+        let raw = key.encoded();
+        let mut shard = self.shard(hash);
+        let replace_only = match how {
+            Put::Always => false,
+            Put::Replace => true,
+            Put::Unchanged(changes_before) if shard.changes != changes_before => {
+                return Err(encoded)
+            }
+            Put::Unchanged(_) => false,
+        };
+        let before = shard.weight;
+        let stored = shard.insert(hash, raw, encoded.0, replace_only, &self.hasher);
+        if stored.is_ok() {
+            shard.changes = shard.changes.wrapping_add(1);
+        }
+        let after = shard.weight;
+        drop(shard);
+        self.account(before, after);
+        stored.map_err(Encoded)
     }
 
     /// Where `key`'s shard stands ([`Shard::changes`]): taken before a disk read
@@ -221,45 +282,25 @@ impl SmallTier {
         encoded: &[u8],
         changes_before: u64,
     ) -> Option<usize> {
-        let blob = Self::blob(key, encoded.len(), |b| b.put_slice(encoded));
-        self.insert_blob_if(key, blob, |shard| shard.changes == changes_before)
+        let blob = Encoded(Self::blob(key, encoded.len(), |b| {
+            b.copy_from_slice(encoded)
+        }));
+        let stored = self.put(self.hash(key), key, blob, Put::Unchanged(changes_before));
+        stored.ok().map(|stored| stored.evicted)
     }
 
-    fn blob(key: &CacheKey, encoded_len: usize, encode: impl FnOnce(&mut BytesMut)) -> Arc<[u8]> {
+    /// A blob of `key` and an encoding of `encoded_len` bytes that `encode` writes,
+    /// made in its one allocation.
+    fn blob(key: &CacheKey, encoded_len: usize, encode: impl FnOnce(&mut [u8])) -> Arc<[u8]> {
         let raw = key.encoded();
-        let mut blob = BytesMut::with_capacity(KEY_AT + raw.len() + encoded_len);
-        blob.put_u32_le(raw.len() as u32);
-        blob.put_slice(raw);
-        encode(&mut blob);
-        Arc::from(&blob[..])
-    }
-
-    fn insert_blob(&self, key: &CacheKey, blob: Arc<[u8]>) -> usize {
-        self.insert_blob_if(key, blob, |_| true)
-            .expect("an unconditional insert")
-    }
-
-    /// Inserts `blob` under `key` if `allowed` says so of the shard, under its lock.
-    fn insert_blob_if(
-        &self,
-        key: &CacheKey,
-        blob: Arc<[u8]>,
-        allowed: impl FnOnce(&Shard) -> bool,
-    ) -> Option<usize> {
-        let raw = key.encoded();
-        let hash = self.hasher.hash_one(raw);
-        let mut shard = self.shard(hash);
-        if !allowed(&shard) {
-            return None;
-        }
-        shard.changes = shard.changes.wrapping_add(1);
-        let added = weigh(&blob);
-        let before = shard.weight;
-        let evicted = shard.insert(hash, raw, blob, added, &self.hasher);
-        let after = shard.weight;
-        drop(shard);
-        self.account(before, after);
-        Some(evicted)
+        let encoded_at = KEY_AT + raw.len();
+        // Collected from an iterator of known length: allocated once, in place.
+        let mut blob: Arc<[u8]> = std::iter::repeat_n(0u8, encoded_at + encoded_len).collect();
+        let out = Arc::get_mut(&mut blob).expect("not shared yet");
+        out[..KEY_AT].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+        out[KEY_AT..encoded_at].copy_from_slice(raw);
+        encode(&mut out[encoded_at..]);
+        blob
     }
 
     /// Removes `key`; whether it was held.
@@ -286,24 +327,34 @@ impl SmallTier {
 }
 
 impl Shard {
+    /// Stores `blob` under `raw` (of `hash`), replacing what it held (only that,
+    /// with `replace_only`: else `blob` is handed back), and evicts down to the
+    /// capacity.
     fn insert(
         &mut self,
         hash: u64,
         raw: &[u8],
         blob: Arc<[u8]>,
-        weight: usize,
+        replace_only: bool,
         hasher: &RandomState,
-    ) -> usize {
+    ) -> Result<Stored, Arc<[u8]>> {
+        let weight = weigh(&blob);
         let Shard { index, slots, .. } = self;
+        let mut replaced = None;
         if let Some(&id) = index.find(hash, |&id| slots[id as usize].key() == raw) {
             // Replaced in place: the key keeps its place and its reads.
             let slot = &mut slots[id as usize];
             let old = weigh(slot.blob());
-            slot.blob = Some(blob);
+            replaced = slot.blob.replace(blob).map(Encoded);
+            if replace_only {
+                slot.freq = (slot.freq + 1).min(MAX_FREQ);
+            }
             self.weight = self.weight + weight - old;
             if slot.in_small {
                 self.small_weight = self.small_weight + weight - old;
             }
+        } else if replace_only {
+            return Err(blob);
         } else {
             let id = match self.free.pop() {
                 Some(id) => {
@@ -341,7 +392,7 @@ impl Shard {
                 evicted += 1;
             }
         }
-        evicted
+        Ok(Stored { evicted, replaced })
     }
 
     /// Drops the queue places of freed slots once they outnumber the live ones
