@@ -14,10 +14,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 
 /// Error type of streamed bodies (an origin that fails mid-body).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -118,21 +118,10 @@ impl BodyError {
     }
 }
 
-/// A request body that failed while being read.
-#[derive(Debug)]
-struct ClientBodyError(BoxError);
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for ClientBodyError {}
-
 /// Reads a whole body of at most `limit` bytes within `timeout`. A declared
 /// `Content-Length` over the limit is refused before anything is read; a chunked body
 /// is cut off as soon as it passes the limit, so nothing over it is ever buffered.
+/// A body that came in one piece (the usual small one) is kept as it is, no copy.
 pub async fn read_body<B>(body: B, limit: u64, timeout: Duration) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -141,16 +130,36 @@ where
     if body.size_hint().lower() > limit {
         return Err(BodyError::TooLarge(limit));
     }
-    // A concrete error type: Limited's bound on a boxed one trips rustc's inference.
-    let limited = Limited::new(body.map_err(|e| ClientBodyError(e.into())), limit as usize);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(BodyError::Timeout(timeout)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(BodyError::TooLarge(limit))
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut first = Bytes::new();
+        let mut joined: Option<BytesMut> = None;
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Client(e.into().to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: not kept
+            };
+            len += data.len() as u64;
+            if len > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            match &mut joined {
+                Some(joined) => joined.extend_from_slice(&data),
+                None if first.is_empty() => first = data,
+                None => {
+                    let mut both = BytesMut::with_capacity(first.len() + data.len());
+                    both.extend_from_slice(&first);
+                    both.extend_from_slice(&data);
+                    joined = Some(both);
+                }
+            }
         }
-        Ok(Err(e)) => Err(BodyError::Client(e.to_string())),
-    }
+        Ok(joined.map_or(first, BytesMut::freeze))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout(timeout)))
 }
 
 /// What a channel feeding a body carries: chunks, or chunks that may be errors.
@@ -221,4 +230,36 @@ where
         }
     });
     channel_body(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body fed by the chunks given, then left open (`open`) or ended.
+    fn chunks(parts: &[&'static [u8]], open: bool) -> Body {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(parts.len().max(1));
+        for part in parts {
+            tx.try_send(Bytes::from_static(part)).unwrap();
+        }
+        if open {
+            std::mem::forget(tx);
+        }
+        channel_body(rx)
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_within_its_limit_and_time() {
+        let second = Duration::from_secs(1);
+        let one: &'static [u8] = b"in one piece";
+        let read = read_body(chunks(&[one], false), 100, second).await.unwrap();
+        assert_eq!(read.as_ptr(), one.as_ptr(), "one piece is kept, not copied");
+        let read = read_body(chunks(&[b"", b"a", b"", b"bc", b"d"], false), 4, second);
+        assert_eq!(read.await.unwrap(), Bytes::from_static(b"abcd"));
+        let over = read_body(chunks(&[b"ab", b"cde"], false), 4, second).await;
+        assert!(matches!(over, Err(BodyError::TooLarge(4))), "{over:?}");
+        let stalled = read_body(chunks(&[b"ab"], true), 4, Duration::from_millis(20)).await;
+        assert!(matches!(stalled, Err(BodyError::Timeout(_))), "{stalled:?}");
+        assert_eq!(read_body(chunks(&[], false), 4, second).await.unwrap(), "");
+    }
 }
