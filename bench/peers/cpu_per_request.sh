@@ -2,7 +2,7 @@
 # CPU time the node spends per KV request, and the rate it served: a figure that
 # drifts less than req/s on a shared machine, for A/B runs of two builds.
 # The node (at its defaults, given flags added) is pinned to core 1 and fanz-bench to
-# core 0; 3 s of warm-up, then 5 s measured from /proc (user + system time).
+# core 0; 3 s of warm-up, then 5 s measured from /proc (user and system time).
 #
 # Usage: bench/peers/cpu_per_request.sh NODE_BINARY [node flags...]
 #        (SIZE=1024 KEYS=100000 WRITES=1 to change: WRITES=1 is all PUTs;
@@ -27,11 +27,11 @@ load() {
     --writes "$WRITES" --value-size "$SIZE" --connections 32 --duration "$1" --warmup 0 --seed "$2" --json --label cpu
 }
 load 3 9 >/dev/null
-t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+u0=$(awk '{print $14}' "/proc/$pid/stat"); s0=$(awk '{print $15}' "/proc/$pid/stat")
 out=$(load 5 1)
-t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+u1=$(awk '{print $14}' "/proc/$pid/stat"); s1=$(awk '{print $15}' "/proc/$pid/stat")
 req=$(echo "$out" | sed -E 's/.*"requests":([0-9]+).*/\1/')
 rps=$(echo "$out" | sed -E 's/.*"req_per_s":([0-9.]+).*/\1/')
 ticks=$(getconf CLK_TCK)
-awk -v t=$((t1 - t0)) -v r="$req" -v s="$rps" -v hz="$ticks" \
-  'BEGIN {printf "%.1f us of node CPU per request, %d req/s\n", t * 1e6 / hz / r, s}'
+awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v r="$req" -v q="$rps" -v hz="$ticks" \
+  'BEGIN {k = 1e6 / hz / r; printf "%.1f us of node CPU per request (user %.1f, system %.1f), %d req/s\n", (u + s) * k, u * k, s * k, q}'

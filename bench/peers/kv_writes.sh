@@ -7,7 +7,8 @@
 # redis-benchmark sends as many SETs as fanz-node served in its round. Beside them, the
 # HTTP floor: the same PUTs to a hyper server that reads each and answers 204, storing
 # nothing (`fanz-bench origin`), which no HTTP/1.1 KV write can beat; and the same
-# build with `--disk-capacity 0`, which shows what the disk tier costs a write.
+# build with `--disk-capacity 0`, which shows what the disk tier costs a write. Each
+# round also gives fanz-node's and Redis's CPU time per write, user and system.
 #
 # Usage: bench/peers/kv_writes.sh   (DURATION=6 ROUNDS=3 CONNS=32 KEYS=100000 to
 #        change; NODE=path/to/fanz-node to measure another build; EXTRA="..." to pass
@@ -61,12 +62,25 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "node: $NODE ${EXTRA:-}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
 fz=(); rd=(); fo=(); nd=()
+# CPU time (user and system, from /proc) of process $1 since ticks "$2", per request
+# of $3: "user/system" in microseconds.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+cpu_per() {
+  read -r u0 s0 <<< "$2"; read -r u1 s1 <<< "$(ticks "$1")"
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$3" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.1f/%.1f", u * 1e6 / hz / n, s * 1e6 / hz / n}'
+}
 for r in $(seq "$ROUNDS"); do
+  before=$(ticks "${pids[1]}")
   out=$(puts "$FANZ" "$r" fanz-set)
   f=$(field "$out" req_per_s)
+  # Over the round's warm-up second too, at the rate measured after it.
+  fcpu=$(cpu_per "${pids[1]}" "$before" "$(awk "BEGIN{printf \"%d\", $f * ($DURATION + 1)}")")
   n=$(awk "BEGIN{printf \"%d\", $f * $DURATION}")
+  before=$(ticks "${pids[0]}")
   x=$(taskset -c 0 redis-benchmark -p "$REDIS" -t set -d 1024 -r "$KEYS" -n "$n" -c "$CONNS" --csv | tail -1 \
     | tr -d '"' | cut -d, -f2)
+  rcpu=$(cpu_per "${pids[0]}" "$before" "$n")
   floor=$(puts "$FLOOR" "$r" floor)
   fl=$(field "$floor" req_per_s)
   fz+=("$f"); rd+=("$x"); fo+=("$fl")
@@ -76,7 +90,7 @@ for r in $(seq "$ROUNDS"); do
     nl=$(field "$nodisk" req_per_s); nd+=("$nl")
     no_disk="; without its disk tier $nl SET/s ($(ratio "$nl" "$x")x redis)"
   fi
-  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(ratio "$f" "$x"); HTTP floor $fl PUT/s ($(ratio "$fl" "$x")x redis)$no_disk"
+  echo "round $r: fanz-node $f SET/s (p99 $(field "$out" p99_ms) ms), redis $x SET/s, ratio $(ratio "$f" "$x"); HTTP floor $fl PUT/s ($(ratio "$fl" "$x")x redis)$no_disk; CPU per write, user/system us: fanz-node $fcpu, redis $rcpu"
 done
 mf=$(med "${fz[@]}"); mr=$(med "${rd[@]}"); mo=$(med "${fo[@]}")
 echo "median of $ROUNDS: fanz-node $mf, redis $mr, ratio $(ratio "$mf" "$mr"); HTTP floor $mo ($(ratio "$mo" "$mr")x redis, fanz-node at $(ratio "$mf" "$mo") of it)"
