@@ -11,7 +11,11 @@
 //! records: `head crc | body crc | kind | key length | value length | key | value`.
 //! The head crc covers the segment's sequence number and the key, so that the
 //! records a reused segment held before stop parsing once its new header is
-//! written; the body crc covers the value.
+//! written; the body crc covers the value. Values end with their own crc32 (an
+//! entry's encoding does), so the body crc of every put is the same constant
+//! ([`SELF_CHECKED_CRC`]), written without a second pass over the value and checked
+//! against the value as read: a damaged value, or one written without its crc,
+//! fails it.
 //!
 //! **Removals.** A removal drops the key's index entry and writes a tombstone with
 //! the next batch. A removal of a key in the batch being written marks it there, so
@@ -67,6 +71,12 @@ const UNKNOWN_LEN: u32 = u32::MAX;
 /// round the ring onto its own records.
 const MAX_BATCH_SHARE: u64 = 4;
 
+/// The crc32 of any bytes followed by their own crc32 (IEEE, little-endian): the
+/// same for every such value (CRC-32's residue). The log's values are all such (an
+/// entry's encoding ends with its crc), so a record's body crc is this, written
+/// without reading the value again, and checked against the value as read.
+pub(super) const SELF_CHECKED_CRC: u32 = 0x2144_DF1C;
+
 /// Where a record is: its segment (24 bits), its offset there (24: segments are at
 /// most 16 MiB) and its length (16), in one word, so that an index entry takes 16
 /// bytes.
@@ -112,6 +122,10 @@ impl Hasher for PassThrough {
 }
 
 type Index = HashMap<u64, Loc, BuildHasherDefault<PassThrough>>;
+
+/// Each key's newest value in a batch taken and not yet indexed, by the key's hash:
+/// its batch, and the key and value (`None` once removed meanwhile).
+type Writing = HashMap<u64, (u64, Option<(CacheKey, Bytes)>), BuildHasherDefault<PassThrough>>;
 
 /// What the log holds of a key, as [`PackedLog::find`] answers.
 #[derive(Debug)]
@@ -200,7 +214,7 @@ struct State {
     tombstones: std::collections::HashSet<CacheKey>,
     /// The batches taken and not yet indexed: each key's newest value and its
     /// batch, the value `None` once removed meanwhile.
-    writing: HashMap<u64, (u64, Option<(CacheKey, Bytes)>)>,
+    writing: Writing,
     /// The number of the next batch taken.
     next_batch: u64,
 }
@@ -244,7 +258,7 @@ impl PackedLog {
                 fresh: true,
                 next_seq: 1,
                 tombstones: Default::default(),
-                writing: HashMap::new(),
+                writing: Default::default(),
                 next_batch: 0,
             }),
             buffer: Mutex::new(Vec::new()),
@@ -686,9 +700,19 @@ fn encode(out: &mut Vec<u8>, seq: u64, key: &CacheKey, value: Option<&Bytes>) {
         Some(value) => (PUT, &value[..]),
         None => (TOMBSTONE, &[][..]),
     };
+    let body_crc = if kind == PUT {
+        debug_assert_eq!(
+            crc32fast::hash(value),
+            SELF_CHECKED_CRC,
+            "a value without its crc"
+        );
+        SELF_CHECKED_CRC
+    } else {
+        crc32fast::hash(value)
+    };
     let start = out.len();
     out.put_u32_le(0);
-    out.put_u32_le(crc32fast::hash(value));
+    out.put_u32_le(body_crc);
     out.put_u8(kind);
     out.put_u32_le(key.len() as u32);
     out.put_u32_le(value.len() as u32);
@@ -772,11 +796,19 @@ mod tests {
         CacheKey::kv(name.as_bytes())
     }
 
+    /// `value` followed by its crc32, as the log's values are (an entry's encoding
+    /// ends so).
+    fn sealed(value: &[u8]) -> Bytes {
+        let mut sealed = value.to_vec();
+        sealed.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
+        Bytes::from(sealed)
+    }
+
     /// Writes one batch of `puts` (and the removals made since the last one).
     fn write(log: &PackedLog, puts: &[(&CacheKey, &[u8])]) {
         let puts = puts
             .iter()
-            .map(|(k, v)| (hash(k), (*k).clone(), Bytes::copy_from_slice(v)))
+            .map(|(k, v)| (hash(k), (*k).clone(), sealed(v)))
             .collect();
         log.write(log.take(puts));
     }
@@ -785,12 +817,14 @@ mod tests {
         log.remove(hash(key), key);
     }
 
+    /// What the log holds of `key`, its crc taken off.
     fn read(log: &PackedLog, key: &CacheKey) -> Option<Bytes> {
-        match log.find(hash(key), key) {
+        let sealed = match log.find(hash(key), key) {
             Found::Absent => None,
             Found::Writing(value) => Some(value),
             Found::At(loc, seq) => log.read(hash(key), key, (loc, seq)).unwrap(),
-        }
+        }?;
+        Some(sealed.slice(..sealed.len() - 4))
     }
 
     #[test]
@@ -825,7 +859,7 @@ mod tests {
         {
             let log = open(dir.path());
             write(&log, &[(&k, b"old")]);
-            let batch = log.take(vec![(hash(&k), k.clone(), Bytes::from_static(b"new"))]);
+            let batch = log.take(vec![(hash(&k), k.clone(), sealed(b"new"))]);
             assert_eq!(read(&log, &k).as_deref(), Some(&b"new"[..]));
             remove(&log, &k);
             assert_eq!(read(&log, &k), None);
@@ -850,10 +884,10 @@ mod tests {
         {
             let log = open(dir.path());
             write(&log, &[(&gone, b"here")]);
-            let put = |value: &'static [u8]| (hash(&k), k.clone(), Bytes::from_static(value));
+            let put = |value: &'static [u8]| (hash(&k), k.clone(), sealed(value));
             let first = log.take(vec![
                 put(b"first"),
-                (hash(&gone), gone.clone(), Bytes::from_static(b"again")),
+                (hash(&gone), gone.clone(), sealed(b"again")),
             ]);
             remove(&log, &gone);
             let second = log.take(vec![put(b"second")]);
@@ -988,7 +1022,7 @@ mod tests {
     #[test]
     fn records_of_a_segments_earlier_use_stop_parsing() {
         let mut out = Vec::new();
-        encode(&mut out, 7, &key("k"), Some(&Bytes::from_static(b"v")));
+        encode(&mut out, 7, &key("k"), Some(&sealed(b"v")));
         let out = Bytes::from(out);
         assert!(matches!(parse(&out, 7), Some((Record::Put { .. }, _))));
         assert!(parse(&out, 8).is_none());
@@ -1041,7 +1075,7 @@ mod tests {
                         newest.insert(k, None);
                     }
                     Op::RemoveWhileWriting(k, v, r) => {
-                        let batch = log.take(vec![(hash(&key(&k.to_string())), key(&k.to_string()), Bytes::from(value(k, v)))]);
+                        let batch = log.take(vec![(hash(&key(&k.to_string())), key(&k.to_string()), sealed(&value(k, v)))]);
                         newest.insert(k, Some(value(k, v)));
                         remove(&log, &key(&r.to_string()));
                         newest.insert(r, None);
