@@ -283,6 +283,7 @@ async fn bad_input_gets_a_clear_error() {
         ("surrogate-key", long_tag.as_str()),
         ("fanz-depends-on", "tag:"),
         ("fanz-depends-on", "bad%zzescape"),
+        ("fanz-depends-on", "other, h"),
     ] {
         let r = send(Method::PUT, &node.url("/kv/h"), &[(header, value)], "x").await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{header}: {value}");

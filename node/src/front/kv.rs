@@ -564,7 +564,7 @@ impl MainService {
         let cc = headers::cache_control(h)?;
         let tags = headers::surrogate_keys(h)?;
         let depends_on = headers::depends_on(h, self.limits.max_key_size)?;
-        if depends_on.contains(&fanz_protocol::InvalidationId::key(key)) {
+        if !depends_on.is_empty() && depends_on.contains(&fanz_protocol::InvalidationId::key(key)) {
             return Err(HeaderError {
                 header: "Fanz-Depends-On",
                 reason: "a key cannot depend on itself".into(),
