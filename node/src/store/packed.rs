@@ -177,6 +177,9 @@ pub(super) struct PackedLog {
     /// The writer's buffer, kept from batch to batch (a fresh one each time cost
     /// page faults on every write).
     buffer: Mutex<Vec<u8>>,
+    /// A written batch's list of records, emptied, for the next batch to fill (for
+    /// the same reason).
+    spare_records: Mutex<Vec<Placed>>,
     written: AtomicU64,
     read: AtomicU64,
     /// Whether the last write failed (so that a disk that stays full is logged
@@ -262,6 +265,7 @@ impl PackedLog {
                 next_batch: 0,
             }),
             buffer: Mutex::new(Vec::new()),
+            spare_records: Mutex::new(Vec::new()),
             written: AtomicU64::new(0),
             read: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -373,33 +377,13 @@ impl PackedLog {
         let longest = MAX_RECORD.min(self.segment_size as usize - HEADER);
         let id = state.next_batch;
         state.next_batch += 1;
-        let mut bytes = 0;
-        let mut taken = Vec::with_capacity(puts.len());
-        for (hash, key, value) in puts {
-            let len = record_len(&key, Some(&value));
-            bytes += len as u64;
-            if bytes > limit || len > longest {
-                // Not written: what the log holds of the key is older, so it goes.
-                forget(&mut state, hash, &key);
-                continue;
-            }
-            state
-                .writing
-                .insert(hash, (id, Some((key.clone(), value.clone()))));
-            taken.push((hash, key, Some(value)));
-        }
-        let tombstones = std::mem::take(&mut state.tombstones);
-        let mut batch = Batch {
-            id,
-            records: Vec::with_capacity(tombstones.len() + taken.len()),
-        };
-        let records = tombstones.into_iter().map(|key| (0, key, None));
-        let records = records.chain(taken);
-        for (hash, key, value) in records {
+        let mut records =
+            std::mem::take(&mut *self.spare_records.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut place = |state: &mut State, hash, key, value: Option<Bytes>| {
             let size = record_len(&key, value.as_ref());
             let full = state.end as usize + size > self.segment_size as usize;
-            let header = (state.fresh || full).then(|| self.start_segment(&mut state));
-            batch.records.push(Placed {
+            let header = (state.fresh || full).then(|| self.start_segment(state));
+            records.push(Placed {
                 segment: state.current,
                 offset: state.end,
                 seq: state.seqs[state.current as usize],
@@ -409,15 +393,42 @@ impl PackedLog {
                 value,
             });
             state.end += size as u32;
+        };
+        // Which puts fit (the batch's share of the log, the longest record).
+        let fits = |bytes: &mut u64, key: &CacheKey, value: &Bytes| {
+            let len = record_len(key, Some(value));
+            *bytes += len as u64;
+            *bytes <= limit && len <= longest
+        };
+        let mut bytes = 0;
+        for (hash, key, value) in &puts {
+            if !fits(&mut bytes, key, value) {
+                // Not written: what the log holds of the key is older, so it goes
+                // (its tombstone with this batch's).
+                forget(&mut state, *hash, key);
+            }
         }
-        batch
+        for key in std::mem::take(&mut state.tombstones) {
+            place(&mut state, 0, key, None);
+        }
+        let mut bytes = 0;
+        for (hash, key, value) in puts {
+            if !fits(&mut bytes, &key, &value) {
+                continue;
+            }
+            state
+                .writing
+                .insert(hash, (id, Some((key.clone(), value.clone()))));
+            place(&mut state, hash, key, Some(value));
+        }
+        Batch { id, records }
     }
 
     /// Writes `batch` where it was placed and indexes its puts not removed
     /// meanwhile, one `pwrite` for each run of records in a segment. On a failed
     /// write its puts are not indexed (and what the index held of their keys is
     /// dropped: it is older) and its tombstones go with the next batch. Blocking.
-    pub(super) fn write(&self, batch: Batch) {
+    pub(super) fn write(&self, mut batch: Batch) {
         if batch.records.is_empty() {
             return;
         }
@@ -507,10 +518,16 @@ impl PackedLog {
             if !self.failing.swap(true, Ordering::Relaxed) {
                 tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only until writes succeed again");
             }
-            let tombstones = batch.records.into_iter().filter(|r| r.value.is_none());
+            let tombstones = batch.records.drain(..).filter(|r| r.value.is_none());
             state.tombstones.extend(tombstones.map(|r| r.key));
         } else if self.failing.swap(false, Ordering::Relaxed) {
             tracing::warn!("writing small entries to disk works again");
+        }
+        drop(state);
+        batch.records.clear();
+        let mut spare = self.spare_records.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.capacity() < batch.records.capacity() {
+            *spare = batch.records;
         }
     }
 
