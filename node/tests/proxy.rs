@@ -721,14 +721,18 @@ async fn a_response_cut_off_by_the_origin_is_never_stored() {
         let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
-        let resp = client
-            .get(node.url("/cut").parse().unwrap())
-            .await
-            .expect("response head");
-        assert!(
-            resp.into_body().collect().await.is_err(),
-            "a cut-off body arrived as if whole"
-        );
+        // The client sees an error either way: most often the head and then a body
+        // cut short; but when the origin's cut already ended the fill as the node
+        // starts its answer, hyper closes the connection on the body's error before
+        // the head it buffered is flushed, and the request fails before a head
+        // (seen once in CI, under load).
+        match client.get(node.url("/cut").parse().unwrap()).await {
+            Ok(resp) => assert!(
+                resp.into_body().collect().await.is_err(),
+                "a cut-off body arrived as if whole"
+            ),
+            Err(e) => assert!(format!("{e:?}").contains("IncompleteMessage"), "{e:?}"),
+        }
     }
     assert_eq!(
         served.load(std::sync::atomic::Ordering::SeqCst),
