@@ -449,8 +449,12 @@ impl Store {
         let _only_change = self.key_lock(hash);
         if SmallTier::takes(entry) {
             let encoded = SmallTier::encode(key, entry);
-            // The handle the disk tier's queue keeps (taken before `encoded` moves).
-            let queued = self.to_disk.is_some().then(|| encoded.encoding());
+            // The disk tier's queue and the handle it keeps (taken before `encoded`
+            // moves).
+            let to_disk = self
+                .to_disk
+                .as_ref()
+                .map(|queue| (queue, encoded.encoding()));
             let put = |encoded, how| self.small.put(hash, key, encoded, how);
             let stored = if report {
                 match put(encoded, Put::Replace) {
@@ -462,8 +466,8 @@ impl Store {
                 put(encoded, Put::Always).expect("an unconditional put")
             };
             self.evictions.inc_by(stored.evicted as u64);
-            match (&self.to_disk, queued) {
-                (Some(queue), Some(queued)) => {
+            match to_disk {
+                Some((queue, queued)) => {
                     #[cfg(test)]
                     self.between_tiers.run();
                     queue.push(Queued::Small(hash, owned(key), queued));
@@ -476,7 +480,7 @@ impl Store {
                     }
                 }
                 // A larger value of this key may be in foyer's memory tier.
-                _ => {
+                None => {
                     self.cache.memory().remove(key);
                 }
             }

@@ -430,7 +430,7 @@ impl PackedLog {
     /// dropped: it is older) and its tombstones go with the next batch. Blocking.
     pub(super) fn write(&self, mut batch: Batch) {
         if batch.records.is_empty() {
-            return;
+            return self.keep_for_the_next_batch(batch.records);
         }
         // Encoded into the writer's reused buffer, each run of consecutive records
         // into one range of it: (file offset, buffer range).
@@ -524,10 +524,15 @@ impl PackedLog {
             tracing::warn!("writing small entries to disk works again");
         }
         drop(state);
-        batch.records.clear();
+        self.keep_for_the_next_batch(batch.records);
+    }
+
+    /// Keeps a written batch's list of records, emptied, for the next batch.
+    fn keep_for_the_next_batch(&self, mut records: Vec<Placed>) {
+        records.clear();
         let mut spare = self.spare_records.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.capacity() < batch.records.capacity() {
-            *spare = batch.records;
+        if spare.capacity() < records.capacity() {
+            *spare = records;
         }
     }
 
