@@ -6,14 +6,10 @@ use fanz_node::cli::{self, CliError, Invocation};
 use fanz_node::config::Config;
 use fanz_node::node::{self, StartError};
 
-/// mimalloc (its v2 series) rather than glibc's malloc: a cache is mostly many small
-/// allocations that live long (entries, keys, index records). With it, 1 M entries
-/// of 100 bytes take 350 bytes each instead of 417, and hits and KV writes are
-/// faster (docs/PERFORMANCE.md, "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 fn main() -> ExitCode {
+    allocator::configure();
     let config = match cli::parse(std::env::args_os()) {
         Ok(Invocation::Serve(config)) => config,
         Ok(Invocation::PrintConfig(config)) => {
@@ -32,6 +28,7 @@ fn main() -> ExitCode {
     let _exporter = fanz_node::logging::init(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(allocator::on_worker_park)
         .build()
     {
         Ok(rt) => rt,
@@ -74,6 +71,7 @@ fn print_dev_cert(config: &Config) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), StartError> {
+    tokio::spawn(allocator::purge_when_idle());
     let http = node::bind("http_addr", config.http_addr).await?;
     let admin = node::bind("admin_addr", config.admin_addr).await?;
     node::run(config, http, admin, node::shutdown_signal()).await
