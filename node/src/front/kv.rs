@@ -22,6 +22,7 @@ use crate::cluster::routing::Routing;
 use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::headers::{self, HeaderError};
+use crate::http::traceparent::hex_into;
 use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
 use crate::live::Live;
@@ -524,7 +525,7 @@ impl MainService {
         if !is_owner {
             // Written to the owners only: this node keeps no copy of keys it does
             // not own, so reads here always see the owners' latest value.
-            return written_response(done, asked, &etag);
+            return written_response(done, asked, Some(etag));
         }
         match self.cache.set_reporting(key, entry).await {
             Ok(outcome) => {
@@ -535,7 +536,7 @@ impl MainService {
                 };
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = status;
-                insert_str(r.headers_mut(), header::ETAG, &etag);
+                r.headers_mut().insert(header::ETAG, etag);
                 r.headers_mut().insert(
                     FANZ_INVALIDATED,
                     HeaderValue::from(outcome.dependents.len()),
@@ -705,7 +706,7 @@ fn entry_response(
     request: &HeaderMap,
 ) -> Response<Body> {
     let etag = etag(&entry.meta);
-    let not_modified = headers::if_none_match(request, &etag);
+    let not_modified = headers::if_none_match(request, etag.to_str().unwrap_or_default());
     let (status, body) = if not_modified {
         (StatusCode::NOT_MODIFIED, Bytes::new())
     } else if method == Method::HEAD {
@@ -727,7 +728,7 @@ fn entry_response(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
     }
     h.insert(header::AGE, HeaderValue::from(age_secs));
-    insert_str(h, header::ETAG, &etag);
+    h.insert(header::ETAG, etag);
     // With Age, how long a client (a near cache) may keep it.
     insert_str(
         h,
@@ -771,7 +772,7 @@ fn miss_status(reason: MissReason) -> CacheStatus {
 
 /// The answer to a write this node forwarded to the key's owners: 204 when at least
 /// one stored it (`Fanz-Written: done/asked` says how many), 503 when none did.
-fn written_response(done: usize, asked: usize, etag: &str) -> Response<Body> {
+fn written_response(done: usize, asked: usize, etag: Option<HeaderValue>) -> Response<Body> {
     let mut r = if done == 0 {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -780,8 +781,8 @@ fn written_response(done: usize, asked: usize, etag: &str) -> Response<Body> {
     } else {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NO_CONTENT;
-        if !etag.is_empty() {
-            insert_str(r.headers_mut(), header::ETAG, etag);
+        if let Some(etag) = etag {
+            r.headers_mut().insert(header::ETAG, etag);
         }
         r
     };
@@ -789,14 +790,51 @@ fn written_response(done: usize, asked: usize, etag: &str) -> Response<Body> {
     r
 }
 
-/// The ETag of an entry: its version, unique per write.
-fn etag(meta: &EntryMeta) -> String {
-    format!("\"{:x}\"", meta.version.as_u64())
+/// The ETag of an entry: its version, unique per write, in quoted lower-case hex
+/// (formatted without `fmt`: every hit and write sends one).
+fn etag(meta: &EntryMeta) -> HeaderValue {
+    let version = meta.version.as_u64();
+    let digits = (64 - version.leading_zeros() as usize).div_ceil(4).max(1);
+    let mut quoted = [b'"'; 18];
+    hex_into(&mut quoted[1..=digits], u128::from(version));
+    HeaderValue::from_bytes(&quoted[..digits + 2]).expect("hex digits and quotes")
 }
 
 fn insert_str(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
     // Every value passed here is built from ASCII digits, hex and fixed words.
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanz_protocol::hlc::Timestamp;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn an_etag_is_the_version_in_quoted_lower_case_hex(version: u64) {
+            let meta = EntryMeta { version: Timestamp::from_u64(version), ..EntryMeta::default() };
+            let expected = format!("\"{version:x}\"");
+            prop_assert_eq!(etag(&meta), expected.as_str());
+        }
+    }
+
+    #[test]
+    fn the_smallest_and_largest_versions_make_etags() {
+        for (version, expected) in [
+            (0, "\"0\""),
+            (0xf, "\"f\""),
+            (0x10, "\"10\""),
+            (u64::MAX, "\"ffffffffffffffff\""),
+        ] {
+            let meta = EntryMeta {
+                version: Timestamp::from_u64(version),
+                ..EntryMeta::default()
+            };
+            assert_eq!(etag(&meta), expected);
+        }
     }
 }
