@@ -237,6 +237,24 @@ mod tests {
         assert_eq!(response.headers()["x-request-id"], trace.request_id);
     }
 
+    #[test]
+    fn made_ids_do_not_repeat_within_or_across_threads() {
+        let draw = || (0..5000).map(|_| TraceContext::root()).collect::<Vec<_>>();
+        let other = std::thread::spawn(draw);
+        let mut all = draw();
+        all.extend(other.join().unwrap());
+        let traces: std::collections::HashSet<_> = all.iter().map(|c| c.trace_id).collect();
+        let spans: std::collections::HashSet<_> = all.iter().map(|c| c.span_id).collect();
+        assert_eq!(traces.len(), all.len());
+        assert_eq!(spans.len(), all.len());
+        assert!(all
+            .iter()
+            .all(|c| c.trace_id >> 64 != 0 && c.trace_id as u64 != 0));
+        let children: std::collections::HashSet<_> =
+            (0..1000).map(|_| all[0].child().span_id).collect();
+        assert_eq!(children.len(), 1000);
+    }
+
     proptest! {
         #[test]
         fn headers_round_trip(trace_id in 1u128.., span_id in 1u64.., sampled: bool) {
