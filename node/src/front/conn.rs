@@ -131,6 +131,9 @@ where
     let mut seen = activity.requests();
     loop {
         tokio::select! {
+            // In order, the connection first: it is what wakes this task at almost
+            // every wake, and the random start costs a draw each time.
+            biased;
             done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 done?;
                 let parts = conn.into_parts();
