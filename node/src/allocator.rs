@@ -42,6 +42,8 @@ const QUIET_BUSY: Duration = Duration::from_millis(5);
 extern "C" {
     fn mi_option_set(option: c_int, value: c_long);
     fn mi_collect(force: bool);
+    #[cfg(test)]
+    fn mi_option_get(option: c_int) -> c_long;
 }
 /// `mi_option_purge_delay` in v2's `mi_option_t`.
 const MI_OPTION_PURGE_DELAY: c_int = 15;
@@ -104,5 +106,27 @@ pub(crate) async fn purge_when_idle() {
             }
         }
         was_busy = busy;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option's number is v2's; a mimalloc whose options are numbered otherwise
+    /// would have this set some other option. mimalloc's own default for the purge
+    /// delay is 10 ms.
+    #[test]
+    fn the_purge_delay_is_the_option_configure_sets() {
+        // SAFETY: reading an option is allowed at any time, from any thread.
+        let default = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            default, 10,
+            "option {MI_OPTION_PURGE_DELAY} is not mimalloc v2's purge delay"
+        );
+        configure();
+        // SAFETY: as above.
+        let set = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(set, PURGE_DELAY_MS);
     }
 }
