@@ -30,17 +30,20 @@ trap cleanup EXIT INT TERM
 
 REDIS=18490; FANZ=127.0.0.1:18491; FANZ_ADMIN=127.0.0.1:18492; FLOOR=127.0.0.1:18493
 FANZ_NODISK=127.0.0.1:18494; FANZ_NODISK_ADMIN=127.0.0.1:18495
+# Each node's HTTP/3 listener is on, as by default (the load does not use it).
+FANZ_H3=127.0.0.1:18496; FANZ_NODISK_H3=127.0.0.1:18497
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" & pids+=($!)
 # shellcheck disable=SC2086
-taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
-  --data-dir "$work/fanz-data" --log-level warn ${EXTRA:-} & pids+=($!)
+taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr "$FANZ_H3" \
+  --data-dir "$work/fanz-data" ${EXTRA:-} 2>/dev/null & pids+=($!)
 # The same build without its disk tier, on the same core: the disk tier's share of
 # a write in every run (NODISK=0 leaves it out).
 if [ "${NODISK:-1}" != 0 ]; then
   # shellcheck disable=SC2086
-  taskset -c 1 "$NODE" --http-addr "$FANZ_NODISK" --admin-addr "$FANZ_NODISK_ADMIN" --h3-addr off \
-    --data-dir "$work/fanz-nodisk" --log-level warn ${EXTRA:-} --disk-capacity 0 & pids+=($!)
+  taskset -c 1 "$NODE" --http-addr "$FANZ_NODISK" --admin-addr "$FANZ_NODISK_ADMIN" \
+    --h3-addr "$FANZ_NODISK_H3" --data-dir "$work/fanz-nodisk" ${EXTRA:-} --disk-capacity 0 \
+    2>/dev/null & pids+=($!)
 fi
 # The floor: hyper reading each PUT and answering 204, nothing stored (fanz-bench's
 # origin, one thread), on the same core: what HTTP/1.1 alone costs here.
