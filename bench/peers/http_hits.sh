@@ -12,7 +12,8 @@
 #        with the peers beside it; BASE_ARGS passes that one flags instead of
 #        FANZ_ARGS, so BASE_BIN=target/release/fanz-node BASE_ARGS="--sendfile-min-size
 #        32KiB" puts a setting beside the defaults)
-# fanz-node runs at its default settings (log level info), as a new user runs it.
+# fanz-node runs at its default settings (log level info, the HTTP/3 listener on and
+# advertised in Alt-Svc; the load uses HTTP/1.1), as a new user runs it.
 # wrk requests OBJECTS distinct URLs of each size in turn.
 # Runs as root (nginx workers too, to read the temporary directory).
 # Needs: nginx, varnish and wrk (Debian packages); installs them if missing.
@@ -88,11 +89,11 @@ taskset -c 1 nginx -e "$work/static.early.log" -c "$work/static.conf" & pids+=($
 taskset -c 1 varnishd -F -j none -n "$work/varnish" -a "$VARNISH" -f "$work/default.vcl" \
   -s malloc,256m -p default_ttl=0 -p default_grace=0 >"$work/varnish.log" 2>&1 & pids+=($!)
 taskset -c 1 "$FANZ_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
-  --h3-addr off --data-dir "$work/fanz-data" "${fanz_args[@]}" >"$work/fanz.log" 2>&1 & pids+=($!)
+  --h3-addr 127.0.0.1:18188 --data-dir "$work/fanz-data" "${fanz_args[@]}" >"$work/fanz.log" 2>&1 & pids+=($!)
 fanz_targets=("fanz $FANZ")
 if [ -n "${BASE_BIN:-}" ]; then
   taskset -c 1 "$BASE_BIN" --origin "http://$ORIGIN" --http-addr "$BASE" --admin-addr "$BASE_ADMIN" \
-    --h3-addr off --data-dir "$work/base-data" "${base_args[@]}" >"$work/base.log" 2>&1 & pids+=($!)
+    --h3-addr 127.0.0.1:18189 --data-dir "$work/base-data" "${base_args[@]}" >"$work/base.log" 2>&1 & pids+=($!)
   fanz_targets=("base $BASE" "fanz $FANZ")
 fi
 

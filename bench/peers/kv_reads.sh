@@ -34,8 +34,9 @@ REDIS=18390; MEMCACHED=18391; FANZ=127.0.0.1:18392; FANZ_ADMIN=127.0.0.1:18393
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" & pids+=($!)
 taskset -c 1 memcached -l 127.0.0.1 -p "$MEMCACHED" -U 0 -t 1 -m 1024 -u root & pids+=($!)
-taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
-  --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
+# At its defaults: the default log level, the HTTP/3 listener on (the load does not use it).
+taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr 127.0.0.1:18394 \
+  --data-dir "$work/fanz-data" 2>/dev/null & pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break
   sleep 0.1
