@@ -167,6 +167,15 @@ struct DiskQueue {
     pending: std::sync::Mutex<Vec<Queued>>,
     wake: tokio::sync::Notify,
     log: PackedLog,
+    /// One batch at a time, from its take to the end of its write: the hand-over
+    /// task holds it across its write, and [`Store::close`] takes it before writing
+    /// what is left, so a batch taken before a close is written before it returns
+    /// (else it would be a hole in the log, placed before the close's own records,
+    /// and recovery stops at a hole).
+    turn: tokio::sync::Mutex<()>,
+    /// Run by the hand-over task between a batch's take and its write (tests only).
+    #[cfg(test)]
+    before_batch_write: tests::Hook,
 }
 
 /// An entry waiting for the disk tier.
@@ -266,6 +275,9 @@ impl Store {
                 pending: Default::default(),
                 wake: Default::default(),
                 log,
+                turn: Default::default(),
+                #[cfg(test)]
+                before_batch_write: tests::Hook::default(),
             }))
         };
         if let Some(queue) = &to_disk {
@@ -563,6 +575,7 @@ impl Store {
     /// Waits for queued disk writes, then closes the tiers.
     pub async fn close(&self) {
         if let Some(queue) = &self.to_disk {
+            let _turn = queue.turn.lock().await;
             queue.log.write(hand_over(queue, &self.cache));
         }
         if let Err(e) = self.cache.close().await {
@@ -592,9 +605,13 @@ async fn hand_to_disk(
         let Some(current) = queue.upgrade() else {
             return;
         };
+        let _turn = current.turn.lock().await;
         let batch = hand_over(&current, &cache);
+        #[cfg(test)]
+        current.before_batch_write.run();
         // The packed log's write, a `pwrite` or a few, on a blocking thread.
-        let written = tokio::task::spawn_blocking(move || current.log.write(batch)).await;
+        let writer = current.clone();
+        let written = tokio::task::spawn_blocking(move || writer.log.write(batch)).await;
         if let Err(e) = written {
             tracing::error!(error = %e, "writing small entries to disk did not finish");
         }
@@ -739,6 +756,71 @@ mod tests {
             Some(&b"before both"[..]),
             "the value before both writes came back"
         );
+    }
+
+    /// A close while the hand-over task holds a batch it took but has not written
+    /// yet: `close` returned after writing what was still queued, and the batch,
+    /// placed before that in the log, was written later or (at a process's exit,
+    /// where a blocking task not yet started is dropped) never, leaving a hole that
+    /// recovery stops at. Everything inserted before a close must be on disk when it
+    /// returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_writes_the_batch_being_handed_over_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_disk(dir.path()).await;
+        let queue = store.to_disk.clone().expect("a disk tier");
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+        queue.before_batch_write.set(move || {
+            let _ = taken_tx.send(());
+            // Holds the taken batch back a while (a blocking wait: the hand-over
+            // task's thread stays here; the test runs on the other one).
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let key = |i: usize| CacheKey::kv(format!("k{i}").as_bytes());
+        for i in 0..8 {
+            store.insert(&key(i), &body_entry(&small_value(i as u8)));
+        }
+        let taken =
+            tokio::task::spawn_blocking(move || taken_rx.recv_timeout(Duration::from_secs(5)));
+        taken
+            .await
+            .unwrap()
+            .expect("the hand-over task took a batch");
+        for i in 8..16 {
+            store.insert(&key(i), &body_entry(&small_value(i as u8)));
+        }
+        store.close().await;
+        // What the disk holds as `close` returns is what a node that exits then
+        // comes back to.
+        let at_close = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), at_close.path());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(store);
+        let reopened = open_with_disk(at_close.path()).await;
+        let mut missing = Vec::new();
+        for i in 0..16 {
+            let read = reopened.get(&key(i)).await.map(|(e, _)| e.body);
+            if read != Some(small_value(i as u8)) {
+                missing.push(i);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not on disk when close returned: keys {missing:?}"
+        );
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
 
     async fn open_with_disk(dir: &Path) -> Store {
