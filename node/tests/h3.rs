@@ -275,17 +275,6 @@ async fn zero_rtt_is_accepted_only_when_enabled_and_every_method_is_answered() {
     }
 }
 
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_open_more_streams_than_allowed() {
     let (_tmp, data) = data_dir();
@@ -346,7 +335,7 @@ async fn aborted_requests_leave_no_leak() {
         let _ = s.recv_response().await.unwrap();
         while s.recv_data().await.unwrap().is_some() {}
     }
-    let baseline = rss_kib(node.pid());
+    let baseline = node.resident_bytes() / 1024;
     for _ in 0..10_000 {
         let mut s = client.send_request(get()).await.unwrap();
         let _ = s.finish().await; // may be stopped once answered (RFC 9114 §4.1)
@@ -364,7 +353,7 @@ async fn aborted_requests_leave_no_leak() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(open, 0.0, "streams left open after the client aborted them");
-    let after = rss_kib(node.pid());
+    let after = node.resident_bytes() / 1024;
     eprintln!("resident memory: {baseline} KiB before, {after} KiB after 10,000 aborted requests");
     assert!(
         after < baseline + 32 * 1024,

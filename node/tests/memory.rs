@@ -9,17 +9,6 @@ use bytes::Bytes;
 use common::*;
 use fanz_client::{Client, SetOptions};
 
-/// Resident memory of process `pid`, bytes.
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
 /// Writes `value` under keys `m0`..`m{KEYS}` from eight tasks at once.
 async fn write_all(client: &Arc<Client>, keys: usize, value: Bytes) {
     let mut writers = tokio::task::JoinSet::new();
@@ -57,9 +46,9 @@ async fn memory_a_busy_spell_freed_goes_back_once_the_node_is_quiet() {
             .await
             .expect("client connects"),
     );
-    let empty = resident(node.pid());
+    let empty = node.resident_bytes();
     write_all(&client, KEYS, Bytes::from(vec![b'v'; 8 * 1024])).await;
-    let full = resident(node.pid());
+    let full = node.resident_bytes();
     let held = full.saturating_sub(empty);
     assert!(
         held > 30 << 20,
@@ -70,7 +59,7 @@ async fn memory_a_busy_spell_freed_goes_back_once_the_node_is_quiet() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = resident(node.pid());
+        let now = node.resident_bytes();
         if now < empty + held / 4 {
             break;
         }

@@ -138,8 +138,9 @@ where
         let mut len = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Client(e.into().to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers: not kept
+            let data = match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue, // trailers (not kept), or nothing
             };
             len += data.len() as u64;
             if len > limit {
