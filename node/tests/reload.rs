@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::origin::{respond, TestOrigin};
 use common::*;
@@ -26,43 +26,6 @@ fn write_config(path: &Path, token: &str, default_ttl: &str, origin: &str, extra
         ),
     )
     .unwrap();
-}
-
-async fn admin_get(node: &TestNode, path: &str, token: &str) -> Reply {
-    let auth = format!("Bearer {token}");
-    send(
-        Method::GET,
-        &node.admin_url(path),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await
-}
-
-/// `fanz_config_reloads_total{result=...}` as `token` may read it.
-async fn reloads(node: &TestNode, token: &str, result: &str) -> Option<f64> {
-    let metrics = admin_get(node, "/metrics", token).await;
-    if metrics.status != StatusCode::OK {
-        return None;
-    }
-    metric_value(
-        &metrics.text(),
-        &format!("fanz_config_reloads_total{{result=\"{result}\"}}"),
-    )
-}
-
-/// Waits until the node has counted `n` reloads with `result`, reading the metrics
-/// with `token`.
-async fn wait_reloads(node: &TestNode, token: &str, result: &str, n: f64) {
-    let start = Instant::now();
-    while reloads(node, token, result).await != Some(n) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no {result} reload #{n}; log:\n{}",
-            node.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One request on an open keep-alive connection; the response's body.

@@ -358,6 +358,46 @@ pub fn signal(pid: u32, name: &str) {
     assert!(ok, "kill -{name} {pid} failed");
 }
 
+/// A GET on the admin listener with `token` as its bearer.
+pub async fn admin_get(node: &TestNode, path: &str, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    send(
+        Method::GET,
+        &node.admin_url(path),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+}
+
+/// `fanz_config_reloads_total{result=...}` as `token` may read it; `None` when
+/// `token` does not open the metrics.
+pub async fn reloads(node: &TestNode, token: &str, result: &str) -> Option<f64> {
+    let metrics = admin_get(node, "/metrics", token).await;
+    if metrics.status != StatusCode::OK {
+        return None;
+    }
+    metric_value(
+        &metrics.text(),
+        &format!("fanz_config_reloads_total{{result=\"{result}\"}}"),
+    )
+}
+
+/// Waits until the node has counted `n` reloads with `result`, reading the metrics
+/// with `token`. Wait on this, not on the reload's effect: an effect that already
+/// held before the reload (a token valid before and after) proves nothing.
+pub async fn wait_reloads(node: &TestNode, token: &str, result: &str, n: f64) {
+    let start = Instant::now();
+    while reloads(node, token, result).await != Some(n) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {result} reload #{n}; log:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Value of a sample line in Prometheus text format.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
