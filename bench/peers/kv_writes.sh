@@ -12,8 +12,11 @@
 #
 # Usage: bench/peers/kv_writes.sh   (DURATION=6 ROUNDS=3 CONNS=32 KEYS=100000 to
 #        change; NODE=path/to/fanz-node to measure another build; EXTRA="..." to pass
-#        node settings; NODISK=0 to leave out the no-disk side). Runs as root;
-#        everything on 127.0.0.1, stopped on exit.
+#        node settings; NODISK=0 to leave out the no-disk side; REDIS_FLAGS="..." to
+#        pass Redis settings, e.g. EXTRA="--kv-write-ack synced" against
+#        REDIS_FLAGS="--appendonly yes --appendfsync always", each answering a write
+#        once it is flushed to the device). Runs as root; everything on 127.0.0.1,
+#        stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-6}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-32}; KEYS=${KEYS:-100000}
@@ -32,8 +35,9 @@ REDIS=18490; FANZ=127.0.0.1:18491; FANZ_ADMIN=127.0.0.1:18492; FLOOR=127.0.0.1:1
 FANZ_NODISK=127.0.0.1:18494; FANZ_NODISK_ADMIN=127.0.0.1:18495
 # Each node's HTTP/3 listener is on, as by default (the load does not use it).
 FANZ_H3=127.0.0.1:18496; FANZ_NODISK_H3=127.0.0.1:18497
+# shellcheck disable=SC2086
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$work" --logfile "$work/redis.log" & pids+=($!)
+  --dir "$work" --logfile "$work/redis.log" ${REDIS_FLAGS:-} & pids+=($!)
 # shellcheck disable=SC2086
 taskset -c 1 "$NODE" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr "$FANZ_H3" \
   --data-dir "$work/fanz-data" ${EXTRA:-} 2>/dev/null & pids+=($!)
@@ -63,7 +67,7 @@ puts() {
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 med() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-echo "node: $NODE ${EXTRA:-}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
+echo "node: $NODE ${EXTRA:-}; redis ${REDIS_FLAGS:-without persistence}; ${DURATION}s rounds, $CONNS connections, 1 KiB values over $KEYS keys"
 fz=(); rd=(); fo=(); nd=()
 # CPU time (user and system, from /proc) of process $1 since ticks "$2", per request
 # of $3: "user/system" in microseconds.

@@ -50,6 +50,7 @@ async fn node(memory: u64) -> Node {
             disk_capacity: 0,
             dir: dir.path().join("cache"),
             sendfile_min_size: None,
+            write_ack: fanz_node::config::WriteAck::Memory,
         },
         metrics.evictions.clone(),
     )

@@ -19,7 +19,7 @@ use crate::invalidation::{
     Coverage, Durability, Invalidator, LogError, PurgeOutcome, PurgeTargets,
 };
 use crate::metrics::{LookupResult, Metrics, PurgeKind, PurgeLabels, TierLabel};
-use crate::store::{Replaced, Store, Tier};
+use crate::store::{DiskWrite, Replaced, Store, Tier};
 pub use crate::sync_gate::HitPolicy;
 use crate::sync_gate::SyncGate;
 
@@ -143,6 +143,11 @@ pub enum CacheError {
     /// A key, tag or entry field is too long for the storage formats.
     #[error("{0}")]
     TooLong(&'static str),
+    /// Stored in memory, but the disk tier did not write it, where `kv_write_ack`
+    /// asks for that before an acknowledgement: it is served until replaced or
+    /// evicted, and a restart loses it.
+    #[error("stored in memory only, the disk write failed: {0}")]
+    NotOnDisk(String),
 }
 
 /// Longest key, tag or prefix a purge may name (the log's length fields, with room
@@ -354,6 +359,7 @@ impl Cache {
             .await?;
         let overtaken = || self.invalidator.coverage(&key, &entry.meta) == Coverage::Invalid;
         let mut replaced_usable = false;
+        let mut disk = DiskWrite::default();
         if overtaken() {
             // A purge arrived while the value was being received, or a newer write
             // of the key was applied here meanwhile (its overwrite's tombstone): it
@@ -364,12 +370,14 @@ impl Cache {
             );
             replaced_usable = report && self.holds_usable(&key).await;
         } else if !report {
-            self.store.insert(&key, &entry);
+            disk = self.store.insert(&key, &entry);
         } else {
             // Judged in the same step as the insert where the memory tier can tell
             // (one lookup, not two); else the disk tier is read first, and the
             // check above made again after that wait.
-            replaced_usable = match self.store.insert_reporting(&key, &entry) {
+            let replaced;
+            (replaced, disk) = self.store.insert_reporting(&key, &entry);
+            replaced_usable = match replaced {
                 Replaced::Value(old) => Entry::decode_unverified(old).is_ok_and(|old| {
                     matches!(self.usable(&key, old, Tier::Memory), Lookup::Hit(_))
                 }),
@@ -377,7 +385,7 @@ impl Cache {
                 Replaced::Unknown => {
                     let usable = self.holds_usable(&key).await;
                     if !overtaken() {
-                        self.store.insert(&key, &entry);
+                        disk = self.store.insert(&key, &entry);
                     }
                     usable
                 }
@@ -385,6 +393,7 @@ impl Cache {
         }
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
+        disk.done().await.map_err(CacheError::NotOnDisk)?;
         Ok(SetOutcome {
             dependents,
             replaced_usable,
@@ -469,7 +478,8 @@ impl Cache {
         if self.invalidator.coverage(&key, &entry.meta) != Coverage::Valid {
             return Ok(false);
         }
-        self.store.insert(&key, &entry);
+        // A copy of the origin's response: no client waits for it to be durable.
+        let _ = self.store.insert(&key, &entry);
         let dependents = self.invalidator.invalidate_dependents(&key).await?;
         self.count_purge(PurgeKind::Dependent, false, dependents.len());
         Ok(true)
@@ -689,6 +699,7 @@ mod replica_tests {
                 disk_capacity,
                 dir: dir.join("cache"),
                 sendfile_min_size: None,
+                write_ack: crate::config::WriteAck::Memory,
             },
             metrics.evictions.clone(),
         )

@@ -179,6 +179,7 @@ pub async fn run(
             disk_capacity: config.disk_capacity,
             dir: config.data_dir.join("cache"),
             sendfile_min_size: config.sendfile_min_size,
+            write_ack: config.kv_write_ack,
         },
         metrics.evictions.clone(),
     )

@@ -94,6 +94,40 @@ async fn sigkill_right_after_overwrites_keeps_each_key_as_it_was_or_as_written()
     );
 }
 
+/// With `kv_write_ack = "written"`, a write is answered once the disk tier has
+/// written it: a SIGKILL right after acknowledged overwrites loses none of them.
+#[tokio::test]
+async fn with_writes_acknowledged_once_written_sigkill_loses_none() {
+    let (_tmp, data) = data_dir();
+    let mut node = TestNode::start(&data, &["--kv-write-ack", "written"]);
+    let mut conn = std::net::TcpStream::connect(node.http).unwrap();
+    for round in 1..=2 {
+        for i in 0..20 {
+            let body = format!("v{round}-{i}");
+            let head = format!(
+                "PUT /kv/w{i} HTTP/1.1\r\nHost: n\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
+            let mut answer = [0u8; 512];
+            let n = std::io::Read::read(&mut conn, &mut answer).unwrap();
+            let status_line = String::from_utf8_lossy(&answer[..n]);
+            assert!(status_line.starts_with("HTTP/1.1 20"), "{status_line}");
+        }
+    }
+    node.kill();
+    node.restart();
+    for i in 0..20 {
+        let r = get(&node, &format!("w{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "w{i} lost across SIGKILL");
+        assert_eq!(
+            r.text(),
+            format!("v2-{i}"),
+            "an acknowledged write of w{i} lost"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_acknowledged_purge_survives_sigkill() {
     let (_tmp, data) = data_dir();

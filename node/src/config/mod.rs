@@ -76,6 +76,24 @@ const RETRY_POLICIES: &[(&str, RetryPolicy)] = &[
     ("auto", RetryPolicy::UnderLoad),
 ];
 
+/// When a KV write is acknowledged (`kv_write_ack`), and so what a crash may take
+/// of the writes already answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAck {
+    /// Once in memory; the disk tier writes it within a few milliseconds.
+    Memory,
+    /// Once the disk tier has written it to the operating system.
+    Written,
+    /// Once written and flushed to the device (`fdatasync`).
+    Synced,
+}
+
+const WRITE_ACKS: &[(&str, WriteAck)] = &[
+    ("memory", WriteAck::Memory),
+    ("written", WriteAck::Written),
+    ("synced", WriteAck::Synced),
+];
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -181,6 +199,8 @@ spec::settings! {
         "Keep cached entries at least this large (at least 32KiB) in memory files and send their bodies with sendfile over plain-TCP HTTP/1.1 and HTTP/2, without a copy. Unset (the default): bodies are copied. Each such entry holds a file descriptor (at most a quarter of the open-file limit at once). Measured here over loopback it made hits slower (see docs/PERFORMANCE.md, \"Large bodies and sendfile\"); measure it on your own network cards before turning it on.";
     disk_capacity: u64 = Some("1GiB"), required(|s| match parse_size(s)? { n if n != 0 && n < 16 * MIB => Err("must be 0 (no disk tier) or at least 16MiB".into()), n => Ok(n) }), shown::text, fixed,
         "Disk tier capacity; 0 disables the disk tier. Half of it holds entries of up to 16 KiB encoded, packed back to back (a 1 KiB value takes about 1.1 KiB; their index, about 30 bytes an entry, is held in memory beside memory_capacity); the other half larger ones, each rounded up to 4 KiB pages. Entries larger than 1/16 of it (at most 16 MiB) stay in memory only.";
+    kv_write_ack: WriteAck = Some("memory"), required(one_of(WRITE_ACKS)), |v| word(WRITE_ACKS, v), fixed,
+        "When a KV write (PUT, and its copies on the other owners) is answered. `memory`: once stored in memory; the disk tier writes it within about 2 ms, so a killed process loses the writes of that batch (their keys read their previous values after a restart) and a power loss what the kernel had not yet written back. `written`: once the disk tier has handed it to the operating system: a killed process loses no answered write; adds about 2 ms to each write. `synced`: once it is also flushed to the device (fdatasync), for writes that must survive a power loss; adds a flush per batch. Purges, deletes and dependency edges are flushed before their answer whatever this says. Needs a disk tier.";
     default_ttl: Duration = Some("1h"), required(duration), shown::ms, reloadable,
         "TTL of a KV value stored without Cache-Control: max-age.";
     max_ttl: Duration = Some("7d"), required(duration), shown::ms, reloadable,
@@ -338,6 +358,12 @@ impl Config {
                     "a purge token is also an admin token: one token, one scope".into(),
                 ));
             }
+        }
+        if config.kv_write_ack != WriteAck::Memory && config.disk_capacity == 0 {
+            return Err(p.invalid(
+                "kv_write_ack",
+                "waits for the disk tier, and disk_capacity = 0 turns it off: keep `memory` or give the node a disk tier".into(),
+            ));
         }
         if config.admin_token.is_none() && !config.admin_addr.ip().is_loopback() {
             return Err(p.invalid(
@@ -549,6 +575,23 @@ mod tests {
             0
         );
         assert!(Config::resolve(&raw(&[("max_key_size", "1MiB")])).is_err());
+        // Waiting for a disk tier there is not.
+        let err = Config::resolve(&raw(&[("kv_write_ack", "written"), ("disk_capacity", "0")]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "kv_write_ack",
+                ..
+            }
+        ));
+        assert_eq!(
+            Config::resolve(&raw(&[("kv_write_ack", "synced")]))
+                .unwrap()
+                .kv_write_ack,
+            WriteAck::Synced
+        );
+        assert!(Config::resolve(&raw(&[("kv_write_ack", "always")])).is_err());
         assert!(Config::resolve(&raw(&[("log_format", "xml")])).is_err());
         assert!(Config::resolve(&raw(&[("admin_token", "")])).is_err());
         let err =

@@ -23,6 +23,7 @@ mod codec;
 pub mod mapped;
 mod packed;
 mod small;
+mod written;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +41,10 @@ use prometheus_client::metrics::counter::Counter;
 pub use codec::{CorruptionLayer, StoreKey, StoredEntry, CORRUPT_ENTRIES};
 use packed::{Found, PackedLog};
 use small::{Put, SmallTier};
+use written::BatchWritten;
+pub use written::DiskWrite;
+
+use crate::config::WriteAck;
 
 /// Largest block of the disk tier; also the largest entry it can hold.
 const MAX_BLOCK_SIZE: u64 = 16 << 20;
@@ -78,6 +83,8 @@ pub struct StoreConfig {
     /// Entries this large or larger are kept in memory files and sent with
     /// `sendfile` ([`mapped`]); `None`: none are.
     pub sendfile_min_size: Option<u64>,
+    /// When an insert's [`DiskWrite`] is done (`kv_write_ack`).
+    pub write_ack: WriteAck,
 }
 
 impl StoreConfig {
@@ -164,7 +171,12 @@ const DISK_BATCH: Duration = Duration::from_millis(2);
 /// deleted, replaced) while queued never reaches the disk after its removal, where a
 /// restart would bring it back.
 struct DiskQueue {
-    pending: std::sync::Mutex<Vec<Queued>>,
+    pending: std::sync::Mutex<Pending>,
+    /// When the inserts queued here are done: at once (`Memory`), or once their
+    /// batch is written (and flushed: `Synced`).
+    ack: WriteAck,
+    /// foyer's directory (its files are flushed for `Synced`).
+    dir: PathBuf,
     wake: tokio::sync::Notify,
     log: PackedLog,
     /// One batch at a time, from its take to the end of its write: the hand-over
@@ -176,6 +188,14 @@ struct DiskQueue {
     /// Run by the hand-over task between a batch's take and its write (tests only).
     #[cfg(test)]
     before_batch_write: tests::Hook,
+}
+
+/// The batch being gathered.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<Queued>,
+    /// Its waiters' side, made by the first insert that waits for it.
+    written: Option<BatchWritten>,
 }
 
 /// An entry waiting for the disk tier.
@@ -203,13 +223,66 @@ impl Queued {
 }
 
 impl DiskQueue {
-    /// Queues `entry`, waking the hand-over task for the first of a batch.
-    fn push(&self, entry: Queued) {
+    /// Queues `entry`, waking the hand-over task for the first of a batch; what
+    /// to wait on before acknowledging it.
+    fn push(&self, entry: Queued) -> DiskWrite {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.push(entry);
-        if pending.len() == 1 {
+        pending.entries.push(entry);
+        if pending.entries.len() == 1 {
             self.wake.notify_one();
         }
+        if self.ack == WriteAck::Memory {
+            return DiskWrite::default();
+        }
+        pending
+            .written
+            .get_or_insert_with(BatchWritten::new)
+            .waiter()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `batch` to the packed log, and flushes it for `Synced` when
+    /// `flush`. Blocking.
+    fn write(&self, batch: packed::Batch, flush: bool) -> Result<(), String> {
+        self.log.write(batch).map_err(|e| e.to_string())?;
+        if flush && self.ack == WriteAck::Synced {
+            self.log.sync().map_err(|e| format!("flushing: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Completes the waiters of a batch written with `outcome` (from
+    /// [`DiskQueue::write`]), once the larger entries it handed to foyer are
+    /// written too (and flushed, for `Synced`).
+    async fn complete(
+        &self,
+        taken: Taken,
+        outcome: Result<(), String>,
+        cache: &HybridCache<StoreKey, StoredEntry>,
+    ) {
+        let Some(written) = taken.written else {
+            return;
+        };
+        let outcome = match outcome {
+            Ok(()) if taken.large => {
+                // foyer's flusher answers once what was enqueued before is written.
+                cache.storage().wait().await;
+                if self.ack == WriteAck::Synced {
+                    let dir = self.dir.clone();
+                    tokio::task::spawn_blocking(move || written::sync_foyer_files(&dir))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| format!("flushing: {e}")))
+                } else {
+                    Ok(())
+                }
+            }
+            outcome => outcome,
+        };
+        written.complete(outcome);
     }
 }
 
@@ -273,6 +346,8 @@ impl Store {
                 })?;
             Some(Arc::new(DiskQueue {
                 pending: Default::default(),
+                ack: config.write_ack,
+                dir: config.dir.clone(),
                 wake: Default::default(),
                 log,
                 turn: Default::default(),
@@ -423,13 +498,9 @@ impl Store {
     /// The newest entry of `key` waiting for the disk tier. Memory may have evicted
     /// it already: until its batch is written, the disk tier holds an older one.
     fn queued(&self, key: &CacheKey) -> Option<StoredEntry> {
-        let pending = self
-            .to_disk
-            .as_ref()?
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let pending = self.to_disk.as_ref()?.lock_pending();
         pending
+            .entries
             .iter()
             .rev()
             .find(|e| e.key() == key)
@@ -443,8 +514,11 @@ impl Store {
     /// shared blocks of several KiB), and keeping such a slice would keep the whole
     /// block alive, so a 100-byte value could hold 4 KiB or more while the memory
     /// tier counts 100.
-    pub fn insert(&self, key: &CacheKey, entry: &Entry) {
-        self.write(key, entry, false);
+    ///
+    /// The write may be acknowledged once the returned [`DiskWrite`] is done
+    /// (at once unless `write_ack` says to wait for the disk tier).
+    pub fn insert(&self, key: &CacheKey, entry: &Entry) -> DiskWrite {
+        self.write(key, entry, false).1
     }
 
     /// [`Store::insert`], telling what it replaced, when that is known without
@@ -452,11 +526,11 @@ impl Store {
     /// counted as a use of the key), or nothing anywhere. Otherwise
     /// ([`Replaced::Unknown`]) nothing is stored: the caller reads what is there
     /// and then inserts.
-    pub fn insert_reporting(&self, key: &CacheKey, entry: &Entry) -> Replaced {
+    pub fn insert_reporting(&self, key: &CacheKey, entry: &Entry) -> (Replaced, DiskWrite) {
         self.write(key, entry, true)
     }
 
-    fn write(&self, key: &CacheKey, entry: &Entry, report: bool) -> Replaced {
+    fn write(&self, key: &CacheKey, entry: &Entry, report: bool) -> (Replaced, DiskWrite) {
         let hash = self.small.hash(key);
         let _only_change = self.key_lock(hash);
         if SmallTier::takes(entry) {
@@ -471,18 +545,21 @@ impl Store {
             let stored = if report {
                 match put(encoded, Put::Replace) {
                     Ok(stored) => stored,
-                    Err(_) if self.may_hold_beyond_small(hash, key) => return Replaced::Unknown,
+                    Err(_) if self.may_hold_beyond_small(hash, key) => {
+                        return (Replaced::Unknown, DiskWrite::default())
+                    }
                     Err(encoded) => put(encoded, Put::Always).expect("an unconditional put"),
                 }
             } else {
                 put(encoded, Put::Always).expect("an unconditional put")
             };
             self.evictions.inc_by(stored.evicted as u64);
+            let mut disk = DiskWrite::default();
             match to_disk {
                 Some((queue, queued)) => {
                     #[cfg(test)]
                     self.between_tiers.run();
-                    queue.push(Queued::Small(hash, owned(key), queued));
+                    disk = queue.push(Queued::Small(hash, owned(key), queued));
                     // A larger value of this key goes from foyer's tiers, memory and
                     // disk. (`contains` sees one on its way to the disk too: foyer's
                     // keeper holds it until it is written and indexed.)
@@ -496,14 +573,15 @@ impl Store {
                     self.cache.memory().remove(key);
                 }
             }
-            return match stored.replaced {
+            let replaced = match stored.replaced {
                 Some(old) => Replaced::Value(old.encoding()),
                 None => Replaced::Nothing,
             };
+            return (replaced, disk);
         }
         if report {
             // Large values are not asked about: the caller reads what is there.
-            return Replaced::Unknown;
+            return (Replaced::Unknown, DiskWrite::default());
         }
         // A smaller value of this key would be found first, in memory or in the
         // packed log.
@@ -513,7 +591,7 @@ impl Store {
             self.between_tiers.run();
             self.cache
                 .insert(StoreKey(owned(key)), StoredEntry::new(entry));
-            return Replaced::Unknown;
+            return (Replaced::Unknown, DiskWrite::default());
         };
         queue.log.remove(hash, key);
         #[cfg(test)]
@@ -525,8 +603,7 @@ impl Store {
             StoredEntry::new(entry),
             in_memory,
         );
-        queue.push(Queued::Large(inserted));
-        Replaced::Unknown
+        (Replaced::Unknown, queue.push(Queued::Large(inserted)))
     }
 
     /// Removes `key` from every tier (and from the way to the disk tier).
@@ -535,8 +612,8 @@ impl Store {
         let _only_change = self.key_lock(hash);
         self.small.remove(key);
         if let Some(queue) = &self.to_disk {
-            let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.retain(|e| e.key() != key);
+            let mut pending = queue.lock_pending();
+            pending.entries.retain(|e| e.key() != key);
             drop(pending);
             queue.log.remove(hash, key);
         }
@@ -576,7 +653,10 @@ impl Store {
     pub async fn close(&self) {
         if let Some(queue) = &self.to_disk {
             let _turn = queue.turn.lock().await;
-            queue.log.write(hand_over(queue, &self.cache));
+            let mut taken = hand_over(queue, &self.cache);
+            let batch = std::mem::take(&mut taken.batch);
+            let outcome = queue.write(batch, taken.written.is_some());
+            queue.complete(taken, outcome, &self.cache).await;
         }
         if let Err(e) = self.cache.close().await {
             tracing::error!(error = %e, "closing the storage tiers failed");
@@ -601,20 +681,29 @@ async fn hand_to_disk(
         if woken.is_err() {
             continue;
         }
-        tokio::time::sleep(DISK_BATCH).await;
         let Some(current) = queue.upgrade() else {
             return;
         };
+        // Writes waiting for the disk are written at once: what arrives while a
+        // batch is written makes the next one (a group commit), and each write
+        // waits about one write, not DISK_BATCH more.
+        if current.ack == WriteAck::Memory {
+            tokio::time::sleep(DISK_BATCH).await;
+        }
         let _turn = current.turn.lock().await;
-        let batch = hand_over(&current, &cache);
+        let mut taken = hand_over(&current, &cache);
         #[cfg(test)]
         current.before_batch_write.run();
         // The packed log's write, a `pwrite` or a few, on a blocking thread.
         let writer = current.clone();
-        let written = tokio::task::spawn_blocking(move || writer.log.write(batch)).await;
-        if let Err(e) = written {
-            tracing::error!(error = %e, "writing small entries to disk did not finish");
-        }
+        let (batch, flush) = (std::mem::take(&mut taken.batch), taken.written.is_some());
+        let outcome = tokio::task::spawn_blocking(move || writer.write(batch, flush))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "writing small entries to disk did not finish");
+                Err(e.to_string())
+            });
+        current.complete(taken, outcome, &cache).await;
     }
 }
 
@@ -643,32 +732,49 @@ async fn share_memory(
     }
 }
 
+/// A batch handed over: the packed log's part, whether foyer got larger entries,
+/// and the waiters of them all.
+struct Taken {
+    batch: packed::Batch,
+    large: bool,
+    written: Option<BatchWritten>,
+}
+
 /// Hands the queued entries to the disk tiers, each key's newest only: large ones
 /// enqueued to foyer's, small ones returned as the packed log's next batch. An
 /// entry a later one of its key replaced in the same batch is not written. (A
 /// removed one is no longer queued.) One evicted from memory meanwhile is written
 /// all the same: it is still its key's newest value, and the disk tier may hold an
 /// older one.
-fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) -> packed::Batch {
-    let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
-    let mut newer = std::collections::HashSet::with_capacity(pending.len());
+fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) -> Taken {
+    let mut pending = queue.lock_pending();
+    let mut newer = std::collections::HashSet::with_capacity(pending.entries.len());
     let newest: Vec<bool> = pending
+        .entries
         .iter()
         .rev()
         .map(|e| newer.insert(e.key()))
         .collect();
     drop(newer);
     let mut small = Vec::new();
-    for (entry, newest) in pending.drain(..).zip(newest.into_iter().rev()) {
+    let mut large = false;
+    for (entry, newest) in pending.entries.drain(..).zip(newest.into_iter().rev()) {
         match entry {
             _ if !newest => {}
             Queued::Small(hash, key, value) => small.push((hash, key, value)),
-            Queued::Large(entry) => cache.storage().enqueue(entry.piece(), false),
+            Queued::Large(entry) => {
+                large = true;
+                cache.storage().enqueue(entry.piece(), false)
+            }
         }
     }
     // Taken under the queue's lock: a removal of one of these keys, which takes it
     // first, then finds it in the log's batch.
-    queue.log.take(small)
+    Taken {
+        batch: queue.log.take(small),
+        large,
+        written: pending.written.take(),
+    }
 }
 
 /// `key` in an allocation of its own (see [`Store::insert`]).
@@ -678,6 +784,9 @@ fn owned(key: &CacheKey) -> CacheKey {
 }
 
 #[cfg(test)]
+// The stores here acknowledge at once (`WriteAck::Memory`) unless a test says
+// otherwise: their inserts' `DiskWrite`s are done as returned.
+#[allow(unused_must_use)]
 mod tests {
     use super::*;
     use bytes::Bytes;
@@ -843,8 +952,79 @@ mod tests {
         assert_eq!(read(large_key).await, Some(large_value(2)));
     }
 
+    /// With `kv_write_ack` `written` or `synced`, an insert's `DiskWrite` ends once
+    /// its batch is on disk, small and large entries alike: the data directory as it
+    /// stands then (copied, as a killed process would leave it, without a close)
+    /// holds them. (With the wait made a no-op, both are missing from the copy.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_acknowledged_once_written_is_on_disk_when_its_wait_ends() {
+        for ack in [WriteAck::Written, WriteAck::Synced] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_acking(dir.path(), ack).await;
+            let (small_key, large_key) = (CacheKey::kv(b"small"), CacheKey::kv(b"large"));
+            let small = store.insert(&small_key, &body_entry(&small_value(1)));
+            let large = store.insert(&large_key, &body_entry(&large_value(2)));
+            assert_eq!(small.done().await, Ok(()));
+            assert_eq!(large.done().await, Ok(()));
+            let killed = tempfile::tempdir().unwrap();
+            copy_dir(dir.path(), killed.path());
+            let reopened = open_with_disk(killed.path()).await;
+            let holds = |key: CacheKey, value: Bytes| {
+                let reopened = reopened.clone();
+                async move { reopened.get(&key).await.map(|(e, _)| e.body) == Some(value) }
+            };
+            assert!(holds(small_key, small_value(1)).await, "small, {ack:?}");
+            assert!(holds(large_key, large_value(2)).await, "large, {ack:?}");
+        }
+    }
+
+    /// A batch that fails to be written fails its waiters, with the reason.
+    #[tokio::test]
+    async fn a_failed_disk_write_fails_the_writes_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_acking(dir.path(), WriteAck::Written).await;
+        let queue = store.to_disk.as_ref().unwrap();
+        queue
+            .log
+            .fail_writes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let waited = store
+            .insert(&CacheKey::kv(b"k"), &body_entry(&small_value(1)))
+            .done()
+            .await;
+        let reason = waited.expect_err("the write failed");
+        assert!(reason.contains("a write failed (test)"), "{reason}");
+        queue
+            .log
+            .fail_writes
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let waited = store
+            .insert(&CacheKey::kv(b"k"), &body_entry(&small_value(2)))
+            .done()
+            .await;
+        assert_eq!(waited, Ok(()), "writes work again");
+    }
+
     async fn open_with_disk(dir: &Path) -> Store {
         open_store(dir, 1 << 20, 16 << 20, Counter::default()).await
+    }
+
+    async fn open_acking(dir: &Path, write_ack: WriteAck) -> Store {
+        let config = StoreConfig {
+            write_ack,
+            ..store_config(dir, 1 << 20, 16 << 20)
+        };
+        Store::open(config, Counter::default()).await.unwrap()
+    }
+
+    fn store_config(dir: &Path, memory_capacity: u64, disk_capacity: u64) -> StoreConfig {
+        StoreConfig {
+            memory_capacity,
+            disk_capacity,
+            dir: dir.to_path_buf(),
+            sendfile_min_size: None,
+            write_ack: WriteAck::Memory,
+        }
     }
 
     async fn open_store(
@@ -853,12 +1033,7 @@ mod tests {
         disk_capacity: u64,
         evictions: Counter,
     ) -> Store {
-        let config = StoreConfig {
-            memory_capacity,
-            disk_capacity,
-            dir: dir.to_path_buf(),
-            sendfile_min_size: None,
-        };
+        let config = store_config(dir, memory_capacity, disk_capacity);
         Store::open(config, evictions).await.unwrap()
     }
 
@@ -1071,7 +1246,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             match new {
-                Some(new) => store.insert(&key, &body_entry(new)),
+                Some(new) => drop(store.insert(&key, &body_entry(new))),
                 None => store.remove(&key),
             }
             // Concurrent with the change, the read may answer either value.
@@ -1142,7 +1317,10 @@ mod tests {
         // runtime) has not run yet.
         store.cache.memory().remove(&StoreKey(key.clone()));
         let queue = store.to_disk.as_ref().unwrap();
-        queue.log.write(hand_over(queue, &store.cache));
+        queue
+            .log
+            .write(hand_over(queue, &store.cache).batch)
+            .unwrap();
         store.insert(&key, &body_entry(&small_value(2)));
         // More than the packed log holds (half of 16 MiB) and memory (1 MiB).
         let filler = Bytes::from(vec![9u8; 10_000]);

@@ -187,7 +187,7 @@ pub(super) struct PackedLog {
     failing: AtomicBool,
     /// Makes writes fail (tests only), and counts them.
     #[cfg(test)]
-    fail_writes: AtomicBool,
+    pub(super) fail_writes: AtomicBool,
     #[cfg(test)]
     failed_writes: AtomicU64,
 }
@@ -427,10 +427,12 @@ impl PackedLog {
     /// Writes `batch` where it was placed and indexes its puts not removed
     /// meanwhile, one `pwrite` for each run of records in a segment. On a failed
     /// write its puts are not indexed (and what the index held of their keys is
-    /// dropped: it is older) and its tombstones go with the next batch. Blocking.
-    pub(super) fn write(&self, mut batch: Batch) {
+    /// dropped: it is older) and its tombstones go with the next batch, and the
+    /// error is returned. Blocking.
+    pub(super) fn write(&self, mut batch: Batch) -> io::Result<()> {
         if batch.records.is_empty() {
-            return self.keep_for_the_next_batch(batch.records);
+            self.keep_for_the_next_batch(batch.records);
+            return Ok(());
         }
         // Encoded into the writer's reused buffer, each run of consecutive records
         // into one range of it: (file offset, buffer range).
@@ -513,18 +515,31 @@ impl PackedLog {
                 state.hashes[loc.segment() as usize].push(hash);
             }
         }
-        if let Some(e) = failed {
-            self.after_a_failed_write(&mut state, &batch);
-            if !self.failing.swap(true, Ordering::Relaxed) {
-                tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only until writes succeed again");
+        let outcome = match failed {
+            Some(e) => {
+                self.after_a_failed_write(&mut state, &batch);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "writing small entries to disk failed; they stay in memory only until writes succeed again");
+                }
+                let tombstones = batch.records.drain(..).filter(|r| r.value.is_none());
+                state.tombstones.extend(tombstones.map(|r| r.key));
+                Err(e)
             }
-            let tombstones = batch.records.drain(..).filter(|r| r.value.is_none());
-            state.tombstones.extend(tombstones.map(|r| r.key));
-        } else if self.failing.swap(false, Ordering::Relaxed) {
-            tracing::warn!("writing small entries to disk works again");
-        }
+            None => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("writing small entries to disk works again");
+                }
+                Ok(())
+            }
+        };
         drop(state);
         self.keep_for_the_next_batch(batch.records);
+        outcome
+    }
+
+    /// Flushes what was written to the device (`fdatasync`). Blocking.
+    pub(super) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Keeps a written batch's list of records, emptied, for the next batch.
@@ -832,7 +847,8 @@ mod tests {
             .iter()
             .map(|(k, v)| (hash(k), (*k).clone(), sealed(v)))
             .collect();
-        log.write(log.take(puts));
+        // Failing on purpose in some tests (`fail_writes`): checked by reading back.
+        let _ = log.write(log.take(puts));
     }
 
     fn remove(log: &PackedLog, key: &CacheKey) {
@@ -885,7 +901,7 @@ mod tests {
             assert_eq!(read(&log, &k).as_deref(), Some(&b"new"[..]));
             remove(&log, &k);
             assert_eq!(read(&log, &k), None);
-            log.write(batch);
+            log.write(batch).unwrap();
             assert_eq!(read(&log, &k), None, "the batch indexed a removed key");
             write(&log, &[]);
         }
@@ -914,8 +930,8 @@ mod tests {
             remove(&log, &gone);
             let second = log.take(vec![put(b"second")]);
             assert_eq!(read(&log, &k).as_deref(), Some(&b"second"[..]));
-            log.write(second);
-            log.write(first);
+            log.write(second).unwrap();
+            log.write(first).unwrap();
             assert_eq!(read(&log, &k).as_deref(), Some(&b"second"[..]));
             assert_eq!(read(&log, &gone), None);
         }
@@ -1101,7 +1117,7 @@ mod tests {
                         newest.insert(k, Some(value(k, v)));
                         remove(&log, &key(&r.to_string()));
                         newest.insert(r, None);
-                        log.write(batch);
+                        log.write(batch).unwrap();
                     }
                     Op::FailedPut(k, v) => {
                         // Two keys, so that the half of the batch that reaches the
