@@ -146,7 +146,7 @@ pub enum CacheError {
     /// Stored in memory, but the disk tier did not write it, where `kv_write_ack`
     /// asks for that before an acknowledgement: it is served until replaced or
     /// evicted, and a restart loses it.
-    #[error("stored in memory only, the disk write failed: {0}")]
+    #[error("the disk tier did not write it ({0}): it is held in memory only, served until replaced or evicted, and a restart loses it")]
     NotOnDisk(String),
 }
 

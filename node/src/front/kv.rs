@@ -553,6 +553,10 @@ impl MainService {
             Err(e @ crate::cache::CacheError::TooLong(_)) => {
                 text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }
+            Err(e @ crate::cache::CacheError::NotOnDisk(_)) => {
+                tracing::error!(error = %e, "a write waiting for the disk tier failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "set failed");
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
