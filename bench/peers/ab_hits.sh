@@ -55,13 +55,14 @@ ORIGIN=127.0.0.1:18190
 target/release/fanz-bench origin --addr "$ORIGIN" >"$work/origin.log" 2>&1 & pids+=($!)
 
 
-# Starts binary $1 as node $2 on ports 18191+2n (main) and 18192+2n (admin).
+# Starts binary $1 as node $2 on ports 18191+2n (main) and 18192+2n (admin), its
+# HTTP/3 listener on 18290+n (on, as by default; the load does not use it).
 level=()
 [ -n "${LOG_LEVEL:-}" ] && level=(--log-level "$LOG_LEVEL")
 start() {
   local http="127.0.0.1:$((18191 + 2 * $2))" admin="127.0.0.1:$((18192 + 2 * $2))"
   taskset -c 1 "$1" --origin "http://$ORIGIN" --http-addr "$http" --admin-addr "$admin" \
-    --h3-addr off --data-dir "$work/data-$2" "${level[@]}" >>"$work/node-$2.log" 2>&1 & pids+=($!)
+    --h3-addr "127.0.0.1:$((18290 + $2))" --data-dir "$work/data-$2" "${level[@]}" >>"$work/node-$2.log" 2>&1 & pids+=($!)
   node_pid[$2]=$!
   for _ in $(seq 100); do curl -sf "http://$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -sf "http://$admin/readyz" >/dev/null || { echo "node $2 ($1) did not start:" >&2; tail "$work/node-$2.log" >&2; exit 1; }

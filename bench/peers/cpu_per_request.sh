@@ -19,8 +19,9 @@ cargo build --release -q -p fanz-bench
 work=$(mktemp -d /tmp/fanz-cpu-XXXX); pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
-taskset -c 1 "$BIN" --http-addr 127.0.0.1:18591 --admin-addr 127.0.0.1:18592 --h3-addr off \
-  --data-dir "$work/d" --log-level warn "$@" 2>/dev/null & pid=$!
+# The HTTP/3 listener on, as by default (on its own port; the load does not use it).
+taskset -c 1 "$BIN" --http-addr 127.0.0.1:18591 --admin-addr 127.0.0.1:18592 --h3-addr 127.0.0.1:18593 \
+  --data-dir "$work/d" "$@" 2>/dev/null >/dev/null & pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18592/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 load() {
   taskset -c 0 target/release/fanz-bench --url "http://127.0.0.1:18591/kv/{key}" --keys "$KEYS" \

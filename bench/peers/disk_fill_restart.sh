@@ -21,8 +21,9 @@ work=$(mktemp -d /tmp/fanz-fill-XXXX); pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 start() {
-  taskset -c 1 "$BIN" --http-addr 127.0.0.1:18691 --admin-addr 127.0.0.1:18692 --h3-addr off \
-    --data-dir "$work/d" --log-level warn "$@" 2>>"$work/log" & pid=$!
+  # At its defaults: the HTTP/3 listener on (own port, unused), the default log level.
+  taskset -c 1 "$BIN" --http-addr 127.0.0.1:18691 --admin-addr 127.0.0.1:18692 --h3-addr 127.0.0.1:18693 \
+    --data-dir "$work/d" "$@" 2>>"$work/log" >/dev/null & pid=$!
 }
 ready() { for _ in $(seq 1200); do curl -sf http://127.0.0.1:18692/readyz >/dev/null 2>&1 && return; sleep 0.05; done; echo "not ready" >&2; exit 1; }
 start "$@"; ready
