@@ -484,15 +484,7 @@ async fn writes_acknowledged_once_written_survive_the_whole_cluster_killed() {
     // Overwrites one after another on one connection, and the kills at once.
     let mut conn = std::net::TcpStream::connect(nodes[0].node.http).unwrap();
     for i in 0..KEYS {
-        let body = format!("kept {i}");
-        let head = format!(
-            "PUT /kv/w{i} HTTP/1.1\r\nHost: n\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        std::io::Write::write_all(&mut conn, format!("{head}{body}").as_bytes()).unwrap();
-        let mut answer = [0u8; 1024];
-        let n = std::io::Read::read(&mut conn, &mut answer).unwrap();
-        let status_line = String::from_utf8_lossy(&answer[..n]);
+        let status_line = put_on(&mut conn, &format!("w{i}"), &format!("kept {i}"));
         assert!(status_line.starts_with("HTTP/1.1 20"), "{status_line}");
     }
     for n in nodes.iter_mut().rev() {

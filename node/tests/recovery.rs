@@ -62,15 +62,7 @@ async fn sigkill_right_after_overwrites_keeps_each_key_as_it_was_or_as_written()
     // last batch is most likely still in memory.
     let mut conn = std::net::TcpStream::connect(node.http).unwrap();
     for i in 0..20 {
-        let body = format!("v2-{i}");
-        let head = format!(
-            "PUT /kv/c{i} HTTP/1.1\r\nHost: n\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
-        let mut answer = [0u8; 512];
-        let n = std::io::Read::read(&mut conn, &mut answer).unwrap();
-        let status_line = String::from_utf8_lossy(&answer[..n]);
+        let status_line = put_on(&mut conn, &format!("c{i}"), &format!("v2-{i}"));
         assert!(status_line.starts_with("HTTP/1.1 204"), "{status_line}");
     }
     node.kill();
@@ -103,15 +95,7 @@ async fn with_writes_acknowledged_once_written_sigkill_loses_none() {
     let mut conn = std::net::TcpStream::connect(node.http).unwrap();
     for round in 1..=2 {
         for i in 0..20 {
-            let body = format!("v{round}-{i}");
-            let head = format!(
-                "PUT /kv/w{i} HTTP/1.1\r\nHost: n\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
-            let mut answer = [0u8; 512];
-            let n = std::io::Read::read(&mut conn, &mut answer).unwrap();
-            let status_line = String::from_utf8_lossy(&answer[..n]);
+            let status_line = put_on(&mut conn, &format!("w{i}"), &format!("v{round}-{i}"));
             assert!(status_line.starts_with("HTTP/1.1 20"), "{status_line}");
         }
     }

@@ -398,6 +398,22 @@ pub async fn wait_reloads(node: &TestNode, token: &str, result: &str, n: f64) {
     }
 }
 
+/// A PUT of `body` to `/kv/{key}` on an open keep-alive connection, its answer
+/// read at once (no client library in between: the tests that kill a node right
+/// after acknowledged writes want nothing queued on the way); the status line.
+pub fn put_on(conn: &mut std::net::TcpStream, key: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let head = format!(
+        "PUT /kv/{key} HTTP/1.1\r\nHost: n\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
+    let mut answer = [0u8; 1024];
+    let n = conn.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
 /// Value of a sample line in Prometheus text format.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
