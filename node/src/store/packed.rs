@@ -146,6 +146,13 @@ pub(super) struct Batch {
     records: Vec<Placed>,
 }
 
+impl Batch {
+    /// Bytes the batch's records take in the log.
+    pub(super) fn len(&self) -> usize {
+        self.records.iter().map(Placed::len).sum()
+    }
+}
+
 /// A record of a batch and its place in the log.
 #[derive(Debug)]
 struct Placed {
