@@ -278,15 +278,15 @@ impl DiskQueue {
     /// written too (and flushed, for `Synced`).
     async fn complete(
         &self,
-        taken: Taken,
+        waiters: Waiters,
         outcome: Result<(), String>,
         cache: &HybridCache<StoreKey, StoredEntry>,
     ) {
-        let Some(written) = taken.written else {
+        let Some(written) = waiters.written else {
             return;
         };
         let outcome = match outcome {
-            Ok(()) if taken.large => {
+            Ok(()) if waiters.large => {
                 // foyer's flusher answers once what was enqueued before is written.
                 cache.storage().wait().await;
                 if self.ack == WriteAck::Synced {
@@ -453,17 +453,27 @@ impl Store {
             }
         }
         let store_key = StoreKey(key.clone());
+        let in_memory = || {
+            let held = self.cache.memory().get(&store_key)?;
+            Some(
+                self.parsed(key, held.value().entry())
+                    .map(|e| (e, Tier::Memory)),
+            )
+        };
+        if let Some(found) = in_memory() {
+            return found;
+        }
         // Taken under the key's lock: a large write or a removal changes the count
-        // and then foyer's memory tier, in one step under it.
+        // and then foyer's memory tier, in one step under it. Memory is looked at
+        // again after it: a write done between the look above and the count would
+        // not show in the count.
         let hash = self.small.hash(key);
         let changes = {
             let _only_change = self.key_lock(hash);
             self.small.changes(key)
         };
-        if let Some(held) = self.cache.memory().get(&store_key) {
-            return self
-                .parsed(key, held.value().entry())
-                .map(|e| (e, Tier::Memory));
+        if let Some(found) = in_memory() {
+            return found;
         }
         // Read from foyer's disk tier (or its flusher, on the way there) without
         // `HybridCache::get`, which keeps what it fetched in memory even when a
@@ -697,10 +707,9 @@ impl Store {
     pub async fn close(&self) {
         if let Some(queue) = &self.to_disk {
             let _turn = queue.turn.lock().await;
-            let mut taken = hand_over(queue, &self.cache);
-            let batch = std::mem::take(&mut taken.batch);
-            let outcome = queue.write(batch, taken.written.is_some());
-            queue.complete(taken, outcome, &self.cache).await;
+            let (batch, waiters) = hand_over(queue, &self.cache);
+            let outcome = queue.write(batch, waiters.wait());
+            queue.complete(waiters, outcome, &self.cache).await;
         }
         if let Err(e) = self.cache.close().await {
             tracing::error!(error = %e, "closing the storage tiers failed");
@@ -737,13 +746,13 @@ async fn hand_to_disk(
             tokio::time::sleep(DISK_BATCH).await;
         }
         let _turn = current.turn.lock().await;
-        let mut taken = hand_over(&current, &cache);
+        let (batch, waiters) = hand_over(&current, &cache);
         #[cfg(test)]
         current.before_batch_write.run();
         // The packed log's write, a `pwrite` or a few: here when someone waits
         // for a small one (see INLINE_WRITE_MAX), else on a blocking thread.
         let writer = current.clone();
-        let (batch, flush) = (std::mem::take(&mut taken.batch), taken.written.is_some());
+        let flush = waiters.wait();
         let inline = flush
             && current.ack == WriteAck::Written
             && batch.len() <= INLINE_WRITE_MAX
@@ -763,7 +772,7 @@ async fn hand_to_disk(
                     Err(e.to_string())
                 })
         };
-        current.complete(taken, outcome, &cache).await;
+        current.complete(waiters, outcome, &cache).await;
     }
 }
 
@@ -792,12 +801,18 @@ async fn share_memory(
     }
 }
 
-/// A batch handed over: the packed log's part, whether foyer got larger entries,
-/// and the waiters of them all.
-struct Taken {
-    batch: packed::Batch,
+/// Who waits for a batch handed over: whether foyer got larger entries with it,
+/// and the waiters of them all (`None`: nobody waits).
+struct Waiters {
     large: bool,
     written: Option<BatchWritten>,
+}
+
+impl Waiters {
+    /// Whether anyone waits for the batch's write.
+    fn wait(&self) -> bool {
+        self.written.is_some()
+    }
 }
 
 /// Hands the queued entries to the disk tiers, each key's newest only: large ones
@@ -806,7 +821,10 @@ struct Taken {
 /// removed one is no longer queued.) One evicted from memory meanwhile is written
 /// all the same: it is still its key's newest value, and the disk tier may hold an
 /// older one.
-fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) -> Taken {
+fn hand_over(
+    queue: &DiskQueue,
+    cache: &HybridCache<StoreKey, StoredEntry>,
+) -> (packed::Batch, Waiters) {
     let mut pending = queue.lock_pending();
     let mut newer = std::collections::HashSet::with_capacity(pending.entries.len());
     let newest: Vec<bool> = pending
@@ -830,11 +848,11 @@ fn hand_over(queue: &DiskQueue, cache: &HybridCache<StoreKey, StoredEntry>) -> T
     }
     // Taken under the queue's lock: a removal of one of these keys, which takes it
     // first, then finds it in the log's batch.
-    Taken {
-        batch: queue.log.take(small),
+    let waiters = Waiters {
         large,
         written: pending.written.take(),
-    }
+    };
+    (queue.log.take(small), waiters)
 }
 
 /// `key` in an allocation of its own (see [`Store::insert`]).
@@ -1048,20 +1066,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_acking(dir.path(), WriteAck::Written).await;
         let queue = store.to_disk.as_ref().unwrap();
-        queue
-            .log
-            .fail_writes
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let fail_writes = |on| {
+            queue
+                .log
+                .fail_writes
+                .store(on, std::sync::atomic::Ordering::Relaxed)
+        };
+        fail_writes(true);
         let waited = store
             .insert(&CacheKey::kv(b"k"), &body_entry(&small_value(1)))
             .done()
             .await;
         let reason = waited.expect_err("the write failed");
         assert!(reason.contains("a write failed (test)"), "{reason}");
-        queue
-            .log
-            .fail_writes
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        fail_writes(false);
         let waited = store
             .insert(&CacheKey::kv(b"k"), &body_entry(&small_value(2)))
             .done()
@@ -1434,10 +1452,7 @@ mod tests {
         // runtime) has not run yet.
         store.cache.memory().remove(&StoreKey(key.clone()));
         let queue = store.to_disk.as_ref().unwrap();
-        queue
-            .log
-            .write(hand_over(queue, &store.cache).batch)
-            .unwrap();
+        queue.log.write(hand_over(queue, &store.cache).0).unwrap();
         store.insert(&key, &body_entry(&small_value(2)));
         // More than the packed log holds (half of 16 MiB) and memory (1 MiB).
         let filler = Bytes::from(vec![9u8; 10_000]);
