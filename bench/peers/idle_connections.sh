@@ -6,7 +6,10 @@
 # Usage: bench/peers/idle_connections.sh   (IDLE=20000 RATE=10000 DURATION=10 ROUNDS=3 to change;
 #        NODE_BIN=path to measure another fanz-node build than this tree's)
 # Each round measures without, then with the idle connections; the median ratio is
-# the figure (this machine is shared: single runs swing).
+# the figure (this machine is shared: single runs swing). A control follows in each
+# round: the same idle connections held by another process (the origin), which shows
+# what that many idle loopback sockets cost the machine's kernel whoever holds them;
+# the node's own share is its p99 against the control's.
 # Raises the open-file limit for itself and the node. Node pinned to core 1, clients
 # to core 0; everything on 127.0.0.1, stopped and removed on exit.
 set -euo pipefail
@@ -31,10 +34,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
-ORIGIN=127.0.0.1:18480; FANZ=127.0.0.1:18481; FANZ_ADMIN=127.0.0.1:18482
+ORIGIN=127.0.0.1:18480; FANZ=127.0.0.1:18481; FANZ_ADMIN=127.0.0.1:18482; FANZ_H3=127.0.0.1:18483
 target/release/fanz-bench origin --addr "$ORIGIN" 2>"$work/origin.log" & pids+=($!)
+# At its defaults but for the connection limit, raised to hold the idle clients: the
+# default log level, HTTP/3 on (on its own port, unused by the load).
 taskset -c 1 "$NODE_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
-  --h3-addr off --data-dir "$work/fanz-data" --max-connections $((IDLE + 1000)) --log-level warn & node=$!
+  --h3-addr "$FANZ_H3" --data-dir "$work/fanz-data" --max-connections $((IDLE + 1000)) \
+  2>"$work/node.log" & node=$!
 pids+=($node)
 for _ in $(seq 100); do curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf -o /dev/null "http://$FANZ/1k/obj"; curl -sf -o /dev/null "http://$FANZ/1k/obj"
@@ -77,26 +83,43 @@ hold=$((DURATION + 4))
 field() { echo "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\\1/"; }
 ratios=()
 echo "open loop at $RATE req/s, ${DURATION}s, 1 KiB hits; $IDLE idle keep-alive connections; $ROUNDS rounds:"
-printf '%-6s %-22s %8s %8s %8s\n' round run p50_ms p99_ms max_ms
-for round in $(seq "$ROUNDS"); do
-  base=$(measure without-idle)
-  rss_before=$(rss_kib)
-  taskset -c 0 python3 "$work/idle.py" 127.0.0.1 "${FANZ##*:}" "$IDLE" "$hold" > "$work/idle.out" & idle=$!
+printf '%-6s %-26s %8s %8s %8s\n' round run p50_ms p99_ms max_ms
+# hold PORT: opens $IDLE idle connections to PORT from a separate process and returns
+# once they are all open and the last ones idle; finish_hold waits for it to end and
+# sets `alive` to how many were still open.
+hold() {
+  taskset -c 0 python3 "$work/idle.py" 127.0.0.1 "$1" "$IDLE" "$hold" > "$work/idle.out" & idle=$!
   pids+=($idle)
   for _ in $(seq 600); do grep -q open "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
   sleep 1 # idle: the last ones opened have been parked too (front::conn::PARK_AFTER)
+}
+finish_hold() { wait "$idle" || true; alive=$(awk '/^alive/ {print $2}' "$work/idle.out"); }
+row() { printf '%-6s %-26s %8s %8s %8s\n' "$1" "$2" "$(field "$3" p50_ms)" "$(field "$3" p99_ms)" "$(field "$3" max_ms)"; }
+controls=()
+for round in $(seq "$ROUNDS"); do
+  base=$(measure without-idle)
+  rss_before=$(rss_kib)
+  hold "${FANZ##*:}"
   rss_idle=$(rss_kib)
   with=$(measure with-idle)
-  wait "$idle" || true
-  alive=$(awk '/^alive/ {print $2}' "$work/idle.out")
-  printf '%-6s %-22s %8s %8s %8s\n' "$round" "without idle" "$(field "$base" p50_ms)" "$(field "$base" p99_ms)" "$(field "$base" max_ms)"
-  printf '%-6s %-22s %8s %8s %8s\n' "$round" "with $IDLE idle" "$(field "$with" p50_ms)" "$(field "$with" p99_ms)" "$(field "$with" max_ms)"
+  finish_hold
+  held=$alive
+  sleep 2 # let the node finish closing them
+  hold "${ORIGIN##*:}"
+  control=$(measure control)
+  finish_hold
+  row "$round" "without idle" "$base"
+  row "$round" "with $IDLE idle" "$with"
+  row "$round" "$IDLE idle at the origin" "$control"
   ratios+=("$(awk "BEGIN{printf \"%.2f\", $(field "$with" p99_ms) / $(field "$base" p99_ms)}")")
+  controls+=("$(awk "BEGIN{printf \"%.2f\", $(field "$with" p99_ms) / $(field "$control" p99_ms)}")")
   if [ "$round" = 1 ]; then # later rounds reuse the memory the first one freed
     echo "       node RSS $rss_before KiB before, $rss_idle KiB holding them: $(awk "BEGIN{printf \"%.1f\", ($rss_idle - $rss_before) * 1024 / $IDLE}") bytes per idle connection"
   fi
-  echo "       idle connections still open after ${hold}s: ${alive:-?} of $IDLE"
-  sleep 2 # let the node finish closing them
+  echo "       idle connections still open after ${hold}s: ${held:-?} of $IDLE"
+  sleep 2 # let the origin finish closing them
 done
 median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 echo "p99 with / without, per round: ${ratios[*]}; median $median"
+median=$(printf '%s\n' "${controls[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "p99 with the idle connections at the node / at the origin (the control), per round: ${controls[*]}; median $median"

@@ -18,10 +18,13 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-MEMCACHED=18591; FANZ=127.0.0.1:18592; FANZ_ADMIN=127.0.0.1:18593
+MEMCACHED=18591; FANZ=127.0.0.1:18592; FANZ_ADMIN=127.0.0.1:18593; FANZ_H3=127.0.0.1:18594
 memcached -l 127.0.0.1 -p "$MEMCACHED" -U 0 -t 1 -m 4096 -u root & mc=$!; pids+=($mc)
-target/release/fanz-node --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr off \
-  --memory-capacity 4GiB --disk-capacity 0 --data-dir "$work/fanz-data" --log-level warn & fz=$!; pids+=($fz)
+# At its defaults but for the two capacities, as memcached gets -m: room for every
+# entry in memory, no disk tier (memcached has none). HTTP/3 is on, as by default, on
+# its own port; the default log level.
+target/release/fanz-node --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" --h3-addr "$FANZ_H3" \
+  --memory-capacity 4GiB --disk-capacity 0 --data-dir "$work/fanz-data" 2>/dev/null & fz=$!; pids+=($fz)
 for _ in $(seq 100); do curl -sf "http://$FANZ_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 0.5
 mc_empty=$(rss_kib "$mc"); fz_empty=$(rss_kib "$fz")
