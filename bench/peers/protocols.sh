@@ -44,7 +44,7 @@ http {
 CONF
 nginx -e "$work/origin.early.log" -c "$work/origin.conf" & pids+=($!)
 taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$HTTP" --admin-addr "$ADMIN" \
-  --h3-addr "$H3" --h3-max-udp-payload "$QUIC_MTU" --data-dir "$work/fanz-data" --log-level warn & pids+=($!)
+  --h3-addr "$H3" --h3-max-udp-payload "$QUIC_MTU" --data-dir "$work/fanz-data" 2>"$work/fanz.log" & pids+=($!)
 # The floor: fanz-bench's origin serving the same sizes over HTTP/1.1 and over HTTP/3
 # through the same h3 and h3-quinn glue, one thread, same core, nothing cached or
 # logged: what no server on these stacks can beat here.
