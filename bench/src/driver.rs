@@ -1,6 +1,7 @@
 //! Protocol drivers: a connection that sends one request at a time and reads the
-//! whole answer, over HTTP/1.1, HTTP/2 (prior knowledge), HTTP/3, or through the
-//! `fanz-client` library (KV operations routed to each key's owner).
+//! whole answer, over HTTP/1.1 or HTTP/2 (prior knowledge over plain TCP, or chosen by
+//! ALPN over TLS for an `https://` target), HTTP/3, or through the `fanz-client`
+//! library (KV operations routed to each key's owner).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,12 +67,15 @@ pub struct Target {
     pub host: String,
     /// Path and query.
     pub path: String,
+    /// HTTP/1.1 and HTTP/2 over TLS (an `https://` URL), trusting
+    /// [`DriverOptions::ca_cert`].
+    pub tls: bool,
 }
 
 /// Settings some drivers need.
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
-    /// The certificate to trust (PEM): the node's (HTTP/3).
+    /// The certificate to trust (PEM): the node's (HTTP/3, and HTTPS).
     pub ca_cert: Option<PathBuf>,
     /// Upper bound of path-MTU discovery (UDP payload bytes, HTTP/3).
     pub max_udp_payload: u16,
@@ -103,35 +107,25 @@ impl Connection {
                     .await
                     .context("connect")?;
                 stream.set_nodelay(true)?;
-                let io = TokioIo::new(stream);
-                if protocol == Protocol::H1 {
-                    let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
-                    tokio::spawn(conn);
-                    Ok(Connection::H1(send))
+                if target.tls {
+                    let alpn: &[u8] = if protocol == Protocol::H1 {
+                        b"http/1.1"
+                    } else {
+                        b"h2"
+                    };
+                    let tls = tls_client(options, "HTTPS", alpn)?;
+                    let name = rustls::pki_types::ServerName::try_from(target.host.clone())?;
+                    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                        .connect(name, stream)
+                        .await
+                        .context("TLS handshake")?;
+                    Self::handshake(protocol, TokioIo::new(stream)).await
                 } else {
-                    let (send, conn) =
-                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-                    tokio::spawn(conn);
-                    Ok(Connection::H2(send))
+                    Self::handshake(protocol, TokioIo::new(stream)).await
                 }
             }
             Protocol::H3 => {
-                let ca = options
-                    .ca_cert
-                    .as_deref()
-                    .ok_or_else(|| anyhow!("HTTP/3 needs --ca-cert (the node's certificate)"))?;
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(
-                    rustls::pki_types::CertificateDer::from_pem_file(ca)
-                        .context("reading --ca-cert")?,
-                )?;
-                let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_protocol_versions(&[&rustls::version::TLS13])?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-                tls.alpn_protocols = vec![b"h3".to_vec()];
+                let tls = tls_client(options, "HTTP/3", b"h3")?;
                 let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
                 let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
                 let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -155,6 +149,23 @@ impl Connection {
                 }
                 Ok(Connection::Client(builder.build().await?))
             }
+        }
+    }
+
+    /// HTTP/1.1 or HTTP/2 over `io`, plain or TLS.
+    async fn handshake<T>(protocol: Protocol, io: TokioIo<T>) -> anyhow::Result<Self>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        if protocol == Protocol::H1 {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Ok(Connection::H1(send))
+        } else {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Ok(Connection::H2(send))
         }
     }
 
@@ -185,7 +196,8 @@ impl Connection {
             }
             Connection::H2(send) => {
                 send.ready().await?;
-                parts.uri = format!("http://{}{}", target.host, parts.uri).parse()?;
+                let scheme = if target.tls { "https" } else { "http" };
+                parts.uri = format!("{scheme}://{}{}", target.host, parts.uri).parse()?;
                 let resp = send
                     .send_request(Request::from_parts(parts, Full::new(body)))
                     .await?;
@@ -235,4 +247,28 @@ async fn read_hyper(resp: http::Response<hyper::body::Incoming>) -> anyhow::Resu
         bail!("status {}", resp.status());
     }
     Ok(resp.into_body().collect().await?.to_bytes().len())
+}
+
+/// A TLS 1.3 client (ring) trusting only `options.ca_cert`, offering `alpn`; `what`
+/// names the protocol in the error when no certificate was given.
+fn tls_client(
+    options: &DriverOptions,
+    what: &str,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let ca = options
+        .ca_cert
+        .as_deref()
+        .ok_or_else(|| anyhow!("{what} needs --ca-cert (the node's certificate)"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(ca).context("reading --ca-cert")?)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }

@@ -44,9 +44,9 @@ fn command() -> Command {
                 .arg(Arg::new("runs").num_args(1..).required(true).help("LABEL=FILE.json for each run")),
         )
         .arg(Arg::new("protocol").long("protocol").default_value("h1").help("h1, h2, h3, or client (fanz-client: --url http://ADMIN_ADDR/{key})"))
-        .arg(Arg::new("url").long("url").help("http://host:port/path (h1, h2) or https://host:port/path (h3); {key} in the path is replaced by a key"))
+        .arg(Arg::new("url").long("url").help("http://host:port/path (h1, h2), https://host:port/path (h1 and h2 over TLS, h3); {key} in the path is replaced by a key"))
         .arg(Arg::new("connect").long("connect").help("Address to connect to, if not the URL's host:port"))
-        .arg(Arg::new("ca-cert").long("ca-cert").help("PEM certificate to trust (HTTP/3)"))
+        .arg(Arg::new("ca-cert").long("ca-cert").help("PEM certificate to trust (HTTP/3, https:// URLs)"))
         .arg(Arg::new("connections").long("connections").default_value("32").help("Concurrent connections, one request in flight each"))
         .arg(Arg::new("duration").long("duration").default_value("10").help("Measured seconds"))
         .arg(Arg::new("warmup").long("warmup").default_value("2").help("Unmeasured seconds first"))
@@ -164,6 +164,8 @@ fn plan(m: &ArgMatches) -> Result<Plan, String> {
             addr,
             host: authority.host().to_string(),
             path: path.clone(),
+            tls: url.scheme_str() == Some("https")
+                && matches!(protocol, Protocol::H1 | Protocol::H2),
         },
         connections: match get("connections").unwrap_or_default().parse::<usize>() {
             Ok(0) if purges.is_none() => {

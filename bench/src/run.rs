@@ -281,6 +281,7 @@ async fn purge_loop(plan: PurgePlan, window: Window, seed: u64) -> anyhow::Resul
         addr: plan.admin,
         host: plan.admin.to_string(),
         path: "/purge".into(),
+        tls: false,
     };
     let mut conn = Connection::open(Protocol::H1, &target, &DriverOptions::none()).await?;
     let interval = plan

@@ -1,12 +1,12 @@
 //! fanz-bench refuses impossible parameters; its closed and open loops measure a real
-//! server (a hyper server on a free loopback port, over HTTP/1.1 and HTTP/2); its
-//! origin answers what the peer scripts rely on.
+//! server (a hyper server on a free loopback port, over HTTP/1.1 and HTTP/2, plain and
+//! over TLS); its origin answers what the peer scripts rely on.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fanz_bench::driver::{DriverOptions, Protocol, Target};
+use fanz_bench::driver::{Connection, DriverOptions, Protocol, Target};
 use fanz_bench::run::{run, Plan};
 use fanz_bench::workload::{KeyDistribution, Workload};
 use http_body_util::Full;
@@ -81,6 +81,7 @@ async fn the_closed_loop_measures_a_real_server() {
                 addr,
                 host: addr.to_string(),
                 path: "/x".into(),
+                tls: false,
             },
             connections: 4,
             duration: Duration::from_millis(500),
@@ -103,6 +104,86 @@ async fn the_closed_loop_measures_a_real_server() {
         assert!(outcome.ms(0.99) > 0.0);
     }
     server.abort();
+}
+
+#[tokio::test]
+async fn https_targets_are_driven_over_tls_trusting_the_given_certificate() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("fanz-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("cert.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers with the protocol the TLS handshake chose, so the test sees ALPN work.
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let alpn = stream
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .unwrap_or(b"none")
+                    .to_vec();
+                let service = hyper::service::service_fn(move |_req| {
+                    let alpn = Bytes::from(alpn.clone());
+                    async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(alpn))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let target = Target {
+        addr,
+        host: "localhost".into(),
+        path: "/x".into(),
+        tls: true,
+    };
+    let trusting = DriverOptions {
+        ca_cert: Some(ca.clone()),
+        ..DriverOptions::none()
+    };
+    for (protocol, alpn) in [(Protocol::H1, "http/1.1"), (Protocol::H2, "h2")] {
+        let mut conn = Connection::open(protocol, &target, &trusting)
+            .await
+            .unwrap();
+        assert_eq!(conn.get(&target).await.unwrap(), alpn.len(), "{protocol:?}");
+        // Without the certificate to trust, no connection.
+        let refused = Connection::open(protocol, &target, &DriverOptions::none()).await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("--ca-cert")),
+            "{protocol:?}"
+        );
+    }
+    // A certificate for another name is refused.
+    let other = Target {
+        host: "elsewhere".into(),
+        ..target.clone()
+    };
+    assert!(Connection::open(Protocol::H1, &other, &trusting)
+        .await
+        .is_err());
+    server.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A server answering 10 bytes, stalling `stall` on every `every`-th request; counts
@@ -161,6 +242,7 @@ async fn the_open_loop_charges_a_stall_to_every_request_it_delayed() {
             addr,
             host: addr.to_string(),
             path: "/x".into(),
+            tls: false,
         },
         connections: 1,
         duration: Duration::from_secs(1),
@@ -195,6 +277,7 @@ async fn keys_writes_and_purges_reach_the_server() {
             addr,
             host: addr.to_string(),
             path: "/kv/{key}".into(),
+            tls: false,
         },
         connections: 2,
         duration: Duration::from_millis(500),
@@ -259,6 +342,7 @@ async fn closed_loop_purgers_alone_post_back_to_back() {
             addr,
             host: addr.to_string(),
             path: "/".into(),
+            tls: false,
         },
         connections: 0,
         duration: Duration::from_millis(300),
