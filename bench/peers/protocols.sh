@@ -9,7 +9,9 @@
 # with it too.
 #
 # Usage: bench/peers/protocols.sh      (DURATION=10 CONNS=32 ROUNDS=2 to change;
-#        QUIC_MTU=8952 lets QUIC use jumbo-frame-sized datagrams on both ends)
+#        QUIC_MTU=8952 lets QUIC use jumbo-frame-sized datagrams on both ends;
+#        CHARTS=dir draws each size's latency percentiles, protocol by protocol, as
+#        dir/protocols-1k.svg and dir/protocols-64k.svg)
 # Runs as root (nginx workers too, to read the temporary directory). The node runs
 # pinned to core 1, fanz-bench to core 0. Everything listens on 127.0.0.1 and is
 # stopped and removed on exit.
@@ -124,3 +126,13 @@ rps() { echo "${best[$1]}" | sed -E 's/.*"req_per_s":([0-9.]+).*/\1/'; }
 for f in 1k 64k; do
   echo "$f: node h3 vs node HTTPS/1.1 (both encrypted): $(awk "BEGIN{printf \"%.2f\", $(rps "$f-h3") / $(rps "$f-https")}")"
 done
+if [ -n "${CHARTS:-}" ]; then
+  mkdir -p "$CHARTS"
+  for f in 1k 64k; do
+    runs=()
+    for p in h1 https h2 h3; do echo "${best[$f-$p]}" > "$work/$f-$p.json"; runs+=("$p=$work/$f-$p.json"); done
+    target/release/fanz-bench chart --out "$CHARTS/protocols-$f.svg" \
+      --title "$f hits by protocol, closed loop, $CONNS connections (best of $ROUNDS)" "${runs[@]}"
+    echo "chart: $CHARTS/protocols-$f.svg"
+  done
+fi
