@@ -174,6 +174,34 @@ const INLINE_WRITE_MAX: usize = 256 << 10;
 const INLINE_WRITE_SLOW: Duration = Duration::from_millis(2);
 const INLINE_PAUSE: Duration = Duration::from_secs(1);
 
+/// Where the disk queue's task writes a batch: on its own runtime thread or on the
+/// blocking pool (see [`INLINE_WRITE_MAX`] and [`INLINE_WRITE_SLOW`]).
+#[derive(Debug)]
+struct InlineWrites {
+    /// Until when batches go to the blocking pool: set by a slow inline write.
+    paused_until: tokio::time::Instant,
+}
+
+impl InlineWrites {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self { paused_until: now }
+    }
+
+    /// Whether a batch of `len` bytes, which writes wait for (`flush`) in `ack`
+    /// mode, is written inline at `now`.
+    fn inline(&self, now: tokio::time::Instant, ack: WriteAck, flush: bool, len: usize) -> bool {
+        flush && ack == WriteAck::Written && len <= INLINE_WRITE_MAX && now >= self.paused_until
+    }
+
+    /// An inline write ran from `started` to `finished`: one slower than
+    /// [`INLINE_WRITE_SLOW`] pauses inline writes for [`INLINE_PAUSE`].
+    fn wrote(&mut self, started: tokio::time::Instant, finished: tokio::time::Instant) {
+        if finished.saturating_duration_since(started) > INLINE_WRITE_SLOW {
+            self.paused_until = finished + INLINE_PAUSE;
+        }
+    }
+}
+
 /// Entries inserted in memory and not yet handed to the disk tier, and the small
 /// entries' disk tier.
 ///
@@ -723,8 +751,7 @@ async fn hand_to_disk(
     queue: std::sync::Weak<DiskQueue>,
     cache: HybridCache<StoreKey, StoredEntry>,
 ) {
-    // Until when batches are not written inline (see INLINE_WRITE_SLOW).
-    let mut not_inline_until = tokio::time::Instant::now();
+    let mut inline_writes = InlineWrites::new(tokio::time::Instant::now());
     loop {
         let Some(current) = queue.upgrade() else {
             return;
@@ -753,16 +780,10 @@ async fn hand_to_disk(
         // for a small one (see INLINE_WRITE_MAX), else on a blocking thread.
         let writer = current.clone();
         let flush = waiters.wait();
-        let inline = flush
-            && current.ack == WriteAck::Written
-            && batch.len() <= INLINE_WRITE_MAX
-            && tokio::time::Instant::now() >= not_inline_until;
-        let outcome = if inline {
-            let started = tokio::time::Instant::now();
+        let started = tokio::time::Instant::now();
+        let outcome = if inline_writes.inline(started, current.ack, flush, batch.len()) {
             let outcome = writer.write(batch, flush);
-            if started.elapsed() > INLINE_WRITE_SLOW {
-                not_inline_until = tokio::time::Instant::now() + INLINE_PAUSE;
-            }
+            inline_writes.wrote(started, tokio::time::Instant::now());
             outcome
         } else {
             tokio::task::spawn_blocking(move || writer.write(batch, flush))
@@ -868,6 +889,35 @@ fn owned(key: &CacheKey) -> CacheKey {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn only_small_batches_someone_waits_for_are_written_inline_and_a_slow_one_pauses_that() {
+        let t0 = tokio::time::Instant::now();
+        let mut writes = InlineWrites::new(t0);
+        let small = 64 << 10;
+        assert!(writes.inline(t0, WriteAck::Written, true, small));
+        // Nobody waits (the default's batches), an fdatasync follows, or the batch is
+        // large: the blocking pool.
+        assert!(!writes.inline(t0, WriteAck::Written, false, small));
+        assert!(!writes.inline(t0, WriteAck::Memory, true, small));
+        assert!(!writes.inline(t0, WriteAck::Synced, true, small));
+        assert!(!writes.inline(t0, WriteAck::Written, true, INLINE_WRITE_MAX + 1));
+        // A quick write changes nothing.
+        writes.wrote(t0, t0 + INLINE_WRITE_SLOW);
+        assert!(writes.inline(t0 + INLINE_WRITE_SLOW, WriteAck::Written, true, small));
+        // A slow one sends the next INLINE_PAUSE of batches to the blocking pool...
+        let finished = t0 + INLINE_WRITE_SLOW * 3;
+        writes.wrote(t0, finished);
+        assert!(!writes.inline(finished, WriteAck::Written, true, small));
+        assert!(!writes.inline(
+            finished + INLINE_PAUSE - Duration::from_millis(1),
+            WriteAck::Written,
+            true,
+            small
+        ));
+        // ...and then inline again.
+        assert!(writes.inline(finished + INLINE_PAUSE, WriteAck::Written, true, small));
+    }
 
     /// Something to run in the middle of a store operation, to place another one
     /// exactly there.
