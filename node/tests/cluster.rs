@@ -321,3 +321,28 @@ async fn a_node_paused_for_a_second_is_not_declared_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A conditional write in a cluster: no node orders the writes of a key across
+/// the nodes that write its owners, so one cannot evaluate `If-None-Match: *` or
+/// `If-Match` with the guarantee they ask for. It is refused (501) and nothing is
+/// written; an unconditional write still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_in_a_cluster_are_refused_and_write_nothing() {
+    let (_tmp, nodes) = start_cluster(3, FAST).await;
+    let node = &nodes[0].node;
+    let r = put(node, "cas", "v", &[("if-none-match", "*")]).await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text());
+    assert!(r.text().contains("nothing written"), "{}", r.text());
+    assert_eq!(get(node, "cas").await.status, StatusCode::NOT_FOUND);
+    // (201 or 204: a node that does not own the key cannot tell which.)
+    assert!(put(node, "cas", "v", &[]).await.status.is_success());
+    let r = send(
+        Method::DELETE,
+        &node.url("/kv/cas"),
+        &[("if-match", "*")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text());
+    assert_eq!(get(node, "cas").await.text(), "v");
+}

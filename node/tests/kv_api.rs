@@ -83,6 +83,100 @@ async fn put_get_head_conditional_and_replace() {
     .await;
 }
 
+/// RFC 9110 §13: a write's preconditions are evaluated against the key's current
+/// value, and a false one answers 412 and writes nothing. `If-None-Match: *` makes
+/// a PUT create-only, `If-Match: <etag>` a compare-and-set.
+#[tokio::test]
+async fn conditional_writes_are_evaluated_and_a_failed_one_writes_nothing() {
+    on_a_fresh_node_per_protocol(&[], async |node| {
+        let put_if = async |key: &str, value: &str, condition: (&str, &str)| {
+            put(node, key, value, &[condition]).await
+        };
+        // Create-only: the first succeeds, the second is refused, the value kept.
+        let r = put_if("c", "first", ("if-none-match", "*")).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let first = r.header("etag").unwrap();
+        let r = put_if("c", "second", ("if-none-match", "*")).await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.text());
+        assert_eq!(r.header("etag").as_deref(), Some(first.as_str()));
+        assert_eq!(get(node, "c").await.text(), "first");
+        // If-None-Match with the current ETag is false too; with another, true.
+        let r = put_if("c", "x", ("if-none-match", &first)).await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+        let r = put_if("c", "third", ("if-none-match", "\"other\"")).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let third = r.header("etag").unwrap();
+
+        // Compare-and-set: an old ETag is refused, the current one accepted.
+        let r = put_if("c", "stale", ("if-match", &first)).await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(r.header("etag").as_deref(), Some(third.as_str()));
+        assert_eq!(get(node, "c").await.text(), "third");
+        let r = put_if("c", "fourth", ("if-match", &third)).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert_eq!(get(node, "c").await.text(), "fourth");
+        // A list matches if any member does; `*` matches any current value.
+        let fourth = get(node, "c").await.header("etag").unwrap();
+        let r = put_if("c", "fifth", ("if-match", &format!("\"nope\", {fourth}"))).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            put_if("c", "sixth", ("if-match", "*")).await.status,
+            StatusCode::NO_CONTENT
+        );
+
+        // If-Match on an absent key is false: nothing is created.
+        let r = put_if("absent", "v", ("if-match", "*")).await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(get(node, "absent").await.status, StatusCode::NOT_FOUND);
+
+        // DELETE takes the same preconditions.
+        let current = get(node, "c").await.header("etag").unwrap();
+        let r = request(node, Method::DELETE, "/kv/c", &[("if-match", &first)], "").await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(get(node, "c").await.text(), "sixth");
+        let r = request(node, Method::DELETE, "/kv/c", &[("if-match", &current)], "").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert_eq!(get(node, "c").await.status, StatusCode::NOT_FOUND);
+        // An expired or deleted value is no current value: create-only works again.
+        let r = put_if("c", "again", ("if-none-match", "*")).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    })
+    .await;
+}
+
+/// Concurrent create-only writes of one key: exactly one is created, every other
+/// answers 412, and the value is the winner's.
+#[tokio::test]
+async fn concurrent_create_only_writes_have_one_winner() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &[]);
+    for round in 0..20 {
+        let key = format!("race-{round}");
+        let writers = (0..8).map(|i| {
+            let key = key.clone();
+            let node = &node;
+            async move {
+                let value = format!("writer {i}");
+                let r = put(node, &key, &value, &[("if-none-match", "*")]).await;
+                (r.status, value)
+            }
+        });
+        let answers = join_all(writers).await;
+        let won: Vec<_> = answers
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CREATED)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::PRECONDITION_FAILED),
+            "round {round}: {answers:?}"
+        );
+        assert_eq!(get(&node, &key).await.text(), won[0].1);
+    }
+}
+
 #[tokio::test]
 async fn tag_dependency_and_transitive_purges() {
     on_a_fresh_node_per_protocol(&[], async |node| {
@@ -588,4 +682,34 @@ async fn http2_prior_knowledge_is_served() {
         &resp.into_body().collect().await.unwrap().to_bytes()[..],
         b"over h2"
     );
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *output = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

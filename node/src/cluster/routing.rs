@@ -88,6 +88,13 @@ impl Routing {
             .collect()
     }
 
+    /// Whether this node knows of no other member (a node on its own, or one that
+    /// has not joined anyone yet): then it alone orders the writes of every key.
+    pub fn alone(&self) -> bool {
+        let view = self.view.borrow();
+        view.members.iter().all(|m| m.identity.id == self.node_id)
+    }
+
     /// Whether this node owns `key` (or no ring member is alive): the KV hit path's
     /// check, without building the list of other owners.
     pub fn is_owner(&self, key: &CacheKey) -> bool {

@@ -34,6 +34,10 @@ const FANZ_INVALIDATED: HeaderName = HeaderName::from_static("fanz-invalidated")
 /// How many of a key's owners a write reached (`done/asked`), in a cluster.
 const FANZ_WRITTEN: HeaderName = HeaderName::from_static("fanz-written");
 
+/// Locks that order a node's writes of one key (see [`MainService::order_write`]),
+/// by a hash of the key.
+const WRITE_LOCKS: usize = 256;
+
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
 
@@ -62,6 +66,9 @@ pub struct MainService {
     routing: Arc<Routing>,
     replicator: Arc<Replicator>,
     purger: Arc<Purger>,
+    /// A node on its own holds one of these from a write's precondition check to
+    /// its end, so that no other write of the key comes between them.
+    write_locks: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl MainService {
@@ -84,6 +91,9 @@ impl MainService {
             routing,
             replicator,
             purger,
+            write_locks: (0..WRITE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -155,7 +165,7 @@ impl MainService {
         match parts.method {
             Method::GET | Method::HEAD => self.get(&key, &parts).await,
             Method::PUT => Box::pin(self.put(key, &parts, body)).await,
-            Method::DELETE => Box::pin(self.delete(key)).await,
+            Method::DELETE => Box::pin(self.delete(key, &parts.headers)).await,
             _ => {
                 let mut r = text(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -493,6 +503,10 @@ impl MainService {
         };
         let etag = etag(&meta);
         let entry = Entry { meta, body };
+        let _ordered = match self.order_write(&key, &req.headers).await {
+            Ok(ordered) => ordered,
+            Err(refused) => return *refused,
+        };
         let replicate = || Message::Put {
             key: key.clone(),
             entry: entry.encode(),
@@ -602,9 +616,59 @@ impl MainService {
         })
     }
 
+    /// Orders a write of `key` against the node's other writes of it and evaluates
+    /// its preconditions (`If-Match`, `If-None-Match`: RFC 9110 §13) against the
+    /// current value, as a read here would judge it: the guard to hold until the
+    /// write is done, or the answer that refuses it (412, nothing written).
+    ///
+    /// Only a node on its own orders its writes: it alone writes its keys. In a
+    /// cluster, several nodes write each key's owners and nothing orders them
+    /// together yet, so a conditional write there is refused (501) rather than
+    /// evaluated without the guarantee it asks for.
+    async fn order_write(
+        &self,
+        key: &CacheKey,
+        headers: &HeaderMap,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, Box<Response<Body>>> {
+        let conditional = headers::has_write_preconditions(headers);
+        if !self.routing.alone() {
+            if conditional {
+                return Err(Box::new(text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "conditional writes (If-Match, If-None-Match) are evaluated on a node on its own; in a cluster they are not supported yet: nothing written",
+                )));
+            }
+            return Ok(None);
+        }
+        let lock = &self.write_locks[crc32fast::hash(key.encoded()) as usize % WRITE_LOCKS];
+        let guard = lock.lock().await;
+        if conditional {
+            let current = match self.cache.peek(key).await {
+                Lookup::Hit(hit) => Some(etag(&hit.entry.meta)),
+                Lookup::Miss(_) => None,
+            };
+            let current_str = current.as_ref().and_then(|e| e.to_str().ok());
+            if let Err(which) = headers::write_preconditions(headers, current_str) {
+                let mut r = text(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!("{which} does not hold for the key's current value: nothing written"),
+                );
+                if let Some(etag) = current {
+                    r.headers_mut().insert(header::ETAG, etag);
+                }
+                return Err(Box::new(r));
+            }
+        }
+        Ok(Some(guard))
+    }
+
     /// `DELETE`: a purge of the key, 204 once every member applied it (in a cluster),
     /// 504 with the report when one had not within `purge_ack_timeout`.
-    async fn delete(&self, key: CacheKey) -> Response<Body> {
+    async fn delete(&self, key: CacheKey, headers: &HeaderMap) -> Response<Body> {
+        let _ordered = match self.order_write(&key, headers).await {
+            Ok(ordered) => ordered,
+            Err(refused) => return *refused,
+        };
         let targets = PurgeTargets {
             keys: vec![key],
             ..PurgeTargets::default()

@@ -161,10 +161,88 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|candidate| candidate.trim() == "*" || strip(candidate) == ours)
 }
 
+/// Whether a request carries preconditions a write evaluates (`If-Match`,
+/// `If-None-Match`).
+pub fn has_write_preconditions(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::IF_MATCH)
+        || headers.contains_key(http::header::IF_NONE_MATCH)
+}
+
+/// A write's preconditions (RFC 9110 §13.2.2) against the target's current `etag`
+/// (`None`: it has no current value): `Err` names the first one that is false.
+/// `If-Match` compares strongly (a weak tag never matches) and is false with no
+/// current value; `If-None-Match` compares weakly, and `*` is false when there is
+/// one. `If-Unmodified-Since` is not evaluated: the values it applies to carry no
+/// `Last-Modified` (RFC 9110 §13.1.4 then says to ignore it).
+pub fn write_preconditions(headers: &HeaderMap, etag: Option<&str>) -> Result<(), &'static str> {
+    let candidates = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    if headers.contains_key(http::header::IF_MATCH) {
+        let matched = etag.is_some_and(|etag| {
+            candidates(http::header::IF_MATCH)
+                .any(|c| c == "*" || (!c.starts_with("W/") && c == etag.trim()))
+        });
+        if !matched {
+            return Err("If-Match");
+        }
+    }
+    if etag.is_some_and(|etag| if_none_match(headers, etag)) {
+        return Err("If-None-Match");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn write_preconditions_follow_rfc_9110() {
+        let current = Some("\"v1\"");
+        let check =
+            |pairs: &[(&'static str, &str)], etag| write_preconditions(&headers(pairs), etag);
+        assert_eq!(check(&[], current), Ok(()));
+        assert_eq!(check(&[], None), Ok(()));
+        // If-Match: strong, any of a list, `*` for any current value, false when absent.
+        assert_eq!(check(&[("if-match", "\"v1\"")], current), Ok(()));
+        assert_eq!(check(&[("if-match", "\"v0\", \"v1\"")], current), Ok(()));
+        assert_eq!(
+            check(&[("if-match", "\"v0\""), ("if-match", "\"v1\"")], current),
+            Ok(())
+        );
+        assert_eq!(check(&[("if-match", "W/\"v1\"")], current), Err("If-Match"));
+        assert_eq!(check(&[("if-match", "\"v0\"")], current), Err("If-Match"));
+        assert_eq!(check(&[("if-match", "*")], current), Ok(()));
+        assert_eq!(check(&[("if-match", "*")], None), Err("If-Match"));
+        // If-None-Match: weak, `*` false when there is a value, true when there is none.
+        assert_eq!(check(&[("if-none-match", "*")], None), Ok(()));
+        assert_eq!(
+            check(&[("if-none-match", "*")], current),
+            Err("If-None-Match")
+        );
+        assert_eq!(
+            check(&[("if-none-match", "W/\"v1\"")], current),
+            Err("If-None-Match")
+        );
+        assert_eq!(check(&[("if-none-match", "\"v0\"")], current), Ok(()));
+        // If-Match is evaluated first.
+        assert_eq!(
+            check(&[("if-match", "\"v0\""), ("if-none-match", "*")], current),
+            Err("If-Match")
+        );
+        assert!(has_write_preconditions(&headers(&[("if-none-match", "*")])));
+        assert!(!has_write_preconditions(&headers(&[(
+            "if-modified-since",
+            "x"
+        )])));
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
