@@ -14,6 +14,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::purge::Purger;
+use super::write_order::{Turn, WriteOrder};
 use crate::auth::{Auth, Scope};
 use crate::cache::HitPolicy;
 use crate::cache::{Cache, Freshness, Lookup, MissReason};
@@ -33,10 +34,6 @@ use crate::store::Tier;
 const FANZ_INVALIDATED: HeaderName = HeaderName::from_static("fanz-invalidated");
 /// How many of a key's owners a write reached (`done/asked`), in a cluster.
 const FANZ_WRITTEN: HeaderName = HeaderName::from_static("fanz-written");
-
-/// Locks that order a node's writes of one key (see [`MainService::order_write`]),
-/// by a hash of the key.
-const WRITE_LOCKS: usize = 256;
 
 /// Header that turns a `PURGE` into a soft purge.
 pub const SOFT_PURGE_HEADER: &str = "fanz-soft-purge";
@@ -66,9 +63,9 @@ pub struct MainService {
     routing: Arc<Routing>,
     replicator: Arc<Replicator>,
     purger: Arc<Purger>,
-    /// A node on its own holds one of these from a write's precondition check to
-    /// its end, so that no other write of the key comes between them.
-    write_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// A node on its own takes a turn here from a write's precondition check to its
+    /// end, so that no other write of the key comes between them.
+    write_order: WriteOrder,
 }
 
 impl MainService {
@@ -91,9 +88,7 @@ impl MainService {
             routing,
             replicator,
             purger,
-            write_locks: (0..WRITE_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            write_order: WriteOrder::default(),
         }
     }
 
@@ -629,7 +624,7 @@ impl MainService {
         &self,
         key: &CacheKey,
         headers: &HeaderMap,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, Box<Response<Body>>> {
+    ) -> Result<Option<Turn<'_>>, Box<Response<Body>>> {
         let conditional = headers::has_write_preconditions(headers);
         if !self.routing.alone() {
             if conditional {
@@ -640,8 +635,7 @@ impl MainService {
             }
             return Ok(None);
         }
-        let lock = &self.write_locks[crc32fast::hash(key.encoded()) as usize % WRITE_LOCKS];
-        let guard = lock.lock().await;
+        let turn = self.write_order.turn(key.encoded(), conditional).await;
         if conditional {
             let current = match self.cache.peek(key).await {
                 Lookup::Hit(hit) => Some(etag(&hit.entry.meta)),
@@ -659,7 +653,7 @@ impl MainService {
                 return Err(Box::new(r));
             }
         }
-        Ok(Some(guard))
+        Ok(Some(turn))
     }
 
     /// `DELETE`: a purge of the key, 204 once every member applied it (in a cluster),

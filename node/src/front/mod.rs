@@ -15,3 +15,4 @@ pub mod scope;
 pub mod sendfile;
 pub mod server;
 pub mod trace;
+pub mod write_order;
