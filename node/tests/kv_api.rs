@@ -144,6 +144,52 @@ async fn conditional_writes_are_evaluated_and_a_failed_one_writes_nothing() {
     .await;
 }
 
+/// A KV read answers a single byte range (RFC 9110 §14) as the proxy does: 206 with
+/// `Content-Range`, 416 past the end, the whole value for an `If-Range` that does not
+/// match; every 200 says `Accept-Ranges: bytes`.
+#[tokio::test]
+async fn kv_reads_answer_byte_ranges() {
+    on_a_fresh_node_per_protocol(&[], async |node| {
+        let etag = put(node, "r", "hello world", &[])
+            .await
+            .header("etag")
+            .unwrap();
+        let read =
+            async |headers: &[(&str, &str)]| request(node, Method::GET, "/kv/r", headers, "").await;
+        let whole = read(&[]).await;
+        assert_eq!(whole.header("accept-ranges").as_deref(), Some("bytes"));
+        let r = read(&[("range", "bytes=0-4")]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.text(), "hello");
+        assert_eq!(r.header("content-range").as_deref(), Some("bytes 0-4/11"));
+        assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+        let r = read(&[("range", "bytes=-5")]).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::PARTIAL_CONTENT, "world")
+        );
+        let r = read(&[("range", "bytes=6-")]).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::PARTIAL_CONTENT, "world")
+        );
+        let r = read(&[("range", "bytes=20-")]).await;
+        assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.header("content-range").as_deref(), Some("bytes */11"));
+        let r = read(&[("range", "bytes=0-4"), ("if-range", "\"other\"")]).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::OK, "hello world")
+        );
+        let r = read(&[("range", "bytes=0-4"), ("if-range", &etag)]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        // A matching If-None-Match still wins: 304, no range.
+        let r = read(&[("range", "bytes=0-4"), ("if-none-match", &etag)]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    })
+    .await;
+}
+
 /// Concurrent create-only writes of one key: exactly one is created, every other
 /// answers 412, and the value is the winner's.
 #[tokio::test]

@@ -23,6 +23,7 @@ use crate::cluster::routing::Routing;
 use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::headers::{self, HeaderError};
+use crate::http::range;
 use crate::http::traceparent::hex_into;
 use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
 use crate::invalidation::PurgeTargets;
@@ -759,7 +760,8 @@ fn hit_response(
     entry_response(hit.entry(), hit.age_secs, cache_status, method, request)
 }
 
-/// The response to a KV read of `entry`.
+/// The response to a KV read of `entry`: 304 for a matching `If-None-Match`, else
+/// the value or the byte range asked for (`http::range`), headers only for HEAD.
 fn entry_response(
     entry: &Entry,
     age_secs: u64,
@@ -768,18 +770,23 @@ fn entry_response(
     request: &HeaderMap,
 ) -> Response<Body> {
     let etag = etag(&entry.meta);
-    let not_modified = headers::if_none_match(request, etag.to_str().unwrap_or_default());
-    let (status, body) = if not_modified {
-        (StatusCode::NOT_MODIFIED, Bytes::new())
-    } else if method == Method::HEAD {
-        (StatusCode::OK, Bytes::new())
+    let etag_str = etag.to_str().unwrap_or_default();
+    let (status, body, content_range) = if headers::if_none_match(request, etag_str) {
+        (StatusCode::NOT_MODIFIED, Bytes::new(), None)
     } else {
-        (StatusCode::OK, entry.body.clone())
+        range::apply(request, &entry.body, Some(etag_str))
+    };
+    // HEAD carries the length of the body a GET would get.
+    let length = body.len();
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        body
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    if status == StatusCode::OK {
+    if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT {
         if let Some(ct) = entry
             .meta
             .header("content-type")
@@ -787,7 +794,11 @@ fn entry_response(
         {
             h.insert(header::CONTENT_TYPE, ct);
         }
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Some(content_range) = content_range {
+        h.insert(header::CONTENT_RANGE, content_range);
     }
     h.insert(header::AGE, HeaderValue::from(age_secs));
     h.insert(header::ETAG, etag);

@@ -8,6 +8,7 @@
 pub mod cache_status;
 pub mod directives;
 pub mod headers;
+pub mod range;
 pub mod traceparent;
 
 use std::future::Future;

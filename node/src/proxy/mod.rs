@@ -18,7 +18,6 @@ pub mod handler;
 pub mod key;
 pub mod origin;
 pub mod policy;
-pub mod range;
 pub mod respond;
 
 pub use handler::{Proxy, PurgeTarget};

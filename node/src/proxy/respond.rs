@@ -7,8 +7,8 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::origin::strip_hop_by_hop;
-use super::range::{self, RangeAnswer};
 use crate::http::cache_status::CacheStatus;
+use crate::http::range;
 use crate::http::{full, text, Body};
 
 /// Response headers aimed at this cache, never passed on to clients.
@@ -78,30 +78,15 @@ impl Shaping {
         let mut headers = stored_headers(meta);
         let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
         let not_modified = status == StatusCode::OK && not_modified(request, &headers);
-        let range = if status == StatusCode::OK && !not_modified {
+        let (status, slice) = if status == StatusCode::OK && !not_modified {
             let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
-            range::answer(request, body.len() as u64, etag)
+            let (status, slice, content_range) = range::apply(request, body, etag);
+            if let Some(v) = content_range {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (status, slice)
         } else {
-            RangeAnswer::Whole
-        };
-        let (status, slice) = match range {
-            RangeAnswer::Whole => (status, body.clone()),
-            RangeAnswer::Partial { start, end } => {
-                let total = body.len();
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    body.slice(start as usize..=end as usize),
-                )
-            }
-            RangeAnswer::Unsatisfiable => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", body.len())) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
-            }
+            (status, body.clone())
         };
         if not_modified {
             headers.remove(header::CONTENT_LENGTH);

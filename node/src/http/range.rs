@@ -1,4 +1,5 @@
-//! Byte ranges (RFC 9110 §14) answered from a complete cached object: a single range
+//! Byte ranges (RFC 9110 §14) answered from a complete stored object (a proxied
+//! response or a KV value): a single range
 //! (suffix and open-ended ones included) gets 206 with `Content-Range`, an
 //! unsatisfiable one 416. Anything else (several ranges, another unit, a malformed
 //! header, an `If-Range` that does not match) gets the whole object with 200, as RFC
@@ -6,7 +7,8 @@
 //! rather than with `multipart/byteranges`. Partial (206) responses from an origin
 //! are passed through and never stored (see `policy`).
 
-use http::{header, HeaderMap};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 /// What to send for a request's `Range`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,31 @@ pub fn answer(request: &HeaderMap, len: u64, etag: Option<&str>) -> RangeAnswer 
             },
             _ => RangeAnswer::Whole,
         },
+    }
+}
+
+/// Answers a request's `Range` over `body` (a whole object that a 200 would send,
+/// whose validator is `etag`): the status, the bytes to send and, for a 206 or a
+/// 416, the `Content-Range` to send with them.
+pub fn apply(
+    request: &HeaderMap,
+    body: &Bytes,
+    etag: Option<&str>,
+) -> (StatusCode, Bytes, Option<HeaderValue>) {
+    let total = body.len();
+    let content_range = |v: String| HeaderValue::from_str(&v).ok();
+    match answer(request, total as u64, etag) {
+        RangeAnswer::Whole => (StatusCode::OK, body.clone(), None),
+        RangeAnswer::Partial { start, end } => (
+            StatusCode::PARTIAL_CONTENT,
+            body.slice(start as usize..=end as usize),
+            content_range(format!("bytes {start}-{end}/{total}")),
+        ),
+        RangeAnswer::Unsatisfiable => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Bytes::new(),
+            content_range(format!("bytes */{total}")),
+        ),
     }
 }
 
