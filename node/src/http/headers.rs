@@ -147,18 +147,28 @@ pub fn depends_on(
     Ok(deps)
 }
 
+/// The members of a comma-separated list field, over all its lines, trimmed (lines
+/// that are not visible ASCII are skipped).
+pub fn list_members(
+    headers: &HeaderMap,
+    name: impl http::header::AsHeaderName,
+) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     fn strip(tag: &str) -> &str {
         tag.trim().trim_start_matches("W/")
     }
     let ours = strip(etag);
-    headers
-        .get_all(http::header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|candidate| candidate.trim() == "*" || strip(candidate) == ours)
+    list_members(headers, http::header::IF_NONE_MATCH)
+        .any(|candidate| candidate == "*" || strip(candidate) == ours)
 }
 
 /// Whether a request carries preconditions a write evaluates (`If-Match`,
@@ -175,17 +185,9 @@ pub fn has_write_preconditions(headers: &HeaderMap) -> bool {
 /// one. `If-Unmodified-Since` is not evaluated: the values it applies to carry no
 /// `Last-Modified` (RFC 9110 §13.1.4 then says to ignore it).
 pub fn write_preconditions(headers: &HeaderMap, etag: Option<&str>) -> Result<(), &'static str> {
-    let candidates = |name| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-    };
     if headers.contains_key(http::header::IF_MATCH) {
         let matched = etag.is_some_and(|etag| {
-            candidates(http::header::IF_MATCH)
+            list_members(headers, http::header::IF_MATCH)
                 .any(|c| c == "*" || (!c.starts_with("W/") && c == etag.trim()))
         });
         if !matched {

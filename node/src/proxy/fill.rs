@@ -92,12 +92,7 @@ pub fn response_tags(headers: &HeaderMap) -> Vec<Bytes> {
 /// The strings of an RFC 9875 group list field (`"a", "b"`); other members are
 /// skipped.
 pub fn group_list(headers: &HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    crate::http::headers::list_members(headers, name)
         .filter(|t| t.len() >= 2 && t.starts_with('"') && t.ends_with('"'))
         .map(|t| t[1..t.len() - 1].to_string())
         .collect()
