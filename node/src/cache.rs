@@ -246,14 +246,9 @@ impl Cache {
     }
 
     /// Looks `key` up as a read would judge it, without counting it in the lookup
-    /// metrics (a conditional write's check of the current value).
-    pub async fn peek(&self, key: &CacheKey) -> Lookup {
-        self.lookup(key).await
-    }
-
-    /// Looks `key` up without counting it (for the node's own reads, such as a set
-    /// checking whether it replaces something).
-    async fn lookup(&self, key: &CacheKey) -> Lookup {
+    /// metrics (for the node's own reads: a set checking whether it replaces
+    /// something, a conditional write's check of the current value).
+    pub async fn lookup(&self, key: &CacheKey) -> Lookup {
         let Some((entry, tier)) = self.store.get(key).await else {
             return Lookup::Miss(MissReason::Absent);
         };

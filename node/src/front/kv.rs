@@ -638,7 +638,7 @@ impl MainService {
         }
         let turn = self.write_order.turn(key.encoded(), conditional).await;
         if conditional {
-            let current = match self.cache.peek(key).await {
+            let current = match self.cache.lookup(key).await {
                 Lookup::Hit(hit) => Some(etag(&hit.entry.meta)),
                 Lookup::Miss(_) => None,
             };

@@ -187,10 +187,17 @@ impl InlineWrites {
         Self { paused_until: now }
     }
 
-    /// Whether a batch of `len` bytes, which writes wait for (`flush`) in `ack`
-    /// mode, is written inline at `now`.
-    fn inline(&self, now: tokio::time::Instant, ack: WriteAck, flush: bool, len: usize) -> bool {
-        flush && ack == WriteAck::Written && len <= INLINE_WRITE_MAX && now >= self.paused_until
+    /// Whether a batch of `len()` bytes, which writes wait for (`flush`) in `ack`
+    /// mode, is written inline at `now` (`len` walks the batch: asked last, only in
+    /// `written` mode).
+    fn inline(
+        &self,
+        now: tokio::time::Instant,
+        ack: WriteAck,
+        flush: bool,
+        len: impl FnOnce() -> usize,
+    ) -> bool {
+        flush && ack == WriteAck::Written && now >= self.paused_until && len() <= INLINE_WRITE_MAX
     }
 
     /// An inline write ran from `started` to `finished`: one slower than
@@ -781,7 +788,7 @@ async fn hand_to_disk(
         let writer = current.clone();
         let flush = waiters.wait();
         let started = tokio::time::Instant::now();
-        let outcome = if inline_writes.inline(started, current.ack, flush, batch.len()) {
+        let outcome = if inline_writes.inline(started, current.ack, flush, || batch.len()) {
             let outcome = writer.write(batch, flush);
             inline_writes.wrote(started, tokio::time::Instant::now());
             outcome
@@ -895,28 +902,28 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let mut writes = InlineWrites::new(t0);
         let small = 64 << 10;
-        assert!(writes.inline(t0, WriteAck::Written, true, small));
+        assert!(writes.inline(t0, WriteAck::Written, true, || small));
         // Nobody waits (the default's batches), an fdatasync follows, or the batch is
         // large: the blocking pool.
-        assert!(!writes.inline(t0, WriteAck::Written, false, small));
-        assert!(!writes.inline(t0, WriteAck::Memory, true, small));
-        assert!(!writes.inline(t0, WriteAck::Synced, true, small));
-        assert!(!writes.inline(t0, WriteAck::Written, true, INLINE_WRITE_MAX + 1));
+        assert!(!writes.inline(t0, WriteAck::Written, false, || small));
+        assert!(!writes.inline(t0, WriteAck::Memory, true, || small));
+        assert!(!writes.inline(t0, WriteAck::Synced, true, || small));
+        assert!(!writes.inline(t0, WriteAck::Written, true, || INLINE_WRITE_MAX + 1));
         // A quick write changes nothing.
         writes.wrote(t0, t0 + INLINE_WRITE_SLOW);
-        assert!(writes.inline(t0 + INLINE_WRITE_SLOW, WriteAck::Written, true, small));
+        assert!(writes.inline(t0 + INLINE_WRITE_SLOW, WriteAck::Written, true, || small));
         // A slow one sends the next INLINE_PAUSE of batches to the blocking pool...
         let finished = t0 + INLINE_WRITE_SLOW * 3;
         writes.wrote(t0, finished);
-        assert!(!writes.inline(finished, WriteAck::Written, true, small));
+        assert!(!writes.inline(finished, WriteAck::Written, true, || small));
         assert!(!writes.inline(
             finished + INLINE_PAUSE - Duration::from_millis(1),
             WriteAck::Written,
             true,
-            small
+            || small
         ));
         // ...and then inline again.
-        assert!(writes.inline(finished + INLINE_PAUSE, WriteAck::Written, true, small));
+        assert!(writes.inline(finished + INLINE_PAUSE, WriteAck::Written, true, || small));
     }
 
     /// Something to run in the middle of a store operation, to place another one
