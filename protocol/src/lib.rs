@@ -9,6 +9,8 @@
 //! - [`peer`]: the peer protocol's messages and frames (nodes and the client library).
 //! - [`replication`]: invalidations replicated across the cluster (purges, overwrites, edges).
 //! - [`ring`]: key ownership (weighted rendezvous hashing), shared with the client.
+//! - [`resp`]: RESP2, the Redis protocol: commands read, replies written (the node's
+//!   Redis-compatible KV port).
 //! - [`codec`]: the bounds-checked little-endian reader/writer the formats above share.
 
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@ pub mod log;
 pub mod peer;
 pub mod percent;
 pub mod replication;
+pub mod resp;
 pub mod ring;
 
 pub use codec::DecodeError;
