@@ -3,22 +3,23 @@
 //! everything else handed to the pull-through proxy when an origin is configured.
 //! Requests under the KV prefix never reach an origin.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fanz_protocol::peer::Message;
-use fanz_protocol::{CacheKey, Entry, EntryMeta};
+use fanz_protocol::{CacheKey, Entry, EntryMeta, Timestamp};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::purge::Purger;
-use super::write_order::{Turn, WriteOrder};
+use super::write_order::{Precondition, Turn, WriteOrder};
 use crate::auth::{Auth, Scope};
 use crate::cache::HitPolicy;
-use crate::cache::{Cache, Freshness, Lookup, MissReason};
-use crate::cluster::replication::{Replicator, Wait};
+use crate::cache::{Cache, Freshness, Lookup, MissReason, SetOutcome};
+use crate::cluster::replication::{PurgeReport, Replicator, Wait};
 use crate::cluster::routing::Routing;
 use crate::config::TtlPolicy;
 use crate::http::cache_status::{CacheStatus, Fwd};
@@ -26,7 +27,7 @@ use crate::http::headers::{self, HeaderError};
 use crate::http::range;
 use crate::http::traceparent::hex_into;
 use crate::http::{full, json, read_body, text, Answer, Body, ReqBody};
-use crate::invalidation::PurgeTargets;
+use crate::invalidation::{PurgeOutcome, PurgeTargets};
 use crate::live::Live;
 use crate::proxy::{Proxy, PurgeTarget};
 use crate::store::Tier;
@@ -204,13 +205,19 @@ impl MainService {
     }
 
     async fn get(&self, key: &CacheKey, req: &Parts) -> Response<Body> {
+        read_response(self.read(key).await, &req.method, &req.headers)
+    }
+
+    /// A KV read, whichever protocol asked: this node's copy when it may vouch for
+    /// it, else the owners' (see [`KvRead`]).
+    pub async fn read(&self, key: &CacheKey) -> KvRead {
         let hit = match self.cache.get(key).await {
             Lookup::Hit(hit) => hit,
             Lookup::Miss(reason) => {
                 match Box::pin(self.read_from_owners(key)).await {
                     OwnerRead::Found(entry, owner) => {
                         let status = CacheStatus::forward(Fwd::UriMiss).via(Some(&owner));
-                        return self.owners_copy(&entry, &status, req);
+                        return self.owners_copy(entry, status);
                     }
                     OwnerRead::NotFound => {}
                     OwnerRead::NoAnswer => {
@@ -221,10 +228,7 @@ impl MainService {
                         }
                     }
                 }
-                let mut r = text(StatusCode::NOT_FOUND, "not found");
-                r.headers_mut()
-                    .insert("cache-status", miss_status(reason).header_value());
-                return r;
+                return KvRead::Missing(Some(miss_status(reason)));
             }
         };
         let policy = self.cache.hit_policy().await;
@@ -233,10 +237,10 @@ impl MainService {
             // or one held while ownership just moved: the other owners may have had
             // writes since, or this may be the newest copy there is.
             if !self.owns(key) {
-                return Box::pin(self.read_newest(key, hit, "former-owner", req)).await;
+                return Box::pin(self.read_newest(key, hit, "former-owner")).await;
             }
             if !self.cache.settled() {
-                return Box::pin(self.read_newest(key, hit, "settling", req)).await;
+                return Box::pin(self.read_newest(key, hit, "settling")).await;
             }
         }
         let mut status = hit_status(hit.freshness, hit.tier);
@@ -244,16 +248,16 @@ impl MainService {
             HitPolicy::Serve => {}
             HitPolicy::ServeUnsynced => status = status.detail("unsynced"),
             HitPolicy::Revalidate => {
-                return Box::pin(self.confirm_with_owners(key, req, "revalidated-unsynced")).await
+                return Box::pin(self.confirm_with_owners(key, "revalidated-unsynced")).await
             }
         }
-        hit_response(&hit, &status, &req.method, &req.headers)
+        KvRead::Hit(hit, status)
     }
 
-    /// The response to a KV read answered with another owner's copy.
-    fn owners_copy(&self, entry: &Entry, status: &CacheStatus, req: &Parts) -> Response<Body> {
+    /// A KV read answered with another owner's copy.
+    fn owners_copy(&self, entry: Entry, status: CacheStatus) -> KvRead {
         let age = entry.meta.age_ms(self.cache.now_ms()) / 1000;
-        entry_response(entry, age, status, &req.method, &req.headers)
+        KvRead::Copy(entry, age, status)
     }
 
     /// Whether this node owns `key` (a cluster of one owns everything).
@@ -264,20 +268,15 @@ impl MainService {
     /// A hit this node cannot vouch for (out of sync in consistency mode, or a
     /// copy from when it owned the key): answered from the (other) owners, or 503
     /// when none answers. `detail` says why, in `Cache-Status`.
-    async fn confirm_with_owners(
-        &self,
-        key: &CacheKey,
-        req: &Parts,
-        detail: &'static str,
-    ) -> Response<Body> {
+    async fn confirm_with_owners(&self, key: &CacheKey, detail: &'static str) -> KvRead {
         match self.read_from_owners(key).await {
             OwnerRead::Found(entry, owner) => {
                 let status = CacheStatus::forward(Fwd::UriMiss)
                     .via(Some(&owner))
                     .detail(detail);
-                self.owners_copy(&entry, &status, req)
+                self.owners_copy(entry, status)
             }
-            OwnerRead::NotFound => text(StatusCode::NOT_FOUND, "not found"),
+            OwnerRead::NotFound => KvRead::Missing(None),
             OwnerRead::NoAnswer => out_of_sync(self.cache.unsure_because()),
         }
     }
@@ -386,27 +385,25 @@ impl MainService {
         key: &CacheKey,
         hit: crate::cache::Hit,
         detail: &'static str,
-        req: &Parts,
-    ) -> Response<Body> {
+    ) -> KvRead {
         let (read, every) = self.read_from_every_owner(key).await;
         if let OwnerRead::Found(entry, owner) = read {
             if entry.meta.version > hit.entry().meta.version {
                 let status = CacheStatus::forward(Fwd::UriMiss)
                     .via(Some(&owner))
                     .detail(detail);
-                return self.owners_copy(&entry, &status, req);
+                return self.owners_copy(entry, status);
             }
         }
         if !every {
             // An owner that did not answer may hold a newer value: this copy is
             // only known to be the newest once every owner has spoken.
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ownership of this key just moved and not every owner answered: retry, or read through another node",
+            return KvRead::Unavailable(
+                "ownership of this key just moved and not every owner answered: retry, or read through another node".into(),
             );
         }
         let status = hit_status(hit.freshness, hit.tier).detail(detail);
-        hit_response(&hit, &status, &req.method, &req.headers)
+        KvRead::Hit(hit, status)
     }
 }
 
@@ -420,13 +417,53 @@ enum OwnerRead {
     NoAnswer,
 }
 
+/// What a KV read found, before a protocol words it.
+#[derive(Debug)]
+pub enum KvRead {
+    /// This node's copy, which it may serve.
+    Hit(crate::cache::Hit, CacheStatus),
+    /// Another owner's copy, its age in seconds.
+    Copy(Entry, u64, CacheStatus),
+    /// No value (the miss's `Cache-Status` when this node looked itself).
+    Missing(Option<CacheStatus>),
+    /// No answer that can be vouched for: why (503 over HTTP).
+    Unavailable(Cow<'static, str>),
+}
+
+impl KvRead {
+    /// The value found, if any.
+    pub fn entry(&self) -> Option<&Entry> {
+        match self {
+            KvRead::Hit(hit, _) => Some(hit.entry()),
+            KvRead::Copy(entry, ..) => Some(entry),
+            KvRead::Missing(_) | KvRead::Unavailable(_) => None,
+        }
+    }
+}
+
 /// The answer of a node that cannot vouch for what it holds and reached no owner
 /// that can.
-fn out_of_sync(because: &str) -> Response<Body> {
-    text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("this node cannot vouch for its copies ({because}; partition_mode = consistency) and no other owner of the key answers"),
+fn out_of_sync(because: &str) -> KvRead {
+    KvRead::Unavailable(
+        format!("this node cannot vouch for its copies ({because}; partition_mode = consistency) and no other owner of the key answers").into(),
     )
+}
+
+/// The HTTP answer to a KV read.
+fn read_response(read: KvRead, method: &Method, request: &HeaderMap) -> Response<Body> {
+    match read {
+        KvRead::Hit(hit, status) => hit_response(&hit, &status, method, request),
+        KvRead::Copy(entry, age, status) => entry_response(&entry, age, &status, method, request),
+        KvRead::Missing(status) => {
+            let mut r = text(StatusCode::NOT_FOUND, "not found");
+            if let Some(status) = status {
+                r.headers_mut()
+                    .insert("cache-status", status.header_value());
+            }
+            r
+        }
+        KvRead::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, why.into_owned()),
+    }
 }
 
 impl MainService {
@@ -465,20 +502,12 @@ impl MainService {
     }
 
     async fn put(&self, key: CacheKey, req: &Parts, body: ReqBody) -> Response<Body> {
-        if self.cache.hit_policy().await == HitPolicy::Revalidate {
-            // Cut off (no sync lease), stalled or rejoining: the owners it can reach
-            // may not be the ones the rest of the cluster reads from.
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "this node may not be in sync with the cluster ({}): write through another node",
-                    self.cache.unsure_because()
-                ),
-            );
-        }
         // The version is taken before anything of the value is read: a purge that
         // arrives while the body is uploading covers this write.
-        let version = self.cache.begin_fill();
+        let version = match self.begin_write().await {
+            Ok(version) => version,
+            Err(refused) => return refused_response(refused),
+        };
         let meta = match self.meta_from_headers(&key, &req.headers) {
             Ok(meta) => EntryMeta {
                 version,
@@ -497,12 +526,38 @@ impl MainService {
             Ok(body) => body,
             Err(e) => return e.response(),
         };
-        let etag = etag(&meta);
         let entry = Entry { meta, body };
-        let _ordered = match self.order_write(&key, &req.headers).await {
-            Ok(ordered) => ordered,
-            Err(refused) => return *refused,
-        };
+        match self
+            .write(key, entry, Precondition::of_headers(&req.headers))
+            .await
+        {
+            Ok(written) => written_response(written),
+            Err(refused) => refused_response(refused),
+        }
+    }
+
+    /// The first step of a KV write, before its value is read: the version it will
+    /// carry, or why this node takes no writes now.
+    pub async fn begin_write(&self) -> Result<Timestamp, Refused> {
+        if self.cache.hit_policy().await == HitPolicy::Revalidate {
+            // Cut off (no sync lease), stalled or rejoining: the owners it can reach
+            // may not be the ones the rest of the cluster reads from.
+            return Err(Refused::OutOfSync(self.cache.unsure_because().to_owned()));
+        }
+        Ok(self.cache.begin_fill())
+    }
+
+    /// A KV write of `entry` (versioned by [`Self::begin_write`]), whichever
+    /// protocol carried it: made on the key's owners when `precondition` holds, and
+    /// acknowledged once every member applied it as an overwrite or is fenced.
+    pub async fn write(
+        &self,
+        key: CacheKey,
+        entry: Entry,
+        precondition: Precondition<'_>,
+    ) -> Result<Written, Refused> {
+        let etag = etag(&entry.meta);
+        let _ordered = self.order_write(&key, precondition).await?;
         let replicate = || Message::Put {
             key: key.clone(),
             entry: entry.encode(),
@@ -523,54 +578,55 @@ impl MainService {
             .await;
         tracing::debug!(?key, version = %entry.meta.version.as_u64(), is_owner, done, asked, confirmed, "kv write");
         if !confirmed {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "written to {} of {} owners; the others could not be reached or fenced in time and may serve the old value",
-                    done + usize::from(is_owner),
-                    asked + usize::from(is_owner)
-                ),
-            );
+            return Err(Refused::Unconfirmed {
+                written: done + usize::from(is_owner),
+                owners: asked + usize::from(is_owner),
+            });
         }
         if !is_owner {
             // Written to the owners only: this node keeps no copy of keys it does
             // not own, so reads here always see the owners' latest value.
-            return written_response(done, asked, Some(etag));
+            if done == 0 {
+                return Err(Refused::NoOwner { asked });
+            }
+            return Ok(Written {
+                etag,
+                here: None,
+                done,
+                asked,
+            });
         }
         match self.cache.set_reporting(key, entry).await {
-            Ok(outcome) => {
-                let status = if outcome.replaced_usable {
-                    StatusCode::NO_CONTENT
-                } else {
-                    StatusCode::CREATED
-                };
-                let mut r = Response::new(full(Bytes::new()));
-                *r.status_mut() = status;
-                r.headers_mut().insert(header::ETAG, etag);
-                r.headers_mut().insert(
-                    FANZ_INVALIDATED,
-                    HeaderValue::from(outcome.dependents.len()),
-                );
-                if asked > 0 {
-                    insert_str(
-                        r.headers_mut(),
-                        FANZ_WRITTEN,
-                        &format!("{}/{}", done + 1, asked + 1),
-                    );
-                }
-                r
-            }
-            Err(e @ crate::cache::CacheError::TooLong(_)) => {
-                text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
+            Ok(outcome) => Ok(Written {
+                etag,
+                here: Some(outcome),
+                done,
+                asked,
+            }),
+            Err(e @ crate::cache::CacheError::TooLong(_)) => Err(Refused::TooLong(e.to_string())),
             Err(e @ crate::cache::CacheError::NotOnDisk(_)) => {
                 tracing::error!(error = %e, "a write waiting for the disk tier failed");
-                text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                Err(Refused::Failed(e.to_string()))
             }
             Err(e) => {
                 tracing::error!(error = %e, "set failed");
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
+                Err(Refused::Failed(format!("not stored: {e}")))
             }
+        }
+    }
+
+    /// The metadata of a value written without headers (the Redis port): `ttl`, or
+    /// `default_ttl` without one, clamped to `max_ttl`; version and birth are filled
+    /// in by the caller.
+    pub fn value_meta(&self, ttl: Option<Duration>) -> EntryMeta {
+        let policy = self.limits.ttl.get();
+        EntryMeta {
+            ttl_ms: ttl
+                .unwrap_or(policy.default_ttl)
+                .min(policy.max_ttl)
+                .as_millis() as u64,
+            status: 200,
+            ..EntryMeta::default()
         }
     }
 
@@ -613,26 +669,23 @@ impl MainService {
     }
 
     /// Orders a write of `key` against the node's other writes of it and evaluates
-    /// its preconditions (`If-Match`, `If-None-Match`: RFC 9110 §13) against the
-    /// current value, as a read here would judge it: the guard to hold until the
-    /// write is done, or the answer that refuses it (412, nothing written).
+    /// its precondition against the current value, as a read here would judge it:
+    /// the guard to hold until the write is done, or why it is refused (nothing
+    /// written).
     ///
     /// Only a node on its own orders its writes: it alone writes its keys. In a
     /// cluster, several nodes write each key's owners and nothing orders them
-    /// together yet, so a conditional write there is refused (501) rather than
+    /// together yet, so a conditional write there is refused rather than
     /// evaluated without the guarantee it asks for.
     async fn order_write(
         &self,
         key: &CacheKey,
-        headers: &HeaderMap,
-    ) -> Result<Option<Turn<'_>>, Box<Response<Body>>> {
-        let conditional = headers::has_write_preconditions(headers);
+        precondition: Precondition<'_>,
+    ) -> Result<Option<Turn<'_>>, Refused> {
+        let conditional = precondition.conditional();
         if !self.routing.alone() {
             if conditional {
-                return Err(Box::new(text(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "conditional writes (If-Match, If-None-Match) are evaluated on a node on its own; in a cluster they are not supported yet: nothing written",
-                )));
+                return Err(Refused::ConditionalInCluster);
             }
             return Ok(None);
         }
@@ -643,15 +696,8 @@ impl MainService {
                 Lookup::Miss(_) => None,
             };
             let current_str = current.as_ref().and_then(|e| e.to_str().ok());
-            if let Err(which) = headers::write_preconditions(headers, current_str) {
-                let mut r = text(
-                    StatusCode::PRECONDITION_FAILED,
-                    format!("{which} does not hold for the key's current value: nothing written"),
-                );
-                if let Some(etag) = current {
-                    r.headers_mut().insert(header::ETAG, etag);
-                }
-                return Err(Box::new(r));
+            if let Err(which) = precondition.holds(current_str) {
+                return Err(Refused::Precondition { which, current });
             }
         }
         Ok(Some(turn))
@@ -660,20 +706,9 @@ impl MainService {
     /// `DELETE`: a purge of the key, 204 once every member applied it (in a cluster),
     /// 504 with the report when one had not within `purge_ack_timeout`.
     async fn delete(&self, key: CacheKey, headers: &HeaderMap) -> Response<Body> {
-        let _ordered = match self.order_write(&key, headers).await {
-            Ok(ordered) => ordered,
-            Err(refused) => return *refused,
-        };
-        let targets = PurgeTargets {
-            keys: vec![key],
-            ..PurgeTargets::default()
-        };
-        // In a cluster a delete is a purge of the key on every node, acknowledged
-        // by all of them (so no owner or hot copy answers with the old value).
-        let purged = self.replicator.purge(&targets, Wait::All).await;
-        match purged {
-            Ok((outcome, report)) => {
-                let mut r = match report.filter(|r| !r.complete) {
+        match self.remove(key, Precondition::of_headers(headers)).await {
+            Ok((outcome, incomplete)) => {
+                let mut r = match incomplete {
                     // Gone here and retried to the rest, but not yet everywhere.
                     Some(report) => json(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -691,10 +726,28 @@ impl MainService {
                 );
                 r
             }
-            Err(e) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("delete not made durable: {e}"),
-            ),
+            Err(refused) => refused_response(refused),
+        }
+    }
+
+    /// A KV delete, whichever protocol asked: a purge of the key on every node,
+    /// acknowledged by all of them (so no owner or hot copy answers with the old
+    /// value), made when `precondition` holds. With it, the cluster's report when
+    /// not every member applied it within `purge_ack_timeout` (gone here and
+    /// retried to the rest).
+    pub async fn remove(
+        &self,
+        key: CacheKey,
+        precondition: Precondition<'_>,
+    ) -> Result<(PurgeOutcome, Option<PurgeReport>), Refused> {
+        let _ordered = self.order_write(&key, precondition).await?;
+        let targets = PurgeTargets {
+            keys: vec![key],
+            ..PurgeTargets::default()
+        };
+        match self.replicator.purge(&targets, Wait::All).await {
+            Ok((outcome, report)) => Ok((outcome, report.filter(|r| !r.complete))),
+            Err(e) => Err(Refused::Failed(format!("delete not made durable: {e}"))),
         }
     }
 
@@ -843,23 +896,132 @@ fn miss_status(reason: MissReason) -> CacheStatus {
     }
 }
 
-/// The answer to a write this node forwarded to the key's owners: 204 when at least
-/// one stored it (`Fanz-Written: done/asked` says how many), 503 when none did.
-fn written_response(done: usize, asked: usize, etag: Option<HeaderValue>) -> Response<Body> {
-    let mut r = if done == 0 {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no owner of the key could be reached ({asked} asked)"),
-        )
-    } else {
-        let mut r = Response::new(full(Bytes::new()));
-        *r.status_mut() = StatusCode::NO_CONTENT;
-        if let Some(etag) = etag {
+/// What a KV write did.
+#[derive(Debug)]
+pub struct Written {
+    /// The value's ETag (its version).
+    pub etag: HeaderValue,
+    /// What storing it here did, when this node owns the key (else it was written
+    /// to the owners only).
+    pub here: Option<SetOutcome>,
+    /// How many of the key's other owners stored it, of how many asked.
+    pub done: usize,
+    /// See `done`.
+    pub asked: usize,
+}
+
+/// Why a KV write or delete was not made; nothing was written.
+#[derive(Debug)]
+pub enum Refused {
+    /// This node may not be in sync with the cluster: why.
+    OutOfSync(String),
+    /// A precondition does not hold for the key's current value: which, and that
+    /// value's ETag.
+    Precondition {
+        /// The precondition (`If-Match`, `If-None-Match`, `NX`, `XX`).
+        which: &'static str,
+        /// The current value's ETag, if there is one.
+        current: Option<HeaderValue>,
+    },
+    /// A conditional write in a cluster: not supported yet.
+    ConditionalInCluster,
+    /// Not every member applied the overwrite or was fenced in time.
+    Unconfirmed {
+        /// Owners that stored it, this node included.
+        written: usize,
+        /// Owners asked, this node included.
+        owners: usize,
+    },
+    /// This node is not an owner and no owner could be reached.
+    NoOwner {
+        /// Owners asked.
+        asked: usize,
+    },
+    /// The value does not fit the store.
+    TooLong(String),
+    /// The store or the invalidation log failed: what happened.
+    Failed(String),
+}
+
+impl Refused {
+    /// The HTTP status that says it, and the reason in words.
+    pub fn status_and_reason(&self) -> (StatusCode, Cow<'static, str>) {
+        match self {
+            Refused::OutOfSync(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this node may not be in sync with the cluster ({why}): write through another node").into(),
+            ),
+            Refused::Precondition { which, .. } => (
+                StatusCode::PRECONDITION_FAILED,
+                format!("{which} does not hold for the key's current value: nothing written").into(),
+            ),
+            Refused::ConditionalInCluster => (
+                StatusCode::NOT_IMPLEMENTED,
+                "conditional writes (If-Match, If-None-Match, NX, XX) are evaluated on a node on its own; in a cluster they are not supported yet: nothing written".into(),
+            ),
+            Refused::Unconfirmed { written, owners } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("written to {written} of {owners} owners; the others could not be reached or fenced in time and may serve the old value").into(),
+            ),
+            Refused::NoOwner { asked } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no owner of the key could be reached ({asked} asked)").into(),
+            ),
+            Refused::TooLong(why) => (StatusCode::PAYLOAD_TOO_LARGE, why.clone().into()),
+            Refused::Failed(why) => (StatusCode::SERVICE_UNAVAILABLE, why.clone().into()),
+        }
+    }
+}
+
+/// The HTTP answer to a refused write: its status and reason, with the current
+/// ETag after a failed precondition and `Fanz-Written: 0/asked` when no owner was
+/// reached.
+fn refused_response(refused: Refused) -> Response<Body> {
+    let (status, reason) = refused.status_and_reason();
+    let mut r = text(status, reason.into_owned());
+    match refused {
+        Refused::Precondition {
+            current: Some(etag),
+            ..
+        } => {
             r.headers_mut().insert(header::ETAG, etag);
         }
-        r
+        Refused::NoOwner { asked } => {
+            insert_str(r.headers_mut(), FANZ_WRITTEN, &format!("0/{asked}"));
+        }
+        _ => {}
+    }
+    r
+}
+
+/// The HTTP answer to a write: 201 for a new value or 204 for one that replaced a
+/// usable value, with its ETag and `Fanz-Invalidated`, when stored here; 204 when
+/// written to the owners only. `Fanz-Written: done/asked` says how many owners
+/// stored it, in a cluster.
+fn written_response(written: Written) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::new()));
+    let (done, asked) = match &written.here {
+        Some(outcome) => {
+            *r.status_mut() = if outcome.replaced_usable {
+                StatusCode::NO_CONTENT
+            } else {
+                StatusCode::CREATED
+            };
+            r.headers_mut().insert(
+                FANZ_INVALIDATED,
+                HeaderValue::from(outcome.dependents.len()),
+            );
+            (written.done + 1, written.asked + 1)
+        }
+        None => {
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            (written.done, written.asked)
+        }
     };
-    insert_str(r.headers_mut(), FANZ_WRITTEN, &format!("{done}/{asked}"));
+    r.headers_mut().insert(header::ETAG, written.etag);
+    if written.asked > 0 || written.here.is_none() {
+        insert_str(r.headers_mut(), FANZ_WRITTEN, &format!("{done}/{asked}"));
+    }
     r
 }
 

@@ -18,7 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::conn::{Io, Protocols};
@@ -113,10 +113,6 @@ pub async fn serve<H>(
 ) where
     H: Fn(Request<ReqBody>, SocketAddr) -> Answer + Clone + Send + Sync + Unpin + 'static,
 {
-    let local = listener.local_addr().ok();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    // Every connection watches this; it changes once, when the listener stops.
-    let (stopping, stop_watch) = watch::channel(false);
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -130,6 +126,128 @@ pub async fn serve<H>(
         .max_header_list_size(limits.max_head_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let protocols = Arc::new(Protocols { http1, http2 });
+    let accepting = Accepting {
+        max_connections: limits.max_connections,
+        shutdown_grace: limits.shutdown_grace,
+    };
+    accept_loop(
+        listener,
+        accepting,
+        shutdown,
+        move |stream, peer, stop_watch| {
+            let handler = handler.clone();
+            let conn_metrics = metrics.clone();
+            let metrics = metrics.clone();
+            let access_log = limits.access_log;
+            let alt_svc = limits.alt_svc.clone();
+            let activity = Arc::new(Activity::default());
+            let conn_activity = activity.clone();
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                let scope = RequestScope::begin(&mut req, peer, (metrics.clone(), api), access_log);
+                activity.request_started(req.version());
+                let answer = handler(
+                    req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
+                    peer,
+                );
+                let mut done = Done {
+                    scope,
+                    alt_svc: alt_svc.clone(),
+                    activity: activity.clone(),
+                };
+                match answer {
+                    Answer::Now(response) => Served {
+                        ready: Some(done.finish(response)),
+                        later: None,
+                    },
+                    Answer::Later(work) => Served {
+                        ready: None,
+                        later: Some(Later {
+                            span: done.scope.span(),
+                            work,
+                            done,
+                        }),
+                    },
+                }
+            });
+            let protocols = protocols.clone();
+            let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+            let handshake_timeout = limits.header_read_timeout;
+            let timeouts = ConnTimeouts {
+                keepalive: limits.keepalive_timeout,
+                header: limits.header_read_timeout,
+            };
+            async move {
+                let io: Box<dyn Io> = match tls {
+                    // Only when entries are kept in files (`sendfile_min_size`): there is
+                    // nothing to look for otherwise.
+                    None if mapped::in_use() => Box::new(SendfileTcp::new(
+                        stream,
+                        conn_metrics.http_body_bytes_sendfile.clone(),
+                    )),
+                    None => Box::new(stream),
+                    Some(acceptor) => {
+                        // Boxed: the handshake's state would otherwise stay in every
+                        // connection's task for its whole life.
+                        let handshake = Box::pin(acceptor.accept(stream));
+                        match tokio::time::timeout(handshake_timeout, handshake).await {
+                            Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let io = TimedIo::new(io, conn_activity.clone(), timeouts);
+                let served = super::conn::serve(
+                    io,
+                    conn_activity,
+                    service,
+                    protocols,
+                    conn_metrics,
+                    stop_watch,
+                );
+                if let Err(e) = served.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// How a listener accepts and lets go of its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepting {
+    /// Connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// How long open connections may take to finish once the listener stops.
+    pub shutdown_grace: Duration,
+}
+
+/// The accept loop every TCP listener shares: accepts on `listener` while fewer
+/// than `max_connections` are open (backing off when accepting fails, as on
+/// EMFILE), runs each connection as its own task (`connection` gets the stream,
+/// the peer and a watch that turns true when the listener stops), and once
+/// `shutdown` resolves stops accepting and waits up to `shutdown_grace` for the
+/// open connections to close.
+pub async fn accept_loop<C, F>(
+    listener: TcpListener,
+    limits: Accepting,
+    shutdown: impl Future<Output = ()>,
+    mut connection: C,
+) where
+    C: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Every connection watches this; it changes once, when the listener stops.
+    let (stopping, stop_watch) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -152,85 +270,9 @@ pub async fn serve<H>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let conn_metrics = metrics.clone();
-        let metrics = metrics.clone();
-        let access_log = limits.access_log;
-        let alt_svc = limits.alt_svc.clone();
-        let activity = Arc::new(Activity::default());
-        let conn_activity = activity.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let scope = RequestScope::begin(&mut req, peer, (metrics.clone(), api), access_log);
-            activity.request_started(req.version());
-            let answer = handler(
-                req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
-                peer,
-            );
-            let mut done = Done {
-                scope,
-                alt_svc: alt_svc.clone(),
-                activity: activity.clone(),
-            };
-            match answer {
-                Answer::Now(response) => Served {
-                    ready: Some(done.finish(response)),
-                    later: None,
-                },
-                Answer::Later(work) => Served {
-                    ready: None,
-                    later: Some(Later {
-                        span: done.scope.span(),
-                        work,
-                        done,
-                    }),
-                },
-            }
-        });
-        let (protocols, stop_watch) = (protocols.clone(), stop_watch.clone());
-        let tls = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        let handshake_timeout = limits.header_read_timeout;
-        let timeouts = ConnTimeouts {
-            keepalive: limits.keepalive_timeout,
-            header: limits.header_read_timeout,
-        };
+        let served = connection(stream, peer, stop_watch.clone());
         tokio::spawn(async move {
-            let io: Box<dyn Io> = match tls {
-                // Only when entries are kept in files (`sendfile_min_size`): there is
-                // nothing to look for otherwise.
-                None if mapped::in_use() => Box::new(SendfileTcp::new(
-                    stream,
-                    conn_metrics.http_body_bytes_sendfile.clone(),
-                )),
-                None => Box::new(stream),
-                Some(acceptor) => {
-                    // Boxed: the handshake's state would otherwise stay in every
-                    // connection's task for its whole life.
-                    let handshake = Box::pin(acceptor.accept(stream));
-                    match tokio::time::timeout(handshake_timeout, handshake).await {
-                        Ok(Ok(tls_stream)) => Box::new(tls_stream),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            let io = TimedIo::new(io, conn_activity.clone(), timeouts);
-            let served = super::conn::serve(
-                io,
-                conn_activity,
-                service,
-                protocols,
-                conn_metrics,
-                stop_watch,
-            );
-            if let Err(e) = served.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            served.await;
             drop(permit);
         });
     }

@@ -14,7 +14,52 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::HeaderMap;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::http::headers;
+
+/// What a write asks of the key's current value before it is made, whichever
+/// protocol carried it.
+#[derive(Debug, Clone, Copy)]
+pub enum Precondition<'a> {
+    /// Nothing: the write is made whatever the key holds.
+    Unconditional,
+    /// HTTP's `If-Match` and `If-None-Match` (RFC 9110 §13.2), present in these headers.
+    Headers(&'a HeaderMap),
+    /// Only when the key has no current value (Redis's `SET ... NX`).
+    Absent,
+    /// Only when it has one (Redis's `SET ... XX`).
+    Present,
+}
+
+impl<'a> Precondition<'a> {
+    /// The preconditions of an HTTP write: `Unconditional` without either header.
+    pub fn of_headers(headers: &'a HeaderMap) -> Self {
+        if headers::has_write_preconditions(headers) {
+            Precondition::Headers(headers)
+        } else {
+            Precondition::Unconditional
+        }
+    }
+
+    /// Whether there is anything to check (the write then takes its turn alone).
+    pub fn conditional(&self) -> bool {
+        !matches!(self, Precondition::Unconditional)
+    }
+
+    /// Whether the write may be made over the key's current value, named by its
+    /// ETag (`None`: no current value); `Err` names what does not hold.
+    pub fn holds(&self, current: Option<&str>) -> Result<(), &'static str> {
+        match self {
+            Precondition::Unconditional => Ok(()),
+            Precondition::Headers(h) => headers::write_preconditions(h, current),
+            Precondition::Absent if current.is_some() => Err("NX"),
+            Precondition::Present if current.is_none() => Err("XX"),
+            Precondition::Absent | Precondition::Present => Ok(()),
+        }
+    }
+}
 
 /// Locks, chosen by a hash of the key.
 const STRIPES: usize = 1024;
