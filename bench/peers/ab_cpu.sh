@@ -25,10 +25,11 @@ work=$(mktemp -d /tmp/fanz-abcpu-XXXX); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
-# Node i (0: A, 1: B) serves on 127.0.0.1:1870i, admin 1871i, HTTP/3 1872i (on, as
-# by default; unused by the load), at the default log level.
+# Node i (0: A, 1: B) serves on 127.0.0.1:1870i, admin 1871i, HTTP/3 1872i and the
+# Redis protocol 1873i (on, as by default; unused by the load; set through the
+# environment, which builds from before the setting ignore), at the default log level.
 start() {
-  taskset -c 1 "$1" --http-addr "127.0.0.1:1870$2" --admin-addr "127.0.0.1:1871$2" \
+  FANZ_RESP_ADDR="127.0.0.1:1873$2" taskset -c 1 "$1" --http-addr "127.0.0.1:1870$2" --admin-addr "127.0.0.1:1871$2" \
     --h3-addr "127.0.0.1:1872$2" --data-dir "$work/d$2" "${@:3}" 2>/dev/null >/dev/null &
   pids+=($!)
 }

@@ -61,7 +61,8 @@ level=()
 [ -n "${LOG_LEVEL:-}" ] && level=(--log-level "$LOG_LEVEL")
 start() {
   local http="127.0.0.1:$((18191 + 2 * $2))" admin="127.0.0.1:$((18192 + 2 * $2))"
-  taskset -c 1 "$1" --origin "http://$ORIGIN" --http-addr "$http" --admin-addr "$admin" \
+  # The Redis-protocol port through the environment: builds from before it ignore it.
+  FANZ_RESP_ADDR="127.0.0.1:$((18295 + $2))" taskset -c 1 "$1" --origin "http://$ORIGIN" --http-addr "$http" --admin-addr "$admin" \
     --h3-addr "127.0.0.1:$((18290 + $2))" --data-dir "$work/data-$2" "${level[@]}" >>"$work/node-$2.log" 2>&1 & pids+=($!)
   node_pid[$2]=$!
   for _ in $(seq 100); do curl -sf "http://$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done

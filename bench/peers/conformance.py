@@ -277,7 +277,7 @@ def main():
         addrs["fanz"] = f"127.0.0.1:{free_port()}"
         procs.append(subprocess.Popen(
             [fanz_bin, "--origin", f"http://{o}", "--http-addr", addrs["fanz"],
-             "--admin-addr", f"127.0.0.1:{free_port()}", "--h3-addr", "off", "--data-dir", f"{work}/fanz"],
+             "--admin-addr", f"127.0.0.1:{free_port()}", "--h3-addr", "off", "--resp-addr", "off", "--data-dir", f"{work}/fanz"],
             stdout=subprocess.DEVNULL, stderr=open(f"{work}/fanz.log", "w")))
         addrs["nginx"] = f"127.0.0.1:{free_port()}"
         os.makedirs(f"{work}/nginx-cache")

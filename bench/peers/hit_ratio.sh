@@ -40,7 +40,7 @@ FANZ=127.0.0.1:18684; FANZ_ADMIN=127.0.0.1:18685; VARNISH=127.0.0.1:18686; NGINX
 for o in "$O_FANZ" "$O_VARNISH" "$O_NGINX"; do
   target/release/fanz-bench origin --addr "$o" --default-size "$SIZE" 2>>"$work/origin.log" & pids+=($!)
 done
-taskset -c 1 "$NODE" --origin "http://$O_FANZ" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
+FANZ_RESP_ADDR=off taskset -c 1 "$NODE" --origin "http://$O_FANZ" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
   --h3-addr off --memory-capacity "${CACHE_MB}MiB" --disk-capacity 0 --data-dir "$work/fanz-data" \
   --log-level warn & pids+=($!)
 cat > "$work/default.vcl" <<VCL
@@ -106,7 +106,7 @@ if [ "$nginx_mib" -gt "$CACHE_MB" ]; then
   # The same node again, cold, with the memory nginx really used.
   O_FANZ2=127.0.0.1:18688; FANZ2=127.0.0.1:18689; FANZ2_ADMIN=127.0.0.1:18690
   target/release/fanz-bench origin --addr "$O_FANZ2" --default-size "$SIZE" 2>>"$work/origin.log" & pids+=($!)
-  taskset -c 1 "$NODE" --origin "http://$O_FANZ2" --http-addr "$FANZ2" --admin-addr "$FANZ2_ADMIN" \
+  FANZ_RESP_ADDR=off taskset -c 1 "$NODE" --origin "http://$O_FANZ2" --http-addr "$FANZ2" --admin-addr "$FANZ2_ADMIN" \
     --h3-addr off --memory-capacity "${nginx_mib}MiB" --disk-capacity 0 --data-dir "$work/fanz-data2" \
     --log-level warn & pids+=($!)
   for _ in $(seq 100); do curl -sf "http://$FANZ2_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done

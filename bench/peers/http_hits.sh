@@ -88,11 +88,13 @@ taskset -c 1 nginx -e "$work/proxy.early.log" -c "$work/proxy.conf" & pids+=($!)
 taskset -c 1 nginx -e "$work/static.early.log" -c "$work/static.conf" & pids+=($!)
 taskset -c 1 varnishd -F -j none -n "$work/varnish" -a "$VARNISH" -f "$work/default.vcl" \
   -s malloc,256m -p default_ttl=0 -p default_grace=0 >"$work/varnish.log" 2>&1 & pids+=($!)
-taskset -c 1 "$FANZ_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
+# Each node's Redis-protocol port is on, as by default, set through the environment
+# (which a BASE_BIN from before the setting ignores).
+FANZ_RESP_ADDR=127.0.0.1:18196 taskset -c 1 "$FANZ_BIN" --origin "http://$ORIGIN" --http-addr "$FANZ" --admin-addr "$FANZ_ADMIN" \
   --h3-addr 127.0.0.1:18188 --data-dir "$work/fanz-data" "${fanz_args[@]}" >"$work/fanz.log" 2>&1 & pids+=($!)
 fanz_targets=("fanz $FANZ")
 if [ -n "${BASE_BIN:-}" ]; then
-  taskset -c 1 "$BASE_BIN" --origin "http://$ORIGIN" --http-addr "$BASE" --admin-addr "$BASE_ADMIN" \
+  FANZ_RESP_ADDR=127.0.0.1:18197 taskset -c 1 "$BASE_BIN" --origin "http://$ORIGIN" --http-addr "$BASE" --admin-addr "$BASE_ADMIN" \
     --h3-addr 127.0.0.1:18189 --data-dir "$work/base-data" "${base_args[@]}" >"$work/base.log" 2>&1 & pids+=($!)
   fanz_targets=("base $BASE" "fanz $FANZ")
 fi

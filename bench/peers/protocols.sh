@@ -49,7 +49,7 @@ http {
 CONF
 nginx -e "$work/origin.early.log" -c "$work/origin.conf" & pids+=($!)
 taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$HTTP" --admin-addr "$ADMIN" \
-  --h3-addr "$H3" --h3-max-udp-payload "$QUIC_MTU" --data-dir "$work/fanz-data" 2>"$work/fanz.log" & pids+=($!)
+  --h3-addr "$H3" --resp-addr 127.0.0.1:18389 --h3-max-udp-payload "$QUIC_MTU" --data-dir "$work/fanz-data" 2>"$work/fanz.log" & pids+=($!)
 # The floor: fanz-bench's origin serving the same sizes over HTTP/1.1 and over HTTP/3
 # through the same h3 and h3-quinn glue, one thread, same core, nothing cached or
 # logged: what no server on these stacks can beat here.
@@ -59,7 +59,7 @@ FLOOR=127.0.0.1:18384; FLOOR_H3=127.0.0.1:18385
 HTTPS=127.0.0.1:18386; HTTPS_ADMIN=127.0.0.1:18387; HTTPS_H3=127.0.0.1:18388
 for _ in $(seq 100); do [ -s "$work/fanz-data/dev-key.pem" ] && break; sleep 0.1; done
 taskset -c 1 target/release/fanz-node --origin "http://$ORIGIN" --http-addr "$HTTPS" --admin-addr "$HTTPS_ADMIN" \
-  --h3-addr "$HTTPS_H3" --tls-cert "$work/fanz-data/dev-cert.pem" --tls-key "$work/fanz-data/dev-key.pem" \
+  --h3-addr "$HTTPS_H3" --resp-addr 127.0.0.1:18390 --tls-cert "$work/fanz-data/dev-cert.pem" --tls-key "$work/fanz-data/dev-key.pem" \
   --data-dir "$work/fanz-tls" 2>"$work/fanz-tls.log" & pids+=($!)
 taskset -c 1 target/release/fanz-bench origin --addr "$FLOOR" --h3-addr "$FLOOR_H3" \
   --cert-out "$work/floor.pem" 2>/dev/null & pids+=($!)

@@ -36,7 +36,7 @@ for o in "$O_PLAIN" "$O_RULE" "$O_VARNISH"; do
   target/release/fanz-bench origin --addr "$o" 2>>"$work/origin.log" & pids+=($!)
 done
 node() { # origin http admin data [config]
-  taskset -c 1 target/release/fanz-node --origin "http://$1" --http-addr "$2" --admin-addr "$3" \
+  FANZ_RESP_ADDR=off taskset -c 1 target/release/fanz-node --origin "http://$1" --http-addr "$2" --admin-addr "$3" \
     --h3-addr off --memory-capacity 256MiB --disk-capacity 0 --data-dir "$work/$4" --log-level warn "${@:5}" &
   pids+=($!)
 }

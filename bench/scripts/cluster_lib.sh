@@ -10,7 +10,8 @@ cluster_start() {
   local bin=$1 work=$2 p=$3 i
   "$bin" cluster-init "$work/pki" --nodes 3 >/dev/null
   for i in 1 2 3; do
-    "$bin" --cluster-dir "$work/pki/node-$i" --node-id "n$i" \
+    # The Redis-protocol port through the environment: builds from before it ignore it.
+    FANZ_RESP_ADDR="127.0.0.1:${p}6$i" "$bin" --cluster-dir "$work/pki/node-$i" --node-id "n$i" \
       --http-addr "127.0.0.1:${p}1$i" --admin-addr "127.0.0.1:${p}2$i" --h3-addr "127.0.0.1:${p}5$i" \
       --gossip-addr "127.0.0.1:${p}3$i" --peer-addr "127.0.0.1:${p}4$i" --seeds "127.0.0.1:${p}31" \
       --data-dir "$work/d$i" 2>>"$work/n$i.log" & pids+=($!)

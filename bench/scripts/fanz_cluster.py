@@ -24,7 +24,7 @@ class Node:
 
     def start(self):
         args = [self.binary, "--http-addr", f"127.0.0.1:{self.http}", "--admin-addr", f"127.0.0.1:{self.admin}",
-                "--h3-addr", "off", "--data-dir", self.data, "--memory-capacity", self.memory, "--disk-capacity", "0",
+                "--h3-addr", "off", "--resp-addr", "off", "--data-dir", self.data, "--memory-capacity", self.memory, "--disk-capacity", "0",
                 "--cluster-dir", self.cluster_dir, "--node-id", self.name,
                 "--gossip-addr", f"127.0.0.1:{self.gossip}", "--peer-addr", f"127.0.0.1:{self.peer}",
                 "--seeds", f"127.0.0.1:{self.seed}", "--log-level", "warn"] + self.extra

@@ -56,6 +56,8 @@ fn start_node() -> Node {
             .args([
                 "--h3-addr",
                 "off",
+                "--resp-addr",
+                "off",
                 "--admin-token",
                 TOKEN,
                 "--log-level",

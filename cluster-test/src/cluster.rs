@@ -214,7 +214,14 @@ impl Node {
             .args(["--admin-addr", &self.admin.to_string()])
             .args(["--gossip-addr", &self.gossip.to_string()])
             .args(["--peer-addr", &self.peer.to_string()])
-            .args(["--admin-token", TOKEN, "--h3-addr", "off"]);
+            .args([
+                "--admin-token",
+                TOKEN,
+                "--h3-addr",
+                "off",
+                "--resp-addr",
+                "off",
+            ]);
         if !self.extra_args.iter().any(|a| a.starts_with("--log-level")) {
             command.args(["--log-level", "warn"]);
         }

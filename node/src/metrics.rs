@@ -112,6 +112,45 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// A command of the Redis-protocol port, as counted.
+    RespCommand {
+        /// `GET`.
+        Get => "get",
+        /// `SET`.
+        Set => "set",
+        /// `DEL`.
+        Del => "del",
+        /// `EXISTS`.
+        Exists => "exists",
+        /// Connection commands (`PING`, `ECHO`, `SELECT`, `QUIT`, `HELLO`...).
+        Connection => "connection",
+        /// Anything the port does not know.
+        Unknown => "unknown",
+    }
+}
+
+label_enum! {
+    /// How a Redis-protocol command ended.
+    RespResult {
+        /// Done, with a value or `OK`.
+        Ok => "ok",
+        /// Done, with no value (a missing key, a `SET NX` that did not write).
+        Nil => "nil",
+        /// Refused or failed: an error reply.
+        Error => "error",
+    }
+}
+
+/// Labels of `fanz_resp_commands_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RespLabels {
+    /// The command.
+    pub command: RespCommand,
+    /// How it ended.
+    pub result: RespResult,
+}
+
 /// Labels of `fanz_http_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -329,6 +368,10 @@ pub struct Metrics {
     pub purge_propagation: Histogram,
     /// Purges made here that some member has not acked yet.
     pub purges_pending_ack: Gauge,
+    /// Commands of the Redis-protocol port, by command and result.
+    pub resp_commands: Family<RespLabels, Counter>,
+    /// Latency of the Redis-protocol port's commands.
+    pub resp_command_seconds: Histogram,
     /// HTTP/1.1 connections parked while idle (no HTTP state held: `front::conn`).
     pub http_connections_parked: Gauge,
     /// Body bytes sent straight from a stored entry's file (`sendfile`, no copy).
@@ -520,6 +563,18 @@ impl Metrics {
             "Purges made on this node that some member has not acknowledged yet",
             purges_pending_ack.clone(),
         );
+        let resp_commands = Family::<RespLabels, Counter>::default();
+        registry.register(
+            "resp_commands",
+            "Commands of the Redis-protocol port (resp_addr) by command and result",
+            resp_commands.clone(),
+        );
+        let resp_command_seconds = Histogram::new(exponential_buckets(0.000_005, 2.0, 20));
+        registry.register(
+            "resp_command_duration_seconds",
+            "Latency of the Redis-protocol port's commands, from the command read to its reply queued",
+            resp_command_seconds.clone(),
+        );
         let http_connections_parked = Gauge::default();
         registry.register(
             "http_connections_parked",
@@ -568,6 +623,8 @@ impl Metrics {
             reloads,
             purge_propagation,
             purges_pending_ack,
+            resp_commands,
+            resp_command_seconds,
             http_connections_parked,
             http_body_bytes_sendfile,
             anti_entropy_pulls,

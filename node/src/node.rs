@@ -27,7 +27,8 @@ use crate::config::TtlPolicy;
 use crate::front::kv::{KvLimits, MainService};
 use crate::front::peer::NodePeerService;
 use crate::front::purge::Purger;
-use crate::front::server::{serve, ServeLimits};
+use crate::front::resp::RespLimits;
+use crate::front::server::{serve, Accepting, ServeLimits};
 use crate::http::Answer;
 use crate::invalidation::{edge_channel, Invalidator};
 use crate::live::Live;
@@ -321,6 +322,10 @@ pub async fn run(
         Some(addr) => Some(open_h3(&config, addr, certs)?),
         None => None,
     };
+    let resp = match config.resp_addr {
+        Some(addr) => Some(bind("resp_addr", addr).await?),
+        None => None,
+    };
     let alt_svc = h3
         .as_ref()
         .and_then(|e| e.local_addr().ok())
@@ -334,6 +339,24 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let h3_service = main_service.clone();
+    let resp_server = resp.map(|listener| {
+        tokio::spawn(crate::front::resp::serve_resp(
+            listener,
+            RespLimits {
+                accepting: Accepting {
+                    max_connections: config.max_connections,
+                    shutdown_grace: config.shutdown_grace,
+                },
+                max_key_size: config.max_key_size,
+                max_value_size: usize::try_from(config.max_value_size).unwrap_or(usize::MAX),
+                keepalive_timeout: config.keepalive_timeout,
+                command_timeout: config.body_read_timeout,
+            },
+            main_service.clone(),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let main_server = tokio::spawn(serve(
         http_listener,
         ServeLimits {
@@ -417,6 +440,9 @@ pub async fn run(
     let _ = tokio::join!(main_server, maintenance, heartbeats, reloads);
     if let Some(h3) = h3_server {
         let _ = h3.await;
+    }
+    if let Some(resp) = resp_server {
+        let _ = resp.await;
     }
     let _ = stop_admin_tx.send(true);
     let _ = admin_server.await;

@@ -166,6 +166,7 @@ impl Ports {
         let udp = |_| common::cluster::free_udp_addr().port();
         Ports(vec![
             (8080, tcp(())),
+            (6380, tcp(())),
             (9090, tcp(())),
             (8443, udp(())),
             (7946, udp(())),

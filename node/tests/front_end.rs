@@ -313,7 +313,14 @@ fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
         .arg(binary())
         .args(["--http-addr", &free_addr().to_string()])
         .args(["--admin-addr", &admin.to_string()])
-        .args(["--h3-addr", "off", "--disk-capacity", "0"])
+        .args([
+            "--h3-addr",
+            "off",
+            "--resp-addr",
+            "off",
+            "--disk-capacity",
+            "0",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .stdout(std::process::Stdio::null())

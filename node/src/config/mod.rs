@@ -37,8 +37,8 @@ pub use units::{parse_duration, parse_size};
 
 use origin::{parse_routes, parse_statuses};
 use parse::{
-    addr, duration, list, one_of, path, positive_duration, shown, size, switch, text, tokens,
-    whole, word,
+    addr, addr_or_off, duration, list, one_of, path, positive_duration, shown, size, switch, text,
+    tokens, whole, word,
 };
 
 /// Raw setting values with their origins, before parsing.
@@ -137,7 +137,7 @@ spec::settings! {
     // name: Type = default, how(parser), shown, reloadable|fixed, "help";
     http_addr: SocketAddr = Some("127.0.0.1:8080"), required(addr), shown::text, fixed,
         "Address of the main HTTP listener (KV API, PURGE).";
-    h3_addr: Option<SocketAddr> = Some("127.0.0.1:8443"), required(|s| if s == "off" { Ok(None) } else { addr(s).map(Some) }), |a: &Option<SocketAddr>| a.map_or("off".into(), |a| a.to_string()), fixed,
+    h3_addr: Option<SocketAddr> = Some("127.0.0.1:8443"), required(addr_or_off), shown::addr_or_off, fixed,
         "UDP address of the HTTP/3 (QUIC) listener, or `off`. Uses tls_cert/tls_key, or a development certificate made in data_dir (see `fanz-node print-dev-cert`).";
     h3_max_streams: u32 = Some("100"), required(whole(1, u32::MAX)), shown::text, fixed,
         "Concurrent HTTP/3 requests per QUIC connection.";
@@ -153,6 +153,8 @@ spec::settings! {
         "Largest UDP payload QUIC path-MTU discovery may try (1200 to 65527). 1452 fits an Ethernet MTU of 1500; raise it on networks with jumbo frames (8952 for MTU 9000).";
     h3_idle_timeout: Duration = Some("30s"), required(positive_duration), shown::ms, fixed,
         "Idle time after which a QUIC connection is closed.";
+    resp_addr: Option<SocketAddr> = Some("127.0.0.1:6380"), required(addr_or_off), shown::addr_or_off, fixed,
+        "TCP address of the Redis-protocol (RESP2) port, or `off`: the KV API's keys for Redis clients (GET, MGET, SET with EX/PX/NX/XX, DEL, EXISTS, PING...), with its semantics: a SET is an overwrite that invalidates the key's dependents, a DEL a purge of the key. Plain TCP and no password, like the KV API on http_addr; max_connections, max_key_size, max_value_size, keepalive_timeout and body_read_timeout apply.";
     cluster_dir: Option<PathBuf> = None, optional(path), shown::unset_path, fixed,
         "Directory with the cluster CA (ca.pem), this node's certificate (node.pem, node-key.pem) and the gossip keyring (cluster.keys), as `fanz-node cluster-init` makes. Unset: the node runs alone.";
     node_id: Option<String> = None, optional(text), shown::unset, fixed,

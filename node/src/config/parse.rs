@@ -155,6 +155,15 @@ pub(super) fn addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected an address like 127.0.0.1:8080, got {s:?}"))
 }
 
+/// An address, or `off` for a listener that is not opened.
+pub(super) fn addr_or_off(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        Ok(None)
+    } else {
+        addr(s).map(Some)
+    }
+}
+
 /// `true` or `false`.
 pub(super) fn switch(s: &str) -> Result<bool, String> {
     match s {
@@ -286,6 +295,11 @@ pub(super) mod shown {
     /// Displayed, or `(unset)`.
     pub(in crate::config) fn unset(v: &Option<impl Display>) -> String {
         v.as_ref().map_or("(unset)".into(), |v| v.to_string())
+    }
+
+    /// An address, or `off`.
+    pub(in crate::config) fn addr_or_off(a: &Option<std::net::SocketAddr>) -> String {
+        a.map_or("off".into(), |a| a.to_string())
     }
 
     /// A path, or `(unset)`.

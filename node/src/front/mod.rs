@@ -11,6 +11,7 @@ pub mod idle;
 pub mod kv;
 pub mod peer;
 pub mod purge;
+pub mod resp;
 pub mod scope;
 pub mod sendfile;
 pub mod server;

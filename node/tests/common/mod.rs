@@ -75,6 +75,8 @@ pub struct TestNode {
     pub child: Option<Child>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The Redis-protocol port (`resp_addr`).
+    pub resp: SocketAddr,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
     /// Environment variables set for the process (test hooks).
@@ -136,6 +138,7 @@ impl TestNode {
             child: None,
             http: free_addr(),
             admin: free_addr(),
+            resp: free_addr(),
             data_dir: data_dir.to_path_buf(),
             args,
             env,
@@ -168,6 +171,10 @@ impl TestNode {
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(level) = log_level {
             command.env("FANZ_LOG_LEVEL", level);
+        }
+        // A free port of its own, unless the test sets one (or `off`).
+        if !self.args.iter().any(|a| a == "--resp-addr") {
+            command.arg("--resp-addr").arg(self.resp.to_string());
         }
         let child = command
             .arg("--http-addr")

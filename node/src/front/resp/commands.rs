@@ -1,0 +1,461 @@
+//! The Redis commands the port knows, each run through the same KV read, write and
+//! remove as the HTTP KV API ([`MainService`]), so the two cannot drift: a `SET` is
+//! an overwrite that invalidates the key's dependents and is acknowledged as a
+//! `PUT` is, a `DEL` a purge of the key, acknowledged by every member.
+//!
+//! Where Redis and the KV API differ, the KV API's rules hold and the reply says
+//! so: a value without `EX`/`PX` lives `default_ttl` (as a `PUT` without
+//! `max-age`), and every TTL is clamped to `max_ttl`; `NX`/`XX` are evaluated on a
+//! node on its own (in a cluster they are refused, as `If-Match` is); keys are
+//! not empty and at most `max_key_size` long. Commands it does not know get
+//! Redis's own `unknown command` error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanz_protocol::resp::{self, Command};
+use fanz_protocol::{CacheKey, Entry, EntryMeta};
+
+use super::Replies;
+use crate::cache::Freshness;
+use crate::front::kv::{KvRead, MainService, Refused};
+use crate::front::write_order::Precondition;
+use crate::metrics::{Metrics, RespCommand, RespLabels, RespResult};
+
+/// Most arguments one command may carry (an `MGET` or `DEL` of 1 023 keys).
+pub(super) const MAX_ARGS: usize = 1024;
+
+/// What the connection does after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Read the next one.
+    Continue,
+    /// Close, once the replies are written (`QUIT`).
+    Close,
+}
+
+/// What every connection of the port shares.
+pub(super) struct Port {
+    pub(super) service: Arc<MainService>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) max_key_size: usize,
+}
+
+/// A command's outcome, for its reply and its count.
+type Outcome = Result<RespResult, CommandError>;
+
+/// A command refused before or while it ran: its error reply.
+#[derive(Debug)]
+enum CommandError {
+    /// `-ERR ...`: the command cannot succeed as sent.
+    Err(String),
+    /// `-TRYAGAIN ...`: the node cannot answer for it now; another node, or later,
+    /// may.
+    TryAgain(String),
+}
+
+impl From<Refused> for CommandError {
+    fn from(refused: Refused) -> Self {
+        let (status, reason) = refused.status_and_reason();
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            CommandError::TryAgain(reason.into_owned())
+        } else {
+            CommandError::Err(reason.into_owned())
+        }
+    }
+}
+
+impl Port {
+    /// Runs one command and appends its reply.
+    pub(super) async fn run(&self, command: Command, replies: &mut Replies) -> Next {
+        let started = Instant::now();
+        let name = command.name();
+        let (counted, outcome, next) = if name.eq_ignore_ascii_case(b"GET") {
+            (
+                RespCommand::Get,
+                self.get(&command, replies).await,
+                Next::Continue,
+            )
+        } else if name.eq_ignore_ascii_case(b"SET") {
+            (
+                RespCommand::Set,
+                self.set(&command, replies).await,
+                Next::Continue,
+            )
+        } else if name.eq_ignore_ascii_case(b"DEL") || name.eq_ignore_ascii_case(b"UNLINK") {
+            (
+                RespCommand::Del,
+                self.del(&command, replies).await,
+                Next::Continue,
+            )
+        } else if name.eq_ignore_ascii_case(b"EXISTS") {
+            (
+                RespCommand::Exists,
+                self.exists(&command, replies).await,
+                Next::Continue,
+            )
+        } else if name.eq_ignore_ascii_case(b"MGET") {
+            (
+                RespCommand::Get,
+                self.mget(&command, replies).await,
+                Next::Continue,
+            )
+        } else if name.eq_ignore_ascii_case(b"TTL") || name.eq_ignore_ascii_case(b"PTTL") {
+            (
+                RespCommand::Get,
+                self.ttl(&command, replies).await,
+                Next::Continue,
+            )
+        } else {
+            connection_command(&command, replies)
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(CommandError::Err(why)) => {
+                resp::error(&mut replies.out, &format!("ERR {why}"));
+                RespResult::Error
+            }
+            Err(CommandError::TryAgain(why)) => {
+                resp::error(&mut replies.out, &format!("TRYAGAIN {why}"));
+                RespResult::Error
+            }
+        };
+        self.metrics
+            .resp_commands
+            .get_or_create(&RespLabels {
+                command: counted,
+                result,
+            })
+            .inc();
+        self.metrics
+            .resp_command_seconds
+            .observe(started.elapsed().as_secs_f64());
+        next
+    }
+
+    /// The key named by a command's argument: not empty, within `max_key_size`.
+    fn key(&self, raw: &[u8]) -> Result<CacheKey, CommandError> {
+        if raw.is_empty() {
+            return Err(CommandError::Err(
+                "empty keys are not accepted (the KV API cannot name them)".into(),
+            ));
+        }
+        if raw.len() > self.max_key_size {
+            return Err(CommandError::Err(format!(
+                "key of {} bytes is longer than max_key_size ({} bytes)",
+                raw.len(),
+                self.max_key_size
+            )));
+        }
+        Ok(CacheKey::kv(raw))
+    }
+
+    /// A read of one key: its value, or `None` when it has none.
+    async fn read(&self, raw: &[u8]) -> Result<Option<KvRead>, CommandError> {
+        let key = self.key(raw)?;
+        match self.service.read(&key).await {
+            KvRead::Unavailable(why) => Err(CommandError::TryAgain(why.into_owned())),
+            KvRead::Missing(_) => Ok(None),
+            found => Ok(Some(found)),
+        }
+    }
+
+    /// `GET key`: the value, or nil.
+    async fn get(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let [_, key] = arity(command)?;
+        Ok(match self.read(key).await? {
+            Some(found) => {
+                replies.bulk(&found.entry().expect("a found value").body);
+                RespResult::Ok
+            }
+            None => {
+                resp::null(&mut replies.out);
+                RespResult::Nil
+            }
+        })
+    }
+
+    /// `MGET key [key ...]`: each value or nil, in order. A key this node cannot
+    /// answer for fails the whole command (a nil would say it has no value).
+    async fn mget(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let keys = at_least(command, 1)?;
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.read(key).await?);
+        }
+        resp::array_head(&mut replies.out, found.len());
+        for read in &found {
+            match read.as_ref().and_then(KvRead::entry) {
+                Some(entry) => replies.bulk(&entry.body),
+                None => resp::null(&mut replies.out),
+            }
+        }
+        Ok(RespResult::Ok)
+    }
+
+    /// `EXISTS key [key ...]`: how many of the keys have a value (a key named twice
+    /// counts twice, as in Redis).
+    async fn exists(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let keys = at_least(command, 1)?;
+        let mut count = 0;
+        for key in keys {
+            count += i64::from(self.read(key).await?.is_some());
+        }
+        resp::integer(&mut replies.out, count);
+        Ok(RespResult::Ok)
+    }
+
+    /// `TTL key` / `PTTL key`: the time the value stays fresh, in seconds or
+    /// milliseconds; -2 when the key has no value. (Every value has one: there is
+    /// no -1.)
+    async fn ttl(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let [name, key] = arity(command)?;
+        let millis = name.eq_ignore_ascii_case(b"PTTL");
+        let remaining_ms = match self.read(key).await? {
+            None => {
+                resp::integer(&mut replies.out, -2);
+                return Ok(RespResult::Nil);
+            }
+            Some(KvRead::Hit(hit, _)) => match hit.freshness {
+                Freshness::Fresh { ttl_ms } => ttl_ms,
+                Freshness::Stale { .. } => 0,
+            },
+            Some(KvRead::Copy(entry, age_secs, _)) => {
+                entry.meta.ttl_ms.saturating_sub(age_secs * 1000)
+            }
+            Some(KvRead::Missing(_) | KvRead::Unavailable(_)) => unreachable!("read maps these"),
+        };
+        let remaining = if millis {
+            remaining_ms
+        } else {
+            remaining_ms.div_ceil(1000)
+        };
+        resp::integer(
+            &mut replies.out,
+            i64::try_from(remaining).unwrap_or(i64::MAX),
+        );
+        Ok(RespResult::Ok)
+    }
+
+    /// `SET key value [EX seconds | PX milliseconds] [NX | XX]`: `OK`, or nil when
+    /// `NX`/`XX` did not hold (nothing written).
+    async fn set(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let args = at_least(command, 2)?;
+        let key = self.key(&args[0])?;
+        let options = SetOptions::parse(&args[2..])?;
+        let version = self.service.begin_write().await?;
+        let meta = EntryMeta {
+            version,
+            born_ms: version.millis(),
+            ..self.service.value_meta(options.ttl)
+        };
+        let entry = Entry {
+            meta,
+            body: args[1].clone(),
+        };
+        match self.service.write(key, entry, options.precondition).await {
+            Ok(_) => {
+                resp::simple(&mut replies.out, "OK");
+                Ok(RespResult::Ok)
+            }
+            Err(Refused::Precondition { .. }) => {
+                resp::null(&mut replies.out);
+                Ok(RespResult::Nil)
+            }
+            Err(refused) => Err(refused.into()),
+        }
+    }
+
+    /// `DEL key [key ...]` (and `UNLINK`): purges each key on every member, and
+    /// answers how many had a value as a read just before saw it.
+    async fn del(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let keys = at_least(command, 1)?;
+        let mut removed = 0;
+        for (done, raw) in keys.iter().enumerate() {
+            let had = self.read(raw).await.ok().flatten().is_some();
+            let key = self.key(raw)?;
+            match self.service.remove(key, Precondition::Unconditional).await {
+                Ok((_, None)) => removed += i64::from(had),
+                Ok((_, Some(report))) => {
+                    return Err(CommandError::TryAgain(format!(
+                        "deleted {done} of {} keys; the next is deleted here but not yet acknowledged by every member: {}",
+                        keys.len(),
+                        serde_json::to_string(&report).unwrap_or_default()
+                    )))
+                }
+                Err(refused) => {
+                    let (_, why) = refused.status_and_reason();
+                    return Err(CommandError::TryAgain(format!(
+                        "deleted {done} of {} keys, then: {why}",
+                        keys.len()
+                    )));
+                }
+            }
+        }
+        resp::integer(&mut replies.out, removed);
+        Ok(RespResult::Ok)
+    }
+}
+
+/// `SET`'s options.
+struct SetOptions {
+    ttl: Option<Duration>,
+    precondition: Precondition<'static>,
+}
+
+impl SetOptions {
+    fn parse(args: &[Bytes]) -> Result<Self, CommandError> {
+        let mut options = SetOptions {
+            ttl: None,
+            precondition: Precondition::Unconditional,
+        };
+        let mut args = args.iter();
+        while let Some(option) = args.next() {
+            let option = option.to_ascii_uppercase();
+            match option.as_slice() {
+                b"EX" | b"PX" if options.ttl.is_none() => {
+                    let n = args
+                        .next()
+                        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            CommandError::Err("value is not an integer or out of range".into())
+                        })?;
+                    if n <= 0 {
+                        return Err(CommandError::Err(
+                            "invalid expire time in 'set' command".into(),
+                        ));
+                    }
+                    let n = n.unsigned_abs();
+                    options.ttl = Some(if option == b"EX" {
+                        Duration::from_secs(n)
+                    } else {
+                        Duration::from_millis(n)
+                    });
+                }
+                b"NX" | b"XX" if !options.precondition.conditional() => {
+                    options.precondition = if option == b"NX" {
+                        Precondition::Absent
+                    } else {
+                        Precondition::Present
+                    };
+                }
+                b"GET" | b"KEEPTTL" | b"EXAT" | b"PXAT" => {
+                    return Err(CommandError::Err(format!(
+                        "SET ... {} is not supported by fanz-node",
+                        String::from_utf8_lossy(&option)
+                    )))
+                }
+                _ => return Err(CommandError::Err("syntax error".into())),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// The arguments of a command that takes exactly `N - 1` after its name, or
+/// Redis's arity error.
+fn arity<const N: usize>(command: &Command) -> Result<[&[u8]; N], CommandError> {
+    if command.args.len() != N {
+        return Err(wrong_arity(command));
+    }
+    Ok(std::array::from_fn(|i| command.args[i].as_ref()))
+}
+
+/// The arguments after the name, at least `n` of them.
+fn at_least(command: &Command, n: usize) -> Result<&[Bytes], CommandError> {
+    if command.args.len() <= n {
+        return Err(wrong_arity(command));
+    }
+    Ok(&command.args[1..])
+}
+
+fn wrong_arity(command: &Command) -> CommandError {
+    CommandError::Err(format!(
+        "wrong number of arguments for '{}' command",
+        String::from_utf8_lossy(command.name()).to_ascii_lowercase()
+    ))
+}
+
+/// The commands about the connection rather than keys, answered as Redis answers
+/// them where the node has the same thing to say.
+fn connection_command(command: &Command, replies: &mut Replies) -> (RespCommand, Outcome, Next) {
+    let out = &mut replies.out;
+    let name = command.name().to_ascii_uppercase();
+    let args = &command.args[1..];
+    let outcome = match name.as_slice() {
+        b"PING" => match args {
+            [] => { resp::simple(out, "PONG"); Ok(()) },
+            [message] => { resp::bulk(out, message); Ok(()) },
+            _ => Err(wrong_arity(command)),
+        },
+        b"ECHO" => match args {
+            [message] => { resp::bulk(out, message); Ok(()) },
+            _ => Err(wrong_arity(command)),
+        },
+        b"QUIT" => {
+            resp::simple(out, "OK");
+            return (RespCommand::Connection, Ok(RespResult::Ok), Next::Close);
+        }
+        b"SELECT" => match args {
+            [db] if db.as_ref() == b"0" => { resp::simple(out, "OK"); Ok(()) },
+            [_] => Err(CommandError::Err(
+                "DB index is out of range (fanz-node has one keyspace, 0)".into(),
+            )),
+            _ => Err(wrong_arity(command)),
+        },
+        b"AUTH" => Err(CommandError::Err(
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into(),
+        )),
+        b"HELLO" => match args.first().map(|v| v.as_ref()) {
+            None | Some(b"2") => {
+                let info: [(&str, &[u8]); 6] = [
+                    ("server", b"fanz-node"),
+                    ("version", env!("CARGO_PKG_VERSION").as_bytes()),
+                    ("proto", b"2"),
+                    ("id", b"0"),
+                    ("mode", b"standalone"),
+                    ("role", b"master"),
+                ];
+                resp::array_head(out, info.len() * 2 + 2);
+                for (field, value) in info {
+                    resp::bulk(out, field.as_bytes());
+                    resp::bulk(out, value);
+                }
+                resp::bulk(out, b"modules");
+                resp::array_head(out, 0);
+                Ok(())
+            }
+            Some(_) => {
+                resp::error(out, "NOPROTO fanz-node speaks RESP2 only");
+                return (RespCommand::Connection, Ok(RespResult::Error), Next::Continue);
+            }
+        },
+        b"CLIENT" => match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+            // Names and library facts clients announce on connecting: accepted,
+            // not kept.
+            Some(b"SETNAME" | b"SETINFO") => { resp::simple(out, "OK"); Ok(()) },
+            Some(b"GETNAME") => { resp::null(out); Ok(()) },
+            _ => Err(CommandError::Err(
+                "fanz-node answers CLIENT SETNAME, SETINFO and GETNAME only".into(),
+            )),
+        },
+        b"COMMAND" => { resp::array_head(out, 0); Ok(()) },
+        _ => {
+            let mut shown = String::from_utf8_lossy(command.name()).into_owned();
+            shown.truncate(128);
+            return (
+                RespCommand::Unknown,
+                Err(CommandError::Err(format!(
+                    "unknown command '{shown}': fanz-node answers GET, MGET, SET, DEL, UNLINK, EXISTS, TTL, PTTL, PING, ECHO, SELECT, HELLO, CLIENT, COMMAND and QUIT"
+                ))),
+                Next::Continue,
+            );
+        }
+    };
+    (
+        RespCommand::Connection,
+        outcome.map(|()| RespResult::Ok),
+        Next::Continue,
+    )
+}
