@@ -76,7 +76,7 @@ fz=(); rd=(); fo=(); nd=(); rs=()
 # redis-benchmark's SETs (1 KiB values over $KEYS keys, $CONNS connections) to the
 # Redis-protocol port $1, $2 of them, from core 0: SET/s.
 sets() {
-  taskset -c 0 redis-benchmark -p "$1" -t set -d 1024 -r "$KEYS" -n "$2" -c "$CONNS" --csv | tail -1 \
+  taskset -c 0 redis-benchmark -p "$1" -t set -d 1024 -r "$KEYS" -n "$2" -c "$CONNS" --csv 2>/dev/null | tail -1 \
     | tr -d '"' | cut -d, -f2
 }
 # CPU time (user and system, from /proc) of process $1 since ticks "$2", per request
