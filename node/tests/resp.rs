@@ -229,6 +229,20 @@ async fn pipelined_commands_are_answered_in_order_and_values_keep_every_byte() {
     assert_eq!(c.call(&[b"GET", b"big"]), Reply::Bulk(Some(big.clone())));
     let r = get(&node, "big").await;
     assert_eq!(r.body.as_ref(), big.as_slice());
+    // A long pipeline whose replies outgrow what the node holds back (1 MiB): written
+    // as they come, every reply in order.
+    let mut wire = BytesMut::new();
+    for _ in 0..40 {
+        fanz_protocol::resp::command(&mut wire, &[b"GET", b"mid"]);
+        fanz_protocol::resp::command(&mut wire, &[b"EXISTS", b"mid"]);
+    }
+    let mid = vec![b'm'; 100 * 1024];
+    assert_eq!(c.call(&[b"SET", b"mid", &mid]), Reply::Simple("OK".into()));
+    c.send(&wire);
+    for _ in 0..40 {
+        assert_eq!(c.reply(), Reply::Bulk(Some(mid.clone())));
+        assert_eq!(c.reply(), Reply::Integer(1));
+    }
     // Connection commands clients send on connecting.
     assert_eq!(c.call(&[b"SELECT", b"0"]), Reply::Simple("OK".into()));
     assert!(matches!(c.call(&[b"SELECT", b"1"]), Reply::Error(e) if e.starts_with("ERR DB index")));

@@ -35,6 +35,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const COPY_LIMIT: usize = 16 * 1024;
 /// A reply buffer that grew past this is let go once written.
 const KEEP_OUT: usize = 64 * 1024;
+/// Replies held back for the rest of a pipeline are written out once they reach
+/// this (a client that pipelines without reading cannot make the node buffer more).
+const FLUSH_AT: usize = 1024 * 1024;
 
 /// The port's limits and timers.
 #[derive(Debug, Clone)]
@@ -111,6 +114,9 @@ async fn connection(
                     if port.run(command, &mut replies).await == commands::Next::Close {
                         close = true;
                         break;
+                    }
+                    if replies.len() >= FLUSH_AT {
+                        replies.write_to(&mut stream).await?;
                     }
                 }
                 Ok(None) => break,
@@ -192,9 +198,16 @@ pub(crate) struct Replies {
     pub(crate) out: BytesMut,
     /// Earlier reply bytes and large values, to write before `out`.
     queued: Vec<Bytes>,
+    /// Bytes in `queued`.
+    queued_len: usize,
 }
 
 impl Replies {
+    /// Bytes not yet written.
+    fn len(&self) -> usize {
+        self.queued_len + self.out.len()
+    }
+
     /// A bulk reply of `value`, without copying it when it is large.
     pub(crate) fn bulk(&mut self, value: &Bytes) {
         if value.len() < COPY_LIMIT {
@@ -202,7 +215,9 @@ impl Replies {
             return;
         }
         resp::bulk_head(&mut self.out, value.len());
-        self.queued.push(self.out.split().freeze());
+        let head = self.out.split().freeze();
+        self.queued_len += head.len() + value.len();
+        self.queued.push(head);
         self.queued.push(value.clone());
         self.out.extend_from_slice(resp::BULK_END);
     }
@@ -212,6 +227,7 @@ impl Replies {
         for chunk in self.queued.drain(..) {
             stream.write_all(&chunk).await?;
         }
+        self.queued_len = 0;
         if !self.out.is_empty() {
             stream.write_all(&self.out).await?;
             self.out.clear();
