@@ -70,45 +70,19 @@ impl Port {
     /// Runs one command and appends its reply.
     pub(super) async fn run(&self, command: Command, replies: &mut Replies) -> Next {
         let started = Instant::now();
-        let name = command.name();
-        let (counted, outcome, next) = if name.eq_ignore_ascii_case(b"GET") {
-            (
-                RespCommand::Get,
-                self.get(&command, replies).await,
-                Next::Continue,
-            )
-        } else if name.eq_ignore_ascii_case(b"SET") {
-            (
-                RespCommand::Set,
-                self.set(&command, replies).await,
-                Next::Continue,
-            )
-        } else if name.eq_ignore_ascii_case(b"DEL") || name.eq_ignore_ascii_case(b"UNLINK") {
-            (
-                RespCommand::Del,
-                self.del(&command, replies).await,
-                Next::Continue,
-            )
-        } else if name.eq_ignore_ascii_case(b"EXISTS") {
-            (
-                RespCommand::Exists,
-                self.exists(&command, replies).await,
-                Next::Continue,
-            )
-        } else if name.eq_ignore_ascii_case(b"MGET") {
-            (
-                RespCommand::Get,
-                self.mget(&command, replies).await,
-                Next::Continue,
-            )
-        } else if name.eq_ignore_ascii_case(b"TTL") || name.eq_ignore_ascii_case(b"PTTL") {
-            (
-                RespCommand::Get,
-                self.ttl(&command, replies).await,
-                Next::Continue,
-            )
-        } else {
-            connection_command(&command, replies)
+        let (counted, outcome, next) = match KeyCommand::named(command.name()) {
+            Some(key_command) => {
+                let outcome = match key_command {
+                    KeyCommand::Get => self.get(&command, replies).await,
+                    KeyCommand::Mget => self.mget(&command, replies).await,
+                    KeyCommand::Set => self.set(&command, replies).await,
+                    KeyCommand::Del => self.del(&command, replies).await,
+                    KeyCommand::Exists => self.exists(&command, replies).await,
+                    KeyCommand::Ttl => self.ttl(&command, replies).await,
+                };
+                (key_command.counted(), outcome, Next::Continue)
+            }
+            None => connection_command(&command, replies),
         };
         let result = match outcome {
             Ok(result) => result,
@@ -295,6 +269,49 @@ impl Port {
         }
         resp::integer(&mut replies.out, removed);
         Ok(RespResult::Ok)
+    }
+}
+
+/// The commands on keys.
+#[derive(Debug, Clone, Copy)]
+enum KeyCommand {
+    Get,
+    Mget,
+    Set,
+    Del,
+    Exists,
+    Ttl,
+}
+
+impl KeyCommand {
+    /// Names as Redis has them (matched without regard to case), `UNLINK` as `DEL`
+    /// (a purge is already reclaimed in the background) and `PTTL` as `TTL`.
+    const NAMES: [(&'static [u8], KeyCommand); 8] = [
+        (b"GET", KeyCommand::Get),
+        (b"SET", KeyCommand::Set),
+        (b"MGET", KeyCommand::Mget),
+        (b"DEL", KeyCommand::Del),
+        (b"UNLINK", KeyCommand::Del),
+        (b"EXISTS", KeyCommand::Exists),
+        (b"TTL", KeyCommand::Ttl),
+        (b"PTTL", KeyCommand::Ttl),
+    ];
+
+    fn named(name: &[u8]) -> Option<KeyCommand> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, command)| *command)
+    }
+
+    /// How it is counted in `fanz_resp_commands_total` (reads as `get`).
+    fn counted(self) -> RespCommand {
+        match self {
+            KeyCommand::Get | KeyCommand::Mget | KeyCommand::Ttl => RespCommand::Get,
+            KeyCommand::Set => RespCommand::Set,
+            KeyCommand::Del => RespCommand::Del,
+            KeyCommand::Exists => RespCommand::Exists,
+        }
     }
 }
 
