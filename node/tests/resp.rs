@@ -155,6 +155,14 @@ async fn redis_cli_reads_and_writes_the_kv_api_keys() {
     );
     assert_eq!(cli(&node, &["SET", "user:3", "newer", "XX"]), "OK");
     assert_eq!(cli(&node, &["GET", "user:3"]), "newer");
+    // The older spellings clients still send.
+    assert_eq!(cli(&node, &["SETNX", "user:3", "no"]), "0");
+    assert_eq!(cli(&node, &["SETNX", "user:4", "yes"]), "1");
+    assert_eq!(cli(&node, &["GET", "user:4"]), "yes");
+    assert_eq!(cli(&node, &["SETEX", "user:5", "30", "five"]), "OK");
+    assert_eq!(cli(&node, &["TTL", "user:5"]), "30");
+    assert_eq!(cli(&node, &["PSETEX", "user:5", "20000", "five"]), "OK");
+    assert_eq!(cli(&node, &["TTL", "user:5"]), "20");
     // EX and PX are TTLs, as Cache-Control: max-age is over HTTP.
     assert_eq!(cli(&node, &["SET", "short", "v", "PX", "60000"]), "OK");
     let ttl: u64 = cli(&node, &["TTL", "short"]).parse().unwrap();
@@ -174,7 +182,7 @@ async fn redis_cli_reads_and_writes_the_kv_api_keys() {
     // Counted on the admin port's metrics.
     let metrics = admin_get(&node, "/metrics", TOKEN).await.text();
     assert!(
-        metrics.contains(r#"fanz_resp_commands_total{command="set",result="nil"} 2"#),
+        metrics.contains(r#"fanz_resp_commands_total{command="set",result="nil"} 3"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"fanz_resp_commands_total{command="del",result="ok"} 1"#));

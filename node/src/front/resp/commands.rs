@@ -79,6 +79,8 @@ impl Port {
                     KeyCommand::Del => self.del(&command, replies).await,
                     KeyCommand::Exists => self.exists(&command, replies).await,
                     KeyCommand::Ttl => self.ttl(&command, replies).await,
+                    KeyCommand::SetEx => self.set_ex(&command, replies).await,
+                    KeyCommand::SetNx => self.set_nx(&command, replies).await,
                 };
                 (key_command.counted(), outcome, Next::Continue)
             }
@@ -216,27 +218,73 @@ impl Port {
     /// `NX`/`XX` did not hold (nothing written).
     async fn set(&self, command: &Command, replies: &mut Replies) -> Outcome {
         let args = at_least(command, 2)?;
-        let key = self.key(&args[0])?;
         let options = SetOptions::parse(&args[2..])?;
+        let written = self
+            .store(&args[0], &args[1], options.ttl, options.precondition)
+            .await?;
+        Ok(if written {
+            resp::simple(&mut replies.out, "OK");
+            RespResult::Ok
+        } else {
+            resp::null(&mut replies.out);
+            RespResult::Nil
+        })
+    }
+
+    /// `SETEX key seconds value` / `PSETEX key milliseconds value`: `SET` with `EX`
+    /// or `PX`, as older clients send it.
+    async fn set_ex(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let [name, key, ttl, _] = arity(command)?;
+        let ttl = parse_ttl(name.eq_ignore_ascii_case(b"SETEX"), Some(ttl))?;
+        self.store(
+            key,
+            &command.args[3],
+            Some(ttl),
+            Precondition::Unconditional,
+        )
+        .await?;
+        resp::simple(&mut replies.out, "OK");
+        Ok(RespResult::Ok)
+    }
+
+    /// `SETNX key value`: 1 when it wrote the key (it had no value), else 0.
+    async fn set_nx(&self, command: &Command, replies: &mut Replies) -> Outcome {
+        let [_, key, _] = arity(command)?;
+        let written = self
+            .store(key, &command.args[2], None, Precondition::Absent)
+            .await?;
+        resp::integer(&mut replies.out, i64::from(written));
+        Ok(if written {
+            RespResult::Ok
+        } else {
+            RespResult::Nil
+        })
+    }
+
+    /// Writes `value` under the key `raw` as a `PUT` would (`ttl`, or
+    /// `default_ttl`): whether it was written (`false`: the precondition did not
+    /// hold, nothing written).
+    async fn store(
+        &self,
+        raw: &[u8],
+        value: &Bytes,
+        ttl: Option<Duration>,
+        precondition: Precondition<'static>,
+    ) -> Result<bool, CommandError> {
+        let key = self.key(raw)?;
         let version = self.service.begin_write().await?;
         let meta = EntryMeta {
             version,
             born_ms: version.millis(),
-            ..self.service.value_meta(options.ttl)
+            ..self.service.value_meta(ttl)
         };
         let entry = Entry {
             meta,
-            body: args[1].clone(),
+            body: value.clone(),
         };
-        match self.service.write(key, entry, options.precondition).await {
-            Ok(_) => {
-                resp::simple(&mut replies.out, "OK");
-                Ok(RespResult::Ok)
-            }
-            Err(Refused::Precondition { .. }) => {
-                resp::null(&mut replies.out);
-                Ok(RespResult::Nil)
-            }
+        match self.service.write(key, entry, precondition).await {
+            Ok(_) => Ok(true),
+            Err(Refused::Precondition { .. }) => Ok(false),
             Err(refused) => Err(refused.into()),
         }
     }
@@ -281,12 +329,15 @@ enum KeyCommand {
     Del,
     Exists,
     Ttl,
+    SetEx,
+    SetNx,
 }
 
 impl KeyCommand {
     /// Names as Redis has them (matched without regard to case), `UNLINK` as `DEL`
-    /// (a purge is already reclaimed in the background) and `PTTL` as `TTL`.
-    const NAMES: [(&'static [u8], KeyCommand); 8] = [
+    /// (a purge is already reclaimed in the background), `PTTL` as `TTL` and
+    /// `PSETEX` as `SETEX`.
+    const NAMES: [(&'static [u8], KeyCommand); 11] = [
         (b"GET", KeyCommand::Get),
         (b"SET", KeyCommand::Set),
         (b"MGET", KeyCommand::Mget),
@@ -295,6 +346,9 @@ impl KeyCommand {
         (b"EXISTS", KeyCommand::Exists),
         (b"TTL", KeyCommand::Ttl),
         (b"PTTL", KeyCommand::Ttl),
+        (b"SETEX", KeyCommand::SetEx),
+        (b"PSETEX", KeyCommand::SetEx),
+        (b"SETNX", KeyCommand::SetNx),
     ];
 
     fn named(name: &[u8]) -> Option<KeyCommand> {
@@ -308,7 +362,7 @@ impl KeyCommand {
     fn counted(self) -> RespCommand {
         match self {
             KeyCommand::Get | KeyCommand::Mget | KeyCommand::Ttl => RespCommand::Get,
-            KeyCommand::Set => RespCommand::Set,
+            KeyCommand::Set | KeyCommand::SetEx | KeyCommand::SetNx => RespCommand::Set,
             KeyCommand::Del => RespCommand::Del,
             KeyCommand::Exists => RespCommand::Exists,
         }
@@ -332,23 +386,8 @@ impl SetOptions {
             let option = option.to_ascii_uppercase();
             match option.as_slice() {
                 b"EX" | b"PX" if options.ttl.is_none() => {
-                    let n = args
-                        .next()
-                        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<i64>().ok())
-                        .ok_or_else(|| {
-                            CommandError::Err("value is not an integer or out of range".into())
-                        })?;
-                    if n <= 0 {
-                        return Err(CommandError::Err(
-                            "invalid expire time in 'set' command".into(),
-                        ));
-                    }
-                    let n = n.unsigned_abs();
-                    options.ttl = Some(if option == b"EX" {
-                        Duration::from_secs(n)
-                    } else {
-                        Duration::from_millis(n)
-                    });
+                    options.ttl =
+                        Some(parse_ttl(option == b"EX", args.next().map(|a| a.as_ref()))?);
                 }
                 b"NX" | b"XX" if !options.precondition.conditional() => {
                     options.precondition = if option == b"NX" {
@@ -368,6 +407,25 @@ impl SetOptions {
         }
         Ok(options)
     }
+}
+
+/// A TTL argument in seconds (`EX`, `SETEX`) or milliseconds: a positive whole
+/// number, or Redis's errors.
+fn parse_ttl(seconds: bool, arg: Option<&[u8]>) -> Result<Duration, CommandError> {
+    let n = arg
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<i64>().ok())
+        .ok_or_else(|| CommandError::Err("value is not an integer or out of range".into()))?;
+    if n <= 0 {
+        return Err(CommandError::Err(
+            "invalid expire time in 'set' command".into(),
+        ));
+    }
+    let n = n.unsigned_abs();
+    Ok(if seconds {
+        Duration::from_secs(n)
+    } else {
+        Duration::from_millis(n)
+    })
 }
 
 /// The arguments of a command that takes exactly `N - 1` after its name, or
@@ -464,7 +522,7 @@ fn connection_command(command: &Command, replies: &mut Replies) -> (RespCommand,
             return (
                 RespCommand::Unknown,
                 Err(CommandError::Err(format!(
-                    "unknown command '{shown}': fanz-node answers GET, MGET, SET, DEL, UNLINK, EXISTS, TTL, PTTL, PING, ECHO, SELECT, HELLO, CLIENT, COMMAND and QUIT"
+                    "unknown command '{shown}': fanz-node answers GET, MGET, SET, SETEX, PSETEX, SETNX, DEL, UNLINK, EXISTS, TTL, PTTL, PING, ECHO, SELECT, HELLO, CLIENT, COMMAND and QUIT"
                 ))),
                 Next::Continue,
             );
