@@ -184,7 +184,13 @@ async fn read_more(
         match stream.try_read_buf(buf) {
             Ok(0) => return Ok(Some(Stop::Closed)),
             Ok(_) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Readiness that was not (a new connection is reported readable
+                // before its first bytes): wait again without the buffer.
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
             Err(e) => return Err(e),
         }
     }
@@ -236,5 +242,50 @@ impl Replies {
             self.out = BytesMut::new();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(idle: Duration) -> RespLimits {
+        RespLimits {
+            accepting: Accepting {
+                max_connections: 1,
+                shutdown_grace: Duration::from_secs(1),
+            },
+            max_key_size: 64,
+            max_value_size: 1024,
+            keepalive_timeout: idle,
+            command_timeout: idle,
+        }
+    }
+
+    /// A connection waiting for its next command holds no read buffer, even after
+    /// the socket was reported readable with nothing to read (as a new connection
+    /// is): 16 KiB per idle connection otherwise.
+    #[tokio::test]
+    async fn an_idle_connection_waits_without_a_read_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (_stopping, mut stop) = watch::channel(false);
+        let mut buf = BytesMut::new();
+        let waited = read_more(
+            &mut server,
+            &mut buf,
+            &limits(Duration::from_millis(200)),
+            &mut stop,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(waited, Some(Stop::Closed)),
+            "the idle timer closes it"
+        );
+        assert_eq!(buf.capacity(), 0, "no buffer held while waiting");
     }
 }
