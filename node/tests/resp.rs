@@ -301,6 +301,10 @@ async fn bad_commands_get_errors_and_bad_framing_closes_the_connection() {
     err(c.call(&[b"SET", b"", b"v"]), "ERR empty keys");
     err(c.call(&[b"SET", &[b'k'; 17], b"v"]), "ERR key of 17 bytes");
     err(c.call(&[b"FLUSHALL"]), "ERR unknown command 'FLUSHALL'");
+    // A DEL with one bad key deletes none of them.
+    assert_eq!(c.call(&[b"SET", b"kept", b"v"]), Reply::Simple("OK".into()));
+    err(c.call(&[b"DEL", b"kept", b""]), "ERR empty keys");
+    assert_eq!(c.call(&[b"EXISTS", b"kept"]), Reply::Integer(1));
     assert_eq!(c.call(&[b"EXISTS", b"k"]), Reply::Integer(0));
     assert_eq!(c.call(&[b"PING"]), Reply::Simple("PONG".into()));
     // A value over max_value_size is refused from its length line, before its

@@ -129,8 +129,12 @@ impl Port {
 
     /// A read of one key: its value, or `None` when it has none.
     async fn read(&self, raw: &[u8]) -> Result<Option<KvRead>, CommandError> {
-        let key = self.key(raw)?;
-        match self.service.read(&key).await {
+        self.read_key(&self.key(raw)?).await
+    }
+
+    /// [`Self::read`] of a key already checked.
+    async fn read_key(&self, key: &CacheKey) -> Result<Option<KvRead>, CommandError> {
+        match self.service.read(key).await {
             KvRead::Unavailable(why) => Err(CommandError::TryAgain(why.into_owned())),
             KvRead::Missing(_) => Ok(None),
             found => Ok(Some(found)),
@@ -292,12 +296,21 @@ impl Port {
     /// `DEL key [key ...]` (and `UNLINK`): purges each key on every member, and
     /// answers how many had a value as a read just before saw it.
     async fn del(&self, command: &Command, replies: &mut Replies) -> Outcome {
-        let keys = at_least(command, 1)?;
+        // Every key checked before any is deleted: a bad one refuses the command.
+        let keys = at_least(command, 1)?
+            .iter()
+            .map(|raw| self.key(raw))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut removed = 0;
-        for (done, raw) in keys.iter().enumerate() {
-            let had = self.read(raw).await.ok().flatten().is_some();
-            let key = self.key(raw)?;
-            match self.service.remove(key, Precondition::Unconditional).await {
+        for (done, key) in keys.iter().enumerate() {
+            // A key this node cannot answer for now counts as not there; it is
+            // purged all the same.
+            let had = self.read_key(key).await.ok().flatten().is_some();
+            match self
+                .service
+                .remove(key.clone(), Precondition::Unconditional)
+                .await
+            {
                 Ok((_, None)) => removed += i64::from(had),
                 Ok((_, Some(report))) => {
                     return Err(CommandError::TryAgain(format!(
