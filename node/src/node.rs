@@ -351,6 +351,7 @@ pub async fn run(
                 max_value_size: usize::try_from(config.max_value_size).unwrap_or(usize::MAX),
                 keepalive_timeout: config.keepalive_timeout,
                 command_timeout: config.body_read_timeout,
+                access_log: config.access_log,
             },
             main_service.clone(),
             metrics.clone(),

@@ -349,6 +349,28 @@ async fn idle_and_slow_connections_are_closed_by_the_timers() {
 }
 
 #[tokio::test]
+async fn the_json_access_log_has_a_line_per_command_without_values() {
+    let (_tmp, data) = data_dir();
+    let node = TestNode::start(&data, &["--access-log", "json"]);
+    assert_eq!(cli(&node, &["SET", "logged", "secret-value"]), "OK");
+    assert_eq!(cli(&node, &["GET", "nothing"]), "");
+    let out = node.stdout_text();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &serde_json::Value| l["listener"] == "resp")
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["command"], "SET");
+    assert_eq!(lines[0]["key"], "logged");
+    assert_eq!(lines[0]["result"], "ok");
+    assert_eq!(lines[1]["command"], "GET");
+    assert_eq!(lines[1]["result"], "nil");
+    assert!(lines[0]["duration_us"].is_u64() && lines[0]["peer"].is_string());
+    assert!(!out.contains("secret-value"), "values are never logged");
+}
+
+#[tokio::test]
 async fn the_port_is_off_when_asked() {
     let (_tmp, data) = data_dir();
     let node = TestNode::start(&data, &["--resp-addr", "off"]);

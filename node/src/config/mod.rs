@@ -226,7 +226,7 @@ spec::settings! {
     shutdown_grace: Duration = Some("10s"), required(duration), shown::ms, fixed,
         "On SIGTERM/SIGINT, how long in-flight requests may take to finish.";
     access_log: bool = Some("off"), required(one_of(ACCESS_LOGS)), |v| word(ACCESS_LOGS, v), fixed,
-        "Access log: `off`, or `json` (one JSON object per request on standard output).";
+        "Access log: `off`, or `json` (one JSON object per HTTP request, and per command on the Redis-protocol port, on standard output).";
     log_level: String = Some("info"), required(|s| tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_string()).map_err(|e| e.to_string())), shown::text, reloadable,
         "Log filter (tracing EnvFilter syntax, e.g. `info,fanz_node=debug`).";
     log_format: LogFormat = Some("text"), required(one_of(LOG_FORMATS)), |v| word(LOG_FORMATS, v), fixed,

@@ -10,6 +10,7 @@
 //! not empty and at most `max_key_size` long. Commands it does not know get
 //! Redis's own `unknown command` error.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ pub(super) struct Port {
     pub(super) service: Arc<MainService>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) max_key_size: usize,
+    pub(super) access_log: bool,
 }
 
 /// A command's outcome, for its reply and its count.
@@ -68,7 +70,12 @@ impl From<Refused> for CommandError {
 
 impl Port {
     /// Runs one command and appends its reply.
-    pub(super) async fn run(&self, command: Command, replies: &mut Replies) -> Next {
+    pub(super) async fn run(
+        &self,
+        command: Command,
+        peer: SocketAddr,
+        replies: &mut Replies,
+    ) -> Next {
         let started = Instant::now();
         let (counted, outcome, next) = match KeyCommand::named(command.name()) {
             Some(key_command) => {
@@ -107,6 +114,9 @@ impl Port {
         self.metrics
             .resp_command_seconds
             .observe(started.elapsed().as_secs_f64());
+        if self.access_log {
+            log_access(&command, peer, result, started);
+        }
         next
     }
 
@@ -380,6 +390,25 @@ impl KeyCommand {
             KeyCommand::Exists => RespCommand::Exists,
         }
     }
+}
+
+/// One JSON line per command on standard output (`access_log = "json"`), beside
+/// the HTTP listeners' lines: the command's name and key (lossy UTF-8, cut at 256
+/// bytes), never its value.
+fn log_access(command: &Command, peer: SocketAddr, result: RespResult, started: Instant) {
+    use std::io::Write;
+    let shown = |arg: &Bytes| String::from_utf8_lossy(&arg[..arg.len().min(256)]).into_owned();
+    let line = serde_json::json!({
+        "listener": "resp",
+        "ts_ms": crate::clock::now_ms(),
+        "peer": peer.to_string(),
+        "command": shown(&command.args[0]).to_ascii_uppercase(),
+        "key": command.args.get(1).map(shown),
+        "result": result.as_str(),
+        "duration_us": started.elapsed().as_micros() as u64,
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }
 
 /// `SET`'s options.

@@ -14,6 +14,7 @@
 mod commands;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub struct RespLimits {
     pub keepalive_timeout: Duration,
     /// Time a command's bytes have to arrive once its first byte did.
     pub command_timeout: Duration,
+    /// Write a JSON access log line per command to standard output.
+    pub access_log: bool,
 }
 
 /// Serves the Redis protocol on `listener` until `shutdown` resolves; connections
@@ -70,12 +73,13 @@ pub async fn serve_resp(
         service,
         metrics,
         max_key_size: limits.max_key_size,
+        access_log: limits.access_log,
     });
     let limits = Arc::new(limits);
     accept_loop(listener, accepting, shutdown, move |stream, peer, stop| {
         let (port, limits) = (port.clone(), limits.clone());
         async move {
-            if let Err(e) = connection(stream, &port, &limits, stop).await {
+            if let Err(e) = connection(stream, peer, &port, &limits, stop).await {
                 tracing::debug!(%peer, error = %e, "RESP connection ended with an error");
             }
         }
@@ -94,6 +98,7 @@ enum Stop {
 /// One connection: read commands, run them in order, write their replies.
 async fn connection(
     mut stream: TcpStream,
+    peer: SocketAddr,
     port: &commands::Port,
     limits: &RespLimits,
     mut stop: watch::Receiver<bool>,
@@ -111,7 +116,7 @@ async fn connection(
         loop {
             match resp::take_command(&mut buf, &parse_limits) {
                 Ok(Some(command)) => {
-                    if port.run(command, &mut replies).await == commands::Next::Close {
+                    if port.run(command, peer, &mut replies).await == commands::Next::Close {
                         close = true;
                         break;
                     }
@@ -259,6 +264,7 @@ mod tests {
             max_value_size: 1024,
             keepalive_timeout: idle,
             command_timeout: idle,
+            access_log: false,
         }
     }
 
