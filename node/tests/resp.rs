@@ -346,6 +346,27 @@ async fn idle_and_slow_connections_are_closed_by_the_timers() {
         other => panic!("{other:?}"),
     }
     assert!(slow.closed());
+    // A command trickled a byte at a time is cut off at body_read_timeout from its
+    // first byte, not from the last one (slowloris).
+    let mut trickle = Raw::connect(&node);
+    let started = Instant::now();
+    trickle.send(b"*2\r\n");
+    let rest = b"$3\r\nGET\r\n$3\r\nkey\r\n";
+    for byte in &rest[..rest.len() - 1] {
+        std::thread::sleep(Duration::from_millis(300));
+        if trickle.0.get_mut().write_all(&[*byte]).is_err() {
+            break;
+        }
+    }
+    match trickle.reply() {
+        Reply::Error(e) => assert!(e.contains("body_read_timeout"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "cut off after {waited:?}"
+    );
 }
 
 #[tokio::test]

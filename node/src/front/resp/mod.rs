@@ -110,6 +110,8 @@ async fn connection(
     };
     let mut buf = BytesMut::new();
     let mut replies = Replies::default();
+    // When the first bytes of the command not yet complete arrived.
+    let mut partial_since: Option<Instant> = None;
     loop {
         // Every complete command the buffer holds, in order (a pipeline).
         let mut close = false;
@@ -137,12 +139,18 @@ async fn connection(
         if close {
             return Ok(());
         }
-        if buf.is_empty() {
+        let deadline = if buf.is_empty() {
             // Idle: hold no buffer while waiting (its bytes may still be shared
             // with values being stored, which keep them alive as long as needed).
             buf = BytesMut::new();
-        }
-        match read_more(&mut stream, &mut buf, limits, &mut stop).await? {
+            partial_since = None;
+            Instant::now() + limits.keepalive_timeout
+        } else {
+            // A command has begun: it has command_timeout from its first bytes,
+            // however slowly the rest trickles in.
+            *partial_since.get_or_insert_with(Instant::now) + limits.command_timeout
+        };
+        match read_more(&mut stream, &mut buf, deadline, &mut stop).await? {
             None => {}
             Some(Stop::Closed) => return Ok(()),
             Some(Stop::Framing(e)) => {
@@ -154,22 +162,16 @@ async fn connection(
     }
 }
 
-/// Waits for more bytes and appends them to `buf`: `None` when some arrived.
-/// Between commands the wait is `keepalive_timeout` (and ends when the listener
-/// stops); inside one, `command_timeout` from when the wait began.
+/// Waits until `deadline` for more bytes and appends them to `buf`: `None` when
+/// some arrived. Between commands (`buf` empty) the wait also ends when the
+/// listener stops; inside one, the command is let finish.
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    limits: &RespLimits,
+    deadline: Instant,
     stop: &mut watch::Receiver<bool>,
 ) -> std::io::Result<Option<Stop>> {
     let idle = buf.is_empty();
-    let deadline = Instant::now()
-        + if idle {
-            limits.keepalive_timeout
-        } else {
-            limits.command_timeout
-        };
     loop {
         tokio::select! {
             ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
@@ -254,20 +256,6 @@ impl Replies {
 mod tests {
     use super::*;
 
-    fn limits(idle: Duration) -> RespLimits {
-        RespLimits {
-            accepting: Accepting {
-                max_connections: 1,
-                shutdown_grace: Duration::from_secs(1),
-            },
-            max_key_size: 64,
-            max_value_size: 1024,
-            keepalive_timeout: idle,
-            command_timeout: idle,
-            access_log: false,
-        }
-    }
-
     /// A connection waiting for its next command holds no read buffer, even after
     /// the socket was reported readable with nothing to read (as a new connection
     /// is): 16 KiB per idle connection otherwise.
@@ -280,14 +268,10 @@ mod tests {
         let (mut server, _) = listener.accept().await.unwrap();
         let (_stopping, mut stop) = watch::channel(false);
         let mut buf = BytesMut::new();
-        let waited = read_more(
-            &mut server,
-            &mut buf,
-            &limits(Duration::from_millis(200)),
-            &mut stop,
-        )
-        .await
-        .unwrap();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let waited = read_more(&mut server, &mut buf, deadline, &mut stop)
+            .await
+            .unwrap();
         assert!(
             matches!(waited, Some(Stop::Closed)),
             "the idle timer closes it"
