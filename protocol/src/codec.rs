@@ -111,6 +111,22 @@ impl Reader {
     }
 }
 
+/// `n` in decimal ASCII digits, written into `digits` without allocating: the
+/// numbers the text formats write (RESP lengths, `Cache-Status` parameters).
+#[inline]
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[at..]
+}
+
 /// Writes a byte string prefixed by a u16 length.
 ///
 /// # Panics

@@ -324,21 +324,10 @@ pub fn array_head(out: &mut BytesMut, len: usize) {
 }
 
 fn decimal(out: &mut BytesMut, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     if n < 0 {
         out.put_u8(b'-');
     }
-    out.put_slice(&digits[at..]);
+    out.put_slice(crate::codec::decimal(n.unsigned_abs(), &mut [0; 20]));
 }
 
 /// Appends `args` as a command, as a client sends it: an array of bulk strings.

@@ -449,6 +449,12 @@ fn out_of_sync(because: &str) -> KvRead {
     )
 }
 
+/// A duration asked for (or `default`), at most `max`, in milliseconds: the TTL
+/// policy's clamp of every written value's windows.
+fn clamp(asked: Option<Duration>, default: Duration, max: Duration) -> u64 {
+    asked.unwrap_or(default).min(max).as_millis() as u64
+}
+
 /// The HTTP answer to a KV read.
 fn read_response(read: KvRead, method: &Method, request: &HeaderMap) -> Response<Body> {
     match read {
@@ -621,10 +627,7 @@ impl MainService {
     pub fn value_meta(&self, ttl: Option<Duration>) -> EntryMeta {
         let policy = self.limits.ttl.get();
         EntryMeta {
-            ttl_ms: ttl
-                .unwrap_or(policy.default_ttl)
-                .min(policy.max_ttl)
-                .as_millis() as u64,
+            ttl_ms: clamp(ttl, policy.default_ttl, policy.max_ttl),
             status: 200,
             ..EntryMeta::default()
         }
@@ -642,9 +645,6 @@ impl MainService {
             });
         }
         let ttl = self.limits.ttl.get();
-        let clamp = |d: Option<Duration>, default: Duration, max: Duration| {
-            d.unwrap_or(default).min(max).as_millis() as u64
-        };
         let mut kept_headers = Vec::new();
         if let Some(ct) = h.get(header::CONTENT_TYPE) {
             kept_headers.push((

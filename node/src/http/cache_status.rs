@@ -243,18 +243,8 @@ impl CacheStatus {
 }
 
 /// Appends `n` in decimal.
-fn push_number(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
+fn push_number(out: &mut String, n: u64) {
+    for &d in fanz_protocol::codec::decimal(n, &mut [0; 20]) {
         out.push(char::from(d));
     }
 }

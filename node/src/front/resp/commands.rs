@@ -154,9 +154,10 @@ impl Port {
     /// `GET key`: the value, or nil.
     async fn get(&self, command: &Command, replies: &mut Replies) -> Outcome {
         let [_, key] = arity(command)?;
-        Ok(match self.read(key).await? {
-            Some(found) => {
-                replies.bulk(&found.entry().expect("a found value").body);
+        let found = self.read(key).await?;
+        Ok(match found.as_ref().and_then(KvRead::entry) {
+            Some(entry) => {
+                replies.bulk(&entry.body);
                 RespResult::Ok
             }
             None => {
@@ -203,10 +204,6 @@ impl Port {
         let [name, key] = arity(command)?;
         let millis = name.eq_ignore_ascii_case(b"PTTL");
         let remaining_ms = match self.read(key).await? {
-            None => {
-                resp::integer(&mut replies.out, -2);
-                return Ok(RespResult::Nil);
-            }
             Some(KvRead::Hit(hit, _)) => match hit.freshness {
                 Freshness::Fresh { ttl_ms } => ttl_ms,
                 Freshness::Stale { .. } => 0,
@@ -214,7 +211,11 @@ impl Port {
             Some(KvRead::Copy(entry, age_secs, _)) => {
                 entry.meta.ttl_ms.saturating_sub(age_secs * 1000)
             }
-            Some(KvRead::Missing(_) | KvRead::Unavailable(_)) => unreachable!("read maps these"),
+            // No value (`read` answers the rest as None or an error).
+            _ => {
+                resp::integer(&mut replies.out, -2);
+                return Ok(RespResult::Nil);
+            }
         };
         let remaining = if millis {
             remaining_ms
